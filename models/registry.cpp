@@ -1,0 +1,38 @@
+#include <filesystem>
+
+#include <fmt/ranges.h>
+
+#include "core/error.h"
+#include "io/files.h"
+#include "models/model_spec.h"
+#include "models/zimage/zimage_config.h"
+
+namespace qdit {
+
+int64_t ModelSpec::parameter_count() const {
+    int64_t n = 0;
+    for (const ParamSpec& p : params) n += shape_numel(p.shape);
+    return n;
+}
+
+std::vector<std::string> supported_model_classes() { return {"ZImageTransformer2DModel"}; }
+
+ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string& where) {
+    if (!config.is_object() || !config.contains("_class_name") ||
+        !config["_class_name"].is_string())
+        raise<ConfigError>("{}: no \"_class_name\" naming the model class (supported: {})", where,
+                           fmt::join(supported_model_classes(), ", "));
+    std::string cls = config["_class_name"].get<std::string>();
+    if (cls == "ZImageTransformer2DModel")
+        return zimage::model_spec(zimage::Config::from_json(config, where));
+    raise<ConfigError>("{}: model class '{}' is not supported (supported: {})", where, cls,
+                       fmt::join(supported_model_classes(), ", "));
+}
+
+ModelSpec load_model_spec(const std::string& dir) {
+    std::string path = (std::filesystem::path(dir) / "config.json").string();
+    if (!std::filesystem::exists(path)) raise<IoError>("{} is missing", path);
+    return model_spec_from_config(read_json_file(path), path);
+}
+
+}  // namespace qdit

@@ -1,0 +1,23 @@
+// The int8 W8A8 arithmetic contract (docs/quantization.md):
+//   weights:     symmetric, one f32 scale per output channel, s = absmax(row) / 127,
+//                q = clamp(round_half_even(w / s), -127, 127); an all-zero row gets s = 1, q = 0.
+//   activations: the same rule per token (row), computed on the fly.
+//   GEMM:        int32 accumulation of q_x · q_w, then y = acc · s_x[m] · s_w[n] + bias[n],
+//                computed in f32 and written as f32 or bf16.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace qdit {
+
+// Per-output-channel quantization of a [N, K] weight of any float dtype.
+// Returns q (I8 [N, K]) and scale (F32 [N]).
+void quantize_weight_int8(const Tensor& w, Tensor* q, Tensor* scale);
+
+// Scalar reference of the per-row (per-token) rule: x is m rows of k values
+// (row stride ldx elements) of dtype F32 or BF16.
+void quantize_rows_int8_ref(const void* x, DType xt, int64_t m, int64_t k, int64_t ldx, int8_t* q,
+                            float* scale);
+
+}  // namespace qdit

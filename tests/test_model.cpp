@@ -1,0 +1,195 @@
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "io/files.h"
+#include "models/zimage/zimage_config.h"
+#include "quant/int8.h"
+#include "quant/model.h"
+
+namespace fs = std::filesystem;
+using namespace qdit;
+using nlohmann::json;
+
+namespace {
+
+const json kPublishedZImage = json::parse(R"({
+  "_class_name": "ZImageTransformer2DModel", "_diffusers_version": "0.36.0.dev0",
+  "all_f_patch_size": [1], "all_patch_size": [2], "axes_dims": [32, 48, 48],
+  "axes_lens": [1536, 512, 512], "cap_feat_dim": 2560, "dim": 3840, "in_channels": 16,
+  "n_heads": 30, "n_kv_heads": 30, "n_layers": 30, "n_refiner_layers": 2, "norm_eps": 1e-05,
+  "qk_norm": true, "rope_theta": 256.0, "t_scale": 1000.0})");
+
+json tiny_config() {
+    return json{{"_class_name", "ZImageTransformer2DModel"},
+                {"all_patch_size", {2}},
+                {"all_f_patch_size", {1}},
+                {"in_channels", 4},
+                {"dim", 96},
+                {"n_layers", 2},
+                {"n_refiner_layers", 1},
+                {"n_heads", 3},
+                {"n_kv_heads", 3},
+                {"cap_feat_dim", 40},
+                {"axes_dims", {8, 12, 12}},
+                {"axes_lens", {64, 32, 32}}};
+}
+
+fs::path fresh_dir(const std::string& name) {
+    fs::path d = fs::temp_directory_path() / ("qdit_model_" + name + "_" + std::to_string(::getpid()));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+}
+
+// A transformer folder with random bf16 weights laid out as the spec says.
+// `drop` leaves a key out, `extra` adds one.
+fs::path write_tiny(const std::string& name, const std::string& drop = "",
+                    const std::string& extra = "") {
+    fs::path d = fresh_dir(name);
+    json cfg = tiny_config();
+    ModelSpec spec = model_spec_from_config(cfg, "tiny");
+    std::mt19937 rng(42);
+    std::normal_distribution<float> dist(0.f, 0.1f);
+    std::vector<std::pair<std::string, Tensor>> ts;
+    for (const ParamSpec& p : spec.params) {
+        if (p.name == drop) continue;
+        Tensor f = Tensor::empty(p.shape, DType::F32);
+        for (int64_t i = 0; i < f.numel(); ++i) f.data<float>()[i] = dist(rng);
+        ts.emplace_back(p.name, f.to(DType::BF16));
+    }
+    if (!extra.empty()) ts.emplace_back(extra, Tensor::zeros({2}, DType::BF16));
+    write_checkpoint(d.string(), "diffusion_pytorch_model", ts, 40000);  // several shards
+    write_file_atomic((d / "config.json").string(), cfg.dump(2));
+    return d;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+    try {
+        fn();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "no error";
+}
+
+}  // namespace
+
+TEST(ZImageSpec, PublishedConfigHasTheRealParameterCount) {
+    ModelSpec s = model_spec_from_config(kPublishedZImage, "published");
+    EXPECT_EQ(s.parameter_count(), 6154908736);
+    EXPECT_EQ(s.params.size(), 521u);
+    int64_t linear = 0;
+    for (const LinearSpec& l : s.linears)
+        linear += l.out_features * l.in_features + (l.bias ? l.out_features : 0);
+    EXPECT_EQ(linear, 6154367552);
+    // 34 blocks x 7 projections, 32 adaLN, embedders, t-MLP, final layer.
+    EXPECT_EQ(s.linears.size(), 34u * 7 + 32 + 1 + 2 + 2 + 1);
+}
+
+TEST(ZImageSpec, ConfigErrorsNameTheField) {
+    json c = kPublishedZImage;
+    c["axes_dims"] = {32, 48, 40};
+    EXPECT_NE(error_of([&] { model_spec_from_config(c, "cfg.json"); }).find("axes_dims"),
+              std::string::npos);
+    c = kPublishedZImage;
+    c["dim"] = "big";
+    EXPECT_NE(error_of([&] { model_spec_from_config(c, "cfg.json"); }).find("'dim'"),
+              std::string::npos);
+    c = kPublishedZImage;
+    c["_class_name"] = "FluxTransformer2DModel";
+    std::string e = error_of([&] { model_spec_from_config(c, "cfg.json"); });
+    EXPECT_NE(e.find("FluxTransformer2DModel"), std::string::npos) << e;
+    EXPECT_NE(e.find("ZImageTransformer2DModel"), std::string::npos) << e;
+}
+
+TEST(PreparedModel, DefaultPlanAndIgnoredLayers) {
+    fs::path d = write_tiny("plan");
+    PreparedModel m = prepare_model(d.string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
+    int ffn = 0;
+    for (const LayerPlan& l : m.plan.layers) {
+        bool dflt = false;
+        for (const char* p : {"t_embedder", "cap_embedder", "all_x_embedder", "all_final_layer",
+                              "adaLN_modulation"})
+            dflt = dflt || layer_matches(p, l.spec.name);
+        EXPECT_EQ(l.precision == Precision::High, dflt) << l.spec.name;
+        ffn += layer_matches("feed_forward", l.spec.name);
+    }
+    EXPECT_EQ(ffn, 4 * 3);  // (2 layers + 2 refiners) x w1, w2, w3
+
+    QuantConfig c{QuantMethod::Int8, {"feed_forward"}, "dynamic"};
+    m = prepare_model(d.string(), c);
+    EXPECT_EQ(m.plan.pattern_hits.at("feed_forward"), ffn);
+    for (const LayerPlan& l : m.plan.layers)
+        if (layer_matches("feed_forward", l.spec.name))
+            EXPECT_EQ(l.kept_by, "ignored_layers: feed_forward");
+}
+
+TEST(PreparedModel, MissingUnexpectedAndMisshapedKeys) {
+    std::string e = error_of([&] {
+        prepare_model(write_tiny("missing", "layers.1.feed_forward.w2.weight", "stray.weight").string(),
+                      QuantConfig{});
+    });
+    EXPECT_NE(e.find("1 missing key(s): layers.1.feed_forward.w2.weight"), std::string::npos) << e;
+    EXPECT_NE(e.find("1 unexpected key(s): stray.weight"), std::string::npos) << e;
+
+    fs::path d = write_tiny("shape");
+    json cfg = tiny_config();
+    cfg["cap_feat_dim"] = 48;
+    write_file_atomic((d / "config.json").string(), cfg.dump());
+    e = error_of([&] { prepare_model(d.string(), QuantConfig{}); });
+    EXPECT_NE(e.find("cap_embedder"), std::string::npos) << e;
+
+    EXPECT_NE(error_of([&] { prepare_model("/no/such/model", QuantConfig{}); }).find("/no/such/model"),
+              std::string::npos);
+}
+
+TEST(PreparedModel, QuantizeWritesAPreQuantizedCheckpointThatLoadsWithoutConversion) {
+    fs::path d = write_tiny("src");
+    fs::path out = fresh_dir("out") / "q";
+    QuantConfig c{QuantMethod::Int8, {"layers.1"}, "dynamic"};
+    PreparedModel src = prepare_model(d.string(), c);
+    size_t calls = 0;
+    write_quantized(src, out.string(), [&](size_t, size_t) { ++calls; });
+    EXPECT_EQ(calls, src.checkpoint->keys().size());
+    EXPECT_FALSE(fs::exists(out.string() + ".partial"));
+
+    json cfg = read_json_file((out / "config.json").string());
+    ASSERT_TRUE(cfg.contains("quantization_config"));
+    EXPECT_EQ(cfg["quantization_config"]["method"], "int8");
+
+    // Loading it: detected as pre-quantized, same plan, no user config needed.
+    PreparedModel q = prepare_model(out.string(), QuantConfig{});
+    ASSERT_TRUE(q.stored_config.has_value());
+    ASSERT_EQ(q.plan.layers.size(), src.plan.layers.size());
+    for (size_t i = 0; i < q.plan.layers.size(); ++i) {
+        const LayerPlan& a = src.plan.layers[i];
+        const LayerPlan& b = q.plan.layers[i];
+        EXPECT_EQ(a.precision, b.precision) << a.spec.name;
+        EXPECT_EQ(b.prequantized, a.precision == Precision::Int8) << a.spec.name;
+        EXPECT_EQ(a.bytes_after, b.bytes_after) << a.spec.name;
+        if (a.precision != Precision::Int8) continue;
+        // Stored int8 weights and scales equal what online quantization computes.
+        Tensor w8 = q.checkpoint->get(a.spec.name + ".weight");
+        Tensor ws = q.checkpoint->get(a.spec.name + ".weight_scale");
+        EXPECT_EQ(w8.dtype(), DType::I8);
+        EXPECT_EQ(ws.shape(), (Shape{a.spec.out_features, 1}));
+        Tensor q8, s8;
+        quantize_weight_int8(src.checkpoint->get(a.spec.name + ".weight"), &q8, &s8);
+        EXPECT_EQ(std::memcmp(w8.raw(), q8.raw(), q8.nbytes()), 0) << a.spec.name;
+        EXPECT_EQ(std::memcmp(ws.raw(), s8.raw(), s8.nbytes()), 0) << a.spec.name;
+    }
+    // Pre-quantized loads skip conversion: the int8 weight is the checkpoint's own bytes.
+    const LayerPlan& first_q = *std::find_if(q.plan.layers.begin(), q.plan.layers.end(),
+                                             [](const LayerPlan& l) { return l.prequantized; });
+    nn::Linear lin = load_linear(q, first_q, DType::F32);
+    EXPECT_TRUE(lin.quantized());
+    // Asking for another method, or to keep a stored int8 layer high, is refused.
+    EXPECT_THROW(prepare_model(out.string(), QuantConfig{QuantMethod::Fp8, {}, "dynamic"}), ConfigError);
+    EXPECT_THROW(prepare_model(out.string(), QuantConfig{QuantMethod::Int8, {"layers.0"}, "dynamic"}),
+                 ConfigError);
+    // Output folder that exists and is not empty is refused; nothing is written.
+    EXPECT_THROW(write_quantized(src, d.string()), IoError);
+}

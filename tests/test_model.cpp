@@ -8,10 +8,12 @@
 #include "models/zimage/zimage_config.h"
 #include "quant/int8.h"
 #include "quant/model.h"
+#include "tiny_model.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
 using nlohmann::json;
+using namespace qdit::testing;
 
 namespace {
 
@@ -21,50 +23,6 @@ const json kPublishedZImage = json::parse(R"({
   "axes_lens": [1536, 512, 512], "cap_feat_dim": 2560, "dim": 3840, "in_channels": 16,
   "n_heads": 30, "n_kv_heads": 30, "n_layers": 30, "n_refiner_layers": 2, "norm_eps": 1e-05,
   "qk_norm": true, "rope_theta": 256.0, "t_scale": 1000.0})");
-
-json tiny_config() {
-    return json{{"_class_name", "ZImageTransformer2DModel"},
-                {"all_patch_size", {2}},
-                {"all_f_patch_size", {1}},
-                {"in_channels", 4},
-                {"dim", 96},
-                {"n_layers", 2},
-                {"n_refiner_layers", 1},
-                {"n_heads", 3},
-                {"n_kv_heads", 3},
-                {"cap_feat_dim", 40},
-                {"axes_dims", {8, 12, 12}},
-                {"axes_lens", {64, 32, 32}}};
-}
-
-fs::path fresh_dir(const std::string& name) {
-    fs::path d = fs::temp_directory_path() / ("qdit_model_" + name + "_" + std::to_string(::getpid()));
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
-}
-
-// A transformer folder with random bf16 weights laid out as the spec says.
-// `drop` leaves a key out, `extra` adds one.
-fs::path write_tiny(const std::string& name, const std::string& drop = "",
-                    const std::string& extra = "") {
-    fs::path d = fresh_dir(name);
-    json cfg = tiny_config();
-    ModelSpec spec = model_spec_from_config(cfg, "tiny");
-    std::mt19937 rng(42);
-    std::normal_distribution<float> dist(0.f, 0.1f);
-    std::vector<std::pair<std::string, Tensor>> ts;
-    for (const ParamSpec& p : spec.params) {
-        if (p.name == drop) continue;
-        Tensor f = Tensor::empty(p.shape, DType::F32);
-        for (int64_t i = 0; i < f.numel(); ++i) f.data<float>()[i] = dist(rng);
-        ts.emplace_back(p.name, f.to(DType::BF16));
-    }
-    if (!extra.empty()) ts.emplace_back(extra, Tensor::zeros({2}, DType::BF16));
-    write_checkpoint(d.string(), "diffusion_pytorch_model", ts, 40000);  // several shards
-    write_file_atomic((d / "config.json").string(), cfg.dump(2));
-    return d;
-}
 
 std::string error_of(const std::function<void()>& fn) {
     try {

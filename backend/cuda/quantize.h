@@ -1,0 +1,18 @@
+// CUDA per-token int8 quantization (the rule of quant/int8.h).
+#pragma once
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace qdit::cuda {
+
+// Number of CUDA devices visible (0 when there is no driver or device).
+int device_count();
+
+// q[m, k] = clamp(round_half_even(x / s[m]), -127, 127), s[m] = absmax(x[m, :]) / 127
+// (an all-zero row gets s = 1). x is bf16 with row stride ldx (elements).
+// One block per row; returns the launch status.
+cudaError_t quantize_rows_int8_bf16(const void* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,
+                                    float* scale, cudaStream_t stream);
+
+}  // namespace qdit::cuda

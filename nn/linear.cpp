@@ -1,0 +1,146 @@
+#include "nn/linear.h"
+
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "backend/cpu/int8_gemm.h"
+
+namespace qdit::nn {
+
+namespace {
+
+dnnl::engine& cpu_engine() {
+    static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    return engine;
+}
+
+dnnl::memory::data_type dnnl_type(DType t) {
+    return t == DType::BF16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+}
+
+Tensor bias_f32(const std::string& name, const Tensor& bias, int64_t n) {
+    if (!bias.defined()) return Tensor();
+    if (bias.numel() != n || !is_float(bias.dtype()))
+        raise<ShapeError>("{}: bias must be a float tensor of {} elements, got {} {}", name, n,
+                          dtype_name(bias.dtype()), shape_str(bias.shape()));
+    return bias.to(DType::F32).view({n});
+}
+
+}  // namespace
+
+struct Linear::Impl {
+    bool int8 = false;
+    Tensor bias;  // F32 [N] or undefined
+
+    // Dense: the weight as given, plus a lazily made copy in the other dtype
+    // for inputs whose dtype differs; matmul primitives cached by (M, dtype).
+    Tensor weight;
+    mutable std::mutex mu;
+    mutable Tensor weight_other;
+    mutable std::map<std::pair<int64_t, DType>, dnnl::matmul> matmuls;
+
+    // int8: the packed weight with its scales.
+    cpu::PackedInt8Weight packed;
+};
+
+Linear Linear::dense(std::string name, Tensor weight, Tensor bias) {
+    if (weight.dim() != 2 || (weight.dtype() != DType::F32 && weight.dtype() != DType::BF16))
+        raise<ShapeError>("{}: dense Linear weight must be F32 or BF16 [N, K], got {} {}", name,
+                          dtype_name(weight.dtype()), shape_str(weight.shape()));
+    Linear l;
+    l.name_ = std::move(name);
+    l.out_ = weight.size(0);
+    l.in_ = weight.size(1);
+    l.impl_ = std::make_shared<Impl>();
+    l.impl_->weight = std::move(weight);
+    l.impl_->bias = bias_f32(l.name_, bias, l.out_);
+    return l;
+}
+
+Linear Linear::int8(std::string name, Tensor q, Tensor scale, Tensor bias) {
+    if (q.dim() != 2 || q.dtype() != DType::I8)
+        raise<ShapeError>("{}: int8 Linear weight must be I8 [N, K], got {} {}", name,
+                          dtype_name(q.dtype()), shape_str(q.shape()));
+    if (scale.dtype() != DType::F32 || scale.numel() != q.size(0))
+        raise<ShapeError>("{}: int8 weight scale must be F32 [{}], got {} {}", name, q.size(0),
+                          dtype_name(scale.dtype()), shape_str(scale.shape()));
+    Linear l;
+    l.name_ = std::move(name);
+    l.out_ = q.size(0);
+    l.in_ = q.size(1);
+    l.impl_ = std::make_shared<Impl>();
+    l.impl_->int8 = true;
+    l.impl_->packed = cpu::pack_int8_weight(q, scale);
+    l.impl_->bias = bias_f32(l.name_, bias, l.out_);
+    return l;
+}
+
+bool Linear::quantized() const { return impl_->int8; }
+
+size_t Linear::weight_bytes() const {
+    if (!impl_->int8) return impl_->weight.nbytes();
+    return size_t(out_ * in_) + impl_->packed.scale.nbytes();
+}
+
+Tensor Linear::forward(const Tensor& x) const {
+    const DType dt = x.dtype();
+    if (x.device().type != DeviceType::CPU || (dt != DType::F32 && dt != DType::BF16) ||
+        x.dim() < 1 || x.size(-1) != in_)
+        raise<ShapeError>("{}: Linear expects a CPU F32 or BF16 input [..., {}], got {} {}", name_,
+                          in_, dtype_name(dt), shape_str(x.shape()));
+    const int64_t m = x.numel() / in_;
+    Shape ys = x.shape();
+    ys.back() = out_;
+    Tensor y = Tensor::empty(ys, dt);
+    if (m == 0) return y;
+    const float* bias = impl_->bias.defined() ? impl_->bias.data<float>() : nullptr;
+
+    if (impl_->int8) {
+        std::vector<int8_t> q(static_cast<size_t>(m * in_));
+        std::vector<float> s(static_cast<size_t>(m));
+        cpu::quantize_rows_int8(x.raw(), dt, m, in_, in_, q.data(), s.data());
+        cpu::int8_gemm(q.data(), s.data(), m, impl_->packed, bias, y.raw(), dt, out_);
+        return y;
+    }
+
+    using md = dnnl::memory::desc;
+    using tag = dnnl::memory::format_tag;
+    const auto t = dnnl_type(dt);
+    const md src_md({m, in_}, t, tag::ab), wei_md({in_, out_}, t, tag::ba),
+        bias_md({1, out_}, dnnl::memory::data_type::f32, tag::ab), dst_md({m, out_}, t, tag::ab);
+    dnnl::matmul mm;
+    const Tensor* w = &impl_->weight;
+    {
+        std::lock_guard<std::mutex> lk(impl_->mu);
+        if (w->dtype() != dt) {
+            if (!impl_->weight_other.defined()) impl_->weight_other = w->to(dt);
+            w = &impl_->weight_other;
+        }
+        auto it = impl_->matmuls.find({m, dt});
+        if (it == impl_->matmuls.end()) {
+            dnnl::matmul::desc d = bias ? dnnl::matmul::desc(src_md, wei_md, bias_md, dst_md)
+                                        : dnnl::matmul::desc(src_md, wei_md, dst_md);
+            it = impl_->matmuls.emplace(std::make_pair(m, dt),
+                                        dnnl::matmul(dnnl::matmul::primitive_desc(d, cpu_engine())))
+                     .first;
+        }
+        mm = it->second;
+    }
+    auto& eng = cpu_engine();
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory(src_md, eng, const_cast<void*>(x.raw()))},
+        {DNNL_ARG_WEIGHTS, dnnl::memory(wei_md, eng, const_cast<void*>(w->raw()))},
+        {DNNL_ARG_DST, dnnl::memory(dst_md, eng, y.raw())}};
+    if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_md, eng, const_cast<float*>(bias)));
+    dnnl::stream stream(eng);
+    mm.execute(stream, args);
+    stream.wait();
+    return y;
+}
+
+}  // namespace qdit::nn

@@ -1,0 +1,70 @@
+#include "quant/int8.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "backend/cpu/int8_gemm.h"
+#include "core/threads.h"
+
+namespace qdit {
+
+void quantize_rows_int8_ref(const void* x, DType xt, int64_t m, int64_t k, int64_t ldx, int8_t* q,
+                            float* scale) {
+    QDIT_CHECK(xt == DType::F32 || xt == DType::BF16,
+               "activation quantization takes F32 or BF16, not {}", dtype_name(xt));
+    std::vector<float> row(static_cast<size_t>(k));
+    for (int64_t i = 0; i < m; ++i) {
+        convert_to_f32(static_cast<const uint8_t*>(x) + size_t(i * ldx) * dtype_size(xt), xt,
+                       row.data(), k);
+        float absmax = 0.f;
+        for (float v : row) absmax = std::max(absmax, std::fabs(v));
+        int8_t* qi = q + i * k;
+        if (absmax == 0.f) {
+            scale[i] = 1.f;
+            std::fill(qi, qi + k, int8_t(0));
+            continue;
+        }
+        const float s = absmax / 127.f;
+        scale[i] = s;
+        for (int64_t j = 0; j < k; ++j) {
+            // nearbyint rounds half to even in the default rounding mode.
+            float r = std::nearbyint(row[size_t(j)] / s);
+            qi[j] = int8_t(std::min(127.f, std::max(-127.f, r)));
+        }
+    }
+}
+
+void quantize_weight_int8(const Tensor& w, Tensor* q, Tensor* scale) {
+    QDIT_CHECK(w.dim() == 2 && is_float(w.dtype()),
+               "weight quantization needs a float [N, K] tensor, got {} {}", dtype_name(w.dtype()),
+               shape_str(w.shape()));
+    const int64_t n = w.size(0), k = w.size(1);
+    *q = Tensor::empty({n, k}, DType::I8);
+    *scale = Tensor::empty({n}, DType::F32);
+    int8_t* qd = q->data<int8_t>();
+    float* sd = scale->data<float>();
+    if (n == 0 || k == 0) {
+        std::fill(sd, sd + n, 1.f);
+        return;
+    }
+    // Same rule as the activations, so the vectorized row quantizer does the work;
+    // other dtypes go through f32 (exact for F16, BF16 and F8).
+    if (w.dtype() == DType::F32 || w.dtype() == DType::BF16) {
+        cpu::quantize_rows_int8(w.raw(), w.dtype(), n, k, k, qd, sd);
+        return;
+    }
+    const size_t es = dtype_size(w.dtype());
+    const int64_t rows = std::max<int64_t>(1, (int64_t(1) << 16) / k);
+    parallel_for(n, rows, [&](int64_t b, int64_t e) {
+        std::vector<float> buf(size_t(rows * k));
+        for (int64_t r = b; r < e; r += rows) {
+            const int64_t cnt = std::min(rows, e - r);
+            convert_to_f32(static_cast<const uint8_t*>(w.raw()) + size_t(r * k) * es, w.dtype(),
+                           buf.data(), cnt * k);
+            cpu::quantize_rows_int8(buf.data(), DType::F32, cnt, k, k, qd + r * k, sd + r);
+        }
+    });
+}
+
+}  // namespace qdit

@@ -47,6 +47,17 @@ TEST(ZImageSpec, PublishedConfigHasTheRealParameterCount) {
     EXPECT_EQ(s.linears.size(), 34u * 7 + 32 + 1 + 2 + 2 + 1);
 }
 
+TEST(ZImageSpec, PublishedSizeDefaultInt8PlanHalvesTheLinearWeights) {
+    ModelSpec s = model_spec_from_config(kPublishedZImage, "published");
+    std::vector<DType> bf16(s.linears.size(), DType::BF16);
+    QuantPlan p = make_quant_plan(s, QuantConfig{QuantMethod::Int8, {}, "dynamic"}, bf16,
+                                  std::vector<bool>(s.linears.size(), false));
+    EXPECT_EQ(p.quantized_count(), 34 * 7);
+    EXPECT_EQ(p.bytes_before(), size_t(6154367552) * 2);
+    // int8 weights + F32 scales + the default high-precision layers (docs/quantization.md).
+    EXPECT_EQ(p.bytes_after(), size_t(6297926784));
+}
+
 TEST(ZImageSpec, ConfigErrorsNameTheField) {
     json c = kPublishedZImage;
     c["axes_dims"] = {32, 48, 40};

@@ -54,7 +54,8 @@ TEST(Cli, HelpAndUsageErrors) {
 }
 
 TEST(Cli, InspectListsTheDefaultPlanAndHonoursIgnoredLayers) {
-    fs::path d = write_tiny("cli_inspect");
+    // A checkpoint written by diffusers: 2 layers + 1 noise + 1 context refiner block.
+    fs::path d = fs::path(QDIT_TEST_DATA) / "zimage" / "h3_b1" / "transformer";
     CliResult r = run("inspect " + d.string() + " --quantization int8");
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_NE(r.out.find("ZImageTransformer2DModel"), std::string::npos);

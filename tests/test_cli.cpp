@@ -8,7 +8,7 @@
 
 #include "tiny_model.h"
 
-using namespace qdit::testing;
+using namespace qdit::testutil;
 
 namespace {
 

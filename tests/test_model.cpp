@@ -13,7 +13,7 @@
 namespace fs = std::filesystem;
 using namespace qdit;
 using nlohmann::json;
-using namespace qdit::testing;
+using namespace qdit::testutil;
 
 namespace {
 

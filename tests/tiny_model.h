@@ -12,7 +12,7 @@
 #include "io/safetensors.h"
 #include "models/model_spec.h"
 
-namespace qdit::testing {
+namespace qdit::testutil {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -60,4 +60,4 @@ inline fs::path write_tiny(const std::string& name, const std::string& drop = ""
     write_file_atomic((d / "config.json").string(), cfg.dump(2));
     return d;
 }
-}  // namespace qdit::testing
+}  // namespace qdit::testutil

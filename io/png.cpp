@@ -1,0 +1,121 @@
+#include "io/png.h"
+
+#include <png.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+#include "io/files.h"
+
+namespace qdit {
+
+namespace {
+
+[[noreturn]] void on_png_error(png_structp png, png_const_charp msg) {
+    auto* where = static_cast<std::string*>(png_get_error_ptr(png));
+    *where = msg;
+    png_longjmp(png, 1);
+}
+void on_png_warning(png_structp, png_const_charp) {}
+
+// The only code that runs under libpng's longjmp error handling: plain
+// pointers in, success out, so nothing with a destructor is skipped.
+bool png_write_all(png_structp png, png_infop info, std::FILE* f, int width, int height,
+                   png_textp chunks, int n_chunks, png_bytepp rows) {
+    if (setjmp(png_jmpbuf(png))) return false;
+    png_init_io(png, f);
+    png_set_IHDR(png, info, png_uint_32(width), png_uint_32(height), 8, PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    if (n_chunks > 0) png_set_text(png, info, chunks, n_chunks);
+    png_set_rows(png, info, rows);
+    png_write_png(png, info, PNG_TRANSFORM_IDENTITY, nullptr);
+    return true;
+}
+
+bool png_read_all(png_structp png, png_infop info, std::FILE* f) {
+    if (setjmp(png_jmpbuf(png))) return false;
+    png_init_io(png, f);
+    png_read_png(png, info, PNG_TRANSFORM_STRIP_16 | PNG_TRANSFORM_PACKING | PNG_TRANSFORM_EXPAND,
+                 nullptr);
+    return true;
+}
+
+bool is_ascii(const std::string& s) {
+    for (unsigned char c : s)
+        if (c >= 0x80) return false;
+    return true;
+}
+
+}  // namespace
+
+void write_png(const std::string& path, const uint8_t* rgb, int width, int height,
+               const std::vector<std::pair<std::string, std::string>>& text) {
+    QDIT_CHECK(width > 0 && height > 0, "empty image {}x{}", width, height);
+    const std::string tmp = temp_path_for(path);
+    std::FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) raise<IoError>("cannot write {}: {}", path, std::strerror(errno));
+
+    std::string err;
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, on_png_error, on_png_warning);
+    png_infop info = png ? png_create_info_struct(png) : nullptr;
+    std::vector<png_text> chunks(text.size());
+    for (size_t i = 0; i < text.size(); ++i) {
+        std::memset(&chunks[i], 0, sizeof(png_text));
+        chunks[i].compression =
+            is_ascii(text[i].second) ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
+        chunks[i].key = const_cast<char*>(text[i].first.c_str());
+        chunks[i].text = const_cast<char*>(text[i].second.c_str());
+        chunks[i].text_length = text[i].second.size();
+    }
+    std::vector<png_bytep> rows(static_cast<size_t>(height));
+    for (int y = 0; y < height; ++y)
+        rows[size_t(y)] = const_cast<png_bytep>(rgb + size_t(y) * size_t(width) * 3);
+    bool ok = png && info &&
+              png_write_all(png, info, f, width, height, chunks.data(), int(chunks.size()), rows.data());
+    png_destroy_write_struct(png ? &png : nullptr, info ? &info : nullptr);
+    ok = (std::fclose(f) == 0) && ok;
+    std::error_code ec;
+    if (ok) std::filesystem::rename(tmp, path, ec);
+    if (!ok || ec) {
+        std::remove(tmp.c_str());
+        raise<IoError>("cannot write {}: {}", path,
+                       !err.empty() ? err : ec ? ec.message() : std::strerror(errno));
+    }
+}
+
+PngImage read_png(const std::string& path) {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) raise<IoError>("cannot read {}: {}", path, std::strerror(errno));
+    std::string err;
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, on_png_error, on_png_warning);
+    png_infop info = png ? png_create_info_struct(png) : nullptr;
+    PngImage img;
+    bool ok = png && info && png_read_all(png, info, f);
+    if (ok && png_get_color_type(png, info) != PNG_COLOR_TYPE_RGB) {
+        err = "not an 8-bit RGB image";
+        ok = false;
+    }
+    if (ok) {
+        img.width = int(png_get_image_width(png, info));
+        img.height = int(png_get_image_height(png, info));
+        png_bytepp rows = png_get_rows(png, info);
+        const size_t stride = size_t(img.width) * 3;
+        img.rgb.resize(stride * size_t(img.height));
+        for (int y = 0; y < img.height; ++y) std::memcpy(img.rgb.data() + size_t(y) * stride, rows[y], stride);
+        png_textp t = nullptr;
+        int n = png_get_text(png, info, &t, nullptr);
+        for (int i = 0; i < n; ++i)
+            img.text.emplace_back(t[i].key, std::string(t[i].text, t[i].compression == PNG_TEXT_COMPRESSION_NONE
+                                                                       ? t[i].text_length
+                                                                       : t[i].itxt_length));
+    }
+    png_destroy_read_struct(png ? &png : nullptr, info ? &info : nullptr, nullptr);
+    std::fclose(f);
+    if (!ok) raise<FormatError>("{} is not a readable PNG: {}", path, err);
+    return img;
+}
+
+}  // namespace qdit

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "io/files.h"
 #include "models/model_spec.h"
+#include "models/text/qwen3.h"
 #include "models/zimage/zimage_config.h"
 
 namespace qdit {
@@ -15,16 +16,28 @@ int64_t ModelSpec::parameter_count() const {
     return n;
 }
 
-std::vector<std::string> supported_model_classes() { return {"ZImageTransformer2DModel"}; }
+std::vector<std::string> supported_model_classes() {
+    return {"ZImageTransformer2DModel", "Qwen3Model", "Qwen3ForCausalLM"};
+}
 
 ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string& where) {
-    if (!config.is_object() || !config.contains("_class_name") ||
-        !config["_class_name"].is_string())
-        raise<ConfigError>("{}: no \"_class_name\" naming the model class (supported: {})", where,
-                           fmt::join(supported_model_classes(), ", "));
-    std::string cls = config["_class_name"].get<std::string>();
+    // diffusers configs name the class in "_class_name", transformers configs
+    // (text encoders) in "architectures".
+    std::string cls;
+    if (config.is_object() && config.contains("_class_name") && config["_class_name"].is_string())
+        cls = config["_class_name"].get<std::string>();
+    else if (config.is_object() && config.contains("architectures") &&
+             config["architectures"].is_array() && !config["architectures"].empty() &&
+             config["architectures"][0].is_string())
+        cls = config["architectures"][0].get<std::string>();
+    else
+        raise<ConfigError>("{}: no \"_class_name\" or \"architectures\" naming the model class "
+                           "(supported: {})",
+                           where, fmt::join(supported_model_classes(), ", "));
     if (cls == "ZImageTransformer2DModel")
         return zimage::model_spec(zimage::Config::from_json(config, where));
+    if (cls == "Qwen3Model" || cls == "Qwen3ForCausalLM")
+        return text::model_spec(text::Qwen3Config::from_json(config, where));
     raise<ConfigError>("{}: model class '{}' is not supported (supported: {})", where, cls,
                        fmt::join(supported_model_classes(), ", "));
 }

@@ -15,9 +15,11 @@ namespace {
 constexpr int64_t kQueryBlock = 64;
 
 template <typename T>
-void attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, Tensor& out) {
+void attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
+            Tensor& out) {
     const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
-    const int64_t row = H * D;  // stride between tokens
+    const int64_t Hkv = k.size(2), group = H / Hkv;
+    const int64_t row = H * D, kv_row = Hkv * D;  // strides between tokens
     const float scale = float(1.0 / std::sqrt(double(D)));
     const int64_t qblocks = (Lq + kQueryBlock - 1) / kQueryBlock;
     const T *qp = q.data<T>(), *kp = k.data<T>(), *vp = v.data<T>();
@@ -33,25 +35,29 @@ void attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mas
             const int64_t b = task / (H * qblocks), h = (task / qblocks) % H,
                           q0 = (task % qblocks) * kQueryBlock, q1 = std::min(Lq, q0 + kQueryBlock);
             // Gather the unmasked keys of this (b, h): K transposed [D, n] so the
-            // score loop runs over keys, and V as [n, D].
+            // score loop runs over keys, and V as [n, D]. `keys` is ascending, so
+            // under `causal` query i uses a prefix of them.
             keys.clear();
             for (int64_t j = 0; j < Lk; ++j)
                 if (!mp || mp[b * Lk + j]) keys.push_back(j);
-            const int64_t n = int64_t(keys.size());
-            kt.resize(size_t(D * n));
-            vf.resize(size_t(n * D));
-            for (int64_t jj = 0; jj < n; ++jj) {
-                const int64_t base = (b * Lk + keys[size_t(jj)]) * row + h * D;
+            const int64_t n_all = int64_t(keys.size());
+            kt.resize(size_t(D * n_all));
+            vf.resize(size_t(n_all * D));
+            for (int64_t jj = 0; jj < n_all; ++jj) {
+                const int64_t base = (b * Lk + keys[size_t(jj)]) * kv_row + (h / group) * D;
                 for (int64_t d = 0; d < D; ++d) {
-                    kt[size_t(d * n + jj)] = load(kp, base + d);
+                    kt[size_t(d * n_all + jj)] = load(kp, base + d);
                     vf[size_t(jj * D + d)] = load(vp, base + d);
                 }
             }
-            s.resize(size_t(n));
+            s.resize(size_t(n_all));
             acc.resize(size_t(D));
             for (int64_t i = q0; i < q1; ++i) {
                 const int64_t qbase = (b * Lq + i) * row + h * D;
                 T* o = op + qbase;
+                const int64_t n =
+                    causal ? int64_t(std::upper_bound(keys.begin(), keys.end(), i) - keys.begin())
+                           : n_all;
                 if (n == 0) {
                     for (int64_t d = 0; d < D; ++d) store(o, d, 0.0f);
                     continue;
@@ -59,7 +65,7 @@ void attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mas
                 std::fill(s.begin(), s.end(), 0.0f);
                 for (int64_t d = 0; d < D; ++d) {
                     const float qd = load(qp, qbase + d);
-                    const float* kr = kt.data() + d * n;
+                    const float* kr = kt.data() + d * n_all;
                     for (int64_t j = 0; j < n; ++j) s[size_t(j)] += qd * kr[j];
                 }
                 float mx = -std::numeric_limits<float>::infinity();
@@ -89,15 +95,15 @@ void attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mas
 }  // namespace
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                                    const Tensor& key_mask) {
+                                    const Tensor& key_mask, bool causal) {
     check_activation(q, "attention");
     check_activation(k, "attention");
     check_activation(v, "attention");
     if (q.dim() != 4 || k.shape() != v.shape() || k.dim() != 4 || k.size(0) != q.size(0) ||
-        k.size(2) != q.size(2) || k.size(3) != q.size(3) || k.dtype() != q.dtype() ||
-        v.dtype() != q.dtype())
-        raise<ShapeError>("attention: q [B, Lq, H, D], k and v [B, Lk, H, D] of one dtype expected, "
-                          "got q {} {}, k {} {}, v {} {}",
+        k.size(2) == 0 || q.size(2) % k.size(2) != 0 || k.size(3) != q.size(3) ||
+        k.dtype() != q.dtype() || v.dtype() != q.dtype())
+        raise<ShapeError>("attention: q [B, Lq, H, D], k and v [B, Lk, Hkv, D] (H a multiple of "
+                          "Hkv) of one dtype expected, got q {} {}, k {} {}, v {} {}",
                           dtype_name(q.dtype()), shape_str(q.shape()), dtype_name(k.dtype()),
                           shape_str(k.shape()), dtype_name(v.dtype()), shape_str(v.shape()));
     if (key_mask.defined() && (key_mask.dtype() != DType::U8 || key_mask.dim() != 2 ||
@@ -105,7 +111,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
         raise<ShapeError>("attention: key_mask must be U8 [{}, {}], got {} {}", k.size(0),
                           k.size(1), dtype_name(key_mask.dtype()), shape_str(key_mask.shape()));
     Tensor out = Tensor::empty(q.shape(), q.dtype());
-    dispatch_float(q.dtype(), [&](auto tag) { attend<decltype(tag)>(q, k, v, key_mask, out); });
+    dispatch_float(q.dtype(),
+                   [&](auto tag) { attend<decltype(tag)>(q, k, v, key_mask, causal, out); });
     return out;
 }
 

@@ -11,7 +11,13 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <sys/resource.h>
+
 #include "core/error.h"
+#include "io/png.h"
+#include "io/safetensors.h"
+#include "pipeline/tiny_model.h"
+#include "pipeline/zimage_pipeline.h"
 #include "quant/config.h"
 #include "quant/model.h"
 
@@ -94,6 +100,101 @@ int cmd_quantize(const std::string& dir, const std::string& out, const QuantFlag
     return 0;
 }
 
+struct GenerateArgs {
+    std::string model, prompt, negative_prompt, latents, output = "qdit.png", dtype = "bf16";
+    int steps = 9, width = 1024, height = 1024, max_sequence_length = 512;
+    uint64_t seed = 0;
+    float guidance = 0.0f;
+    bool quantize_text_encoder = false;
+    QuantFlags q;
+};
+
+double peak_rss_gib() {
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    return double(ru.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
+}
+
+int cmd_generate(GenerateArgs a) {
+    namespace fs = std::filesystem;
+    auto t_start = std::chrono::steady_clock::now();
+    // Refuse a bad output path before any work.
+    fs::path out = fs::absolute(a.output);
+    if (out.extension() != ".png") throw UsageError(fmt::format("-o {}: the output must be a .png file", a.output));
+    if (!fs::is_directory(out.parent_path()) || ::access(out.parent_path().c_str(), W_OK) != 0)
+        throw IoError(fmt::format("cannot write {}: folder {} does not exist or is not writable",
+                                  a.output, out.parent_path().string()));
+    if (a.dtype != "bf16" && a.dtype != "f32")
+        throw UsageError(fmt::format("--dtype {}: allowed values are bf16, f32", a.dtype));
+
+    PipelineOptions po;
+    po.dtype = a.dtype == "bf16" ? DType::BF16 : DType::F32;
+    po.transformer_quant = a.q.resolve();
+    if (a.quantize_text_encoder) {
+        if (!po.transformer_quant.enabled())
+            throw UsageError("--quantize-text-encoder needs a method (--quantization int8)");
+        po.text_encoder_quant.method = po.transformer_quant.method;
+    }
+    if (a.model.empty()) {
+        a.model = ensure_tiny_zimage(default_cache_dir());
+        fmt::print(stderr,
+                   "note: no --model given: using the built-in tiny Z-Image pipeline at {}; its "
+                   "weights are random, so the image is noise\n",
+                   a.model);
+    }
+    GenerateOptions go;
+    go.prompt = a.prompt;
+    go.negative_prompt = a.negative_prompt;
+    go.steps = a.steps;
+    go.width = a.width;
+    go.height = a.height;
+    go.seed = a.seed;
+    go.guidance = a.guidance;
+    go.max_sequence_length = a.max_sequence_length;
+    if (!a.latents.empty()) {
+        SafetensorsFile f(a.latents);
+        if (f.keys().size() != 1 && !f.contains("latents"))
+            throw ShapeError(fmt::format("{} holds {} tensors: name the initial noise 'latents'",
+                                         a.latents, f.keys().size()));
+        go.latents = f.get(f.contains("latents") ? "latents" : f.keys()[0]).to(DType::F32);
+    }
+
+    auto t0 = std::chrono::steady_clock::now();
+    ZImagePipeline pipe(a.model, po);
+    pipe.check(go);
+    double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    const bool tty = ::isatty(2);
+    GenerateResult r = pipe.generate(go, [&](int step, int total, double secs) {
+        const int width = 30, filled = width * step / total;
+        std::string bar = std::string(size_t(filled), '#') + std::string(size_t(width - filled), '.');
+        fmt::print(stderr, "{}denoise [{}] {}/{} {:.2f} s/it{}", tty ? "\r" : "", bar, step, total,
+                   secs, tty && step < total ? "" : "\n");
+    });
+
+    std::string quant = quant_method_name(po.transformer_quant.method);
+    write_png(a.output, r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)),
+              {{"prompt", a.prompt},
+               {"negative_prompt", a.negative_prompt},
+               {"seed", std::to_string(a.seed)},
+               {"steps", std::to_string(a.steps)},
+               {"size", fmt::format("{}x{}", a.width, a.height)},
+               {"guidance", fmt::format("{}", a.guidance)},
+               {"model", a.model},
+               {"quantization", quant},
+               {"software", "qdit"}});
+    double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    fmt::print("wrote {} ({}x{}, {} steps, seed {})\n", a.output, a.width, a.height, a.steps, a.seed);
+    fmt::print("time: load {:.2f} s, text encoder {:.2f} s, denoise {:.2f} s ({:.2f} s/step), "
+               "vae {:.2f} s, total {:.2f} s\n",
+               load_s, r.text_seconds, r.denoise_seconds, r.denoise_seconds / a.steps, r.vae_seconds,
+               total_s);
+    fmt::print("quantization: transformer {} ({} int8 Linear layers), text encoder {} int8 Linear "
+               "layers; peak memory {:.2f} GiB\n",
+               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), peak_rss_gib());
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -121,6 +222,34 @@ int main(int argc, char** argv) {
         ->required();
     quantize_q.add(quantize);
 
+    GenerateArgs gen;
+    CLI::App* generate = app.add_subcommand(
+        "generate", "Generate an image from a prompt with a diffusers ZImagePipeline folder "
+                    "(the built-in tiny random-weight model when no --model is given)");
+    generate->add_option("--model", gen.model,
+                         "Diffusers ZImagePipeline folder (model_index.json, scheduler/, "
+                         "text_encoder/, tokenizer/, transformer/, vae/)");
+    generate->add_option("--prompt", gen.prompt, "The prompt")->required();
+    generate->add_option("--negative-prompt", gen.negative_prompt, "Negative prompt (used when --guidance > 0)");
+    generate->add_option("--steps", gen.steps, "Denoising steps")->capture_default_str();
+    generate->add_option("--width", gen.width, "Image width, a multiple of 16")->capture_default_str();
+    generate->add_option("--height", gen.height, "Image height, a multiple of 16")->capture_default_str();
+    generate->add_option("--seed", gen.seed, "Seed of the initial noise")->capture_default_str();
+    generate->add_option("--guidance", gen.guidance,
+                         "Classifier-free guidance scale; CFG runs when > 0 (Z-Image-Turbo: 0)")
+        ->capture_default_str();
+    generate->add_option("--max-sequence-length", gen.max_sequence_length,
+                         "Prompt tokens kept (after the chat template)")
+        ->capture_default_str();
+    generate->add_option("--latents", gen.latents,
+                         "Initial noise from a safetensors file (one tensor, or one named 'latents', "
+                         "of shape [1, 16, H/8, W/8]) instead of the seeded noise");
+    generate->add_option("--dtype", gen.dtype, "Activation precision: bf16 or f32")->capture_default_str();
+    generate->add_flag("--quantize-text-encoder", gen.quantize_text_encoder,
+                       "Also quantize the text encoder's Linear layers with the chosen method");
+    generate->add_option("-o,--output", gen.output, "Output PNG (written atomically)")->capture_default_str();
+    gen.q.add(generate);
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp&) {
@@ -137,6 +266,7 @@ int main(int argc, char** argv) {
     try {
         if (inspect->parsed()) return cmd_inspect(inspect_dir, inspect_q);
         if (quantize->parsed()) return cmd_quantize(quantize_dir, quantize_out, quantize_q);
+        if (generate->parsed()) return cmd_generate(gen);
     } catch (const UsageError& e) {
         fmt::print(stderr, "error: {}\n", e.what());
         return 2;

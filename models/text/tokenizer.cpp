@@ -1,0 +1,721 @@
+#include "models/text/tokenizer.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <unicode/bytestream.h>
+#include <unicode/normalizer2.h>
+
+#include <algorithm>
+#include <array>
+#include <filesystem>
+#include <mutex>
+#include <queue>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "io/files.h"
+
+namespace qdit::text {
+
+using nlohmann::json;
+
+namespace {
+
+// ---- UTF-8 ----------------------------------------------------------------
+
+std::string utf8_encode(uint32_t cp) {
+    std::string s;
+    if (cp < 0x80) {
+        s += char(cp);
+    } else if (cp < 0x800) {
+        s += char(0xC0 | (cp >> 6));
+        s += char(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        s += char(0xE0 | (cp >> 12));
+        s += char(0x80 | ((cp >> 6) & 0x3F));
+        s += char(0x80 | (cp & 0x3F));
+    } else {
+        s += char(0xF0 | (cp >> 18));
+        s += char(0x80 | ((cp >> 12) & 0x3F));
+        s += char(0x80 | ((cp >> 6) & 0x3F));
+        s += char(0x80 | (cp & 0x3F));
+    }
+    return s;
+}
+
+// Length of the well-formed UTF-8 sequence at s[i] (> 0), or minus the
+// length of its "maximal subpart" when it is ill-formed (Unicode ch. 3,
+// "U+FFFD substitution of maximal subparts", which Rust's from_utf8_lossy
+// and therefore the `tokenizers` decoder follow).
+int utf8_step(std::string_view s, size_t i) {
+    auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+    unsigned char c = b(i);
+    if (c < 0x80) return 1;
+    int len;
+    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) lo = 0xA0;  // no overlong forms
+        if (c == 0xED) hi = 0x9F;  // no surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
+    } else {
+        return -1;
+    }
+    for (int k = 1; k < len; ++k) {
+        if (i + k >= s.size()) return -k;
+        unsigned char ck = b(i + k);
+        if (k == 1 ? (ck < lo || ck > hi) : (ck < 0x80 || ck > 0xBF)) return -k;
+    }
+    return len;
+}
+
+uint32_t utf8_code_point(std::string_view s, size_t i, int len) {
+    auto b = [&](size_t k) { return static_cast<uint32_t>(static_cast<unsigned char>(s[i + k])); };
+    switch (len) {
+        case 1:
+            return b(0);
+        case 2:
+            return ((b(0) & 0x1F) << 6) | (b(1) & 0x3F);
+        case 3:
+            return ((b(0) & 0x0F) << 12) | ((b(1) & 0x3F) << 6) | (b(2) & 0x3F);
+        default:
+            return ((b(0) & 0x07) << 18) | ((b(1) & 0x3F) << 12) | ((b(2) & 0x3F) << 6) |
+                   (b(3) & 0x3F);
+    }
+}
+
+std::string utf8_lossy(std::string_view bytes) {
+    std::string out;
+    out.reserve(bytes.size());
+    for (size_t i = 0; i < bytes.size();) {
+        int n = utf8_step(bytes, i);
+        if (n > 0) {
+            out.append(bytes.substr(i, n));
+            i += n;
+        } else {
+            out += "\xEF\xBF\xBD";  // U+FFFD
+            i += -n;
+        }
+    }
+    return out;
+}
+
+void check_utf8(std::string_view text) {
+    for (size_t i = 0; i < text.size();) {
+        int n = utf8_step(text, i);
+        if (n < 0) raise("tokenizer input is not valid UTF-8 (byte offset {})", i);
+        i += n;
+    }
+}
+
+// ---- byte-level mapping ----------------------------------------------------
+
+// GPT-2's table: printable Latin-1 bytes map to themselves, the other 68
+// bytes to U+0100.. in byte order, so every byte is a visible character.
+std::array<uint32_t, 256> byte_to_code_point() {
+    std::array<uint32_t, 256> t{};
+    uint32_t next = 256;
+    for (uint32_t b = 0; b < 256; ++b) {
+        bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        t[b] = printable ? b : next++;
+    }
+    return t;
+}
+
+// ---- NFC (ICU) -------------------------------------------------------------
+
+std::string to_nfc(std::string_view s) {
+    if (std::all_of(s.begin(), s.end(),
+                    [](char c) { return static_cast<unsigned char>(c) < 0x80; }))
+        return std::string(s);
+    UErrorCode st = U_ZERO_ERROR;
+    const icu::Normalizer2* n = icu::Normalizer2::getNFCInstance(st);
+    std::string out;
+    icu::StringByteSink<std::string> sink(&out);
+    if (U_SUCCESS(st))
+        n->normalizeUTF8(0, icu::StringPiece(s.data(), static_cast<int32_t>(s.size())), sink,
+                         nullptr, st);
+    if (U_FAILURE(st)) raise("NFC normalization failed: {}", u_errorName(st));
+    return out;
+}
+
+// ---- PCRE2 handles ---------------------------------------------------------
+
+struct CodeFree {
+    void operator()(pcre2_code* c) const { pcre2_code_free(c); }
+};
+struct MatchDataFree {
+    void operator()(pcre2_match_data* m) const { pcre2_match_data_free(m); }
+};
+
+// Oniguruma, which `tokenizers` uses, takes \s as the Unicode White_Space
+// property; PCRE2's \s (with UCP) also matches U+180E, which stopped being
+// a space in Unicode 6.3. Spell the property out so both engines split
+// alike. Other escapes are copied unchanged.
+std::string onig_compatible(const std::string& pattern) {
+    std::string out;
+    for (size_t i = 0; i < pattern.size(); ++i) {
+        if (pattern[i] == '\\' && i + 1 < pattern.size()) {
+            char e = pattern[++i];
+            if (e == 's')
+                out += "\\p{White_Space}";
+            else if (e == 'S')
+                out += "\\P{White_Space}";
+            else
+                (out += '\\') += e;
+        } else {
+            out += pattern[i];
+        }
+    }
+    return out;
+}
+
+// ---- tokenizer.json reading ------------------------------------------------
+
+// Field access that names the file and the dotted field in every error.
+struct JsonFile {
+    std::string path;
+
+    static std::string join(const std::string& parent, const char* key) {
+        return parent.empty() ? key : parent + "." + key;
+    }
+
+    [[noreturn]] void malformed(const std::string& field, const std::string& what) const {
+        raise<FormatError>("{}: field '{}' {}", path, field, what);
+    }
+    [[noreturn]] void unsupported(const std::string& field, const std::string& what) const {
+        raise<ConfigError>("{}: field '{}' {}", path, field, what);
+    }
+    const json& get(const json& obj, const std::string& field, const char* key) const {
+        if (!obj.is_object()) malformed(field, "is not an object");
+        auto it = obj.find(key);
+        if (it == obj.end()) malformed(join(field, key), "is missing");
+        return *it;
+    }
+    std::string string(const json& v, const std::string& field) const {
+        if (!v.is_string()) malformed(field, "is not a string");
+        return v.get<std::string>();
+    }
+    // Optional settings the engine does not implement must hold their
+    // neutral value (absent, null, false, "" or 0).
+    void require_neutral(const json& obj, const std::string& field, const char* key) const {
+        auto it = obj.find(key);
+        if (it == obj.end() || it->is_null()) return;
+        bool neutral = (it->is_boolean() && !it->get<bool>()) ||
+                       (it->is_string() && it->get<std::string>().empty()) ||
+                       (it->is_number() && it->get<double>() == 0.0);
+        if (!neutral)
+            unsupported(join(field, key),
+                        fmt::format("is {}; only the default is supported", it->dump()));
+    }
+};
+
+struct AddedToken {
+    std::string content;
+    int32_t id;
+    bool special;
+};
+
+// Whitespace-free form, so template checks ignore indentation.
+std::string squeeze(std::string_view s) {
+    std::string out;
+    for (char c : s)
+        if (c != ' ' && c != '\n' && c != '\t' && c != '\r') out += c;
+    return out;
+}
+
+}  // namespace
+
+// ---- implementation ----------------------------------------------------------
+
+struct BpeTokenizer::Impl {
+    std::string path;  // tokenizer.json, for messages
+    std::unordered_map<std::string, int32_t> vocab;
+    // (left id, right id) → (rank, merged id)
+    std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;
+    std::array<int32_t, 256> byte_id{};  // id of each byte's one-char token, or -1
+    std::vector<AddedToken> added;       // longest first
+    std::vector<std::string> id_text;    // bytes each id decodes to
+    std::vector<uint8_t> id_kind;        // 0 unused id, 1 vocabulary, 2 added, 3 added special
+    bool nfc = false;
+    std::unique_ptr<pcre2_code, CodeFree> split;
+
+    std::optional<int32_t> pad_id;
+    std::string config_path;
+    std::string chat_template;  // empty: none
+
+    mutable std::mutex cache_mu;
+    mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+
+    static uint64_t pair_key(int32_t a, int32_t b) {
+        return (uint64_t(uint32_t(a)) << 32) | uint32_t(b);
+    }
+
+    void load_model(const JsonFile& f, const json& model);
+    void load_added(const JsonFile& f, const json& list);
+    void load_pipeline(const JsonFile& f, const json& root);
+    void build_id_tables();
+
+    void bpe(std::string_view piece, std::vector<int32_t>& out) const;
+    void encode_segment(std::string_view text, std::vector<int32_t>& out) const;
+};
+
+void BpeTokenizer::Impl::load_model(const JsonFile& f, const json& model) {
+    std::string type = f.string(f.get(model, "model", "type"), "model.type");
+    if (type != "BPE")
+        f.unsupported(
+            "model.type",
+            fmt::format("is '{}'; only 'BPE' (byte-level, as in Qwen2/Qwen3) is supported", type));
+    for (const char* k : {"dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix",
+                          "byte_fallback", "ignore_merges"})
+        f.require_neutral(model, "model", k);
+
+    const json& v = f.get(model, "model", "vocab");
+    if (!v.is_object()) f.malformed("model.vocab", "is not an object of token: id");
+    for (auto it = v.begin(); it != v.end(); ++it) {
+        if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > INT32_MAX)
+            f.malformed("model.vocab",
+                        fmt::format("maps '{}' to {}, not an id", it.key(), it->dump()));
+        vocab.emplace(it.key(), it->get<int32_t>());
+    }
+
+    const json& m = f.get(model, "model", "merges");
+    if (!m.is_array()) f.malformed("model.merges", "is not a list");
+    for (size_t r = 0; r < m.size(); ++r) {
+        const json& e = m[r];
+        std::string a, b;
+        // Older files write "a b"; newer ones ["a", "b"].
+        if (e.is_string()) {
+            std::string s = e.get<std::string>();
+            size_t sp = s.find(' ');
+            if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
+                f.malformed(fmt::format("model.merges[{}]", r),
+                            fmt::format("'{}' is not two tokens separated by one space", s));
+            a = s.substr(0, sp);
+            b = s.substr(sp + 1);
+        } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
+            a = e[0].get<std::string>();
+            b = e[1].get<std::string>();
+        } else {
+            f.malformed(fmt::format("model.merges[{}]", r),
+                        "is neither \"a b\" nor [\"a\", \"b\"]");
+        }
+        auto ia = vocab.find(a), ib = vocab.find(b), iab = vocab.find(a + b);
+        if (ia == vocab.end() || ib == vocab.end() || iab == vocab.end())
+            f.malformed(
+                fmt::format("model.merges[{}]", r),
+                fmt::format("merges '{}' and '{}', which (or whose result) are not in model.vocab",
+                            a, b));
+        // A repeated pair would make its rank ambiguous.
+        auto [at, fresh] = merges.emplace(pair_key(ia->second, ib->second),
+                                          std::make_pair(int32_t(r), iab->second));
+        if (!fresh)
+            f.malformed(fmt::format("model.merges[{}]", r),
+                        fmt::format("repeats model.merges[{}]", at->second.first));
+    }
+
+    const auto table = byte_to_code_point();
+    for (int byte = 0; byte < 256; ++byte) {
+        auto it = vocab.find(utf8_encode(table[byte]));
+        byte_id[byte] = it == vocab.end() ? -1 : it->second;
+    }
+}
+
+void BpeTokenizer::Impl::load_added(const JsonFile& f, const json& list) {
+    if (!list.is_array()) f.malformed("added_tokens", "is not a list");
+    for (size_t i = 0; i < list.size(); ++i) {
+        std::string field = fmt::format("added_tokens[{}]", i);
+        const json& t = list[i];
+        const json& id = f.get(t, field, "id");
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
+            f.malformed(field + ".id", "is not a token id");
+        std::string content = f.string(f.get(t, field, "content"), field + ".content");
+        if (content.empty()) f.malformed(field + ".content", "is empty");
+        // Qwen's added tokens match verbatim; strip/word-boundary rules and
+        // matching on normalized text are not implemented.
+        for (const char* k : {"single_word", "lstrip", "rstrip", "normalized"})
+            f.require_neutral(t, field, k);
+        const json& special = f.get(t, field, "special");
+        if (!special.is_boolean()) f.malformed(field + ".special", "is not true/false");
+        added.push_back({content, id.get<int32_t>(), special.get<bool>()});
+    }
+    // Longest first: the first hit at a position is then the leftmost-longest match.
+    std::stable_sort(added.begin(), added.end(), [](const AddedToken& x, const AddedToken& y) {
+        return x.content.size() > y.content.size();
+    });
+}
+
+void BpeTokenizer::Impl::load_pipeline(const JsonFile& f, const json& root) {
+    for (const char* k : {"truncation", "padding"}) {
+        auto it = root.find(k);
+        if (it != root.end() && !it->is_null())
+            f.unsupported(k, "is set; only null is supported (pass lengths to encode_padded)");
+    }
+
+    const json& norm = f.get(root, "", "normalizer");
+    if (!norm.is_null()) {
+        std::string type = f.string(f.get(norm, "normalizer", "type"), "normalizer.type");
+        if (type != "NFC")
+            f.unsupported("normalizer.type",
+                          fmt::format("is '{}'; only NFC or null is supported", type));
+        nfc = true;
+    }
+
+    // Sequence[Split(Regex, Isolated), ByteLevel(no prefix space, no regex)], as in Qwen2/Qwen3.
+    const json& pre = f.get(root, "", "pre_tokenizer");
+    const char* expected =
+        "must be Sequence[Split(Regex, Isolated), ByteLevel(add_prefix_space=false, "
+        "use_regex=false)]";
+    if (pre.is_null()) f.unsupported("pre_tokenizer", expected);
+    if (f.string(f.get(pre, "pre_tokenizer", "type"), "pre_tokenizer.type") != "Sequence")
+        f.unsupported("pre_tokenizer.type", expected);
+    const json& steps = f.get(pre, "pre_tokenizer", "pretokenizers");
+    if (!steps.is_array() || steps.size() != 2)
+        f.unsupported("pre_tokenizer.pretokenizers", expected);
+    const std::string s0 = "pre_tokenizer.pretokenizers[0]", s1 = "pre_tokenizer.pretokenizers[1]";
+    if (f.string(f.get(steps[0], s0, "type"), s0 + ".type") != "Split")
+        f.unsupported(s0 + ".type", expected);
+    if (f.string(f.get(steps[0], s0, "behavior"), s0 + ".behavior") != "Isolated")
+        f.unsupported(s0 + ".behavior", "must be 'Isolated'");
+    f.require_neutral(steps[0], s0, "invert");
+    const json& pat = f.get(steps[0], s0, "pattern");
+    std::string regex = f.string(f.get(pat, s0 + ".pattern", "Regex"), s0 + ".pattern.Regex");
+    if (f.string(f.get(steps[1], s1, "type"), s1 + ".type") != "ByteLevel")
+        f.unsupported(s1 + ".type", expected);
+    f.require_neutral(steps[1], s1, "add_prefix_space");
+    f.require_neutral(steps[1], s1, "use_regex");
+
+    std::string translated = onig_compatible(regex);
+    int err = 0;
+    PCRE2_SIZE offset = 0;
+    split.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
+                              PCRE2_UTF | PCRE2_UCP, &err, &offset, nullptr));
+    if (!split) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(err, msg, sizeof msg);
+        f.malformed(s0 + ".pattern.Regex",
+                    fmt::format("does not compile at offset {} of '{}': {}", offset, translated,
+                                reinterpret_cast<const char*>(msg)));
+    }
+    // The JIT is only a speed-up; the interpreter gives the same matches.
+    pcre2_jit_compile(split.get(), PCRE2_JIT_COMPLETE);
+
+    // Encoding adds no tokens: null, ByteLevel (offsets only) or a template
+    // that is just the sequence itself.
+    const json& post = f.get(root, "", "post_processor");
+    if (!post.is_null()) {
+        std::string type = f.string(f.get(post, "post_processor", "type"), "post_processor.type");
+        bool identity = type == "ByteLevel";
+        if (type == "TemplateProcessing") {
+            const json& single = f.get(post, "post_processor", "single");
+            identity = single.is_array() && single.size() == 1 && single[0].contains("Sequence");
+        }
+        if (!identity)
+            f.unsupported("post_processor",
+                          "adds tokens; only null, ByteLevel or a TemplateProcessing whose "
+                          "'single' is the bare sequence are supported");
+    }
+
+    const json& dec = f.get(root, "", "decoder");
+    if (dec.is_null() || f.string(f.get(dec, "decoder", "type"), "decoder.type") != "ByteLevel")
+        f.unsupported("decoder", "must be ByteLevel");
+}
+
+void BpeTokenizer::Impl::build_id_tables() {
+    int32_t max_id = -1;
+    for (const auto& [tok, id] : vocab) max_id = std::max(max_id, id);
+    for (const auto& t : added) max_id = std::max(max_id, t.id);
+    id_text.assign(size_t(max_id + 1), {});
+    id_kind.assign(size_t(max_id + 1), 0);
+
+    std::unordered_map<uint32_t, char> cp_to_byte;
+    const auto table = byte_to_code_point();
+    for (int b = 0; b < 256; ++b) cp_to_byte[table[b]] = char(b);
+    // The ByteLevel decoder maps each character back to its byte; a token with
+    // any other character is passed through as its own UTF-8 (tokenizers does
+    // the same, for added tokens too).
+    auto to_bytes = [&](const std::string& tok) {
+        std::string bytes;
+        for (size_t i = 0; i < tok.size();) {
+            int n = utf8_step(tok, i);
+            if (n < 0) return tok;
+            auto it = cp_to_byte.find(utf8_code_point(tok, i, n));
+            if (it == cp_to_byte.end()) return tok;
+            bytes += it->second;
+            i += n;
+        }
+        return bytes;
+    };
+    for (const auto& [tok, id] : vocab) {
+        id_text[id] = to_bytes(tok);
+        id_kind[id] = 1;
+    }
+    for (const auto& t : added) {
+        id_text[t.id] = to_bytes(t.content);
+        id_kind[t.id] = t.special ? 3 : 2;
+    }
+}
+
+// Byte-level BPE of one pre-token: start from one symbol per byte and apply
+// the lowest-ranked merge present, leftmost first, until none applies (the
+// order `tokenizers` uses). A linked list plus a heap keeps it O(n log n);
+// heap entries made stale by an earlier merge are skipped when popped.
+void BpeTokenizer::Impl::bpe(std::string_view piece, std::vector<int32_t>& out) const {
+    {
+        std::lock_guard<std::mutex> lock(cache_mu);
+        auto it = cache.find(std::string(piece));
+        if (it != cache.end()) {
+            out.insert(out.end(), it->second.begin(), it->second.end());
+            return;
+        }
+    }
+    struct Sym {
+        int32_t id, prev, next;
+    };
+    std::vector<Sym> sym;
+    for (char c : piece) {
+        int32_t id = byte_id[static_cast<unsigned char>(c)];
+        // A byte missing from the vocabulary is dropped, as `tokenizers`
+        // does when there is no unk_token (never the case for Qwen).
+        if (id < 0) continue;
+        int32_t i = int32_t(sym.size());
+        sym.push_back({id, i - 1, -1});
+        if (i > 0) sym[i - 1].next = i;
+    }
+    struct Cand {
+        int32_t rank, pos, left, right, merged;
+        bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    };
+    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+    auto push = [&](int32_t pos) {
+        if (pos < 0 || sym[pos].next < 0) return;
+        int32_t nx = sym[pos].next;
+        auto it = merges.find(pair_key(sym[pos].id, sym[nx].id));
+        if (it != merges.end())
+            heap.push({it->second.first, pos, sym[pos].id, sym[nx].id, it->second.second});
+    };
+    for (int32_t i = 0; i + 1 < int32_t(sym.size()); ++i) push(i);
+    std::vector<bool> dead(sym.size(), false);
+    while (!heap.empty()) {
+        Cand c = heap.top();
+        heap.pop();
+        int32_t nx = sym[c.pos].next;
+        if (dead[c.pos] || nx < 0 || sym[c.pos].id != c.left || sym[nx].id != c.right) continue;
+        sym[c.pos].id = c.merged;
+        dead[nx] = true;
+        sym[c.pos].next = sym[nx].next;
+        if (sym[nx].next >= 0) sym[sym[nx].next].prev = c.pos;
+        push(sym[c.pos].prev);
+        push(c.pos);
+    }
+    std::vector<int32_t> ids;
+    for (int32_t i = sym.empty() ? -1 : 0; i >= 0; i = sym[i].next) ids.push_back(sym[i].id);
+    out.insert(out.end(), ids.begin(), ids.end());
+
+    std::lock_guard<std::mutex> lock(cache_mu);
+    if (cache.size() >= 10000) cache.clear();  // bounded; prompts repeat few pieces
+    cache.emplace(std::string(piece), std::move(ids));
+}
+
+// Text between added tokens: normalize, split by the regex (matches and the
+// gaps between them are both pieces), BPE each piece.
+void BpeTokenizer::Impl::encode_segment(std::string_view raw, std::vector<int32_t>& out) const {
+    std::string text = nfc ? to_nfc(raw) : std::string(raw);
+    std::unique_ptr<pcre2_match_data, MatchDataFree> md(
+        pcre2_match_data_create_from_pattern(split.get(), nullptr));
+    const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+    size_t pos = 0, gap = 0;
+    while (pos < text.size()) {
+        int rc = pcre2_match(split.get(), subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.get(),
+                             nullptr);
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        if (rc < 0) raise("{}: split regex failed to match (PCRE2 error {})", path, rc);
+        const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
+        size_t start = ov[0], end = ov[1];
+        if (end == start) {  // an empty match is no piece; move on one character
+            pos = start + size_t(utf8_step(text, start));
+            continue;
+        }
+        if (start > gap) bpe(std::string_view(text).substr(gap, start - gap), out);
+        bpe(std::string_view(text).substr(start, end - start), out);
+        gap = pos = end;
+    }
+    if (gap < text.size()) bpe(std::string_view(text).substr(gap), out);
+}
+
+// ---- public API --------------------------------------------------------------
+
+BpeTokenizer::BpeTokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+BpeTokenizer::BpeTokenizer(BpeTokenizer&&) noexcept = default;
+BpeTokenizer& BpeTokenizer::operator=(BpeTokenizer&&) noexcept = default;
+BpeTokenizer::~BpeTokenizer() = default;
+
+BpeTokenizer BpeTokenizer::from_file(const std::string& tokenizer_json_path) {
+    JsonFile f{tokenizer_json_path};
+    json root = read_json_file(f.path);
+    if (!root.is_object()) f.malformed("(root)", "is not an object");
+    auto impl = std::make_unique<Impl>();
+    impl->path = f.path;
+    impl->load_model(f, f.get(root, "", "model"));
+    impl->load_added(f, f.get(root, "", "added_tokens"));
+    impl->load_pipeline(f, root);
+    impl->build_id_tables();
+    return BpeTokenizer(std::move(impl));
+}
+
+BpeTokenizer BpeTokenizer::from_dir(const std::string& dir) {
+    namespace fs = std::filesystem;
+    BpeTokenizer tok = from_file((fs::path(dir) / "tokenizer.json").string());
+    Impl& im = *tok.impl_;
+    JsonFile f{(fs::path(dir) / "tokenizer_config.json").string()};
+    im.config_path = f.path;
+    json cfg = read_json_file(f.path);
+    if (!cfg.is_object()) f.malformed("(root)", "is not an object");
+
+    // Settings that would change what transformers returns and are not implemented.
+    for (const char* k :
+         {"split_special_tokens", "clean_up_tokenization_spaces", "add_bos_token", "add_eos_token"})
+        f.require_neutral(cfg, "", k);
+    for (const char* k : {"padding_side", "truncation_side"}) {
+        auto it = cfg.find(k);
+        if (it != cfg.end() && *it != "right")
+            f.unsupported(k, fmt::format("is {}; only \"right\" is supported", it->dump()));
+    }
+
+    auto pad = cfg.find("pad_token");
+    if (pad != cfg.end() && !pad->is_null()) {
+        // A plain string, or the older {"content": ...} AddedToken object.
+        std::string name = pad->is_object()
+                               ? f.string(f.get(*pad, "pad_token", "content"), "pad_token.content")
+                               : f.string(*pad, "pad_token");
+        im.pad_id = tok.token_to_id(name);
+        if (!im.pad_id)
+            f.unsupported("pad_token",
+                          fmt::format("is '{}', which {} does not define", name, im.path));
+    }
+
+    auto tpl = cfg.find("chat_template");
+    if (tpl != cfg.end() && !tpl->is_null()) {
+        im.chat_template = f.string(*tpl, "chat_template");
+    } else if (fs::exists(fs::path(dir) / "chat_template.jinja")) {
+        im.chat_template = read_text_file((fs::path(dir) / "chat_template.jinja").string());
+    }
+    return tok;
+}
+
+std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
+    check_utf8(text);
+    const Impl& im = *impl_;
+    std::vector<int32_t> out;
+    size_t seg = 0;  // start of the text not yet encoded
+    for (size_t i = 0; i < text.size();) {
+        const AddedToken* hit = nullptr;
+        for (const auto& t : im.added)
+            if (text.compare(i, t.content.size(), t.content) == 0) {
+                hit = &t;
+                break;
+            }
+        if (!hit) {
+            ++i;
+            continue;
+        }
+        if (i > seg) im.encode_segment(text.substr(seg, i - seg), out);
+        out.push_back(hit->id);
+        i += hit->content.size();
+        seg = i;
+    }
+    if (seg < text.size()) im.encode_segment(text.substr(seg), out);
+    return out;
+}
+
+PaddedTokens BpeTokenizer::encode_padded(std::string_view text, size_t max_length) const {
+    if (max_length == 0) raise<UsageError>("encode_padded: max_length must be at least 1");
+    int32_t pad = pad_token_id();
+    PaddedTokens r;
+    r.ids = encode(text);
+    if (r.ids.size() > max_length) r.ids.resize(max_length);
+    r.attention_mask.assign(r.ids.size(), 1);
+    r.ids.resize(max_length, pad);
+    r.attention_mask.resize(max_length, 0);
+    return r;
+}
+
+std::string BpeTokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+    const Impl& im = *impl_;
+    std::string bytes;
+    for (int32_t id : ids) {
+        if (id < 0 || size_t(id) >= im.id_kind.size() || im.id_kind[id] == 0)
+            raise("decode: token id {} is not in {}", id, im.path);
+        if (skip_special_tokens && im.id_kind[id] == 3) continue;
+        bytes += im.id_text[id];
+    }
+    return utf8_lossy(bytes);
+}
+
+std::optional<int32_t> BpeTokenizer::token_to_id(std::string_view token) const {
+    for (const auto& t : impl_->added)
+        if (t.content == token) return t.id;
+    auto it = impl_->vocab.find(std::string(token));
+    if (it == impl_->vocab.end()) return std::nullopt;
+    return it->second;
+}
+
+int32_t BpeTokenizer::pad_token_id() const {
+    if (!impl_->pad_id) {
+        if (impl_->config_path.empty())
+            raise<ConfigError>("{}: no pad token without tokenizer_config.json (use from_dir)",
+                               impl_->path);
+        raise<ConfigError>("{}: field 'pad_token' is missing or null", impl_->config_path);
+    }
+    return *impl_->pad_id;
+}
+
+size_t BpeTokenizer::vocab_size() const {
+    return impl_->id_kind.size();
+}
+
+std::string BpeTokenizer::apply_chat_template_zimage(std::string_view prompt) const {
+    const Impl& im = *impl_;
+    const std::string& where = im.config_path.empty() ? im.path : im.config_path;
+    if (im.chat_template.empty())
+        raise<ConfigError>(
+            "{}: no chat template ('chat_template' or chat_template.jinja beside it)", where);
+    // Qwen3's template renders a lone user message as this user turn, and its
+    // generation prompt with enable_thinking=true as '<|im_start|>assistant\n'
+    // alone (a system block only appears for a system message). Templates
+    // without these pieces, such as Qwen2.5's (default system prompt) or one
+    // that always opens <think>, render differently.
+    const std::string t = squeeze(im.chat_template);
+    auto has = [&](const char* fragment) { return t.find(squeeze(fragment)) != std::string::npos; };
+    const bool user_turn =
+        has(R"('<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n')") ||
+        has(R"('<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n')");
+    const std::string generation = squeeze(R"(
+        {%- if add_generation_prompt %}
+            {{- '<|im_start|>assistant\n' }}
+            {%- if enable_thinking is defined and enable_thinking is false %}
+                {{- '<think>\n\n</think>\n\n' }}
+            {%- endif %}
+        {%- endif %})");
+    const bool ends_with_generation =
+        t.size() >= generation.size() &&
+        t.compare(t.size() - generation.size(), generation.size(), generation) == 0;
+    if (!user_turn || !ends_with_generation)
+        raise<ConfigError>(
+            "{}: the chat template is not Qwen3's; only that template (the one Z-Image uses) is "
+            "rendered, as there is no Jinja engine",
+            where);
+    std::string s = "<|im_start|>user\n";
+    s.append(prompt);
+    s += "<|im_end|>\n<|im_start|>assistant\n";
+    return s;
+}
+
+}  // namespace qdit::text

@@ -1,0 +1,64 @@
+#include "nn/rope_half.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/threads.h"
+#include "nn/elementwise.h"
+
+namespace qdit::nn {
+
+RotaryHalf::RotaryHalf(double theta, int64_t head_dim) : head_dim_(head_dim) {
+    if (head_dim <= 0 || head_dim % 2 != 0 || !(theta > 0))
+        raise<ShapeError>("rope: head_dim {} must be even and positive, theta {} positive",
+                          head_dim, theta);
+    for (int64_t k = 0; k < head_dim / 2; ++k) {
+        const float e = float(2 * k) / float(head_dim);
+        inv_freq_.push_back(1.0f / std::pow(float(theta), e));
+    }
+}
+
+Tensor RotaryHalf::freqs(const std::vector<int64_t>& pos) const {
+    const int64_t n = int64_t(pos.size()), half = head_dim_ / 2;
+    Tensor out = Tensor::empty({n, half, 2}, DType::F32);
+    float* o = out.data<float>();
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t k = 0; k < half; ++k) {
+            const float angle = float(pos[size_t(i)]) * inv_freq_[size_t(k)];
+            o[(i * half + k) * 2] = std::cos(angle);
+            o[(i * half + k) * 2 + 1] = std::sin(angle);
+        }
+    return out;
+}
+
+void apply_rope_half(Tensor& x, const Tensor& freqs) {
+    check_activation(x, "apply_rope_half");
+    if (x.dim() != 4 || freqs.dtype() != DType::F32 || freqs.dim() != 4 ||
+        freqs.size(0) != x.size(0) || freqs.size(1) != x.size(1) ||
+        freqs.size(2) * 2 != x.size(3) || freqs.size(3) != 2)
+        raise<ShapeError>("apply_rope_half: x must be [B, L, H, D] and freqs F32 [B, L, D/2, 2], "
+                          "got {} and {}",
+                          shape_str(x.shape()), shape_str(freqs.shape()));
+    const int64_t tokens = x.size(0) * x.size(1), heads = x.size(2), half = x.size(3) / 2;
+    const float* f = freqs.data<float>();
+    dispatch_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        T* xp = x.data<T>();
+        parallel_for(tokens, std::max<int64_t>(1, 16384 / (heads * half)), [&](int64_t b, int64_t e) {
+            for (int64_t t = b; t < e; ++t) {
+                const float* ft = f + t * half * 2;
+                for (int64_t h = 0; h < heads; ++h) {
+                    T* v = xp + (t * heads + h) * half * 2;
+                    for (int64_t k = 0; k < half; ++k) {
+                        const float c = round_as<T>(ft[2 * k]), s = round_as<T>(ft[2 * k + 1]);
+                        const float x1 = load(v, k), x2 = load(v, k + half);
+                        store(v, k, round_as<T>(x1 * c) + round_as<T>(-x2 * s));
+                        store(v, k + half, round_as<T>(x2 * c) + round_as<T>(x1 * s));
+                    }
+                }
+            }
+        });
+    });
+}
+
+}  // namespace qdit::nn

@@ -1,0 +1,196 @@
+#include "pipeline/zimage_pipeline.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "core/error.h"
+#include "io/files.h"
+#include "quant/model.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace qdit {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// model_index.json must name a ZImagePipeline and every component must exist.
+void check_pipeline_folder(const std::string& dir) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) raise<IoError>("model folder {} does not exist", dir);
+    std::string index = (fs::path(dir) / "model_index.json").string();
+    if (!fs::exists(index))
+        raise<IoError>("{} is missing: {} is not a diffusers pipeline folder", index, dir);
+    json j = read_json_file(index);
+    std::string cls = j.value("_class_name", "");
+    if (cls != "ZImagePipeline")
+        raise<ConfigError>("{}: pipeline class '{}' is not supported (supported: ZImagePipeline)",
+                           index, cls);
+    for (const char* part : {"scheduler", "text_encoder", "tokenizer", "transformer", "vae"}) {
+        if (!j.contains(part))
+            raise<ConfigError>("{}: no '{}' component", index, part);
+        if (!fs::is_directory(fs::path(dir) / part))
+            raise<IoError>("{}: component folder {}/ is missing", dir, part);
+    }
+}
+
+}  // namespace
+
+struct ZImagePipeline::Parts {
+    std::string dir;
+    PipelineOptions opt;
+    FlowMatchConfig scheduler;
+    text::BpeTokenizer tokenizer;
+    PreparedModel text_prepared, transformer_prepared;
+    std::unique_ptr<text::Qwen3TextModel> text_encoder;
+    std::unique_ptr<zimage::ZImageTransformer> transformer;
+    std::unique_ptr<vae::AutoencoderKL> vae;
+
+    Parts(const std::string& d, const PipelineOptions& o)
+        : dir(d),
+          opt(o),
+          scheduler(FlowMatchConfig::from_json(
+              read_json_file((fs::path(d) / "scheduler" / "scheduler_config.json").string()),
+              (fs::path(d) / "scheduler" / "scheduler_config.json").string())),
+          tokenizer(text::BpeTokenizer::from_dir((fs::path(d) / "tokenizer").string())) {}
+};
+
+ZImagePipeline::ZImagePipeline(const std::string& dir, const PipelineOptions& opt) {
+    if (opt.dtype != DType::F32 && opt.dtype != DType::BF16)
+        raise<UsageError>("the pipeline runs in f32 or bf16, not {}", dtype_name(opt.dtype));
+    check_pipeline_folder(dir);
+    p_ = std::make_unique<Parts>(dir, opt);
+    // Validate every component (configs, keys, shapes, quantization plans)
+    // before the first weight is read.
+    p_->text_prepared = prepare_model((fs::path(dir) / "text_encoder").string(), opt.text_encoder_quant);
+    p_->transformer_prepared = prepare_model((fs::path(dir) / "transformer").string(), opt.transformer_quant);
+    p_->vae = std::make_unique<vae::AutoencoderKL>((fs::path(dir) / "vae").string(), opt.dtype);
+    p_->text_encoder = std::make_unique<text::Qwen3TextModel>(p_->text_prepared, opt.dtype);
+    p_->transformer = std::make_unique<zimage::ZImageTransformer>(p_->transformer_prepared, opt.dtype);
+
+    const int64_t cap = p_->transformer->config().cap_feat_dim;
+    if (p_->text_encoder->config().hidden_size != cap)
+        raise<ShapeError>("{}: the text encoder's hidden size {} differs from the transformer's "
+                          "cap_feat_dim {}",
+                          dir, p_->text_encoder->config().hidden_size, cap);
+    if (p_->vae->config().latent_channels != p_->transformer->config().in_channels)
+        raise<ShapeError>("{}: the VAE has {} latent channels but the transformer takes {}", dir,
+                          p_->vae->config().latent_channels, p_->transformer->config().in_channels);
+}
+
+ZImagePipeline::~ZImagePipeline() = default;
+
+int ZImagePipeline::transformer_int8_layers() const {
+    return p_->transformer_prepared.plan.quantized_count();
+}
+int ZImagePipeline::text_encoder_int8_layers() const {
+    return p_->text_prepared.plan.quantized_count();
+}
+int64_t ZImagePipeline::latent_channels() const { return p_->transformer->config().in_channels; }
+
+void ZImagePipeline::check(const GenerateOptions& o) const {
+    // The VAE halves the size per down block, the transformer patchifies by 2.
+    const int64_t multiple = p_->vae->config().spatial_scale() * 2;
+    if (o.width <= 0 || o.height <= 0 || o.width % multiple || o.height % multiple)
+        raise<UsageError>("width and height must be positive multiples of {} (got {}x{})", multiple,
+                          o.width, o.height);
+    if (o.steps <= 0) raise<UsageError>("--steps must be positive (got {})", o.steps);
+    if (o.max_sequence_length <= 0)
+        raise<UsageError>("the maximum sequence length must be positive");
+    if (!std::isfinite(o.guidance) || o.guidance < 0)
+        raise<UsageError>("--guidance must be >= 0 (got {})", o.guidance);
+    if (o.latents.defined()) {
+        Shape want = {1, latent_channels(), o.height / p_->vae->config().spatial_scale(),
+                      o.width / p_->vae->config().spatial_scale()};
+        Shape got = o.latents.shape();
+        if (got.size() == 3) got.insert(got.begin(), 1);
+        if (got != want)
+            raise<ShapeError>("the initial latents have shape {}, but {}x{} needs {}",
+                              shape_str(o.latents.shape()), o.width, o.height, shape_str(want));
+    }
+}
+
+Tensor ZImagePipeline::encode_prompt(const std::string& prompt, int max_sequence_length) const {
+    std::string templated = p_->tokenizer.apply_chat_template_zimage(prompt);
+    text::PaddedTokens t = p_->tokenizer.encode_padded(templated, size_t(max_sequence_length));
+    std::vector<uint8_t> mask(t.attention_mask.begin(), t.attention_mask.end());
+    return p_->text_encoder->encode(t.ids, mask);
+}
+
+GenerateResult ZImagePipeline::generate(const GenerateOptions& o,
+                                        const std::function<void(int, int, double)>& progress) const {
+    check(o);
+    GenerateResult r;
+    const bool cfg = o.guidance > 0;  // diffusers: do_classifier_free_guidance = guidance_scale > 0
+
+    auto t0 = std::chrono::steady_clock::now();
+    Tensor pos = encode_prompt(o.prompt, o.max_sequence_length);
+    Tensor neg = cfg ? encode_prompt(o.negative_prompt, o.max_sequence_length) : Tensor();
+    r.text_seconds = seconds_since(t0);
+
+    const int64_t s = p_->vae->config().spatial_scale();
+    const int64_t C = latent_channels(), h = o.height / s, w = o.width / s;
+    Tensor latents = o.latents.defined() ? o.latents.to(DType::F32).view({1, C, h, w})
+                                         : seeded_noise({1, C, h, w}, o.seed);
+
+    const int64_t image_tokens = (h / 2) * (w / 2);
+    FlowMatchEulerScheduler sched(p_->scheduler, zimage_default_sigmas(o.steps),
+                                  calculate_shift(image_tokens, p_->scheduler));
+    t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < sched.steps(); ++i) {
+        auto ts = std::chrono::steady_clock::now();
+        Tensor x = latents.view({C, 1, h, w});
+        Tensor t = Tensor::empty({cfg ? 2 : 1}, DType::F32);
+        for (int64_t b = 0; b < t.numel(); ++b)
+            t.data<float>()[b] = (1000.0f - sched.timesteps()[size_t(i)]) / 1000.0f;
+        std::vector<Tensor> xs = {x}, caps = {pos};
+        if (cfg) {
+            xs.push_back(x);
+            caps.push_back(neg);
+        }
+        std::vector<Tensor> out = p_->transformer->forward(xs, t, caps);
+        // noise_pred = -(pos + g·(pos − neg)) in f32, then the Euler step.
+        Tensor v = out[0].to(DType::F32);
+        float* vp = v.data<float>();
+        if (cfg) {
+            Tensor n = out[1].to(DType::F32);
+            const float* np = n.data<float>();
+            for (int64_t k = 0; k < v.numel(); ++k) vp[k] = vp[k] + o.guidance * (vp[k] - np[k]);
+        }
+        for (int64_t k = 0; k < v.numel(); ++k) vp[k] = -vp[k];
+        sched.step(i, v, latents);
+        if (progress) progress(i + 1, sched.steps(), seconds_since(ts));
+    }
+    r.denoise_seconds = seconds_since(t0);
+    r.latents = latents;
+
+    t0 = std::chrono::steady_clock::now();
+    Tensor image = p_->vae->decode(p_->vae->unscale_latents(latents));
+    r.image = vae::postprocess_to_u8(image);
+    r.image = r.image.view({r.image.size(1), r.image.size(2), r.image.size(3)});
+    r.vae_seconds = seconds_since(t0);
+    return r;
+}
+
+Tensor seeded_noise(const Shape& shape, uint64_t seed) {
+    Tensor t = Tensor::empty(shape, DType::F32);
+    std::mt19937_64 rng(seed);
+    float* p = t.data<float>();
+    const double two_pi = 6.283185307179586;
+    for (int64_t i = 0; i < t.numel(); i += 2) {
+        // Box-Muller on two uniforms in (0, 1].
+        double u1 = (double(rng() >> 11) + 1.0) * 0x1.0p-53, u2 = double(rng() >> 11) * 0x1.0p-53;
+        double r = std::sqrt(-2.0 * std::log(u1));
+        p[i] = float(r * std::cos(two_pi * u2));
+        if (i + 1 < t.numel()) p[i + 1] = float(r * std::sin(two_pi * u2));
+    }
+    return t;
+}
+
+}  // namespace qdit

@@ -1,0 +1,76 @@
+// ZImagePipeline (diffusers) on the CPU: prompt → Qwen3 embeddings → flow-
+// matching denoise loop with the Z-Image transformer (optional CFG) → VAE
+// decode → 8-bit RGB image.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+#include "models/text/qwen3.h"
+#include "models/text/tokenizer.h"
+#include "models/vae/autoencoder_kl.h"
+#include "models/zimage/transformer.h"
+#include "pipeline/scheduler.h"
+#include "quant/config.h"
+
+namespace qdit {
+
+struct PipelineOptions {
+    DType dtype = DType::BF16;        // activations of every component (F32 or BF16)
+    QuantConfig transformer_quant;    // the transformer's Linear layers
+    QuantConfig text_encoder_quant;   // the text encoder's (off unless asked for)
+};
+
+struct GenerateOptions {
+    std::string prompt;
+    std::string negative_prompt;  // used with guidance > 0
+    int steps = 9;
+    int width = 1024, height = 1024;
+    uint64_t seed = 0;
+    float guidance = 0.0f;        // CFG when > 0, as ZImagePipeline does
+    int max_sequence_length = 512;
+    Tensor latents;               // optional initial noise [1, C, H/8, W/8] (or [C, H/8, W/8])
+};
+
+struct GenerateResult {
+    Tensor image;    // U8 [H, W, 3]
+    Tensor latents;  // F32 [1, C, h, w], the final latents
+    double text_seconds = 0, denoise_seconds = 0, vae_seconds = 0;
+};
+
+class ZImagePipeline {
+public:
+    // `dir` is a diffusers ZImagePipeline folder: model_index.json, scheduler/,
+    // text_encoder/, tokenizer/, transformer/, vae/. Every component's config
+    // is checked before any weight is read.
+    ZImagePipeline(const std::string& dir, const PipelineOptions& opt);
+    ~ZImagePipeline();
+
+    // Checks the options (size a multiple of 16, steps > 0, latents shape)
+    // before doing any work; UsageError names the bad value.
+    void check(const GenerateOptions& o) const;
+
+    // progress(step, total, seconds of that step) after each denoising step.
+    GenerateResult generate(const GenerateOptions& o,
+                            const std::function<void(int, int, double)>& progress = {}) const;
+
+    // The prompt's embeddings as the transformer receives them: [tokens, hidden].
+    Tensor encode_prompt(const std::string& prompt, int max_sequence_length) const;
+
+    int transformer_int8_layers() const;
+    int text_encoder_int8_layers() const;
+    int64_t latent_channels() const;
+
+private:
+    struct Parts;
+    std::unique_ptr<Parts> p_;
+};
+
+// Seeded standard-normal noise (mt19937_64 + Box-Muller), the same for the
+// same seed and shape on every machine. Not torch's generator: pass the
+// reference's noise with GenerateOptions::latents to compare implementations.
+Tensor seeded_noise(const Shape& shape, uint64_t seed);
+
+}  // namespace qdit

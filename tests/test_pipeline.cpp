@@ -1,0 +1,205 @@
+// The Z-Image pipeline against diffusers' ZImagePipeline on a tiny pipeline
+// folder made of the committed component fixtures (tests/data/pipeline/,
+// scripts/fixtures/make_pipeline_fixtures.py), plus the generate command's
+// error handling.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "io/files.h"
+#include "io/png.h"
+#include "io/safetensors.h"
+#include "pipeline/tiny_model.h"
+#include "pipeline/zimage_pipeline.h"
+#include "tiny_model.h"
+
+namespace fs = std::filesystem;
+using namespace qdit;
+
+namespace {
+
+const std::string kPipe = std::string(QDIT_TEST_DATA) + "/pipeline";
+
+double max_abs(const Tensor& t) {
+    Tensor f = t.to(DType::F32);
+    double m = 0;
+    for (int64_t i = 0; i < f.numel(); ++i) m = std::max(m, double(std::fabs(f.data<float>()[i])));
+    return m;
+}
+
+double max_diff(const Tensor& a, const Tensor& b) {
+    EXPECT_EQ(a.shape(), b.shape());
+    Tensor x = a.to(DType::F32), y = b.to(DType::F32);
+    double m = 0;
+    for (int64_t i = 0; i < x.numel(); ++i)
+        m = std::max(m, double(std::fabs(x.data<float>()[i] - y.data<float>()[i])));
+    return m;
+}
+
+}  // namespace
+
+TEST(ZImagePipeline, MatchesDiffusersWithTheReferenceNoise) {
+    SafetensorsFile ref(kPipe + "/reference.safetensors");
+    nlohmann::json meta = read_json_file(kPipe + "/reference.json");
+    ZImagePipeline pipe(kPipe, PipelineOptions{DType::F32, {}, {}});
+    for (const auto& c : meta["cases"]) {
+        const std::string name = c["name"];
+        SCOPED_TRACE(name);
+        GenerateOptions o;
+        o.prompt = c["prompt"];
+        o.negative_prompt = c["negative_prompt"];
+        o.guidance = c["guidance"];
+        o.steps = c["steps"];
+        o.width = c["width"];
+        o.height = c["height"];
+        o.max_sequence_length = meta["max_sequence_length"];
+        o.latents = ref.get(name + ".latents");
+
+        // fp32 throughout: everything agrees to f32 rounding (≤ 1e-4 × max).
+        Tensor pos = pipe.encode_prompt(o.prompt, o.max_sequence_length);
+        Tensor want = ref.get(name + ".prompt_embeds");
+        EXPECT_LE(max_diff(pos, want), 1e-4 * max_abs(want));
+        if (o.guidance > 0) {
+            Tensor neg = pipe.encode_prompt(o.negative_prompt, o.max_sequence_length);
+            Tensor want_neg = ref.get(name + ".negative_prompt_embeds");
+            EXPECT_LE(max_diff(neg, want_neg), 1e-4 * max_abs(want_neg));
+        }
+        int calls = 0;
+        GenerateResult r = pipe.generate(o, [&](int step, int total, double) {
+            EXPECT_EQ(step, ++calls);
+            EXPECT_EQ(total, o.steps);
+        });
+        EXPECT_EQ(calls, o.steps);
+        Tensor final_ref = ref.get(name + ".final_latents");
+        EXPECT_LE(max_diff(r.latents, final_ref), 1e-4 * max_abs(final_ref));
+        // The 8-bit image may differ only where a value sits on a rounding
+        // boundary: at most one level, in at most 0.1% of the values.
+        Tensor img_ref = ref.get(name + ".image");
+        ASSERT_EQ(r.image.shape(), img_ref.shape());
+        int64_t off = 0;
+        for (int64_t i = 0; i < img_ref.numel(); ++i) {
+            int d = std::abs(int(r.image.data<uint8_t>()[i]) - int(img_ref.data<uint8_t>()[i]));
+            EXPECT_LE(d, 1);
+            off += d != 0;
+        }
+        EXPECT_LE(off * 1000, img_ref.numel());
+    }
+}
+
+TEST(ZImagePipeline, SameSeedSameImageAndInt8Runs) {
+    ZImagePipeline f32(kPipe, PipelineOptions{DType::F32, {}, {}});
+    GenerateOptions o;
+    o.prompt = "a lighthouse";
+    o.steps = 2;
+    o.width = 32;
+    o.height = 32;
+    o.seed = 7;
+    Tensor a = f32.generate(o).image, b = f32.generate(o).image;
+    EXPECT_EQ(max_diff(a, b), 0.0);
+    o.seed = 8;
+    EXPECT_GT(max_diff(a, f32.generate(o).image), 0.0);
+
+    QuantConfig q{QuantMethod::Int8, {}, "dynamic"};
+    ZImagePipeline i8(kPipe, PipelineOptions{DType::BF16, q, q});
+    EXPECT_GT(i8.transformer_int8_layers(), 0);
+    EXPECT_GT(i8.text_encoder_int8_layers(), 0);
+    GenerateResult r = i8.generate(o);
+    EXPECT_EQ(r.image.shape(), (Shape{32, 32, 3}));
+}
+
+namespace {
+
+struct Cli {
+    int status;
+    std::string err;
+};
+
+Cli run_qdit(const std::string& args) {
+    fs::path err = testutil::fresh_dir("gen_err") / "e";
+    int st = std::system((std::string(QDIT_BINARY) + " " + args + " >/dev/null 2>" + err.string()).c_str());
+    return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, read_text_file(err.string())};
+}
+
+// A copy of the pipeline folder whose components link to the fixtures, so one
+// can be broken without touching the others.
+fs::path pipeline_copy(const std::string& name) {
+    fs::path d = testutil::fresh_dir(name);
+    for (const char* f : {"model_index.json"}) fs::copy_file(fs::path(kPipe) / f, d / f);
+    fs::copy(fs::path(kPipe) / "scheduler", d / "scheduler", fs::copy_options::recursive);
+    for (const char* c : {"transformer", "text_encoder", "tokenizer", "vae"})
+        fs::create_directory_symlink(fs::canonical(fs::path(kPipe) / c), d / c);
+    return d;
+}
+
+}  // namespace
+
+TEST(Generate, WritesAPngWithItsSettings) {
+    fs::path out = testutil::fresh_dir("gen_ok") / "out.png";
+    Cli r = run_qdit("generate --model " + kPipe + " --prompt 'a cat' --width 32 --height 48 --steps 2 "
+                 "--seed 3 --quantization int8 -o " + out.string());
+    ASSERT_EQ(r.status, 0) << r.err;
+    PngImage img = read_png(out.string());
+    EXPECT_EQ(img.width, 32);
+    EXPECT_EQ(img.height, 48);
+    std::map<std::string, std::string> text(img.text.begin(), img.text.end());
+    EXPECT_EQ(text["prompt"], "a cat");
+    EXPECT_EQ(text["seed"], "3");
+    EXPECT_EQ(text["steps"], "2");
+    EXPECT_EQ(text["quantization"], "int8");
+}
+
+TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
+    fs::path outdir = testutil::fresh_dir("gen_bad");
+    const std::string out = (outdir / "x.png").string();
+    const std::string base = " --prompt p --width 32 --height 32 --steps 1 -o " + out;
+
+    fs::path no_vae = pipeline_copy("gen_no_vae");
+    fs::remove(no_vae / "vae");
+    fs::path bad_sched = pipeline_copy("gen_bad_sched");
+    write_file_atomic((bad_sched / "scheduler" / "scheduler_config.json").string(),
+                      R"({"_class_name": "DPMSolverMultistepScheduler"})");
+    fs::path corrupt = pipeline_copy("gen_corrupt");
+    fs::remove(corrupt / "vae");
+    fs::create_directory(corrupt / "vae");
+    fs::copy_file(fs::path(kPipe) / "vae" / "config.json", corrupt / "vae" / "config.json");
+    write_file_atomic((corrupt / "vae" / "diffusion_pytorch_model.safetensors").string(), "garbage!!");
+
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"generate --model /no/such/model" + base, "/no/such/model"},
+        {"generate --model " + no_vae.string() + base, "vae"},
+        {"generate --model " + bad_sched.string() + base, "DPMSolverMultistepScheduler"},
+        {"generate --model " + corrupt.string() + base, "diffusion_pytorch_model.safetensors"},
+        {"generate --model " + kPipe + " --prompt p --width 36 --height 32 -o " + out, "multiple"},
+        {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 0 -o " + out, "steps"},
+        {"generate --model " + kPipe + " --prompt p --width 32 --height 32 -o /no/such/dir/x.png", "/no/such/dir"},
+        {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --dtype f16 -o " + out, "f16"},
+    };
+    for (const auto& [args, needle] : cases) {
+        Cli r = run_qdit(args);
+        EXPECT_NE(r.status, 0) << args;
+        EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << args << ": " << r.err;
+        EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
+        EXPECT_NE(r.err.find(needle), std::string::npos) << args << ": " << r.err;
+        EXPECT_TRUE(fs::is_empty(outdir)) << args;
+    }
+}
+
+TEST(Generate, BuiltInTinyModelIsDeterministic) {
+    fs::path a = testutil::fresh_dir("tiny_a") / "m", b = testutil::fresh_dir("tiny_b") / "m";
+    write_tiny_zimage(a.string());
+    write_tiny_zimage(b.string());
+    for (auto& e : fs::recursive_directory_iterator(a)) {
+        if (!e.is_regular_file()) continue;
+        fs::path rel = fs::relative(e.path(), a);
+        EXPECT_EQ(read_text_file(e.path().string()), read_text_file((b / rel).string())) << rel;
+    }
+    // It is a valid pipeline folder.
+    ZImagePipeline pipe(a.string(), PipelineOptions{});
+    GenerateOptions o;
+    o.prompt = "x";
+    o.steps = 1;
+    o.width = o.height = 32;
+    EXPECT_EQ(pipe.generate(o).image.shape(), (Shape{32, 32, 3}));
+}

@@ -20,7 +20,7 @@ TEST(CudaQuantize, PerTokenMatchesTheCpuReferenceBitForBit) {
     Tensor xb = x.to(DType::BF16);
 
     std::vector<int8_t> q_ref(size_t(m * k)), q(size_t(m * k));
-    std::vector<float> s_ref(size_t(m)), s(size_t(m));
+    std::vector<float> s_ref(static_cast<size_t>(m)), s(static_cast<size_t>(m));
     quantize_rows_int8_ref(xb.raw(), DType::BF16, m, k, k, q_ref.data(), s_ref.data());
 
     void* dx = nullptr;

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "io/files.h"
 
 using nlohmann::json;
 
@@ -16,14 +17,7 @@ FlowMatchConfig FlowMatchConfig::from_json(const json& j, const std::string& whe
                            "FlowMatchEulerDiscreteScheduler)",
                            where, cls);
     FlowMatchConfig c;
-    auto get = [&](const char* key, auto* out) {
-        if (!j.contains(key) || j[key].is_null()) return;
-        try {
-            *out = j[key].get<std::decay_t<decltype(*out)>>();
-        } catch (const json::exception&) {
-            raise<ConfigError>("{}: field '{}' has the wrong type ({})", where, key, j[key].dump());
-        }
-    };
+    auto get = [&](const char* key, auto* out) { read_config_field(j, where, key, out); };
     get("num_train_timesteps", &c.num_train_timesteps);
     get("shift", &c.shift);
     get("use_dynamic_shifting", &c.use_dynamic_shifting);

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "core/threads.h"
+#include "io/files.h"
 #include "nn/attention.h"
 #include "nn/elementwise.h"
 
@@ -14,16 +15,6 @@ using nlohmann::json;
 namespace qdit::text {
 
 namespace {
-
-template <typename T>
-void read_field(const json& j, const std::string& where, const char* key, T* out) {
-    if (!j.contains(key) || j[key].is_null()) return;  // transformers' default applies
-    try {
-        *out = j[key].get<T>();
-    } catch (const json::exception&) {
-        raise<ConfigError>("{}: field '{}' has the wrong type ({})", where, key, j[key].dump());
-    }
-}
 
 void require(bool ok, const std::string& where, const std::string& what) {
     if (!ok) raise<ConfigError>("{}: {}", where, what);
@@ -61,29 +52,29 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
             fmt::format("field 'architectures' names '{}'; a Qwen3 text encoder is Qwen3Model or "
                         "Qwen3ForCausalLM",
                         c.architecture));
-    read_field(j, where, "vocab_size", &c.vocab_size);
-    read_field(j, where, "hidden_size", &c.hidden_size);
-    read_field(j, where, "intermediate_size", &c.intermediate_size);
-    read_field(j, where, "num_hidden_layers", &c.num_hidden_layers);
-    read_field(j, where, "num_attention_heads", &c.num_attention_heads);
+    read_config_field(j, where, "vocab_size", &c.vocab_size);
+    read_config_field(j, where, "hidden_size", &c.hidden_size);
+    read_config_field(j, where, "intermediate_size", &c.intermediate_size);
+    read_config_field(j, where, "num_hidden_layers", &c.num_hidden_layers);
+    read_config_field(j, where, "num_attention_heads", &c.num_attention_heads);
     c.num_key_value_heads = c.num_attention_heads;  // transformers: None means MHA
-    read_field(j, where, "num_key_value_heads", &c.num_key_value_heads);
-    read_field(j, where, "head_dim", &c.head_dim);
-    read_field(j, where, "rms_norm_eps", &c.rms_norm_eps);
-    read_field(j, where, "attention_bias", &c.attention_bias);
-    read_field(j, where, "tie_word_embeddings", &c.tie_word_embeddings);
+    read_config_field(j, where, "num_key_value_heads", &c.num_key_value_heads);
+    read_config_field(j, where, "head_dim", &c.head_dim);
+    read_config_field(j, where, "rms_norm_eps", &c.rms_norm_eps);
+    read_config_field(j, where, "attention_bias", &c.attention_bias);
+    read_config_field(j, where, "tie_word_embeddings", &c.tie_word_embeddings);
 
     std::string act = "silu";
-    read_field(j, where, "hidden_act", &act);
+    read_config_field(j, where, "hidden_act", &act);
     require(act == "silu", where,
             fmt::format("field 'hidden_act' is '{}'; only 'silu' (SwiGLU) is supported", act));
     bool sliding = false;
-    read_field(j, where, "use_sliding_window", &sliding);
+    read_config_field(j, where, "use_sliding_window", &sliding);
     require(!sliding, where, "field 'use_sliding_window' is true; sliding-window attention is not "
                              "supported (set it to false)");
     if (j.contains("layer_types") && !j["layer_types"].is_null()) {
         std::vector<std::string> types;
-        read_field(j, where, "layer_types", &types);
+        read_config_field(j, where, "layer_types", &types);
         for (const std::string& t : types)
             require(t == "full_attention", where,
                     fmt::format("field 'layer_types' has '{}'; only 'full_attention' is supported",
@@ -95,16 +86,16 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
     std::string rope_type = "default";
     if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
         const json& rp = j["rope_parameters"];
-        read_field(rp, where + " rope_parameters", "rope_type", &rope_type);
-        read_field(rp, where + " rope_parameters", "rope_theta", &c.rope_theta);
+        read_config_field(rp, where + " rope_parameters", "rope_type", &rope_type);
+        read_config_field(rp, where + " rope_parameters", "rope_theta", &c.rope_theta);
     } else {
-        read_field(j, where, "rope_theta", &c.rope_theta);
+        read_config_field(j, where, "rope_theta", &c.rope_theta);
         if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
             const json& rs = j["rope_scaling"];
             require(rs.is_object(), where, "field 'rope_scaling' must be an object or null");
             // Older configs spell the key "type".
             const char* key = rs.contains("rope_type") ? "rope_type" : "type";
-            read_field(rs, where + " rope_scaling", key, &rope_type);
+            read_config_field(rs, where + " rope_scaling", key, &rope_type);
         }
     }
     require(rope_type == "default", where,

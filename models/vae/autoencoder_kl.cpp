@@ -18,16 +18,6 @@ namespace qdit::vae {
 
 namespace {
 
-template <typename T>
-void read_field(const json& j, const std::string& where, const char* key, T* out) {
-    if (!j.contains(key) || j[key].is_null()) return;  // the diffusers default applies
-    try {
-        *out = j[key].get<T>();
-    } catch (const json::exception&) {
-        raise<ConfigError>("{}: field '{}' has the wrong type ({})", where, key, j[key].dump());
-    }
-}
-
 void require(bool ok, const std::string& where, const char* field, const std::string& what) {
     if (!ok) raise<ConfigError>("{}: field '{}' {}", where, field, what);
 }
@@ -129,21 +119,21 @@ void add_into(Tensor& x, const Tensor& r) {
 Config Config::from_json(const json& j, const std::string& where) {
     if (!j.is_object()) raise<ConfigError>("{}: expected a JSON object", where);
     std::string class_name = "AutoencoderKL";
-    read_field(j, where, "_class_name", &class_name);
+    read_config_field(j, where, "_class_name", &class_name);
     require(class_name == "AutoencoderKL", where, "_class_name",
             fmt::format("is '{}'; this decoder reads AutoencoderKL only", class_name));
     Config c;
-    read_field(j, where, "out_channels", &c.out_channels);
-    read_field(j, where, "latent_channels", &c.latent_channels);
-    read_field(j, where, "block_out_channels", &c.block_out_channels);
-    read_field(j, where, "up_block_types", &c.up_block_types);
-    read_field(j, where, "layers_per_block", &c.layers_per_block);
-    read_field(j, where, "norm_num_groups", &c.norm_num_groups);
-    read_field(j, where, "act_fn", &c.act_fn);
-    read_field(j, where, "scaling_factor", &c.scaling_factor);
-    read_field(j, where, "shift_factor", &c.shift_factor);
-    read_field(j, where, "use_post_quant_conv", &c.use_post_quant_conv);
-    read_field(j, where, "mid_block_add_attention", &c.mid_block_add_attention);
+    read_config_field(j, where, "out_channels", &c.out_channels);
+    read_config_field(j, where, "latent_channels", &c.latent_channels);
+    read_config_field(j, where, "block_out_channels", &c.block_out_channels);
+    read_config_field(j, where, "up_block_types", &c.up_block_types);
+    read_config_field(j, where, "layers_per_block", &c.layers_per_block);
+    read_config_field(j, where, "norm_num_groups", &c.norm_num_groups);
+    read_config_field(j, where, "act_fn", &c.act_fn);
+    read_config_field(j, where, "scaling_factor", &c.scaling_factor);
+    read_config_field(j, where, "shift_factor", &c.shift_factor);
+    read_config_field(j, where, "use_post_quant_conv", &c.use_post_quant_conv);
+    read_config_field(j, where, "mid_block_add_attention", &c.mid_block_add_attention);
 
     require(c.out_channels > 0, where, "out_channels", "must be positive");
     require(c.latent_channels > 0, where, "latent_channels", "must be positive");

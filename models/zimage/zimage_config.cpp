@@ -5,22 +5,13 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "io/files.h"
 
 using nlohmann::json;
 
 namespace qdit::zimage {
 
 namespace {
-
-template <typename T>
-void read_field(const json& j, const std::string& where, const char* key, T* out) {
-    if (!j.contains(key) || j[key].is_null()) return;  // the diffusers default applies
-    try {
-        *out = j[key].get<T>();
-    } catch (const json::exception&) {
-        raise<ConfigError>("{}: field '{}' has the wrong type ({})", where, key, j[key].dump());
-    }
-}
 
 void require(bool ok, const std::string& where, const std::string& what) {
     if (!ok) raise<ConfigError>("{}: {}", where, what);
@@ -30,22 +21,22 @@ void require(bool ok, const std::string& where, const std::string& what) {
 
 Config Config::from_json(const json& j, const std::string& where) {
     Config c;
-    read_field(j, where, "all_patch_size", &c.all_patch_size);
-    read_field(j, where, "all_f_patch_size", &c.all_f_patch_size);
-    read_field(j, where, "in_channels", &c.in_channels);
-    read_field(j, where, "dim", &c.dim);
-    read_field(j, where, "n_layers", &c.n_layers);
-    read_field(j, where, "n_refiner_layers", &c.n_refiner_layers);
-    read_field(j, where, "n_heads", &c.n_heads);
-    read_field(j, where, "n_kv_heads", &c.n_kv_heads);
-    read_field(j, where, "norm_eps", &c.norm_eps);
-    read_field(j, where, "qk_norm", &c.qk_norm);
-    read_field(j, where, "cap_feat_dim", &c.cap_feat_dim);
-    read_field(j, where, "siglip_feat_dim", &c.siglip_feat_dim);
-    read_field(j, where, "rope_theta", &c.rope_theta);
-    read_field(j, where, "t_scale", &c.t_scale);
-    read_field(j, where, "axes_dims", &c.axes_dims);
-    read_field(j, where, "axes_lens", &c.axes_lens);
+    read_config_field(j, where, "all_patch_size", &c.all_patch_size);
+    read_config_field(j, where, "all_f_patch_size", &c.all_f_patch_size);
+    read_config_field(j, where, "in_channels", &c.in_channels);
+    read_config_field(j, where, "dim", &c.dim);
+    read_config_field(j, where, "n_layers", &c.n_layers);
+    read_config_field(j, where, "n_refiner_layers", &c.n_refiner_layers);
+    read_config_field(j, where, "n_heads", &c.n_heads);
+    read_config_field(j, where, "n_kv_heads", &c.n_kv_heads);
+    read_config_field(j, where, "norm_eps", &c.norm_eps);
+    read_config_field(j, where, "qk_norm", &c.qk_norm);
+    read_config_field(j, where, "cap_feat_dim", &c.cap_feat_dim);
+    read_config_field(j, where, "siglip_feat_dim", &c.siglip_feat_dim);
+    read_config_field(j, where, "rope_theta", &c.rope_theta);
+    read_config_field(j, where, "t_scale", &c.t_scale);
+    read_config_field(j, where, "axes_dims", &c.axes_dims);
+    read_config_field(j, where, "axes_lens", &c.axes_lens);
 
     require(c.all_patch_size.size() == c.all_f_patch_size.size() && !c.all_patch_size.empty(),
             where, "all_patch_size and all_f_patch_size must be non-empty lists of equal length");

@@ -1,0 +1,58 @@
+#include "backend/cuda/device_tensor.h"
+
+namespace qdit::cuda {
+
+void check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) raise<Error>("CUDA error in {}: {}", what, cudaGetErrorString(e));
+}
+
+DTensor DTensor::empty(Shape shape, DType dtype, MemKind kind) {
+    DTensor t;
+    t.shape_ = std::move(shape);
+    t.dtype_ = dtype;
+    Allocator& a = Allocator::instance();
+    t.ptr_ = a.allocate(t.nbytes(), kind);
+    t.mem_ = std::shared_ptr<void>(t.ptr_, [](void* p) { Allocator::instance().release(p); });
+    return t;
+}
+
+DTensor DTensor::zeros(Shape shape, DType dtype, MemKind kind, cudaStream_t stream) {
+    DTensor t = empty(std::move(shape), dtype, kind);
+    check(cudaMemsetAsync(t.ptr_, 0, t.nbytes(), stream), "DTensor::zeros");
+    return t;
+}
+
+DTensor DTensor::upload(const Tensor& host, MemKind kind, cudaStream_t stream) {
+    DTensor t = empty(host.shape(), host.dtype(), kind);
+    check(cudaMemcpyAsync(t.ptr_, host.raw(), t.nbytes(), cudaMemcpyHostToDevice, stream), "DTensor::upload");
+    check(cudaStreamSynchronize(stream), "DTensor::upload");  // the host tensor may go away next
+    return t;
+}
+
+Tensor DTensor::download(cudaStream_t stream) const {
+    Tensor h = Tensor::empty(shape_, dtype_);
+    check(cudaMemcpyAsync(h.raw(), ptr_, nbytes(), cudaMemcpyDeviceToHost, stream), "DTensor::download");
+    check(cudaStreamSynchronize(stream), "DTensor::download");
+    return h;
+}
+
+DTensor DTensor::view(Shape shape) const {
+    if (shape_numel(shape) != numel())
+        raise<ShapeError>("DTensor::view: {} has {} elements, {} has {}", shape_str(shape_), numel(),
+                          shape_str(shape), shape_numel(shape));
+    DTensor t = *this;
+    t.shape_ = std::move(shape);
+    return t;
+}
+
+DTensor DTensor::rows(int64_t begin, int64_t end) const {
+    if (dim() < 1 || begin < 0 || end < begin || end > shape_[0])
+        raise<ShapeError>("DTensor::rows: [{}, {}) out of {}", begin, end, shape_str(shape_));
+    DTensor t = *this;
+    const size_t row_bytes = shape_[0] ? nbytes() / size_t(shape_[0]) : 0;
+    t.ptr_ = static_cast<uint8_t*>(ptr_) + size_t(begin) * row_bytes;
+    t.shape_[0] = end - begin;
+    return t;
+}
+
+}  // namespace qdit::cuda

@@ -1,0 +1,472 @@
+#include "backend/cuda/zimage_kernels.h"
+
+#include <cmath>
+
+#include <cuda_bf16.h>
+
+#include "core/error.h"
+
+namespace qdit::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float rbf(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_sumf(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Block-wide reductions; every thread gets the result. The leading barrier lets one shared slot
+// array serve consecutive reductions.
+__device__ double block_sum(double v) {
+    __shared__ double part[32];
+    v = warp_sum(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    const int nw = int(blockDim.x + 31) >> 5;
+    double r = 0;
+    for (int i = 0; i < nw; ++i) r += part[i];
+    return r;
+}
+__device__ float block_max(float v) {
+    __shared__ float part[32];
+    v = warp_max(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    const int nw = int(blockDim.x + 31) >> 5;
+    float r = 0.f;
+    for (int i = 0; i < nw; ++i) r = fmaxf(r, part[i]);
+    return r;
+}
+
+// A row held in registers: thread t owns elements (j·blockDim + t)·VEC + e, j < NV, e < VEC.
+// VEC = 8 moves 16-byte vectors (k % 8 == 0, rows 16-byte aligned), VEC = 1 single elements.
+template <int VEC, int NV>
+struct RowRegs {
+    float v[NV][VEC];
+
+    __device__ static int base(int j) { return (j * int(blockDim.x) + int(threadIdx.x)) * VEC; }
+
+    __device__ void load(const bf16* p, int k) {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int b = base(j);
+            if constexpr (VEC == 8) {
+                uint4 u = b < k ? *reinterpret_cast<const uint4*>(p + b) : make_uint4(0u, 0u, 0u, 0u);
+                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float2 f = __bfloat1622float2(h[e]);
+                    v[j][2 * e] = f.x;
+                    v[j][2 * e + 1] = f.y;
+                }
+            } else {
+                v[j][0] = b < k ? __bfloat162float(p[b]) : 0.f;
+            }
+        }
+    }
+
+    __device__ void store(bf16* p, int k) const {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int b = base(j);
+            if (b >= k) continue;
+            if constexpr (VEC == 8) {
+                uint4 u;
+                __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) h[e] = __floats2bfloat162_rn(v[j][2 * e], v[j][2 * e + 1]);
+                *reinterpret_cast<uint4*>(p + b) = u;
+            } else {
+                p[b] = __float2bfloat16_rn(v[j][0]);
+            }
+        }
+    }
+
+    // Σ v² in double (the CPU sums f32 squares in double). Elements past k are 0.
+    __device__ double sum_sq() const {
+        double s = 0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) s += double(v[j][e] * v[j][e]);
+        return block_sum(s);
+    }
+
+    __device__ float absmax() const {
+        float a = 0.f;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) a = fmaxf(a, fabsf(v[j][e]));
+        return block_max(a);
+    }
+
+    // Per-element parameter vectors (f32 or bf16) at this thread's positions.
+    __device__ float at(const float* p, int j, int e) const { return p[base(j) + e]; }
+    __device__ float at(const bf16* p, int j, int e) const { return __bfloat162float(p[base(j) + e]); }
+
+    // The quant/int8.h rule; q row stride ldq >= k, columns [k, ldq) zeroed.
+    __device__ void quantize(int8_t* q, float* qs, int k, int ldq) const {
+        const float amax = absmax();
+        const float s = amax > 0.f ? __fdiv_rn(amax, 127.f) : 1.f;
+        if (threadIdx.x == 0) *qs = s;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int b = base(j);
+            if (b >= k) continue;
+            int8_t r[VEC];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e)
+                r[e] = int8_t(fminf(127.f, fmaxf(-127.f, rintf(__fdiv_rn(v[j][e], s)))));
+            if constexpr (VEC == 8)
+                *reinterpret_cast<uint2*>(q + b) = *reinterpret_cast<const uint2*>(r);
+            else
+                q[b] = r[0];
+        }
+        for (int i = k + int(threadIdx.x); i < ldq; i += int(blockDim.x)) q[i] = 0;
+    }
+};
+
+template <int VEC, int NV>
+__device__ __forceinline__ bool in_row(int j, int e, int k) {
+    return RowRegs<VEC, NV>::base(j) + e < k;
+}
+
+template <int VEC, int NV>
+__global__ void __launch_bounds__(256) row_op_kernel(RowOp op) {
+    const int64_t row = blockIdx.x;
+    const int k = int(op.k);
+    bf16* x = static_cast<bf16*>(op.x) + row * op.ldx;
+    RowRegs<VEC, NV> r;
+    r.load(x, k);
+
+    if (op.y) {
+        RowRegs<VEC, NV> y;
+        y.load(static_cast<const bf16*>(op.y) + row * op.ldy, k);
+        const float inv = 1.0f / sqrtf(float(y.sum_sq()) / float(k) + op.eps_res);
+        const bf16* w = static_cast<const bf16*>(op.w_res);
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                if (!in_row<VEC, NV>(j, e, k)) continue;
+                float n = rbf(rbf(y.v[j][e] * inv) * y.at(w, j, e));
+                if (op.gate) n = rbf(y.at(op.gate, j, e) * n);
+                r.v[j][e] = rbf(r.v[j][e] + n);
+            }
+        r.store(x, k);
+    }
+
+    if (op.norm == RowNorm::Rms) {
+        const float inv = 1.0f / sqrtf(float(r.sum_sq()) / float(k) + op.eps);
+        const bf16* w = static_cast<const bf16*>(op.w);
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                if (!in_row<VEC, NV>(j, e, k)) continue;
+                float n = rbf(rbf(r.v[j][e] * inv) * r.at(w, j, e));
+                if (op.scale) n = rbf(n * r.at(op.scale, j, e));
+                r.v[j][e] = n;
+            }
+    } else if (op.norm == RowNorm::LayerNorm) {
+        double s = 0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) s += double(r.v[j][e]);
+        const double mean = block_sum(s) / double(k);
+        double sq = 0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e)
+                if (in_row<VEC, NV>(j, e, k)) {
+                    const double c = double(r.v[j][e]) - mean;
+                    sq += c * c;
+                }
+        const float rstd = 1.0f / sqrtf(float(block_sum(sq) / double(k)) + op.eps);
+        const float mf = float(mean);
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                if (!in_row<VEC, NV>(j, e, k)) continue;
+                float n = rbf((r.v[j][e] - mf) * rstd);
+                if (op.scale) n = rbf(n * r.at(op.scale, j, e));
+                r.v[j][e] = n;
+            }
+    }
+
+    if (op.out) r.store(static_cast<bf16*>(op.out) + row * op.ldo, k);
+    if (op.q) r.quantize(op.q + row * op.ldq, op.qs + row, k, int(op.ldq));
+}
+
+template <int VEC, int NV>
+__global__ void __launch_bounds__(256)
+swiglu_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, int8_t* q, float* qs, int64_t ldq) {
+    const int64_t row = blockIdx.x;
+    RowRegs<VEC, NV> a, b;
+    a.load(h + row * ldh, k);
+    b.load(h + row * ldh + k, k);
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const float s = a.v[j][e] / (1.0f + expf(-a.v[j][e]));
+            a.v[j][e] = rbf(rbf(s) * b.v[j][e]);
+        }
+    if (out) a.store(out + row * ldo, k);
+    if (q) a.quantize(q + row * ldq, qs + row, k, int(ldq));
+}
+
+// Launch shape for a row of k elements: 16-byte vectors when `vec`, and the fewest vectors per
+// thread (1, 2, 4, 8) that keep the block at <= 256 threads.
+struct RowLaunch {
+    int vec, nv, threads;
+};
+RowLaunch row_launch(int64_t k, bool vec) {
+    const int64_t units = vec ? k / 8 : k;
+    for (int nv : {1, 2, 4, 8}) {
+        const int64_t t = (units + nv - 1) / nv;
+        if (t <= 256) return {vec ? 8 : 1, nv, int((t + 31) / 32 * 32)};
+    }
+    raise<ShapeError>("row kernel: rows of {} elements are too long (at most {})", k, vec ? 16384 : 2048);
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+template <typename F>
+void dispatch_row(const RowLaunch& l, F&& f) {
+#define QDIT_ROW_CASE(V, N) \
+    if (l.vec == V && l.nv == N) return f(std::integral_constant<int, V>{}, std::integral_constant<int, N>{});
+    QDIT_ROW_CASE(8, 1) QDIT_ROW_CASE(8, 2) QDIT_ROW_CASE(8, 4) QDIT_ROW_CASE(8, 8)
+    QDIT_ROW_CASE(1, 1) QDIT_ROW_CASE(1, 2) QDIT_ROW_CASE(1, 4) QDIT_ROW_CASE(1, 8)
+#undef QDIT_ROW_CASE
+}
+
+void check_launch(const char* what) {
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) raise<Error>("CUDA launch of {} failed: {}", what, cudaGetErrorString(e));
+}
+
+}  // namespace
+
+void row_op(const RowOp& op, cudaStream_t stream) {
+    if (op.m <= 0) return;
+    if (op.k <= 0 || op.ldx < op.k || (op.y && op.ldy < op.k) || (op.out && op.ldo < op.k) ||
+        (op.q && (op.ldq < op.k || !op.qs)) || (op.norm == RowNorm::Rms && !op.w) || (op.y && !op.w_res))
+        raise<ShapeError>("row_op: bad arguments (m {}, k {}, ldx {}, ldy {}, ldo {}, ldq {})", op.m, op.k, op.ldx,
+                          op.ldy, op.ldo, op.ldq);
+    bool vec = op.k % 8 == 0 && op.ldx % 8 == 0 && aligned16(op.x);
+    if (op.y) vec = vec && op.ldy % 8 == 0 && aligned16(op.y);
+    if (op.out) vec = vec && op.ldo % 8 == 0 && aligned16(op.out);
+    if (op.q) vec = vec && op.ldq % 8 == 0 && aligned16(op.q);
+    const RowLaunch l = row_launch(op.k, vec);
+    dispatch_row(l, [&](auto V, auto N) {
+        row_op_kernel<decltype(V)::value, decltype(N)::value><<<unsigned(op.m), l.threads, 0, stream>>>(op);
+    });
+    check_launch("row_op");
+}
+
+void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs,
+            int64_t ldq, cudaStream_t stream) {
+    if (m <= 0) return;
+    if (k <= 0 || ldh < 2 * k || (out && ldo < k) || (q && (ldq < k || !qs)))
+        raise<ShapeError>("swiglu: bad arguments (m {}, k {}, ldh {}, ldo {}, ldq {})", m, k, ldh, ldo, ldq);
+    bool vec = k % 8 == 0 && ldh % 8 == 0 && aligned16(h);
+    if (out) vec = vec && ldo % 8 == 0 && aligned16(out);
+    if (q) vec = vec && ldq % 8 == 0 && aligned16(q);
+    const RowLaunch l = row_launch(k, vec);
+    dispatch_row(l, [&](auto V, auto N) {
+        swiglu_kernel<decltype(V)::value, decltype(N)::value><<<unsigned(m), l.threads, 0, stream>>>(
+            static_cast<const bf16*>(h), ldh, int(k), static_cast<bf16*>(out), ldo, q, qs, ldq);
+    });
+    check_launch("swiglu");
+}
+
+// ---------------------------------------------------------------------------
+// q/k RMSNorm + RoPE: one warp per (token, head); lane l owns the pairs l + 32·j.
+
+namespace {
+
+constexpr int kMaxPairsPerLane = 4;  // head_dim <= 256
+
+__device__ void norm_rope_head(bf16* p, int half, const bf16* w, float eps, const float* f) {
+    const int lane = int(threadIdx.x & 31);
+    float a[kMaxPairsPerLane], b[kMaxPairsPerLane];
+    double ss = 0;
+#pragma unroll
+    for (int j = 0; j < kMaxPairsPerLane; ++j) {
+        const int pi = lane + 32 * j;
+        a[j] = b[j] = 0.f;
+        if (pi < half) {
+            const float2 v = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(p)[pi]);
+            a[j] = v.x;
+            b[j] = v.y;
+            ss += double(v.x * v.x) + double(v.y * v.y);
+        }
+    }
+    if (w) {
+        const float inv = 1.0f / sqrtf(float(warp_sum(ss)) / float(2 * half) + eps);
+#pragma unroll
+        for (int j = 0; j < kMaxPairsPerLane; ++j) {
+            const int pi = lane + 32 * j;
+            if (pi < half) {
+                a[j] = rbf(rbf(a[j] * inv) * __bfloat162float(w[2 * pi]));
+                b[j] = rbf(rbf(b[j] * inv) * __bfloat162float(w[2 * pi + 1]));
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxPairsPerLane; ++j) {
+        const int pi = lane + 32 * j;
+        if (pi < half) {
+            const float c = f[2 * pi], s = f[2 * pi + 1];
+            // Separate roundings (no fma), as the CPU computes a·c − b·s.
+            const float re = __fsub_rn(__fmul_rn(a[j], c), __fmul_rn(b[j], s));
+            const float im = __fadd_rn(__fmul_rn(a[j], s), __fmul_rn(b[j], c));
+            reinterpret_cast<__nv_bfloat162*>(p)[pi] = __floats2bfloat162_rn(re, im);
+        }
+    }
+}
+
+__global__ void qk_norm_rope_kernel(bf16* qkv, int64_t ld, int64_t k_off, int64_t m, int heads, int hd,
+                                    const bf16* wq, const bf16* wk, float eps, const float* freqs) {
+    const int64_t wid = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+    if (wid >= m * heads) return;
+    const int64_t t = wid / heads;
+    const int h = int(wid % heads);
+    const float* f = freqs + t * hd;
+    bf16* row = qkv + t * ld + int64_t(h) * hd;
+    norm_rope_head(row, hd / 2, wq, eps, f);
+    norm_rope_head(row + k_off, hd / 2, wk, eps, f);
+}
+
+__global__ void modulation_kernel(const bf16* mod, int64_t n, int64_t d, unsigned tanh_mask, float* out) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float v = __bfloat162float(mod[i]);
+    out[i] = (tanh_mask >> (i / d)) & 1u ? rbf(tanhf(v)) : rbf(1.0f + v);
+}
+
+__global__ void silu_kernel(const bf16* x, int64_t n, bf16* y) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float v = __bfloat162float(x[i]);
+    y[i] = __float2bfloat16_rn(v / (1.0f + expf(-v)));
+}
+
+// One warp per (query, head). Keys go 32 at a time: lane j scores key kb + j against q (held in
+// shared memory), then the warp rescales its running output (lane l owns dims l + 32·i) and adds
+// the 32 values weighted by their bf16-rounded probabilities.
+constexpr int kAttnWarps = 4;
+constexpr int kMaxDimPerLane = 8;  // head_dim <= 256
+
+__global__ void __launch_bounds__(kAttnWarps * 32)
+attention_simple_kernel(const bf16* q, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v, int64_t ldv,
+                        bf16* o, int64_t ldo, int s, int heads, int hd, float scale) {
+    __shared__ float qs[kAttnWarps][256];
+    const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
+    const int64_t wid = int64_t(blockIdx.x) * kAttnWarps + warp;
+    if (wid >= int64_t(s) * heads) return;
+    const int t = int(wid / heads), h = int(wid % heads);
+    for (int d = lane; d < hd; d += 32) qs[warp][d] = __bfloat162float(q[t * ldq + int64_t(h) * hd + d]);
+    __syncwarp();
+    float acc[kMaxDimPerLane];
+#pragma unroll
+    for (int i = 0; i < kMaxDimPerLane; ++i) acc[i] = 0.f;
+    float mx = -INFINITY, denom = 0.f;
+    for (int kb = 0; kb < s; kb += 32) {
+        const int key = kb + lane;
+        float sc = -INFINITY;
+        if (key < s) {
+            const bf16* kr = k + int64_t(key) * ldk + int64_t(h) * hd;
+            float dot = 0.f;
+            for (int d = 0; d < hd; ++d) dot += qs[warp][d] * __bfloat162float(kr[d]);
+            sc = dot * scale;
+        }
+        const float mnew = fmaxf(mx, warp_max(sc));
+        const float corr = expf(mx - mnew);  // 0 on the first block (mx = -inf)
+        const float p = key < s ? expf(sc - mnew) : 0.f;
+        denom = denom * corr + warp_sumf(p);
+        const float pr = rbf(p);
+#pragma unroll
+        for (int i = 0; i < kMaxDimPerLane; ++i) acc[i] *= corr;
+        const int nk = min(32, s - kb);
+        for (int j = 0; j < nk; ++j) {
+            const float pj = __shfl_sync(0xffffffffu, pr, j);
+            const bf16* vr = v + int64_t(kb + j) * ldv + int64_t(h) * hd;
+#pragma unroll
+            for (int i = 0; i < kMaxDimPerLane; ++i) {
+                const int d = lane + 32 * i;
+                if (d < hd) acc[i] += pj * __bfloat162float(vr[d]);
+            }
+        }
+        mx = mnew;
+    }
+#pragma unroll
+    for (int i = 0; i < kMaxDimPerLane; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) o[int64_t(t) * ldo + int64_t(h) * hd + d] = __float2bfloat16_rn(acc[i] / denom);
+    }
+}
+
+}  // namespace
+
+void qk_norm_rope(void* qkv, int64_t ld, int64_t k_offset, int64_t m, int64_t heads, int64_t hd, const void* wq,
+                  const void* wk, float eps, const float* freqs, cudaStream_t stream) {
+    if (m <= 0) return;
+    if (hd <= 0 || hd % 2 || hd > 2 * 32 * kMaxPairsPerLane || ld % 2 || k_offset % 2 || (!wq != !wk))
+        raise<ShapeError>("qk_norm_rope: head_dim {} (even, <= 256), ld {}, k offset {}", hd, ld, k_offset);
+    const int64_t warps = m * heads, threads = 256;
+    qk_norm_rope_kernel<<<unsigned((warps * 32 + threads - 1) / threads), unsigned(threads), 0, stream>>>(
+        static_cast<bf16*>(qkv), ld, k_offset, m, int(heads), int(hd), static_cast<const bf16*>(wq),
+        static_cast<const bf16*>(wk), eps, freqs);
+    check_launch("qk_norm_rope");
+}
+
+void modulation(const void* mod, int64_t chunks, int64_t d, unsigned tanh_mask, float* out, cudaStream_t stream) {
+    const int64_t n = chunks * d;
+    if (n <= 0) return;
+    modulation_kernel<<<unsigned((n + 255) / 256), 256, 0, stream>>>(static_cast<const bf16*>(mod), n, d, tanh_mask,
+                                                                       out);
+    check_launch("modulation");
+}
+
+void silu(const void* x, int64_t n, void* y, cudaStream_t stream) {
+    if (n <= 0) return;
+    silu_kernel<<<unsigned((n + 255) / 256), 256, 0, stream>>>(static_cast<const bf16*>(x), n,
+                                                                 static_cast<bf16*>(y));
+    check_launch("silu");
+}
+
+void attention_simple(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv,
+                      void* o, int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream) {
+    if (s <= 0) return;
+    if (hd <= 0 || hd > 32 * kMaxDimPerLane)
+        raise<ShapeError>("attention_simple: head_dim {} (at most {})", hd, 32 * kMaxDimPerLane);
+    const int64_t warps = s * heads;
+    // torch's default scale, 1 / sqrt(head_dim), as the f32 the CPU op uses.
+    const float scale = float(1.0 / std::sqrt(double(hd)));
+    attention_simple_kernel<<<unsigned((warps + kAttnWarps - 1) / kAttnWarps), kAttnWarps * 32, 0, stream>>>(
+        static_cast<const bf16*>(q), ldq, static_cast<const bf16*>(k), ldk, static_cast<const bf16*>(v), ldv,
+        static_cast<bf16*>(o), ldo, int(s), int(heads), int(hd), scale);
+    check_launch("attention_simple");
+}
+
+}  // namespace qdit::cuda

@@ -1,0 +1,74 @@
+// Fused elementwise / per-row kernels of the Z-Image block on bf16 activations. Each follows the
+// CPU op's numerics (nn/norm.h, nn/rope.h, nn/activation.h): f32 arithmetic, a bf16 rounding
+// wherever the CPU op stores, sums of squares in double; int8 outputs follow quant/int8.h
+// (s = absmax / 127 in f32, true division, round half to even, clamp ±127; an all-zero row gets
+// s = 1). Quantized rows are written with row stride ldq >= k, the columns [k, ldq) set to 0, so a
+// K that the int8 GEMM cannot take (K % 16 != 0) can feed it padded with zeros.
+//
+// All pointers are device pointers; bf16 tensors are passed as void*; row strides in elements.
+// Every launcher is asynchronous on `stream` and throws qdit::Error on a launch failure.
+#pragma once
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace qdit::cuda {
+
+// One pass per row (token) over the residual stream x [m, k]:
+//   1. residual (when y is set), nn::RMSNorm::add_to: x ← x + gate · rms(y; w_res, eps_res)
+//      (gate F32 [k] or null: x ← x + rms(y));
+//   2. normalization of (the updated) x: norm = None passes x through, Rms is
+//      nn::RMSNorm::forward[_scaled] (w bf16 [k], scale F32 [k] or null), LayerNorm is
+//      nn::layer_norm (no affine, w unused; scale F32 [k] or null);
+//   3. outputs of step 2: bf16 to `out` (or null) and/or int8 to q / qs (or null).
+enum class RowNorm { None, Rms, LayerNorm };
+struct RowOp {
+    void* x = nullptr;
+    int64_t ldx = 0;
+    const void* y = nullptr;
+    int64_t ldy = 0;
+    const void* w_res = nullptr;
+    float eps_res = 1e-5f;
+    const float* gate = nullptr;
+
+    RowNorm norm = RowNorm::None;
+    const void* w = nullptr;
+    float eps = 1e-5f;
+    const float* scale = nullptr;
+
+    void* out = nullptr;
+    int64_t ldo = 0;
+    int8_t* q = nullptr;
+    float* qs = nullptr;
+    int64_t ldq = 0;
+
+    int64_t m = 0, k = 0;
+};
+void row_op(const RowOp& op, cudaStream_t stream);
+
+// SwiGLU of the fused w1|w3 output h [m, 2k] (a = columns [0, k), b = [k, 2k), row stride ldh):
+// g = bf16(bf16(silu(a)) · b), written as bf16 to out (or null) and/or int8 to q / qs (or null).
+void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs,
+            int64_t ldq, cudaStream_t stream);
+
+// In place on the q and k parts of a fused projection: token t's head h of q starts at
+// qkv[t·ld + h·hd], of k at qkv[t·ld + k_offset + h·hd]. When wq / wk (bf16 [hd]) are set each head
+// is RMS-normalized first (nn::RMSNorm, eps); then rotated by freqs F32 [m, hd/2, 2] (cos, sin)
+// as nn::apply_rope does. hd even, at most 256.
+void qk_norm_rope(void* qkv, int64_t ld, int64_t k_offset, int64_t m, int64_t heads, int64_t hd, const void* wq,
+                  const void* wk, float eps, const float* freqs, cudaStream_t stream);
+
+// out F32 [chunks·d] from mod bf16 [chunks·d]: chunk c becomes bf16(1 + v) when bit c of
+// tanh_mask is 0 and bf16(tanh(v)) when it is 1 (the adaLN scales and gates).
+void modulation(const void* mod, int64_t chunks, int64_t d, unsigned tanh_mask, float* out, cudaStream_t stream);
+
+// y = bf16(silu(x)) over n bf16 values.
+void silu(const void* x, int64_t n, void* y, cudaStream_t stream);
+
+// Scaled dot-product attention without mask, batch 1, simple kernel (one warp per query and
+// head, online softmax in f32, probabilities rounded to bf16 before P·V as the CPU op does).
+// q, k, v, o: token t's head h at ptr[t·ld + h·hd]; o may not alias q, k or v. hd ≤ 256.
+void attention_simple(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv,
+                      void* o, int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream);
+
+}  // namespace qdit::cuda

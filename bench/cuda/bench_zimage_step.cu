@@ -1,0 +1,106 @@
+// One Z-Image-Turbo DiT step on the GPU at the real config (dim 3840, 30 layers, 2 + 2 refiners,
+// 30 heads) with random weights ~ N(0, 0.02) generated on the GPU: 1024x1024 (64x64 = 4096 image
+// tokens) + 512 caption tokens, batch 1, bf16 and int8 (default plan). Prints ms/step (median of
+// --steps after warm-up, CUDA events) and the allocator's weight / activation / peak bytes.
+//
+//   bench_zimage_step [--steps N] [--mode bf16|int8|both] [--layers N]
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/attention.h"
+#include "backend/cuda/device_tensor.h"
+#include "models/zimage/transformer_cuda.h"
+
+using namespace qdit;
+
+namespace {
+
+double gib(size_t b) { return double(b) / double(size_t(1) << 30); }
+
+void run(const std::string& mode, int steps, int64_t layers) {
+    zimage::Config cfg;  // defaults are Z-Image-Turbo's
+    cfg.n_layers = layers;
+    auto& alloc = cuda::Allocator::instance();
+    alloc.empty_cache();
+    const QuantConfig q = mode == "int8" ? QuantConfig{QuantMethod::Int8, {}, "dynamic"} : QuantConfig{};
+    cudaStream_t s;
+    cuda::check(cudaStreamCreate(&s), "stream");
+    {
+        auto model = zimage::ZImageTransformerCuda::random(cfg, q, 42, s);
+        const size_t wbytes = alloc.stats().weight;
+        // Inputs: patches [4096, 64], caption features [512, 2560], random bf16 from the host.
+        const int64_t tokens = 64 * 64, cap = 512, pdim = 2 * 2 * cfg.in_channels;
+        Tensor p = Tensor::empty({tokens, pdim}, DType::BF16), c = Tensor::empty({cap, cfg.cap_feat_dim}, DType::BF16);
+        uint32_t st = 1;
+        auto rnd = [&] {
+            st = st * 1664525u + 1013904223u;
+            return f32_to_bf16(float(int32_t(st >> 8) - (1 << 23)) / float(1 << 23));
+        };
+        for (int64_t i = 0; i < p.numel(); ++i) p.data<uint16_t>()[i] = rnd();
+        for (int64_t i = 0; i < c.numel(); ++i) c.data<uint16_t>()[i] = rnd();
+        cuda::DTensor dp = cuda::DTensor::upload(p, cuda::MemKind::Activation, s);
+        cuda::DTensor dc = cuda::DTensor::upload(c, cuda::MemKind::Activation, s);
+
+        for (int i = 0; i < 3; ++i) model.forward_tokens(dp, {1, 64, 64}, dc, 0.5f);
+        cuda::check(cudaStreamSynchronize(s), "warm-up");
+        alloc.reset_peak();
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0);
+        cudaEventCreate(&e1);
+        std::vector<float> ms;
+        cuda::DTensor out;
+        for (int i = 0; i < steps; ++i) {
+            cudaEventRecord(e0, s);
+            out = model.forward_tokens(dp, {1, 64, 64}, dc, 0.5f);
+            cudaEventRecord(e1, s);
+            cuda::check(cudaEventSynchronize(e1), "step");
+            float t = 0;
+            cudaEventElapsedTime(&t, e0, e1);
+            ms.push_back(t);
+        }
+        std::sort(ms.begin(), ms.end());
+        const cuda::MemStats m = alloc.stats();
+        Tensor o = out.download(s).to(DType::F32);
+        double ss = 0;
+        bool finite = true;
+        for (int64_t i = 0; i < o.numel(); ++i) {
+            finite = finite && std::isfinite(o.data<float>()[i]);
+            ss += double(o.data<float>()[i]) * o.data<float>()[i];
+        }
+        std::printf("%-5s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d of %d; "
+                    "weights %.2f GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB, "
+                    "reserved peak %.2f GiB; attention %s; output rms %.4g%s\n",
+                    mode.c_str(), (long long)layers, ms[ms.size() / 2], steps, ms.front(), ms.back(),
+                    model.int8_layers(), model.linear_layers(), gib(wbytes), gib(model.weight_bytes()),
+                    gib(m.peak_activation), gib(m.peak), gib(m.peak_reserved), cuda::attention_impl_name(),
+                    std::sqrt(ss / double(o.numel())), finite ? "" : " NON-FINITE");
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+    }
+    cudaStreamDestroy(s);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int steps = 10;
+    int64_t layers = 30;
+    std::string mode = "both";
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!std::strcmp(argv[i], "--steps")) steps = std::max(1, std::atoi(argv[i + 1]));
+        else if (!std::strcmp(argv[i], "--mode")) mode = argv[i + 1];
+        else if (!std::strcmp(argv[i], "--layers")) layers = std::atoll(argv[i + 1]);
+    }
+    try {
+        if (mode == "both" || mode == "bf16") run("bf16", steps, layers);
+        if (mode == "both" || mode == "int8") run("int8", steps, layers);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_zimage_step: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

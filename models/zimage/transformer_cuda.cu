@@ -1,0 +1,702 @@
+#include "models/zimage/transformer_cuda.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <map>
+
+#include <cuda_bf16.h>
+#include <fmt/format.h>
+
+#include "backend/cuda/bf16_gemm.h"
+#include "backend/cuda/int8_gemm.h"
+#include "backend/cuda/zimage_kernels.h"
+#include "nn/activation.h"
+#include "nn/rope.h"
+#include "quant/int8.h"
+
+namespace qdit::zimage {
+
+using cuda::DTensor;
+using cuda::MemKind;
+
+namespace {
+
+constexpr int64_t kSeqMultiple = 32;
+constexpr float kAttnNormEps = 1e-5f;
+constexpr float kFinalNormEps = 1e-6f;
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// ---------------------------------------------------------------------------
+// Linear layers: a Group is one or more Linears that read the same input and write column blocks
+// of one output [M, n_total]; consecutive members of one precision are fused into one Part (one
+// GEMM over their concatenated weights).
+
+struct Part {
+    bool int8 = false;
+    int64_t n = 0, col = 0;  // output columns [col, col + n)
+    DTensor w;               // bf16 [n, k]
+    DTensor q, wscale;       // int8 [n, kp], F32 [n]
+    DTensor bias;            // bf16 [n] (bf16 part) or F32 [n] (int8 part), or undefined
+};
+
+struct Group {
+    int64_t k = 0, kp = 0, n = 0;  // kp = k rounded up to 16: the int8 activations' row stride
+    std::vector<Part> parts;
+    bool needs_bf16() const {
+        return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return !p.int8; });
+    }
+    bool needs_int8() const {
+        return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return p.int8; });
+    }
+    size_t bytes() const {
+        size_t b = 0;
+        for (const Part& p : parts) {
+            for (const DTensor* t : {&p.w, &p.q, &p.wscale, &p.bias})
+                if (t->defined()) b += t->nbytes();
+        }
+        return b;
+    }
+};
+
+// The activations a group reads: bf16 [m, ld] and/or int8 [m, kp] with per-row scales.
+struct Input {
+    DTensor x;        // bf16
+    int64_t ldx = 0;
+    DTensor q, qs;    // int8, F32
+};
+
+// y[:, part] = input · Wᵀ + b for every part.
+void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy, cudaStream_t s) {
+    for (const Part& p : g.parts) {
+        void* yp = static_cast<__nv_bfloat16*>(y) + p.col;
+        if (p.int8)
+            cuda::int8_gemm_bf16(in.q.data<int8_t>(), g.kp, in.qs.data<float>(), p.q.data<int8_t>(), g.kp,
+                                 p.wscale.data<float>(), p.bias.defined() ? p.bias.data<float>() : nullptr, yp, ldy,
+                                 m, p.n, g.kp, s);
+        else
+            cuda::bf16_gemm(in.x.raw(), in.ldx, p.w.raw(), g.k, p.bias.defined() ? p.bias.raw() : nullptr, yp, ldy,
+                            m, p.n, g.k, s);
+    }
+}
+
+// Buffers for a group's input, as its parts need them.
+Input make_input(const Group& g, int64_t m) {
+    Input in;
+    if (g.needs_bf16()) {
+        in.x = DTensor::empty({m, g.k}, DType::BF16);
+        in.ldx = g.k;
+    }
+    if (g.needs_int8()) {
+        in.q = DTensor::empty({m, g.kp}, DType::I8);
+        in.qs = DTensor::empty({m}, DType::F32);
+    }
+    return in;
+}
+
+// Points a row_op's outputs at `in`.
+void set_outputs(cuda::RowOp& op, Input& in, const Group& g) {
+    if (in.x.defined()) {
+        op.out = in.x.raw();
+        op.ldo = in.ldx;
+    }
+    if (in.q.defined()) {
+        op.q = in.q.data<int8_t>();
+        op.qs = in.qs.data<float>();
+        op.ldq = g.kp;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Random weights on the device: a counter-based hash turned into normals (Box-Muller).
+
+__device__ __forceinline__ uint32_t mix(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return uint32_t(x);
+}
+
+__global__ void normal_bf16_kernel(__nv_bfloat16* p, int64_t n, uint64_t seed, float mean, float std) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float u1 = (float(mix(seed * 0x9e3779b97f4a7c15ull + 2 * uint64_t(i))) + 1.f) * 2.3283064e-10f;
+    const float u2 = float(mix(seed * 0x9e3779b97f4a7c15ull + 2 * uint64_t(i) + 1)) * 2.3283064e-10f;
+    p[i] = __float2bfloat16_rn(mean + std * sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
+}
+
+void fill_normal(DTensor& t, uint64_t seed, float mean, float std, cudaStream_t s) {
+    const int64_t n = t.numel();
+    normal_bf16_kernel<<<unsigned((n + 255) / 256), 256, 0, s>>>(t.data<__nv_bfloat16>(), n, seed, mean, std);
+    cuda::check(cudaGetLastError(), "fill_normal");
+}
+
+// One member of a group: its plan and the rows it occupies (n_pad >= out_features; extra rows 0).
+struct Member {
+    const LayerPlan* plan;
+    int64_t n_pad;
+};
+
+// Where weights come from: a checkpoint (host tensors) or random numbers made on the device.
+struct Source {
+    // Host weight [n, k] (F32 / BF16 / I8 with scale) of one Linear; bias F32 or undefined.
+    std::function<void(const LayerPlan&, Tensor* w, Tensor* scale, Tensor* bias)> host_linear;
+    std::function<DTensor(const std::string& name, int64_t n)> vector;  // bf16 [n]
+    uint64_t seed = 0;  // random source when host_linear is empty
+    cudaStream_t stream = nullptr;
+};
+
+// Rows [r0, r0 + n) of dst [*, kdst] ← src [n, k] (host, same element size), rest left as is.
+void copy_block(const Tensor& src, Tensor& dst, int64_t r0, int64_t kdst) {
+    const int64_t n = src.size(0), k = src.size(1);
+    const size_t es = dtype_size(src.dtype());
+    for (int64_t r = 0; r < n; ++r)
+        std::memcpy(static_cast<uint8_t*>(dst.raw()) + size_t((r0 + r) * kdst) * es,
+                    static_cast<const uint8_t*>(src.raw()) + size_t(r * k) * es, size_t(k) * es);
+}
+
+Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, int64_t col, const Source& src) {
+    Part p;
+    p.int8 = int8;
+    p.col = col;
+    for (const Member& m : ms) p.n += m.n_pad;
+    const bool any_bias = std::any_of(ms.begin(), ms.end(), [](const Member& m) { return m.plan->spec.bias; });
+    cudaStream_t s = src.stream;
+    if (src.host_linear) {
+        // Host: concatenate (zero-padded), quantize per output row when int8 and not pre-quantized.
+        Tensor wcat = Tensor::zeros({p.n, int8 ? kp : k}, int8 ? DType::I8 : DType::BF16);
+        Tensor scat = Tensor::empty({p.n}, DType::F32), bcat = Tensor::zeros({p.n}, DType::F32);
+        for (int64_t i = 0; i < p.n; ++i) scat.data<float>()[i] = 1.f;
+        int64_t r0 = 0;
+        for (const Member& m : ms) {
+            Tensor w, scale, bias;
+            src.host_linear(*m.plan, &w, &scale, &bias);
+            if (int8) {
+                Tensor q = w;
+                if (w.dtype() != DType::I8) quantize_weight_int8(w, &q, &scale);  // q, w must not alias
+                copy_block(q, wcat, r0, kp);
+                std::memcpy(scat.data<float>() + r0, scale.raw(), scale.nbytes());
+            } else {
+                copy_block(w.to(DType::BF16), wcat, r0, k);
+            }
+            if (bias.defined()) std::memcpy(bcat.data<float>() + r0, bias.to(DType::F32).raw(), size_t(w.size(0)) * 4);
+            r0 += m.n_pad;
+        }
+        if (int8) {
+            p.q = DTensor::upload(wcat, MemKind::Weight, s);
+            p.wscale = DTensor::upload(scat, MemKind::Weight, s);
+        } else {
+            p.w = DTensor::upload(wcat, MemKind::Weight, s);
+        }
+        if (any_bias) p.bias = DTensor::upload(int8 ? bcat : bcat.to(DType::BF16), MemKind::Weight, s);
+        return p;
+    }
+    // Random: bf16 N(0, 0.02) on the device, padded rows zeroed, quantized there when int8.
+    DTensor w = DTensor::empty({p.n, k}, DType::BF16, int8 ? MemKind::Activation : MemKind::Weight);
+    fill_normal(w, src.seed ^ std::hash<std::string>()(ms[0].plan->spec.name), 0.f, 0.02f, s);
+    int64_t r0 = 0;
+    for (const Member& m : ms) {
+        const int64_t real = m.plan->spec.out_features;
+        if (m.n_pad > real)
+            cuda::check(cudaMemsetAsync(w.rows(r0 + real, r0 + m.n_pad).raw(), 0, size_t((m.n_pad - real) * k) * 2, s),
+                        "random weights");
+        r0 += m.n_pad;
+    }
+    if (any_bias) {
+        p.bias = DTensor::empty({p.n}, DType::BF16, MemKind::Weight);
+        fill_normal(p.bias, src.seed + 7, 0.f, 0.02f, s);
+        if (int8) {
+            // The int8 epilogue takes an F32 bias: widen on the host (small).
+            Tensor b = p.bias.download(s).to(DType::F32);
+            p.bias = DTensor::upload(b, MemKind::Weight, s);
+        }
+    }
+    if (!int8) {
+        p.w = w;
+        return p;
+    }
+    p.q = DTensor::empty({p.n, kp}, DType::I8, MemKind::Weight);
+    p.wscale = DTensor::empty({p.n}, DType::F32, MemKind::Weight);
+    cuda::RowOp op;
+    op.x = w.raw();
+    op.ldx = k;
+    op.q = p.q.data<int8_t>();
+    op.qs = p.wscale.data<float>();
+    op.ldq = kp;
+    op.m = p.n;
+    op.k = k;
+    cuda::row_op(op, s);
+    cuda::check(cudaStreamSynchronize(s), "random weights");  // w goes back to the cache next
+    return p;
+}
+
+Group make_group(const std::vector<Member>& ms, const Source& src) {
+    Group g;
+    g.k = ms[0].plan->spec.in_features;
+    g.kp = round_up(g.k, 16);
+    for (const Member& m : ms) {
+        if (m.plan->spec.in_features != g.k)
+            raise<ShapeError>("{}: fused with layers of {} inputs, has {}", m.plan->spec.name, g.k,
+                              m.plan->spec.in_features);
+        g.n += m.n_pad;
+    }
+    size_t i = 0;
+    int64_t col = 0;
+    while (i < ms.size()) {
+        const bool int8 = ms[i].plan->precision == Precision::Int8;
+        std::vector<Member> run;
+        while (i < ms.size() && (ms[i].plan->precision == Precision::Int8) == int8) run.push_back(ms[i++]);
+        g.parts.push_back(make_part(run, int8, g.k, g.kp, col, src));
+        col += g.parts.back().n;
+    }
+    return g;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+struct Block {
+    Group qkv, out, w13, w2, ada;  // ada: adaLN_modulation.0 (modulated blocks)
+    DTensor norm_q, norm_k, attn_norm1, attn_norm2, ffn_norm1, ffn_norm2;
+    bool modulated = false;
+    int64_t hidden_p = 0;  // FFN hidden width padded to 16
+};
+
+struct ZImageTransformerCuda::Weights {
+    Config cfg;
+    cudaStream_t stream = nullptr;
+    cuda::AttentionImpl attention = cuda::AttentionImpl::Auto;
+    int64_t patch = 2, f_patch = 1;
+    Group t_mlp0, t_mlp2, cap_linear, x_embedder, final_linear, final_ada;
+    DTensor cap_norm, x_pad, cap_pad;
+    std::vector<Block> noise, context, layers;
+    nn::RopeEmbedder rope;
+    int n_int8 = 0, n_linear = 0;
+    size_t bytes = 0;
+
+    void load(const QuantPlan& plan, const Source& src);
+    void block_forward(const Block& b, DTensor& x, const float* freqs, const DTensor& adaln) const;
+};
+
+void ZImageTransformerCuda::Weights::load(const QuantPlan& plan, const Source& src) {
+    std::map<std::string, const LayerPlan*> plans;
+    for (const LayerPlan& l : plan.layers) {
+        plans[l.spec.name] = &l;
+        ++n_linear;
+        if (l.precision == Precision::Int8) ++n_int8;
+    }
+    auto member = [&](const std::string& name, int64_t n_pad = 0) {
+        auto it = plans.find(name);
+        if (it == plans.end()) raise<ShapeError>("Z-Image (CUDA): no Linear layer '{}' in the model plan", name);
+        return Member{it->second, std::max(n_pad, it->second->spec.out_features)};
+    };
+    auto group = [&](std::vector<Member> ms) {
+        Group g = make_group(ms, src);
+        bytes += g.bytes();
+        return g;
+    };
+    auto vec = [&](const std::string& name, int64_t n) {
+        DTensor t = src.vector(name, n);
+        bytes += t.nbytes();
+        return t;
+    };
+    const int64_t D = cfg.dim, hd = cfg.head_dim();
+    auto block = [&](const std::string& p, bool modulated) {
+        Block b;
+        b.modulated = modulated;
+        b.qkv = group({member(p + ".attention.to_q"), member(p + ".attention.to_k"), member(p + ".attention.to_v")});
+        b.out = group({member(p + ".attention.to_out.0")});
+        const int64_t hidden = plans.at(p + ".feed_forward.w1")->spec.out_features;
+        b.hidden_p = round_up(hidden, 16);
+        b.w13 = group({member(p + ".feed_forward.w1", b.hidden_p), member(p + ".feed_forward.w3", b.hidden_p)});
+        {
+            // w2 reads the padded hidden activations: its K is padded with zero columns.
+            Member m = member(p + ".feed_forward.w2");
+            LayerPlan padded = *m.plan;
+            padded.spec.in_features = b.hidden_p;
+            Source s2 = src;
+            if (src.host_linear)
+                s2.host_linear = [&](const LayerPlan& l, Tensor* w, Tensor* scale, Tensor* bias) {
+                    LayerPlan orig = l;
+                    orig.spec.in_features = hidden;
+                    src.host_linear(orig, w, scale, bias);
+                    if (hidden == b.hidden_p) return;
+                    Tensor wp = Tensor::zeros({w->size(0), b.hidden_p}, w->dtype());
+                    const size_t es = dtype_size(w->dtype());
+                    for (int64_t r = 0; r < w->size(0); ++r)
+                        std::memcpy(static_cast<uint8_t*>(wp.raw()) + size_t(r * b.hidden_p) * es,
+                                    static_cast<const uint8_t*>(w->raw()) + size_t(r * hidden) * es,
+                                    size_t(hidden) * es);
+                    *w = wp;
+                };
+            b.w2 = make_group({Member{&padded, m.n_pad}}, s2);
+            bytes += b.w2.bytes();
+        }
+        if (cfg.qk_norm) {
+            b.norm_q = vec(p + ".attention.norm_q.weight", hd);
+            b.norm_k = vec(p + ".attention.norm_k.weight", hd);
+        }
+        b.attn_norm1 = vec(p + ".attention_norm1.weight", D);
+        b.attn_norm2 = vec(p + ".attention_norm2.weight", D);
+        b.ffn_norm1 = vec(p + ".ffn_norm1.weight", D);
+        b.ffn_norm2 = vec(p + ".ffn_norm2.weight", D);
+        if (modulated) b.ada = group({member(p + ".adaLN_modulation.0")});
+        return b;
+    };
+    patch = cfg.all_patch_size[0];
+    f_patch = cfg.all_f_patch_size[0];
+    const std::string key = fmt::format("{}-{}", patch, f_patch);
+    t_mlp0 = group({member("t_embedder.mlp.0")});
+    t_mlp2 = group({member("t_embedder.mlp.2")});
+    cap_norm = vec("cap_embedder.0.weight", cfg.cap_feat_dim);
+    cap_linear = group({member("cap_embedder.1")});
+    x_embedder = group({member("all_x_embedder." + key)});
+    final_linear = group({member("all_final_layer." + key + ".linear")});
+    final_ada = group({member("all_final_layer." + key + ".adaLN_modulation.1")});
+    x_pad = vec("x_pad_token", D);
+    cap_pad = vec("cap_pad_token", D);
+    for (int64_t i = 0; i < cfg.n_refiner_layers; ++i) noise.push_back(block(fmt::format("noise_refiner.{}", i), true));
+    for (int64_t i = 0; i < cfg.n_refiner_layers; ++i)
+        context.push_back(block(fmt::format("context_refiner.{}", i), false));
+    for (int64_t i = 0; i < cfg.n_layers; ++i) layers.push_back(block(fmt::format("layers.{}", i), true));
+    rope = nn::RopeEmbedder(cfg.rope_theta, cfg.axes_dims, cfg.axes_lens);
+}
+
+// x [L, D] updated in place; freqs F32 [L, hd/2, 2]; adaln bf16 [1, adaLN width].
+void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, const float* freqs,
+                                                   const DTensor& adaln) const {
+    cudaStream_t s = stream;
+    const int64_t L = x.size(0), D = cfg.dim, H = cfg.n_heads, hd = cfg.head_dim();
+    if (L == 0) return;
+    // mod = [1 + scale_msa, tanh(gate_msa), 1 + scale_mlp, tanh(gate_mlp)] in F32.
+    DTensor mod;
+    const float *scale_msa = nullptr, *gate_msa = nullptr, *scale_mlp = nullptr, *gate_mlp = nullptr;
+    if (b.modulated) {
+        DTensor raw = DTensor::empty({1, 4 * D}, DType::BF16);
+        Input ain;
+        ain.x = adaln;
+        ain.ldx = adaln.size(1);
+        if (b.ada.needs_int8()) raise<Error>("Z-Image (CUDA): int8 adaLN modulation is not supported");
+        run_group(b.ada, ain, 1, raw.raw(), 4 * D, s);
+        mod = DTensor::empty({4 * D}, DType::F32);
+        cuda::modulation(raw.raw(), 4, D, 0b1010u, mod.data<float>(), s);
+        scale_msa = mod.data<float>();
+        gate_msa = scale_msa + D;
+        scale_mlp = scale_msa + 2 * D;
+        gate_mlp = scale_msa + 3 * D;
+    }
+
+    // Attention: norm1 (· scale) → q|k|v → q/k norm + RoPE → SDPA → to_out.
+    Input qin = make_input(b.qkv, L);
+    {
+        cuda::RowOp op;
+        op.x = x.raw();
+        op.ldx = D;
+        op.norm = cuda::RowNorm::Rms;
+        op.w = b.attn_norm1.raw();
+        op.eps = float(cfg.norm_eps);
+        op.scale = scale_msa;
+        op.m = L;
+        op.k = D;
+        set_outputs(op, qin, b.qkv);
+        cuda::row_op(op, s);
+    }
+    DTensor qkv = DTensor::empty({L, 3 * D}, DType::BF16);
+    run_group(b.qkv, qin, L, qkv.raw(), 3 * D, s);
+    qin = Input();
+    cuda::qk_norm_rope(qkv.raw(), 3 * D, D, L, H, hd, b.norm_q.defined() ? b.norm_q.raw() : nullptr,
+                       b.norm_k.defined() ? b.norm_k.raw() : nullptr, kAttnNormEps, freqs, s);
+    Input oin;
+    oin.x = DTensor::empty({L, D}, DType::BF16);
+    oin.ldx = D;
+    const __nv_bfloat16* qp = qkv.data<__nv_bfloat16>();
+    cuda::attention(qp, 3 * D, qp + D, 3 * D, qp + 2 * D, 3 * D, oin.x.raw(), D, L, H, hd, s, attention);
+    qkv = DTensor();
+    if (b.out.needs_int8()) {
+        oin.q = DTensor::empty({L, b.out.kp}, DType::I8);
+        oin.qs = DTensor::empty({L}, DType::F32);
+        cuda::RowOp op;
+        op.x = oin.x.raw();
+        op.ldx = D;
+        op.q = oin.q.data<int8_t>();
+        op.qs = oin.qs.data<float>();
+        op.ldq = b.out.kp;
+        op.m = L;
+        op.k = D;
+        cuda::row_op(op, s);
+    }
+    DTensor y = DTensor::empty({L, D}, DType::BF16);
+    run_group(b.out, oin, L, y.raw(), D, s);
+    oin = Input();
+
+    // x += gate_msa · norm2(attn); then ffn_norm1(x) · scale_mlp, in one pass.
+    Input fin = make_input(b.w13, L);
+    {
+        cuda::RowOp op;
+        op.x = x.raw();
+        op.ldx = D;
+        op.y = y.raw();
+        op.ldy = D;
+        op.w_res = b.attn_norm2.raw();
+        op.eps_res = float(cfg.norm_eps);
+        op.gate = gate_msa;
+        op.norm = cuda::RowNorm::Rms;
+        op.w = b.ffn_norm1.raw();
+        op.eps = float(cfg.norm_eps);
+        op.scale = scale_mlp;
+        op.m = L;
+        op.k = D;
+        set_outputs(op, fin, b.w13);
+        cuda::row_op(op, s);
+    }
+    const int64_t Hp = b.hidden_p;
+    DTensor h = DTensor::empty({L, 2 * Hp}, DType::BF16);
+    run_group(b.w13, fin, L, h.raw(), 2 * Hp, s);
+    fin = Input();
+    Input gin = make_input(b.w2, L);
+    cuda::swiglu(h.raw(), 2 * Hp, L, Hp, gin.x.defined() ? gin.x.raw() : nullptr, Hp,
+                 gin.q.defined() ? gin.q.data<int8_t>() : nullptr, gin.q.defined() ? gin.qs.data<float>() : nullptr,
+                 b.w2.kp, s);
+    h = DTensor();
+    run_group(b.w2, gin, L, y.raw(), D, s);
+    gin = Input();
+
+    // x += gate_mlp · ffn_norm2(ffn).
+    cuda::RowOp op;
+    op.x = x.raw();
+    op.ldx = D;
+    op.y = y.raw();
+    op.ldy = D;
+    op.w_res = b.ffn_norm2.raw();
+    op.eps_res = float(cfg.norm_eps);
+    op.gate = gate_mlp;
+    op.m = L;
+    op.k = D;
+    cuda::row_op(op, s);
+}
+
+// ---------------------------------------------------------------------------
+
+ZImageTransformerCuda::ZImageTransformerCuda(std::unique_ptr<Weights> w) : w_(std::move(w)) {}
+ZImageTransformerCuda::ZImageTransformerCuda(ZImageTransformerCuda&&) noexcept = default;
+ZImageTransformerCuda::~ZImageTransformerCuda() = default;
+
+ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream)
+    : w_(std::make_unique<Weights>()) {
+    w_->cfg = Config::from_json(m.folder.config, m.folder.config_path);
+    w_->stream = stream;
+    const Checkpoint& ck = *m.checkpoint;
+    Source src;
+    src.stream = stream;
+    src.host_linear = [&](const LayerPlan& l, Tensor* w, Tensor* scale, Tensor* bias) {
+        const std::string& name = l.spec.name;
+        *bias = l.spec.bias ? ck.get_as(name + ".bias", l.precision == Precision::Int8 ? DType::F32 : DType::BF16)
+                            : Tensor();
+        if (l.prequantized) {
+            *w = ck.get(name + ".weight");
+            *scale = ck.get_as(name + ".weight_scale", DType::F32).view({l.spec.out_features});
+        } else {
+            // Int8 quantizes the stored weight (as load_linear does); bf16 rounds it.
+            *w = l.precision == Precision::Int8 ? ck.get(name + ".weight") : ck.get_as(name + ".weight", DType::BF16);
+        }
+    };
+    src.vector = [&](const std::string& name, int64_t n) {
+        return DTensor::upload(ck.get_as(name, DType::BF16).view({n}), MemKind::Weight, stream);
+    };
+    w_->load(m.plan, src);
+}
+
+ZImageTransformerCuda ZImageTransformerCuda::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                                    cudaStream_t stream) {
+    auto w = std::make_unique<Weights>();
+    w->cfg = cfg;
+    w->stream = stream;
+    const ModelSpec spec = model_spec(cfg);
+    const QuantPlan plan = make_quant_plan(spec, quant, std::vector<DType>(spec.linears.size(), DType::BF16),
+                                           std::vector<bool>(spec.linears.size(), false));
+    Source src;
+    src.seed = seed;
+    src.stream = stream;
+    src.vector = [&](const std::string& name, int64_t n) {
+        DTensor t = DTensor::empty({n}, DType::BF16, MemKind::Weight);
+        const bool norm = name.find("norm") != std::string::npos || name == "cap_embedder.0.weight";
+        fill_normal(t, seed ^ std::hash<std::string>()(name), norm ? 1.f : 0.f, 0.02f, stream);
+        return t;
+    };
+    w->load(plan, src);
+    cuda::check(cudaStreamSynchronize(stream), "random weights");
+    return ZImageTransformerCuda(std::move(w));
+}
+
+const Config& ZImageTransformerCuda::config() const { return w_->cfg; }
+int ZImageTransformerCuda::int8_layers() const { return w_->n_int8; }
+int ZImageTransformerCuda::linear_layers() const { return w_->n_linear; }
+size_t ZImageTransformerCuda::weight_bytes() const { return w_->bytes; }
+cudaStream_t ZImageTransformerCuda::stream() const { return w_->stream; }
+void ZImageTransformerCuda::set_attention(cuda::AttentionImpl impl) { w_->attention = impl; }
+
+DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std::array<int64_t, 3>& grid,
+                                              const DTensor& cap_feats, float t) const {
+    const Weights& W = *w_;
+    const Config& cfg = W.cfg;
+    cudaStream_t s = W.stream;
+    const int64_t D = cfg.dim, hd = cfg.head_dim();
+    const int64_t n_img = grid[0] * grid[1] * grid[2], n_cap = cap_feats.size(0);
+    const int64_t patch_dim = W.patch * W.patch * W.f_patch * cfg.in_channels;
+    if (patches.dtype() != DType::BF16 || patches.dim() != 2 || patches.size(0) != n_img ||
+        patches.size(1) != patch_dim || cap_feats.dtype() != DType::BF16 || cap_feats.dim() != 2 || n_cap < 1 ||
+        cap_feats.size(1) != cfg.cap_feat_dim)
+        raise<ShapeError>("Z-Image (CUDA): patches must be bf16 [{}, {}] and caption features bf16 [L >= 1, {}], "
+                          "got {} and {}",
+                          n_img, patch_dim, cfg.cap_feat_dim, shape_str(patches.shape()),
+                          shape_str(cap_feats.shape()));
+    const int64_t Lx = round_up(n_img, kSeqMultiple), Lc = round_up(n_cap, kSeqMultiple), Lu = Lx + Lc;
+
+    // Timestep embedding: sinusoidal features on the host (tiny), the MLP on the device.
+    DTensor adaln;
+    {
+        Tensor ts = Tensor::empty({1}, DType::F32);
+        ts.data<float>()[0] = t * float(cfg.t_scale);
+        Input in;
+        in.x = DTensor::upload(nn::timestep_embedding(ts, W.t_mlp0.k).to(DType::BF16), MemKind::Activation, s);
+        in.ldx = W.t_mlp0.k;
+        DTensor h = DTensor::empty({1, W.t_mlp0.n}, DType::BF16);
+        run_group(W.t_mlp0, in, 1, h.raw(), W.t_mlp0.n, s);
+        in.x = DTensor::empty({1, W.t_mlp0.n}, DType::BF16);
+        in.ldx = W.t_mlp0.n;
+        cuda::silu(h.raw(), W.t_mlp0.n, in.x.raw(), s);
+        adaln = DTensor::empty({1, W.t_mlp2.n}, DType::BF16);
+        run_group(W.t_mlp2, in, 1, adaln.raw(), W.t_mlp2.n, s);
+    }
+
+    // RoPE table of the unified sequence: image tokens (cap_len + 1 + f, h, w), image pad rows
+    // (0, 0, 0), caption tokens (1 + j, 0, 0). The refiners use its two row ranges.
+    DTensor freqs;
+    {
+        std::vector<int64_t> pos;
+        for (int64_t f = 0; f < grid[0]; ++f)
+            for (int64_t h = 0; h < grid[1]; ++h)
+                for (int64_t w = 0; w < grid[2]; ++w) pos.insert(pos.end(), {Lc + 1 + f, h, w});
+        pos.resize(size_t(Lx * 3), 0);
+        for (int64_t j = 0; j < Lc; ++j) pos.insert(pos.end(), {1 + j, 0, 0});
+        freqs = DTensor::upload(W.rope.freqs(pos), MemKind::Activation, s);
+    }
+
+    // Unified residual stream u = [image (padded), caption (padded)].
+    DTensor u = DTensor::empty({Lu, D}, DType::BF16);
+    {
+        Input in;
+        in.x = patches;
+        in.ldx = patch_dim;
+        if (W.x_embedder.needs_int8()) raise<Error>("Z-Image (CUDA): int8 x_embedder is not supported");
+        run_group(W.x_embedder, in, n_img, u.raw(), D, s);
+        for (int64_t r = n_img; r < Lx; ++r)
+            cuda::check(cudaMemcpyAsync(u.rows(r, r + 1).raw(), W.x_pad.raw(), size_t(D) * 2, cudaMemcpyDeviceToDevice, s),
+                        "x_pad_token");
+    }
+    {
+        cuda::RowOp op;
+        Input in;
+        in.x = DTensor::empty({n_cap, cfg.cap_feat_dim}, DType::BF16);
+        in.ldx = cfg.cap_feat_dim;
+        op.x = cap_feats.raw();
+        op.ldx = cfg.cap_feat_dim;
+        op.norm = cuda::RowNorm::Rms;
+        op.w = W.cap_norm.raw();
+        op.eps = float(cfg.norm_eps);
+        op.out = in.x.raw();
+        op.ldo = cfg.cap_feat_dim;
+        op.m = n_cap;
+        op.k = cfg.cap_feat_dim;
+        cuda::row_op(op, s);
+        if (W.cap_linear.needs_int8()) raise<Error>("Z-Image (CUDA): int8 cap_embedder is not supported");
+        run_group(W.cap_linear, in, n_cap, u.rows(Lx, Lx + n_cap).raw(), D, s);
+        for (int64_t r = Lx + n_cap; r < Lu; ++r)
+            cuda::check(cudaMemcpyAsync(u.rows(r, r + 1).raw(), W.cap_pad.raw(), size_t(D) * 2,
+                                        cudaMemcpyDeviceToDevice, s),
+                        "cap_pad_token");
+    }
+
+    const float* fr = freqs.data<float>();
+    DTensor xs = u.rows(0, Lx), cs = u.rows(Lx, Lu);
+    for (const Block& b : W.noise) W.block_forward(b, xs, fr, adaln);
+    for (const Block& b : W.context) W.block_forward(b, cs, fr + Lx * hd, adaln);
+    for (const Block& b : W.layers) W.block_forward(b, u, fr, adaln);
+
+    // Final layer on the real image tokens: linear(LayerNorm(x) · (1 + adaLN(SiLU(adaln)))).
+    DTensor scale = DTensor::empty({D}, DType::F32);
+    {
+        Input in;
+        in.x = DTensor::empty({1, adaln.size(1)}, DType::BF16);
+        in.ldx = adaln.size(1);
+        cuda::silu(adaln.raw(), adaln.size(1), in.x.raw(), s);
+        DTensor m = DTensor::empty({1, D}, DType::BF16);
+        run_group(W.final_ada, in, 1, m.raw(), D, s);
+        cuda::modulation(m.raw(), 1, D, 0u, scale.data<float>(), s);
+    }
+    Input fin;
+    fin.x = DTensor::empty({n_img, D}, DType::BF16);
+    fin.ldx = D;
+    {
+        cuda::RowOp op;
+        op.x = u.raw();
+        op.ldx = D;
+        op.norm = cuda::RowNorm::LayerNorm;
+        op.eps = kFinalNormEps;
+        op.scale = scale.data<float>();
+        op.out = fin.x.raw();
+        op.ldo = D;
+        op.m = n_img;
+        op.k = D;
+        cuda::row_op(op, s);
+    }
+    if (W.final_linear.needs_int8()) raise<Error>("Z-Image (CUDA): int8 final layer is not supported");
+    DTensor out = DTensor::empty({n_img, patch_dim}, DType::BF16);
+    run_group(W.final_linear, fin, n_img, out.raw(), patch_dim, s);
+    return out;
+}
+
+std::vector<Tensor> ZImageTransformerCuda::forward(const std::vector<Tensor>& xs, const Tensor& t,
+                                                   const std::vector<Tensor>& caps) const {
+    const Config& cfg = w_->cfg;
+    const int64_t C = cfg.in_channels, pH = w_->patch, pW = w_->patch, pF = w_->f_patch, patch_dim = pF * pH * pW * C;
+    if (xs.size() != 1 || caps.size() != 1)
+        raise<ShapeError>("Z-Image (CUDA): batch 1 only, got {} latents and {} caption tensors", xs.size(), caps.size());
+    if (t.dtype() != DType::F32 || t.numel() != 1) raise<ShapeError>("Z-Image (CUDA): t must be F32 [1]");
+    const Tensor& x0 = xs[0];
+    if (x0.dim() != 4 || x0.size(0) != C || x0.size(1) % pF || x0.size(2) % pH || x0.size(3) % pW || x0.numel() == 0 ||
+        !is_float(x0.dtype()))
+        raise<ShapeError>("Z-Image (CUDA): latent must be float [{}, F, H, W] (F % {}, H, W % {}), got {}", C, pF, pH,
+                          shape_str(x0.shape()));
+    const int64_t F = x0.size(1), H = x0.size(2), W = x0.size(3);
+    const std::array<int64_t, 3> grid{F / pF, H / pH, W / pW};
+    const int64_t tokens = grid[0] * grid[1] * grid[2];
+    // Patchify (token (f, h, w) holds (pf, ph, pw, c), c fastest), as the CPU forward does.
+    Tensor xf = x0.to(DType::F32);
+    Tensor patches = Tensor::empty({tokens, patch_dim}, DType::F32);
+    auto index = [&](int64_t tok, int64_t e) {
+        const int64_t f = tok / (grid[1] * grid[2]), h = (tok / grid[2]) % grid[1], w = tok % grid[2];
+        const int64_t c = e % C, pw = (e / C) % pW, ph = (e / (C * pW)) % pH, pf = e / (C * pW * pH);
+        return ((c * F + f * pF + pf) * H + h * pH + ph) * W + w * pW + pw;
+    };
+    for (int64_t tok = 0; tok < tokens; ++tok)
+        for (int64_t e = 0; e < patch_dim; ++e)
+            patches.data<float>()[tok * patch_dim + e] = xf.data<float>()[index(tok, e)];
+    cudaStream_t s = w_->stream;
+    DTensor dp = DTensor::upload(patches.to(DType::BF16), MemKind::Activation, s);
+    DTensor dc = DTensor::upload(caps[0].to(DType::BF16), MemKind::Activation, s);
+    Tensor out = forward_tokens(dp, grid, dc, t.data<float>()[0]).download(s);
+    Tensor y = Tensor::empty({C, F, H, W}, DType::BF16);
+    for (int64_t tok = 0; tok < tokens; ++tok)
+        for (int64_t e = 0; e < patch_dim; ++e)
+            y.data<uint16_t>()[index(tok, e)] = out.data<uint16_t>()[tok * patch_dim + e];
+    return {y};
+}
+
+}  // namespace qdit::zimage

@@ -1,0 +1,63 @@
+// ZImageTransformer2DModel on one CUDA GPU, batch 1, bf16 activations. Every Linear runs as the
+// quantization plan says: bf16 through cuBLASLt, or int8 W8A8 through the int8 GEMM, its
+// activations quantized per token by the kernel that produces them (norm, SwiGLU) rather than by a
+// separate pass. Numerics follow the CPU forward (models/zimage/transformer.h, docs/zimage.md).
+//
+// Layout: to_q / to_k / to_v run as one GEMM (N = 3·dim), w1 / w3 as one (N = 2·hidden), when the
+// parts share a precision. The FFN hidden width is padded with zeros to a multiple of 16 and int8
+// activations are written with rows padded to a multiple of 16, which the int8 GEMM requires; the
+// padding adds exact zeros, so results are those of the unpadded model.
+#pragma once
+#include <array>
+#include <memory>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "backend/cuda/attention.h"
+#include "backend/cuda/device_tensor.h"
+#include "models/zimage/zimage_config.h"
+#include "quant/model.h"
+
+namespace qdit::zimage {
+
+class ZImageTransformerCuda {
+public:
+    // Loads the model's weights onto the current device (quantizing as m.plan says).
+    explicit ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream = nullptr);
+    // Random weights ~ N(0, 0.02) (norm weights and pad tokens ~ N(1, 0.02) / N(0, 0.02)),
+    // generated on the GPU, with the default plan of `quant` (benchmarks at the real size).
+    static ZImageTransformerCuda random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                        cudaStream_t stream = nullptr);
+    ZImageTransformerCuda(ZImageTransformerCuda&&) noexcept;
+    ~ZImageTransformerCuda();
+
+    const Config& config() const;
+    // Linear layers that run in int8 / in total.
+    int int8_layers() const;
+    int linear_layers() const;
+    // Bytes of device memory held by the weights.
+    size_t weight_bytes() const;
+
+    // The CPU forward's interface for batch 1: x[0] [C, F, H, W], t F32 [1], cap_feats[0]
+    // [L, cap_feat_dim] on the host. Returns the BF16 velocity [C, F, H, W] on the host.
+    std::vector<Tensor> forward(const std::vector<Tensor>& x, const Tensor& t,
+                                const std::vector<Tensor>& cap_feats) const;
+
+    // The device part: patches bf16 [F·H·W tokens, patch_dim] (patchified as the CPU forward
+    // does) on a token grid {F, H, W}, caption features bf16 [L, cap_feat_dim], timestep t
+    // (1 − sigma). Returns bf16 [tokens, patch_dim]. Asynchronous on the model's stream.
+    cuda::DTensor forward_tokens(const cuda::DTensor& patches, const std::array<int64_t, 3>& grid,
+                                 const cuda::DTensor& cap_feats, float t) const;
+
+    cudaStream_t stream() const;
+    void set_attention(cuda::AttentionImpl impl);
+
+    struct Weights;
+
+private:
+    ZImageTransformerCuda(std::unique_ptr<Weights> w);
+    std::unique_ptr<Weights> w_;
+};
+
+}  // namespace qdit::zimage

@@ -101,8 +101,11 @@ Tensor Linear::forward(const Tensor& x) const {
     const float* bias = impl_->bias.defined() ? impl_->bias.data<float>() : nullptr;
 
     if (impl_->int8) {
-        std::vector<int8_t> q(static_cast<size_t>(m * in_));
-        std::vector<float> s(static_cast<size_t>(m));
+        // Per-thread scratch: allocating it per call cost page faults and zero-filling.
+        thread_local std::vector<int8_t> q;
+        thread_local std::vector<float> s;
+        if (q.size() < size_t(m * in_)) q.resize(size_t(m * in_));
+        if (s.size() < size_t(m)) s.resize(size_t(m));
         cpu::quantize_rows_int8(x.raw(), dt, m, in_, in_, q.data(), s.data());
         cpu::int8_gemm(q.data(), s.data(), m, impl_->packed, bias, y.raw(), dt, out_);
         return y;

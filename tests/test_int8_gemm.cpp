@@ -84,11 +84,34 @@ TEST(Int8Gemm, ExtremeValuesAndThreadedShapes) {
             }
         auto packed = cpu::pack_int8_weight(w, random_scale(n, rng));
         const auto want = naive_s32(a, w);
-        for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni}) {
+        // Odd thread counts cut the (panel, row step) list inside panels.
+        for (int threads : {1, 2, 3}) {
+            set_num_threads(threads);
+            for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni}) {
+                if (!cpu::isa_supported(isa)) continue;
+                std::vector<int32_t> got(want.size(), -1);
+                cpu::int8_gemm_s32(a.data<int8_t>(), m, packed, got.data(), isa);
+                ASSERT_EQ(got, want) << cpu::isa_name(isa) << " m=" << m << " threads=" << threads;
+            }
+        }
+        set_num_threads(0);
+    }
+}
+
+TEST(Int8Gemm, ScratchReusedAcrossShapes) {
+    // The activation copy is a per-thread buffer: a smaller GEMM after a larger
+    // one (and a larger one after that) must not read stale rows.
+    std::mt19937 rng(42);
+    for (auto [m, k] : {std::pair<int64_t, int64_t>{50, 700}, {3, 33}, {64, 1001}}) {
+        Tensor w = random_i8(70, k, rng);
+        Tensor a = random_i8(m, k, rng, -128, 127);
+        auto packed = cpu::pack_int8_weight(w, random_scale(70, rng));
+        const auto want = naive_s32(a, w);
+        for (Isa isa : kSimd) {
             if (!cpu::isa_supported(isa)) continue;
             std::vector<int32_t> got(want.size(), -1);
             cpu::int8_gemm_s32(a.data<int8_t>(), m, packed, got.data(), isa);
-            ASSERT_EQ(got, want) << cpu::isa_name(isa) << " m=" << m;
+            ASSERT_EQ(got, want) << cpu::isa_name(isa) << " m=" << m << " k=" << k;
         }
     }
 }

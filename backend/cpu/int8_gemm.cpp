@@ -110,17 +110,22 @@ void store_tile_scalar(const GemmArgs& g, const int32_t* acc, int64_t ld_acc, in
     }
 }
 
-GemmArgs padded_copy(const GemmArgs& g, uint8_t flip, std::vector<int8_t>* buf) {
+// Parameters by value: read through the lambda's captures, k and flip might
+// alias the byte stores, and GCC copied byte by byte.
+static void flip_row(const int8_t* src, int8_t* d, int64_t k, int64_t ld, uint8_t flip) {
+    for (int64_t c = 0; c < k; ++c) d[c] = int8_t(uint8_t(src[c]) ^ flip);
+    for (int64_t c = k; c < ld; ++c) d[c] = 0;
+}
+
+GemmArgs padded_copy(const GemmArgs& g, uint8_t flip) {
     const int64_t k = g.w->k, ld = k4_of(k) * 4;
-    buf->resize(size_t(g.m * ld));
-    int8_t* dst = buf->data();
+    // Kept per thread: a fresh allocation per call cost more than the copy
+    // itself (page faults and zero-filling).
+    thread_local std::vector<int8_t> buf;
+    if (buf.size() < size_t(g.m * ld)) buf.resize(size_t(g.m * ld));
+    int8_t* dst = buf.data();
     parallel_for(g.m, std::max<int64_t>(1, (int64_t(1) << 16) / k), [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) {
-            const int8_t* src = g.a + r * g.lda;
-            int8_t* d = dst + r * ld;
-            for (int64_t c = 0; c < k; ++c) d[c] = int8_t(uint8_t(src[c]) ^ flip);
-            for (int64_t c = k; c < ld; ++c) d[c] = 0;
-        }
+        for (int64_t r = b; r < e; ++r) flip_row(g.a + r * g.lda, dst + r * ld, k, ld, flip);
     });
     GemmArgs out = g;
     out.a = dst;
@@ -130,25 +135,23 @@ GemmArgs padded_copy(const GemmArgs& g, uint8_t flip, std::vector<int8_t>* buf) 
 
 void run_tasks(int64_t m, int64_t n_panels, int64_t rows_per_step,
                void (*tile_fn)(const GemmArgs&, int64_t, int64_t, int64_t), const GemmArgs& g) {
-    // Column panels are the unit of work so that a thread keeps its weight panel
-    // in its own L2 while it walks the rows; rows are split too only when there
-    // are too few panels to keep every thread busy.
-    const int64_t threads = num_threads();
+    // The work is the list of (column panel, row step) units, panel-major, cut
+    // into equal ranges: a thread then mostly walks whole panels, keeping the
+    // panel's weights in its own L2 while it walks the rows, and every thread
+    // gets the same number of micro-tiles (whole-panel chunks left one thread
+    // with 32 of 60 panels).
     const int64_t m_steps = (m + rows_per_step - 1) / rows_per_step;
-    int64_t m_chunks = 1;
-    if (n_panels < 4 * threads) m_chunks = std::min(m_steps, (4 * threads + n_panels - 1) / n_panels);
-    const int64_t rows_per_chunk = (m_steps + m_chunks - 1) / m_chunks * rows_per_step;
-    m_chunks = (m + rows_per_chunk - 1) / rows_per_chunk;
     // Skip the pool for small problems where waking threads costs more than the work.
     const int64_t work = m * n_panels * g.w->k;
-    parallel_for(n_panels * m_chunks, work < (1 << 18) ? n_panels * m_chunks : 1,
-                 [&](int64_t b, int64_t e) {
-                     for (int64_t t = b; t < e; ++t) {
-                         const int64_t panel = t / m_chunks, mc = t % m_chunks;
-                         const int64_t m0 = mc * rows_per_chunk;
-                         tile_fn(g, panel, m0, std::min(m, m0 + rows_per_chunk));
-                     }
-                 });
+    const int64_t units = n_panels * m_steps;
+    parallel_for(units, work < (1 << 18) ? units : 1, [&](int64_t b, int64_t e) {
+        while (b < e) {
+            const int64_t panel = b / m_steps, s0 = b % m_steps;
+            const int64_t s1 = std::min(m_steps, s0 + (e - b));
+            tile_fn(g, panel, s0 * rows_per_step, std::min(m, s1 * rows_per_step));
+            b += s1 - s0;
+        }
+    });
 }
 
 }  // namespace detail

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "backend/cpu/int8_gemm_internal.h"
 
@@ -78,8 +77,7 @@ inline __m256 load8(const void* x, DType xt, int64_t j, int64_t k) {
 }  // namespace
 
 void gemm_avx2(const GemmArgs& g) {
-    std::vector<int8_t> buf;
-    const GemmArgs gp = padded_copy(g, 0, &buf);
+    const GemmArgs gp = padded_copy(g, 0);
     run_tasks(g.m, round_up(g.w->n, kBlockN) / kBlockN, kMr, block_task, gp);
 }
 

@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 #include "backend/cpu/int8_gemm.h"
 
@@ -58,11 +57,12 @@ void store_tile_scalar(const GemmArgs& g, const int32_t* acc, int64_t ld_acc, in
 // Copies a into rows of k4 * 4 bytes (zero-padded; the padded weights are zero
 // too) XOR-ed with `flip` (0x80 turns s8 into u8 + 128 for vpdpbusd), so the
 // kernels read whole 4-byte groups and need no K tail. Returns args pointing
-// at the copy.
-GemmArgs padded_copy(const GemmArgs& g, uint8_t flip, std::vector<int8_t>* buf);
+// at the copy, a buffer of the calling thread valid until its next call.
+GemmArgs padded_copy(const GemmArgs& g, uint8_t flip);
 
-// Splits the GEMM into (column panel x row chunk) tasks and runs them on the
-// thread pool; `tile_fn(panel, m_begin, m_end)` processes one task.
+// Splits the GEMM's (column panel, row step) units into equal contiguous ranges
+// on the thread pool; `tile_fn(panel, m_begin, m_end)` processes the rows of
+// one panel that fall in a range.
 void run_tasks(int64_t m, int64_t n_panels, int64_t rows_per_step,
                void (*tile_fn)(const GemmArgs&, int64_t, int64_t, int64_t), const GemmArgs& g);
 

@@ -54,14 +54,17 @@ Tensor RopeEmbedder::freqs(const std::vector<int64_t>& pos) const {
     return out;
 }
 
-void apply_rope(Tensor& x, const Tensor& freqs) {
-    check_activation(x, "apply_rope");
+void check_rope_args(const Tensor& x, const Tensor& freqs, const char* op) {
+    check_activation(x, op);
     if (x.dim() != 4 || freqs.dtype() != DType::F32 || freqs.dim() != 4 ||
         freqs.size(0) != x.size(0) || freqs.size(1) != x.size(1) ||
         freqs.size(2) * 2 != x.size(3) || freqs.size(3) != 2)
-        raise<ShapeError>("apply_rope: x must be [B, L, H, D] and freqs F32 [B, L, D/2, 2], got {} "
-                          "and {}",
-                          shape_str(x.shape()), shape_str(freqs.shape()));
+        raise<ShapeError>("{}: x must be [B, L, H, D] and freqs F32 [B, L, D/2, 2], got {} and {}",
+                          op, shape_str(x.shape()), shape_str(freqs.shape()));
+}
+
+void apply_rope(Tensor& x, const Tensor& freqs) {
+    check_rope_args(x, freqs, "apply_rope");
     const int64_t tokens = x.size(0) * x.size(1), heads = x.size(2), half = x.size(3) / 2;
     const float* f = freqs.data<float>();
     dispatch_float(x.dtype(), [&](auto tag) {

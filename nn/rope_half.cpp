@@ -5,6 +5,7 @@
 
 #include "core/threads.h"
 #include "nn/elementwise.h"
+#include "nn/rope.h"
 
 namespace qdit::nn {
 
@@ -32,13 +33,7 @@ Tensor RotaryHalf::freqs(const std::vector<int64_t>& pos) const {
 }
 
 void apply_rope_half(Tensor& x, const Tensor& freqs) {
-    check_activation(x, "apply_rope_half");
-    if (x.dim() != 4 || freqs.dtype() != DType::F32 || freqs.dim() != 4 ||
-        freqs.size(0) != x.size(0) || freqs.size(1) != x.size(1) ||
-        freqs.size(2) * 2 != x.size(3) || freqs.size(3) != 2)
-        raise<ShapeError>("apply_rope_half: x must be [B, L, H, D] and freqs F32 [B, L, D/2, 2], "
-                          "got {} and {}",
-                          shape_str(x.shape()), shape_str(freqs.shape()));
+    check_rope_args(x, freqs, "apply_rope_half");
     const int64_t tokens = x.size(0) * x.size(1), heads = x.size(2), half = x.size(3) / 2;
     const float* f = freqs.data<float>();
     dispatch_float(x.dtype(), [&](auto tag) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: environment check, CUDA tests, compute-sanitizer memcheck on them, GEMM benchmark.
 # Run from the repository root on the GPU machine with the binaries of BUILD (default build-gemm)
-# carried along; logs go to $OUT (or ./device-logs). TESTS names the test executable: qdit_cuda_tests
+# copied along; logs go to $OUT (or ./device-logs). TESTS names the test executable: qdit_cuda_tests
 # now also holds the Z-Image CUDA tests, which need libdnnl.so.2 (not on the GPU machine); a test
 # binary of tests/cuda/test_cuda_{int8_gemm,quantize}.cpp alone needs only libcublasLt.
 set -u -o pipefail

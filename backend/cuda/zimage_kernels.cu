@@ -1,5 +1,6 @@
 #include "backend/cuda/zimage_kernels.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <cuda_bf16.h>
@@ -13,6 +14,8 @@ namespace {
 using bf16 = __nv_bfloat16;
 
 __device__ __forceinline__ float rbf(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+// nn::silu in f32: x / (1 + e^-x), IEEE division.
+__device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
 
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -52,30 +55,38 @@ __device__ float block_max(float v) {
     return r;
 }
 
+// quant/int8.h's rounding of x / s without a division per element (as backend/cuda/quantize.cu
+// does): r = x · (1/s) is within 2^-15 of the correctly rounded x / s (|x / s| <= 127.0001), so
+// rint(r) == rint(x / s) unless r lies within 2^-12 of a half-integer; only those take the IEEE
+// division. Bit-identical to rint(__fdiv_rn(x, s)), clamped to ±127.
+__device__ __forceinline__ int8_t quantize_one(float x, float s, float inv_s) {
+    const float r = x * inv_s;
+    const float f = r - floorf(r);
+    const float t = fabsf(f - 0.5f) < 0.000244140625f ? __fdiv_rn(x, s) : r;
+    return static_cast<int8_t>(fminf(127.f, fmaxf(-127.f, rintf(t))));
+}
+
 // A row held in registers: thread t owns elements (j·blockDim + t)·VEC + e, j < NV, e < VEC.
 // VEC = 8 moves 16-byte vectors (k % 8 == 0, rows 16-byte aligned), VEC = 1 single elements.
+// Values are kept as bf16 (half the registers of f32): every value a kernel keeps in a row is
+// bf16-exact (loaded from bf16, or rounded to bf16 as the CPU op stores it); arithmetic is f32.
 template <int VEC, int NV>
 struct RowRegs {
-    float v[NV][VEC];
+    alignas(16) bf16 v[NV][VEC];
 
     __device__ static int base(int j) { return (j * int(blockDim.x) + int(threadIdx.x)) * VEC; }
+    __device__ float get(int j, int e) const { return __bfloat162float(v[j][e]); }
+    __device__ void set(int j, int e, float f) { v[j][e] = __float2bfloat16_rn(f); }
 
     __device__ void load(const bf16* p, int k) {
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
             const int b = base(j);
-            if constexpr (VEC == 8) {
-                uint4 u = b < k ? *reinterpret_cast<const uint4*>(p + b) : make_uint4(0u, 0u, 0u, 0u);
-                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float2 f = __bfloat1622float2(h[e]);
-                    v[j][2 * e] = f.x;
-                    v[j][2 * e + 1] = f.y;
-                }
-            } else {
-                v[j][0] = b < k ? __bfloat162float(p[b]) : 0.f;
-            }
+            if constexpr (VEC == 8)
+                *reinterpret_cast<uint4*>(v[j]) =
+                    b < k ? *reinterpret_cast<const uint4*>(p + b) : make_uint4(0u, 0u, 0u, 0u);
+            else
+                v[j][0] = b < k ? p[b] : __float2bfloat16_rn(0.f);
         }
     }
 
@@ -84,15 +95,10 @@ struct RowRegs {
         for (int j = 0; j < NV; ++j) {
             const int b = base(j);
             if (b >= k) continue;
-            if constexpr (VEC == 8) {
-                uint4 u;
-                __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-                for (int e = 0; e < 4; ++e) h[e] = __floats2bfloat162_rn(v[j][2 * e], v[j][2 * e + 1]);
-                *reinterpret_cast<uint4*>(p + b) = u;
-            } else {
-                p[b] = __float2bfloat16_rn(v[j][0]);
-            }
+            if constexpr (VEC == 8)
+                *reinterpret_cast<uint4*>(p + b) = *reinterpret_cast<const uint4*>(v[j]);
+            else
+                p[b] = v[j][0];
         }
     }
 
@@ -102,7 +108,10 @@ struct RowRegs {
 #pragma unroll
         for (int j = 0; j < NV; ++j)
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) s += double(v[j][e] * v[j][e]);
+            for (int e = 0; e < VEC; ++e) {
+                const float f = get(j, e);
+                s += double(f * f);
+            }
         return block_sum(s);
     }
 
@@ -111,27 +120,49 @@ struct RowRegs {
 #pragma unroll
         for (int j = 0; j < NV; ++j)
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) a = fmaxf(a, fabsf(v[j][e]));
+            for (int e = 0; e < VEC; ++e) a = fmaxf(a, fabsf(get(j, e)));
         return block_max(a);
     }
 
-    // Per-element parameter vectors (f32 or bf16) at this thread's positions.
-    __device__ float at(const float* p, int j, int e) const { return p[base(j) + e]; }
-    __device__ float at(const bf16* p, int j, int e) const { return __bfloat162float(p[base(j) + e]); }
+    // The VEC per-element parameters (f32 or bf16 vectors, 16-byte aligned when VEC = 8) at this
+    // thread's vector j, as f32; call only for vectors inside the row (base(j) < k).
+    __device__ void params(const float* p, int j, float (&o)[VEC]) const {
+        if constexpr (VEC == 8) {
+            const float4 a = *reinterpret_cast<const float4*>(p + base(j)),
+                         b = *reinterpret_cast<const float4*>(p + base(j) + 4);
+            o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w, o[4] = b.x, o[5] = b.y, o[6] = b.z, o[7] = b.w;
+        } else {
+            o[0] = p[base(j)];
+        }
+    }
+    __device__ void params(const bf16* p, int j, float (&o)[VEC]) const {
+        if constexpr (VEC == 8) {
+            const uint4 u = *reinterpret_cast<const uint4*>(p + base(j));
+            const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float2 f = __bfloat1622float2(h[e]);
+                o[2 * e] = f.x;
+                o[2 * e + 1] = f.y;
+            }
+        } else {
+            o[0] = __bfloat162float(p[base(j)]);
+        }
+    }
 
     // The quant/int8.h rule; q row stride ldq >= k, columns [k, ldq) zeroed.
     __device__ void quantize(int8_t* q, float* qs, int k, int ldq) const {
         const float amax = absmax();
         const float s = amax > 0.f ? __fdiv_rn(amax, 127.f) : 1.f;
+        const float inv_s = __frcp_rn(s);
         if (threadIdx.x == 0) *qs = s;
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
             const int b = base(j);
             if (b >= k) continue;
-            int8_t r[VEC];
+            alignas(8) int8_t r[VEC];
 #pragma unroll
-            for (int e = 0; e < VEC; ++e)
-                r[e] = int8_t(fminf(127.f, fmaxf(-127.f, rintf(__fdiv_rn(v[j][e], s)))));
+            for (int e = 0; e < VEC; ++e) r[e] = quantize_one(get(j, e), s, inv_s);
             if constexpr (VEC == 8)
                 *reinterpret_cast<uint2*>(q + b) = *reinterpret_cast<const uint2*>(r);
             else
@@ -160,14 +191,19 @@ __global__ void __launch_bounds__(256) row_op_kernel(RowOp op) {
         const float inv = 1.0f / sqrtf(float(y.sum_sq()) / float(k) + op.eps_res);
         const bf16* w = static_cast<const bf16*>(op.w_res);
 #pragma unroll
-        for (int j = 0; j < NV; ++j)
+        for (int j = 0; j < NV; ++j) {
+            if (RowRegs<VEC, NV>::base(j) >= k) continue;
+            float wv[VEC], gv[VEC];
+            y.params(w, j, wv);
+            if (op.gate) y.params(op.gate, j, gv);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
                 if (!in_row<VEC, NV>(j, e, k)) continue;
-                float n = rbf(rbf(y.v[j][e] * inv) * y.at(w, j, e));
-                if (op.gate) n = rbf(y.at(op.gate, j, e) * n);
-                r.v[j][e] = rbf(r.v[j][e] + n);
+                float n = rbf(rbf(y.get(j, e) * inv) * wv[e]);
+                if (op.gate) n = rbf(gv[e] * n);
+                r.set(j, e, r.get(j, e) + n);
             }
+        }
         r.store(x, k);
     }
 
@@ -175,41 +211,50 @@ __global__ void __launch_bounds__(256) row_op_kernel(RowOp op) {
         const float inv = 1.0f / sqrtf(float(r.sum_sq()) / float(k) + op.eps);
         const bf16* w = static_cast<const bf16*>(op.w);
 #pragma unroll
-        for (int j = 0; j < NV; ++j)
+        for (int j = 0; j < NV; ++j) {
+            if (RowRegs<VEC, NV>::base(j) >= k) continue;
+            float wv[VEC], sv[VEC];
+            r.params(w, j, wv);
+            if (op.scale) r.params(op.scale, j, sv);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
                 if (!in_row<VEC, NV>(j, e, k)) continue;
-                float n = rbf(rbf(r.v[j][e] * inv) * r.at(w, j, e));
-                if (op.scale) n = rbf(n * r.at(op.scale, j, e));
-                r.v[j][e] = n;
+                float n = rbf(rbf(r.get(j, e) * inv) * wv[e]);
+                if (op.scale) n = rbf(n * sv[e]);
+                r.set(j, e, n);
             }
+        }
     } else if (op.norm == RowNorm::LayerNorm) {
-        double s = 0;
+        double sm = 0;
 #pragma unroll
         for (int j = 0; j < NV; ++j)
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) s += double(r.v[j][e]);
-        const double mean = block_sum(s) / double(k);
+            for (int e = 0; e < VEC; ++e) sm += double(r.get(j, e));
+        const double mean = block_sum(sm) / double(k);
         double sq = 0;
 #pragma unroll
         for (int j = 0; j < NV; ++j)
 #pragma unroll
             for (int e = 0; e < VEC; ++e)
                 if (in_row<VEC, NV>(j, e, k)) {
-                    const double c = double(r.v[j][e]) - mean;
+                    const double c = double(r.get(j, e)) - mean;
                     sq += c * c;
                 }
         const float rstd = 1.0f / sqrtf(float(block_sum(sq) / double(k)) + op.eps);
         const float mf = float(mean);
 #pragma unroll
-        for (int j = 0; j < NV; ++j)
+        for (int j = 0; j < NV; ++j) {
+            if (RowRegs<VEC, NV>::base(j) >= k) continue;
+            float sv[VEC];
+            if (op.scale) r.params(op.scale, j, sv);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
                 if (!in_row<VEC, NV>(j, e, k)) continue;
-                float n = rbf((r.v[j][e] - mf) * rstd);
-                if (op.scale) n = rbf(n * r.at(op.scale, j, e));
-                r.v[j][e] = n;
+                float n = rbf((r.get(j, e) - mf) * rstd);
+                if (op.scale) n = rbf(n * sv[e]);
+                r.set(j, e, n);
             }
+        }
     }
 
     if (op.out) r.store(static_cast<bf16*>(op.out) + row * op.ldo, k);
@@ -226,12 +271,66 @@ swiglu_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, int8_t*
 #pragma unroll
     for (int j = 0; j < NV; ++j)
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            const float s = a.v[j][e] / (1.0f + expf(-a.v[j][e]));
-            a.v[j][e] = rbf(rbf(s) * b.v[j][e]);
-        }
+        for (int e = 0; e < VEC; ++e) a.set(j, e, rbf(silu_f(a.get(j, e))) * b.get(j, e));
     if (out) a.store(out + row * ldo, k);
     if (q) a.quantize(q + row * ldq, qs + row, k, int(ldq));
+}
+
+// SwiGLU on 16-byte vectors with the row's result kept in shared memory (bf16, k·2 bytes) between
+// the absmax and the quantization: few registers, so up to 8 blocks of 256 threads share an SM and
+// one block's loads overlap the others' arithmetic (the register-row kernel above holds 2·k/blockDim
+// values per thread: 2 blocks per SM at k = 10240). Needs k % 8 == 0, 16-byte aligned rows.
+__global__ void __launch_bounds__(256)
+swiglu_smem_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, int8_t* q, float* qs, int64_t ldq) {
+    extern __shared__ uint4 g_row[];  // k / 8 vectors
+    const int64_t row = blockIdx.x;
+    const int nvec = k / 8, tid = int(threadIdx.x), nt = int(blockDim.x);
+    const uint4* pa = reinterpret_cast<const uint4*>(h + row * ldh);
+    const uint4* pb = reinterpret_cast<const uint4*>(h + row * ldh + k);
+    uint4* po = out ? reinterpret_cast<uint4*>(out + row * ldo) : nullptr;
+    float amax = 0.f;
+    auto one = [&](uint4 ua, uint4 ub, int i) {
+        const __nv_bfloat162* ha = reinterpret_cast<const __nv_bfloat162*>(&ua);
+        const __nv_bfloat162* hb = reinterpret_cast<const __nv_bfloat162*>(&ub);
+        uint4 ug;
+        __nv_bfloat162* hg = reinterpret_cast<__nv_bfloat162*>(&ug);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float2 fa = __bfloat1622float2(ha[e]), fb = __bfloat1622float2(hb[e]);
+            hg[e] = __floats2bfloat162_rn(rbf(silu_f(fa.x)) * fb.x, rbf(silu_f(fa.y)) * fb.y);
+            const float2 fg = __bfloat1622float2(hg[e]);
+            amax = fmaxf(amax, fmaxf(fabsf(fg.x), fabsf(fg.y)));
+        }
+        g_row[i] = ug;
+        if (po) po[i] = ug;
+    };
+    // Two vectors per thread per step: both pairs of loads are issued before either is used.
+    int i = tid;
+    for (; i + nt < nvec; i += 2 * nt) {
+        const uint4 a0 = pa[i], b0 = pb[i], a1 = pa[i + nt], b1 = pb[i + nt];
+        one(a0, b0, i);
+        one(a1, b1, i + nt);
+    }
+    if (i < nvec) one(pa[i], pb[i], i);
+    if (!q) return;
+    amax = block_max(amax);  // its leading barrier also orders the shared-memory row
+    const float s = amax > 0.f ? __fdiv_rn(amax, 127.f) : 1.f;
+    const float inv_s = __frcp_rn(s);
+    if (tid == 0) qs[row] = s;
+    int8_t* qr = q + row * ldq;
+    for (int v = tid; v < nvec; v += nt) {
+        const uint4 ug = g_row[v];
+        const __nv_bfloat162* hg = reinterpret_cast<const __nv_bfloat162*>(&ug);
+        alignas(8) int8_t r[8];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float2 f = __bfloat1622float2(hg[e]);
+            r[2 * e] = quantize_one(f.x, s, inv_s);
+            r[2 * e + 1] = quantize_one(f.y, s, inv_s);
+        }
+        *reinterpret_cast<uint2*>(qr + 8 * v) = *reinterpret_cast<const uint2*>(r);
+    }
+    for (int c = k + tid; c < ldq; c += nt) qr[c] = 0;
 }
 
 // Launch shape for a row of k elements: 16-byte vectors when `vec`, and the fewest vectors per
@@ -276,6 +375,9 @@ void row_op(const RowOp& op, cudaStream_t stream) {
     if (op.y) vec = vec && op.ldy % 8 == 0 && aligned16(op.y);
     if (op.out) vec = vec && op.ldo % 8 == 0 && aligned16(op.out);
     if (op.q) vec = vec && op.ldq % 8 == 0 && aligned16(op.q);
+    // Per-element parameters are read as 16-byte vectors too.
+    for (const void* p : {op.w_res, op.w, static_cast<const void*>(op.gate), static_cast<const void*>(op.scale)})
+        vec = vec && (!p || aligned16(p));
     const RowLaunch l = row_launch(op.k, vec);
     dispatch_row(l, [&](auto V, auto N) {
         row_op_kernel<decltype(V)::value, decltype(N)::value><<<unsigned(op.m), l.threads, 0, stream>>>(op);
@@ -291,6 +393,14 @@ void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t
     bool vec = k % 8 == 0 && ldh % 8 == 0 && aligned16(h);
     if (out) vec = vec && ldo % 8 == 0 && aligned16(out);
     if (q) vec = vec && ldq % 8 == 0 && aligned16(q);
+    constexpr int64_t kSmemRowBytes = 48 * 1024;  // the default dynamic shared memory limit
+    if (vec && 2 * k <= kSmemRowBytes) {
+        const int64_t threads = std::min<int64_t>(256, (k / 8 + 31) / 32 * 32);
+        swiglu_smem_kernel<<<unsigned(m), unsigned(threads), size_t(2 * k), stream>>>(
+            static_cast<const bf16*>(h), ldh, int(k), static_cast<bf16*>(out), ldo, q, qs, ldq);
+        check_launch("swiglu");
+        return;
+    }
     const RowLaunch l = row_launch(k, vec);
     dispatch_row(l, [&](auto V, auto N) {
         swiglu_kernel<decltype(V)::value, decltype(N)::value><<<unsigned(m), l.threads, 0, stream>>>(

@@ -3,13 +3,19 @@
 // tokens) + 512 caption tokens, batch 1, bf16 and int8 (default plan). Prints ms/step (median of
 // --steps after warm-up, CUDA events) and the allocator's weight / activation / peak bytes.
 //
-//   bench_zimage_step [--steps N] [--mode bf16|int8|both] [--layers N]
+//   bench_zimage_step [--steps N] [--mode bf16|int8|both] [--layers N] [--profile 1]
+//
+// --profile 1 brackets the timed steps with cudaProfilerStart / Stop, so that
+// `ncu --profile-from-start off` sees only those kernels (bench/cuda/NOTES.md, "profile").
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include <cuda_profiler_api.h>
 
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_tensor.h"
@@ -21,7 +27,7 @@ namespace {
 
 double gib(size_t b) { return double(b) / double(size_t(1) << 30); }
 
-void run(const std::string& mode, int steps, int64_t layers) {
+void run(const std::string& mode, int steps, int64_t layers, bool profile) {
     zimage::Config cfg;  // defaults are Z-Image-Turbo's
     cfg.n_layers = layers;
     auto& alloc = cuda::Allocator::instance();
@@ -52,17 +58,23 @@ void run(const std::string& mode, int steps, int64_t layers) {
         cudaEventCreate(&e0);
         cudaEventCreate(&e1);
         std::vector<float> ms;
+        std::vector<double> host_ms;  // time to enqueue one step (host side of forward_tokens)
         cuda::DTensor out;
+        if (profile) cudaProfilerStart();
         for (int i = 0; i < steps; ++i) {
             cudaEventRecord(e0, s);
+            const auto h0 = std::chrono::steady_clock::now();
             out = model.forward_tokens(dp, {1, 64, 64}, dc, 0.5f);
+            host_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count());
             cudaEventRecord(e1, s);
             cuda::check(cudaEventSynchronize(e1), "step");
             float t = 0;
             cudaEventElapsedTime(&t, e0, e1);
             ms.push_back(t);
         }
+        if (profile) cudaProfilerStop();
         std::sort(ms.begin(), ms.end());
+        std::sort(host_ms.begin(), host_ms.end());
         const cuda::MemStats m = alloc.stats();
         Tensor o = out.download(s).to(DType::F32);
         double ss = 0;
@@ -73,11 +85,11 @@ void run(const std::string& mode, int steps, int64_t layers) {
         }
         std::printf("%-5s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d of %d; "
                     "weights %.2f GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB, "
-                    "reserved peak %.2f GiB; attention %s; output rms %.4g%s\n",
+                    "reserved peak %.2f GiB; attention %s; output rms %.4g%s; host enqueue %.2f ms/step (median)\n",
                     mode.c_str(), (long long)layers, ms[ms.size() / 2], steps, ms.front(), ms.back(),
                     model.int8_layers(), model.linear_layers(), gib(wbytes), gib(model.weight_bytes()),
                     gib(m.peak_activation), gib(m.peak), gib(m.peak_reserved), cuda::attention_impl_name(),
-                    std::sqrt(ss / double(o.numel())), finite ? "" : " NON-FINITE");
+                    std::sqrt(ss / double(o.numel())), finite ? "" : " NON-FINITE", host_ms[host_ms.size() / 2]);
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
     }
@@ -90,14 +102,16 @@ int main(int argc, char** argv) {
     int steps = 10;
     int64_t layers = 30;
     std::string mode = "both";
+    bool profile = false;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--steps")) steps = std::max(1, std::atoi(argv[i + 1]));
         else if (!std::strcmp(argv[i], "--mode")) mode = argv[i + 1];
         else if (!std::strcmp(argv[i], "--layers")) layers = std::atoll(argv[i + 1]);
+        else if (!std::strcmp(argv[i], "--profile")) profile = std::atoi(argv[i + 1]) != 0;
     }
     try {
-        if (mode == "both" || mode == "bf16") run("bf16", steps, layers);
-        if (mode == "both" || mode == "int8") run("int8", steps, layers);
+        if (mode == "both" || mode == "bf16") run("bf16", steps, layers, profile);
+        if (mode == "both" || mode == "int8") run("int8", steps, layers, profile);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_zimage_step: %s\n", e.what());
         return 1;

@@ -2,10 +2,12 @@
 // every op computes in f32 and, for BF16, rounds once when it stores, which
 // is what PyTorch does for each bf16 op. Internal to nn/ and models/.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "core/threads.h"
 
 namespace qdit::nn {
 
@@ -40,6 +42,28 @@ inline void dispatch_float(DType t, Fn&& fn) {
         fn(bf16_t{});
     else
         raise<ShapeError>("expected F32 or BF16, got {}", dtype_name(t));
+}
+
+// The loop both RoPE layouts share: checks x [B, L, H, D] (F32/BF16) and freqs
+// F32 [B, L, D/2, 2] (ShapeError naming `op`), then calls
+// rotate(T* head, const float* cos_sin, half) for every token and head, in parallel.
+// `rotate` is a generic lambda; T is float or bf16 storage.
+void check_rope_args(const Tensor& x, const Tensor& freqs, const char* op);
+
+template <typename Rotate>
+void for_each_rope_head(Tensor& x, const Tensor& freqs, const char* op, Rotate&& rotate) {
+    check_rope_args(x, freqs, op);
+    const int64_t tokens = x.size(0) * x.size(1), heads = x.size(2), half = x.size(3) / 2;
+    const float* f = freqs.data<float>();
+    dispatch_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        T* xp = x.data<T>();
+        parallel_for(tokens, std::max<int64_t>(1, 16384 / (heads * half)), [&](int64_t b, int64_t e) {
+            for (int64_t t = b; t < e; ++t)
+                for (int64_t h = 0; h < heads; ++h)
+                    rotate(xp + (t * heads + h) * half * 2, f + t * half * 2, half);
+        });
+    });
 }
 
 }  // namespace qdit::nn

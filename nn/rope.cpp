@@ -64,26 +64,13 @@ void check_rope_args(const Tensor& x, const Tensor& freqs, const char* op) {
 }
 
 void apply_rope(Tensor& x, const Tensor& freqs) {
-    check_rope_args(x, freqs, "apply_rope");
-    const int64_t tokens = x.size(0) * x.size(1), heads = x.size(2), half = x.size(3) / 2;
-    const float* f = freqs.data<float>();
-    dispatch_float(x.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        T* xp = x.data<T>();
-        parallel_for(tokens, std::max<int64_t>(1, 16384 / (heads * half)), [&](int64_t b, int64_t e) {
-            for (int64_t t = b; t < e; ++t) {
-                const float* ft = f + t * half * 2;
-                for (int64_t h = 0; h < heads; ++h) {
-                    T* v = xp + (t * heads + h) * half * 2;
-                    for (int64_t k = 0; k < half; ++k) {
-                        const float a = load(v, 2 * k), bi = load(v, 2 * k + 1);
-                        const float c = ft[2 * k], s = ft[2 * k + 1];
-                        store(v, 2 * k, a * c - bi * s);
-                        store(v, 2 * k + 1, a * s + bi * c);
-                    }
-                }
-            }
-        });
+    for_each_rope_head(x, freqs, "apply_rope", [](auto* v, const float* cs, int64_t half) {
+        for (int64_t k = 0; k < half; ++k) {
+            const float a = load(v, 2 * k), bi = load(v, 2 * k + 1);
+            const float c = cs[2 * k], s = cs[2 * k + 1];
+            store(v, 2 * k, a * c - bi * s);
+            store(v, 2 * k + 1, a * s + bi * c);
+        }
     });
 }
 

@@ -34,8 +34,4 @@ private:
 // head_dim/2, 2] (same for every head) in f32, then stored back (rounded for BF16).
 void apply_rope(Tensor& x, const Tensor& freqs);
 
-// ShapeError naming `op` unless x is [B, L, H, D] F32/BF16 and freqs F32 [B, L, D/2, 2]
-// (shared by both RoPE layouts).
-void check_rope_args(const Tensor& x, const Tensor& freqs, const char* op);
-
 }  // namespace qdit::nn

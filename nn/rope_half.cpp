@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "core/threads.h"
 #include "nn/elementwise.h"
-#include "nn/rope.h"
 
 namespace qdit::nn {
 
@@ -33,26 +33,14 @@ Tensor RotaryHalf::freqs(const std::vector<int64_t>& pos) const {
 }
 
 void apply_rope_half(Tensor& x, const Tensor& freqs) {
-    check_rope_args(x, freqs, "apply_rope_half");
-    const int64_t tokens = x.size(0) * x.size(1), heads = x.size(2), half = x.size(3) / 2;
-    const float* f = freqs.data<float>();
-    dispatch_float(x.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        T* xp = x.data<T>();
-        parallel_for(tokens, std::max<int64_t>(1, 16384 / (heads * half)), [&](int64_t b, int64_t e) {
-            for (int64_t t = b; t < e; ++t) {
-                const float* ft = f + t * half * 2;
-                for (int64_t h = 0; h < heads; ++h) {
-                    T* v = xp + (t * heads + h) * half * 2;
-                    for (int64_t k = 0; k < half; ++k) {
-                        const float c = round_as<T>(ft[2 * k]), s = round_as<T>(ft[2 * k + 1]);
-                        const float x1 = load(v, k), x2 = load(v, k + half);
-                        store(v, k, round_as<T>(x1 * c) + round_as<T>(-x2 * s));
-                        store(v, k + half, round_as<T>(x2 * c) + round_as<T>(x1 * s));
-                    }
-                }
-            }
-        });
+    for_each_rope_head(x, freqs, "apply_rope_half", [](auto* v, const float* cs, int64_t half) {
+        using T = std::remove_pointer_t<decltype(v)>;
+        for (int64_t k = 0; k < half; ++k) {
+            const float c = round_as<T>(cs[2 * k]), s = round_as<T>(cs[2 * k + 1]);
+            const float x1 = load(v, k), x2 = load(v, k + half);
+            store(v, k, round_as<T>(x1 * c) + round_as<T>(-x2 * s));
+            store(v, k + half, round_as<T>(x2 * c) + round_as<T>(x1 * s));
+        }
     });
 }
 

@@ -53,6 +53,7 @@ void* Allocator::allocate(size_t bytes, MemKind kind) {
         st_.peak_reserved = std::max(st_.peak_reserved, st_.reserved);
     }
     used_[p] = Block{size, kind, dev};
+    if (recording_) recorded_.push_back(p);
     (kind == MemKind::Weight ? st_.weight : st_.activation) += size;
     st_.peak_activation = std::max(st_.peak_activation, st_.activation);
     st_.peak = std::max(st_.peak, st_.weight + st_.activation);
@@ -83,6 +84,36 @@ void Allocator::empty_cache() {
     }
     cudaSetDevice(cur);
     free_.clear();
+}
+
+void Allocator::begin_record() {
+    std::lock_guard<std::mutex> lk(mu_);
+    recording_ = true;
+    recorded_.clear();
+}
+
+std::vector<void*> Allocator::end_record() {
+    std::lock_guard<std::mutex> lk(mu_);
+    recording_ = false;
+    std::vector<void*> held;
+    std::sort(recorded_.begin(), recorded_.end());
+    recorded_.erase(std::unique(recorded_.begin(), recorded_.end()), recorded_.end());
+    for (void* p : recorded_) {
+        if (used_.count(p)) continue;
+        for (auto& [key, blocks] : free_) {
+            auto it = std::find(blocks.begin(), blocks.end(), p);
+            if (it == blocks.end()) continue;
+            blocks.erase(it);
+            used_[p] = Block{key.second, MemKind::Activation, key.first};
+            st_.activation += key.second;
+            st_.peak_activation = std::max(st_.peak_activation, st_.activation);
+            st_.peak = std::max(st_.peak, st_.weight + st_.activation);
+            held.push_back(p);
+            break;
+        }
+    }
+    recorded_.clear();
+    return held;
 }
 
 MemStats Allocator::stats() const {

@@ -43,6 +43,14 @@ public:
 
     static size_t round_size(size_t bytes);
 
+    // CUDA graph capture: begin_record() notes every block handed out until end_record(), which
+    // takes those of them that are free again out of the cache and returns them (they stay counted
+    // as activations in use). A graph captured in between replays into these blocks, so they must
+    // not be handed out again: the graph's owner gives each back with release() when it drops the
+    // graph. Blocks still in use at end_record() stay with their owners.
+    void begin_record();
+    std::vector<void*> end_record();
+
 private:
     struct Block {
         size_t size;
@@ -53,6 +61,8 @@ private:
     std::unordered_map<void*, Block> used_;
     std::map<std::pair<int, size_t>, std::vector<void*>> free_;  // (device, size) -> blocks
     MemStats st_;
+    bool recording_ = false;
+    std::vector<void*> recorded_;
 };
 
 }  // namespace qdit::cuda

@@ -177,8 +177,16 @@ __device__ __forceinline__ bool in_row(int j, int e, int k) {
     return RowRegs<VEC, NV>::base(j) + e < k;
 }
 
+// Blocks per SM that ptxas must fit: the <8, 2> variant (k = 2049..4096, the model width 3840)
+// used 62 registers, 4 blocks of 240 threads per SM; at 5 it takes 48 (8 bytes spilled), and more
+// rows are in flight per SM for a kernel that waits on memory between its reductions.
 template <int VEC, int NV>
-__global__ void __launch_bounds__(256) row_op_kernel(RowOp op) {
+constexpr int row_op_min_blocks() {
+    return VEC == 8 && NV == 2 ? 5 : 1;
+}
+
+template <int VEC, int NV>
+__global__ void __launch_bounds__(256, row_op_min_blocks<VEC, NV>()) row_op_kernel(RowOp op) {
     const int64_t row = blockIdx.x;
     const int k = int(op.k);
     bf16* x = static_cast<bf16*>(op.x) + row * op.ldx;

@@ -2,12 +2,14 @@
 // from a real checkpoint folder (the one diffusers saved), on inputs saved by the Python side.
 //
 //   bench_zimage_peer --model DIR --inputs FILE --out FILE [--steps N] [--warmup N] [--mode bf16|int8|both]
+//                   [--graph 0|1]
 //
 // inputs: x bf16 [C, F, H, W], t f32 [1] (1 - sigma), cap_feats bf16 [L, cap_feat_dim] (batch 1).
 // For each mode the model is loaded with prepare_model (bf16: no quantization; int8: the default
 // plan), run once through forward() for the output (written to --out as "<mode>" bf16 [C, F, H, W]),
 // then timed: forward_tokens on device-resident patches, CUDA events, median of --steps after
-// --warmup steps. One line per mode starts with "QDIT_RESULT " followed by JSON.
+// --warmup steps; --graph 1 (default) runs the blocks as one CUDA graph (set_cuda_graph). One line
+// per mode starts with "QDIT_RESULT " followed by JSON.
 #include <algorithm>
 #include <array>
 #include <cstdio>
@@ -45,7 +47,7 @@ Tensor patchify(const Tensor& x, int64_t p) {
 }
 
 Tensor run(const std::string& mode, const std::string& dir, const Tensor& x, const Tensor& t, const Tensor& cap,
-           int steps, int warmup) {
+           int steps, int warmup, bool graph) {
     auto& alloc = cuda::Allocator::instance();
     alloc.empty_cache();
     const QuantConfig q = mode == "int8" ? QuantConfig{QuantMethod::Int8, {}, "dynamic"} : QuantConfig{};
@@ -56,6 +58,7 @@ Tensor run(const std::string& mode, const std::string& dir, const Tensor& x, con
         const PreparedModel m = prepare_model(dir, q);
         const size_t w0 = alloc.stats().weight;
         zimage::ZImageTransformerCuda model(m, s);
+        model.set_cuda_graph(graph);  // forward() below captures; the timed steps replay
         cuda::check(cudaStreamSynchronize(s), "load");
         const size_t wbytes = alloc.stats().weight - w0;
 
@@ -86,10 +89,10 @@ Tensor run(const std::string& mode, const std::string& dir, const Tensor& x, con
         const cuda::MemStats st = alloc.stats();
         std::printf("QDIT_RESULT {\"mode\": \"%s\", \"ms_median\": %.3f, \"ms_min\": %.3f, \"ms_max\": %.3f, "
                     "\"steps\": %d, \"int8_layers\": %d, \"linear_layers\": %d, \"weight_gib\": %.4f, "
-                    "\"peak_gib\": %.4f, \"peak_reserved_gib\": %.4f, \"attention\": \"%s\"}\n",
+                    "\"peak_gib\": %.4f, \"peak_reserved_gib\": %.4f, \"attention\": \"%s\", \"cuda_graph\": %d}\n",
                     mode.c_str(), ms[ms.size() / 2], ms.front(), ms.back(), steps, model.int8_layers(),
                     model.linear_layers(), gib(wbytes), gib(st.peak), gib(st.peak_reserved),
-                    cuda::attention_impl_name());
+                    cuda::attention_impl_name(), graph ? 1 : 0);
         std::fflush(stdout);
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
@@ -103,6 +106,7 @@ Tensor run(const std::string& mode, const std::string& dir, const Tensor& x, con
 int main(int argc, char** argv) {
     std::string model, inputs, out, mode = "both";
     int steps = 10, warmup = 3;
+    bool graph = true;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i];
         if (a == "--model") model = argv[i + 1];
@@ -111,10 +115,11 @@ int main(int argc, char** argv) {
         else if (a == "--mode") mode = argv[i + 1];
         else if (a == "--steps") steps = std::max(1, std::atoi(argv[i + 1]));
         else if (a == "--warmup") warmup = std::max(0, std::atoi(argv[i + 1]));
+        else if (a == "--graph") graph = std::atoi(argv[i + 1]) != 0;
     }
     if (model.empty() || inputs.empty() || out.empty()) {
         std::fprintf(stderr, "usage: bench_zimage_peer --model DIR --inputs FILE --out FILE [--steps N] "
-                             "[--warmup N] [--mode bf16|int8|both]\n");
+                             "[--warmup N] [--mode bf16|int8|both] [--graph 0|1]\n");
         return 2;
     }
     try {
@@ -122,7 +127,7 @@ int main(int argc, char** argv) {
         const Tensor x = in.get("x"), t = in.get("t").to(DType::F32), cap = in.get("cap_feats");
         std::vector<std::pair<std::string, Tensor>> results;
         for (const char* m : {"bf16", "int8"})
-            if (mode == "both" || mode == m) results.emplace_back(m, run(m, model, x, t, cap, steps, warmup));
+            if (mode == "both" || mode == m) results.emplace_back(m, run(m, model, x, t, cap, steps, warmup, graph));
         write_safetensors(out, results);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_zimage_peer: %s\n", e.what());

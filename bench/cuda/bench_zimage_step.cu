@@ -3,7 +3,9 @@
 // tokens) + 512 caption tokens, batch 1, bf16 and int8 (default plan). Prints ms/step (median of
 // --steps after warm-up, CUDA events) and the allocator's weight / activation / peak bytes.
 //
-//   bench_zimage_step [--steps N] [--mode bf16|int8|both] [--layers N] [--profile 1]
+//   bench_zimage_step [--steps N] [--mode bf16|int8|both] [--layers N] [--profile 1] [--graph 0|1]
+//
+// --graph 1 (default) runs the blocks as one CUDA graph (set_cuda_graph), captured in the warm-up.
 //
 // --profile 1 brackets the timed steps with cudaProfilerStart / Stop, so that
 // `ncu --profile-from-start off` sees only those kernels (bench/cuda/NOTES.md, "profile").
@@ -27,7 +29,7 @@ namespace {
 
 double gib(size_t b) { return double(b) / double(size_t(1) << 30); }
 
-void run(const std::string& mode, int steps, int64_t layers, bool profile) {
+void run(const std::string& mode, int steps, int64_t layers, bool profile, bool graph) {
     zimage::Config cfg;  // defaults are Z-Image-Turbo's
     cfg.n_layers = layers;
     auto& alloc = cuda::Allocator::instance();
@@ -37,6 +39,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile) {
     cuda::check(cudaStreamCreate(&s), "stream");
     {
         auto model = zimage::ZImageTransformerCuda::random(cfg, q, 42, s);
+        model.set_cuda_graph(graph);
         const size_t wbytes = alloc.stats().weight;
         // Inputs: patches [4096, 64], caption features [512, 2560], random bf16 from the host.
         const int64_t tokens = 64 * 64, cap = 512, pdim = 2 * 2 * cfg.in_channels;
@@ -85,10 +88,10 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile) {
         }
         std::printf("%-5s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d of %d; "
                     "weights %.2f GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB, "
-                    "reserved peak %.2f GiB; attention %s; output rms %.4g%s; host enqueue %.2f ms/step (median)\n",
+                    "reserved peak %.2f GiB; attention %s, graph %s; output rms %.4g%s; host enqueue %.2f ms/step (median)\n",
                     mode.c_str(), (long long)layers, ms[ms.size() / 2], steps, ms.front(), ms.back(),
                     model.int8_layers(), model.linear_layers(), gib(wbytes), gib(model.weight_bytes()),
-                    gib(m.peak_activation), gib(m.peak), gib(m.peak_reserved), cuda::attention_impl_name(),
+                    gib(m.peak_activation), gib(m.peak), gib(m.peak_reserved), cuda::attention_impl_name(), graph ? "on" : "off",
                     std::sqrt(ss / double(o.numel())), finite ? "" : " NON-FINITE", host_ms[host_ms.size() / 2]);
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
@@ -102,16 +105,17 @@ int main(int argc, char** argv) {
     int steps = 10;
     int64_t layers = 30;
     std::string mode = "both";
-    bool profile = false;
+    bool profile = false, graph = true;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--steps")) steps = std::max(1, std::atoi(argv[i + 1]));
         else if (!std::strcmp(argv[i], "--mode")) mode = argv[i + 1];
         else if (!std::strcmp(argv[i], "--layers")) layers = std::atoll(argv[i + 1]);
         else if (!std::strcmp(argv[i], "--profile")) profile = std::atoi(argv[i + 1]) != 0;
+        else if (!std::strcmp(argv[i], "--graph")) graph = std::atoi(argv[i + 1]) != 0;
     }
     try {
-        if (mode == "both" || mode == "bf16") run("bf16", steps, layers, profile);
-        if (mode == "both" || mode == "int8") run("int8", steps, layers, profile);
+        if (mode == "both" || mode == "bf16") run("bf16", steps, layers, profile, graph);
+        if (mode == "both" || mode == "int8") run("int8", steps, layers, profile, graph);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_zimage_step: %s\n", e.what());
         return 1;

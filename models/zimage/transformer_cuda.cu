@@ -268,8 +268,33 @@ struct Block {
     int64_t hidden_p = 0;  // FFN hidden width padded to 16
 };
 
+// The transformer blocks of one sequence shape as a CUDA graph, with the buffers it reads and the
+// allocator blocks it replays into.
+struct StepGraph {
+    cudaGraphExec_t exec = nullptr;
+    int64_t lx = -1, lc = -1;
+    std::array<int64_t, 3> grid{-1, -1, -1};
+    DTensor u, freqs, adaln;  // inputs of the blocks, at fixed addresses
+    std::vector<void*> held;  // activation blocks used inside the graph
+    void reset() {
+        if (exec) cudaGraphExecDestroy(exec);
+        exec = nullptr;
+        for (void* p : held) cuda::Allocator::instance().release(p);
+        held.clear();
+        u = freqs = adaln = DTensor();
+        lx = lc = -1;
+        grid = {-1, -1, -1};
+    }
+    StepGraph() = default;
+    StepGraph(const StepGraph&) = delete;
+    StepGraph& operator=(const StepGraph&) = delete;
+    ~StepGraph() { reset(); }
+};
+
 struct ZImageTransformerCuda::Weights {
     Config cfg;
+    bool use_graph = false;
+    mutable StepGraph graph;
     cudaStream_t stream = nullptr;
     cuda::AttentionImpl attention = cuda::AttentionImpl::Auto;
     int64_t patch = 2, f_patch = 1;
@@ -539,7 +564,14 @@ int ZImageTransformerCuda::int8_layers() const { return w_->n_int8; }
 int ZImageTransformerCuda::linear_layers() const { return w_->n_linear; }
 size_t ZImageTransformerCuda::weight_bytes() const { return w_->bytes; }
 cudaStream_t ZImageTransformerCuda::stream() const { return w_->stream; }
-void ZImageTransformerCuda::set_attention(cuda::AttentionImpl impl) { w_->attention = impl; }
+void ZImageTransformerCuda::set_attention(cuda::AttentionImpl impl) {
+    w_->attention = impl;
+    w_->graph.reset();
+}
+void ZImageTransformerCuda::set_cuda_graph(bool on) {
+    w_->use_graph = on;
+    if (!on) w_->graph.reset();
+}
 
 DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std::array<int64_t, 3>& grid,
                                               const DTensor& cap_feats, float t) const {
@@ -575,10 +607,18 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         run_group(W.t_mlp2, in, 1, adaln.raw(), W.t_mlp2.n, s);
     }
 
+    // With a graph, the blocks read u, freqs and adaln at fixed addresses; the RoPE table depends
+    // on the grid and caption length only, so it is kept with the graph.
+    const bool graph = W.use_graph && s != nullptr;
+    StepGraph& G = W.graph;
+    if (graph && (G.lx != Lx || G.lc != Lc || G.grid != grid || G.adaln.shape() != adaln.shape())) G.reset();
+
     // RoPE table of the unified sequence: image tokens (cap_len + 1 + f, h, w), image pad rows
     // (0, 0, 0), caption tokens (1 + j, 0, 0). The refiners use its two row ranges.
     DTensor freqs;
-    {
+    if (graph && G.freqs.defined()) {
+        freqs = G.freqs;
+    } else {
         std::vector<int64_t> pos;
         for (int64_t f = 0; f < grid[0]; ++f)
             for (int64_t h = 0; h < grid[1]; ++h)
@@ -588,8 +628,22 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         freqs = DTensor::upload(W.rope.freqs(pos), MemKind::Activation, s);
     }
 
+    if (graph) {
+        if (!G.u.defined()) {
+            G.u = DTensor::empty({Lu, D}, DType::BF16);
+            G.freqs = freqs;
+            G.adaln = DTensor::empty(adaln.shape(), DType::BF16);
+            G.lx = Lx;
+            G.lc = Lc;
+            G.grid = grid;
+        }
+        cuda::check(cudaMemcpyAsync(G.adaln.raw(), adaln.raw(), adaln.nbytes(), cudaMemcpyDeviceToDevice, s),
+                    "step graph adaln");
+        adaln = G.adaln;
+    }
+
     // Unified residual stream u = [image (padded), caption (padded)].
-    DTensor u = DTensor::empty({Lu, D}, DType::BF16);
+    DTensor u = graph ? G.u : DTensor::empty({Lu, D}, DType::BF16);
     {
         Input in;
         in.x = patches;
@@ -625,9 +679,40 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
 
     const float* fr = freqs.data<float>();
     DTensor xs = u.rows(0, Lx), cs = u.rows(Lx, Lu);
-    for (const Block& b : W.noise) W.block_forward(b, xs, fr, adaln);
-    for (const Block& b : W.context) W.block_forward(b, cs, fr + Lx * hd, adaln);
-    for (const Block& b : W.layers) W.block_forward(b, u, fr, adaln);
+    auto blocks = [&] {
+        for (const Block& b : W.noise) W.block_forward(b, xs, fr, adaln);
+        for (const Block& b : W.context) W.block_forward(b, cs, fr + Lx * hd, adaln);
+        for (const Block& b : W.layers) W.block_forward(b, u, fr, adaln);
+    };
+    if (!graph) {
+        blocks();
+    } else {
+        if (!G.exec) {
+            auto& alloc = cuda::Allocator::instance();
+            cudaGraph_t g = nullptr;
+            alloc.begin_record();
+            cuda::check(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed), "step graph capture");
+            try {
+                blocks();
+            } catch (...) {
+                cudaStreamEndCapture(s, &g);
+                if (g) cudaGraphDestroy(g);
+                for (void* p : alloc.end_record()) alloc.release(p);
+                cudaGetLastError();
+                throw;
+            }
+            const cudaError_t e = cudaStreamEndCapture(s, &g);
+            G.held = alloc.end_record();
+            const cudaError_t ei = e == cudaSuccess ? cudaGraphInstantiate(&G.exec, g, 0) : e;
+            if (g) cudaGraphDestroy(g);
+            if (ei != cudaSuccess) {
+                G.exec = nullptr;
+                G.reset();
+                cuda::check(ei, "step graph capture");
+            }
+        }
+        cuda::check(cudaGraphLaunch(G.exec, s), "step graph launch");
+    }
 
     // Final layer on the real image tokens: linear(LayerNorm(x) · (1 + adaLN(SiLU(adaln)))).
     DTensor scale = DTensor::empty({D}, DType::F32);

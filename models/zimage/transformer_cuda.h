@@ -52,6 +52,13 @@ public:
 
     cudaStream_t stream() const;
     void set_attention(cuda::AttentionImpl impl);
+    // On: forward_tokens runs the transformer blocks as one CUDA graph, captured in the first call
+    // for a sequence shape (a call with another shape captures anew) and replayed after; the same
+    // kernels in the same order, so results are unchanged. The graph keeps its activation blocks
+    // (and the residual stream, RoPE table and timestep embedding it reads) out of the allocator's
+    // cache until it is dropped. Needs a stream other than the legacy default one (else ignored).
+    // Off (default): every kernel is launched on each call.
+    void set_cuda_graph(bool on);
 
     struct Weights;
 

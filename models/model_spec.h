@@ -26,6 +26,9 @@ struct ParamSpec {
 struct ModelSpec {
     std::string class_name;  // config.json "_class_name"
     std::vector<ParamSpec> params;
+    // Tensors a checkpoint may hold without the model reading them (e.g. a
+    // tied lm_head saved anyway): accepted when present, shape-checked.
+    std::vector<ParamSpec> optional_params;
     std::vector<LinearSpec> linears;
     // Patterns (same rule as ignored_layers) kept in high precision by default.
     std::vector<std::string> keep_high_precision;

@@ -108,6 +108,8 @@ PreparedModel prepare_model(const std::string& path, const QuantConfig& requeste
     std::vector<std::string> missing, unexpected;
     for (auto& [name, shape] : expected)
         if (!ck.contains(name)) missing.push_back(name);
+    for (const ParamSpec& p : m.spec.optional_params)
+        if (ck.contains(p.name)) expected[p.name] = p.shape;
     for (const std::string& k : ck.keys())
         if (!expected.count(k)) unexpected.push_back(k);
     if (!missing.empty() || !unexpected.empty()) {

@@ -162,3 +162,28 @@ TEST(PreparedModel, QuantizeWritesAPreQuantizedCheckpointThatLoadsWithoutConvers
     // Output folder that exists and is not empty is refused; nothing is written.
     EXPECT_THROW(write_quantized(src, d.string()), IoError);
 }
+
+TEST(PreparedModel, OptionalTensorsAreAcceptedAndShapeChecked) {
+    // A tied Qwen3ForCausalLM export that still carries lm_head.weight.
+    const fs::path src = fs::path(QDIT_TEST_DATA) / "qwen3" / "causal_lm" / "text_encoder";
+    json cfg = read_json_file((src / "config.json").string());
+    ASSERT_TRUE(cfg.value("tie_word_embeddings", false));
+    const int64_t vocab = cfg["vocab_size"], hidden = cfg["hidden_size"];
+    auto with_lm_head = [&](const std::string& name, Shape shape) {
+        fs::path d = fresh_dir(name);
+        fs::copy_file(src / "config.json", d / "config.json");
+        Checkpoint ck(src.string());
+        std::vector<std::pair<std::string, Tensor>> ts;
+        for (const std::string& k : ck.keys()) ts.emplace_back(k, ck.get(k));
+        ts.emplace_back("lm_head.weight", Tensor::zeros(shape, DType::F32));
+        write_safetensors((d / "model.safetensors").string(), ts);
+        return d;
+    };
+    PreparedModel m = prepare_model(with_lm_head("lm_ok", {vocab, hidden}).string(), QuantConfig{});
+    EXPECT_TRUE(m.checkpoint->contains("lm_head.weight"));
+    for (const LayerPlan& l : m.plan.layers) EXPECT_NE(l.spec.name, "lm_head");
+    std::string e = error_of([&] {
+        prepare_model(with_lm_head("lm_bad", {vocab, hidden + 1}).string(), QuantConfig{});
+    });
+    EXPECT_NE(e.find("lm_head.weight"), std::string::npos) << e;
+}

@@ -144,8 +144,12 @@ ModelSpec model_spec(const Qwen3Config& c) {
         linear(l + "mlp.down_proj", D, I, false);
     }
     param(p + "norm.weight", {D});
-    if (c.architecture == "Qwen3ForCausalLM" && !c.tie_word_embeddings)
-        param("lm_head.weight", {c.vocab_size, D});
+    if (c.architecture == "Qwen3ForCausalLM") {
+        if (c.tie_word_embeddings)  // tied: some exports still write the (unused) copy
+            s.optional_params.push_back({"lm_head.weight", {c.vocab_size, D}});
+        else
+            param("lm_head.weight", {c.vocab_size, D});
+    }
     return s;
 }
 

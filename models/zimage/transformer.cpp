@@ -67,6 +67,23 @@ void copy_rows(const Tensor& src, int64_t src_row, Tensor& dst, int64_t dst_row,
                 static_cast<const uint8_t*>(src.raw()) + size_t(src_row) * bytes, bytes * size_t(n));
 }
 
+// Lays the embedded real rows of each item (concatenated in `emb`) out as
+// [B, L, D]: item b's n_real[b] rows, then the pad token up to padded[b];
+// rows past that stay zero (batch padding).
+Tensor pad_segments(const Tensor& emb, const std::vector<int64_t>& n_real,
+                    const std::vector<int64_t>& padded, int64_t L, const Tensor& pad_token) {
+    const int64_t B = int64_t(n_real.size()), D = emb.size(-1);
+    Tensor out = Tensor::zeros({B, L, D}, emb.dtype());
+    int64_t row0 = 0;
+    for (int64_t b = 0; b < B; ++b) {
+        copy_rows(emb, row0, out, b * L, n_real[size_t(b)], D);
+        for (int64_t r = n_real[size_t(b)]; r < padded[size_t(b)]; ++r)
+            copy_rows(pad_token, 0, out, b * L + r, 1, D);
+        row0 += n_real[size_t(b)];
+    }
+    return out;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -277,17 +294,7 @@ std::vector<Tensor> ZImageTransformer::forward(const std::vector<Tensor>& xs, co
     // Embed only the real patches: diffusers embeds copies of the last patch
     // in the pad rows and then overwrites them with x_pad_token, so the result
     // is the same. Rows past an item's padded length are zero (batch padding).
-    Tensor emb = x_embedder_.forward(patches);
-    Tensor x = Tensor::zeros({B, Lx, D}, dt_);
-    {
-        int64_t row0 = 0;
-        for (int64_t b = 0; b < B; ++b) {
-            copy_rows(emb, row0, x, b * Lx, n_img[b], D);
-            for (int64_t r = n_img[b]; r < img_len[b]; ++r)
-                copy_rows(x_pad_token_, 0, x, b * Lx + r, 1, D);
-            row0 += n_img[b];
-        }
-    }
+    Tensor x = pad_segments(x_embedder_.forward(patches), n_img, img_len, Lx, x_pad_token_);
     {
         const Tensor mask = key_mask(img_len, Lx), freqs = stack_freqs(x_freqs, Lx);
         for (const TransformerBlock& blk : noise_refiner_) x = blk.forward(x, mask, freqs, adaln);
@@ -305,17 +312,8 @@ std::vector<Tensor> ZImageTransformer::forward(const std::vector<Tensor>& xs, co
             row0 += n_cap[b];
         }
     }
-    Tensor cap_emb = cap_linear_.forward(cap_norm_.forward(cap_in));
-    Tensor cap = Tensor::zeros({B, Lc, D}, dt_);
-    {
-        int64_t row0 = 0;
-        for (int64_t b = 0; b < B; ++b) {
-            copy_rows(cap_emb, row0, cap, b * Lc, n_cap[b], D);
-            for (int64_t r = n_cap[b]; r < cap_len[b]; ++r)
-                copy_rows(cap_pad_token_, 0, cap, b * Lc + r, 1, D);
-            row0 += n_cap[b];
-        }
-    }
+    Tensor cap = pad_segments(cap_linear_.forward(cap_norm_.forward(cap_in)), n_cap, cap_len, Lc,
+                              cap_pad_token_);
     {
         const Tensor mask = key_mask(cap_len, Lc), freqs = stack_freqs(cap_freqs, Lc);
         for (const TransformerBlock& blk : context_refiner_) cap = blk.forward(cap, mask, freqs, {});

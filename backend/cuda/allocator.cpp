@@ -2,11 +2,128 @@
 
 #include <algorithm>
 
+#include <cuda.h>
 #include <cuda_runtime.h>
 
 #include "core/error.h"
 
 namespace qdit::cuda {
+
+// One device's weight arena: [base, base + va) reserved, [base, base + mapped) backed by physical
+// memory (one handle per growth step), weights in [base, base + top) with free ranges in `holes`.
+struct Allocator::Arena {
+    CUdeviceptr base = 0;
+    size_t va = 0, gran = 0, mapped = 0, top = 0;
+    std::vector<std::pair<CUmemGenericAllocationHandle, size_t>> handles;  // in address order
+    std::map<size_t, size_t> holes;                                         // offset -> size
+    CUmemAllocationProp prop{};
+    bool usable = false;
+};
+
+namespace {
+constexpr size_t kWeightAlign = 256;
+}
+
+void* Allocator::arena_allocate(int dev, size_t size) {
+    Arena*& a = arenas_[dev];
+    if (!a) {
+        a = new Arena();
+        int vmm = 0;
+        CUdevice cu_dev = 0;
+        size_t total = 0;
+        cudaFree(nullptr);  // the runtime's primary context is current from here on
+        if (cuDeviceGet(&cu_dev, dev) == CUDA_SUCCESS &&
+            cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, cu_dev) ==
+                CUDA_SUCCESS &&
+            vmm && cuDeviceTotalMem(&total, cu_dev) == CUDA_SUCCESS) {
+            a->prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+            a->prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+            a->prop.location.id = dev;
+            if (cuMemGetAllocationGranularity(&a->gran, &a->prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) ==
+                    CUDA_SUCCESS &&
+                a->gran > 0) {
+                a->va = (total + a->gran - 1) / a->gran * a->gran;
+                a->usable = cuMemAddressReserve(&a->base, a->va, 0, 0, 0) == CUDA_SUCCESS;
+            }
+        }
+    }
+    if (!a->usable) return nullptr;
+    // First fit among the freed ranges.
+    for (auto it = a->holes.begin(); it != a->holes.end(); ++it) {
+        if (it->second < size) continue;
+        const size_t off = it->first, rest = it->second - size;
+        a->holes.erase(it);
+        if (rest) a->holes[off + size] = rest;
+        return reinterpret_cast<void*>(a->base + off);
+    }
+    if (a->top + size > a->va) return nullptr;
+    if (a->top + size > a->mapped) {
+        const size_t grow = (a->top + size - a->mapped + a->gran - 1) / a->gran * a->gran;
+        CUmemGenericAllocationHandle h;
+        CUresult r = cuMemCreate(&h, grow, &a->prop, 0);
+        if (r == CUDA_ERROR_OUT_OF_MEMORY) {
+            free_cached();
+            r = cuMemCreate(&h, grow, &a->prop, 0);
+        }
+        if (r != CUDA_SUCCESS) {
+            const char* msg = nullptr;
+            cuGetErrorString(r, &msg);
+            raise<Error>("cuda allocator: cannot allocate {} bytes of weight memory: {} ({} bytes in use, {} reserved)",
+                         grow, msg ? msg : "unknown error", st_.weight + st_.activation, st_.reserved);
+        }
+        CUmemAccessDesc access{};
+        access.location = a->prop.location;
+        access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+        if (cuMemMap(a->base + a->mapped, grow, 0, h, 0) != CUDA_SUCCESS ||
+            cuMemSetAccess(a->base + a->mapped, grow, &access, 1) != CUDA_SUCCESS) {
+            cuMemUnmap(a->base + a->mapped, grow);
+            cuMemRelease(h);
+            raise<Error>("cuda allocator: mapping {} bytes of weight memory failed", grow);
+        }
+        a->handles.emplace_back(h, grow);
+        a->mapped += grow;
+        ++st_.mallocs;
+        st_.reserved += grow;
+        st_.peak_reserved = std::max(st_.peak_reserved, st_.reserved);
+    }
+    void* p = reinterpret_cast<void*>(a->base + a->top);
+    a->top += size;
+    return p;
+}
+
+void Allocator::arena_release(int dev, void* p, size_t size) {
+    Arena* a = arenas_.at(dev);
+    size_t off = size_t(reinterpret_cast<CUdeviceptr>(p) - a->base);
+    // Merge with the free neighbours.
+    auto next = a->holes.lower_bound(off);
+    if (next != a->holes.end() && next->first == off + size) {
+        size += next->second;
+        next = a->holes.erase(next);
+    }
+    if (next != a->holes.begin()) {
+        auto prev = std::prev(next);
+        if (prev->first + prev->second == off) {
+            off = prev->first;
+            size += prev->second;
+            a->holes.erase(prev);
+        }
+    }
+    if (off + size == a->top)
+        a->top = off;
+    else
+        a->holes[off] = size;
+    if (a->top > 0) return;
+    // No weight left: the physical memory goes back (the address range stays reserved).
+    size_t at = 0;
+    for (auto& [h, bytes] : a->handles) {
+        cuMemUnmap(a->base + at, bytes);
+        cuMemRelease(h);
+        at += bytes;
+    }
+    st_.reserved -= a->mapped;
+    a->handles.clear();
+    a->mapped = 0;
+}
 
 Allocator& Allocator::instance() {
     static Allocator* a = new Allocator();  // never destroyed: blocks may outlive static destructors
@@ -21,10 +138,19 @@ size_t Allocator::round_size(size_t bytes) {
 }
 
 void* Allocator::allocate(size_t bytes, MemKind kind) {
-    const size_t size = round_size(bytes);
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess) raise<Error>("cuda allocator: no CUDA device");
     std::lock_guard<std::mutex> lk(mu_);
+    if (kind == MemKind::Weight) {
+        const size_t size = (std::max<size_t>(bytes, 1) + kWeightAlign - 1) / kWeightAlign * kWeightAlign;
+        if (void* p = arena_allocate(dev, size)) {
+            used_[p] = Block{size, kind, dev, true};
+            st_.weight += size;
+            st_.peak = std::max(st_.peak, st_.weight + st_.activation);
+            return p;
+        }
+    }
+    const size_t size = round_size(bytes);
     void* p = nullptr;
     auto it = free_.find({dev, size});
     if (it != free_.end() && !it->second.empty()) {
@@ -35,12 +161,7 @@ void* Allocator::allocate(size_t bytes, MemKind kind) {
         if (e == cudaErrorMemoryAllocation) {
             // Give the cached blocks back and try once more.
             cudaGetLastError();
-            for (auto& [key, blocks] : free_)
-                for (void* b : blocks) {
-                    cudaFree(b);
-                    st_.reserved -= key.second;
-                }
-            free_.clear();
+            free_cached();
             e = cudaMalloc(&p, size);
         }
         if (e != cudaSuccess) {
@@ -68,11 +189,18 @@ void Allocator::release(void* p) {
     const Block b = it->second;
     used_.erase(it);
     (b.kind == MemKind::Weight ? st_.weight : st_.activation) -= b.size;
-    free_[{b.device, b.size}].push_back(p);
+    if (b.arena)
+        arena_release(b.device, p, b.size);
+    else
+        free_[{b.device, b.size}].push_back(p);
 }
 
 void Allocator::empty_cache() {
     std::lock_guard<std::mutex> lk(mu_);
+    free_cached();
+}
+
+void Allocator::free_cached() {
     int cur = 0;
     cudaGetDevice(&cur);
     for (auto& [key, blocks] : free_) {

@@ -5,6 +5,14 @@
 //
 // Reuse is stream-ordered: a block released while kernels on a stream may still read it can be
 // handed out at once, which is safe when all work runs on one stream (the model forward does).
+//
+// Weights are packed instead: each device has one weight arena, a virtual address range reserved
+// once (CUDA virtual memory management) into which physical memory is mapped as it grows, so
+// weight tensors sit back to back (256-byte aligned) rather than each rounded up to 2 MiB; the
+// arena holds at most one allocation granule (2 MiB) more than its weights. A freed weight's range
+// is reused first-fit by later weights; the arena's physical memory goes back to the driver when
+// no weight is left in it. Where the device has no virtual memory management, weights are plain
+// cached blocks like activations.
 #pragma once
 #include <cstddef>
 #include <map>
@@ -31,8 +39,8 @@ public:
     // The process-wide allocator (blocks belong to the device current at allocation).
     static Allocator& instance();
 
-    // Rounded up: 512 B below 1 MiB, 2 MiB above. Throws qdit::Error when the device is out of
-    // memory even after the cache is emptied.
+    // Activations: rounded up to 512 B below 1 MiB, 2 MiB above; weights: to 256 B in the arena.
+    // Throws qdit::Error when the device is out of memory even after the cache is emptied.
     void* allocate(size_t bytes, MemKind kind);
     void release(void* p);
     // Frees the cached (unused) blocks back to the driver.
@@ -56,8 +64,15 @@ private:
         size_t size;
         MemKind kind;
         int device;
+        bool arena = false;  // a range of the device's weight arena
     };
+    struct Arena;
+    void* arena_allocate(int device, size_t size);  // nullptr when the arena cannot take it
+    void arena_release(int device, void* p, size_t size);
+    void free_cached();  // frees the cached blocks (mu_ held)
+
     mutable std::mutex mu_;
+    std::map<int, Arena*> arenas_;  // never destroyed, like the allocator
     std::unordered_map<void*, Block> used_;
     std::map<std::pair<int, size_t>, std::vector<void*>> free_;  // (device, size) -> blocks
     MemStats st_;

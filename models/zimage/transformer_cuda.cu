@@ -294,7 +294,9 @@ struct StepGraph {
 struct ZImageTransformerCuda::Weights {
     Config cfg;
     bool use_graph = false;
-    mutable StepGraph graph;
+    // Graphs of the last kGraphs sequence shapes (a CFG step alternates two), most recent last.
+    static constexpr size_t kGraphs = 2;
+    mutable std::vector<std::unique_ptr<StepGraph>> graphs;
     cudaStream_t stream = nullptr;
     cuda::AttentionImpl attention = cuda::AttentionImpl::Auto;
     int64_t patch = 2, f_patch = 1;
@@ -306,7 +308,16 @@ struct ZImageTransformerCuda::Weights {
     size_t bytes = 0;
 
     void load(const QuantPlan& plan, const Source& src);
-    void block_forward(const Block& b, DTensor& x, const float* freqs, const DTensor& adaln) const;
+    // A block's last residual, x += gate · rms(y; w), left for the next block's first pass over x
+    // to apply (saving one pass over the residual stream); flush() applies it alone.
+    struct Pending {
+        DTensor y, mod;  // y [L, D]; mod holds the gate
+        const void* w = nullptr;
+        const float* gate = nullptr;
+        bool defined() const { return y.defined(); }
+    };
+    void block_forward(const Block& b, DTensor& x, const float* freqs, const DTensor& adaln, Pending& pending) const;
+    void flush(DTensor& x, Pending& pending) const;
 };
 
 void ZImageTransformerCuda::Weights::load(const QuantPlan& plan, const Source& src) {
@@ -394,8 +405,27 @@ void ZImageTransformerCuda::Weights::load(const QuantPlan& plan, const Source& s
 }
 
 // x [L, D] updated in place; freqs F32 [L, hd/2, 2]; adaln bf16 [1, adaLN width].
+// The residual-only pass: x += gate · rms(y).
+void ZImageTransformerCuda::Weights::flush(DTensor& x, Pending& pending) const {
+    if (!pending.defined()) return;
+    cuda::RowOp op;
+    op.x = x.raw();
+    op.ldx = cfg.dim;
+    op.y = pending.y.raw();
+    op.ldy = cfg.dim;
+    op.w_res = pending.w;
+    op.eps_res = float(cfg.norm_eps);
+    op.gate = pending.gate;
+    op.m = x.size(0);
+    op.k = cfg.dim;
+    cuda::row_op(op, stream);
+    pending = Pending();
+}
+
+// `pending` (another block's last residual on the same x, or empty) is applied in this block's
+// first pass; this block's own last residual is left in it.
 void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, const float* freqs,
-                                                   const DTensor& adaln) const {
+                                                   const DTensor& adaln, Pending& pending) const {
     cudaStream_t s = stream;
     const int64_t L = x.size(0), D = cfg.dim, H = cfg.n_heads, hd = cfg.head_dim();
     if (L == 0) return;
@@ -417,12 +447,20 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
         gate_mlp = scale_msa + 3 * D;
     }
 
-    // Attention: norm1 (· scale) → q|k|v → q/k norm + RoPE → SDPA → to_out.
+    // Attention: (the previous block's residual, then) norm1 (· scale) → q|k|v → q/k norm + RoPE →
+    // SDPA → to_out.
     Input qin = make_input(b.qkv, L);
     {
         cuda::RowOp op;
         op.x = x.raw();
         op.ldx = D;
+        if (pending.defined()) {
+            op.y = pending.y.raw();
+            op.ldy = D;
+            op.w_res = pending.w;
+            op.eps_res = float(cfg.norm_eps);
+            op.gate = pending.gate;
+        }
         op.norm = cuda::RowNorm::Rms;
         op.w = b.attn_norm1.raw();
         op.eps = float(cfg.norm_eps);
@@ -431,6 +469,7 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
         op.k = D;
         set_outputs(op, qin, b.qkv);
         cuda::row_op(op, s);
+        pending = Pending();
     }
     DTensor qkv = DTensor::empty({L, 3 * D}, DType::BF16);
     run_group(b.qkv, qin, L, qkv.raw(), 3 * D, s);
@@ -492,18 +531,11 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
     run_group(b.w2, gin, L, y.raw(), D, s);
     gin = Input();
 
-    // x += gate_mlp · ffn_norm2(ffn).
-    cuda::RowOp op;
-    op.x = x.raw();
-    op.ldx = D;
-    op.y = y.raw();
-    op.ldy = D;
-    op.w_res = b.ffn_norm2.raw();
-    op.eps_res = float(cfg.norm_eps);
-    op.gate = gate_mlp;
-    op.m = L;
-    op.k = D;
-    cuda::row_op(op, s);
+    // x += gate_mlp · ffn_norm2(ffn): left to the next block's first pass (or flush()).
+    pending.y = y;
+    pending.mod = mod;
+    pending.w = b.ffn_norm2.raw();
+    pending.gate = gate_mlp;
 }
 
 // ---------------------------------------------------------------------------
@@ -566,11 +598,11 @@ size_t ZImageTransformerCuda::weight_bytes() const { return w_->bytes; }
 cudaStream_t ZImageTransformerCuda::stream() const { return w_->stream; }
 void ZImageTransformerCuda::set_attention(cuda::AttentionImpl impl) {
     w_->attention = impl;
-    w_->graph.reset();
+    w_->graphs.clear();
 }
 void ZImageTransformerCuda::set_cuda_graph(bool on) {
     w_->use_graph = on;
-    if (!on) w_->graph.reset();
+    if (!on) w_->graphs.clear();
 }
 
 DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std::array<int64_t, 3>& grid,
@@ -610,14 +642,29 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
     // With a graph, the blocks read u, freqs and adaln at fixed addresses; the RoPE table depends
     // on the grid and caption length only, so it is kept with the graph.
     const bool graph = W.use_graph && s != nullptr;
-    StepGraph& G = W.graph;
-    if (graph && (G.lx != Lx || G.lc != Lc || G.grid != grid || G.adaln.shape() != adaln.shape())) G.reset();
+    StepGraph* G = nullptr;  // this shape's graph (most recent last in W.graphs)
+    if (graph) {
+        auto& gs = W.graphs;
+        auto it = std::find_if(gs.begin(), gs.end(), [&](const std::unique_ptr<StepGraph>& g) {
+            return g->lx == Lx && g->lc == Lc && g->grid == grid && g->adaln.shape() == adaln.shape();
+        });
+        std::unique_ptr<StepGraph> found;
+        if (it != gs.end()) {
+            found = std::move(*it);
+            gs.erase(it);
+        } else {
+            if (gs.size() >= Weights::kGraphs) gs.erase(gs.begin());
+            found = std::make_unique<StepGraph>();
+        }
+        gs.push_back(std::move(found));
+        G = gs.back().get();
+    }
 
     // RoPE table of the unified sequence: image tokens (cap_len + 1 + f, h, w), image pad rows
     // (0, 0, 0), caption tokens (1 + j, 0, 0). The refiners use its two row ranges.
     DTensor freqs;
-    if (graph && G.freqs.defined()) {
-        freqs = G.freqs;
+    if (graph && G->freqs.defined()) {
+        freqs = G->freqs;
     } else {
         std::vector<int64_t> pos;
         for (int64_t f = 0; f < grid[0]; ++f)
@@ -629,21 +676,21 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
     }
 
     if (graph) {
-        if (!G.u.defined()) {
-            G.u = DTensor::empty({Lu, D}, DType::BF16);
-            G.freqs = freqs;
-            G.adaln = DTensor::empty(adaln.shape(), DType::BF16);
-            G.lx = Lx;
-            G.lc = Lc;
-            G.grid = grid;
+        if (!G->u.defined()) {
+            G->u = DTensor::empty({Lu, D}, DType::BF16);
+            G->freqs = freqs;
+            G->adaln = DTensor::empty(adaln.shape(), DType::BF16);
+            G->lx = Lx;
+            G->lc = Lc;
+            G->grid = grid;
         }
-        cuda::check(cudaMemcpyAsync(G.adaln.raw(), adaln.raw(), adaln.nbytes(), cudaMemcpyDeviceToDevice, s),
+        cuda::check(cudaMemcpyAsync(G->adaln.raw(), adaln.raw(), adaln.nbytes(), cudaMemcpyDeviceToDevice, s),
                     "step graph adaln");
-        adaln = G.adaln;
+        adaln = G->adaln;
     }
 
     // Unified residual stream u = [image (padded), caption (padded)].
-    DTensor u = graph ? G.u : DTensor::empty({Lu, D}, DType::BF16);
+    DTensor u = graph ? G->u : DTensor::empty({Lu, D}, DType::BF16);
     {
         Input in;
         in.x = patches;
@@ -680,14 +727,18 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
     const float* fr = freqs.data<float>();
     DTensor xs = u.rows(0, Lx), cs = u.rows(Lx, Lu);
     auto blocks = [&] {
-        for (const Block& b : W.noise) W.block_forward(b, xs, fr, adaln);
-        for (const Block& b : W.context) W.block_forward(b, cs, fr + Lx * hd, adaln);
-        for (const Block& b : W.layers) W.block_forward(b, u, fr, adaln);
+        Weights::Pending pending;
+        for (const Block& b : W.noise) W.block_forward(b, xs, fr, adaln, pending);
+        W.flush(xs, pending);
+        for (const Block& b : W.context) W.block_forward(b, cs, fr + Lx * hd, adaln, pending);
+        W.flush(cs, pending);
+        for (const Block& b : W.layers) W.block_forward(b, u, fr, adaln, pending);
+        W.flush(u, pending);
     };
     if (!graph) {
         blocks();
     } else {
-        if (!G.exec) {
+        if (!G->exec) {
             auto& alloc = cuda::Allocator::instance();
             cudaGraph_t g = nullptr;
             alloc.begin_record();
@@ -702,16 +753,16 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
                 throw;
             }
             const cudaError_t e = cudaStreamEndCapture(s, &g);
-            G.held = alloc.end_record();
-            const cudaError_t ei = e == cudaSuccess ? cudaGraphInstantiate(&G.exec, g, 0) : e;
+            G->held = alloc.end_record();
+            const cudaError_t ei = e == cudaSuccess ? cudaGraphInstantiate(&G->exec, g, 0) : e;
             if (g) cudaGraphDestroy(g);
             if (ei != cudaSuccess) {
-                G.exec = nullptr;
-                G.reset();
+                G->exec = nullptr;
+                G->reset();
                 cuda::check(ei, "step graph capture");
             }
         }
-        cuda::check(cudaGraphLaunch(G.exec, s), "step graph launch");
+        cuda::check(cudaGraphLaunch(G->exec, s), "step graph launch");
     }
 
     // Final layer on the real image tokens: linear(LayerNorm(x) · (1 + adaLN(SiLU(adaln)))).
@@ -751,37 +802,48 @@ std::vector<Tensor> ZImageTransformerCuda::forward(const std::vector<Tensor>& xs
                                                    const std::vector<Tensor>& caps) const {
     const Config& cfg = w_->cfg;
     const int64_t C = cfg.in_channels, pH = w_->patch, pW = w_->patch, pF = w_->f_patch, patch_dim = pF * pH * pW * C;
-    if (xs.size() != 1 || caps.size() != 1)
-        raise<ShapeError>("Z-Image (CUDA): batch 1 only, got {} latents and {} caption tensors", xs.size(), caps.size());
-    if (t.dtype() != DType::F32 || t.numel() != 1) raise<ShapeError>("Z-Image (CUDA): t must be F32 [1]");
-    const Tensor& x0 = xs[0];
-    if (x0.dim() != 4 || x0.size(0) != C || x0.size(1) % pF || x0.size(2) % pH || x0.size(3) % pW || x0.numel() == 0 ||
-        !is_float(x0.dtype()))
-        raise<ShapeError>("Z-Image (CUDA): latent must be float [{}, F, H, W] (F % {}, H, W % {}), got {}", C, pF, pH,
-                          shape_str(x0.shape()));
-    const int64_t F = x0.size(1), H = x0.size(2), W = x0.size(3);
-    const std::array<int64_t, 3> grid{F / pF, H / pH, W / pW};
-    const int64_t tokens = grid[0] * grid[1] * grid[2];
-    // Patchify (token (f, h, w) holds (pf, ph, pw, c), c fastest), as the CPU forward does.
-    Tensor xf = x0.to(DType::F32);
-    Tensor patches = Tensor::empty({tokens, patch_dim}, DType::F32);
-    auto index = [&](int64_t tok, int64_t e) {
-        const int64_t f = tok / (grid[1] * grid[2]), h = (tok / grid[2]) % grid[1], w = tok % grid[2];
-        const int64_t c = e % C, pw = (e / C) % pW, ph = (e / (C * pW)) % pH, pf = e / (C * pW * pH);
-        return ((c * F + f * pF + pf) * H + h * pH + ph) * W + w * pW + pw;
-    };
-    for (int64_t tok = 0; tok < tokens; ++tok)
-        for (int64_t e = 0; e < patch_dim; ++e)
-            patches.data<float>()[tok * patch_dim + e] = xf.data<float>()[index(tok, e)];
-    cudaStream_t s = w_->stream;
-    DTensor dp = DTensor::upload(patches.to(DType::BF16), MemKind::Activation, s);
-    DTensor dc = DTensor::upload(caps[0].to(DType::BF16), MemKind::Activation, s);
-    Tensor out = forward_tokens(dp, grid, dc, t.data<float>()[0]).download(s);
-    Tensor y = Tensor::empty({C, F, H, W}, DType::BF16);
-    for (int64_t tok = 0; tok < tokens; ++tok)
-        for (int64_t e = 0; e < patch_dim; ++e)
-            y.data<uint16_t>()[index(tok, e)] = out.data<uint16_t>()[tok * patch_dim + e];
-    return {y};
+    const size_t B = xs.size();
+    if (B == 0 || caps.size() != B)
+        raise<ShapeError>("Z-Image (CUDA): got {} latents and {} caption tensors (one each per item)", xs.size(),
+                          caps.size());
+    if (t.dtype() != DType::F32 || t.numel() != int64_t(B))
+        raise<ShapeError>("Z-Image (CUDA): t must be F32 [{}] (one timestep per item), got {} {}", B,
+                          dtype_name(t.dtype()), shape_str(t.shape()));
+    for (const Tensor& x0 : xs)
+        if (x0.dim() != 4 || x0.size(0) != C || x0.size(1) % pF || x0.size(2) % pH || x0.size(3) % pW ||
+            x0.numel() == 0 || !is_float(x0.dtype()))
+            raise<ShapeError>("Z-Image (CUDA): latent must be float [{}, F, H, W] (F % {}, H, W % {}), got {}", C,
+                              pF, pH, shape_str(x0.shape()));
+    // Items run one after another: with its own sequence lengths an item's output does not depend
+    // on the others (diffusers pads a batch to its longest item and masks the padding out).
+    std::vector<Tensor> ys;
+    for (size_t b = 0; b < B; ++b) {
+        const Tensor& x0 = xs[b];
+        const int64_t F = x0.size(1), H = x0.size(2), W = x0.size(3);
+        const std::array<int64_t, 3> grid{F / pF, H / pH, W / pW};
+        const int64_t tokens = grid[0] * grid[1] * grid[2];
+        // Patchify (token (f, h, w) holds (pf, ph, pw, c), c fastest), as the CPU forward does.
+        Tensor xf = x0.to(DType::F32);
+        Tensor patches = Tensor::empty({tokens, patch_dim}, DType::F32);
+        auto index = [&](int64_t tok, int64_t e) {
+            const int64_t f = tok / (grid[1] * grid[2]), h = (tok / grid[2]) % grid[1], w = tok % grid[2];
+            const int64_t c = e % C, pw = (e / C) % pW, ph = (e / (C * pW)) % pH, pf = e / (C * pW * pH);
+            return ((c * F + f * pF + pf) * H + h * pH + ph) * W + w * pW + pw;
+        };
+        for (int64_t tok = 0; tok < tokens; ++tok)
+            for (int64_t e = 0; e < patch_dim; ++e)
+                patches.data<float>()[tok * patch_dim + e] = xf.data<float>()[index(tok, e)];
+        cudaStream_t s = w_->stream;
+        DTensor dp = DTensor::upload(patches.to(DType::BF16), MemKind::Activation, s);
+        DTensor dc = DTensor::upload(caps[b].to(DType::BF16), MemKind::Activation, s);
+        Tensor out = forward_tokens(dp, grid, dc, t.data<float>()[b]).download(s);
+        Tensor y = Tensor::empty({C, F, H, W}, DType::BF16);
+        for (int64_t tok = 0; tok < tokens; ++tok)
+            for (int64_t e = 0; e < patch_dim; ++e)
+                y.data<uint16_t>()[index(tok, e)] = out.data<uint16_t>()[tok * patch_dim + e];
+        ys.push_back(y);
+    }
+    return ys;
 }
 
 }  // namespace qdit::zimage

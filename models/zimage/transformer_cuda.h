@@ -1,4 +1,4 @@
-// ZImageTransformer2DModel on one CUDA GPU, batch 1, bf16 activations. Every Linear runs as the
+// ZImageTransformer2DModel on one CUDA GPU, bf16 activations. Every Linear runs as the
 // quantization plan says: bf16 through cuBLASLt, or int8 W8A8 through the int8 GEMM, its
 // activations quantized per token by the kernel that produces them (norm, SwiGLU) rather than by a
 // separate pass. Numerics follow the CPU forward (models/zimage/transformer.h, docs/zimage.md).
@@ -39,8 +39,11 @@ public:
     // Bytes of device memory held by the weights.
     size_t weight_bytes() const;
 
-    // The CPU forward's interface for batch 1: x[0] [C, F, H, W], t F32 [1], cap_feats[0]
-    // [L, cap_feat_dim] on the host. Returns the BF16 velocity [C, F, H, W] on the host.
+    // The CPU forward's interface: per item x[b] [C, F, H, W], t[b] (t F32 [B]) and cap_feats[b]
+    // [L_b, cap_feat_dim] on the host; items may differ in size and caption length. Returns the
+    // BF16 velocity [C, F, H, W] of each item on the host. Items run one after another through
+    // forward_tokens (each item's result does not depend on the others, as in diffusers' masked
+    // batch).
     std::vector<Tensor> forward(const std::vector<Tensor>& x, const Tensor& t,
                                 const std::vector<Tensor>& cap_feats) const;
 
@@ -53,7 +56,8 @@ public:
     cudaStream_t stream() const;
     void set_attention(cuda::AttentionImpl impl);
     // On: forward_tokens runs the transformer blocks as one CUDA graph, captured in the first call
-    // for a sequence shape (a call with another shape captures anew) and replayed after; the same
+    // for a sequence shape and replayed after (graphs of the two most recent shapes are kept, so a
+    // guided step that alternates two caption lengths replays both; a third shape drops the older); the same
     // kernels in the same order, so results are unchanged. The graph keeps its activation blocks
     // (and the residual stream, RoPE table and timestep embedding it reads) out of the allocator's
     // cache until it is dropped. Needs a stream other than the legacy default one (else ignored).

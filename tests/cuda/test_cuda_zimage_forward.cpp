@@ -1,5 +1,5 @@
 // The Z-Image forward on CUDA (models/zimage/transformer_cuda.h) against diffusers' outputs on the
-// batch-1 fixtures, with the bounds the CPU forward's test uses (tests/test_zimage_forward.cpp).
+// fixtures (h5_b2: a batch of two with different caption lengths), with the bounds the CPU forward's test uses (tests/test_zimage_forward.cpp).
 //   bf16: distance to diffusers' bf16 output <= 0.8 × that output's own distance from fp32, and
 //         SQNR vs fp32 no worse than the bf16 reference's by more than 0.5 dB. The GPU attention
 //         (cuDNN) rounds at different points than torch's CPU kernel, as ours on the CPU does.
@@ -15,6 +15,8 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+
+#include <fmt/format.h>
 
 #include "backend/cuda/quantize.h"
 #include "io/safetensors.h"
@@ -52,29 +54,51 @@ Err compare(const Tensor& a, const Tensor& r) {
     return e;
 }
 
+// Inputs and references of every batch item of a fixture.
 struct Fixture {
-    Tensor x, cap, t, fp32, bf16, w8a8;
+    std::vector<Tensor> x, cap, fp32, bf16, w8a8;
+    Tensor t;
 };
 
 Fixture load(const std::string& name) {
     SafetensorsFile in((dir(name) / "inputs.safetensors").string()), ref((dir(name) / "reference.safetensors").string());
-    return {in.get("x.0"), in.get("cap_feats.0"), in.get("t"), ref.get("fp32.0"), ref.get("bf16.0"), ref.get("w8a8.0")};
+    Fixture f;
+    f.t = in.get("t");
+    for (int i = 0; in.contains(fmt::format("x.{}", i)); ++i) {
+        f.x.push_back(in.get(fmt::format("x.{}", i)));
+        f.cap.push_back(in.get(fmt::format("cap_feats.{}", i)));
+        for (auto [tag, v] : {std::pair{"fp32", &f.fp32}, {"bf16", &f.bf16}, {"w8a8", &f.w8a8}})
+            v->push_back(ref.get(fmt::format("{}.{}", tag, i)));
+    }
+    return f;
 }
 
-Tensor run(const std::string& path, const QuantConfig& qc, const Fixture& f) {
+// Errors summed over the batch items.
+Err compare(const std::vector<Tensor>& a, const std::vector<Tensor>& r) {
+    EXPECT_EQ(a.size(), r.size());
+    Err e;
+    for (size_t i = 0; i < std::min(a.size(), r.size()); ++i) {
+        const Err ei = compare(a[i], r[i]);
+        e.e2 += ei.e2;
+        e.r2 += ei.r2;
+    }
+    return e;
+}
+
+std::vector<Tensor> run(const std::string& path, const QuantConfig& qc, const Fixture& f) {
     zimage::ZImageTransformerCuda model(prepare_model(path, qc));
-    return model.forward({f.x}, f.t, {f.cap})[0];
+    return model.forward(f.x, f.t, f.cap);
 }
 
 }  // namespace
 
 TEST(CudaZImageForward, Bf16MatchesDiffusers) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    for (const char* name : {"h3_b1", "h2_l3_sharded"}) {
+    for (const char* name : {"h3_b1", "h5_b2", "h2_l3_sharded"}) {
         SCOPED_TRACE(name);
         Fixture f = load(name);
         fs::path d16 = dir(name) / "transformer-bf16";
-        Tensor out = run(fs::exists(d16) ? d16.string() : (dir(name) / "transformer").string(), QuantConfig{}, f);
+        std::vector<Tensor> out = run(fs::exists(d16) ? d16.string() : (dir(name) / "transformer").string(), QuantConfig{}, f);
         Err vs16 = compare(out, f.bf16), vs32 = compare(out, f.fp32), ref = compare(f.bf16, f.fp32);
         std::printf("[ %-13s ] cuda bf16: rel L2 vs bf16 ref %.4f (bound %.4f); vs fp32 %.2f dB (ref %.2f dB)\n", name,
                     vs16.rel(), 0.8 * ref.rel(), vs32.sqnr(), ref.sqnr());
@@ -85,10 +109,10 @@ TEST(CudaZImageForward, Bf16MatchesDiffusers) {
 
 TEST(CudaZImageForward, Int8DefaultPlanMatchesW8A8Reference) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    for (const char* name : {"h3_b1", "h2_l3_sharded"}) {
+    for (const char* name : {"h3_b1", "h5_b2", "h2_l3_sharded"}) {
         SCOPED_TRACE(name);
         Fixture f = load(name);
-        Tensor out = run((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"}, f);
+        std::vector<Tensor> out = run((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"}, f);
         Err vs8 = compare(out, f.w8a8), vs32 = compare(out, f.fp32), q = compare(f.w8a8, f.fp32),
             b = compare(f.bf16, f.fp32);
         const double expected = 10 * std::log10(q.r2 / (q.e2 + b.e2));
@@ -99,25 +123,30 @@ TEST(CudaZImageForward, Int8DefaultPlanMatchesW8A8Reference) {
     }
 }
 
-// set_cuda_graph: the captured call and a replay give the eager forward's output bit for bit.
+// set_cuda_graph: the captured call and a replay give the eager forward's output bit for bit, also
+// for a batch whose items alternate two sequence shapes (h5_b2: captions of 7 and 40 tokens), which
+// keeps one graph per shape.
 TEST(CudaZImageForward, CudaGraphMatchesEagerBitForBit) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    Fixture f = load("h3_b1");
     cudaStream_t s;
     ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
-    {
+    for (const char* name : {"h3_b1", "h5_b2"}) {
+        SCOPED_TRACE(name);
+        Fixture f = load(name);
         zimage::ZImageTransformerCuda model(
-            prepare_model((dir("h3_b1") / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"}), s);
-        const Tensor eager = model.forward({f.x}, f.t, {f.cap})[0];
+            prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"}), s);
+        const std::vector<Tensor> eager = model.forward(f.x, f.t, f.cap);
         model.set_cuda_graph(true);
-        const Tensor captured = model.forward({f.x}, f.t, {f.cap})[0];
-        const Tensor replayed = model.forward({f.x}, f.t, {f.cap})[0];
-        ASSERT_EQ(eager.nbytes(), captured.nbytes());
-        EXPECT_EQ(std::memcmp(eager.raw(), captured.raw(), eager.nbytes()), 0);
-        EXPECT_EQ(std::memcmp(eager.raw(), replayed.raw(), eager.nbytes()), 0);
+        const std::vector<Tensor> captured = model.forward(f.x, f.t, f.cap);
+        const std::vector<Tensor> replayed = model.forward(f.x, f.t, f.cap);
         model.set_cuda_graph(false);
-        const Tensor again = model.forward({f.x}, f.t, {f.cap})[0];
-        EXPECT_EQ(std::memcmp(eager.raw(), again.raw(), eager.nbytes()), 0);
+        const std::vector<Tensor> again = model.forward(f.x, f.t, f.cap);
+        for (size_t i = 0; i < eager.size(); ++i) {
+            for (const std::vector<Tensor>* o : {&captured, &replayed, &again}) {
+                ASSERT_EQ(eager[i].nbytes(), (*o)[i].nbytes());
+                EXPECT_EQ(std::memcmp(eager[i].raw(), (*o)[i].raw(), eager[i].nbytes()), 0) << "item " << i;
+            }
+        }
     }
     cudaStreamDestroy(s);
 }

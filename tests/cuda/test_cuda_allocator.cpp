@@ -1,0 +1,83 @@
+// The caching allocator (backend/cuda/allocator.h): activation blocks are cached and reused,
+// weights are packed into the per-device arena.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "backend/cuda/allocator.h"
+#include "backend/cuda/quantize.h"
+
+using namespace qdit;
+using cuda::MemKind;
+
+namespace {
+bool have_gpu() { return cuda::device_count() > 0; }
+}  // namespace
+
+// A released activation block is handed out again for a request of the same rounded size.
+TEST(CudaAllocator, ReusesActivationBlocksAndTracksBytes) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    auto& a = cuda::Allocator::instance();
+    const cuda::MemStats s0 = a.stats();
+    void* p = a.allocate(3 << 20, MemKind::Activation);
+    void* q = a.allocate(1000, MemKind::Activation);
+    const cuda::MemStats s1 = a.stats();
+    EXPECT_EQ(s1.activation - s0.activation, (size_t(4) << 20) + 1024);  // 2 MiB / 512 B rounding
+    a.release(p);
+    void* p2 = a.allocate((3 << 20) + 5, MemKind::Activation);
+    EXPECT_EQ(p2, p);
+    EXPECT_EQ(a.stats().mallocs, s1.mallocs);
+    a.release(p2);
+    a.release(q);
+    EXPECT_EQ(a.stats().activation, s0.activation);
+    EXPECT_GE(a.stats().peak, s1.weight + s1.activation);
+}
+
+// Weights sit back to back (256-byte aligned), the arena holds at most one granule (2 MiB) more
+// than its weights, a freed range is reused, memory written through one weight does not overlap
+// another, and the arena's memory goes back to the driver when its last weight is released.
+TEST(CudaAllocator, PacksWeightsIntoTheArena) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    auto& a = cuda::Allocator::instance();
+    a.empty_cache();
+    const cuda::MemStats s0 = a.stats();
+    ASSERT_EQ(s0.weight, 0u) << "this test expects no other weights to be alive";
+    const std::vector<size_t> sizes = {3 << 20, 1000, 44 << 20, 15 << 20, 7, (14 << 20) + 300, 5 << 20};
+    std::vector<void*> ps;
+    size_t sum = 0;
+    for (size_t n : sizes) {
+        ps.push_back(a.allocate(n, MemKind::Weight));
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(ps.back()) % 256, 0u);
+        sum += (n + 255) / 256 * 256;
+    }
+    cuda::MemStats s1 = a.stats();
+    EXPECT_EQ(s1.weight, sum);
+    EXPECT_LE(s1.reserved - s0.reserved, sum + (size_t(2) << 20)) << "weights are not packed";
+    for (size_t i = 1; i < ps.size(); ++i)  // back to back, in order
+        EXPECT_EQ(static_cast<char*>(ps[i]), static_cast<char*>(ps[i - 1]) + (sizes[i - 1] + 255) / 256 * 256);
+    // Every byte is usable and the ranges do not overlap: fill each with its index, read back.
+    for (size_t i = 0; i < ps.size(); ++i) ASSERT_EQ(cudaMemset(ps[i], int(i + 1), sizes[i]), cudaSuccess);
+    for (size_t i = 0; i < ps.size(); ++i) {
+        std::vector<uint8_t> h(sizes[i]);
+        ASSERT_EQ(cudaMemcpy(h.data(), ps[i], sizes[i], cudaMemcpyDeviceToHost), cudaSuccess);
+        for (size_t j = 0; j < h.size(); j += 4093) ASSERT_EQ(h[j], uint8_t(i + 1)) << i;
+        ASSERT_EQ(h.back(), uint8_t(i + 1)) << i;
+    }
+    // A freed range in the middle is reused first-fit.
+    a.release(ps[2]);
+    void* r = a.allocate(40 << 20, MemKind::Weight);
+    EXPECT_EQ(r, ps[2]);
+    EXPECT_EQ(a.stats().reserved, s1.reserved);
+    a.release(r);
+    for (size_t i = 0; i < ps.size(); ++i)
+        if (i != 2) a.release(ps[i]);
+    EXPECT_EQ(a.stats().weight, 0u);
+    EXPECT_EQ(a.stats().reserved, s0.reserved);
+    // And the arena grows again from its start.
+    void* again = a.allocate(1 << 20, MemKind::Weight);
+    EXPECT_EQ(again, ps[0]);
+    a.release(again);
+}

@@ -48,7 +48,7 @@ constexpr bool built_sm80() {
 bool is_sm90_kernel(Int8GemmKernel k) {
     return k == Int8GemmKernel::Sm90_128x128_Pingpong || k == Int8GemmKernel::Sm90_128x256_Cooperative ||
            k == Int8GemmKernel::Sm90_256x128_Cooperative || k == Int8GemmKernel::Sm90_128x128_Pingpong_C1x2 ||
-           k == Int8GemmKernel::Sm90_128x128x256_Pingpong || k == Int8GemmKernel::Sm90_128x128_StreamK;
+           k == Int8GemmKernel::Sm90_128x128x256_Pingpong;
 }
 
 bool available_on(Int8GemmKernel k, const DeviceInfo& d) {
@@ -82,7 +82,6 @@ const char* int8_gemm_kernel_name(Int8GemmKernel k) {
         case Int8GemmKernel::Sm90_256x128_Cooperative: return "sm90 256x128x128 coop c1x2";
         case Int8GemmKernel::Sm90_128x128_Pingpong_C1x2: return "sm90 128x128x128 pingpong c1x2";
         case Int8GemmKernel::Sm90_128x128x256_Pingpong: return "sm90 128x128x256 pingpong c2x1";
-        case Int8GemmKernel::Sm90_128x128_StreamK: return "sm90 128x128x128 coop stream-K c1x2";
         case Int8GemmKernel::Sm80_128x128: return "sm80 128x128x64 mma.sync";
     }
     return "?";
@@ -153,7 +152,6 @@ void int8_gemm_bf16(const int8_t* a, int64_t lda, const float* a_scale, const in
         case Int8GemmKernel::Sm90_256x128_Cooperative: err = detail::run_int8_gemm_sm90_256x128(p); break;
         case Int8GemmKernel::Sm90_128x128_Pingpong_C1x2: err = detail::run_int8_gemm_sm90_128x128_c1x2(p); break;
         case Int8GemmKernel::Sm90_128x128x256_Pingpong: err = detail::run_int8_gemm_sm90_128x128x256(p); break;
-        case Int8GemmKernel::Sm90_128x128_StreamK: err = detail::run_int8_gemm_sm90_128x128_streamk(p); break;
 #endif
 #if defined(QDIT_CUDA_INT8_SM80)
         case Int8GemmKernel::Sm80_128x128: err = detail::run_int8_gemm_sm80_128x128(p); break;

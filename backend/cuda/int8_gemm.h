@@ -32,7 +32,6 @@ enum class Int8GemmKernel {
     Sm90_256x128_Cooperative,  // 256x128x128 tile, cluster 1x2, cooperative consumers
     Sm90_128x128_Pingpong_C1x2,   // 128x128x128 tile, cluster 1x2, ping-pong
     Sm90_128x128x256_Pingpong,    // 128x128x256 tile (K step 256), cluster 2x1, ping-pong
-    Sm90_128x128_StreamK,         // 128x128x128 tile, cluster 1x2, cooperative, stream-K scheduler
     Sm80_128x128,              // CUTLASS 2.x mma.sync (Ampere / Ada; also runs where built for)
 };
 
@@ -79,7 +78,6 @@ const char* run_int8_gemm_sm90_128x256(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_256x128(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_128x128_c1x2(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_128x128x256(const Int8GemmArgs& p);
-const char* run_int8_gemm_sm90_128x128_streamk(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm80_128x128(const Int8GemmArgs& p);
 }  // namespace detail
 

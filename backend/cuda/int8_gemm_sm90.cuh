@@ -14,15 +14,11 @@
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/gemm/kernel/tile_scheduler.hpp>
 
-#include "backend/cuda/allocator.h"
 #include "backend/cuda/int8_gemm.h"
 
 namespace qdit::cuda::detail {
 
-// TileScheduler: cutlass::gemm::PersistentScheduler (data-parallel tiles) or StreamKScheduler
-// (the K loop of the last wave's tiles split over the SMs, partial sums reduced through a workspace).
-template <class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule,
-          class TileScheduler = cutlass::gemm::PersistentScheduler>
+template <class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule>
 struct Sm90Int8Gemm {
     using ElementA = int8_t;
     using ElementB = int8_t;
@@ -65,7 +61,7 @@ struct Sm90Int8Gemm {
         KernelSchedule>::CollectiveOp;
 
     using GemmKernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
-                                                            CollectiveEpilogue, TileScheduler>;
+                                                            CollectiveEpilogue, cutlass::gemm::PersistentScheduler>;
     using Gemm = cutlass::gemm::device::GemmUniversalAdapter<GemmKernel>;
 
     static const char* run(const Int8GemmArgs& p) {
@@ -105,15 +101,8 @@ struct Sm90Int8Gemm {
 
         Gemm gemm;
         if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS sm90 kernel cannot implement";
-        // Stream-K's partial sums: a workspace from the caching allocator, released after the launch
-        // (reuse is ordered on the stream, see allocator.h).
-        const size_t ws_bytes = Gemm::get_workspace_size(args);
-        void* ws = ws_bytes ? Allocator::instance().allocate(ws_bytes, MemKind::Activation) : nullptr;
-        struct Release {
-            void* p;
-            ~Release() { Allocator::instance().release(p); }
-        } release{ws};
-        cutlass::Status st = gemm.initialize(args, ws, p.stream);
+        if (Gemm::get_workspace_size(args) != 0) return "CUTLASS sm90 kernel unexpectedly needs a workspace";
+        cutlass::Status st = gemm.initialize(args, nullptr, p.stream);
         if (st != cutlass::Status::kSuccess) return "CUTLASS sm90 initialize failed";
         st = gemm.run(p.stream);
         if (st != cutlass::Status::kSuccess) return "CUTLASS sm90 launch failed";

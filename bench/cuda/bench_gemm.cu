@@ -167,8 +167,7 @@ int run(int argc, char** argv) {
     if (all_kernels)
         for (auto k : {qdit::cuda::Int8GemmKernel::Sm90_128x128_Pingpong, qdit::cuda::Int8GemmKernel::Sm90_128x256_Cooperative,
                        qdit::cuda::Int8GemmKernel::Sm90_256x128_Cooperative, qdit::cuda::Int8GemmKernel::Sm90_128x128_Pingpong_C1x2,
-                       qdit::cuda::Int8GemmKernel::Sm90_128x128x256_Pingpong, qdit::cuda::Int8GemmKernel::Sm90_128x128_StreamK,
-                       qdit::cuda::Int8GemmKernel::Sm80_128x128})
+                       qdit::cuda::Int8GemmKernel::Sm90_128x128x256_Pingpong, qdit::cuda::Int8GemmKernel::Sm80_128x128})
             if (qdit::cuda::int8_gemm_kernel_available(k)) variants.push_back(k);
 
     struct Row {

@@ -146,7 +146,7 @@ std::vector<cuda::Int8GemmKernel> kernels_here() {
     for (auto k : {cuda::Int8GemmKernel::Auto, cuda::Int8GemmKernel::Sm90_128x128_Pingpong,
                    cuda::Int8GemmKernel::Sm90_128x256_Cooperative, cuda::Int8GemmKernel::Sm90_256x128_Cooperative,
                    cuda::Int8GemmKernel::Sm90_128x128_Pingpong_C1x2, cuda::Int8GemmKernel::Sm90_128x128x256_Pingpong,
-                   cuda::Int8GemmKernel::Sm90_128x128_StreamK, cuda::Int8GemmKernel::Sm80_128x128})
+                   cuda::Int8GemmKernel::Sm80_128x128})
         if (cuda::int8_gemm_kernel_available(k)) out.push_back(k);
     return out;
 }

@@ -1,0 +1,561 @@
+// The AutoencoderKL decoder on CUDA (models/vae/autoencoder_kl_cuda.h) against diffusers' outputs
+// on the committed fixture (tests/data/vae/) and against the CPU decoder, plus its kernels
+// (backend/cuda/conv.h, backend/cuda/vae_kernels.h) against host references.
+//
+// Bounds (all derived from what the arithmetic allows, none fitted to a measurement):
+//   conv       F32: |y − ref| ≤ 1e-5·Σ|x·w| (f32 accumulation of K ≤ 600 terms in any order stays
+//              well inside K·2^-24·Σ|x·w|; TF32 — 2^-11 per product — would not);
+//              BF16: plus one bf16 rounding of the output, 2^-8·|ref|.
+//   GroupNorm  F32: 1e-5 absolute, as the CPU op's test; BF16: against the CPU op, identical
+//              except where the two (f32, exp) paths fall on different sides of a bf16 rounding
+//              boundary: at most 1 bf16 ulp (2^-7 relative) and on ≥ 99% of the elements equal.
+//   decoder    F32: as the CPU test: max|err| ≤ 1e-4·max|ref| against diffusers (and against the
+//              CPU decoder), uint8 image within 1 level everywhere and off by one on < 0.1%.
+//              BF16: as the CPU test: relative L2 to diffusers' bf16 output ≤ that output's own
+//              distance from fp32, to fp32 ≤ 1.25× it; to the CPU BF16 decoder (same rounding
+//              points, other accumulation orders) ≤ it too; the uint8 image within one level of
+//              diffusers' bf16 image on at least as many pixels as diffusers' bf16 image is of
+//              its fp32 image.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+
+#include "backend/cuda/allocator.h"
+#include "backend/cuda/conv.h"
+#include "backend/cuda/quantize.h"
+#include "backend/cuda/vae_kernels.h"
+#include "io/files.h"
+#include "io/safetensors.h"
+#include "models/vae/autoencoder_kl.h"
+#include "models/vae/autoencoder_kl_cuda.h"
+#include "nn/attention.h"
+#include "nn/group_norm.h"
+
+// qdit_cuda_tests (the GPU machine's binary) has no QDIT_TEST_DATA: it runs from the repository root.
+#ifndef QDIT_TEST_DATA
+#define QDIT_TEST_DATA "tests/data"
+#endif
+
+namespace fs = std::filesystem;
+using namespace qdit;
+using cuda::DTensor;
+using cuda::MemKind;
+using nlohmann::json;
+
+namespace {
+
+const fs::path kData = fs::path(QDIT_TEST_DATA) / "vae";
+const std::string kVaeDir = (kData / "vae").string();
+
+#define SKIP_WITHOUT_GPU() \
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"
+
+Tensor random_tensor(Shape shape, uint32_t seed, float stddev = 1.0f, float mean = 0.0f) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(mean, stddev);
+    Tensor t = Tensor::empty(std::move(shape), DType::F32);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng);
+    return t;
+}
+
+// The tensor's values as f32 after rounding to dt.
+Tensor rounded(const Tensor& t, DType dt) { return t.to(dt).to(DType::F32); }
+
+Tensor reference(const std::string& name) {
+    return SafetensorsFile((kData / "reference.safetensors").string()).get(name);
+}
+Tensor latents() { return SafetensorsFile((kData / "inputs.safetensors").string()).get("latents"); }
+
+struct Err {
+    double max_abs = 0, max_ref = 0, sum_ref2 = 0, sum_err2 = 0;
+    double rel_l2() const { return std::sqrt(sum_err2 / sum_ref2); }
+};
+
+Err compare(const Tensor& test, const Tensor& ref) {
+    Err e;
+    EXPECT_EQ(test.shape(), ref.shape());
+    if (test.shape() != ref.shape()) return e;
+    for (int64_t i = 0; i < ref.numel(); ++i) {
+        const double a = test.item_f32(i), r = ref.item_f32(i), d = a - r;
+        EXPECT_TRUE(std::isfinite(a)) << "element " << i;
+        e.max_abs = std::max(e.max_abs, std::abs(d));
+        e.max_ref = std::max(e.max_ref, std::abs(r));
+        e.sum_ref2 += r * r;
+        e.sum_err2 += d * d;
+    }
+    return e;
+}
+
+// Fraction of uint8 values within one level, and the largest difference.
+std::pair<double, int> u8_agreement(const Tensor& a, const Tensor& b) {
+    EXPECT_EQ(a.shape(), b.shape());
+    int64_t within = 0;
+    int worst = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) {
+        const int d = std::abs(int(a.data<uint8_t>()[i]) - int(b.data<uint8_t>()[i]));
+        within += d <= 1;
+        worst = std::max(worst, d);
+    }
+    return {double(within) / double(a.numel()), worst};
+}
+
+template <typename Fn>
+void expect_error_mentioning(Fn&& fn, const std::string& needle) {
+    try {
+        fn();
+        ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+}
+
+}  // namespace
+
+// ---- convolution ------------------------------------------------------------------------------------
+
+TEST(CudaConv, MatchesNaiveLoop) {
+    SKIP_WITHOUT_GPU();
+    struct Case {
+        int64_t in, out, k, pad, B, H, W;
+        bool bias;
+    };
+    const Case cases[] = {
+        {3, 5, 3, 1, 2, 5, 7, true},     // neither channel count a multiple of 8: both padded
+        {16, 3, 3, 1, 1, 6, 9, true},    // conv_out: 3 output channels
+        {4, 16, 3, 1, 2, 4, 5, true},    // conv_in of diffusers' default config: 4 latent channels
+        {12, 20, 1, 0, 1, 7, 3, true},   // a 1x1 conv_shortcut with odd sizes
+        {8, 8, 3, 0, 1, 6, 6, false},    // no padding, no bias
+        {64, 32, 3, 1, 1, 9, 11, true},  // tensor-core sized
+    };
+    for (DType dt : {DType::F32, DType::BF16}) {
+        for (const Case& c : cases) {
+            SCOPED_TRACE(fmt::format("{} {}->{} k{} p{} [{}, {}, {}]", dtype_name(dt), c.in, c.out, c.k, c.pad, c.B,
+                                     c.H, c.W));
+            const int64_t Ho = c.H + 2 * c.pad - c.k + 1, Wo = c.W + 2 * c.pad - c.k + 1;
+            const Tensor x = rounded(random_tensor({c.B, c.H, c.W, c.in}, 1), dt);
+            const Tensor w = rounded(random_tensor({c.out, c.in, c.k, c.k}, 2, 0.3f), dt);
+            const Tensor bias = c.bias ? rounded(random_tensor({c.out}, 3), dt) : Tensor();
+            cuda::Conv2d conv("test.conv", w, bias, c.pad, dt);
+            std::printf("[ conv %-4s %2lld->%2lld k%lld ] %s\n", dtype_name(dt), (long long)c.in, (long long)c.out,
+                        (long long)c.k, conv.plan_info(c.B, c.H, c.W).c_str());
+            const DTensor dx = DTensor::upload(x.to(dt), MemKind::Activation, nullptr);
+            const DTensor dy = conv.forward(dx, nullptr);
+            ASSERT_EQ(dy.shape(), (Shape{c.B, Ho, Wo, c.out}));
+            ASSERT_EQ(dy.dtype(), dt);
+            const Tensor y = dy.download(nullptr).to(DType::F32);
+            const float *xp = x.data<float>(), *wp = w.data<float>();
+            int bad = 0;
+            for (int64_t b = 0; b < c.B; ++b)
+                for (int64_t i = 0; i < Ho; ++i)
+                    for (int64_t j = 0; j < Wo; ++j)
+                        for (int64_t o = 0; o < c.out; ++o) {
+                            double s = c.bias ? bias.data<float>()[o] : 0.0, mag = std::abs(s);
+                            for (int64_t ci = 0; ci < c.in; ++ci)
+                                for (int64_t u = 0; u < c.k; ++u)
+                                    for (int64_t v = 0; v < c.k; ++v) {
+                                        const int64_t yi = i + u - c.pad, xj = j + v - c.pad;
+                                        if (yi < 0 || yi >= c.H || xj < 0 || xj >= c.W) continue;
+                                        const double t = double(xp[((b * c.H + yi) * c.W + xj) * c.in + ci]) *
+                                                         wp[((o * c.in + ci) * c.k + u) * c.k + v];
+                                        s += t;
+                                        mag += std::abs(t);
+                                    }
+                            const double got = y.data<float>()[((b * Ho + i) * Wo + j) * c.out + o];
+                            const double tol =
+                                1e-5 * mag + 1e-6 + (dt == DType::BF16 ? std::ldexp(std::abs(s), -8) : 0.0);
+                            if (!(std::abs(got - s) <= tol) && ++bad <= 5)
+                                ADD_FAILURE() << "y[" << b << "," << i << "," << j << "," << o << "] = " << got
+                                              << ", expected " << s << " ± " << tol;
+                        }
+            EXPECT_EQ(bad, 0);
+        }
+    }
+}
+
+TEST(CudaConv, RejectsBadInputsNamingTheLayer) {
+    SKIP_WITHOUT_GPU();
+    cuda::Conv2d conv("decoder.conv_in", random_tensor({8, 4, 3, 3}, 1), Tensor(), 1, DType::BF16);
+    const DTensor wrong_c = DTensor::zeros({1, 5, 5, 3}, DType::BF16, MemKind::Activation, nullptr);
+    expect_error_mentioning([&] { conv.forward(wrong_c, nullptr); }, "decoder.conv_in");
+    EXPECT_THROW(conv.forward(wrong_c, nullptr), ShapeError);
+    const DTensor wrong_dt = DTensor::zeros({1, 5, 5, 4}, DType::F32, MemKind::Activation, nullptr);
+    EXPECT_THROW(conv.forward(wrong_dt, nullptr), ShapeError);
+    const DTensor too_small = DTensor::zeros({1, 1, 1, 4}, DType::BF16, MemKind::Activation, nullptr);
+    cuda::Conv2d valid("valid", random_tensor({8, 4, 3, 3}, 1), Tensor(), 0, DType::BF16);
+    EXPECT_THROW(valid.forward(too_small, nullptr), ShapeError);
+    expect_error_mentioning([&] { cuda::Conv2d("bad.bias", random_tensor({8, 4, 3, 3}, 1), random_tensor({7}, 2), 1,
+                                               DType::F32); },
+                            "bad.bias");
+}
+
+// ---- GroupNorm ------------------------------------------------------------------------------------------
+
+TEST(CudaGroupNorm, MatchesHostReference) {
+    SKIP_WITHOUT_GPU();
+    struct Case {
+        int64_t B, L, C, G;
+    };
+    const Case cases[] = {
+        {2, 13, 12, 3},      // C not a multiple of 8: the scalar path
+        {3, 5, 40, 4},       // C not a multiple of 64 (partial channel tile)
+        {1, 1073, 96, 32},   // 3 channels a group
+        {1, 4113, 512, 32},  // many row chunks, the mid block's width
+    };
+    for (DType dt : {DType::F32, DType::BF16})
+        for (const Case& c : cases)
+            for (bool silu : {false, true}) {
+                SCOPED_TRACE(fmt::format("{} [{}, {}, {}] G={} silu={}", dtype_name(dt), c.B, c.L, c.C, c.G, silu));
+                Tensor x = random_tensor({c.B, c.L, c.C}, 7, 2.0f, 3.0f);  // a non-zero mean
+                x = rounded(x, dt);
+                const Tensor w = random_tensor({c.C}, 8, 0.5f, 1.0f), bias = random_tensor({c.C}, 9);
+                const DTensor dw = DTensor::upload(w, MemKind::Weight, nullptr);
+                const DTensor db = DTensor::upload(bias, MemKind::Weight, nullptr);
+                DTensor dx = DTensor::upload(x.to(dt), MemKind::Activation, nullptr);
+                DTensor dy = DTensor::empty(dx.shape(), dt);
+                const bool in_place = c.C == 96;  // y aliasing x is allowed
+                if (in_place) dy = dx;
+                cuda::vae::group_norm(dx.raw(), dy.raw(), dt, c.B, c.L, c.C, c.G, dw.data<float>(),
+                                      db.data<float>(), 1e-6f, silu, nullptr);
+                const Tensor y = dy.download(nullptr).to(DType::F32);
+                if (dt == DType::F32) {
+                    const int64_t cg = c.C / c.G;
+                    const float* xp = x.data<float>();
+                    int bad = 0;
+                    for (int64_t b = 0; b < c.B; ++b)
+                        for (int64_t g = 0; g < c.G; ++g) {
+                            double s = 0, ss = 0;
+                            for (int64_t l = 0; l < c.L; ++l)
+                                for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) s += xp[(b * c.L + l) * c.C + ch];
+                            const double mean = s / double(c.L * cg);
+                            for (int64_t l = 0; l < c.L; ++l)
+                                for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) {
+                                    const double d = xp[(b * c.L + l) * c.C + ch] - mean;
+                                    ss += d * d;
+                                }
+                            const double rstd = 1.0 / std::sqrt(ss / double(c.L * cg) + 1e-6);
+                            for (int64_t l = 0; l < c.L; ++l)
+                                for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) {
+                                    const int64_t i = (b * c.L + l) * c.C + ch;
+                                    double r = (xp[i] - mean) * rstd * w.data<float>()[ch] + bias.data<float>()[ch];
+                                    if (silu) r = r / (1 + std::exp(-r));
+                                    if (!(std::abs(y.data<float>()[i] - r) <= 1e-5) && ++bad <= 5)
+                                        ADD_FAILURE() << "y[" << i << "] = " << y.data<float>()[i] << ", expected " << r;
+                                }
+                        }
+                    EXPECT_EQ(bad, 0);
+                } else {
+                    const nn::GroupNorm gn("gn", w, bias, c.G, 1e-6f);
+                    const Tensor xb = x.to(DType::BF16).view({c.B, c.L, c.C});
+                    const Tensor ref = (silu ? gn.forward_silu(xb) : gn.forward(xb)).to(DType::F32);
+                    int64_t equal = 0;
+                    int bad = 0;
+                    for (int64_t i = 0; i < ref.numel(); ++i) {
+                        const float a = y.data<float>()[i], r = ref.data<float>()[i];
+                        equal += a == r;
+                        if (!(std::abs(a - r) <= std::ldexp(std::abs(r), -7) + 1e-30) && ++bad <= 5)
+                            ADD_FAILURE() << "y[" << i << "] = " << a << ", CPU " << r;
+                    }
+                    EXPECT_EQ(bad, 0);
+                    EXPECT_GE(double(equal), 0.99 * double(ref.numel()));
+                }
+            }
+}
+
+// ---- small kernels --------------------------------------------------------------------------------------
+
+TEST(CudaVaeKernels, UpsampleAddTransposeAreExact) {
+    SKIP_WITHOUT_GPU();
+    for (DType dt : {DType::F32, DType::BF16})
+        for (int64_t C : {5, 16}) {  // element path and 16-byte vector path
+            SCOPED_TRACE(fmt::format("{} C={}", dtype_name(dt), C));
+            const int64_t B = 2, H = 3, W = 4;
+            const Tensor x = rounded(random_tensor({B, H, W, C}, 10), dt);
+            const DTensor dx = DTensor::upload(x.to(dt), MemKind::Activation, nullptr);
+            DTensor dy = DTensor::empty({B, 2 * H, 2 * W, C}, dt);
+            cuda::vae::upsample_nearest_2x(dx.raw(), dy.raw(), dt, B, H, W, C, nullptr);
+            const Tensor y = dy.download(nullptr).to(DType::F32);
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t i = 0; i < 2 * H; ++i)
+                    for (int64_t j = 0; j < 2 * W; ++j)
+                        for (int64_t c = 0; c < C; ++c)
+                            ASSERT_EQ(y.data<float>()[((b * 2 * H + i) * 2 * W + j) * C + c],
+                                      x.data<float>()[((b * H + i / 2) * W + j / 2) * C + c]);
+
+            // x ← dt(x + r)
+            const Tensor r = rounded(random_tensor({B, H, W, C}, 11), dt);
+            DTensor da = DTensor::upload(x.to(dt), MemKind::Activation, nullptr);
+            const DTensor dr = DTensor::upload(r.to(dt), MemKind::Activation, nullptr);
+            cuda::vae::add_inplace(da.raw(), dr.raw(), da.numel(), dt, nullptr);
+            const Tensor a = da.download(nullptr).to(DType::F32);
+            Tensor sum = Tensor::empty(x.shape(), DType::F32);
+            for (int64_t i = 0; i < x.numel(); ++i) sum.data<float>()[i] = x.data<float>()[i] + r.data<float>()[i];
+            const Tensor sum_ref = rounded(sum, dt);
+            for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(a.data<float>()[i], sum_ref.data<float>()[i]) << i;
+
+            // [B, M, N] f32 → [B, N, M] dt (rounding) and back
+            const int64_t M = 37, N = 45;
+            const Tensor t = random_tensor({B, M, N}, 12);
+            const DTensor dt_in = DTensor::upload(t, MemKind::Activation, nullptr);
+            DTensor dtr = DTensor::empty({B, N, M}, dt);
+            cuda::vae::transpose(dt_in.raw(), DType::F32, dtr.raw(), dt, B, M, N, nullptr);
+            const Tensor tr = dtr.download(nullptr).to(DType::F32);
+            const Tensor tr_ref = rounded(t, dt);
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t m = 0; m < M; ++m)
+                    for (int64_t n = 0; n < N; ++n)
+                        ASSERT_EQ(tr.data<float>()[(b * N + n) * M + m], tr_ref.data<float>()[(b * M + m) * N + n]);
+        }
+}
+
+TEST(CudaVaeKernels, PostprocessMatchesCpuExactly) {
+    SKIP_WITHOUT_GPU();
+    for (DType dt : {DType::F32, DType::BF16}) {
+        SCOPED_TRACE(dtype_name(dt));
+        const int64_t B = 2, C = 3, H = 7, W = 13;
+        Tensor img = random_tensor({B, C, H, W}, 13, 0.8f);
+        float* p = img.data<float>();
+        // values on rounding boundaries, out of range and NaN
+        p[0] = 1.0f / 255.0f * 2 - 1;
+        p[1] = -1.0f;
+        p[2] = 1.0f;
+        p[3] = 3.5f;
+        p[4] = -2.0f;
+        p[5] = std::nanf("");
+        for (int k = 0; k < 20; ++k) p[6 + k] = (2.0f * (float(k) + 0.5f) / 255.0f) - 1.0f;  // x·127.5 + 127.5 = k + .5
+        const Tensor host = img.to(dt);
+        const Tensor ref = vae::postprocess_to_u8(host);
+        const DTensor d = vae::postprocess_to_u8(DTensor::upload(host, MemKind::Activation, nullptr), nullptr);
+        ASSERT_EQ(d.dtype(), DType::U8);
+        ASSERT_EQ(d.shape(), ref.shape());
+        const Tensor got = d.download(nullptr);
+        for (int64_t i = 0; i < ref.numel(); ++i)
+            ASSERT_EQ(int(got.data<uint8_t>()[i]), int(ref.data<uint8_t>()[i])) << "value " << i;
+    }
+}
+
+// Single-head attention with queries in chunks (a scratch limit of ~40 rows) against the CPU op.
+TEST(CudaVaeKernels, AttentionMatchesCpu) {
+    SKIP_WITHOUT_GPU();
+    for (DType dt : {DType::F32, DType::BF16})
+        for (int64_t d : {32, 72}) {
+            SCOPED_TRACE(fmt::format("{} d={}", dtype_name(dt), d));
+            const int64_t L = 301;
+            // q | k | v as columns of one [L, 3d] matrix, as the fused projection writes them
+            const Tensor qkv = rounded(random_tensor({L, 3 * d}, 14, 1.5f), dt);
+            Tensor q = Tensor::empty({1, L, 1, d}, DType::F32), k = q.to(DType::F32), v = q.to(DType::F32);
+            for (int64_t t = 0; t < L; ++t)
+                for (int64_t c = 0; c < d; ++c) {
+                    q.data<float>()[t * d + c] = qkv.data<float>()[t * 3 * d + c];
+                    k.data<float>()[t * d + c] = qkv.data<float>()[t * 3 * d + d + c];
+                    v.data<float>()[t * d + c] = qkv.data<float>()[t * 3 * d + 2 * d + c];
+                }
+            const Tensor ref = nn::scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt)).to(DType::F32);
+            const DTensor dq = DTensor::upload(qkv.to(dt), MemKind::Activation, nullptr);
+            DTensor o = DTensor::empty({L, d}, dt);
+            const size_t es = dtype_size(dt);
+            const uint8_t* base = static_cast<const uint8_t*>(dq.raw());
+            cuda::vae::attention_one_head(base, base + d * es, base + 2 * d * es, 3 * d, o.raw(), d, L, d, dt, nullptr,
+                                          40 * size_t(L) * (4 + es));
+            const Tensor got = o.download(nullptr).to(DType::F32);
+            Err e = compare(got, ref.view({L, d}));
+            std::printf("[ attention %s d=%lld ] max|err| %.3g, rel L2 %.3g vs CPU\n", dtype_name(dt), (long long)d,
+                        e.max_abs, e.rel_l2());
+            if (dt == DType::F32)
+                EXPECT_LE(e.max_abs, 1e-5 * std::max(1.0, e.max_ref));
+            else  // same rounding points; only accumulation order and exp differ: ≤ 1 bf16 ulp
+                EXPECT_LE(e.max_abs, std::ldexp(e.max_ref, -7));
+        }
+}
+
+// ---- the decoder ------------------------------------------------------------------------------------------
+
+TEST(CudaVae, BadConfigAndWeightsAreRefusedByName) {
+    // Checked before the GPU is touched: runs without a device too.
+    const fs::path dir = fs::temp_directory_path() / ("qdit_cuda_vae_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    fs::copy(kVaeDir, dir, fs::copy_options::recursive);
+    json j = read_json_file((dir / "config.json").string());
+    j["act_fn"] = "mish";
+    write_file_atomic((dir / "config.json").string(), j.dump(2));
+    expect_error_mentioning([&] { vae::AutoencoderKLCuda m(dir.string()); }, "act_fn");
+    EXPECT_THROW(vae::AutoencoderKLCuda m(dir.string()), ConfigError);
+    EXPECT_THROW(vae::AutoencoderKLCuda m(kVaeDir, DType::F16), ConfigError);
+
+    j["act_fn"] = "silu";
+    j["use_post_quant_conv"] = true;  // the checkpoint has none
+    write_file_atomic((dir / "config.json").string(), j.dump(2));
+    expect_error_mentioning([&] { vae::AutoencoderKLCuda m(dir.string()); }, "post_quant_conv.weight");
+    EXPECT_THROW(vae::AutoencoderKLCuda m(dir.string()), ShapeError);
+    fs::remove_all(dir);
+}
+
+TEST(CudaVae, UnscaleMatchesThePipelineExactly) {
+    SKIP_WITHOUT_GPU();
+    for (DType dt : {DType::F32, DType::BF16}) {
+        vae::AutoencoderKLCuda m(kVaeDir, dt);
+        const Tensor z = m.unscale_latents(latents());
+        const Tensor ref = reference(dt == DType::F32 ? "z" : "bf16.z");
+        ASSERT_EQ(z.dtype(), ref.dtype());
+        ASSERT_EQ(z.shape(), ref.shape());
+        for (int64_t i = 0; i < ref.numel(); ++i)
+            ASSERT_EQ(z.item_f32(i), ref.item_f32(i)) << dtype_name(dt) << " element " << i;
+    }
+}
+
+TEST(CudaVae, Fp32MatchesDiffusersAndTheCpuDecoder) {
+    SKIP_WITHOUT_GPU();
+    vae::AutoencoderKLCuda m(kVaeDir, DType::F32);
+    const Tensor image = m.decode(reference("z"));
+    ASSERT_EQ(image.dtype(), DType::F32);
+    const Err e = compare(image, reference("image"));
+    const Tensor cpu = vae::AutoencoderKL(kVaeDir, DType::F32).decode(reference("z"));
+    const Err ec = compare(image, cpu);
+    std::printf("[ cuda vae fp32 ] max|err| vs diffusers %.3g (%.3g of max|ref| %.3g), vs CPU %.3g\n", e.max_abs,
+                e.max_abs / e.max_ref, e.max_ref, ec.max_abs);
+    EXPECT_LE(e.max_abs, 1e-4 * e.max_ref);
+    EXPECT_LE(ec.max_abs, 1e-4 * e.max_ref);
+
+    const Tensor u8 = vae::postprocess_to_u8(image), ref_u8 = reference("image_u8");
+    ASSERT_EQ(u8.shape(), ref_u8.shape());
+    int64_t off_by_one = 0;
+    for (int64_t i = 0; i < ref_u8.numel(); ++i) {
+        const int d = std::abs(int(u8.data<uint8_t>()[i]) - int(ref_u8.data<uint8_t>()[i]));
+        ASSERT_LE(d, 1) << "pixel value " << i;
+        off_by_one += d;
+    }
+    std::printf("[ cuda vae fp32 ] uint8: %lld of %lld values differ by one\n", (long long)off_by_one,
+                (long long)ref_u8.numel());
+    EXPECT_LT(double(off_by_one), 1e-3 * double(ref_u8.numel()));
+}
+
+TEST(CudaVae, Bf16MatchesDiffusersAndTheCpuDecoder) {
+    SKIP_WITHOUT_GPU();
+    vae::AutoencoderKLCuda m(kVaeDir, DType::BF16);
+    EXPECT_EQ(m.compute_dtype(), DType::BF16);
+    const Tensor image = m.decode(reference("bf16.z"));
+    ASSERT_EQ(image.dtype(), DType::BF16);
+    const Tensor ref16 = reference("bf16.image"), ref32 = reference("image");
+    const Tensor cpu = vae::AutoencoderKL(kVaeDir, DType::BF16).decode(reference("bf16.z"));
+    const Err vs16 = compare(image, ref16), vs32 = compare(image, ref32), ref_vs32 = compare(ref16, ref32),
+              vs_cpu = compare(image, cpu), cpu_vs16 = compare(cpu, ref16);
+    std::printf("[ cuda vae bf16 ] rel L2 vs bf16 ref %.4f (CPU decoder %.4f), vs fp32 %.4f, vs CPU bf16 %.4f; "
+                "ref bf16 vs fp32 %.4f\n",
+                vs16.rel_l2(), cpu_vs16.rel_l2(), vs32.rel_l2(), vs_cpu.rel_l2(), ref_vs32.rel_l2());
+    EXPECT_LE(vs16.rel_l2(), ref_vs32.rel_l2());
+    EXPECT_LE(vs32.rel_l2(), 1.25 * ref_vs32.rel_l2());
+    EXPECT_LE(vs_cpu.rel_l2(), ref_vs32.rel_l2());
+
+    const Tensor ref_u8 = reference("bf16.image_u8"), ref32_u8 = reference("image_u8");
+    const Tensor u8 = vae::postprocess_to_u8(image);
+    const auto [ours, ours_worst] = u8_agreement(u8, ref_u8);
+    const auto [bf16_ref, bf16_worst] = u8_agreement(ref_u8, ref32_u8);
+    std::printf("[ cuda vae bf16 ] uint8 within one level of diffusers bf16: %.4f (max diff %d); "
+                "diffusers bf16 of fp32: %.4f (max diff %d)\n",
+                ours, ours_worst, bf16_ref, bf16_worst);
+    EXPECT_GE(ours, bf16_ref);
+}
+
+// The device path (DTensor latents, uint8 image on the device) gives the host path's image.
+TEST(CudaVae, DeviceDecodeToU8MatchesHostPath) {
+    SKIP_WITHOUT_GPU();
+    for (DType dt : {DType::F32, DType::BF16}) {
+        SCOPED_TRACE(dtype_name(dt));
+        vae::AutoencoderKLCuda m(kVaeDir, dt);
+        const Tensor lat = latents();
+        const Tensor host_u8 = vae::postprocess_to_u8(m.decode(m.unscale_latents(lat)));
+        const DTensor z = m.unscale_latents(DTensor::upload(lat.to(DType::F32), MemKind::Activation, m.stream()));
+        const DTensor d = m.decode_to_u8(z);
+        ASSERT_EQ(d.dtype(), DType::U8);
+        const Tensor got = d.download(m.stream());
+        ASSERT_EQ(got.shape(), host_u8.shape());
+        for (int64_t i = 0; i < got.numel(); ++i)
+            ASSERT_EQ(got.data<uint8_t>()[i], host_u8.data<uint8_t>()[i]) << "value " << i;
+    }
+}
+
+TEST(CudaVae, RejectsWrongLatents) {
+    SKIP_WITHOUT_GPU();
+    vae::AutoencoderKLCuda m(kVaeDir, DType::BF16);
+    EXPECT_THROW(m.decode(Tensor::zeros({1, 4, 6, 10}, DType::F32)), ShapeError);
+    EXPECT_THROW(m.decode(Tensor::zeros({16, 6, 10}, DType::F32)), ShapeError);
+    EXPECT_THROW(m.decode(DTensor::zeros({1, 16, 6, 10}, DType::I32, MemKind::Activation, nullptr)), ShapeError);
+}
+
+// Not a timed assertion: prints the full-size decode time (FLUX VAE config, random weights,
+// 16 x 128 x 128 latents → 1024 x 1024) and peak memory. Run with --gtest_also_run_disabled_tests.
+TEST(CudaVaeBench, DISABLED_FullSizeDecode) {
+    SKIP_WITHOUT_GPU();
+    const std::string path = (kData / "published" / "config.json").string();
+    const vae::Config cfg = vae::Config::from_json(read_json_file(path), path);
+    cudaStream_t s;
+    ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
+    {
+        auto& alloc = cuda::Allocator::instance();
+        vae::AutoencoderKLCuda m = vae::AutoencoderKLCuda::random(cfg, DType::BF16, 1, s);
+        const int64_t h = 128, w = 128;
+        const DTensor z = DTensor::upload(random_tensor({1, cfg.latent_channels, h, w}, 3).to(DType::BF16),
+                                          MemKind::Activation, s);
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0);
+        cudaEventCreate(&e1);
+        auto decode_ms = [&] {
+            cudaEventRecord(e0, s);
+            const DTensor u8 = m.decode_to_u8(z);
+            cudaEventRecord(e1, s);
+            EXPECT_EQ(cudaEventSynchronize(e1), cudaSuccess);
+            float ms = 0;
+            cudaEventElapsedTime(&ms, e0, e1);
+            return ms;
+        };
+        {  // cuDNN's handle and libraries load on the first convolution: time that apart
+            const auto t0 = std::chrono::steady_clock::now();
+            cuda::Conv2d c("warmup", random_tensor({8, 8, 1, 1}, 4), Tensor(), 0, DType::BF16, s);
+            c.forward(DTensor::zeros({1, 2, 2, 8}, DType::BF16, MemKind::Activation, s), s);
+            cudaStreamSynchronize(s);
+            std::printf("[ vae decode bf16 ] cuDNN start-up (handle, first plan): %.0f ms\n",
+                        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        }
+        {
+            const char* label = "cuDNN heuristic plans";
+            const auto t0 = std::chrono::steady_clock::now();
+            decode_ms();
+            std::printf("[ vae decode bf16 1024x1024, %s ] first call (builds the plans): %.0f ms\n", label,
+                        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+            alloc.reset_peak();
+            float best = 1e30f, sum = 0;
+            for (int i = 0; i < 5; ++i) {
+                const float ms = decode_ms();
+                best = std::min(best, ms);
+                sum += ms;
+            }
+            const cuda::MemStats st = alloc.stats();
+            std::printf("[ vae decode bf16 1024x1024, %s ] best %.2f ms, mean %.2f ms of 5; weights %.1f MiB; "
+                        "peak in use %.1f MiB (activations %.1f MiB); reserved %.1f MiB\n",
+                        label, best, sum / 5, m.weight_bytes() / 1048576.0, st.peak / 1048576.0,
+                        st.peak_activation / 1048576.0, st.reserved / 1048576.0);
+            // The plans the largest layers got.
+            for (auto [cin, cout, res] : {std::tuple<int64_t, int64_t, int64_t>{128, 128, 1024}, {256, 256, 512},
+                                          {512, 512, 256}, {512, 512, 128}, {128, 3, 1024}, {16, 512, 128}}) {
+                cuda::Conv2d c("probe", random_tensor({cout, cin, 3, 3}, 5, 0.05f), random_tensor({cout}, 6), 1,
+                               DType::BF16, s);
+                std::printf("    conv %lld->%lld at %lld^2: %s\n", (long long)cin, (long long)cout, (long long)res,
+                            c.plan_info(1, res, res).c_str());
+            }
+        }
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        std::printf("[ vae decode bf16 1024x1024 ] device memory used %.1f MiB of %.1f MiB\n",
+                    (total_b - free_b) / 1048576.0, total_b / 1048576.0);
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+    }
+    cudaStreamDestroy(s);
+}

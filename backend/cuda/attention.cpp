@@ -1,6 +1,7 @@
 #include "backend/cuda/attention.h"
 
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -28,16 +29,18 @@ enum : int64_t { kQ = 1, kK, kV, kO };
 
 struct Key {
     int device;
-    int64_t s, heads, hd, ldq, ldk, ldv, ldo;
+    int64_t s, heads, kv_heads, hd, ldq, ldk, ldv, ldo;
+    bool causal;
     bool operator<(const Key& o) const {
-        return std::tie(device, s, heads, hd, ldq, ldk, ldv, ldo) <
-               std::tie(o.device, o.s, o.heads, o.hd, o.ldq, o.ldk, o.ldv, o.ldo);
+        return std::tie(device, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, causal) <
+               std::tie(o.device, o.s, o.heads, o.kv_heads, o.hd, o.ldq, o.ldk, o.ldv, o.ldo, o.causal);
     }
 };
 
 struct Plan {
-    std::shared_ptr<fe::graph::Graph> graph;
+    std::shared_ptr<fe::graph::Graph> graph;  // null when cuDNN could not build one: see error
     int64_t workspace = 0;
+    std::string error;
 };
 
 struct State {
@@ -53,17 +56,18 @@ State& state() {
 
 void fe_check(fe::error_t e, const char* step, const Key& k) {
     if (e.is_bad())
-        raise<Error>("cuDNN SDPA ({} tokens, {} heads, head_dim {}): {} failed: {}", k.s, k.heads, k.hd, step,
-                     e.get_message());
+        raise<Error>("cuDNN SDPA ({} tokens, {} heads, {} kv heads, head_dim {}{}): {} failed: {}", k.s, k.heads,
+                     k.kv_heads, k.hd, k.causal ? ", causal" : "", step, e.get_message());
 }
 
-// [b, h, s, d] view of a row-major [s, ld] matrix whose head h occupies columns h·hd .. h·hd + hd.
+// [b, h, s, d] view of a row-major [s, ld] matrix whose head h < heads occupies columns
+// h·hd .. h·hd + hd.
 std::shared_ptr<fe::graph::Tensor_attributes> bhsd(fe::graph::Graph& g, const char* name, int64_t uid,
-                                                   const Key& k, int64_t ld) {
+                                                   const Key& k, int64_t heads, int64_t ld) {
     return g.tensor(fe::graph::Tensor_attributes()
                         .set_name(name)
                         .set_uid(uid)
-                        .set_dim({1, k.heads, k.s, k.hd})
+                        .set_dim({1, heads, k.s, k.hd})
                         .set_stride({k.s * ld, k.hd, ld, 1}));
 }
 
@@ -72,11 +76,16 @@ Plan build(cudnnHandle_t handle, const Key& k) {
     g->set_io_data_type(fe::DataType_t::BFLOAT16)
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
         .set_compute_data_type(fe::DataType_t::FLOAT);
-    auto q = bhsd(*g, "Q", kQ, k, k.ldq), kk = bhsd(*g, "K", kK, k, k.ldk), v = bhsd(*g, "V", kV, k, k.ldv);
+    // Grouped-query attention: K and V have kv_heads heads, which cuDNN maps to groups of queries.
+    auto q = bhsd(*g, "Q", kQ, k, k.heads, k.ldq), kk = bhsd(*g, "K", kK, k, k.kv_heads, k.ldk),
+         v = bhsd(*g, "V", kV, k, k.kv_heads, k.ldv);
     auto opts = fe::graph::SDPA_attributes()
                     .set_name("sdpa")
                     .set_generate_stats(false)
                     .set_attn_scale(float(1.0 / std::sqrt(double(k.hd))));
+    // Causal, top-left aligned (s_q == s_kv here): key j is masked for query i when j > i.
+    if (k.causal)
+        opts.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
     auto [o, stats] = g->sdpa(q, kk, v, opts);
     (void)stats;
     o->set_output(true).set_uid(kO).set_dim({1, k.heads, k.s, k.hd}).set_stride({k.s * k.ldo, k.hd, k.ldo, 1});
@@ -104,11 +113,14 @@ const char* attention_impl_name() {
     return name.c_str();
 }
 
-static void attention_cudnn(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv,
-                            void* o, int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream) {
+// Runs cuDNN's SDPA; returns false without launching anything when cuDNN cannot build a plan for
+// the shape and `fallback` is set (else that throws).
+static bool attention_cudnn(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv,
+                            void* o, int64_t ldo, int64_t s, int64_t heads, int64_t kv_heads, int64_t hd, bool causal,
+                            cudaStream_t stream, bool fallback) {
     int dev = 0;
     check(cudaGetDevice(&dev), "attention");
-    const Key key{dev, s, heads, hd, ldq, ldk, ldv, ldo};
+    const Key key{dev, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, causal};
     State& st = state();
     cudnnHandle_t handle;
     const Plan* plan;
@@ -122,8 +134,22 @@ static void attention_cudnn(const void* q, int64_t ldq, const void* k, int64_t l
         }
         handle = h->second;
         auto it = st.plans.find(key);
-        if (it == st.plans.end()) it = st.plans.emplace(key, build(handle, key)).first;
+        if (it == st.plans.end()) {
+            Plan p;
+            try {
+                p = build(handle, key);
+            } catch (const Error& e) {
+                p.error = e.what();
+                if (fallback)
+                    std::fprintf(stderr, "qdit: %s; this shape runs on the simple attention kernel\n", e.what());
+            }
+            it = st.plans.emplace(key, std::move(p)).first;
+        }
         plan = &it->second;
+    }
+    if (!plan->graph) {
+        if (fallback) return false;
+        raise<Error>("{}", plan->error);
     }
     if (cudnnSetStream(handle, stream) != CUDNN_STATUS_SUCCESS) raise<Error>("cudnnSetStream failed");
     DTensor ws;
@@ -131,6 +157,7 @@ static void attention_cudnn(const void* q, int64_t ldq, const void* k, int64_t l
     std::unordered_map<int64_t, void*> ptrs{
         {kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)}, {kV, const_cast<void*>(v)}, {kO, o}};
     fe_check(plan->graph->execute(handle, ptrs, ws.defined() ? ws.raw() : nullptr), "execute", key);
+    return true;
 }
 #else
 bool cudnn_attention_available() { return false; }
@@ -138,16 +165,24 @@ const char* attention_impl_name() { return "simple"; }
 #endif
 
 void attention(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv, void* o,
-               int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream, AttentionImpl impl) {
+               int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream, AttentionImpl impl,
+               int64_t kv_heads, bool causal) {
     if (s <= 0) return;
-    if (heads <= 0 || hd <= 0 || ldq < heads * hd || ldk < heads * hd || ldv < heads * hd || ldo < heads * hd)
-        raise<ShapeError>("attention: {} heads of {} with row strides {}, {}, {}, {}", heads, hd, ldq, ldk, ldv, ldo);
+    if (kv_heads == 0) kv_heads = heads;
+    if (heads <= 0 || hd <= 0 || kv_heads <= 0 || heads % kv_heads || ldq < heads * hd || ldk < kv_heads * hd ||
+        ldv < kv_heads * hd || ldo < heads * hd)
+        raise<ShapeError>("attention: {} query heads and {} kv heads (a divisor) of {} with row strides {}, {}, {}, {}",
+                          heads, kv_heads, hd, ldq, ldk, ldv, ldo);
+    const bool fallback = impl == AttentionImpl::Auto;
     if (impl == AttentionImpl::Auto) impl = cudnn_attention_available() ? AttentionImpl::Cudnn : AttentionImpl::Simple;
-    if (impl == AttentionImpl::Simple) return attention_simple(q, ldq, k, ldk, v, ldv, o, ldo, s, heads, hd, stream);
+    if (impl == AttentionImpl::Simple)
+        return attention_simple(q, ldq, k, ldk, v, ldv, o, ldo, s, heads, hd, stream, kv_heads, causal);
 #if QDIT_WITH_CUDNN
     if (!cudnn_attention_available()) raise<Error>("attention: cuDNN 9 is not available here");
-    attention_cudnn(q, ldq, k, ldk, v, ldv, o, ldo, s, heads, hd, stream);
+    if (!attention_cudnn(q, ldq, k, ldk, v, ldv, o, ldo, s, heads, kv_heads, hd, causal, stream, fallback))
+        attention_simple(q, ldq, k, ldk, v, ldv, o, ldo, s, heads, hd, stream, kv_heads, causal);
 #else
+    (void)fallback;
     raise<Error>("attention: this build has no cuDNN (configure with the cuDNN frontend headers)");
 #endif
 }

@@ -1,7 +1,10 @@
-// Scaled dot-product attention on the GPU for batch 1 without mask (Z-Image's single-item
-// forward): o = softmax(q·kᵀ / sqrt(hd)) · v per head, bf16 in and out, f32 softmax.
-// q, k, v, o: token t's head h starts at ptr[t·ld + h·hd] (so q, k and v can be column blocks of
-// one fused projection, and o a [s, heads·hd] matrix). Device pointers, asynchronous on `stream`.
+// Scaled dot-product attention on the GPU for batch 1 without padding mask (Z-Image's single-item
+// forward, the Qwen3 text encoder's valid tokens): o = softmax(q·kᵀ / sqrt(hd)) · v per head, bf16
+// in and out, f32 softmax; optionally causal (query t sees keys j <= t, torch's is_causal) and
+// grouped-query (kv_heads < heads key/value heads; query head h reads kv head h / (heads / kv_heads)).
+// q, o: token t's head h starts at ptr[t·ld + h·hd]; k, v: token t's kv head g at ptr[t·ld + g·hd]
+// (so q, k and v can be column blocks of one fused projection, and o a [s, heads·hd] matrix).
+// Device pointers, asynchronous on `stream`.
 #pragma once
 #include <cstdint>
 
@@ -10,7 +13,7 @@
 namespace qdit::cuda {
 
 enum class AttentionImpl {
-    Auto,    // cuDNN's fused flash attention when available, else Simple
+    Auto,    // cuDNN's fused flash attention when available and it supports the shape, else Simple
     Cudnn,   // cuDNN SDPA through the cuDNN frontend graph API (throws when unavailable)
     Simple,  // attention_simple (zimage_kernels.h): slow, for checks and as the fallback
 };
@@ -21,10 +24,12 @@ bool cudnn_attention_available();
 // The implementation Auto resolves to, for reports: "cudnn <version>" or "simple".
 const char* attention_impl_name();
 
-// Throws qdit::ShapeError on bad arguments, qdit::Error when cuDNN fails (cuDNN needs hd % 8 == 0,
-// hd <= 256, lds % 8 == 0 and 16-byte aligned pointers).
+// kv_heads 0 means kv_heads = heads; heads must be a multiple of kv_heads. Throws qdit::ShapeError
+// on bad arguments, qdit::Error when cuDNN fails (cuDNN needs hd % 8 == 0, hd <= 256, lds % 8 == 0
+// and 16-byte aligned pointers). Under Auto a shape for which cuDNN cannot build a plan runs on the
+// simple kernel instead (decided once per shape; a warning names the shape on stderr).
 void attention(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv, void* o,
                int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream,
-               AttentionImpl impl = AttentionImpl::Auto);
+               AttentionImpl impl = AttentionImpl::Auto, int64_t kv_heads = 0, bool causal = false);
 
 }  // namespace qdit::cuda

@@ -196,20 +196,28 @@ __global__ void __launch_bounds__(256, row_op_min_blocks<VEC, NV>()) row_op_kern
     if (op.y) {
         RowRegs<VEC, NV> y;
         y.load(static_cast<const bf16*>(op.y) + row * op.ldy, k);
-        const float inv = 1.0f / sqrtf(float(y.sum_sq()) / float(k) + op.eps_res);
-        const bf16* w = static_cast<const bf16*>(op.w_res);
+        if (!op.w_res) {
+            // Plain residual: one rounding of the f32 sum (elements past k stay 0 + 0).
 #pragma unroll
-        for (int j = 0; j < NV; ++j) {
-            if (RowRegs<VEC, NV>::base(j) >= k) continue;
-            float wv[VEC], gv[VEC];
-            y.params(w, j, wv);
-            if (op.gate) y.params(op.gate, j, gv);
+            for (int j = 0; j < NV; ++j)
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                if (!in_row<VEC, NV>(j, e, k)) continue;
-                float n = rbf(rbf(y.get(j, e) * inv) * wv[e]);
-                if (op.gate) n = rbf(gv[e] * n);
-                r.set(j, e, r.get(j, e) + n);
+                for (int e = 0; e < VEC; ++e) r.set(j, e, r.get(j, e) + y.get(j, e));
+        } else {
+            const float inv = 1.0f / sqrtf(float(y.sum_sq()) / float(k) + op.eps_res);
+            const bf16* w = static_cast<const bf16*>(op.w_res);
+#pragma unroll
+            for (int j = 0; j < NV; ++j) {
+                if (RowRegs<VEC, NV>::base(j) >= k) continue;
+                float wv[VEC], gv[VEC];
+                y.params(w, j, wv);
+                if (op.gate) y.params(op.gate, j, gv);
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) {
+                    if (!in_row<VEC, NV>(j, e, k)) continue;
+                    float n = rbf(rbf(y.get(j, e) * inv) * wv[e]);
+                    if (op.gate) n = rbf(gv[e] * n);
+                    r.set(j, e, r.get(j, e) + n);
+                }
             }
         }
         r.store(x, k);
@@ -376,7 +384,7 @@ void check_launch(const char* what) {
 void row_op(const RowOp& op, cudaStream_t stream) {
     if (op.m <= 0) return;
     if (op.k <= 0 || op.ldx < op.k || (op.y && op.ldy < op.k) || (op.out && op.ldo < op.k) ||
-        (op.q && (op.ldq < op.k || !op.qs)) || (op.norm == RowNorm::Rms && !op.w) || (op.y && !op.w_res))
+        (op.q && (op.ldq < op.k || !op.qs)) || (op.norm == RowNorm::Rms && !op.w) || (op.y && !op.w_res && op.gate))
         raise<ShapeError>("row_op: bad arguments (m {}, k {}, ldx {}, ldy {}, ldo {}, ldq {})", op.m, op.k, op.ldx,
                           op.ldy, op.ldo, op.ldq);
     bool vec = op.k % 8 == 0 && op.ldx % 8 == 0 && aligned16(op.x);
@@ -424,8 +432,15 @@ namespace {
 
 constexpr int kMaxPairsPerLane = 4;  // head_dim <= 256
 
+// One head of hd = 2·half values at p; lane l owns the rotation pairs l + 32·j: (2i, 2i + 1) when
+// Interleaved, (i, i + half) when Half. f: the token's (cos, sin) per pair.
+template <RopeLayout LAYOUT>
 __device__ void norm_rope_head(bf16* p, int half, const bf16* w, float eps, const float* f) {
+    constexpr bool kHalf = LAYOUT == RopeLayout::Half;
     const int lane = int(threadIdx.x & 31);
+    // Element offsets of the two members of pair pi.
+    auto ia = [&](int pi) { return kHalf ? pi : 2 * pi; };
+    auto ib = [&](int pi) { return kHalf ? pi + half : 2 * pi + 1; };
     float a[kMaxPairsPerLane], b[kMaxPairsPerLane];
     double ss = 0;
 #pragma unroll
@@ -433,10 +448,15 @@ __device__ void norm_rope_head(bf16* p, int half, const bf16* w, float eps, cons
         const int pi = lane + 32 * j;
         a[j] = b[j] = 0.f;
         if (pi < half) {
-            const float2 v = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(p)[pi]);
-            a[j] = v.x;
-            b[j] = v.y;
-            ss += double(v.x * v.x) + double(v.y * v.y);
+            if constexpr (kHalf) {
+                a[j] = __bfloat162float(p[pi]);
+                b[j] = __bfloat162float(p[pi + half]);
+            } else {
+                const float2 v = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(p)[pi]);
+                a[j] = v.x;
+                b[j] = v.y;
+            }
+            ss += double(a[j] * a[j]) + double(b[j] * b[j]);
         }
     }
     if (w) {
@@ -445,15 +465,23 @@ __device__ void norm_rope_head(bf16* p, int half, const bf16* w, float eps, cons
         for (int j = 0; j < kMaxPairsPerLane; ++j) {
             const int pi = lane + 32 * j;
             if (pi < half) {
-                a[j] = rbf(rbf(a[j] * inv) * __bfloat162float(w[2 * pi]));
-                b[j] = rbf(rbf(b[j] * inv) * __bfloat162float(w[2 * pi + 1]));
+                a[j] = rbf(rbf(a[j] * inv) * __bfloat162float(w[ia(pi)]));
+                b[j] = rbf(rbf(b[j] * inv) * __bfloat162float(w[ib(pi)]));
             }
         }
     }
 #pragma unroll
     for (int j = 0; j < kMaxPairsPerLane; ++j) {
         const int pi = lane + 32 * j;
-        if (pi < half) {
+        if (pi >= half) continue;
+        if constexpr (kHalf) {
+            // x1·c − x2·s and x2·c + x1·s with bf16 cos / sin and every product rounded to bf16.
+            const float c = rbf(f[2 * pi]), s = rbf(f[2 * pi + 1]);
+            const float re = __fadd_rn(rbf(__fmul_rn(a[j], c)), rbf(__fmul_rn(-b[j], s)));
+            const float im = __fadd_rn(rbf(__fmul_rn(b[j], c)), rbf(__fmul_rn(a[j], s)));
+            p[pi] = __float2bfloat16_rn(re);
+            p[pi + half] = __float2bfloat16_rn(im);
+        } else {
             const float c = f[2 * pi], s = f[2 * pi + 1];
             // Separate roundings (no fma), as the CPU computes a·c − b·s.
             const float re = __fsub_rn(__fmul_rn(a[j], c), __fmul_rn(b[j], s));
@@ -463,7 +491,9 @@ __device__ void norm_rope_head(bf16* p, int half, const bf16* w, float eps, cons
     }
 }
 
-__global__ void qk_norm_rope_kernel(bf16* qkv, int64_t ld, int64_t k_off, int64_t m, int heads, int hd,
+// One warp per (token, q head); the warps of heads h < kv_heads also do k head h.
+template <RopeLayout LAYOUT>
+__global__ void qk_norm_rope_kernel(bf16* qkv, int64_t ld, int64_t k_off, int64_t m, int heads, int kv_heads, int hd,
                                     const bf16* wq, const bf16* wk, float eps, const float* freqs) {
     const int64_t wid = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
     if (wid >= m * heads) return;
@@ -471,8 +501,18 @@ __global__ void qk_norm_rope_kernel(bf16* qkv, int64_t ld, int64_t k_off, int64_
     const int h = int(wid % heads);
     const float* f = freqs + t * hd;
     bf16* row = qkv + t * ld + int64_t(h) * hd;
-    norm_rope_head(row, hd / 2, wq, eps, f);
-    norm_rope_head(row + k_off, hd / 2, wk, eps, f);
+    norm_rope_head<LAYOUT>(row, hd / 2, wq, eps, f);
+    if (h < kv_heads) norm_rope_head<LAYOUT>(row + k_off, hd / 2, wk, eps, f);
+}
+
+__global__ void embedding_rows_kernel(const bf16* table, int64_t vocab, int64_t d, const int32_t* ids, bf16* out,
+                                      int64_t ldo) {
+    const int64_t row = blockIdx.x;
+    const int32_t id = ids[row];
+    const bool ok = id >= 0 && id < vocab;
+    const bf16* src = table + int64_t(ok ? id : 0) * d;
+    bf16* dst = out + row * ldo;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = ok ? src[i] : __float2bfloat16_rn(0.f);
 }
 
 __global__ void modulation_kernel(const bf16* mod, int64_t n, int64_t d, unsigned tanh_mask, float* out) {
@@ -491,44 +531,47 @@ __global__ void silu_kernel(const bf16* x, int64_t n, bf16* y) {
 
 // One warp per (query, head). Keys go 32 at a time: lane j scores key kb + j against q (held in
 // shared memory), then the warp rescales its running output (lane l owns dims l + 32·i) and adds
-// the 32 values weighted by their bf16-rounded probabilities.
+// the 32 values weighted by their bf16-rounded probabilities. Query head h reads kv head h / group;
+// a causal query t stops after key t.
 constexpr int kAttnWarps = 4;
 constexpr int kMaxDimPerLane = 8;  // head_dim <= 256
 
 __global__ void __launch_bounds__(kAttnWarps * 32)
 attention_simple_kernel(const bf16* q, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v, int64_t ldv,
-                        bf16* o, int64_t ldo, int s, int heads, int hd, float scale) {
+                        bf16* o, int64_t ldo, int s, int heads, int group, bool causal, int hd, float scale) {
     __shared__ float qs[kAttnWarps][256];
     const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
     const int64_t wid = int64_t(blockIdx.x) * kAttnWarps + warp;
     if (wid >= int64_t(s) * heads) return;
     const int t = int(wid / heads), h = int(wid % heads);
+    const int64_t kvo = int64_t(h / group) * hd;  // the kv head's column offset
+    const int n = causal ? t + 1 : s;             // keys this query sees
     for (int d = lane; d < hd; d += 32) qs[warp][d] = __bfloat162float(q[t * ldq + int64_t(h) * hd + d]);
     __syncwarp();
     float acc[kMaxDimPerLane];
 #pragma unroll
     for (int i = 0; i < kMaxDimPerLane; ++i) acc[i] = 0.f;
     float mx = -INFINITY, denom = 0.f;
-    for (int kb = 0; kb < s; kb += 32) {
+    for (int kb = 0; kb < n; kb += 32) {
         const int key = kb + lane;
         float sc = -INFINITY;
-        if (key < s) {
-            const bf16* kr = k + int64_t(key) * ldk + int64_t(h) * hd;
+        if (key < n) {
+            const bf16* kr = k + int64_t(key) * ldk + kvo;
             float dot = 0.f;
             for (int d = 0; d < hd; ++d) dot += qs[warp][d] * __bfloat162float(kr[d]);
             sc = dot * scale;
         }
         const float mnew = fmaxf(mx, warp_max(sc));
         const float corr = expf(mx - mnew);  // 0 on the first block (mx = -inf)
-        const float p = key < s ? expf(sc - mnew) : 0.f;
+        const float p = key < n ? expf(sc - mnew) : 0.f;
         denom = denom * corr + warp_sumf(p);
         const float pr = rbf(p);
 #pragma unroll
         for (int i = 0; i < kMaxDimPerLane; ++i) acc[i] *= corr;
-        const int nk = min(32, s - kb);
+        const int nk = min(32, n - kb);
         for (int j = 0; j < nk; ++j) {
             const float pj = __shfl_sync(0xffffffffu, pr, j);
-            const bf16* vr = v + int64_t(kb + j) * ldv + int64_t(h) * hd;
+            const bf16* vr = v + int64_t(kb + j) * ldv + kvo;
 #pragma unroll
             for (int i = 0; i < kMaxDimPerLane; ++i) {
                 const int d = lane + 32 * i;
@@ -547,15 +590,38 @@ attention_simple_kernel(const bf16* q, int64_t ldq, const bf16* k, int64_t ldk, 
 }  // namespace
 
 void qk_norm_rope(void* qkv, int64_t ld, int64_t k_offset, int64_t m, int64_t heads, int64_t hd, const void* wq,
-                  const void* wk, float eps, const float* freqs, cudaStream_t stream) {
+                  const void* wk, float eps, const float* freqs, cudaStream_t stream, RopeLayout layout,
+                  int64_t kv_heads) {
     if (m <= 0) return;
-    if (hd <= 0 || hd % 2 || hd > 2 * 32 * kMaxPairsPerLane || ld % 2 || k_offset % 2 || (!wq != !wk))
-        raise<ShapeError>("qk_norm_rope: head_dim {} (even, <= 256), ld {}, k offset {}", hd, ld, k_offset);
+    if (kv_heads == 0) kv_heads = heads;
+    if (hd <= 0 || hd % 2 || hd > 2 * 32 * kMaxPairsPerLane || ld % 2 || k_offset % 2 || (!wq != !wk) ||
+        heads <= 0 || kv_heads < 1 || kv_heads > heads)
+        raise<ShapeError>("qk_norm_rope: head_dim {} (even, <= 256), ld {}, k offset {}, {} q heads, {} k heads "
+                          "(1 <= k heads <= q heads)",
+                          hd, ld, k_offset, heads, kv_heads);
     const int64_t warps = m * heads, threads = 256;
-    qk_norm_rope_kernel<<<unsigned((warps * 32 + threads - 1) / threads), unsigned(threads), 0, stream>>>(
-        static_cast<bf16*>(qkv), ld, k_offset, m, int(heads), int(hd), static_cast<const bf16*>(wq),
-        static_cast<const bf16*>(wk), eps, freqs);
+    const unsigned blocks = unsigned((warps * 32 + threads - 1) / threads);
+    auto* p = static_cast<bf16*>(qkv);
+    auto* wqp = static_cast<const bf16*>(wq);
+    auto* wkp = static_cast<const bf16*>(wk);
+    if (layout == RopeLayout::Half)
+        qk_norm_rope_kernel<RopeLayout::Half><<<blocks, unsigned(threads), 0, stream>>>(
+            p, ld, k_offset, m, int(heads), int(kv_heads), int(hd), wqp, wkp, eps, freqs);
+    else
+        qk_norm_rope_kernel<RopeLayout::Interleaved><<<blocks, unsigned(threads), 0, stream>>>(
+            p, ld, k_offset, m, int(heads), int(kv_heads), int(hd), wqp, wkp, eps, freqs);
     check_launch("qk_norm_rope");
+}
+
+void embedding_rows(const void* table, int64_t vocab, int64_t d, const int32_t* ids, int64_t n, void* out,
+                    int64_t ldo, cudaStream_t stream) {
+    if (n <= 0) return;
+    if (vocab <= 0 || d <= 0 || ldo < d || !table || !ids || !out)
+        raise<ShapeError>("embedding_rows: table [{}, {}], {} ids, output row stride {}", vocab, d, n, ldo);
+    const int threads = int(std::min<int64_t>(256, (d + 31) / 32 * 32));
+    embedding_rows_kernel<<<unsigned(n), unsigned(threads), 0, stream>>>(static_cast<const bf16*>(table), vocab, d,
+                                                                         ids, static_cast<bf16*>(out), ldo);
+    check_launch("embedding_rows");
 }
 
 void modulation(const void* mod, int64_t chunks, int64_t d, unsigned tanh_mask, float* out, cudaStream_t stream) {
@@ -574,16 +640,20 @@ void silu(const void* x, int64_t n, void* y, cudaStream_t stream) {
 }
 
 void attention_simple(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv,
-                      void* o, int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream) {
+                      void* o, int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream,
+                      int64_t kv_heads, bool causal) {
     if (s <= 0) return;
+    if (kv_heads == 0) kv_heads = heads;
     if (hd <= 0 || hd > 32 * kMaxDimPerLane)
         raise<ShapeError>("attention_simple: head_dim {} (at most {})", hd, 32 * kMaxDimPerLane);
+    if (heads <= 0 || kv_heads <= 0 || heads % kv_heads)
+        raise<ShapeError>("attention_simple: {} query heads is not a multiple of {} kv heads", heads, kv_heads);
     const int64_t warps = s * heads;
     // torch's default scale, 1 / sqrt(head_dim), as the f32 the CPU op uses.
     const float scale = float(1.0 / std::sqrt(double(hd)));
     attention_simple_kernel<<<unsigned((warps + kAttnWarps - 1) / kAttnWarps), kAttnWarps * 32, 0, stream>>>(
         static_cast<const bf16*>(q), ldq, static_cast<const bf16*>(k), ldk, static_cast<const bf16*>(v), ldv,
-        static_cast<bf16*>(o), ldo, int(s), int(heads), int(hd), scale);
+        static_cast<bf16*>(o), ldo, int(s), int(heads), int(heads / kv_heads), causal, int(hd), scale);
     check_launch("attention_simple");
 }
 

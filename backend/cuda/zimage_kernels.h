@@ -16,7 +16,8 @@ namespace qdit::cuda {
 
 // One pass per row (token) over the residual stream x [m, k]:
 //   1. residual (when y is set), nn::RMSNorm::add_to: x ← x + gate · rms(y; w_res, eps_res)
-//      (gate F32 [k] or null: x ← x + rms(y));
+//      (gate F32 [k] or null: x ← x + rms(y)); with w_res null a plain add x ← bf16(x + y) (a
+//      pre-norm block's residual, as torch adds two bf16 tensors; gate must then be null);
 //   2. normalization of (the updated) x: norm = None passes x through, Rms is
 //      nn::RMSNorm::forward[_scaled] (w bf16 [k], scale F32 [k] or null), LayerNorm is
 //      nn::layer_norm (no affine, w unused; scale F32 [k] or null);
@@ -51,12 +52,28 @@ void row_op(const RowOp& op, cudaStream_t stream);
 void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs,
             int64_t ldq, cudaStream_t stream);
 
+// Which dims RoPE rotates together, and with which roundings (freqs hold (cos, sin) of pair i):
+//   Interleaved: dims (2i, 2i + 1), as nn::apply_rope (Z-Image): cos / sin in f32, a·c − b·s and
+//                a·s + b·c with each f32 product rounded separately (no fma), one bf16 rounding;
+//   Half:        dims (i, i + hd/2), as nn::apply_rope_half (Llama / Qwen3's rotate_half): cos and
+//                sin rounded to bf16 first, each product rounded to bf16, their sum rounded again
+//                (torch's three bf16 ops).
+enum class RopeLayout { Interleaved, Half };
+
 // In place on the q and k parts of a fused projection: token t's head h of q starts at
-// qkv[t·ld + h·hd], of k at qkv[t·ld + k_offset + h·hd]. When wq / wk (bf16 [hd]) are set each head
-// is RMS-normalized first (nn::RMSNorm, eps); then rotated by freqs F32 [m, hd/2, 2] (cos, sin)
-// as nn::apply_rope does. hd even, at most 256.
+// qkv[t·ld + h·hd], of k at qkv[t·ld + k_offset + h·hd]; q has `heads` heads, k has kv_heads
+// (0: as many as q; grouped-query attention has fewer, 1 <= kv_heads <= heads). When wq / wk
+// (bf16 [hd]) are set each head is RMS-normalized first (nn::RMSNorm, eps); then rotated by freqs
+// F32 [m, hd/2, 2] (cos, sin) in `layout`. hd even, at most 256.
 void qk_norm_rope(void* qkv, int64_t ld, int64_t k_offset, int64_t m, int64_t heads, int64_t hd, const void* wq,
-                  const void* wk, float eps, const float* freqs, cudaStream_t stream);
+                  const void* wk, float eps, const float* freqs, cudaStream_t stream,
+                  RopeLayout layout = RopeLayout::Interleaved, int64_t kv_heads = 0);
+
+// out[i, :] = table[ids[i], :] for i < n: rows of a bf16 table [vocab, d] (device), ids int32
+// (device, each in [0, vocab): the caller checks them; an id outside is not read but gives a zero
+// row), out bf16 with row stride ldo >= d.
+void embedding_rows(const void* table, int64_t vocab, int64_t d, const int32_t* ids, int64_t n, void* out,
+                    int64_t ldo, cudaStream_t stream);
 
 // out F32 [chunks·d] from mod bf16 [chunks·d]: chunk c becomes bf16(1 + v) when bit c of
 // tanh_mask is 0 and bf16(tanh(v)) when it is 1 (the adaLN scales and gates).
@@ -65,10 +82,14 @@ void modulation(const void* mod, int64_t chunks, int64_t d, unsigned tanh_mask, 
 // y = bf16(silu(x)) over n bf16 values.
 void silu(const void* x, int64_t n, void* y, cudaStream_t stream);
 
-// Scaled dot-product attention without mask, batch 1, simple kernel (one warp per query and
-// head, online softmax in f32, probabilities rounded to bf16 before P·V as the CPU op does).
-// q, k, v, o: token t's head h at ptr[t·ld + h·hd]; o may not alias q, k or v. hd ≤ 256.
+// Scaled dot-product attention, batch 1, simple kernel (one warp per query and head, online
+// softmax in f32, probabilities rounded to bf16 before P·V as the CPU op does).
+// q, o: token t's head h at ptr[t·ld + h·hd]; k, v: token t's head g at ptr[t·ld + g·hd] for
+// g < kv_heads (0: kv_heads = heads), query head h reading kv head h / (heads / kv_heads)
+// (grouped-query attention; heads a multiple of kv_heads). causal: query t sees keys j <= t
+// (torch's is_causal, top-left). o may not alias q, k or v. hd ≤ 256.
 void attention_simple(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv,
-                      void* o, int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream);
+                      void* o, int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream,
+                      int64_t kv_heads = 0, bool causal = false);
 
 }  // namespace qdit::cuda

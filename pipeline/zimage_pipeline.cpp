@@ -7,6 +7,10 @@
 
 #include "core/error.h"
 #include "io/files.h"
+#include "models/text/qwen3.h"
+#include "models/vae/autoencoder_kl.h"
+#include "models/zimage/transformer.h"
+#include "pipeline/zimage_components.h"
 #include "quant/model.h"
 
 namespace fs = std::filesystem;
@@ -40,7 +44,48 @@ void check_pipeline_folder(const std::string& dir) {
     }
 }
 
+// The three models on the CPU.
+class CpuComponents final : public ZImageComponents {
+public:
+    CpuComponents(const std::string& dir, const PipelineOptions& opt, const PreparedModel& text,
+                  const PreparedModel& transformer)
+        : vae_((fs::path(dir) / "vae").string(), opt.dtype),
+          text_(text, opt.dtype),
+          transformer_(transformer, opt.dtype) {}
+
+    Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask) const override {
+        return text_.encode(ids, mask);
+    }
+    std::vector<Tensor> transformer(const std::vector<Tensor>& x, const Tensor& t,
+                                    const std::vector<Tensor>& caps) const override {
+        return transformer_.forward(x, t, caps);
+    }
+    Tensor decode(const Tensor& latents) const override {
+        Tensor image = vae::postprocess_to_u8(vae_.decode(vae_.unscale_latents(latents)));
+        return image.view({image.size(1), image.size(2), image.size(3)});
+    }
+
+private:
+    vae::AutoencoderKL vae_;
+    text::Qwen3TextModel text_;
+    zimage::ZImageTransformer transformer_;
+};
+
 }  // namespace
+
+std::unique_ptr<ZImageComponents> make_zimage_cpu_components(const std::string& dir, const PipelineOptions& opt,
+                                                             const PreparedModel& text_encoder,
+                                                             const PreparedModel& transformer) {
+    return std::make_unique<CpuComponents>(dir, opt, text_encoder, transformer);
+}
+
+#ifndef QDIT_WITH_CUDA
+std::unique_ptr<ZImageComponents> make_zimage_cuda_components(const std::string&, const PipelineOptions&,
+                                                              const PreparedModel&, const PreparedModel&) {
+    raise<UsageError>("this qdit was built without the CUDA backend (configure with -DQDIT_CUDA=ON): "
+                      "--device cuda is not available");
+}
+#endif
 
 struct ZImagePipeline::Parts {
     std::string dir;
@@ -48,9 +93,9 @@ struct ZImagePipeline::Parts {
     FlowMatchConfig scheduler;
     text::BpeTokenizer tokenizer;
     PreparedModel text_prepared, transformer_prepared;
-    std::unique_ptr<text::Qwen3TextModel> text_encoder;
-    std::unique_ptr<zimage::ZImageTransformer> transformer;
-    std::unique_ptr<vae::AutoencoderKL> vae;
+    vae::Config vae;
+    int64_t in_channels = 0;
+    std::unique_ptr<ZImageComponents> models;
 
     Parts(const std::string& d, const PipelineOptions& o)
         : dir(d),
@@ -64,24 +109,31 @@ struct ZImagePipeline::Parts {
 ZImagePipeline::ZImagePipeline(const std::string& dir, const PipelineOptions& opt) {
     if (opt.dtype != DType::F32 && opt.dtype != DType::BF16)
         raise<UsageError>("the pipeline runs in f32 or bf16, not {}", dtype_name(opt.dtype));
+    if (opt.device.type == DeviceType::CUDA && opt.dtype != DType::BF16)
+        raise<UsageError>("on CUDA the pipeline runs in bf16 (got {})", dtype_name(opt.dtype));
     check_pipeline_folder(dir);
     p_ = std::make_unique<Parts>(dir, opt);
     // Validate every component (configs, keys, shapes, quantization plans)
     // before the first weight is read.
     p_->text_prepared = prepare_model((fs::path(dir) / "text_encoder").string(), opt.text_encoder_quant);
     p_->transformer_prepared = prepare_model((fs::path(dir) / "transformer").string(), opt.transformer_quant);
-    p_->vae = std::make_unique<vae::AutoencoderKL>((fs::path(dir) / "vae").string(), opt.dtype);
-    p_->text_encoder = std::make_unique<text::Qwen3TextModel>(p_->text_prepared, opt.dtype);
-    p_->transformer = std::make_unique<zimage::ZImageTransformer>(p_->transformer_prepared, opt.dtype);
-
-    const int64_t cap = p_->transformer->config().cap_feat_dim;
-    if (p_->text_encoder->config().hidden_size != cap)
+    const std::string vae_config = (fs::path(dir) / "vae" / "config.json").string();
+    p_->vae = vae::Config::from_json(read_json_file(vae_config), vae_config);
+    const auto text_cfg = text::Qwen3Config::from_json(p_->text_prepared.folder.config,
+                                                       p_->text_prepared.folder.config_path);
+    const auto dit_cfg = zimage::Config::from_json(p_->transformer_prepared.folder.config,
+                                                   p_->transformer_prepared.folder.config_path);
+    p_->in_channels = dit_cfg.in_channels;
+    if (text_cfg.hidden_size != dit_cfg.cap_feat_dim)
         raise<ShapeError>("{}: the text encoder's hidden size {} differs from the transformer's "
                           "cap_feat_dim {}",
-                          dir, p_->text_encoder->config().hidden_size, cap);
-    if (p_->vae->config().latent_channels != p_->transformer->config().in_channels)
+                          dir, text_cfg.hidden_size, dit_cfg.cap_feat_dim);
+    if (p_->vae.latent_channels != dit_cfg.in_channels)
         raise<ShapeError>("{}: the VAE has {} latent channels but the transformer takes {}", dir,
-                          p_->vae->config().latent_channels, p_->transformer->config().in_channels);
+                          p_->vae.latent_channels, dit_cfg.in_channels);
+    p_->models = opt.device.type == DeviceType::CUDA
+                     ? make_zimage_cuda_components(dir, opt, p_->text_prepared, p_->transformer_prepared)
+                     : make_zimage_cpu_components(dir, opt, p_->text_prepared, p_->transformer_prepared);
 }
 
 ZImagePipeline::~ZImagePipeline() = default;
@@ -92,11 +144,11 @@ int ZImagePipeline::transformer_int8_layers() const {
 int ZImagePipeline::text_encoder_int8_layers() const {
     return p_->text_prepared.plan.quantized_count();
 }
-int64_t ZImagePipeline::latent_channels() const { return p_->transformer->config().in_channels; }
+int64_t ZImagePipeline::latent_channels() const { return p_->in_channels; }
 
 void ZImagePipeline::check(const GenerateOptions& o) const {
     // The VAE halves the size per down block, the transformer patchifies by 2.
-    const int64_t multiple = p_->vae->config().spatial_scale() * 2;
+    const int64_t multiple = p_->vae.spatial_scale() * 2;
     if (o.width <= 0 || o.height <= 0 || o.width % multiple || o.height % multiple)
         raise<UsageError>("width and height must be positive multiples of {} (got {}x{})", multiple,
                           o.width, o.height);
@@ -106,8 +158,7 @@ void ZImagePipeline::check(const GenerateOptions& o) const {
     if (!std::isfinite(o.guidance) || o.guidance < 0)
         raise<UsageError>("--guidance must be >= 0 (got {})", o.guidance);
     if (o.latents.defined()) {
-        Shape want = {1, latent_channels(), o.height / p_->vae->config().spatial_scale(),
-                      o.width / p_->vae->config().spatial_scale()};
+        Shape want = {1, latent_channels(), o.height / p_->vae.spatial_scale(), o.width / p_->vae.spatial_scale()};
         Shape got = o.latents.shape();
         if (got.size() == 3) got.insert(got.begin(), 1);
         if (got != want)
@@ -120,7 +171,7 @@ Tensor ZImagePipeline::encode_prompt(const std::string& prompt, int max_sequence
     std::string templated = p_->tokenizer.apply_chat_template_zimage(prompt);
     text::PaddedTokens t = p_->tokenizer.encode_padded(templated, size_t(max_sequence_length));
     std::vector<uint8_t> mask(t.attention_mask.begin(), t.attention_mask.end());
-    return p_->text_encoder->encode(t.ids, mask);
+    return p_->models->encode(t.ids, mask);
 }
 
 GenerateResult ZImagePipeline::generate(const GenerateOptions& o,
@@ -134,7 +185,7 @@ GenerateResult ZImagePipeline::generate(const GenerateOptions& o,
     Tensor neg = cfg ? encode_prompt(o.negative_prompt, o.max_sequence_length) : Tensor();
     r.text_seconds = seconds_since(t0);
 
-    const int64_t s = p_->vae->config().spatial_scale();
+    const int64_t s = p_->vae.spatial_scale();
     const int64_t C = latent_channels(), h = o.height / s, w = o.width / s;
     Tensor latents = o.latents.defined() ? o.latents.to(DType::F32).view({1, C, h, w})
                                          : seeded_noise({1, C, h, w}, o.seed);
@@ -154,7 +205,7 @@ GenerateResult ZImagePipeline::generate(const GenerateOptions& o,
             xs.push_back(x);
             caps.push_back(neg);
         }
-        std::vector<Tensor> out = p_->transformer->forward(xs, t, caps);
+        std::vector<Tensor> out = p_->models->transformer(xs, t, caps);
         // noise_pred = -(pos + g·(pos − neg)) in f32, then the Euler step.
         Tensor v = out[0].to(DType::F32);
         float* vp = v.data<float>();
@@ -171,10 +222,9 @@ GenerateResult ZImagePipeline::generate(const GenerateOptions& o,
     r.latents = latents;
 
     t0 = std::chrono::steady_clock::now();
-    Tensor image = p_->vae->decode(p_->vae->unscale_latents(latents));
-    r.image = vae::postprocess_to_u8(image);
-    r.image = r.image.view({r.image.size(1), r.image.size(2), r.image.size(3)});
+    r.image = p_->models->decode(latents);
     r.vae_seconds = seconds_since(t0);
+    r.device_peak_bytes = p_->models->device_peak_bytes();
     return r;
 }
 

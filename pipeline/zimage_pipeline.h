@@ -1,6 +1,8 @@
-// ZImagePipeline (diffusers) on the CPU: prompt → Qwen3 embeddings → flow-
-// matching denoise loop with the Z-Image transformer (optional CFG) → VAE
-// decode → 8-bit RGB image.
+// ZImagePipeline (diffusers): prompt → Qwen3 embeddings → flow-matching
+// denoise loop with the Z-Image transformer (optional CFG) → VAE decode →
+// 8-bit RGB image, with its models on the CPU or on a CUDA GPU
+// (pipeline/zimage_components.h); tokenizer, scheduler and guidance run on
+// the host either way.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -8,19 +10,17 @@
 #include <string>
 
 #include "core/tensor.h"
-#include "models/text/qwen3.h"
 #include "models/text/tokenizer.h"
-#include "models/vae/autoencoder_kl.h"
-#include "models/zimage/transformer.h"
 #include "pipeline/scheduler.h"
 #include "quant/config.h"
 
 namespace qdit {
 
 struct PipelineOptions {
-    DType dtype = DType::BF16;        // activations of every component (F32 or BF16)
+    DType dtype = DType::BF16;        // activations of every component (F32 or BF16; BF16 on CUDA)
     QuantConfig transformer_quant;    // the transformer's Linear layers
     QuantConfig text_encoder_quant;   // the text encoder's (off unless asked for)
+    Device device;                    // where the three models run (CPU, or CUDA GPU `index` in bf16)
 };
 
 struct GenerateOptions {
@@ -38,6 +38,7 @@ struct GenerateResult {
     Tensor image;    // U8 [H, W, 3]
     Tensor latents;  // F32 [1, C, h, w], the final latents
     double text_seconds = 0, denoise_seconds = 0, vae_seconds = 0;
+    size_t device_peak_bytes = 0;  // peak bytes held on the GPU (0 on the CPU)
 };
 
 class ZImagePipeline {

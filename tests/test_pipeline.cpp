@@ -148,6 +148,7 @@ TEST(Generate, WritesAPngWithItsSettings) {
     EXPECT_EQ(text["seed"], "3");
     EXPECT_EQ(text["steps"], "2");
     EXPECT_EQ(text["quantization"], "int8");
+    EXPECT_EQ(text["device"], "cpu");
 }
 
 TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
@@ -175,6 +176,9 @@ TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
         {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 0 -o " + out, "steps"},
         {"generate --model " + kPipe + " --prompt p --width 32 --height 32 -o /no/such/dir/x.png", "/no/such/dir"},
         {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --dtype f16 -o " + out, "f16"},
+        {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --device gpu -o " + out, "gpu"},
+        {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --device cuda --dtype f32 -o " + out,
+         "bf16"},
     };
     for (const auto& [args, needle] : cases) {
         Cli r = run_qdit(args);
@@ -184,6 +188,20 @@ TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
         EXPECT_NE(r.err.find(needle), std::string::npos) << args << ": " << r.err;
         EXPECT_TRUE(fs::is_empty(outdir)) << args;
     }
+}
+
+// Without a GPU (or without the CUDA backend) --device cuda fails with one error line that says
+// so, and writes nothing.
+TEST(Generate, DeviceCudaWithoutAGpuSaysSo) {
+    fs::path outdir = testutil::fresh_dir("gen_cuda");
+    const std::string out = (outdir / "x.png").string();
+    Cli r = run_qdit("generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 1 --device cuda -o " +
+                     out);
+    if (r.status == 0) GTEST_SKIP() << "a CUDA device is here: --device cuda ran";
+    EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find("CUDA"), std::string::npos) << r.err;
+    EXPECT_TRUE(fs::is_empty(outdir));
 }
 
 TEST(Generate, BuiltInTinyModelIsDeterministic) {

@@ -1,8 +1,10 @@
 #include "backend/cuda/allocator.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include "core/error.h"
@@ -22,32 +24,72 @@ struct Allocator::Arena {
 
 namespace {
 constexpr size_t kWeightAlign = 256;
-}
+
+// The driver's virtual memory functions, looked up through the runtime so that programs do not
+// link libcuda (they must start on machines without a driver, e.g. to list their tests). All null
+// when the driver does not provide them.
+struct VmmApi {
+    PFN_cuDeviceGetAttribute_v2000 device_attribute = nullptr;
+    PFN_cuMemGetAllocationGranularity_v10020 granularity = nullptr;
+    PFN_cuMemAddressReserve_v10020 reserve = nullptr;
+    PFN_cuMemCreate_v10020 create = nullptr;
+    PFN_cuMemMap_v10020 map = nullptr;
+    PFN_cuMemSetAccess_v10020 set_access = nullptr;
+    PFN_cuMemUnmap_v10020 unmap = nullptr;
+    PFN_cuMemRelease_v10020 release = nullptr;
+
+    static const VmmApi& get() {
+        static const VmmApi api = [] {
+            VmmApi a;
+            bool ok = true;
+            auto load = [&](const char* name, auto& fn, unsigned version) {
+                void* p = nullptr;
+                cudaDriverEntryPointQueryResult st{};
+                ok = ok && cudaGetDriverEntryPointByVersion(name, &p, version, cudaEnableDefault, &st) == cudaSuccess &&
+                     st == cudaDriverEntryPointSuccess && p;
+                fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(p);
+            };
+            load("cuDeviceGetAttribute", a.device_attribute, 2000);
+            load("cuMemGetAllocationGranularity", a.granularity, 10020);
+            load("cuMemAddressReserve", a.reserve, 10020);
+            load("cuMemCreate", a.create, 10020);
+            load("cuMemMap", a.map, 10020);
+            load("cuMemSetAccess", a.set_access, 10020);
+            load("cuMemUnmap", a.unmap, 10020);
+            load("cuMemRelease", a.release, 10020);
+            cudaGetLastError();
+            return ok ? a : VmmApi();
+        }();
+        return api;
+    }
+    bool usable() const { return release != nullptr; }
+};
+}  // namespace
 
 void* Allocator::arena_allocate(int dev, size_t size) {
     Arena*& a = arenas_[dev];
     if (!a) {
         a = new Arena();
-        int vmm = 0;
-        CUdevice cu_dev = 0;
-        size_t total = 0;
+        const VmmApi& vmm = VmmApi::get();
+        int supported = 0;
+        size_t free_b = 0, total = 0;
         cudaFree(nullptr);  // the runtime's primary context is current from here on
-        if (cuDeviceGet(&cu_dev, dev) == CUDA_SUCCESS &&
-            cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, cu_dev) ==
+        if (vmm.usable() &&
+            vmm.device_attribute(&supported, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev) ==
                 CUDA_SUCCESS &&
-            vmm && cuDeviceTotalMem(&total, cu_dev) == CUDA_SUCCESS) {
+            supported && cudaMemGetInfo(&free_b, &total) == cudaSuccess) {
             a->prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
             a->prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
             a->prop.location.id = dev;
-            if (cuMemGetAllocationGranularity(&a->gran, &a->prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) ==
-                    CUDA_SUCCESS &&
-                a->gran > 0) {
+            if (vmm.granularity(&a->gran, &a->prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) == CUDA_SUCCESS && a->gran > 0) {
                 a->va = (total + a->gran - 1) / a->gran * a->gran;
-                a->usable = cuMemAddressReserve(&a->base, a->va, 0, 0, 0) == CUDA_SUCCESS;
+                a->usable = vmm.reserve(&a->base, a->va, 0, 0, 0) == CUDA_SUCCESS;
             }
         }
+        cudaGetLastError();
     }
     if (!a->usable) return nullptr;
+    const VmmApi& vmm = VmmApi::get();
     // First fit among the freed ranges.
     for (auto it = a->holes.begin(); it != a->holes.end(); ++it) {
         if (it->second < size) continue;
@@ -60,24 +102,22 @@ void* Allocator::arena_allocate(int dev, size_t size) {
     if (a->top + size > a->mapped) {
         const size_t grow = (a->top + size - a->mapped + a->gran - 1) / a->gran * a->gran;
         CUmemGenericAllocationHandle h;
-        CUresult r = cuMemCreate(&h, grow, &a->prop, 0);
+        CUresult r = vmm.create(&h, grow, &a->prop, 0);
         if (r == CUDA_ERROR_OUT_OF_MEMORY) {
             free_cached();
-            r = cuMemCreate(&h, grow, &a->prop, 0);
+            r = vmm.create(&h, grow, &a->prop, 0);
         }
-        if (r != CUDA_SUCCESS) {
-            const char* msg = nullptr;
-            cuGetErrorString(r, &msg);
-            raise<Error>("cuda allocator: cannot allocate {} bytes of weight memory: {} ({} bytes in use, {} reserved)",
-                         grow, msg ? msg : "unknown error", st_.weight + st_.activation, st_.reserved);
-        }
+        if (r != CUDA_SUCCESS)
+            raise<Error>("cuda allocator: cannot allocate {} bytes of weight memory: driver error {} ({} bytes in use, "
+                         "{} reserved)",
+                         grow, int(r), st_.weight + st_.activation, st_.reserved);
         CUmemAccessDesc access{};
         access.location = a->prop.location;
         access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-        if (cuMemMap(a->base + a->mapped, grow, 0, h, 0) != CUDA_SUCCESS ||
-            cuMemSetAccess(a->base + a->mapped, grow, &access, 1) != CUDA_SUCCESS) {
-            cuMemUnmap(a->base + a->mapped, grow);
-            cuMemRelease(h);
+        if (vmm.map(a->base + a->mapped, grow, 0, h, 0) != CUDA_SUCCESS ||
+            vmm.set_access(a->base + a->mapped, grow, &access, 1) != CUDA_SUCCESS) {
+            vmm.unmap(a->base + a->mapped, grow);
+            vmm.release(h);
             raise<Error>("cuda allocator: mapping {} bytes of weight memory failed", grow);
         }
         a->handles.emplace_back(h, grow);
@@ -115,9 +155,10 @@ void Allocator::arena_release(int dev, void* p, size_t size) {
     if (a->top > 0) return;
     // No weight left: the physical memory goes back (the address range stays reserved).
     size_t at = 0;
+    const VmmApi& vmm = VmmApi::get();
     for (auto& [h, bytes] : a->handles) {
-        cuMemUnmap(a->base + at, bytes);
-        cuMemRelease(h);
+        vmm.unmap(a->base + at, bytes);
+        vmm.release(h);
         at += bytes;
     }
     st_.reserved -= a->mapped;

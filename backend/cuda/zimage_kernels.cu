@@ -426,7 +426,9 @@ void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t
 }
 
 // ---------------------------------------------------------------------------
-// q/k RMSNorm + RoPE: one warp per (token, head); lane l owns the pairs l + 32·j.
+// q/k RMSNorm + RoPE: a block per token with 16-byte vectors for the Interleaved layout when the
+// head fits (hd / 8 a power of two <= 32, aligned rows), else one warp per (token, head) where lane
+// l owns the pairs l + 32·j.
 
 namespace {
 
@@ -488,6 +490,72 @@ __device__ void norm_rope_head(bf16* p, int half, const bf16* w, float eps, cons
             const float im = __fadd_rn(__fmul_rn(a[j], s), __fmul_rn(b[j], c));
             reinterpret_cast<__nv_bfloat162*>(p)[pi] = __floats2bfloat162_rn(re, im);
         }
+    }
+}
+
+// Interleaved RoPE with 16-byte vectors: one block per token; each head's hd/8 vectors go to
+// consecutive lanes (hd/8 a power of two <= 32), which reduce the head's sum of squares among
+// themselves; a lane's vector index is the same for every head it visits, so it loads its
+// (cos, sin) pairs once. Same per-element arithmetic as norm_rope_head<Interleaved>.
+constexpr int kQkVecThreads = 256;
+
+__global__ void __launch_bounds__(kQkVecThreads)
+qk_norm_rope_vec_kernel(bf16* qkv, int64_t ld, int64_t k_off, int heads, int kv_heads, int hd, const bf16* wq,
+                        const bf16* wk, float eps, const float* freqs) {
+    const int64_t t = blockIdx.x;
+    const int V = hd / 8;                    // vectors (lanes) per head
+    const int j = int(threadIdx.x) & (V - 1);  // this lane's vector in every head it visits
+    float c[4], sn[4];
+    {
+        const float4* f = reinterpret_cast<const float4*>(freqs + t * hd + 8 * j);
+        const float4 f0 = f[0], f1 = f[1];
+        c[0] = f0.x, sn[0] = f0.y, c[1] = f0.z, sn[1] = f0.w, c[2] = f1.x, sn[2] = f1.y, c[3] = f1.z, sn[3] = f1.w;
+    }
+    const int total = (heads + kv_heads) * V;
+    for (int s0 = 0; s0 < total; s0 += kQkVecThreads) {
+        const int s = s0 + int(threadIdx.x);
+        const bool valid = s < total;
+        const int head = s / V;
+        const bool is_k = head >= heads;
+        bf16* p = qkv + t * ld + (is_k ? k_off + int64_t(head - heads) * hd : int64_t(head) * hd) + 8 * j;
+        float a[4], b[4];
+        double ss = 0;
+        if (valid) {
+            const uint4 raw = *reinterpret_cast<const uint4*>(p);
+            const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const float2 v = __bfloat1622float2(h2[i]);
+                a[i] = v.x;
+                b[i] = v.y;
+                ss += double(a[i] * a[i]) + double(b[i] * b[i]);
+            }
+        }
+        const bf16* w = is_k ? wk : wq;
+        if (w) {
+            for (int o = V / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+            if (valid) {
+                const float inv = 1.0f / sqrtf(float(ss) / float(hd) + eps);
+                const uint4 wraw = *reinterpret_cast<const uint4*>(w + 8 * j);
+                const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wraw);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const float2 wv = __bfloat1622float2(w2[i]);
+                    a[i] = rbf(rbf(a[i] * inv) * wv.x);
+                    b[i] = rbf(rbf(b[i] * inv) * wv.y);
+                }
+            }
+        }
+        if (!valid) continue;
+        uint4 out;
+        __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(&out);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float re = __fsub_rn(__fmul_rn(a[i], c[i]), __fmul_rn(b[i], sn[i]));
+            const float im = __fadd_rn(__fmul_rn(a[i], sn[i]), __fmul_rn(b[i], c[i]));
+            o2[i] = __floats2bfloat162_rn(re, im);
+        }
+        *reinterpret_cast<uint4*>(p) = out;
     }
 }
 
@@ -599,11 +667,19 @@ void qk_norm_rope(void* qkv, int64_t ld, int64_t k_offset, int64_t m, int64_t he
         raise<ShapeError>("qk_norm_rope: head_dim {} (even, <= 256), ld {}, k offset {}, {} q heads, {} k heads "
                           "(1 <= k heads <= q heads)",
                           hd, ld, k_offset, heads, kv_heads);
-    const int64_t warps = m * heads, threads = 256;
-    const unsigned blocks = unsigned((warps * 32 + threads - 1) / threads);
     auto* p = static_cast<bf16*>(qkv);
     auto* wqp = static_cast<const bf16*>(wq);
     auto* wkp = static_cast<const bf16*>(wk);
+    const int64_t vecs = hd / 8;  // 16-byte vectors per head
+    if (layout == RopeLayout::Interleaved && hd % 8 == 0 && vecs <= 32 && (vecs & (vecs - 1)) == 0 && ld % 8 == 0 &&
+        k_offset % 8 == 0 && aligned16(qkv) && aligned16(freqs) && (!wq || (aligned16(wq) && aligned16(wk)))) {
+        qk_norm_rope_vec_kernel<<<unsigned(m), kQkVecThreads, 0, stream>>>(p, ld, k_offset, int(heads), int(kv_heads),
+                                                                            int(hd), wqp, wkp, eps, freqs);
+        check_launch("qk_norm_rope");
+        return;
+    }
+    const int64_t warps = m * heads, threads = 256;
+    const unsigned blocks = unsigned((warps * 32 + threads - 1) / threads);
     if (layout == RopeLayout::Half)
         qk_norm_rope_kernel<RopeLayout::Half><<<blocks, unsigned(threads), 0, stream>>>(
             p, ld, k_offset, m, int(heads), int(kv_heads), int(hd), wqp, wkp, eps, freqs);

@@ -8,186 +8,24 @@
 #include <cuda_bf16.h>
 #include <fmt/format.h>
 
-#include "backend/cuda/bf16_gemm.h"
-#include "backend/cuda/int8_gemm.h"
 #include "backend/cuda/zimage_kernels.h"
+#include "nn/linear_cuda.h"
 #include "nn/rope_half.h"
-#include "quant/int8.h"
 
 namespace qdit::text {
 
 using cuda::DTensor;
 using cuda::MemKind;
+using nn::gpu::Group;
+using nn::gpu::Input;
+using nn::gpu::Member;
+using nn::gpu::make_input;
+using nn::gpu::run_group;
+using nn::gpu::set_outputs;
 
 namespace {
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
-// ---------------------------------------------------------------------------
-// Linear layers: a Group is one or more Linears that read the same input and write column blocks of
-// one output [M, n]; consecutive members of one precision are fused into one Part (one GEMM over
-// their concatenated weights). The same scheme as models/zimage/transformer_cuda.cu.
-
-struct Part {
-    bool int8 = false;
-    int64_t n = 0, col = 0;  // output columns [col, col + n)
-    DTensor w;               // bf16 [n, k]
-    DTensor q, wscale;       // int8 [n, kp], F32 [n]
-    DTensor bias;            // bf16 [n] (bf16 part) or F32 [n] (int8 part), or undefined
-};
-
-struct Group {
-    int64_t k = 0, kp = 0, n = 0;  // kp = k rounded up to 16: the int8 activations' row stride
-    std::vector<Part> parts;
-    bool needs_bf16() const {
-        return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return !p.int8; });
-    }
-    bool needs_int8() const {
-        return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return p.int8; });
-    }
-    size_t bytes() const {
-        size_t b = 0;
-        for (const Part& p : parts)
-            for (const DTensor* t : {&p.w, &p.q, &p.wscale, &p.bias})
-                if (t->defined()) b += t->nbytes();
-        return b;
-    }
-};
-
-// The activations a group reads: bf16 [m, ldx] and/or int8 [m, kp] with per-row scales.
-struct Input {
-    DTensor x;
-    int64_t ldx = 0;
-    DTensor q, qs;
-};
-
-void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy, cudaStream_t s) {
-    for (const Part& p : g.parts) {
-        void* yp = static_cast<__nv_bfloat16*>(y) + p.col;
-        if (p.int8)
-            cuda::int8_gemm_bf16(in.q.data<int8_t>(), g.kp, in.qs.data<float>(), p.q.data<int8_t>(), g.kp,
-                                 p.wscale.data<float>(), p.bias.defined() ? p.bias.data<float>() : nullptr, yp, ldy,
-                                 m, p.n, g.kp, s);
-        else
-            cuda::bf16_gemm(in.x.raw(), in.ldx, p.w.raw(), g.k, p.bias.defined() ? p.bias.raw() : nullptr, yp, ldy,
-                            m, p.n, g.k, s);
-    }
-}
-
-Input make_input(const Group& g, int64_t m) {
-    Input in;
-    if (g.needs_bf16()) {
-        in.x = DTensor::empty({m, g.k}, DType::BF16);
-        in.ldx = g.k;
-    }
-    if (g.needs_int8()) {
-        in.q = DTensor::empty({m, g.kp}, DType::I8);
-        in.qs = DTensor::empty({m}, DType::F32);
-    }
-    return in;
-}
-
-void set_outputs(cuda::RowOp& op, Input& in, const Group& g) {
-    if (in.x.defined()) {
-        op.out = in.x.raw();
-        op.ldo = in.ldx;
-    }
-    if (in.q.defined()) {
-        op.q = in.q.data<int8_t>();
-        op.qs = in.qs.data<float>();
-        op.ldq = g.kp;
-    }
-}
-
-// One member of a group: its plan, the rows it occupies (n_pad >= out_features, extra rows zero)
-// and the columns its weight is read with (k_pad >= in_features, extra columns zero).
-struct Member {
-    const LayerPlan* plan;
-    int64_t n_pad, k_pad;
-};
-
-// Host weight [out, in] of one Linear as the plan says: int8 (stored, or quantized here from the
-// stored weight as load_linear does) or bf16; bias F32 for int8, bf16 otherwise.
-void host_linear(const Checkpoint& ck, const LayerPlan& l, Tensor* w, Tensor* scale, Tensor* bias) {
-    const std::string& name = l.spec.name;
-    const bool int8 = l.precision == Precision::Int8;
-    *bias = l.spec.bias ? ck.get_as(name + ".bias", int8 ? DType::F32 : DType::BF16) : Tensor();
-    if (l.prequantized) {
-        *w = ck.get(name + ".weight");
-        *scale = ck.get_as(name + ".weight_scale", DType::F32).view({l.spec.out_features});
-    } else if (int8) {
-        Tensor q;
-        quantize_weight_int8(ck.get(name + ".weight"), &q, scale);
-        *w = q;
-    } else {
-        *w = ck.get_as(name + ".weight", DType::BF16);
-    }
-}
-
-// Rows [r0, r0 + n) of dst [*, kdst] ← src [n, k] (host, same element size); the rest left as is.
-void copy_block(const Tensor& src, Tensor& dst, int64_t r0, int64_t kdst) {
-    const int64_t n = src.size(0), k = src.size(1);
-    const size_t es = dtype_size(src.dtype());
-    for (int64_t r = 0; r < n; ++r)
-        std::memcpy(static_cast<uint8_t*>(dst.raw()) + size_t((r0 + r) * kdst) * es,
-                    static_cast<const uint8_t*>(src.raw()) + size_t(r * k) * es, size_t(k) * es);
-}
-
-Part make_part(const Checkpoint& ck, const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, int64_t col,
-               cudaStream_t s) {
-    Part p;
-    p.int8 = int8;
-    p.col = col;
-    for (const Member& m : ms) p.n += m.n_pad;
-    const bool any_bias = std::any_of(ms.begin(), ms.end(), [](const Member& m) { return m.plan->spec.bias; });
-    Tensor wcat = Tensor::zeros({p.n, int8 ? kp : k}, int8 ? DType::I8 : DType::BF16);
-    Tensor scat = Tensor::empty({p.n}, DType::F32), bcat = Tensor::zeros({p.n}, DType::F32);
-    for (int64_t i = 0; i < p.n; ++i) scat.data<float>()[i] = 1.f;
-    int64_t r0 = 0;
-    for (const Member& m : ms) {
-        Tensor w, scale, bias;
-        host_linear(ck, *m.plan, &w, &scale, &bias);
-        if (w.dim() != 2 || w.size(0) != m.plan->spec.out_features || w.size(1) != m.plan->spec.in_features)
-            raise<ShapeError>("{}: weight is {}, expected [{}, {}]", m.plan->spec.name, shape_str(w.shape()),
-                              m.plan->spec.out_features, m.plan->spec.in_features);
-        // A zero-padded K (down_proj reading the padded intermediate) is placed by row, so the
-        // extra columns of wcat stay zero.
-        copy_block(w, wcat, r0, int8 ? kp : k);
-        if (int8) std::memcpy(scat.data<float>() + r0, scale.raw(), size_t(w.size(0)) * 4);
-        if (bias.defined()) std::memcpy(bcat.data<float>() + r0, bias.to(DType::F32).raw(), size_t(w.size(0)) * 4);
-        r0 += m.n_pad;
-    }
-    if (int8) {
-        p.q = DTensor::upload(wcat, MemKind::Weight, s);
-        p.wscale = DTensor::upload(scat, MemKind::Weight, s);
-    } else {
-        p.w = DTensor::upload(wcat, MemKind::Weight, s);
-    }
-    if (any_bias) p.bias = DTensor::upload(int8 ? bcat : bcat.to(DType::BF16), MemKind::Weight, s);
-    return p;
-}
-
-// k: the (padded) input width every member is read with.
-Group make_group(const Checkpoint& ck, const std::vector<Member>& ms, int64_t k, cudaStream_t s) {
-    Group g;
-    g.k = k;
-    g.kp = round_up(k, 16);
-    for (const Member& m : ms) {
-        if (m.k_pad != k)
-            raise<ShapeError>("{}: fused with layers of {} inputs, has {}", m.plan->spec.name, k, m.k_pad);
-        g.n += m.n_pad;
-    }
-    size_t i = 0;
-    int64_t col = 0;
-    while (i < ms.size()) {
-        const bool int8 = ms[i].plan->precision == Precision::Int8;
-        std::vector<Member> run;
-        while (i < ms.size() && (ms[i].plan->precision == Precision::Int8) == int8) run.push_back(ms[i++]);
-        g.parts.push_back(make_part(ck, run, int8, g.k, g.kp, col, s));
-        col += g.parts.back().n;
-    }
-    return g;
-}
 
 struct Layer {
     Group qkv, o, gate_up, down;
@@ -240,7 +78,7 @@ Qwen3TextModelCuda::Qwen3TextModelCuda(const PreparedModel& m, cudaStream_t stre
         return Member{it->second, std::max(n_pad, sp.out_features), std::max(k_pad, sp.in_features)};
     };
     auto group = [&](const std::vector<Member>& ms) {
-        Group g = make_group(ck, ms, ms[0].k_pad, stream);
+        Group g = nn::gpu::make_group(ms, ms[0].k_pad, nn::gpu::WeightSource{&ck, 0, stream});
         W.bytes += g.bytes();
         return g;
     };

@@ -10,17 +10,21 @@
 #include <cuda_bf16.h>
 #include <fmt/format.h>
 
-#include "backend/cuda/bf16_gemm.h"
-#include "backend/cuda/int8_gemm.h"
 #include "backend/cuda/zimage_kernels.h"
 #include "nn/activation.h"
+#include "nn/linear_cuda.h"
 #include "nn/rope.h"
-#include "quant/int8.h"
 
 namespace qdit::zimage {
 
 using cuda::DTensor;
 using cuda::MemKind;
+using nn::gpu::Group;
+using nn::gpu::Input;
+using nn::gpu::Member;
+using nn::gpu::make_input;
+using nn::gpu::run_group;
+using nn::gpu::set_outputs;
 
 namespace {
 
@@ -30,232 +34,8 @@ constexpr float kFinalNormEps = 1e-6f;
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-// ---------------------------------------------------------------------------
-// Linear layers: a Group is one or more Linears that read the same input and write column blocks
-// of one output [M, n_total]; consecutive members of one precision are fused into one Part (one
-// GEMM over their concatenated weights).
-
-struct Part {
-    bool int8 = false;
-    int64_t n = 0, col = 0;  // output columns [col, col + n)
-    DTensor w;               // bf16 [n, k]
-    DTensor q, wscale;       // int8 [n, kp], F32 [n]
-    DTensor bias;            // bf16 [n] (bf16 part) or F32 [n] (int8 part), or undefined
-};
-
-struct Group {
-    int64_t k = 0, kp = 0, n = 0;  // kp = k rounded up to 16: the int8 activations' row stride
-    std::vector<Part> parts;
-    bool needs_bf16() const {
-        return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return !p.int8; });
-    }
-    bool needs_int8() const {
-        return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return p.int8; });
-    }
-    size_t bytes() const {
-        size_t b = 0;
-        for (const Part& p : parts) {
-            for (const DTensor* t : {&p.w, &p.q, &p.wscale, &p.bias})
-                if (t->defined()) b += t->nbytes();
-        }
-        return b;
-    }
-};
-
-// The activations a group reads: bf16 [m, ld] and/or int8 [m, kp] with per-row scales.
-struct Input {
-    DTensor x;        // bf16
-    int64_t ldx = 0;
-    DTensor q, qs;    // int8, F32
-};
-
-// y[:, part] = input · Wᵀ + b for every part.
-void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy, cudaStream_t s) {
-    for (const Part& p : g.parts) {
-        void* yp = static_cast<__nv_bfloat16*>(y) + p.col;
-        if (p.int8)
-            cuda::int8_gemm_bf16(in.q.data<int8_t>(), g.kp, in.qs.data<float>(), p.q.data<int8_t>(), g.kp,
-                                 p.wscale.data<float>(), p.bias.defined() ? p.bias.data<float>() : nullptr, yp, ldy,
-                                 m, p.n, g.kp, s);
-        else
-            cuda::bf16_gemm(in.x.raw(), in.ldx, p.w.raw(), g.k, p.bias.defined() ? p.bias.raw() : nullptr, yp, ldy,
-                            m, p.n, g.k, s);
-    }
-}
-
-// Buffers for a group's input, as its parts need them.
-Input make_input(const Group& g, int64_t m) {
-    Input in;
-    if (g.needs_bf16()) {
-        in.x = DTensor::empty({m, g.k}, DType::BF16);
-        in.ldx = g.k;
-    }
-    if (g.needs_int8()) {
-        in.q = DTensor::empty({m, g.kp}, DType::I8);
-        in.qs = DTensor::empty({m}, DType::F32);
-    }
-    return in;
-}
-
-// Points a row_op's outputs at `in`.
-void set_outputs(cuda::RowOp& op, Input& in, const Group& g) {
-    if (in.x.defined()) {
-        op.out = in.x.raw();
-        op.ldo = in.ldx;
-    }
-    if (in.q.defined()) {
-        op.q = in.q.data<int8_t>();
-        op.qs = in.qs.data<float>();
-        op.ldq = g.kp;
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Random weights on the device: a counter-based hash turned into normals (Box-Muller).
-
-__device__ __forceinline__ uint32_t mix(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return uint32_t(x);
-}
-
-__global__ void normal_bf16_kernel(__nv_bfloat16* p, int64_t n, uint64_t seed, float mean, float std) {
-    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const float u1 = (float(mix(seed * 0x9e3779b97f4a7c15ull + 2 * uint64_t(i))) + 1.f) * 2.3283064e-10f;
-    const float u2 = float(mix(seed * 0x9e3779b97f4a7c15ull + 2 * uint64_t(i) + 1)) * 2.3283064e-10f;
-    p[i] = __float2bfloat16_rn(mean + std * sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
-}
-
-void fill_normal(DTensor& t, uint64_t seed, float mean, float std, cudaStream_t s) {
-    const int64_t n = t.numel();
-    normal_bf16_kernel<<<unsigned((n + 255) / 256), 256, 0, s>>>(t.data<__nv_bfloat16>(), n, seed, mean, std);
-    cuda::check(cudaGetLastError(), "fill_normal");
-}
-
-// One member of a group: its plan and the rows it occupies (n_pad >= out_features; extra rows 0).
-struct Member {
-    const LayerPlan* plan;
-    int64_t n_pad;
-};
-
-// Where weights come from: a checkpoint (host tensors) or random numbers made on the device.
-struct Source {
-    // Host weight [n, k] (F32 / BF16 / I8 with scale) of one Linear; bias F32 or undefined.
-    std::function<void(const LayerPlan&, Tensor* w, Tensor* scale, Tensor* bias)> host_linear;
-    std::function<DTensor(const std::string& name, int64_t n)> vector;  // bf16 [n]
-    uint64_t seed = 0;  // random source when host_linear is empty
-    cudaStream_t stream = nullptr;
-};
-
-// Rows [r0, r0 + n) of dst [*, kdst] ← src [n, k] (host, same element size), rest left as is.
-void copy_block(const Tensor& src, Tensor& dst, int64_t r0, int64_t kdst) {
-    const int64_t n = src.size(0), k = src.size(1);
-    const size_t es = dtype_size(src.dtype());
-    for (int64_t r = 0; r < n; ++r)
-        std::memcpy(static_cast<uint8_t*>(dst.raw()) + size_t((r0 + r) * kdst) * es,
-                    static_cast<const uint8_t*>(src.raw()) + size_t(r * k) * es, size_t(k) * es);
-}
-
-Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, int64_t col, const Source& src) {
-    Part p;
-    p.int8 = int8;
-    p.col = col;
-    for (const Member& m : ms) p.n += m.n_pad;
-    const bool any_bias = std::any_of(ms.begin(), ms.end(), [](const Member& m) { return m.plan->spec.bias; });
-    cudaStream_t s = src.stream;
-    if (src.host_linear) {
-        // Host: concatenate (zero-padded), quantize per output row when int8 and not pre-quantized.
-        Tensor wcat = Tensor::zeros({p.n, int8 ? kp : k}, int8 ? DType::I8 : DType::BF16);
-        Tensor scat = Tensor::empty({p.n}, DType::F32), bcat = Tensor::zeros({p.n}, DType::F32);
-        for (int64_t i = 0; i < p.n; ++i) scat.data<float>()[i] = 1.f;
-        int64_t r0 = 0;
-        for (const Member& m : ms) {
-            Tensor w, scale, bias;
-            src.host_linear(*m.plan, &w, &scale, &bias);
-            if (int8) {
-                Tensor q = w;
-                if (w.dtype() != DType::I8) quantize_weight_int8(w, &q, &scale);  // q, w must not alias
-                copy_block(q, wcat, r0, kp);
-                std::memcpy(scat.data<float>() + r0, scale.raw(), scale.nbytes());
-            } else {
-                copy_block(w.to(DType::BF16), wcat, r0, k);
-            }
-            if (bias.defined()) std::memcpy(bcat.data<float>() + r0, bias.to(DType::F32).raw(), size_t(w.size(0)) * 4);
-            r0 += m.n_pad;
-        }
-        if (int8) {
-            p.q = DTensor::upload(wcat, MemKind::Weight, s);
-            p.wscale = DTensor::upload(scat, MemKind::Weight, s);
-        } else {
-            p.w = DTensor::upload(wcat, MemKind::Weight, s);
-        }
-        if (any_bias) p.bias = DTensor::upload(int8 ? bcat : bcat.to(DType::BF16), MemKind::Weight, s);
-        return p;
-    }
-    // Random: bf16 N(0, 0.02) on the device, padded rows zeroed, quantized there when int8.
-    DTensor w = DTensor::empty({p.n, k}, DType::BF16, int8 ? MemKind::Activation : MemKind::Weight);
-    fill_normal(w, src.seed ^ std::hash<std::string>()(ms[0].plan->spec.name), 0.f, 0.02f, s);
-    int64_t r0 = 0;
-    for (const Member& m : ms) {
-        const int64_t real = m.plan->spec.out_features;
-        if (m.n_pad > real)
-            cuda::check(cudaMemsetAsync(w.rows(r0 + real, r0 + m.n_pad).raw(), 0, size_t((m.n_pad - real) * k) * 2, s),
-                        "random weights");
-        r0 += m.n_pad;
-    }
-    if (any_bias) {
-        p.bias = DTensor::empty({p.n}, DType::BF16, MemKind::Weight);
-        fill_normal(p.bias, src.seed + 7, 0.f, 0.02f, s);
-        if (int8) {
-            // The int8 epilogue takes an F32 bias: widen on the host (small).
-            Tensor b = p.bias.download(s).to(DType::F32);
-            p.bias = DTensor::upload(b, MemKind::Weight, s);
-        }
-    }
-    if (!int8) {
-        p.w = w;
-        return p;
-    }
-    p.q = DTensor::empty({p.n, kp}, DType::I8, MemKind::Weight);
-    p.wscale = DTensor::empty({p.n}, DType::F32, MemKind::Weight);
-    cuda::RowOp op;
-    op.x = w.raw();
-    op.ldx = k;
-    op.q = p.q.data<int8_t>();
-    op.qs = p.wscale.data<float>();
-    op.ldq = kp;
-    op.m = p.n;
-    op.k = k;
-    cuda::row_op(op, s);
-    cuda::check(cudaStreamSynchronize(s), "random weights");  // w goes back to the cache next
-    return p;
-}
-
-Group make_group(const std::vector<Member>& ms, const Source& src) {
-    Group g;
-    g.k = ms[0].plan->spec.in_features;
-    g.kp = round_up(g.k, 16);
-    for (const Member& m : ms) {
-        if (m.plan->spec.in_features != g.k)
-            raise<ShapeError>("{}: fused with layers of {} inputs, has {}", m.plan->spec.name, g.k,
-                              m.plan->spec.in_features);
-        g.n += m.n_pad;
-    }
-    size_t i = 0;
-    int64_t col = 0;
-    while (i < ms.size()) {
-        const bool int8 = ms[i].plan->precision == Precision::Int8;
-        std::vector<Member> run;
-        while (i < ms.size() && (ms[i].plan->precision == Precision::Int8) == int8) run.push_back(ms[i++]);
-        g.parts.push_back(make_part(run, int8, g.k, g.kp, col, src));
-        col += g.parts.back().n;
-    }
-    return g;
-}
+// Where the non-Linear weights come from (bf16 vectors: norms, pad tokens).
+using VectorSource = std::function<DTensor(const std::string& name, int64_t n)>;
 
 }  // namespace
 
@@ -307,7 +87,7 @@ struct ZImageTransformerCuda::Weights {
     int n_int8 = 0, n_linear = 0;
     size_t bytes = 0;
 
-    void load(const QuantPlan& plan, const Source& src);
+    void load(const QuantPlan& plan, const nn::gpu::WeightSource& src, const VectorSource& vector);
     // A block's last residual, x += gate · rms(y; w), left for the next block's first pass over x
     // to apply (saving one pass over the residual stream); flush() applies it alone.
     struct Pending {
@@ -320,25 +100,27 @@ struct ZImageTransformerCuda::Weights {
     void flush(DTensor& x, Pending& pending) const;
 };
 
-void ZImageTransformerCuda::Weights::load(const QuantPlan& plan, const Source& src) {
+void ZImageTransformerCuda::Weights::load(const QuantPlan& plan, const nn::gpu::WeightSource& src,
+                                          const VectorSource& vector) {
     std::map<std::string, const LayerPlan*> plans;
     for (const LayerPlan& l : plan.layers) {
         plans[l.spec.name] = &l;
         ++n_linear;
         if (l.precision == Precision::Int8) ++n_int8;
     }
-    auto member = [&](const std::string& name, int64_t n_pad = 0) {
+    auto member = [&](const std::string& name, int64_t n_pad = 0, int64_t k_pad = 0) {
         auto it = plans.find(name);
         if (it == plans.end()) raise<ShapeError>("Z-Image (CUDA): no Linear layer '{}' in the model plan", name);
-        return Member{it->second, std::max(n_pad, it->second->spec.out_features)};
+        const LinearSpec& l = it->second->spec;
+        return Member{it->second, std::max(n_pad, l.out_features), std::max(k_pad, l.in_features)};
     };
     auto group = [&](std::vector<Member> ms) {
-        Group g = make_group(ms, src);
+        Group g = nn::gpu::make_group(ms, ms[0].k_pad, src);
         bytes += g.bytes();
         return g;
     };
     auto vec = [&](const std::string& name, int64_t n) {
-        DTensor t = src.vector(name, n);
+        DTensor t = vector(name, n);
         bytes += t.nbytes();
         return t;
     };
@@ -351,29 +133,8 @@ void ZImageTransformerCuda::Weights::load(const QuantPlan& plan, const Source& s
         const int64_t hidden = plans.at(p + ".feed_forward.w1")->spec.out_features;
         b.hidden_p = round_up(hidden, 16);
         b.w13 = group({member(p + ".feed_forward.w1", b.hidden_p), member(p + ".feed_forward.w3", b.hidden_p)});
-        {
-            // w2 reads the padded hidden activations: its K is padded with zero columns.
-            Member m = member(p + ".feed_forward.w2");
-            LayerPlan padded = *m.plan;
-            padded.spec.in_features = b.hidden_p;
-            Source s2 = src;
-            if (src.host_linear)
-                s2.host_linear = [&](const LayerPlan& l, Tensor* w, Tensor* scale, Tensor* bias) {
-                    LayerPlan orig = l;
-                    orig.spec.in_features = hidden;
-                    src.host_linear(orig, w, scale, bias);
-                    if (hidden == b.hidden_p) return;
-                    Tensor wp = Tensor::zeros({w->size(0), b.hidden_p}, w->dtype());
-                    const size_t es = dtype_size(w->dtype());
-                    for (int64_t r = 0; r < w->size(0); ++r)
-                        std::memcpy(static_cast<uint8_t*>(wp.raw()) + size_t(r * b.hidden_p) * es,
-                                    static_cast<const uint8_t*>(w->raw()) + size_t(r * hidden) * es,
-                                    size_t(hidden) * es);
-                    *w = wp;
-                };
-            b.w2 = make_group({Member{&padded, m.n_pad}}, s2);
-            bytes += b.w2.bytes();
-        }
+        // w2 reads the padded hidden activations: its K is padded with zero columns.
+        b.w2 = group({member(p + ".feed_forward.w2", 0, b.hidden_p)});
         if (cfg.qk_norm) {
             b.norm_q = vec(p + ".attention.norm_q.weight", hd);
             b.norm_k = vec(p + ".attention.norm_k.weight", hd);
@@ -549,24 +310,9 @@ ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_
     w_->cfg = Config::from_json(m.folder.config, m.folder.config_path);
     w_->stream = stream;
     const Checkpoint& ck = *m.checkpoint;
-    Source src;
-    src.stream = stream;
-    src.host_linear = [&](const LayerPlan& l, Tensor* w, Tensor* scale, Tensor* bias) {
-        const std::string& name = l.spec.name;
-        *bias = l.spec.bias ? ck.get_as(name + ".bias", l.precision == Precision::Int8 ? DType::F32 : DType::BF16)
-                            : Tensor();
-        if (l.prequantized) {
-            *w = ck.get(name + ".weight");
-            *scale = ck.get_as(name + ".weight_scale", DType::F32).view({l.spec.out_features});
-        } else {
-            // Int8 quantizes the stored weight (as load_linear does); bf16 rounds it.
-            *w = l.precision == Precision::Int8 ? ck.get(name + ".weight") : ck.get_as(name + ".weight", DType::BF16);
-        }
-    };
-    src.vector = [&](const std::string& name, int64_t n) {
+    w_->load(m.plan, nn::gpu::WeightSource{&ck, 0, stream}, [&](const std::string& name, int64_t n) {
         return DTensor::upload(ck.get_as(name, DType::BF16).view({n}), MemKind::Weight, stream);
-    };
-    w_->load(m.plan, src);
+    });
 }
 
 ZImageTransformerCuda ZImageTransformerCuda::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
@@ -577,16 +323,12 @@ ZImageTransformerCuda ZImageTransformerCuda::random(const Config& cfg, const Qua
     const ModelSpec spec = model_spec(cfg);
     const QuantPlan plan = make_quant_plan(spec, quant, std::vector<DType>(spec.linears.size(), DType::BF16),
                                            std::vector<bool>(spec.linears.size(), false));
-    Source src;
-    src.seed = seed;
-    src.stream = stream;
-    src.vector = [&](const std::string& name, int64_t n) {
+    w->load(plan, nn::gpu::WeightSource{nullptr, seed, stream}, [&](const std::string& name, int64_t n) {
         DTensor t = DTensor::empty({n}, DType::BF16, MemKind::Weight);
         const bool norm = name.find("norm") != std::string::npos || name == "cap_embedder.0.weight";
-        fill_normal(t, seed ^ std::hash<std::string>()(name), norm ? 1.f : 0.f, 0.02f, stream);
+        nn::gpu::fill_normal(t, seed ^ std::hash<std::string>()(name), norm ? 1.f : 0.f, 0.02f, stream);
         return t;
-    };
-    w->load(plan, src);
+    });
     cuda::check(cudaStreamSynchronize(stream), "random weights");
     return ZImageTransformerCuda(std::move(w));
 }

@@ -101,7 +101,7 @@ int cmd_quantize(const std::string& dir, const std::string& out, const QuantFlag
 }
 
 struct GenerateArgs {
-    std::string model, prompt, negative_prompt, latents, output = "qdit.png", dtype = "bf16";
+    std::string model, prompt, negative_prompt, latents, output = "qdit.png", dtype = "bf16", device = "cpu";
     int steps = 9, width = 1024, height = 1024, max_sequence_length = 512;
     uint64_t seed = 0;
     float guidance = 0.0f;
@@ -115,6 +115,16 @@ double peak_rss_gib() {
     return double(ru.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
 }
 
+// "cpu", "cuda" (GPU 0) or "cuda:N".
+Device parse_device(const std::string& s) {
+    if (s == "cpu") return Device{};
+    if (s == "cuda") return Device{DeviceType::CUDA, 0};
+    if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.size() < 9 &&
+        s.find_first_not_of("0123456789", 5) == std::string::npos)
+        return Device{DeviceType::CUDA, std::stoi(s.substr(5))};
+    throw UsageError(fmt::format("--device {}: allowed values are cpu, cuda, cuda:N", s));
+}
+
 int cmd_generate(GenerateArgs a) {
     namespace fs = std::filesystem;
     auto t_start = std::chrono::steady_clock::now();
@@ -126,8 +136,10 @@ int cmd_generate(GenerateArgs a) {
                                   a.output, out.parent_path().string()));
     if (a.dtype != "bf16" && a.dtype != "f32")
         throw UsageError(fmt::format("--dtype {}: allowed values are bf16, f32", a.dtype));
-
     PipelineOptions po;
+    po.device = parse_device(a.device);
+    if (po.device.type == DeviceType::CUDA && a.dtype != "bf16")
+        throw UsageError(fmt::format("--device {} runs in bf16 (got --dtype {})", a.device, a.dtype));
     po.dtype = a.dtype == "bf16" ? DType::BF16 : DType::F32;
     po.transformer_quant = a.q.resolve();
     if (a.quantize_text_encoder) {
@@ -182,6 +194,7 @@ int cmd_generate(GenerateArgs a) {
                {"guidance", fmt::format("{}", a.guidance)},
                {"model", a.model},
                {"quantization", quant},
+               {"device", a.device},
                {"software", "qdit"}});
     double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     fmt::print("wrote {} ({}x{}, {} steps, seed {})\n", a.output, a.width, a.height, a.steps, a.seed);
@@ -190,8 +203,11 @@ int cmd_generate(GenerateArgs a) {
                load_s, r.text_seconds, r.denoise_seconds, r.denoise_seconds / a.steps, r.vae_seconds,
                total_s);
     fmt::print("quantization: transformer {} ({} int8 Linear layers), text encoder {} int8 Linear "
-               "layers; peak memory {:.2f} GiB\n",
-               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), peak_rss_gib());
+               "layers; peak memory {:.2f} GiB{}\n",
+               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), peak_rss_gib(),
+               po.device.type == DeviceType::CUDA
+                   ? fmt::format(", GPU {:.2f} GiB", double(r.device_peak_bytes) / double(1ull << 30))
+                   : std::string());
     return 0;
 }
 
@@ -244,7 +260,11 @@ int main(int argc, char** argv) {
     generate->add_option("--latents", gen.latents,
                          "Initial noise from a safetensors file (one tensor, or one named 'latents', "
                          "of shape [1, 16, H/8, W/8]) instead of the seeded noise");
-    generate->add_option("--dtype", gen.dtype, "Activation precision: bf16 or f32")->capture_default_str();
+    generate->add_option("--dtype", gen.dtype, "Activation precision: bf16 or f32 (cuda: bf16)")->capture_default_str();
+    generate->add_option("--device", gen.device,
+                         "Where the text encoder, transformer and VAE run: cpu, cuda (GPU 0) or cuda:N "
+                         "(needs a build with the CUDA backend)")
+        ->capture_default_str();
     generate->add_flag("--quantize-text-encoder", gen.quantize_text_encoder,
                        "Also quantize the text encoder's Linear layers with the chosen method");
     generate->add_option("-o,--output", gen.output, "Output PNG (written atomically)")->capture_default_str();

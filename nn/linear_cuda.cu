@@ -1,0 +1,225 @@
+#include "nn/linear_cuda.h"
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+
+#include <cuda_bf16.h>
+
+#include "backend/cuda/bf16_gemm.h"
+#include "backend/cuda/int8_gemm.h"
+#include "quant/int8.h"
+
+namespace qdit::nn::gpu {
+
+using cuda::DTensor;
+using cuda::MemKind;
+
+namespace {
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+__device__ __forceinline__ uint32_t mix(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return uint32_t(x);
+}
+
+__global__ void normal_bf16_kernel(__nv_bfloat16* p, int64_t n, uint64_t seed, float mean, float std) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float u1 = (float(mix(seed * 0x9e3779b97f4a7c15ull + 2 * uint64_t(i))) + 1.f) * 2.3283064e-10f;
+    const float u2 = float(mix(seed * 0x9e3779b97f4a7c15ull + 2 * uint64_t(i) + 1)) * 2.3283064e-10f;
+    p[i] = __float2bfloat16_rn(mean + std * sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
+}
+
+// Host weight [out, in] of one Linear as the plan says: int8 with its per-row scale (stored, or
+// quantized here), or bf16; bias F32 for int8, bf16 otherwise.
+void host_linear(const Checkpoint& ck, const LayerPlan& l, Tensor* w, Tensor* scale, Tensor* bias) {
+    const std::string& name = l.spec.name;
+    const bool int8 = l.precision == Precision::Int8;
+    *bias = l.spec.bias ? ck.get_as(name + ".bias", int8 ? DType::F32 : DType::BF16) : Tensor();
+    if (l.prequantized) {
+        *w = ck.get(name + ".weight");
+        *scale = ck.get_as(name + ".weight_scale", DType::F32).view({l.spec.out_features});
+    } else if (int8) {
+        Tensor q;
+        quantize_weight_int8(ck.get(name + ".weight"), &q, scale);
+        *w = q;
+    } else {
+        *w = ck.get_as(name + ".weight", DType::BF16);
+    }
+    if (w->dim() != 2 || w->size(0) != l.spec.out_features || w->size(1) != l.spec.in_features)
+        raise<ShapeError>("{}: weight is {}, expected [{}, {}]", name, shape_str(w->shape()), l.spec.out_features,
+                          l.spec.in_features);
+}
+
+// Rows [r0, r0 + n) and columns [0, k) of dst [*, kdst] ← src [n, k] (host, same element size).
+void copy_block(const Tensor& src, Tensor& dst, int64_t r0, int64_t kdst) {
+    const int64_t n = src.size(0), k = src.size(1);
+    const size_t es = dtype_size(src.dtype());
+    for (int64_t r = 0; r < n; ++r)
+        std::memcpy(static_cast<uint8_t*>(dst.raw()) + size_t((r0 + r) * kdst) * es,
+                    static_cast<const uint8_t*>(src.raw()) + size_t(r * k) * es, size_t(k) * es);
+}
+
+Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, int64_t col, const WeightSource& src) {
+    Part p;
+    p.int8 = int8;
+    p.col = col;
+    for (const Member& m : ms) p.n += m.n_pad;
+    const bool any_bias = std::any_of(ms.begin(), ms.end(), [](const Member& m) { return m.plan->spec.bias; });
+    cudaStream_t s = src.stream;
+    if (src.checkpoint) {
+        // Concatenate on the host, zero-padded; scales of padded rows are 1.
+        Tensor wcat = Tensor::zeros({p.n, int8 ? kp : k}, int8 ? DType::I8 : DType::BF16);
+        Tensor scat = Tensor::empty({p.n}, DType::F32), bcat = Tensor::zeros({p.n}, DType::F32);
+        for (int64_t i = 0; i < p.n; ++i) scat.data<float>()[i] = 1.f;
+        int64_t r0 = 0;
+        for (const Member& m : ms) {
+            Tensor w, scale, bias;
+            host_linear(*src.checkpoint, *m.plan, &w, &scale, &bias);
+            copy_block(w, wcat, r0, int8 ? kp : k);
+            if (int8) std::memcpy(scat.data<float>() + r0, scale.raw(), size_t(w.size(0)) * 4);
+            if (bias.defined()) std::memcpy(bcat.data<float>() + r0, bias.to(DType::F32).raw(), size_t(w.size(0)) * 4);
+            r0 += m.n_pad;
+        }
+        if (int8) {
+            p.q = DTensor::upload(wcat, MemKind::Weight, s);
+            p.wscale = DTensor::upload(scat, MemKind::Weight, s);
+        } else {
+            p.w = DTensor::upload(wcat, MemKind::Weight, s);
+        }
+        if (any_bias) p.bias = DTensor::upload(int8 ? bcat : bcat.to(DType::BF16), MemKind::Weight, s);
+        return p;
+    }
+    // Random: bf16 N(0, 0.02) on the device, padding zeroed, quantized there when int8.
+    DTensor w = DTensor::empty({p.n, k}, DType::BF16, int8 ? MemKind::Activation : MemKind::Weight);
+    fill_normal(w, src.seed ^ std::hash<std::string>()(ms[0].plan->spec.name), 0.f, 0.02f, s);
+    int64_t r0 = 0;
+    for (const Member& m : ms) {
+        const int64_t real = m.plan->spec.out_features, kin = m.plan->spec.in_features;
+        if (m.n_pad > real)
+            cuda::check(cudaMemsetAsync(w.rows(r0 + real, r0 + m.n_pad).raw(), 0, size_t((m.n_pad - real) * k) * 2, s),
+                        "random weights");
+        if (k > kin)
+            cuda::check(cudaMemset2DAsync(static_cast<__nv_bfloat16*>(w.rows(r0, r0 + real).raw()) + kin, size_t(k) * 2,
+                                          0, size_t(k - kin) * 2, size_t(real), s),
+                        "random weights");
+        r0 += m.n_pad;
+    }
+    if (any_bias) {
+        p.bias = DTensor::empty({p.n}, DType::BF16, MemKind::Weight);
+        fill_normal(p.bias, src.seed + 7, 0.f, 0.02f, s);
+        if (int8) {
+            // The int8 epilogue takes an F32 bias: widen on the host (small).
+            Tensor b = p.bias.download(s).to(DType::F32);
+            p.bias = DTensor::upload(b, MemKind::Weight, s);
+        }
+    }
+    if (!int8) {
+        p.w = w;
+        return p;
+    }
+    p.q = DTensor::empty({p.n, kp}, DType::I8, MemKind::Weight);
+    p.wscale = DTensor::empty({p.n}, DType::F32, MemKind::Weight);
+    cuda::RowOp op;
+    op.x = w.raw();
+    op.ldx = k;
+    op.q = p.q.data<int8_t>();
+    op.qs = p.wscale.data<float>();
+    op.ldq = kp;
+    op.m = p.n;
+    op.k = k;
+    cuda::row_op(op, s);
+    cuda::check(cudaStreamSynchronize(s), "random weights");  // w goes back to the cache next
+    return p;
+}
+
+}  // namespace
+
+bool Group::needs_bf16() const {
+    return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return !p.int8; });
+}
+bool Group::needs_int8() const {
+    return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return p.int8; });
+}
+size_t Group::bytes() const {
+    size_t b = 0;
+    for (const Part& p : parts)
+        for (const DTensor* t : {&p.w, &p.q, &p.wscale, &p.bias})
+            if (t->defined()) b += t->nbytes();
+    return b;
+}
+
+void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy, cudaStream_t s) {
+    for (const Part& p : g.parts) {
+        void* yp = static_cast<__nv_bfloat16*>(y) + p.col;
+        if (p.int8)
+            cuda::int8_gemm_bf16(in.q.data<int8_t>(), g.kp, in.qs.data<float>(), p.q.data<int8_t>(), g.kp,
+                                 p.wscale.data<float>(), p.bias.defined() ? p.bias.data<float>() : nullptr, yp, ldy,
+                                 m, p.n, g.kp, s);
+        else
+            cuda::bf16_gemm(in.x.raw(), in.ldx, p.w.raw(), g.k, p.bias.defined() ? p.bias.raw() : nullptr, yp, ldy,
+                            m, p.n, g.k, s);
+    }
+}
+
+Input make_input(const Group& g, int64_t m) {
+    Input in;
+    if (g.needs_bf16()) {
+        in.x = DTensor::empty({m, g.k}, DType::BF16);
+        in.ldx = g.k;
+    }
+    if (g.needs_int8()) {
+        in.q = DTensor::empty({m, g.kp}, DType::I8);
+        in.qs = DTensor::empty({m}, DType::F32);
+    }
+    return in;
+}
+
+void set_outputs(cuda::RowOp& op, Input& in, const Group& g) {
+    if (in.x.defined()) {
+        op.out = in.x.raw();
+        op.ldo = in.ldx;
+    }
+    if (in.q.defined()) {
+        op.q = in.q.data<int8_t>();
+        op.qs = in.qs.data<float>();
+        op.ldq = g.kp;
+    }
+}
+
+Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& src) {
+    Group g;
+    g.k = k;
+    g.kp = round_up(k, 16);
+    for (const Member& m : ms) {
+        if (m.k_pad != k || m.plan->spec.in_features > k || m.n_pad < m.plan->spec.out_features)
+            raise<ShapeError>("{}: [{}, {}] read with {} inputs (padded to {}) in a group of {} inputs",
+                              m.plan->spec.name, m.plan->spec.out_features, m.plan->spec.in_features,
+                              m.plan->spec.in_features, m.k_pad, k);
+        g.n += m.n_pad;
+    }
+    size_t i = 0;
+    int64_t col = 0;
+    while (i < ms.size()) {
+        const bool int8 = ms[i].plan->precision == Precision::Int8;
+        std::vector<Member> run;
+        while (i < ms.size() && (ms[i].plan->precision == Precision::Int8) == int8) run.push_back(ms[i++]);
+        g.parts.push_back(make_part(run, int8, g.k, g.kp, col, src));
+        col += g.parts.back().n;
+    }
+    return g;
+}
+
+void fill_normal(DTensor& t, uint64_t seed, float mean, float std, cudaStream_t s) {
+    const int64_t n = t.numel();
+    normal_bf16_kernel<<<unsigned((n + 255) / 256), 256, 0, s>>>(t.data<__nv_bfloat16>(), n, seed, mean, std);
+    cuda::check(cudaGetLastError(), "fill_normal");
+}
+
+}  // namespace qdit::nn::gpu

@@ -1,0 +1,72 @@
+// Linear layers on a CUDA GPU, as the quantization plan says: bf16 through cuBLASLt, or int8 W8A8
+// through the int8 GEMM, whose activations the producing kernel (norm, SwiGLU) quantizes per token.
+//
+// A Group is one or more Linears that read the same input and write column blocks of one output
+// [M, n]; consecutive members of one precision are fused into one Part (one GEMM over their
+// concatenated weights), e.g. q|k|v or gate|up. Members may be padded: rows past out_features and
+// input columns past in_features are zeros, so padding changes no result.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "backend/cuda/device_tensor.h"
+#include "backend/cuda/zimage_kernels.h"
+#include "quant/model.h"
+
+namespace qdit::nn::gpu {
+
+struct Part {
+    bool int8 = false;
+    int64_t n = 0, col = 0;  // output columns [col, col + n)
+    cuda::DTensor w;         // bf16 [n, k]
+    cuda::DTensor q, wscale; // int8 [n, kp], F32 [n]
+    cuda::DTensor bias;      // bf16 [n] (bf16 part) or F32 [n] (int8 part), or undefined
+};
+
+struct Group {
+    int64_t k = 0, kp = 0, n = 0;  // kp = k rounded up to 16: the int8 activations' row stride
+    std::vector<Part> parts;
+    bool needs_bf16() const;
+    bool needs_int8() const;
+    size_t bytes() const;  // device bytes of its weights
+};
+
+// The activations a group reads: bf16 [m, ldx] and/or int8 [m, kp] with per-row F32 scales.
+struct Input {
+    cuda::DTensor x;
+    int64_t ldx = 0;
+    cuda::DTensor q, qs;
+};
+
+// y[:, part] = input · Wᵀ + b for every part (y bf16 with row stride ldy).
+void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy, cudaStream_t s);
+// Buffers for a group's input, as its parts need them.
+Input make_input(const Group& g, int64_t m);
+// Points a row_op's outputs at `in`.
+void set_outputs(cuda::RowOp& op, Input& in, const Group& g);
+
+// One member of a group: its plan, the rows it occupies (n_pad >= out_features) and the input
+// width it is read with (k_pad >= in_features).
+struct Member {
+    const LayerPlan* plan;
+    int64_t n_pad, k_pad;
+};
+
+// Where weights come from: the checkpoint (int8 as stored, or quantized from the stored weight as
+// load_linear does; bf16 rounded), or, without one, random N(0, 0.02) weights and biases made on
+// the device from `seed` (benchmarks at the real size).
+struct WeightSource {
+    const Checkpoint* checkpoint = nullptr;
+    uint64_t seed = 0;
+    cudaStream_t stream = nullptr;
+};
+
+// The group of `ms`, every member read with input width k. Uploads synchronously.
+Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& src);
+
+// t (bf16) ← N(mean, std) from a counter-based hash of (seed, index). Asynchronous.
+void fill_normal(cuda::DTensor& t, uint64_t seed, float mean, float std, cudaStream_t s);
+
+}  // namespace qdit::nn::gpu

@@ -1,0 +1,42 @@
+// The three models of a Z-Image pipeline (text encoder, transformer, VAE decoder) on one device, as
+// the pipeline's denoising loop calls them. Tensors cross this interface on the host; what stays
+// on the device in between (weights, CUDA graphs) is the implementation's business.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "quant/model.h"
+
+namespace qdit {
+
+struct PipelineOptions;
+
+class ZImageComponents {
+public:
+    virtual ~ZImageComponents() = default;
+    // hidden_states[-2] of the prompt's valid tokens (Qwen3TextModel::encode): [n_valid, hidden].
+    virtual Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask) const = 0;
+    // The transformer's velocity per item: x[b] [C, 1, h, w], t F32 [B], caps[b] [L_b, hidden].
+    virtual std::vector<Tensor> transformer(const std::vector<Tensor>& x, const Tensor& t,
+                                            const std::vector<Tensor>& caps) const = 0;
+    // The final latents [1, C, h, w] (F32) → unscaled, decoded, post-processed: U8 [H, W, 3].
+    virtual Tensor decode(const Tensor& latents) const = 0;
+    // Peak bytes held on the accelerator so far (0 on the CPU).
+    virtual size_t device_peak_bytes() const { return 0; }
+};
+
+// Components on the CPU (oneDNN / our int8 kernels), activations in opt.dtype.
+std::unique_ptr<ZImageComponents> make_zimage_cpu_components(const std::string& dir, const PipelineOptions& opt,
+                                                             const PreparedModel& text_encoder,
+                                                             const PreparedModel& transformer);
+
+// Components on CUDA device opt.device.index (bf16 activations): throws qdit::UsageError in a
+// build without the CUDA backend, qdit::Error when that device is not usable.
+std::unique_ptr<ZImageComponents> make_zimage_cuda_components(const std::string& dir, const PipelineOptions& opt,
+                                                              const PreparedModel& text_encoder,
+                                                              const PreparedModel& transformer);
+
+}  // namespace qdit

@@ -193,6 +193,21 @@ void set_outputs(cuda::RowOp& op, Input& in, const Group& g) {
     }
 }
 
+void quantize_input(const Group& g, Input& in, int64_t m, cudaStream_t s) {
+    if (!g.needs_int8()) return;
+    in.q = DTensor::empty({m, g.kp}, DType::I8);
+    in.qs = DTensor::empty({m}, DType::F32);
+    cuda::RowOp op;
+    op.x = in.x.raw();
+    op.ldx = in.ldx;
+    op.q = in.q.data<int8_t>();
+    op.qs = in.qs.data<float>();
+    op.ldq = g.kp;
+    op.m = m;
+    op.k = g.k;
+    cuda::row_op(op, s);
+}
+
 Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& src) {
     Group g;
     g.k = k;

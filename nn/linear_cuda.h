@@ -46,6 +46,9 @@ void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy,
 Input make_input(const Group& g, int64_t m);
 // Points a row_op's outputs at `in`.
 void set_outputs(cuda::RowOp& op, Input& in, const Group& g);
+// When g has int8 parts: quantizes in.x (bf16 [m, in.ldx], width g.k) per row into in.q / in.qs
+// (allocated here), for an input whose producer (e.g. cuDNN's attention) cannot quantize it.
+void quantize_input(const Group& g, Input& in, int64_t m, cudaStream_t s);
 
 // One member of a group: its plan, the rows it occupies (n_pad >= out_features) and the input
 // width it is read with (k_pad >= in_features).

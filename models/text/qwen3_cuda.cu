@@ -201,19 +201,7 @@ DTensor Qwen3TextModelCuda::encode_device(const std::vector<int32_t>& ids, const
         cuda::attention(qp, qkv_w, qp + H * hd, qkv_w, qp + (H + Hkv) * hd, qkv_w, oin.x.raw(), H * hd, n, H, hd, s,
                         W.attention, Hkv, /*causal=*/true);
         qkv = DTensor();
-        if (L.o.needs_int8()) {
-            oin.q = DTensor::empty({n, L.o.kp}, DType::I8);
-            oin.qs = DTensor::empty({n}, DType::F32);
-            cuda::RowOp op;
-            op.x = oin.x.raw();
-            op.ldx = H * hd;
-            op.q = oin.q.data<int8_t>();
-            op.qs = oin.qs.data<float>();
-            op.ldq = L.o.kp;
-            op.m = n;
-            op.k = H * hd;
-            cuda::row_op(op, s);
-        }
+        nn::gpu::quantize_input(L.o, oin, n, s);
         DTensor y = DTensor::empty({n, D}, DType::BF16);
         run_group(L.o, oin, n, y.raw(), D, s);
         oin = Input();

@@ -243,19 +243,7 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
     const __nv_bfloat16* qp = qkv.data<__nv_bfloat16>();
     cuda::attention(qp, 3 * D, qp + D, 3 * D, qp + 2 * D, 3 * D, oin.x.raw(), D, L, H, hd, s, attention);
     qkv = DTensor();
-    if (b.out.needs_int8()) {
-        oin.q = DTensor::empty({L, b.out.kp}, DType::I8);
-        oin.qs = DTensor::empty({L}, DType::F32);
-        cuda::RowOp op;
-        op.x = oin.x.raw();
-        op.ldx = D;
-        op.q = oin.q.data<int8_t>();
-        op.qs = oin.qs.data<float>();
-        op.ldq = b.out.kp;
-        op.m = L;
-        op.k = D;
-        cuda::row_op(op, s);
-    }
+    nn::gpu::quantize_input(b.out, oin, L, s);
     DTensor y = DTensor::empty({L, D}, DType::BF16);
     run_group(b.out, oin, L, y.raw(), D, s);
     oin = Input();

@@ -19,19 +19,22 @@ void quantize_rows_int8_ref(const void* x, DType xt, int64_t m, int64_t k, int64
                        row.data(), k);
         float absmax = 0.f;
         for (float v : row) absmax = std::max(absmax, std::fabs(v));
-        int8_t* qi = q + i * k;
-        if (absmax == 0.f) {
-            scale[i] = 1.f;
-            std::fill(qi, qi + k, int8_t(0));
-            continue;
-        }
-        const float s = absmax / 127.f;
-        scale[i] = s;
-        for (int64_t j = 0; j < k; ++j) {
-            // nearbyint rounds half to even in the default rounding mode.
-            float r = std::nearbyint(row[size_t(j)] / s);
-            qi[j] = int8_t(std::min(127.f, std::max(-127.f, r)));
-        }
+        quantize_row_with_absmax(row.data(), k, absmax, q + i * k, scale + i);
+    }
+}
+
+void quantize_row_with_absmax(const float* row, int64_t k, float absmax, int8_t* q, float* scale) {
+    if (absmax == 0.f) {
+        *scale = 1.f;
+        std::fill(q, q + k, int8_t(0));
+        return;
+    }
+    const float s = absmax / 127.f;
+    *scale = s;
+    for (int64_t j = 0; j < k; ++j) {
+        // nearbyint rounds half to even in the default rounding mode.
+        float r = std::nearbyint(row[j] / s);
+        q[j] = int8_t(std::min(127.f, std::max(-127.f, r)));
     }
 }
 

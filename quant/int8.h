@@ -15,6 +15,11 @@ namespace qdit {
 // Returns q (I8 [N, K]) and scale (F32 [N]).
 void quantize_weight_int8(const Tensor& w, Tensor* q, Tensor* scale);
 
+// The per-row rule for one row of k values whose absmax is given (the row's
+// own, or — when the row is split across devices — the whole row's):
+// s = absmax / 127 (1 when absmax is 0), q = clamp(round_half_even(x / s), ±127).
+void quantize_row_with_absmax(const float* row, int64_t k, float absmax, int8_t* q, float* scale);
+
 // Scalar reference of the per-row (per-token) rule: x is m rows of k values
 // (row stride ldx elements) of dtype F32 or BF16.
 void quantize_rows_int8_ref(const void* x, DType xt, int64_t m, int64_t k, int64_t ldx, int8_t* q,

@@ -21,13 +21,11 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <random>
 
-#include "backend/cuda/allocator.h"
 #include "backend/cuda/conv.h"
 #include "backend/cuda/quantize.h"
 #include "backend/cuda/vae_kernels.h"
@@ -487,75 +485,4 @@ TEST(CudaVae, RejectsWrongLatents) {
     EXPECT_THROW(m.decode(Tensor::zeros({1, 4, 6, 10}, DType::F32)), ShapeError);
     EXPECT_THROW(m.decode(Tensor::zeros({16, 6, 10}, DType::F32)), ShapeError);
     EXPECT_THROW(m.decode(DTensor::zeros({1, 16, 6, 10}, DType::I32, MemKind::Activation, nullptr)), ShapeError);
-}
-
-// Not a timed assertion: prints the full-size decode time (FLUX VAE config, random weights,
-// 16 x 128 x 128 latents → 1024 x 1024) and peak memory. Run with --gtest_also_run_disabled_tests.
-TEST(CudaVaeBench, DISABLED_FullSizeDecode) {
-    SKIP_WITHOUT_GPU();
-    const std::string path = (kData / "published" / "config.json").string();
-    const vae::Config cfg = vae::Config::from_json(read_json_file(path), path);
-    cudaStream_t s;
-    ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
-    {
-        auto& alloc = cuda::Allocator::instance();
-        vae::AutoencoderKLCuda m = vae::AutoencoderKLCuda::random(cfg, DType::BF16, 1, s);
-        const int64_t h = 128, w = 128;
-        const DTensor z = DTensor::upload(random_tensor({1, cfg.latent_channels, h, w}, 3).to(DType::BF16),
-                                          MemKind::Activation, s);
-        cudaEvent_t e0, e1;
-        cudaEventCreate(&e0);
-        cudaEventCreate(&e1);
-        auto decode_ms = [&] {
-            cudaEventRecord(e0, s);
-            const DTensor u8 = m.decode_to_u8(z);
-            cudaEventRecord(e1, s);
-            EXPECT_EQ(cudaEventSynchronize(e1), cudaSuccess);
-            float ms = 0;
-            cudaEventElapsedTime(&ms, e0, e1);
-            return ms;
-        };
-        {  // cuDNN's handle and libraries load on the first convolution: time that apart
-            const auto t0 = std::chrono::steady_clock::now();
-            cuda::Conv2d c("warmup", random_tensor({8, 8, 1, 1}, 4), Tensor(), 0, DType::BF16, s);
-            c.forward(DTensor::zeros({1, 2, 2, 8}, DType::BF16, MemKind::Activation, s), s);
-            cudaStreamSynchronize(s);
-            std::printf("[ vae decode bf16 ] cuDNN start-up (handle, first plan): %.0f ms\n",
-                        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-        }
-        {
-            const char* label = "cuDNN heuristic plans";
-            const auto t0 = std::chrono::steady_clock::now();
-            decode_ms();
-            std::printf("[ vae decode bf16 1024x1024, %s ] first call (builds the plans): %.0f ms\n", label,
-                        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-            alloc.reset_peak();
-            float best = 1e30f, sum = 0;
-            for (int i = 0; i < 5; ++i) {
-                const float ms = decode_ms();
-                best = std::min(best, ms);
-                sum += ms;
-            }
-            const cuda::MemStats st = alloc.stats();
-            std::printf("[ vae decode bf16 1024x1024, %s ] best %.2f ms, mean %.2f ms of 5; weights %.1f MiB; "
-                        "peak in use %.1f MiB (activations %.1f MiB); reserved %.1f MiB\n",
-                        label, best, sum / 5, m.weight_bytes() / 1048576.0, st.peak / 1048576.0,
-                        st.peak_activation / 1048576.0, st.reserved / 1048576.0);
-            // The plans the largest layers got.
-            for (auto [cin, cout, res] : {std::tuple<int64_t, int64_t, int64_t>{128, 128, 1024}, {256, 256, 512},
-                                          {512, 512, 256}, {512, 512, 128}, {128, 3, 1024}, {16, 512, 128}}) {
-                cuda::Conv2d c("probe", random_tensor({cout, cin, 3, 3}, 5, 0.05f), random_tensor({cout}, 6), 1,
-                               DType::BF16, s);
-                std::printf("    conv %lld->%lld at %lld^2: %s\n", (long long)cin, (long long)cout, (long long)res,
-                            c.plan_info(1, res, res).c_str());
-            }
-        }
-        size_t free_b = 0, total_b = 0;
-        cudaMemGetInfo(&free_b, &total_b);
-        std::printf("[ vae decode bf16 1024x1024 ] device memory used %.1f MiB of %.1f MiB\n",
-                    (total_b - free_b) / 1048576.0, total_b / 1048576.0);
-        cudaEventDestroy(e0);
-        cudaEventDestroy(e1);
-    }
-    cudaStreamDestroy(s);
 }

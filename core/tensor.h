@@ -49,6 +49,8 @@ private:
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);  // "[3, 4]"
 int64_t shape_numel(const Shape& s);
+// n rounded up to a multiple of m (m > 0).
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 class Tensor {
 public:

@@ -17,8 +17,6 @@ using cuda::MemKind;
 
 namespace {
 
-int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
 __device__ __forceinline__ uint32_t mix(uint64_t x) {
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdull;

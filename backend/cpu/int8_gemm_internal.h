@@ -17,7 +17,6 @@ namespace qdit::cpu::detail {
 
 constexpr int64_t kBlockN = 16;
 
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t k4_of(int64_t k) { return (k + 3) / 4; }
 
 enum class Out { S32, F32, BF16 };

@@ -25,8 +25,6 @@ using nn::gpu::set_outputs;
 
 namespace {
 
-int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
 struct Layer {
     Group qkv, o, gate_up, down;
     DTensor input_norm, post_norm, q_norm, k_norm;  // bf16 [hidden] / [head_dim]

@@ -32,8 +32,6 @@ constexpr int64_t kSeqMultiple = 32;
 constexpr float kAttnNormEps = 1e-5f;
 constexpr float kFinalNormEps = 1e-6f;
 
-int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
 // Where the non-Linear weights come from (bf16 vectors: norms, pad tokens).
 using VectorSource = std::function<DTensor(const std::string& name, int64_t n)>;
 

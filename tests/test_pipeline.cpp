@@ -14,6 +14,7 @@
 #include "pipeline/tiny_model.h"
 #include "pipeline/zimage_pipeline.h"
 #include "tiny_model.h"
+#include "pipeline_reference.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
@@ -47,15 +48,7 @@ TEST(ZImagePipeline, MatchesDiffusersWithTheReferenceNoise) {
     for (const auto& c : meta["cases"]) {
         const std::string name = c["name"];
         SCOPED_TRACE(name);
-        GenerateOptions o;
-        o.prompt = c["prompt"];
-        o.negative_prompt = c["negative_prompt"];
-        o.guidance = c["guidance"];
-        o.steps = c["steps"];
-        o.width = c["width"];
-        o.height = c["height"];
-        o.max_sequence_length = meta["max_sequence_length"];
-        o.latents = ref.get(name + ".latents");
+        const GenerateOptions o = testutil::reference_case(meta, c, ref);
 
         // fp32 throughout: everything agrees to f32 rounding (≤ 1e-4 × max).
         Tensor pos = pipe.encode_prompt(o.prompt, o.max_sequence_length);

@@ -15,6 +15,8 @@
 #include "io/safetensors.h"
 #include "pipeline/zimage_pipeline.h"
 
+#include "tests/pipeline_reference.h"
+
 #ifndef QDIT_TEST_DATA
 #define QDIT_TEST_DATA "tests/data"
 #endif
@@ -59,15 +61,7 @@ TEST(CudaPipeline, Bf16TracksDiffusersAsTheCpuBf16PipelineDoes) {
     for (const auto& c : meta["cases"]) {
         const std::string name = c["name"];
         SCOPED_TRACE(name);
-        GenerateOptions o;
-        o.prompt = c["prompt"];
-        o.negative_prompt = c["negative_prompt"];
-        o.guidance = c["guidance"];
-        o.steps = c["steps"];
-        o.width = c["width"];
-        o.height = c["height"];
-        o.max_sequence_length = meta["max_sequence_length"];
-        o.latents = ref.get(name + ".latents");
+        const GenerateOptions o = testutil::reference_case(meta, c, ref);
 
         const Tensor want = ref.get(name + ".prompt_embeds");
         const double emb_cpu = rel_l2(cpu.encode_prompt(o.prompt, o.max_sequence_length), want),

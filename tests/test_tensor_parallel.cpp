@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <random>
 #include <vector>
 
 #include "backend/cpu/int8_gemm.h"
@@ -13,6 +12,7 @@
 #include "nn/attention.h"
 #include "parallel/tensor_parallel.h"
 #include "quant/int8.h"
+#include "random_tensor.h"
 
 using namespace qdit;
 using parallel::LinearSplit;
@@ -20,13 +20,7 @@ using parallel::Range;
 
 namespace {
 
-Tensor randn(Shape s, uint32_t seed, DType dt = DType::BF16) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> d(0.f, 1.f);
-    Tensor t = Tensor::empty(std::move(s), DType::F32);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = d(rng);
-    return t.to(dt);
-}
+using testutil::randn;
 
 // Columns [c0, c1) of x [m, k].
 Tensor cols(const Tensor& x, int64_t c0, int64_t c1) {
@@ -78,7 +72,8 @@ TEST(TensorParallel, SplitCoversEveryUnitOnceInWholeMultiples) {
 // Column split: each rank computes its output columns from the whole input; joined = one device.
 TEST(TensorParallel, ColumnSplitInt8LinearEqualsOneDevice) {
     const int64_t m = 37, k = 96, n = 80;
-    const Tensor x = randn({m, k}, 1), w = randn({n, k}, 2, DType::F32), bias = randn({n}, 3, DType::F32);
+    const Tensor x = randn({m, k}, 1), w = randn({n, k}, 2, 0.f, 1.f, DType::F32),
+                 bias = randn({n}, 3, 0.f, 1.f, DType::F32);
     Tensor q, scale;
     quantize_weight_int8(w, &q, &scale);
     const Tensor want = int8_linear(x, q, scale, bias);
@@ -100,7 +95,8 @@ TEST(TensorParallel, ColumnSplitInt8LinearEqualsOneDevice) {
 // int32 partial sums, SUM, one dequantization = one device. Per-rank activation scales do not.
 TEST(TensorParallel, RowSplitInt8LinearEqualsOneDevice) {
     const int64_t m = 29, k = 160, n = 48;
-    const Tensor x = randn({m, k}, 4), w = randn({n, k}, 5, DType::F32), bias = randn({n}, 6, DType::F32);
+    const Tensor x = randn({m, k}, 4), w = randn({n, k}, 5, 0.f, 1.f, DType::F32),
+                 bias = randn({n}, 6, 0.f, 1.f, DType::F32);
     Tensor q, scale;
     quantize_weight_int8(w, &q, &scale);
     const Tensor want = int8_linear(x, q, scale, bias);

@@ -31,7 +31,6 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
-#include <random>
 
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_tensor.h"
@@ -44,8 +43,10 @@
 #include "nn/norm.h"
 #include "nn/rope_half.h"
 #include "quant/model.h"
+#include "tests/random_tensor.h"
 
 namespace fs = std::filesystem;
+
 using namespace qdit;
 using cuda::DTensor;
 using cuda::MemKind;
@@ -65,13 +66,7 @@ fs::path data_root() {
 fs::path fixture_dir(const std::string& name) { return data_root() / "qwen3" / name; }
 std::string encoder_dir(const std::string& name) { return (fixture_dir(name) / "text_encoder").string(); }
 
-Tensor randn(Shape s, uint32_t seed, float mean = 0.f, float stdv = 1.f) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> d(mean, stdv);
-    Tensor t = Tensor::empty(std::move(s), DType::F32);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = d(rng);
-    return t.to(DType::BF16);
-}
+using testutil::randn;
 
 Tensor f32(const Tensor& t) { return t.to(DType::F32); }
 

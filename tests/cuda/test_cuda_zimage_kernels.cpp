@@ -12,7 +12,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <random>
 #include <string>
 
 #include "backend/cuda/attention.h"
@@ -24,6 +23,7 @@
 #include "nn/norm.h"
 #include "nn/rope.h"
 #include "quant/int8.h"
+#include "tests/random_tensor.h"
 
 using namespace qdit;
 using cuda::DTensor;
@@ -31,13 +31,7 @@ using cuda::MemKind;
 
 namespace {
 
-Tensor randn(Shape s, uint32_t seed, float mean = 0.f, float stdv = 1.f) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> d(mean, stdv);
-    Tensor t = Tensor::empty(std::move(s), DType::F32);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = d(rng);
-    return t.to(DType::BF16);
-}
+using testutil::randn;
 
 Tensor f32(const Tensor& t) { return t.to(DType::F32); }
 

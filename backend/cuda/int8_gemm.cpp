@@ -12,6 +12,7 @@ namespace {
 
 struct DeviceInfo {
     int cc_major = 0, cc_minor = 0, sm_count = 0;
+    bool sm80_loads = false;  // the sm80 kernel's SASS or PTX loads on this device
 };
 
 DeviceInfo device_info(int device) {
@@ -25,6 +26,9 @@ DeviceInfo device_info(int device) {
             cudaDeviceGetAttribute(&d.cc_minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
             cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
             throw Error(fmt::format("int8 GEMM: cannot query CUDA device {}", device));
+#if defined(QDIT_CUDA_INT8_SM80)
+        d.sm80_loads = d.cc_major >= 8 && detail::int8_gemm_sm80_loads();
+#endif
     }
     return d;
 }
@@ -51,12 +55,14 @@ bool is_sm90_kernel(Int8GemmKernel k) {
            k == Int8GemmKernel::Sm90_128x128x256_Pingpong;
 }
 
+bool runs_sm90(const DeviceInfo& d) { return built_sm90() && d.cc_major == 9 && d.cc_minor == 0; }
+
 bool available_on(Int8GemmKernel k, const DeviceInfo& d) {
-    if (k == Int8GemmKernel::Auto) return (built_sm90() && d.cc_major == 9) || (built_sm80() && d.cc_major == 8);
-    // The sm_90a kernels run on compute capability 9.0 only; the sm_80 kernel is built for the 8.x
-    // architectures of CMAKE_CUDA_ARCHITECTURES and runs on 8.x devices.
-    if (is_sm90_kernel(k)) return built_sm90() && d.cc_major == 9 && d.cc_minor == 0;
-    return built_sm80() && d.cc_major == 8;
+    // The sm_90a kernels run on compute capability 9.0 only; the sm_80 kernel wherever its code
+    // loads (8.x devices from the default SASS, any later one from PTX).
+    if (k == Int8GemmKernel::Auto) return runs_sm90(d) || d.sm80_loads;
+    if (is_sm90_kernel(k)) return runs_sm90(d);
+    return d.sm80_loads;
 }
 
 // Hopper tile choice, from a sweep of 5 tile configs x swizzle {1,2,4,8} x raster {M,N} over the 8
@@ -125,12 +131,12 @@ void int8_gemm_bf16(const int8_t* a, int64_t lda, const float* a_scale, const in
     if (cudaGetDevice(&dev) != cudaSuccess) throw Error("int8 GEMM: no current CUDA device");
     const DeviceInfo d = device_info(dev);
     if (kernel == Int8GemmKernel::Auto) {
-        if (built_sm90() && d.cc_major == 9 && d.cc_minor == 0) {
+        if (runs_sm90(d)) {
             const Sm90Choice c = pick_sm90(m, n, k);
             kernel = c.kernel;
             if (tuning.swizzle == 0 && tuning.raster == 0) tuning = c.tuning;
         }
-        else if (built_sm80() && d.cc_major == 8)
+        else if (d.sm80_loads)
             kernel = Int8GemmKernel::Sm80_128x128;
         else
             throw Error(fmt::format(

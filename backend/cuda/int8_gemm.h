@@ -32,7 +32,7 @@ enum class Int8GemmKernel {
     Sm90_256x128_Cooperative,  // 256x128x128 tile, cluster 1x2, cooperative consumers
     Sm90_128x128_Pingpong_C1x2,   // 128x128x128 tile, cluster 1x2, ping-pong
     Sm90_128x128x256_Pingpong,    // 128x128x256 tile (K step 256), cluster 2x1, ping-pong
-    Sm80_128x128,              // CUTLASS 2.x mma.sync (Ampere / Ada; also runs where built for)
+    Sm80_128x128,              // CUTLASS 2.x mma.sync (Ampere / Ada; newer GPUs when built as PTX)
 };
 
 const char* int8_gemm_kernel_name(Int8GemmKernel k);
@@ -79,6 +79,10 @@ const char* run_int8_gemm_sm90_256x128(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_128x128_c1x2(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_128x128x256(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm80_128x128(const Int8GemmArgs& p);
+// Whether the sm80 kernel's code loads on the current device: SASS of its compute capability, or
+// PTX that the driver compiles for it (a build with 80-virtual in QDIT_INT8_SM80_ARCHS runs the
+// Ampere kernel on Hopper and newer GPUs too).
+bool int8_gemm_sm80_loads();
 }  // namespace detail
 
 }  // namespace qdit::cuda

@@ -1,6 +1,7 @@
 // Ampere / Ada int8 GEMM (CUTLASS 2.x, mma.sync s8·s8 → s32, cp.async multistage) with the same fused
 // epilogue as the Hopper kernels: y = bf16_rn(fma(float(acc) * s_x[m], s_w[n], bias[n])).
-// Compiled for the non-Hopper entries of CMAKE_CUDA_ARCHITECTURES (80-real, 89-real by default).
+// Compiled for QDIT_INT8_SM80_ARCHS (default: the 8.x entries of CMAKE_CUDA_ARCHITECTURES, 80-real and
+// 89-real); with 80-virtual (PTX) it also runs on later GPUs, which is how it is tested on a Hopper.
 // clang-format off (CUTLASS 2.x visitor headers need this include order)
 #include <cutlass/cutlass.h>
 #include <cute/tensor.hpp>
@@ -89,9 +90,15 @@ struct Sm80Int8Gemm {
 
 }  // namespace
 
-const char* run_int8_gemm_sm80_128x128(const Int8GemmArgs& p) {
-    using G = Sm80Int8Gemm<cutlass::gemm::GemmShape<128, 128, 64>, cutlass::gemm::GemmShape<64, 64, 64>, 5>;
-    return G::run(p);
+using Sm80_128x128 = Sm80Int8Gemm<cutlass::gemm::GemmShape<128, 128, 64>, cutlass::gemm::GemmShape<64, 64, 64>, 5>;
+
+const char* run_int8_gemm_sm80_128x128(const Int8GemmArgs& p) { return Sm80_128x128::run(p); }
+
+bool int8_gemm_sm80_loads() {
+    cudaFuncAttributes a{};
+    const bool ok = cudaFuncGetAttributes(&a, cutlass::Kernel2<Sm80_128x128::Kernel>) == cudaSuccess;
+    if (!ok) (void)cudaGetLastError();  // no image for this device: not a sticky error, clear it
+    return ok;
 }
 
 }  // namespace qdit::cuda::detail

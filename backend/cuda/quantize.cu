@@ -1,5 +1,7 @@
 #include "backend/cuda/quantize.h"
 
+#include "backend/cuda/bf16_math.cuh"
+
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -59,17 +61,6 @@ quantize_rows_bf16_kernel(const __nv_bfloat16* __restrict__ x, int64_t k, int64_
     for (int64_t i = threadIdx.x; i < k; i += kThreads) qrow[i] = quantize_one(__bfloat162float(row[i]), s);
 }
 
-// quantize_one without a division per element: r = x * (1/s) differs from the correctly rounded
-// x / s by less than 2^-15 in absolute value (|x / s| <= 127.0001, two f32 roundings in 1/s and the
-// product), so rint(r) == rint(x / s) unless r lies within 2^-12 of a half-integer; only those
-// (about 1 in 2000 values, and every exact tie) take the IEEE division. Bit-identical to quantize_one.
-__device__ __forceinline__ int8_t quantize_one_fast(float x, float s, float inv_s) {
-    const float r = x * inv_s;
-    const float f = r - floorf(r);
-    const float t = fabsf(f - 0.5f) < 0.000244140625f ? __fdiv_rn(x, s) : r;
-    return static_cast<int8_t>(fminf(127.f, fmaxf(-127.f, rintf(t))));
-}
-
 // Vectorized variant: one block per row, each thread holds NV 16-byte vectors (8 bf16 each) of the
 // row in registers, so the row is read from device memory once; 8 int8 go out per 8-byte store.
 // Needs k % 8 == 0, ldx % 8 == 0, x 16-byte and q 8-byte aligned; blockDim.x * NV * 8 >= k.
@@ -108,16 +99,20 @@ __device__ __forceinline__ void store_row(const uint4 (&v)[NV], float s, int8_t*
     for (int j = 0; j < NV; ++j) {
         const int i = int(threadIdx.x) + j * int(blockDim.x);
         if (i < nvec) {
-            const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v[j]);
-            uint32_t w[2] = {0u, 0u};
+            const uint32_t w[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+            float f[8];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float2 f = __bfloat1622float2(h[e]);
-                const uint32_t lo = uint8_t(quantize_one_fast(f.x, s, inv_s)),
-                               hi = uint8_t(quantize_one_fast(f.y, s, inv_s));
-                w[e >> 1] |= (lo | (hi << 8)) << ((e & 1) * 16);
+            for (int e = 0; e < 4; ++e) f[2 * e] = bf16_lo(w[e]), f[2 * e + 1] = bf16_hi(w[e]);
+            // quantize_one without a division per element (bf16_math.cuh): bit-identical.
+            uint32_t r[8];
+            bool tie = false;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) r[e] = quant_fast(f[e], inv_s, tie);
+            if (tie) {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) r[e] = quant_exact(f[e], s);
             }
-            qr[i] = make_uint2(w[0], w[1]);
+            qr[i] = make_uint2(pack_bytes4(r[0], r[1], r[2], r[3]), pack_bytes4(r[4], r[5], r[6], r[7]));
         }
     }
 }

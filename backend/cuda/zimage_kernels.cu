@@ -5,6 +5,7 @@
 
 #include <cuda_bf16.h>
 
+#include "backend/cuda/bf16_math.cuh"
 #include "core/error.h"
 
 namespace qdit::cuda {
@@ -55,38 +56,38 @@ __device__ float block_max(float v) {
     return r;
 }
 
-// quant/int8.h's rounding of x / s without a division per element (as backend/cuda/quantize.cu
-// does): r = x · (1/s) is within 2^-15 of the correctly rounded x / s (|x / s| <= 127.0001), so
-// rint(r) == rint(x / s) unless r lies within 2^-12 of a half-integer; only those take the IEEE
-// division. Bit-identical to rint(__fdiv_rn(x, s)), clamped to ±127.
-__device__ __forceinline__ int8_t quantize_one(float x, float s, float inv_s) {
-    const float r = x * inv_s;
-    const float f = r - floorf(r);
-    const float t = fabsf(f - 0.5f) < 0.000244140625f ? __fdiv_rn(x, s) : r;
-    return static_cast<int8_t>(fminf(127.f, fmaxf(-127.f, rintf(t))));
-}
-
 // A row held in registers: thread t owns elements (j·blockDim + t)·VEC + e, j < NV, e < VEC.
 // VEC = 8 moves 16-byte vectors (k % 8 == 0, rows 16-byte aligned), VEC = 1 single elements.
 // Values are kept as bf16 (half the registers of f32): every value a kernel keeps in a row is
 // bf16-exact (loaded from bf16, or rounded to bf16 as the CPU op stores it); arithmetic is f32.
+// Elements go in pairs (2p, 2p + 1) of a vector, one bf16 rounding instruction per pair
+// (bf16_math.cuh); with VEC = 1 a pair is (element, +0) and only the element is written.
 template <int VEC, int NV>
 struct RowRegs {
-    alignas(16) bf16 v[NV][VEC];
+    static constexpr int NP = VEC >= 2 ? VEC / 2 : 1;  // pairs per vector
+    static constexpr int NE = 2 * NP;                  // elements per vector, the VEC = 1 pad included
+    alignas(16) bf16 v[NV][NE];
 
     __device__ static int base(int j) { return (j * int(blockDim.x) + int(threadIdx.x)) * VEC; }
-    __device__ float get(int j, int e) const { return __bfloat162float(v[j][e]); }
-    __device__ void set(int j, int e, float f) { v[j][e] = __float2bfloat16_rn(f); }
+    // The pair's two bf16 as one word (element 2p in the low half).
+    __device__ uint32_t bits(int j, int p) const { return reinterpret_cast<const uint32_t*>(v[j])[p]; }
+    __device__ float2 pair(int j, int p) const {
+        const uint32_t w = bits(j, p);
+        return make_float2(bf16_lo(w), bf16_hi(w));
+    }
+    __device__ void set_bits(int j, int p, uint32_t w) { reinterpret_cast<uint32_t*>(v[j])[p] = w; }
 
     __device__ void load(const bf16* p, int k) {
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
             const int b = base(j);
-            if constexpr (VEC == 8)
+            if constexpr (VEC == 8) {
                 *reinterpret_cast<uint4*>(v[j]) =
                     b < k ? *reinterpret_cast<const uint4*>(p + b) : make_uint4(0u, 0u, 0u, 0u);
-            else
+            } else {
                 v[j][0] = b < k ? p[b] : __float2bfloat16_rn(0.f);
+                v[j][1] = __float2bfloat16_rn(0.f);
+            }
         }
     }
 
@@ -102,16 +103,14 @@ struct RowRegs {
         }
     }
 
-    // Σ v² in double (the CPU sums f32 squares in double). Elements past k are 0.
+    // Σ v² in double, element by element in order (the CPU sums f32 squares in double). Elements
+    // past k are 0.
     __device__ double sum_sq() const {
         double s = 0;
 #pragma unroll
         for (int j = 0; j < NV; ++j)
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const float f = get(j, e);
-                s += double(f * f);
-            }
+            for (int p = 0; p < NP; ++p) s = add_sq2(bits(j, p), s);
         return block_sum(s);
     }
 
@@ -120,33 +119,33 @@ struct RowRegs {
 #pragma unroll
         for (int j = 0; j < NV; ++j)
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) a = fmaxf(a, fabsf(get(j, e)));
+            for (int p = 0; p < NP; ++p) {
+                const float2 f = pair(j, p);
+                a = fmaxf(a, fmaxf(fabsf(f.x), fabsf(f.y)));
+            }
         return block_max(a);
     }
 
-    // The VEC per-element parameters (f32 or bf16 vectors, 16-byte aligned when VEC = 8) at this
-    // thread's vector j, as f32; call only for vectors inside the row (base(j) < k).
-    __device__ void params(const float* p, int j, float (&o)[VEC]) const {
+    // The per-element parameters at this thread's vector j as bf16 pairs (pair p = elements 2p,
+    // 2p + 1; the pad element of VEC = 1 is 0): bf16 [k] as stored, f32 [k] (whose values are bf16,
+    // as cuda::modulation writes them) converted exactly. 16-byte aligned when VEC = 8; call only for
+    // vectors inside the row.
+    __device__ void params(const bf16* p, int j, uint32_t (&o)[NP]) const {
+        if constexpr (VEC == 8) {
+            const uint4 u = *reinterpret_cast<const uint4*>(p + base(j));
+            o[0] = u.x, o[1] = u.y, o[2] = u.z, o[3] = u.w;
+        } else {
+            o[0] = uint32_t(*reinterpret_cast<const uint16_t*>(p + base(j)));
+        }
+    }
+    __device__ void params(const float* p, int j, uint32_t (&o)[NP]) const {
         if constexpr (VEC == 8) {
             const float4 a = *reinterpret_cast<const float4*>(p + base(j)),
                          b = *reinterpret_cast<const float4*>(p + base(j) + 4);
-            o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w, o[4] = b.x, o[5] = b.y, o[6] = b.z, o[7] = b.w;
+            o[0] = pack_bf16x2(a.x, a.y), o[1] = pack_bf16x2(a.z, a.w);
+            o[2] = pack_bf16x2(b.x, b.y), o[3] = pack_bf16x2(b.z, b.w);
         } else {
-            o[0] = p[base(j)];
-        }
-    }
-    __device__ void params(const bf16* p, int j, float (&o)[VEC]) const {
-        if constexpr (VEC == 8) {
-            const uint4 u = *reinterpret_cast<const uint4*>(p + base(j));
-            const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float2 f = __bfloat1622float2(h[e]);
-                o[2 * e] = f.x;
-                o[2 * e + 1] = f.y;
-            }
-        } else {
-            o[0] = __bfloat162float(p[base(j)]);
+            o[0] = pack_bf16x2(p[base(j)], 0.f);
         }
     }
 
@@ -160,22 +159,31 @@ struct RowRegs {
         for (int j = 0; j < NV; ++j) {
             const int b = base(j);
             if (b >= k) continue;
-            alignas(8) int8_t r[VEC];
+            uint32_t r[NE];
+            bool tie = false;
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) r[e] = quantize_one(get(j, e), s, inv_s);
+            for (int p = 0; p < NP; ++p) {
+                const float2 f = pair(j, p);
+                r[2 * p] = quant_fast(f.x, inv_s, tie);
+                r[2 * p + 1] = quant_fast(f.y, inv_s, tie);
+            }
+            if (tie) {
+#pragma unroll
+                for (int p = 0; p < NP; ++p) {
+                    const float2 f = pair(j, p);
+                    r[2 * p] = quant_exact(f.x, s);
+                    r[2 * p + 1] = quant_exact(f.y, s);
+                }
+            }
             if constexpr (VEC == 8)
-                *reinterpret_cast<uint2*>(q + b) = *reinterpret_cast<const uint2*>(r);
+                *reinterpret_cast<uint2*>(q + b) =
+                    make_uint2(pack_bytes4(r[0], r[1], r[2], r[3]), pack_bytes4(r[4], r[5], r[6], r[7]));
             else
-                q[b] = r[0];
+                q[b] = int8_t(r[0] & 0xffu);
         }
         for (int i = k + int(threadIdx.x); i < ldq; i += int(blockDim.x)) q[i] = 0;
     }
 };
-
-template <int VEC, int NV>
-__device__ __forceinline__ bool in_row(int j, int e, int k) {
-    return RowRegs<VEC, NV>::base(j) + e < k;
-}
 
 // Blocks per SM that ptxas must fit: the <8, 2> variant (k = 2049..4096, the model width 3840)
 // used 62 registers, 4 blocks of 240 threads per SM; at 5 it takes 48 (8 bytes spilled), and more
@@ -185,38 +193,43 @@ constexpr int row_op_min_blocks() {
     return VEC == 8 && NV == 2 ? 5 : 1;
 }
 
+// Vectors past the row's end hold zeros and are never stored; k % VEC == 0, so a vector is either
+// wholly inside the row or wholly past it.
 template <int VEC, int NV>
 __global__ void __launch_bounds__(256, row_op_min_blocks<VEC, NV>()) row_op_kernel(RowOp op) {
+    using Row = RowRegs<VEC, NV>;
+    constexpr int NP = Row::NP;
     const int64_t row = blockIdx.x;
     const int k = int(op.k);
     bf16* x = static_cast<bf16*>(op.x) + row * op.ldx;
-    RowRegs<VEC, NV> r;
+    Row r;
     r.load(x, k);
 
     if (op.y) {
-        RowRegs<VEC, NV> y;
+        Row y;
         y.load(static_cast<const bf16*>(op.y) + row * op.ldy, k);
         if (!op.w_res) {
-            // Plain residual: one rounding of the f32 sum (elements past k stay 0 + 0).
+            // Plain residual: bf16(x + y) (elements past k stay 0 + 0).
 #pragma unroll
             for (int j = 0; j < NV; ++j)
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) r.set(j, e, r.get(j, e) + y.get(j, e));
+                for (int p = 0; p < NP; ++p) r.set_bits(j, p, add_bf16x2(r.bits(j, p), y.bits(j, p)));
         } else {
+            // x + bf16(gate · bf16(bf16(y · inv) · w_res)), each product of two bf16 rounded once.
             const float inv = 1.0f / sqrtf(float(y.sum_sq()) / float(k) + op.eps_res);
             const bf16* w = static_cast<const bf16*>(op.w_res);
 #pragma unroll
             for (int j = 0; j < NV; ++j) {
-                if (RowRegs<VEC, NV>::base(j) >= k) continue;
-                float wv[VEC], gv[VEC];
+                if (Row::base(j) >= k) continue;
+                uint32_t wv[NP], gv[NP];
                 y.params(w, j, wv);
                 if (op.gate) y.params(op.gate, j, gv);
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) {
-                    if (!in_row<VEC, NV>(j, e, k)) continue;
-                    float n = rbf(rbf(y.get(j, e) * inv) * wv[e]);
-                    if (op.gate) n = rbf(gv[e] * n);
-                    r.set(j, e, r.get(j, e) + n);
+                for (int p = 0; p < NP; ++p) {
+                    const float2 yv = y.pair(j, p);
+                    uint32_t n = mul_bf16x2(pack_bf16x2(yv.x * inv, yv.y * inv), wv[p]);
+                    if (op.gate) n = mul_bf16x2(n, gv[p]);
+                    r.set_bits(j, p, add_bf16x2(r.bits(j, p), n));
                 }
             }
         }
@@ -224,51 +237,60 @@ __global__ void __launch_bounds__(256, row_op_min_blocks<VEC, NV>()) row_op_kern
     }
 
     if (op.norm == RowNorm::Rms) {
+        // bf16(bf16(bf16(x · inv) · w) · scale).
         const float inv = 1.0f / sqrtf(float(r.sum_sq()) / float(k) + op.eps);
         const bf16* w = static_cast<const bf16*>(op.w);
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
-            if (RowRegs<VEC, NV>::base(j) >= k) continue;
-            float wv[VEC], sv[VEC];
+            if (Row::base(j) >= k) continue;
+            uint32_t wv[NP], sv[NP];
             r.params(w, j, wv);
             if (op.scale) r.params(op.scale, j, sv);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                if (!in_row<VEC, NV>(j, e, k)) continue;
-                float n = rbf(rbf(r.get(j, e) * inv) * wv[e]);
-                if (op.scale) n = rbf(n * sv[e]);
-                r.set(j, e, n);
+            for (int p = 0; p < NP; ++p) {
+                const float2 xv = r.pair(j, p);
+                uint32_t n = mul_bf16x2(pack_bf16x2(xv.x * inv, xv.y * inv), wv[p]);
+                if (op.scale) n = mul_bf16x2(n, sv[p]);
+                r.set_bits(j, p, n);
             }
         }
     } else if (op.norm == RowNorm::LayerNorm) {
+        // Sums of values (not squares): the f32 → double conversion as the CPU writes it.
         double sm = 0;
 #pragma unroll
         for (int j = 0; j < NV; ++j)
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) sm += double(r.get(j, e));
+            for (int p = 0; p < NP; ++p) {
+                const float2 f = r.pair(j, p);
+                sm += double(f.x);
+                if (VEC >= 2) sm += double(f.y);
+            }
         const double mean = block_sum(sm) / double(k);
         double sq = 0;
 #pragma unroll
-        for (int j = 0; j < NV; ++j)
+        for (int j = 0; j < NV; ++j) {
+            if (Row::base(j) >= k) continue;
 #pragma unroll
-            for (int e = 0; e < VEC; ++e)
-                if (in_row<VEC, NV>(j, e, k)) {
-                    const double c = double(r.get(j, e)) - mean;
-                    sq += c * c;
-                }
+            for (int p = 0; p < NP; ++p) {
+                const float2 f = r.pair(j, p);
+                const double c0 = double(f.x) - mean, c1 = double(f.y) - mean;
+                sq += c0 * c0;
+                if (VEC >= 2) sq += c1 * c1;
+            }
+        }
         const float rstd = 1.0f / sqrtf(float(block_sum(sq) / double(k)) + op.eps);
         const float mf = float(mean);
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
-            if (RowRegs<VEC, NV>::base(j) >= k) continue;
-            float sv[VEC];
+            if (Row::base(j) >= k) continue;
+            uint32_t sv[NP];
             if (op.scale) r.params(op.scale, j, sv);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                if (!in_row<VEC, NV>(j, e, k)) continue;
-                float n = rbf((r.get(j, e) - mf) * rstd);
-                if (op.scale) n = rbf(n * sv[e]);
-                r.set(j, e, n);
+            for (int p = 0; p < NP; ++p) {
+                const float2 xv = r.pair(j, p);
+                uint32_t n = pack_bf16x2((xv.x - mf) * rstd, VEC >= 2 ? (xv.y - mf) * rstd : 0.f);
+                if (op.scale) n = mul_bf16x2(n, sv[p]);
+                r.set_bits(j, p, n);
             }
         }
     }
@@ -287,7 +309,10 @@ swiglu_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, int8_t*
 #pragma unroll
     for (int j = 0; j < NV; ++j)
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) a.set(j, e, rbf(silu_f(a.get(j, e))) * b.get(j, e));
+        for (int p = 0; p < RowRegs<VEC, NV>::NP; ++p) {
+            const float2 fa = a.pair(j, p);
+            a.set_bits(j, p, mul_bf16x2(pack_bf16x2(silu_f(fa.x), silu_f(fa.y)), b.bits(j, p)));
+        }
     if (out) a.store(out + row * ldo, k);
     if (q) a.quantize(q + row * ldq, qs + row, k, int(ldq));
 }
@@ -306,17 +331,14 @@ swiglu_smem_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, in
     uint4* po = out ? reinterpret_cast<uint4*>(out + row * ldo) : nullptr;
     float amax = 0.f;
     auto one = [&](uint4 ua, uint4 ub, int i) {
-        const __nv_bfloat162* ha = reinterpret_cast<const __nv_bfloat162*>(&ua);
-        const __nv_bfloat162* hb = reinterpret_cast<const __nv_bfloat162*>(&ub);
-        uint4 ug;
-        __nv_bfloat162* hg = reinterpret_cast<__nv_bfloat162*>(&ug);
+        const uint32_t wa[4] = {ua.x, ua.y, ua.z, ua.w}, wb[4] = {ub.x, ub.y, ub.z, ub.w};
+        uint32_t g[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const float2 fa = __bfloat1622float2(ha[e]), fb = __bfloat1622float2(hb[e]);
-            hg[e] = __floats2bfloat162_rn(rbf(silu_f(fa.x)) * fb.x, rbf(silu_f(fa.y)) * fb.y);
-            const float2 fg = __bfloat1622float2(hg[e]);
-            amax = fmaxf(amax, fmaxf(fabsf(fg.x), fabsf(fg.y)));
+            g[e] = mul_bf16x2(pack_bf16x2(silu_f(bf16_lo(wa[e])), silu_f(bf16_hi(wa[e]))), wb[e]);
+            amax = fmaxf(amax, fmaxf(fabsf(bf16_lo(g[e])), fabsf(bf16_hi(g[e]))));
         }
+        const uint4 ug = make_uint4(g[0], g[1], g[2], g[3]);
         g_row[i] = ug;
         if (po) po[i] = ug;
     };
@@ -336,15 +358,18 @@ swiglu_smem_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, in
     int8_t* qr = q + row * ldq;
     for (int v = tid; v < nvec; v += nt) {
         const uint4 ug = g_row[v];
-        const __nv_bfloat162* hg = reinterpret_cast<const __nv_bfloat162*>(&ug);
-        alignas(8) int8_t r[8];
+        const float f[8] = {bf16_lo(ug.x), bf16_hi(ug.x), bf16_lo(ug.y), bf16_hi(ug.y),
+                            bf16_lo(ug.z), bf16_hi(ug.z), bf16_lo(ug.w), bf16_hi(ug.w)};
+        uint32_t r[8];
+        bool tie = false;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const float2 f = __bfloat1622float2(hg[e]);
-            r[2 * e] = quantize_one(f.x, s, inv_s);
-            r[2 * e + 1] = quantize_one(f.y, s, inv_s);
+        for (int e = 0; e < 8; ++e) r[e] = quant_fast(f[e], inv_s, tie);
+        if (tie) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) r[e] = quant_exact(f[e], s);
         }
-        *reinterpret_cast<uint2*>(qr + 8 * v) = *reinterpret_cast<const uint2*>(r);
+        *reinterpret_cast<uint2*>(qr + 8 * v) =
+            make_uint2(pack_bytes4(r[0], r[1], r[2], r[3]), pack_bytes4(r[4], r[5], r[6], r[7]));
     }
     for (int c = k + tid; c < ldq; c += nt) qr[c] = 0;
 }
@@ -522,13 +547,12 @@ qk_norm_rope_vec_kernel(bf16* qkv, int64_t ld, int64_t k_off, int heads, int kv_
         double ss = 0;
         if (valid) {
             const uint4 raw = *reinterpret_cast<const uint4*>(p);
-            const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+            const uint32_t w2[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                const float2 v = __bfloat1622float2(h2[i]);
-                a[i] = v.x;
-                b[i] = v.y;
-                ss += double(a[i] * a[i]) + double(b[i] * b[i]);
+                a[i] = bf16_lo(w2[i]);
+                b[i] = bf16_hi(w2[i]);
+                ss += sq2(w2[i]);  // double(a²) + double(b²), as norm_rope_head sums a pair
             }
         }
         const bf16* w = is_k ? wk : wq;
@@ -537,25 +561,23 @@ qk_norm_rope_vec_kernel(bf16* qkv, int64_t ld, int64_t k_off, int heads, int kv_
             if (valid) {
                 const float inv = 1.0f / sqrtf(float(ss) / float(hd) + eps);
                 const uint4 wraw = *reinterpret_cast<const uint4*>(w + 8 * j);
-                const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wraw);
+                const uint32_t ww[4] = {wraw.x, wraw.y, wraw.z, wraw.w};
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
-                    const float2 wv = __bfloat1622float2(w2[i]);
-                    a[i] = rbf(rbf(a[i] * inv) * wv.x);
-                    b[i] = rbf(rbf(b[i] * inv) * wv.y);
+                    const uint32_t n = mul_bf16x2(pack_bf16x2(a[i] * inv, b[i] * inv), ww[i]);
+                    a[i] = bf16_lo(n), b[i] = bf16_hi(n);
                 }
             }
         }
         if (!valid) continue;
-        uint4 out;
-        __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(&out);
+        uint32_t o[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const float re = __fsub_rn(__fmul_rn(a[i], c[i]), __fmul_rn(b[i], sn[i]));
             const float im = __fadd_rn(__fmul_rn(a[i], sn[i]), __fmul_rn(b[i], c[i]));
-            o2[i] = __floats2bfloat162_rn(re, im);
+            o[i] = pack_bf16x2(re, im);
         }
-        *reinterpret_cast<uint4*>(p) = out;
+        *reinterpret_cast<uint4*>(p) = make_uint4(o[0], o[1], o[2], o[3]);
     }
 }
 

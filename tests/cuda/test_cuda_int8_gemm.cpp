@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -165,8 +166,10 @@ TEST(CudaInt8Gemm, MatchesExactProductAndCpuEpilogue) {
         {4608, 3840, 3840, 0, 0, 0, true, 24}, // Z-Image size, sampled rows
     };
     uint32_t seed = 1;
-    for (auto kernel : ks)
+    for (auto kernel : ks) {
+        std::printf("[ int8 GEMM kernel ] %s\n", cuda::int8_gemm_kernel_name(kernel));
         for (const auto& c : cases) run_int8_case(c, kernel, seed++);
+    }
 }
 
 TEST(CudaInt8Gemm, LargeKAndTallM) {

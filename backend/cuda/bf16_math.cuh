@@ -1,0 +1,90 @@
+// Device helpers for the row kernels (norms, SwiGLU, q/k RoPE, quantization) that keep the CPU
+// model's bf16 arithmetic bit for bit without the conversions that run on the SM's XU pipe
+// (F2F, FRND, F2I: 16 lanes per cycle per SM, a quarter of the integer and an eighth of the f32
+// rate). With one or two such conversions per operation, those kernels were bound by that pipe
+// at a third of the memory bandwidth (ncu, bench/cuda/NOTES.md "row kernels and the XU pipe").
+//
+//   - bf16 rounding of two f32 values with one cvt.rn.bf16x2.f32 (F2FP, not an XU instruction),
+//     unpacked with one integer operation per value;
+//   - the double-precision sum of squares built from the bf16 bits instead of F2F.F64.F32;
+//   - int8 rounding by the 1.5·2^23 addition instead of FRND / F2I.
+#pragma once
+#include <cstdint>
+
+#include <cuda_bf16.h>
+
+namespace qdit::cuda {
+
+// Two bf16 in one 32-bit word, element 0 in the low half (the memory order of a bf16 pair).
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+// RNE conversion of (lo, hi) to a bf16 pair, as __float2bfloat16_rn does for each (NaN → 0x7fff).
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// Products and sums of bf16 pairs rounded once to bf16 (HMUL2 / HADD2, two values per instruction).
+// For bf16 operands these equal bf16_rn(f32 product) and bf16_rn(f32 sum): the product of two 8-bit
+// significands is exact in f32, and a sum is exact in f32 unless the exponents are more than 16
+// apart, where both roundings return the larger operand.
+__device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
+    const __nv_bfloat162 r =
+        __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+    return *reinterpret_cast<const uint32_t*>(&r);
+}
+__device__ __forceinline__ uint32_t add_bf16x2(uint32_t a, uint32_t b) {
+    const __nv_bfloat162 r =
+        __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+    return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// The double whose value is |x| for a bf16 x given by its 16 bits in the low half of h:
+// exponent rebiased 127 → 1023, the 7 fraction bits on top of the double's. Exact for every
+// normal bf16; a zero (or subnormal) gives 2^-127·(1 + f/128) instead, whose square (< 2^-252)
+// cannot change a double sum that contains any term above 2^-190, nor float(sum) of one that does
+// not (both round to 0 in f32), so RMSNorm's 1/sqrt(float(Σx²)/k + eps) is unchanged. Inf / NaN
+// map to 2^128-ish, which still sends float(Σx²) to +inf.
+__device__ __forceinline__ double abs_bf16_as_double(uint32_t h) {
+    return __hiloint2double(int(((h & 0x7fffu) << 13) + 0x38000000u), 0);
+}
+
+// s + x0² + x1² for the bf16 pair w, each square added in turn with one rounding (fma of the exact
+// double product), i.e. what `s += double(x0 * x0); s += double(x1 * x1);` gives in f32 → double
+// (the square of a bf16 is exact in f32 above 2^-63 and always in double).
+__device__ __forceinline__ double add_sq2(uint32_t w, double s) {
+    const double d0 = abs_bf16_as_double(w), d1 = abs_bf16_as_double(w >> 16);
+    return fma(d1, d1, fma(d0, d0, s));
+}
+// double(x0²) + double(x1²) for the pair, rounded once.
+__device__ __forceinline__ double sq2(uint32_t w) {
+    const double d0 = abs_bf16_as_double(w), d1 = abs_bf16_as_double(w >> 16);
+    return fma(d0, d0, d1 * d1);
+}
+
+// quant/int8.h's rounding q = rint(x / s) (ties to even) for |x| <= amax, s = amax / 127 rounded,
+// inv_s = 1 / s rounded, so |x / s| and |x · inv_s| stay below 127.0001 and q within ±127 without
+// a clamp. The exact product x · inv_s is within 2^-15 of x / s, so its rint is rint(x / s) unless
+// it lies within 2^-12 of a half-integer: quant_fast flags those in `tie` and the caller redoes
+// them with quant_exact (IEEE division). fma(x, inv_s, 1.5·2^23) rounds x · inv_s to an integer
+// held in its low fraction bits (two's complement in the low byte); both return that word.
+constexpr float kRintMagic = 12582912.0f;  // 1.5 · 2^23
+
+__device__ __forceinline__ uint32_t quant_fast(float x, float inv_s, bool& tie) {
+    const float m = __fmaf_rn(x, inv_s, kRintMagic);
+    const float d = __fmaf_rn(x, inv_s, -__fsub_rn(m, kRintMagic));  // x · inv_s − its rint
+    tie |= fabsf(d) > 0.499755859375f;                                // 0.5 − 2^-12
+    return __float_as_uint(m);
+}
+__device__ __forceinline__ uint32_t quant_exact(float x, float s) {
+    return __float_as_uint(__fadd_rn(__fdiv_rn(x, s), kRintMagic));
+}
+
+// The low bytes of four words as one word (a in byte 0).
+__device__ __forceinline__ uint32_t pack_bytes4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+    return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
+}
+
+}  // namespace qdit::cuda

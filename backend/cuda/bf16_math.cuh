@@ -41,26 +41,32 @@ __device__ __forceinline__ uint32_t add_bf16x2(uint32_t a, uint32_t b) {
     return *reinterpret_cast<const uint32_t*>(&r);
 }
 
-// The double whose value is |x| for a bf16 x given by its 16 bits in the low half of h:
-// exponent rebiased 127 → 1023, the 7 fraction bits on top of the double's. Exact for every
-// normal bf16; a zero (or subnormal) gives 2^-127·(1 + f/128) instead, whose square (< 2^-252)
-// cannot change a double sum that contains any term above 2^-190, nor float(sum) of one that does
-// not (both round to 0 in f32), so RMSNorm's 1/sqrt(float(Σx²)/k + eps) is unchanged. Inf / NaN
-// map to 2^128-ish, which still sends float(Σx²) to +inf.
-__device__ __forceinline__ double abs_bf16_as_double(uint32_t h) {
-    return __hiloint2double(int(((h & 0x7fffu) << 13) + 0x38000000u), 0);
+// Sums of squares of bf16 values in double, as the CPU sums f32 squares (exact for a bf16 above
+// 2^-63) in double, with the doubles assembled from the bf16 bits instead of F2F.F64.F32 (an XU
+// instruction). The assembled double is |x| · 2^128: the bf16's exponent and fraction bits moved
+// under the double's (a shift and one AND-OR), exponent bias 127 → 1023 + 128 by the OR of bit 30.
+// The squares then carry a factor 2^256, which leaves every rounding of the sum unchanged (a power
+// of two, all terms normal) and is divided out at the end (kSumSqUnscale). A zero (or subnormal)
+// bf16 becomes 2^-127 in place of 0, whose square (< 2^-252) changes no double sum with a term
+// above 2^-190, nor float(sum) of one without (both 0 in f32): RMSNorm's 1/sqrt(float(Σx²)/k + eps)
+// is unchanged. Inf / NaN give 2^128-ish, which still sends float(Σx²) to +inf.
+constexpr double kSumSqUnscale = 0x1p-256;
+
+__device__ __forceinline__ double abs_bf16_scaled(uint32_t bits_at_13) {  // bf16 bits << 13
+    uint32_t hi;  // (bits & 0x0fffe000) | 0x40000000 as one LOP3 (the compiler splits it in two)
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(hi) : "r"(bits_at_13), "r"(0x0fffe000u), "r"(0x40000000u));
+    return __hiloint2double(int(hi), 0);
 }
 
-// s + x0² + x1² for the bf16 pair w, each square added in turn with one rounding (fma of the exact
-// double product), i.e. what `s += double(x0 * x0); s += double(x1 * x1);` gives in f32 → double
-// (the square of a bf16 is exact in f32 above 2^-63 and always in double).
+// s + x0² + x1² (scaled by 2^256) for the bf16 pair w, the squares added in turn with one rounding
+// each (fma of the exact double product), i.e. `s += double(x0 * x0); s += double(x1 * x1);`.
 __device__ __forceinline__ double add_sq2(uint32_t w, double s) {
-    const double d0 = abs_bf16_as_double(w), d1 = abs_bf16_as_double(w >> 16);
+    const double d0 = abs_bf16_scaled(w << 13), d1 = abs_bf16_scaled(w >> 3);
     return fma(d1, d1, fma(d0, d0, s));
 }
-// double(x0²) + double(x1²) for the pair, rounded once.
+// double(x0²) + double(x1²) (scaled by 2^256) for the pair, rounded once.
 __device__ __forceinline__ double sq2(uint32_t w) {
-    const double d0 = abs_bf16_as_double(w), d1 = abs_bf16_as_double(w >> 16);
+    const double d0 = abs_bf16_scaled(w << 13), d1 = abs_bf16_scaled(w >> 3);
     return fma(d0, d0, d1 * d1);
 }
 

@@ -31,29 +31,31 @@ __device__ __forceinline__ float warp_sumf(float v) {
     return v;
 }
 
-// Block-wide reductions; every thread gets the result. The leading barrier lets one shared slot
-// array serve consecutive reductions.
-__device__ double block_sum(double v) {
-    __shared__ double part[32];
-    v = warp_sum(v);
+// Block-wide reductions for blocks of at most kMaxWarps warps (every kernel here launches <= 256
+// threads); every thread gets the result. Warps' partials are combined in warp order; the slots of
+// absent warps hold the identity, so the eight reads need no loop over the warp count. The leading
+// barrier lets one shared slot array serve consecutive reductions.
+constexpr int kMaxWarps = 8;
+
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, T identity, Op op) {
+    __shared__ T part[kMaxWarps];
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     __syncthreads();
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    const int warp = int(threadIdx.x >> 5), nw = int(blockDim.x + 31) >> 5;
+    if ((threadIdx.x & 31) == 0) part[warp] = v;
+    if (int(threadIdx.x) >= nw && threadIdx.x < kMaxWarps) part[threadIdx.x] = identity;
     __syncthreads();
-    const int nw = int(blockDim.x + 31) >> 5;
-    double r = 0;
-    for (int i = 0; i < nw; ++i) r += part[i];
+    T r = part[0];
+#pragma unroll
+    for (int i = 1; i < kMaxWarps; ++i) r = op(r, part[i]);
     return r;
 }
+__device__ double block_sum(double v) {
+    return block_reduce(v, 0.0, [](double a, double b) { return a + b; });
+}
 __device__ float block_max(float v) {
-    __shared__ float part[32];
-    v = warp_max(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-    __syncthreads();
-    const int nw = int(blockDim.x + 31) >> 5;
-    float r = 0.f;
-    for (int i = 0; i < nw; ++i) r = fmaxf(r, part[i]);
-    return r;
+    return block_reduce(v, 0.f, [](float a, float b) { return fmaxf(a, b); });
 }
 
 // A row held in registers: thread t owns elements (j·blockDim + t)·VEC + e, j < NV, e < VEC.
@@ -111,7 +113,7 @@ struct RowRegs {
         for (int j = 0; j < NV; ++j)
 #pragma unroll
             for (int p = 0; p < NP; ++p) s = add_sq2(bits(j, p), s);
-        return block_sum(s);
+        return block_sum(s) * kSumSqUnscale;
     }
 
     __device__ float absmax() const {
@@ -559,7 +561,7 @@ qk_norm_rope_vec_kernel(bf16* qkv, int64_t ld, int64_t k_off, int heads, int kv_
         if (w) {
             for (int o = V / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
             if (valid) {
-                const float inv = 1.0f / sqrtf(float(ss) / float(hd) + eps);
+                const float inv = 1.0f / sqrtf(float(ss * kSumSqUnscale) / float(hd) + eps);
                 const uint4 wraw = *reinterpret_cast<const uint4*>(w + 8 * j);
                 const uint32_t ww[4] = {wraw.x, wraw.y, wraw.z, wraw.w};
 #pragma unroll

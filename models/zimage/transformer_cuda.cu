@@ -14,6 +14,9 @@
 #include "nn/activation.h"
 #include "nn/linear_cuda.h"
 #include "nn/rope.h"
+#include "parallel/communicator.h"
+#include "parallel/row_split_cuda.h"
+#include "parallel/tensor_parallel.h"
 
 namespace qdit::zimage {
 
@@ -43,7 +46,8 @@ struct Block {
     Group qkv, out, w13, w2, ada;  // ada: adaLN_modulation.0 (modulated blocks)
     DTensor norm_q, norm_k, attn_norm1, attn_norm2, ffn_norm1, ffn_norm2;
     bool modulated = false;
-    int64_t hidden_p = 0;  // FFN hidden width padded to 16
+    int64_t hidden_p = 0;  // FFN hidden width padded to 16 (this rank's part of it under tensor parallelism)
+    int64_t heads = 0;     // attention heads computed here (all, or this rank's)
 };
 
 // The transformer blocks of one sequence shape as a CUDA graph, with the buffers it reads and the
@@ -84,6 +88,9 @@ struct ZImageTransformerCuda::Weights {
     nn::RopeEmbedder rope;
     int n_int8 = 0, n_linear = 0;
     size_t bytes = 0;
+    // Tensor parallelism: this rank's communicator (null on one GPU).
+    parallel::Communicator* comm = nullptr;
+    int rank = 0, world = 1;
 
     void load(const QuantPlan& plan, const nn::gpu::WeightSource& src, const VectorSource& vector);
     // A block's last residual, x += gate · rms(y; w), left for the next block's first pass over x
@@ -122,17 +129,45 @@ void ZImageTransformerCuda::Weights::load(const QuantPlan& plan, const nn::gpu::
         bytes += t.nbytes();
         return t;
     };
+    // A rank's window of a Linear (tensor parallelism): rows [r0, r0 + n), input columns [c0, c0 + k).
+    auto shard = [&](const std::string& name, int64_t n, int64_t k, int64_t r0, int64_t c0) {
+        auto it = plans.find(name);
+        if (it == plans.end()) raise<ShapeError>("Z-Image (CUDA): no Linear layer '{}' in the model plan", name);
+        return Member{it->second, n, k, true, r0, c0};
+    };
     const int64_t D = cfg.dim, hd = cfg.head_dim();
+    if (world > 1 && (cfg.n_heads < world || cfg.n_kv_heads != cfg.n_heads))
+        raise<UsageError>("Z-Image (CUDA): tensor parallelism over {} GPUs needs at least {} attention heads with as "
+                          "many key/value heads; this model has {} heads, {} key/value heads",
+                          world, world, cfg.n_heads, cfg.n_kv_heads);
     auto block = [&](const std::string& p, bool modulated) {
         Block b;
         b.modulated = modulated;
-        b.qkv = group({member(p + ".attention.to_q"), member(p + ".attention.to_k"), member(p + ".attention.to_v")});
-        b.out = group({member(p + ".attention.to_out.0")});
         const int64_t hidden = plans.at(p + ".feed_forward.w1")->spec.out_features;
         b.hidden_p = round_up(hidden, 16);
-        b.w13 = group({member(p + ".feed_forward.w1", b.hidden_p), member(p + ".feed_forward.w3", b.hidden_p)});
-        // w2 reads the padded hidden activations: its K is padded with zero columns.
-        b.w2 = group({member(p + ".feed_forward.w2", 0, b.hidden_p)});
+        if (world == 1) {
+            b.heads = cfg.n_heads;
+            b.qkv = group({member(p + ".attention.to_q"), member(p + ".attention.to_k"), member(p + ".attention.to_v")});
+            b.out = group({member(p + ".attention.to_out.0")});
+            b.w13 = group({member(p + ".feed_forward.w1", b.hidden_p), member(p + ".feed_forward.w3", b.hidden_p)});
+            // w2 reads the padded hidden activations: its K is padded with zero columns.
+            b.w2 = group({member(p + ".feed_forward.w2", 0, b.hidden_p)});
+        } else {
+            // Megatron layout: whole heads of q/k/v and a block of the (padded) hidden width of
+            // w1/w3 by rows (column split), to_out and w2 by the matching input columns (row split).
+            const parallel::Range h = parallel::split(cfg.n_heads, rank, world);
+            const parallel::Range f = parallel::split(b.hidden_p, rank, world, 16);
+            b.heads = h.size();
+            const int64_t dq = h.size() * hd;
+            b.qkv = group({shard(p + ".attention.to_q", dq, D, h.begin * hd, 0),
+                           shard(p + ".attention.to_k", dq, D, h.begin * hd, 0),
+                           shard(p + ".attention.to_v", dq, D, h.begin * hd, 0)});
+            b.out = group({shard(p + ".attention.to_out.0", D, dq, 0, h.begin * hd)});
+            b.hidden_p = f.size();
+            b.w13 = group({shard(p + ".feed_forward.w1", f.size(), D, f.begin, 0),
+                           shard(p + ".feed_forward.w3", f.size(), D, f.begin, 0)});
+            b.w2 = group({shard(p + ".feed_forward.w2", D, f.size(), 0, f.begin)});
+        }
         if (cfg.qk_norm) {
             b.norm_q = vec(p + ".attention.norm_q.weight", hd);
             b.norm_k = vec(p + ".attention.norm_k.weight", hd);
@@ -186,7 +221,8 @@ void ZImageTransformerCuda::Weights::flush(DTensor& x, Pending& pending) const {
 void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, const float* freqs,
                                                    const DTensor& adaln, Pending& pending) const {
     cudaStream_t s = stream;
-    const int64_t L = x.size(0), D = cfg.dim, H = cfg.n_heads, hd = cfg.head_dim();
+    // H heads of q/k/v here (all of them, or this rank's under tensor parallelism), Dq = H·hd wide.
+    const int64_t L = x.size(0), D = cfg.dim, H = b.heads, hd = cfg.head_dim(), Dq = H * hd;
     if (L == 0) return;
     // mod = [1 + scale_msa, tanh(gate_msa), 1 + scale_mlp, tanh(gate_mlp)] in F32.
     DTensor mod;
@@ -230,20 +266,24 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
         cuda::row_op(op, s);
         pending = Pending();
     }
-    DTensor qkv = DTensor::empty({L, 3 * D}, DType::BF16);
-    run_group(b.qkv, qin, L, qkv.raw(), 3 * D, s);
+    DTensor qkv = DTensor::empty({L, 3 * Dq}, DType::BF16);
+    run_group(b.qkv, qin, L, qkv.raw(), 3 * Dq, s);
     qin = Input();
-    cuda::qk_norm_rope(qkv.raw(), 3 * D, D, L, H, hd, b.norm_q.defined() ? b.norm_q.raw() : nullptr,
+    cuda::qk_norm_rope(qkv.raw(), 3 * Dq, Dq, L, H, hd, b.norm_q.defined() ? b.norm_q.raw() : nullptr,
                        b.norm_k.defined() ? b.norm_k.raw() : nullptr, kAttnNormEps, freqs, s);
     Input oin;
-    oin.x = DTensor::empty({L, D}, DType::BF16);
-    oin.ldx = D;
+    oin.x = DTensor::empty({L, Dq}, DType::BF16);
+    oin.ldx = Dq;
     const __nv_bfloat16* qp = qkv.data<__nv_bfloat16>();
-    cuda::attention(qp, 3 * D, qp + D, 3 * D, qp + 2 * D, 3 * D, oin.x.raw(), D, L, H, hd, s, attention);
+    cuda::attention(qp, 3 * Dq, qp + Dq, 3 * Dq, qp + 2 * Dq, 3 * Dq, oin.x.raw(), Dq, L, H, hd, s, attention);
     qkv = DTensor();
-    nn::gpu::quantize_input(b.out, oin, L, s);
     DTensor y = DTensor::empty({L, D}, DType::BF16);
-    run_group(b.out, oin, L, y.raw(), D, s);
+    if (world == 1) {
+        nn::gpu::quantize_input(b.out, oin, L, s);
+        run_group(b.out, oin, L, y.raw(), D, s);
+    } else {
+        parallel::run_row_split(b.out, oin, L, y.raw(), D, *comm, s);  // every rank gets the whole y
+    }
     oin = Input();
 
     // x += gate_msa · norm2(attn); then ffn_norm1(x) · scale_mlp, in one pass.
@@ -270,13 +310,22 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
     DTensor h = DTensor::empty({L, 2 * Hp}, DType::BF16);
     run_group(b.w13, fin, L, h.raw(), 2 * Hp, s);
     fin = Input();
-    Input gin = make_input(b.w2, L);
-    cuda::swiglu(h.raw(), 2 * Hp, L, Hp, gin.x.defined() ? gin.x.raw() : nullptr, Hp,
-                 gin.q.defined() ? gin.q.data<int8_t>() : nullptr, gin.q.defined() ? gin.qs.data<float>() : nullptr,
-                 b.w2.kp, s);
-    h = DTensor();
-    run_group(b.w2, gin, L, y.raw(), D, s);
-    gin = Input();
+    if (world == 1) {
+        Input gin = make_input(b.w2, L);
+        cuda::swiglu(h.raw(), 2 * Hp, L, Hp, gin.x.defined() ? gin.x.raw() : nullptr, Hp,
+                     gin.q.defined() ? gin.q.data<int8_t>() : nullptr, gin.q.defined() ? gin.qs.data<float>() : nullptr,
+                     b.w2.kp, s);
+        h = DTensor();
+        run_group(b.w2, gin, L, y.raw(), D, s);
+    } else {
+        // The row split quantizes with the whole token's absmax, so SwiGLU writes bf16 only.
+        Input gin;
+        gin.x = DTensor::empty({L, Hp}, DType::BF16);
+        gin.ldx = Hp;
+        cuda::swiglu(h.raw(), 2 * Hp, L, Hp, gin.x.raw(), Hp, nullptr, nullptr, 0, s);
+        h = DTensor();
+        parallel::run_row_split(b.w2, gin, L, y.raw(), D, *comm, s);
+    }
 
     // x += gate_mlp · ffn_norm2(ffn): left to the next block's first pass (or flush()).
     pending.y = y;
@@ -292,9 +341,20 @@ ZImageTransformerCuda::ZImageTransformerCuda(ZImageTransformerCuda&&) noexcept =
 ZImageTransformerCuda::~ZImageTransformerCuda() = default;
 
 ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream)
+    : ZImageTransformerCuda(m, stream, nullptr) {}
+
+ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, parallel::Communicator& comm)
+    : ZImageTransformerCuda(m, comm.stream(), &comm) {}
+
+ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream, parallel::Communicator* comm)
     : w_(std::make_unique<Weights>()) {
     w_->cfg = Config::from_json(m.folder.config, m.folder.config_path);
     w_->stream = stream;
+    if (comm) {
+        w_->comm = comm;
+        w_->rank = comm->rank();
+        w_->world = comm->world();
+    }
     const Checkpoint& ck = *m.checkpoint;
     w_->load(m.plan, nn::gpu::WeightSource{&ck, 0, stream}, [&](const std::string& name, int64_t n) {
         return DTensor::upload(ck.get_as(name, DType::BF16).view({n}), MemKind::Weight, stream);
@@ -323,6 +383,7 @@ const Config& ZImageTransformerCuda::config() const { return w_->cfg; }
 int ZImageTransformerCuda::int8_layers() const { return w_->n_int8; }
 int ZImageTransformerCuda::linear_layers() const { return w_->n_linear; }
 size_t ZImageTransformerCuda::weight_bytes() const { return w_->bytes; }
+int ZImageTransformerCuda::world() const { return w_->world; }
 cudaStream_t ZImageTransformerCuda::stream() const { return w_->stream; }
 void ZImageTransformerCuda::set_attention(cuda::AttentionImpl impl) {
     w_->attention = impl;
@@ -369,7 +430,8 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
 
     // With a graph, the blocks read u, freqs and adaln at fixed addresses; the RoPE table depends
     // on the grid and caption length only, so it is kept with the graph.
-    const bool graph = W.use_graph && s != nullptr;
+    // (Not under tensor parallelism: the local test group's collectives run on the host.)
+    const bool graph = W.use_graph && s != nullptr && W.world == 1;
     StepGraph* G = nullptr;  // this shape's graph (most recent last in W.graphs)
     if (graph) {
         auto& gs = W.graphs;

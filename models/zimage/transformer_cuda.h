@@ -19,12 +19,25 @@
 #include "models/zimage/zimage_config.h"
 #include "quant/model.h"
 
+namespace qdit::parallel {
+class Communicator;
+}
+
 namespace qdit::zimage {
 
 class ZImageTransformerCuda {
 public:
     // Loads the model's weights onto the current device (quantizing as m.plan says).
     explicit ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream = nullptr);
+    // One rank's shard for tensor parallelism over comm's group (parallel/tensor_parallel.h's
+    // Megatron layout), on the current device and comm.stream(): q/k/v by whole heads and w1/w3 by
+    // 16-wide blocks of the padded hidden width (column split), to_out and w2 by the matching input
+    // columns (row split, parallel/row_split_cuda.h); the embedders, adaLN layers, norms and the
+    // final layer are whole on every rank, and so is the residual stream, so every rank computes
+    // the whole output. Made on every rank's thread (RankGroup::run); forward / forward_tokens are
+    // then collective: every rank calls them with the same inputs. CUDA graphs are not used.
+    // Needs n_heads >= world.
+    ZImageTransformerCuda(const PreparedModel& m, parallel::Communicator& comm);
     // Random weights ~ N(0, 0.02) (norm weights and pad tokens ~ N(1, 0.02) / N(0, 0.02)),
     // generated on the GPU, with the default plan of `quant` (benchmarks at the real size).
     static ZImageTransformerCuda random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
@@ -36,8 +49,10 @@ public:
     // Linear layers that run in int8 / in total.
     int int8_layers() const;
     int linear_layers() const;
-    // Bytes of device memory held by the weights.
+    // Bytes of device memory held by the weights (this rank's, under tensor parallelism).
     size_t weight_bytes() const;
+    // Ranks of the tensor-parallel group (1 on one GPU).
+    int world() const;
 
     // The CPU forward's interface: per item x[b] [C, F, H, W], t[b] (t F32 [B]) and cap_feats[b]
     // [L_b, cap_feat_dim] on the host; items may differ in size and caption length. Returns the
@@ -68,6 +83,7 @@ public:
 
 private:
     ZImageTransformerCuda(std::unique_ptr<Weights> w);
+    ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream, parallel::Communicator* comm);
     std::unique_ptr<Weights> w_;
 };
 

@@ -2,7 +2,7 @@
 // text encoder, the transformer (blocks replayed as CUDA graphs) and the VAE decoder, all on one
 // stream in bf16. The latents stay on the host between steps (16·h·w floats; the scheduler and the
 // guidance run there, as on the CPU).
-// With opt.gpus > 1 the transformer runs tensor-parallel over NCCL on GPUs 0..gpus-1
+// With opt.gpus > 1 the transformer runs tensor- or sequence-parallel over NCCL on GPUs 0..gpus-1
 // (zimage::ZImageTransformerParallel, no CUDA graphs); the text encoder and the VAE stay on GPU 0.
 #include <filesystem>
 #include <numeric>
@@ -50,7 +50,7 @@ struct Stream {
 
 class CudaComponents final : public ZImageComponents {
 public:
-    CudaComponents(const std::string& dir, int index, int gpus, const PreparedModel& text,
+    CudaComponents(const std::string& dir, int index, int gpus, bool sequence_parallel, const PreparedModel& text,
                    const PreparedModel& transformer)
         : stream_(index, gpus),
           vae_((std::filesystem::path(dir) / "vae").string(), DType::BF16, stream_.s),
@@ -59,7 +59,8 @@ public:
             std::vector<int> devices(static_cast<size_t>(gpus));
             std::iota(devices.begin(), devices.end(), 0);
             group_ = parallel::RankGroup::nccl(devices);
-            parallel_ = std::make_unique<zimage::ZImageTransformerParallel>(transformer, *group_);
+            parallel_ = std::make_unique<zimage::ZImageTransformerParallel>(
+                transformer, *group_, sequence_parallel ? zimage::ParallelMode::Sequence : zimage::ParallelMode::Tensor);
             cuda::check(cudaSetDevice(index), "selecting the CUDA device");
         } else {
             transformer_ = std::make_unique<zimage::ZImageTransformerCuda>(transformer, stream_.s);
@@ -95,7 +96,8 @@ private:
 std::unique_ptr<ZImageComponents> make_zimage_cuda_components(const std::string& dir, const PipelineOptions& opt,
                                                               const PreparedModel& text_encoder,
                                                               const PreparedModel& transformer) {
-    return std::make_unique<CudaComponents>(dir, opt.device.index, opt.gpus, text_encoder, transformer);
+    return std::make_unique<CudaComponents>(dir, opt.device.index, opt.gpus, opt.sequence_parallel, text_encoder,
+                                            transformer);
 }
 
 }  // namespace qdit

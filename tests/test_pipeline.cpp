@@ -177,6 +177,8 @@ TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
          "--gpus 2"},
         {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --gpus 2 --device cuda:1 -o " + out,
          "CUDA_VISIBLE_DEVICES"},
+        {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --gpus 2 --parallel pipeline -o " + out,
+         "--parallel pipeline"},
     };
     for (const auto& [args, needle] : cases) {
         Cli r = run_qdit(args);

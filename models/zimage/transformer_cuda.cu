@@ -88,9 +88,12 @@ struct ZImageTransformerCuda::Weights {
     nn::RopeEmbedder rope;
     int n_int8 = 0, n_linear = 0;
     size_t bytes = 0;
-    // Tensor parallelism: this rank's communicator (null on one GPU).
+    // Several GPUs: this rank's communicator (null on one GPU) and how the model is split.
     parallel::Communicator* comm = nullptr;
     int rank = 0, world = 1;
+    ParallelMode mode = ParallelMode::Tensor;
+    bool tensor_parallel() const { return world > 1 && mode == ParallelMode::Tensor; }
+    bool sequence_parallel() const { return world > 1 && mode == ParallelMode::Sequence; }
 
     void load(const QuantPlan& plan, const nn::gpu::WeightSource& src, const VectorSource& vector);
     // A block's last residual, x += gate · rms(y; w), left for the next block's first pass over x
@@ -102,6 +105,9 @@ struct ZImageTransformerCuda::Weights {
         bool defined() const { return y.defined(); }
     };
     void block_forward(const Block& b, DTensor& x, const float* freqs, const DTensor& adaln, Pending& pending) const;
+    // Sequence parallelism: attention of this rank's tokens' q|k|v [Lr, 3·D] (RoPE applied) over the
+    // whole sequence (Lr·world tokens) into out [Lr, D], through two all-to-alls.
+    void ulysses_attention(const DTensor& qkv, int64_t Lr, void* out) const;
     void flush(DTensor& x, Pending& pending) const;
 };
 
@@ -137,15 +143,16 @@ void ZImageTransformerCuda::Weights::load(const QuantPlan& plan, const nn::gpu::
     };
     const int64_t D = cfg.dim, hd = cfg.head_dim();
     if (world > 1 && (cfg.n_heads < world || cfg.n_kv_heads != cfg.n_heads))
-        raise<UsageError>("Z-Image (CUDA): tensor parallelism over {} GPUs needs at least {} attention heads with as "
+        raise<UsageError>("Z-Image (CUDA): {} parallelism over {} GPUs needs at least {} attention heads with as "
                           "many key/value heads; this model has {} heads, {} key/value heads",
-                          world, world, cfg.n_heads, cfg.n_kv_heads);
+                          mode == ParallelMode::Tensor ? "tensor" : "sequence", world, world, cfg.n_heads,
+                          cfg.n_kv_heads);
     auto block = [&](const std::string& p, bool modulated) {
         Block b;
         b.modulated = modulated;
         const int64_t hidden = plans.at(p + ".feed_forward.w1")->spec.out_features;
         b.hidden_p = round_up(hidden, 16);
-        if (world == 1) {
+        if (!tensor_parallel()) {  // one GPU, or sequence parallelism: whole weights
             b.heads = cfg.n_heads;
             b.qkv = group({member(p + ".attention.to_q"), member(p + ".attention.to_k"), member(p + ".attention.to_v")});
             b.out = group({member(p + ".attention.to_out.0")});
@@ -274,11 +281,15 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
     Input oin;
     oin.x = DTensor::empty({L, Dq}, DType::BF16);
     oin.ldx = Dq;
-    const __nv_bfloat16* qp = qkv.data<__nv_bfloat16>();
-    cuda::attention(qp, 3 * Dq, qp + Dq, 3 * Dq, qp + 2 * Dq, 3 * Dq, oin.x.raw(), Dq, L, H, hd, s, attention);
+    if (sequence_parallel()) {
+        ulysses_attention(qkv, L, oin.x.raw());
+    } else {
+        const __nv_bfloat16* qp = qkv.data<__nv_bfloat16>();
+        cuda::attention(qp, 3 * Dq, qp + Dq, 3 * Dq, qp + 2 * Dq, 3 * Dq, oin.x.raw(), Dq, L, H, hd, s, attention);
+    }
     qkv = DTensor();
     DTensor y = DTensor::empty({L, D}, DType::BF16);
-    if (world == 1) {
+    if (!tensor_parallel()) {
         nn::gpu::quantize_input(b.out, oin, L, s);
         run_group(b.out, oin, L, y.raw(), D, s);
     } else {
@@ -310,7 +321,7 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
     DTensor h = DTensor::empty({L, 2 * Hp}, DType::BF16);
     run_group(b.w13, fin, L, h.raw(), 2 * Hp, s);
     fin = Input();
-    if (world == 1) {
+    if (!tensor_parallel()) {
         Input gin = make_input(b.w2, L);
         cuda::swiglu(h.raw(), 2 * Hp, L, Hp, gin.x.defined() ? gin.x.raw() : nullptr, Hp,
                      gin.q.defined() ? gin.q.data<int8_t>() : nullptr, gin.q.defined() ? gin.qs.data<float>() : nullptr,
@@ -334,6 +345,42 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
     pending.gate = gate_mlp;
 }
 
+// Ulysses: every rank sends each rank j the q|k|v of its own tokens for j's heads split(H, j) and
+// receives every token for its heads; attention runs on those; the second all-to-all returns each
+// rank its tokens with every head. Blocks are padded to the largest head count (heads need not
+// divide evenly); the padding columns are never read. The received rows are in global token order
+// (rank s's block holds tokens [s·Lr, (s+1)·Lr)), so attention sees the keys in the one-GPU order.
+void ZImageTransformerCuda::Weights::ulysses_attention(const DTensor& qkv, int64_t Lr, void* out) const {
+    cudaStream_t s = stream;
+    const int64_t D = cfg.dim, H = cfg.n_heads, hd = cfg.head_dim(), L = Lr * world;
+    const int64_t Hm = parallel::split(H, 0, world).size(), wq = 3 * Hm * hd;  // a received row: q|k|v, Hm heads each
+    DTensor send = DTensor::empty({world * Lr, wq}, DType::BF16), recv = DTensor::empty({L, wq}, DType::BF16);
+    const size_t es = 2;
+    for (int j = 0; j < world; ++j) {
+        const parallel::Range h = parallel::split(H, j, world);
+        for (int part = 0; part < 3; ++part)
+            cuda::check(cudaMemcpy2DAsync(send.data<__nv_bfloat16>() + j * Lr * wq + part * Hm * hd, size_t(wq) * es,
+                                          qkv.data<__nv_bfloat16>() + part * D + h.begin * hd, size_t(3 * D) * es,
+                                          size_t(h.size() * hd) * es, size_t(Lr), cudaMemcpyDeviceToDevice, s),
+                        "sequence parallel: packing q|k|v");
+    }
+    comm->all_to_all(send.raw(), recv.raw(), Lr * wq, DType::BF16, s);
+    send = DTensor();
+    const int64_t Hr = parallel::split(H, rank, world).size();
+    DTensor o = DTensor::empty({L, Hm * hd}, DType::BF16), back = DTensor::empty({world * Lr, Hm * hd}, DType::BF16);
+    const __nv_bfloat16* qp = recv.data<__nv_bfloat16>();
+    cuda::attention(qp, wq, qp + Hm * hd, wq, qp + 2 * Hm * hd, wq, o.raw(), Hm * hd, L, Hr, hd, s, attention);
+    recv = DTensor();
+    comm->all_to_all(o.raw(), back.raw(), Lr * Hm * hd, DType::BF16, s);  // o's rows are the ranks' blocks
+    for (int j = 0; j < world; ++j) {
+        const parallel::Range h = parallel::split(H, j, world);
+        cuda::check(cudaMemcpy2DAsync(static_cast<__nv_bfloat16*>(out) + h.begin * hd, size_t(D) * es,
+                                      back.data<__nv_bfloat16>() + j * Lr * Hm * hd, size_t(Hm * hd) * es,
+                                      size_t(h.size() * hd) * es, size_t(Lr), cudaMemcpyDeviceToDevice, s),
+                    "sequence parallel: unpacking the attention output");
+    }
+}
+
 // ---------------------------------------------------------------------------
 
 ZImageTransformerCuda::ZImageTransformerCuda(std::unique_ptr<Weights> w) : w_(std::move(w)) {}
@@ -341,12 +388,13 @@ ZImageTransformerCuda::ZImageTransformerCuda(ZImageTransformerCuda&&) noexcept =
 ZImageTransformerCuda::~ZImageTransformerCuda() = default;
 
 ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream)
-    : ZImageTransformerCuda(m, stream, nullptr) {}
+    : ZImageTransformerCuda(m, stream, nullptr, ParallelMode::Tensor) {}
 
-ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, parallel::Communicator& comm)
-    : ZImageTransformerCuda(m, comm.stream(), &comm) {}
+ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, parallel::Communicator& comm, ParallelMode mode)
+    : ZImageTransformerCuda(m, comm.stream(), &comm, mode) {}
 
-ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream, parallel::Communicator* comm)
+ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream, parallel::Communicator* comm,
+                                             ParallelMode mode)
     : w_(std::make_unique<Weights>()) {
     w_->cfg = Config::from_json(m.folder.config, m.folder.config_path);
     w_->stream = stream;
@@ -354,6 +402,7 @@ ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_
         w_->comm = comm;
         w_->rank = comm->rank();
         w_->world = comm->world();
+        w_->mode = mode;
     }
     const Checkpoint& ck = *m.checkpoint;
     w_->load(m.plan, nn::gpu::WeightSource{&ck, 0, stream}, [&](const std::string& name, int64_t n) {
@@ -384,6 +433,7 @@ int ZImageTransformerCuda::int8_layers() const { return w_->n_int8; }
 int ZImageTransformerCuda::linear_layers() const { return w_->n_linear; }
 size_t ZImageTransformerCuda::weight_bytes() const { return w_->bytes; }
 int ZImageTransformerCuda::world() const { return w_->world; }
+ParallelMode ZImageTransformerCuda::parallel_mode() const { return w_->mode; }
 cudaStream_t ZImageTransformerCuda::stream() const { return w_->stream; }
 void ZImageTransformerCuda::set_attention(cuda::AttentionImpl impl) {
     w_->attention = impl;
@@ -525,7 +575,32 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         for (const Block& b : W.layers) W.block_forward(b, u, fr, adaln, pending);
         W.flush(u, pending);
     };
-    if (!graph) {
+    // Sequence parallelism: every rank holds u whole at the stage boundaries and runs each stage's
+    // blocks on its 1/world of that stage's tokens (image tokens, caption tokens, then the unified
+    // sequence); in-place all-gathers put the stage's rows back together on every rank.
+    auto sp_blocks = [&] {
+        const int R = W.world, r = W.rank;
+        if (Lx % R || Lc % R)
+            raise<UsageError>("Z-Image (CUDA): sequence parallelism over {} GPUs needs image and caption token counts "
+                              "divisible by {} (they are {} and {}, multiples of {}): use 2, 4 or 8 GPUs",
+                              R, R, Lx, Lc, kSeqMultiple);
+        const int64_t lx = Lx / R, lc = Lc / R, lu = Lu / R;
+        Weights::Pending pending;
+        DTensor xr = u.rows(r * lx, (r + 1) * lx), cr = u.rows(Lx + r * lc, Lx + (r + 1) * lc);
+        for (const Block& b : W.noise) W.block_forward(b, xr, fr + r * lx * hd, adaln, pending);
+        W.flush(xr, pending);
+        for (const Block& b : W.context) W.block_forward(b, cr, fr + (Lx + r * lc) * hd, adaln, pending);
+        W.flush(cr, pending);
+        W.comm->all_gather(xr.raw(), u.raw(), lx * D, DType::BF16, s);
+        W.comm->all_gather(cr.raw(), u.rows(Lx, Lu).raw(), lc * D, DType::BF16, s);
+        DTensor ur = u.rows(r * lu, (r + 1) * lu);
+        for (const Block& b : W.layers) W.block_forward(b, ur, fr + r * lu * hd, adaln, pending);
+        W.flush(ur, pending);
+        W.comm->all_gather(ur.raw(), u.raw(), lu * D, DType::BF16, s);
+    };
+    if (W.sequence_parallel()) {
+        sp_blocks();
+    } else if (!graph) {
         blocks();
     } else {
         if (!G->exec) {

@@ -4,7 +4,8 @@
 
 namespace qdit::zimage {
 
-ZImageTransformerParallel::ZImageTransformerParallel(const PreparedModel& m, parallel::RankGroup& group)
+ZImageTransformerParallel::ZImageTransformerParallel(const PreparedModel& m, parallel::RankGroup& group,
+                                                     ParallelMode mode)
     : group_(&group), shards_(size_t(group.world())) {
     // The checkpoint opens its shard files lazily; open them all here so the rank threads only
     // read from it.
@@ -13,7 +14,7 @@ ZImageTransformerParallel::ZImageTransformerParallel(const PreparedModel& m, par
     for (const std::string& k : ck.keys())
         if (files.insert(ck.file_of(k)).second) (void)ck.get(k);
     group.run([&](parallel::Communicator& comm) {
-        shards_[size_t(comm.rank())] = std::make_unique<ZImageTransformerCuda>(m, comm);
+        shards_[size_t(comm.rank())] = std::make_unique<ZImageTransformerCuda>(m, comm, mode);
     });
 }
 
@@ -21,6 +22,7 @@ ZImageTransformerParallel::~ZImageTransformerParallel() = default;
 
 int ZImageTransformerParallel::world() const { return int(shards_.size()); }
 const Config& ZImageTransformerParallel::config() const { return shards_[0]->config(); }
+ParallelMode ZImageTransformerParallel::mode() const { return shards_[0]->parallel_mode(); }
 int ZImageTransformerParallel::int8_layers() const { return shards_[0]->int8_layers(); }
 int ZImageTransformerParallel::linear_layers() const { return shards_[0]->linear_layers(); }
 size_t ZImageTransformerParallel::weight_bytes(int rank) const { return shards_.at(size_t(rank))->weight_bytes(); }

@@ -1,7 +1,7 @@
-// The Z-Image transformer over several ranks (tensor parallelism): one ZImageTransformerCuda shard
-// per rank of a parallel::RankGroup (NCCL over GPUs, or the local test group on one GPU), driven
-// from one host thread per rank. The caller sees the one-GPU interface: host tensors in, the
-// velocity out (rank 0's copy; every rank computes the whole output).
+// The Z-Image transformer over several ranks (tensor or sequence parallelism, ParallelMode): one
+// ZImageTransformerCuda per rank of a parallel::RankGroup (NCCL over GPUs, or the local test group
+// on one GPU), driven from one host thread per rank. The caller sees the one-GPU interface: host
+// tensors in, the velocity out (rank 0's copy; every rank computes the whole output).
 #pragma once
 #include <memory>
 #include <vector>
@@ -18,14 +18,16 @@ class ZImageTransformerParallel {
 public:
     // Loads every rank's shard on its device (in parallel, one thread per rank). `group` must
     // outlive the model.
-    ZImageTransformerParallel(const PreparedModel& m, parallel::RankGroup& group);
+    ZImageTransformerParallel(const PreparedModel& m, parallel::RankGroup& group,
+                              ParallelMode mode = ParallelMode::Tensor);
     ~ZImageTransformerParallel();
 
     int world() const;
     const Config& config() const;
     int int8_layers() const;
     int linear_layers() const;
-    size_t weight_bytes(int rank) const;  // device bytes of rank's shard
+    ParallelMode mode() const;
+    size_t weight_bytes(int rank) const;  // device bytes of rank's part
     void set_attention(cuda::AttentionImpl impl);
     ZImageTransformerCuda& shard(int rank);
 

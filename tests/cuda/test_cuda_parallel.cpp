@@ -1,20 +1,23 @@
-// Tensor parallelism on one GPU: the row-split Linear kernels, and the tensor-parallel Z-Image
+// Tensor and sequence parallelism on one GPU: the row-split Linear kernels, and the split Z-Image
 // forward with the local rank group (W ranks on one GPU, parallel/communicator.h) against the
 // one-GPU forward.
 //
 // Expectations:
-//   int8 (default plan) TP vs one GPU, attention on the simple kernel: bit for bit. Every int8
-//     Linear is exact by construction (column split: the same input quantization and int32 sums
-//     per output column; row split: whole-token absmax by MAX, int32 partial sums by SUM, the GEMM
-//     epilogue's arithmetic once), the bf16 layers (embedders, adaLN, final layer) are whole on
-//     every rank, and the simple attention kernel computes each head alone.
-//   int8 with cuDNN attention (Auto): cuDNN runs a different head count per rank, so no bit-level
-//     promise; bound: rel L2 to the one-GPU output <= 0.25 × the one-GPU output's own distance to
-//     diffusers' W8A8 reference (the split may add a quarter of the noise bf16 activations add).
-//   bf16: to_out and w2 sum f32 partials in another order and the column-split GEMMs may pick other
-//     cuBLASLt algorithms, so single bf16 roundings flip; bound: rel L2 to the one-GPU output <=
-//     0.5 × the distance of diffusers' own bf16 output from its fp32 output (the split must add
-//     less than half of what bf16 itself costs).
+//   int8 (default plan) vs one GPU, attention on the simple kernel: bit for bit, for TP and SP.
+//     TP: every int8 Linear is exact by construction (column split: the same input quantization
+//     and int32 sums per output column; row split: whole-token absmax by MAX, int32 partial sums by
+//     SUM, the GEMM epilogue's arithmetic once), the bf16 layers (embedders, adaLN, final layer)
+//     are whole on every rank, and the simple attention kernel computes each (query, head) alone
+//     over the keys in order. SP: per-token kernels see the same rows, int8 GEMMs are exact for
+//     any M, and the all-to-all hands attention every key in the one-GPU order.
+//   int8 with cuDNN attention (Auto): cuDNN runs other head counts (and, for TP, other GEMM
+//     shapes feed it), so no bit-level promise; bound: rel L2 to the one-GPU output <= 0.25 × the
+//     one-GPU output's own distance to diffusers' W8A8 reference (the split may add a quarter of
+//     the noise that bf16 activations add).
+//   bf16: TP's to_out and w2 sum f32 partials in another order, and TP's and SP's GEMMs have other
+//     shapes (N or M), for which cuBLASLt may pick other algorithms, so single bf16 roundings
+//     flip; bound: rel L2 to the one-GPU output <= 0.5 × the distance of diffusers' own bf16
+//     output from its fp32 output (the split must add less than half of what bf16 itself costs).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -212,17 +215,25 @@ std::vector<Tensor> one_gpu(const PreparedModel& m, const Inputs& f, cuda::Atten
     return model.forward(f.x, f.t, f.cap);
 }
 
-std::vector<Tensor> tensor_parallel(const PreparedModel& m, const Inputs& f, int world, cuda::AttentionImpl impl) {
+using zimage::ParallelMode;
+
+const char* mode_name(ParallelMode m) { return m == ParallelMode::Tensor ? "TP" : "SP"; }
+
+std::vector<Tensor> split_forward(const PreparedModel& m, const Inputs& f, ParallelMode mode, int world,
+                                  cuda::AttentionImpl impl) {
     auto g = parallel::RankGroup::local(world, 0);
-    zimage::ZImageTransformerParallel model(m, *g);
+    zimage::ZImageTransformerParallel model(m, *g, mode);
     EXPECT_EQ(model.world(), world);
+    EXPECT_EQ(model.mode(), mode);
     model.set_attention(impl);
     return model.forward(f.x, f.t, f.cap);
 }
 
 const char* const kFixtures[] = {"h3_b1", "h5_b2", "h2_l3_sharded"};
 
-TEST(CudaZImageParallel, Int8TensorParallelEqualsOneGpuBitForBit) {
+// TP over 2 and 3 ranks (3 splits 3 and 5 heads unevenly), SP over 2 and 4 ranks (5 heads over 4:
+// padded all-to-all blocks), wherever the model has enough heads.
+TEST(CudaZImageParallel, Int8SplitEqualsOneGpuBitForBit) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
     for (const char* name : kFixtures) {
         SCOPED_TRACE(name);
@@ -230,32 +241,36 @@ TEST(CudaZImageParallel, Int8TensorParallelEqualsOneGpuBitForBit) {
         const PreparedModel m = prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
         const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Simple);
         const int heads = int(m.folder.config.at("n_heads").get<int64_t>());
-        for (int world : {2, 3}) {
+        for (auto [mode, world] : {std::pair{ParallelMode::Tensor, 2}, {ParallelMode::Tensor, 3},
+                                   {ParallelMode::Sequence, 2}, {ParallelMode::Sequence, 4}}) {
             if (world > heads) continue;
-            const std::vector<Tensor> tp = tensor_parallel(m, f, world, cuda::AttentionImpl::Simple);
-            std::printf("[ %-13s ] int8 TP=%d vs one GPU (simple attention): %s, rel L2 %.3g\n", name, world,
-                        bit_equal(tp, one) ? "bit-identical" : "DIFFERENT", rel_l2(tp, one));
-            EXPECT_TRUE(bit_equal(tp, one)) << "TP=" << world;
+            const std::vector<Tensor> out = split_forward(m, f, mode, world, cuda::AttentionImpl::Simple);
+            std::printf("[ %-13s ] int8 %s=%d vs one GPU (simple attention): %s, rel L2 %.3g\n", name,
+                        mode_name(mode), world, bit_equal(out, one) ? "bit-identical" : "DIFFERENT", rel_l2(out, one));
+            EXPECT_TRUE(bit_equal(out, one)) << mode_name(mode) << "=" << world;
         }
     }
 }
 
-TEST(CudaZImageParallel, Int8TensorParallelCloseToOneGpuWithDefaultAttention) {
+TEST(CudaZImageParallel, Int8SplitCloseToOneGpuWithDefaultAttention) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
     for (const char* name : kFixtures) {
         SCOPED_TRACE(name);
         const Inputs f = load_inputs(name);
         const PreparedModel m = prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
         const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Auto);
-        const std::vector<Tensor> tp = tensor_parallel(m, f, 2, cuda::AttentionImpl::Auto);
-        const double d = rel_l2(tp, one), bound = 0.25 * rel_l2(one, load_refs(name, "w8a8"));
-        std::printf("[ %-13s ] int8 TP=2 vs one GPU (%s attention): rel L2 %.3g (bound %.3g)%s\n", name,
-                    cuda::attention_impl_name(), d, bound, bit_equal(tp, one) ? ", bit-identical" : "");
-        EXPECT_LE(d, bound);
+        const double bound = 0.25 * rel_l2(one, load_refs(name, "w8a8"));
+        for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
+            const std::vector<Tensor> out = split_forward(m, f, mode, 2, cuda::AttentionImpl::Auto);
+            const double d = rel_l2(out, one);
+            std::printf("[ %-13s ] int8 %s=2 vs one GPU (%s attention): rel L2 %.3g (bound %.3g)%s\n", name,
+                        mode_name(mode), cuda::attention_impl_name(), d, bound, bit_equal(out, one) ? ", bit-identical" : "");
+            EXPECT_LE(d, bound) << mode_name(mode);
+        }
     }
 }
 
-TEST(CudaZImageParallel, Bf16TensorParallelCloseToOneGpu) {
+TEST(CudaZImageParallel, Bf16SplitCloseToOneGpu) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
     for (const char* name : kFixtures) {
         SCOPED_TRACE(name);
@@ -263,25 +278,41 @@ TEST(CudaZImageParallel, Bf16TensorParallelCloseToOneGpu) {
         fs::path d16 = dir(name) / "transformer-bf16";
         const PreparedModel m = prepare_model(fs::exists(d16) ? d16.string() : (dir(name) / "transformer").string(), QuantConfig{});
         const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Auto);
-        const std::vector<Tensor> tp = tensor_parallel(m, f, 2, cuda::AttentionImpl::Auto);
-        const double d = rel_l2(tp, one), bound = 0.5 * rel_l2(load_refs(name, "bf16"), load_refs(name, "fp32"));
-        std::printf("[ %-13s ] bf16 TP=2 vs one GPU: rel L2 %.3g (bound %.3g)%s\n", name, d, bound,
-                    bit_equal(tp, one) ? ", bit-identical" : "");
-        EXPECT_LE(d, bound);
+        const double bound = 0.5 * rel_l2(load_refs(name, "bf16"), load_refs(name, "fp32"));
+        for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
+            const std::vector<Tensor> out = split_forward(m, f, mode, 2, cuda::AttentionImpl::Auto);
+            const double d = rel_l2(out, one);
+            std::printf("[ %-13s ] bf16 %s=2 vs one GPU: rel L2 %.3g (bound %.3g)%s\n", name, mode_name(mode), d, bound,
+                        bit_equal(out, one) ? ", bit-identical" : "");
+            EXPECT_LE(d, bound) << mode_name(mode);
+        }
     }
 }
 
-// More ranks than heads is refused with a message naming both counts.
-TEST(CudaZImageParallel, RefusesMoreRanksThanHeads) {
+// More ranks than heads, and a sequence split that does not divide the token counts, are refused
+// with messages naming the counts.
+TEST(CudaZImageParallel, RefusesSplitsThatDoNotFit) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
     const PreparedModel m = prepare_model((dir("h2_l3_sharded") / "transformer").string(), QuantConfig{});
+    for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
+        auto g = parallel::RankGroup::local(3, 0);
+        try {
+            zimage::ZImageTransformerParallel model(m, *g, mode);
+            ADD_FAILURE() << "no exception";
+        } catch (const UsageError& e) {
+            EXPECT_NE(std::string(e.what()).find("3 GPUs"), std::string::npos) << e.what();
+            EXPECT_NE(std::string(e.what()).find("2 heads"), std::string::npos) << e.what();
+        }
+    }
+    const PreparedModel m3 = prepare_model((dir("h3_b1") / "transformer").string(), QuantConfig{});
+    const Inputs f = load_inputs("h3_b1");
     auto g = parallel::RankGroup::local(3, 0);
+    zimage::ZImageTransformerParallel model(m3, *g, ParallelMode::Sequence);
     try {
-        zimage::ZImageTransformerParallel model(m, *g);
+        model.forward(f.x, f.t, f.cap);
         ADD_FAILURE() << "no exception";
     } catch (const UsageError& e) {
-        EXPECT_NE(std::string(e.what()).find("3 GPUs"), std::string::npos) << e.what();
-        EXPECT_NE(std::string(e.what()).find("2 heads"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("divisible by 3"), std::string::npos) << e.what();
     }
 }
 

@@ -101,7 +101,8 @@ int cmd_quantize(const std::string& dir, const std::string& out, const QuantFlag
 }
 
 struct GenerateArgs {
-    std::string model, prompt, negative_prompt, latents, output = "qdit.png", dtype = "bf16", device = "cpu";
+    std::string model, prompt, negative_prompt, latents, output = "qdit.png", dtype = "bf16", device = "cpu",
+                parallel = "tensor";
     int steps = 9, width = 1024, height = 1024, max_sequence_length = 512, gpus = 1;
     bool device_given = false;
     uint64_t seed = 0;
@@ -150,6 +151,9 @@ int cmd_generate(GenerateArgs a) {
         a.device = "cuda";
     }
     po.gpus = a.gpus;
+    if (a.parallel != "tensor" && a.parallel != "sequence")
+        throw UsageError(fmt::format("--parallel {}: allowed values are tensor, sequence", a.parallel));
+    po.sequence_parallel = a.parallel == "sequence";
     if (po.device.type == DeviceType::CUDA && a.dtype != "bf16")
         throw UsageError(fmt::format("--device {} runs in bf16 (got --dtype {})", a.device, a.dtype));
     po.dtype = a.dtype == "bf16" ? DType::BF16 : DType::F32;
@@ -206,7 +210,7 @@ int cmd_generate(GenerateArgs a) {
                {"guidance", fmt::format("{}", a.guidance)},
                {"model", a.model},
                {"quantization", quant},
-               {"device", a.gpus > 1 ? fmt::format("cuda x {} (tensor parallel)", a.gpus) : a.device},
+               {"device", a.gpus > 1 ? fmt::format("cuda x {} ({} parallel)", a.gpus, a.parallel) : a.device},
                {"software", "qdit"}});
     double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     fmt::print("wrote {} ({}x{}, {} steps, seed {})\n", a.output, a.width, a.height, a.steps, a.seed);
@@ -280,9 +284,14 @@ int main(int argc, char** argv) {
                              "(needs a build with the CUDA backend)")
             ->capture_default_str();
     generate->add_option("--gpus", gen.gpus,
-                         "GPUs for the transformer: N > 1 splits it tensor-parallel over NCCL on CUDA GPUs "
-                         "0..N-1 (text encoder and VAE on GPU 0; implies --device cuda; needs a build with "
-                         "NCCL and libnccl.so.2 at run time, see docs/usage.md)")
+                         "GPUs for the transformer: N > 1 splits it over NCCL on CUDA GPUs 0..N-1 (text "
+                         "encoder and VAE on GPU 0; implies --device cuda; needs a build with NCCL and "
+                         "libnccl.so.2 at run time, see docs/usage.md)")
+        ->capture_default_str();
+    generate->add_option("--parallel", gen.parallel,
+                         "How --gpus N > 1 splits the transformer: tensor (weights split, two all-reduces "
+                         "per block) or sequence (Ulysses: tokens split, whole weights on every GPU, two "
+                         "all-to-alls per block; N must divide the token counts: 2, 4 or 8)")
         ->capture_default_str();
     generate->add_flag("--quantize-text-encoder", gen.quantize_text_encoder,
                        "Also quantize the text encoder's Linear layers with the chosen method");

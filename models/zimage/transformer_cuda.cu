@@ -411,10 +411,27 @@ ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_
 }
 
 ZImageTransformerCuda ZImageTransformerCuda::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                                    parallel::Communicator& comm, ParallelMode mode) {
+    return random_impl(cfg, quant, seed, comm.stream(), &comm, mode);
+}
+
+ZImageTransformerCuda ZImageTransformerCuda::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
                                                     cudaStream_t stream) {
+    return random_impl(cfg, quant, seed, stream, nullptr, ParallelMode::Tensor);
+}
+
+ZImageTransformerCuda ZImageTransformerCuda::random_impl(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                                         cudaStream_t stream, parallel::Communicator* comm,
+                                                         ParallelMode mode) {
     auto w = std::make_unique<Weights>();
     w->cfg = cfg;
     w->stream = stream;
+    if (comm) {
+        w->comm = comm;
+        w->rank = comm->rank();
+        w->world = comm->world();
+        w->mode = mode;
+    }
     const ModelSpec spec = model_spec(cfg);
     const QuantPlan plan = make_quant_plan(spec, quant, std::vector<DType>(spec.linears.size(), DType::BF16),
                                            std::vector<bool>(spec.linears.size(), false));

@@ -50,6 +50,10 @@ public:
     // generated on the GPU, with the default plan of `quant` (benchmarks at the real size).
     static ZImageTransformerCuda random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
                                         cudaStream_t stream = nullptr);
+    // The same for one rank of a split model (benchmarks): each rank draws its own part, so the
+    // values differ from the one-GPU random model; shapes, plans and the work are the real ones.
+    static ZImageTransformerCuda random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                        parallel::Communicator& comm, ParallelMode mode);
     ZImageTransformerCuda(ZImageTransformerCuda&&) noexcept;
     ~ZImageTransformerCuda();
 
@@ -94,6 +98,8 @@ private:
     ZImageTransformerCuda(std::unique_ptr<Weights> w);
     ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream, parallel::Communicator* comm,
                           ParallelMode mode);
+    static ZImageTransformerCuda random_impl(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                             cudaStream_t stream, parallel::Communicator* comm, ParallelMode mode);
     std::unique_ptr<Weights> w_;
 };
 

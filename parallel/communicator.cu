@@ -16,6 +16,7 @@ namespace qdit::parallel {
 void RankGroup::run(const std::function<void(Communicator&)>& fn) {
     if (broken_) raise<Error>("{} rank group: an earlier run failed on one rank; make a new group", backend());
     const int W = world();
+    start();
     std::vector<std::exception_ptr> rank_errors(static_cast<size_t>(W));
     std::vector<char> aborted(size_t(W), 0);  // char: written from several threads
     std::vector<std::thread> threads;
@@ -187,9 +188,15 @@ public:
             return;
         }
         const uint64_t gen = generation_;
-        cv_.wait(me.turn, [&] { return generation_ != gen || aborted_; });
-        if (generation_ == gen)
-            throw RankAborted(fmt::format("rank {}: another rank of the local group failed", rank));
+        cv_.wait(me.turn, [&] { return generation_ != gen || aborted_ || arrived_ + finished_ == world_; });
+        if (generation_ != gen) return;
+        if (aborted_) throw RankAborted(fmt::format("rank {}: another rank of the local group failed", rank));
+        // Every other rank has returned without calling this collective.
+        aborted_ = true;
+        cv_.notify_all();
+        raise<Error>("local rank group: rank {} waits in {} but {} rank(s) returned without calling it: every rank "
+                     "must call the same collectives",
+                     rank, kind_name(kind_), finished_);
     }
 
 protected:
@@ -202,9 +209,17 @@ protected:
         }
         cuda::check(cudaSetDevice(device_), "local rank group: selecting the device");
     }
+    void start() override {
+        std::lock_guard<std::mutex> lk(mu_);
+        finished_ = 0;
+        arrived_ = 0;
+    }
     void leave(int rank) override {
         LocalComm& me = *comms_[size_t(rank)];
-        if (me.turn.owns_lock()) me.turn.unlock();
+        if (!me.turn.owns_lock()) me.turn = std::unique_lock<std::mutex>(mu_);
+        ++finished_;
+        cv_.notify_all();
+        me.turn.unlock();
     }
     void abort() override {
         std::lock_guard<std::mutex> lk(mu_);
@@ -261,7 +276,7 @@ private:
     std::vector<std::unique_ptr<LocalComm>> comms_;
     std::mutex mu_;
     std::condition_variable cv_;
-    int arrived_ = 0;
+    int arrived_ = 0, finished_ = 0;  // ranks waiting in the current collective / returned from fn
     uint64_t generation_ = 0;
     bool aborted_ = false;
     Kind kind_ = Kind::Barrier;

@@ -86,6 +86,7 @@ public:
     void run(const std::function<void(Communicator&)>& fn);
 
 protected:
+    virtual void start() {}            // on the calling thread, before the ranks' threads start
     virtual void enter(int rank) = 0;  // on the rank's thread, before fn
     virtual void leave(int rank) = 0;  // on the rank's thread, after fn (also when it threw)
     virtual void abort() = 0;          // from any thread: make every pending collective fail

@@ -132,7 +132,7 @@ class NcclGroup;
 class NcclComm final : public Communicator {
 public:
     NcclComm(int rank, int world, int device, ncclComm_t comm, cudaStream_t s)
-        : rank_(rank), world_(world), device_(device), comm_(comm), stream_(s) {}
+        : comm_(comm), rank_(rank), world_(world), device_(device), stream_(s) {}
     int rank() const override { return rank_; }
     int world() const override { return world_; }
     int device() const override { return device_; }

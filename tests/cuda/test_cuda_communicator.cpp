@@ -131,8 +131,9 @@ TEST(CudaCommunicator, LocalGroupCollectives) {
     }
 }
 
-// A rank that calls another collective than the others, or throws, fails the run with its own
-// error instead of leaving the others waiting; the group refuses further runs.
+// A rank that calls another collective than the others, returns without one the others wait in,
+// or throws, fails the run with an error instead of leaving the others waiting (a throwing rank's
+// own error); the group refuses further runs.
 TEST(CudaCommunicator, LocalGroupFailuresDoNotHang) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
     {
@@ -146,6 +147,19 @@ TEST(CudaCommunicator, LocalGroupFailuresDoNotHang) {
         }),
                      Error);
         EXPECT_THROW(g->run([](parallel::Communicator&) {}), Error);
+    }
+    {
+        // Rank 1 returns without the collective rank 0 waits in.
+        auto g = parallel::RankGroup::local(2, 0);
+        DTensor buf = DTensor::zeros({16}, DType::F32, MemKind::Activation, g->comm(0).stream());
+        try {
+            g->run([&](parallel::Communicator& c) {
+                if (c.rank() == 0) c.all_reduce(buf.raw(), buf.raw(), 16, DType::F32, parallel::ReduceOp::Sum, c.stream());
+            });
+            ADD_FAILURE() << "no exception";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("returned without calling it"), std::string::npos) << e.what();
+        }
     }
     {
         auto g = parallel::RankGroup::local(3, 0);

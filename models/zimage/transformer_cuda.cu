@@ -348,7 +348,7 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
 // Ulysses: every rank sends each rank j the q|k|v of its own tokens for j's heads split(H, j) and
 // receives every token for its heads; attention runs on those; the second all-to-all returns each
 // rank its tokens with every head. Blocks are padded to the largest head count (heads need not
-// divide evenly); the padding columns are never read. The received rows are in global token order
+// divide evenly); the padding columns are zeros and never read. The received rows are in global token order
 // (rank s's block holds tokens [s·Lr, (s+1)·Lr)), so attention sees the keys in the one-GPU order.
 void ZImageTransformerCuda::Weights::ulysses_attention(const DTensor& qkv, int64_t Lr, void* out) const {
     cudaStream_t s = stream;
@@ -356,6 +356,8 @@ void ZImageTransformerCuda::Weights::ulysses_attention(const DTensor& qkv, int64
     const int64_t Hm = parallel::split(H, 0, world).size(), wq = 3 * Hm * hd;  // a received row: q|k|v, Hm heads each
     DTensor send = DTensor::empty({world * Lr, wq}, DType::BF16), recv = DTensor::empty({L, wq}, DType::BF16);
     const size_t es = 2;
+    const bool uneven = Hm * world != H;  // then some blocks carry padding: zeroed, so no byte sent is undefined
+    if (uneven) cuda::check(cudaMemsetAsync(send.raw(), 0, send.nbytes(), s), "sequence parallel: padding");
     for (int j = 0; j < world; ++j) {
         const parallel::Range h = parallel::split(H, j, world);
         for (int part = 0; part < 3; ++part)
@@ -368,6 +370,7 @@ void ZImageTransformerCuda::Weights::ulysses_attention(const DTensor& qkv, int64
     send = DTensor();
     const int64_t Hr = parallel::split(H, rank, world).size();
     DTensor o = DTensor::empty({L, Hm * hd}, DType::BF16), back = DTensor::empty({world * Lr, Hm * hd}, DType::BF16);
+    if (Hr < Hm) cuda::check(cudaMemsetAsync(o.raw(), 0, o.nbytes(), s), "sequence parallel: padding");
     const __nv_bfloat16* qp = recv.data<__nv_bfloat16>();
     cuda::attention(qp, wq, qp + Hm * hd, wq, qp + 2 * Hm * hd, wq, o.raw(), Hm * hd, L, Hr, hd, s, attention);
     recv = DTensor();

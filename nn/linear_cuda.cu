@@ -55,13 +55,16 @@ void host_linear(const Checkpoint& ck, const LayerPlan& l, Tensor* w, Tensor* sc
                           l.spec.in_features);
 }
 
-// Rows [r0, r0 + n) and columns [0, k) of dst [*, kdst] ← src [n, k] (host, same element size).
-void copy_block(const Tensor& src, Tensor& dst, int64_t r0, int64_t kdst) {
-    const int64_t n = src.size(0), k = src.size(1);
+// Rows [r0, r0 + n) and columns [0, kc) of dst [*, kdst] ← the window of src [N, K] at rows
+// [sr0, sr0 + n), columns [sc0, sc0 + kc), clipped to src (the rest of dst stays as it is: zeros).
+void copy_block(const Tensor& src, Tensor& dst, int64_t r0, int64_t kdst, int64_t sr0, int64_t sc0, int64_t n,
+                int64_t kc) {
+    const int64_t N = src.size(0), K = src.size(1);
+    const int64_t rows = std::max<int64_t>(0, std::min(n, N - sr0)), cols = std::max<int64_t>(0, std::min(kc, K - sc0));
     const size_t es = dtype_size(src.dtype());
-    for (int64_t r = 0; r < n; ++r)
+    for (int64_t r = 0; r < rows; ++r)
         std::memcpy(static_cast<uint8_t*>(dst.raw()) + size_t((r0 + r) * kdst) * es,
-                    static_cast<const uint8_t*>(src.raw()) + size_t(r * k) * es, size_t(k) * es);
+                    static_cast<const uint8_t*>(src.raw()) + size_t((sr0 + r) * K + sc0) * es, size_t(cols) * es);
 }
 
 Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, int64_t col, const WeightSource& src) {
@@ -80,9 +83,11 @@ Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, 
         for (const Member& m : ms) {
             Tensor w, scale, bias;
             host_linear(*src.checkpoint, *m.plan, &w, &scale, &bias);
-            copy_block(w, wcat, r0, int8 ? kp : k);
-            if (int8) std::memcpy(scat.data<float>() + r0, scale.raw(), size_t(w.size(0)) * 4);
-            if (bias.defined()) std::memcpy(bcat.data<float>() + r0, bias.to(DType::F32).raw(), size_t(w.size(0)) * 4);
+            copy_block(w, wcat, r0, int8 ? kp : k, m.r0, m.c0, m.n_pad, k);
+            const int64_t rows = std::max<int64_t>(0, std::min(m.n_pad, w.size(0) - m.r0));
+            if (int8) std::memcpy(scat.data<float>() + r0, scale.data<float>() + m.r0, size_t(rows) * 4);
+            if (bias.defined())
+                std::memcpy(bcat.data<float>() + r0, bias.to(DType::F32).data<float>() + m.r0, size_t(rows) * 4);
             r0 += m.n_pad;
         }
         if (int8) {
@@ -99,11 +104,13 @@ Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, 
     fill_normal(w, src.seed ^ std::hash<std::string>()(ms[0].plan->spec.name), 0.f, 0.02f, s);
     int64_t r0 = 0;
     for (const Member& m : ms) {
-        const int64_t real = m.plan->spec.out_features, kin = m.plan->spec.in_features;
+        // Real rows and input columns inside the member's window; the rest is zero padding.
+        const int64_t real = std::clamp<int64_t>(m.plan->spec.out_features - m.r0, 0, m.n_pad),
+                      kin = std::clamp<int64_t>(m.plan->spec.in_features - m.c0, 0, k);
         if (m.n_pad > real)
             cuda::check(cudaMemsetAsync(w.rows(r0 + real, r0 + m.n_pad).raw(), 0, size_t((m.n_pad - real) * k) * 2, s),
                         "random weights");
-        if (k > kin)
+        if (k > kin && real > 0)
             cuda::check(cudaMemset2DAsync(static_cast<__nv_bfloat16*>(w.rows(r0, r0 + real).raw()) + kin, size_t(k) * 2,
                                           0, size_t(k - kin) * 2, size_t(real), s),
                         "random weights");
@@ -211,10 +218,14 @@ Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& s
     g.k = k;
     g.kp = round_up(k, 16);
     for (const Member& m : ms) {
-        if (m.k_pad != k || m.plan->spec.in_features > k || m.n_pad < m.plan->spec.out_features)
-            raise<ShapeError>("{}: [{}, {}] read with {} inputs (padded to {}) in a group of {} inputs",
+        if (m.k_pad != k ||
+            (!m.shard && (m.r0 || m.c0 || m.plan->spec.in_features > k || m.n_pad < m.plan->spec.out_features)) ||
+            (m.shard && (m.r0 < 0 || m.c0 < 0 || m.n_pad < 1)))
+            raise<ShapeError>("{}: [{}, {}] read with {} inputs (padded to {}) in a group of {} inputs{}",
                               m.plan->spec.name, m.plan->spec.out_features, m.plan->spec.in_features,
-                              m.plan->spec.in_features, m.k_pad, k);
+                              m.plan->spec.in_features, m.k_pad, k,
+                              m.shard ? fmt::format(" (shard: rows from {}, columns from {}, {} rows)", m.r0, m.c0, m.n_pad)
+                                      : std::string());
         g.n += m.n_pad;
     }
     size_t i = 0;

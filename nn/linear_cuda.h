@@ -52,9 +52,16 @@ void quantize_input(const Group& g, Input& in, int64_t m, cudaStream_t s);
 
 // One member of a group: its plan, the rows it occupies (n_pad >= out_features) and the input
 // width it is read with (k_pad >= in_features).
+// A shard (tensor parallelism, parallel/tensor_parallel.h) is a window of the member's weight
+// extended with zero rows and columns: rows [r0, r0 + n_pad) and input columns [c0, c0 + k_pad).
+// int8 weights are quantized whole before the window is cut, so a column window keeps the whole
+// rows' scales (the row split's rule). Without shard, r0 = c0 = 0 and the window must cover the
+// weight.
 struct Member {
     const LayerPlan* plan;
     int64_t n_pad, k_pad;
+    bool shard = false;
+    int64_t r0 = 0, c0 = 0;
 };
 
 // Where weights come from: the checkpoint (int8 as stored, or quantized from the stored weight as

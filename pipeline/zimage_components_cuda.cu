@@ -2,7 +2,10 @@
 // text encoder, the transformer (blocks replayed as CUDA graphs) and the VAE decoder, all on one
 // stream in bf16. The latents stay on the host between steps (16·h·w floats; the scheduler and the
 // guidance run there, as on the CPU).
+// With opt.gpus > 1 the transformer runs tensor- or sequence-parallel over NCCL on GPUs 0..gpus-1
+// (zimage::ZImageTransformerParallel, no CUDA graphs); the text encoder and the VAE stay on GPU 0.
 #include <filesystem>
+#include <numeric>
 
 #include "backend/cuda/allocator.h"
 #include "backend/cuda/device_tensor.h"
@@ -11,6 +14,8 @@
 #include "models/text/qwen3_cuda.h"
 #include "models/vae/autoencoder_kl_cuda.h"
 #include "models/zimage/transformer_cuda.h"
+#include "models/zimage/transformer_parallel.h"
+#include "parallel/communicator.h"
 #include "pipeline/zimage_components.h"
 #include "pipeline/zimage_pipeline.h"
 
@@ -20,13 +25,20 @@ namespace {
 
 // Makes GPU `index` current and holds the components' stream, destroyed after the models (declared
 // first).
+// With gpus > 1 it first checks that GPUs 0..gpus-1 exist and NCCL loads, so a run that cannot
+// start fails before any weight is read.
 struct Stream {
     cudaStream_t s = nullptr;
-    explicit Stream(int index) {
+    Stream(int index, int gpus) {
         const int n = cuda::device_count();
         if (n == 0) raise<Error>("no CUDA device is visible (check the driver and CUDA_VISIBLE_DEVICES)");
         if (index < 0 || index >= n)
             raise<UsageError>("CUDA device {} does not exist ({} visible: 0..{})", index, n, n - 1);
+        if (gpus > n) raise<UsageError>("--gpus {}: only {} CUDA device(s) visible", gpus, n);
+        if (gpus > 1) {
+            std::string why;
+            if (!parallel::nccl_available(&why)) raise<Error>("--gpus {} needs NCCL: {}", gpus, why);
+        }
         cuda::check(cudaSetDevice(index), "selecting the CUDA device");
         cuda::check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "pipeline stream");
     }
@@ -38,12 +50,22 @@ struct Stream {
 
 class CudaComponents final : public ZImageComponents {
 public:
-    CudaComponents(const std::string& dir, int index, const PreparedModel& text, const PreparedModel& transformer)
-        : stream_(index),
+    CudaComponents(const std::string& dir, int index, int gpus, bool sequence_parallel, const PreparedModel& text,
+                   const PreparedModel& transformer)
+        : stream_(index, gpus),
           vae_((std::filesystem::path(dir) / "vae").string(), DType::BF16, stream_.s),
-          text_(text, stream_.s),
-          transformer_(transformer, stream_.s) {
-        transformer_.set_cuda_graph(true);
+          text_(text, stream_.s) {
+        if (gpus > 1) {
+            std::vector<int> devices(static_cast<size_t>(gpus));
+            std::iota(devices.begin(), devices.end(), 0);
+            group_ = parallel::RankGroup::nccl(devices);
+            parallel_ = std::make_unique<zimage::ZImageTransformerParallel>(
+                transformer, *group_, sequence_parallel ? zimage::ParallelMode::Sequence : zimage::ParallelMode::Tensor);
+            cuda::check(cudaSetDevice(index), "selecting the CUDA device");
+        } else {
+            transformer_ = std::make_unique<zimage::ZImageTransformerCuda>(transformer, stream_.s);
+            transformer_->set_cuda_graph(true);
+        }
     }
 
     Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask) const override {
@@ -51,7 +73,7 @@ public:
     }
     std::vector<Tensor> transformer(const std::vector<Tensor>& x, const Tensor& t,
                                     const std::vector<Tensor>& caps) const override {
-        return transformer_.forward(x, t, caps);
+        return parallel_ ? parallel_->forward(x, t, caps) : transformer_->forward(x, t, caps);
     }
     Tensor decode(const Tensor& latents) const override {
         cuda::DTensor z = cuda::DTensor::upload(latents.to(DType::F32), cuda::MemKind::Activation, stream_.s);
@@ -64,7 +86,9 @@ private:
     Stream stream_;
     vae::AutoencoderKLCuda vae_;
     text::Qwen3TextModelCuda text_;
-    zimage::ZImageTransformerCuda transformer_;
+    std::unique_ptr<zimage::ZImageTransformerCuda> transformer_;       // one GPU
+    std::unique_ptr<parallel::RankGroup> group_;                       // --gpus N > 1: the ranks,
+    std::unique_ptr<zimage::ZImageTransformerParallel> parallel_;      // and the shards on them
 };
 
 }  // namespace
@@ -72,7 +96,8 @@ private:
 std::unique_ptr<ZImageComponents> make_zimage_cuda_components(const std::string& dir, const PipelineOptions& opt,
                                                               const PreparedModel& text_encoder,
                                                               const PreparedModel& transformer) {
-    return std::make_unique<CudaComponents>(dir, opt.device.index, text_encoder, transformer);
+    return std::make_unique<CudaComponents>(dir, opt.device.index, opt.gpus, opt.sequence_parallel, text_encoder,
+                                            transformer);
 }
 
 }  // namespace qdit

@@ -83,7 +83,7 @@ std::unique_ptr<ZImageComponents> make_zimage_cpu_components(const std::string& 
 std::unique_ptr<ZImageComponents> make_zimage_cuda_components(const std::string&, const PipelineOptions&,
                                                               const PreparedModel&, const PreparedModel&) {
     raise<UsageError>("this qdit was built without the CUDA backend (configure with -DQDIT_CUDA=ON): "
-                      "--device cuda is not available");
+                      "--device cuda and --gpus are not available");
 }
 #endif
 
@@ -111,6 +111,11 @@ ZImagePipeline::ZImagePipeline(const std::string& dir, const PipelineOptions& op
         raise<UsageError>("the pipeline runs in f32 or bf16, not {}", dtype_name(opt.dtype));
     if (opt.device.type == DeviceType::CUDA && opt.dtype != DType::BF16)
         raise<UsageError>("on CUDA the pipeline runs in bf16 (got {})", dtype_name(opt.dtype));
+    if (opt.gpus < 1) raise<UsageError>("--gpus {}: the number of GPUs must be 1 or more", opt.gpus);
+    if (opt.gpus > 1 && (opt.device.type != DeviceType::CUDA || opt.device.index != 0))
+        raise<UsageError>("--gpus {} runs on CUDA GPUs 0..{} (choose them with CUDA_VISIBLE_DEVICES), not on {}",
+                          opt.gpus, opt.gpus - 1,
+                          opt.device.type == DeviceType::CUDA ? fmt::format("cuda:{}", opt.device.index) : "the CPU");
     check_pipeline_folder(dir);
     p_ = std::make_unique<Parts>(dir, opt);
     // Validate every component (configs, keys, shapes, quantization plans)

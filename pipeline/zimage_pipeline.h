@@ -21,6 +21,9 @@ struct PipelineOptions {
     QuantConfig transformer_quant;    // the transformer's Linear layers
     QuantConfig text_encoder_quant;   // the text encoder's (off unless asked for)
     Device device;                    // where the three models run (CPU, or CUDA GPU `index` in bf16)
+    int gpus = 1;                     // CUDA only: > 1 splits the transformer over NCCL on GPUs
+                                      // 0..gpus-1 (text encoder and VAE on GPU 0; device.index 0)
+    bool sequence_parallel = false;   // how (gpus > 1): tensor parallel, or sequence parallel (Ulysses)
 };
 
 struct GenerateOptions {

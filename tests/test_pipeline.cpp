@@ -172,6 +172,13 @@ TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
         {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --device gpu -o " + out, "gpu"},
         {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --device cuda --dtype f32 -o " + out,
          "bf16"},
+        {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --gpus 0 -o " + out, "--gpus 0"},
+        {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --gpus 2 --device cpu -o " + out,
+         "--gpus 2"},
+        {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --gpus 2 --device cuda:1 -o " + out,
+         "CUDA_VISIBLE_DEVICES"},
+        {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --gpus 2 --parallel pipeline -o " + out,
+         "--parallel pipeline"},
     };
     for (const auto& [args, needle] : cases) {
         Cli r = run_qdit(args);
@@ -194,6 +201,19 @@ TEST(Generate, DeviceCudaWithoutAGpuSaysSo) {
     EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
     EXPECT_NE(r.err.find("CUDA"), std::string::npos) << r.err;
+    EXPECT_TRUE(fs::is_empty(outdir));
+}
+
+// --gpus 2 where two GPUs, NCCL or the CUDA backend are missing fails with one error line that
+// names what is missing, and writes nothing.
+TEST(Generate, GpusWithoutTheGpusSaysSo) {
+    fs::path outdir = testutil::fresh_dir("gen_gpus");
+    const std::string out = (outdir / "x.png").string();
+    Cli r = run_qdit("generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 1 --gpus 2 -o " + out);
+    if (r.status == 0) GTEST_SKIP() << "two CUDA devices and NCCL are here: --gpus 2 ran";
+    EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_TRUE(r.err.find("CUDA") != std::string::npos || r.err.find("NCCL") != std::string::npos) << r.err;
     EXPECT_TRUE(fs::is_empty(outdir));
 }
 

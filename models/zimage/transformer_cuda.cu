@@ -14,6 +14,9 @@
 #include "nn/activation.h"
 #include "nn/linear_cuda.h"
 #include "nn/rope.h"
+#include "parallel/communicator.h"
+#include "parallel/row_split_cuda.h"
+#include "parallel/tensor_parallel.h"
 
 namespace qdit::zimage {
 
@@ -43,7 +46,8 @@ struct Block {
     Group qkv, out, w13, w2, ada;  // ada: adaLN_modulation.0 (modulated blocks)
     DTensor norm_q, norm_k, attn_norm1, attn_norm2, ffn_norm1, ffn_norm2;
     bool modulated = false;
-    int64_t hidden_p = 0;  // FFN hidden width padded to 16
+    int64_t hidden_p = 0;  // FFN hidden width padded to 16 (this rank's part of it under tensor parallelism)
+    int64_t heads = 0;     // attention heads computed here (all, or this rank's)
 };
 
 // The transformer blocks of one sequence shape as a CUDA graph, with the buffers it reads and the
@@ -84,6 +88,12 @@ struct ZImageTransformerCuda::Weights {
     nn::RopeEmbedder rope;
     int n_int8 = 0, n_linear = 0;
     size_t bytes = 0;
+    // Several GPUs: this rank's communicator (null on one GPU) and how the model is split.
+    parallel::Communicator* comm = nullptr;
+    int rank = 0, world = 1;
+    ParallelMode mode = ParallelMode::Tensor;
+    bool tensor_parallel() const { return world > 1 && mode == ParallelMode::Tensor; }
+    bool sequence_parallel() const { return world > 1 && mode == ParallelMode::Sequence; }
 
     void load(const QuantPlan& plan, const nn::gpu::WeightSource& src, const VectorSource& vector);
     // A block's last residual, x += gate · rms(y; w), left for the next block's first pass over x
@@ -95,6 +105,9 @@ struct ZImageTransformerCuda::Weights {
         bool defined() const { return y.defined(); }
     };
     void block_forward(const Block& b, DTensor& x, const float* freqs, const DTensor& adaln, Pending& pending) const;
+    // Sequence parallelism: attention of this rank's tokens' q|k|v [Lr, 3·D] (RoPE applied) over the
+    // whole sequence (Lr·world tokens) into out [Lr, D], through two all-to-alls.
+    void ulysses_attention(const DTensor& qkv, int64_t Lr, void* out) const;
     void flush(DTensor& x, Pending& pending) const;
 };
 
@@ -122,17 +135,46 @@ void ZImageTransformerCuda::Weights::load(const QuantPlan& plan, const nn::gpu::
         bytes += t.nbytes();
         return t;
     };
+    // A rank's window of a Linear (tensor parallelism): rows [r0, r0 + n), input columns [c0, c0 + k).
+    auto shard = [&](const std::string& name, int64_t n, int64_t k, int64_t r0, int64_t c0) {
+        auto it = plans.find(name);
+        if (it == plans.end()) raise<ShapeError>("Z-Image (CUDA): no Linear layer '{}' in the model plan", name);
+        return Member{it->second, n, k, true, r0, c0};
+    };
     const int64_t D = cfg.dim, hd = cfg.head_dim();
+    if (world > 1 && (cfg.n_heads < world || cfg.n_kv_heads != cfg.n_heads))
+        raise<UsageError>("Z-Image (CUDA): {} parallelism over {} GPUs needs at least {} attention heads with as "
+                          "many key/value heads; this model has {} heads, {} key/value heads",
+                          mode == ParallelMode::Tensor ? "tensor" : "sequence", world, world, cfg.n_heads,
+                          cfg.n_kv_heads);
     auto block = [&](const std::string& p, bool modulated) {
         Block b;
         b.modulated = modulated;
-        b.qkv = group({member(p + ".attention.to_q"), member(p + ".attention.to_k"), member(p + ".attention.to_v")});
-        b.out = group({member(p + ".attention.to_out.0")});
         const int64_t hidden = plans.at(p + ".feed_forward.w1")->spec.out_features;
         b.hidden_p = round_up(hidden, 16);
-        b.w13 = group({member(p + ".feed_forward.w1", b.hidden_p), member(p + ".feed_forward.w3", b.hidden_p)});
-        // w2 reads the padded hidden activations: its K is padded with zero columns.
-        b.w2 = group({member(p + ".feed_forward.w2", 0, b.hidden_p)});
+        if (!tensor_parallel()) {  // one GPU, or sequence parallelism: whole weights
+            b.heads = cfg.n_heads;
+            b.qkv = group({member(p + ".attention.to_q"), member(p + ".attention.to_k"), member(p + ".attention.to_v")});
+            b.out = group({member(p + ".attention.to_out.0")});
+            b.w13 = group({member(p + ".feed_forward.w1", b.hidden_p), member(p + ".feed_forward.w3", b.hidden_p)});
+            // w2 reads the padded hidden activations: its K is padded with zero columns.
+            b.w2 = group({member(p + ".feed_forward.w2", 0, b.hidden_p)});
+        } else {
+            // Megatron layout: whole heads of q/k/v and a block of the (padded) hidden width of
+            // w1/w3 by rows (column split), to_out and w2 by the matching input columns (row split).
+            const parallel::Range h = parallel::split(cfg.n_heads, rank, world);
+            const parallel::Range f = parallel::split(b.hidden_p, rank, world, 16);
+            b.heads = h.size();
+            const int64_t dq = h.size() * hd;
+            b.qkv = group({shard(p + ".attention.to_q", dq, D, h.begin * hd, 0),
+                           shard(p + ".attention.to_k", dq, D, h.begin * hd, 0),
+                           shard(p + ".attention.to_v", dq, D, h.begin * hd, 0)});
+            b.out = group({shard(p + ".attention.to_out.0", D, dq, 0, h.begin * hd)});
+            b.hidden_p = f.size();
+            b.w13 = group({shard(p + ".feed_forward.w1", f.size(), D, f.begin, 0),
+                           shard(p + ".feed_forward.w3", f.size(), D, f.begin, 0)});
+            b.w2 = group({shard(p + ".feed_forward.w2", D, f.size(), 0, f.begin)});
+        }
         if (cfg.qk_norm) {
             b.norm_q = vec(p + ".attention.norm_q.weight", hd);
             b.norm_k = vec(p + ".attention.norm_k.weight", hd);
@@ -186,7 +228,8 @@ void ZImageTransformerCuda::Weights::flush(DTensor& x, Pending& pending) const {
 void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, const float* freqs,
                                                    const DTensor& adaln, Pending& pending) const {
     cudaStream_t s = stream;
-    const int64_t L = x.size(0), D = cfg.dim, H = cfg.n_heads, hd = cfg.head_dim();
+    // H heads of q/k/v here (all of them, or this rank's under tensor parallelism), Dq = H·hd wide.
+    const int64_t L = x.size(0), D = cfg.dim, H = b.heads, hd = cfg.head_dim(), Dq = H * hd;
     if (L == 0) return;
     // mod = [1 + scale_msa, tanh(gate_msa), 1 + scale_mlp, tanh(gate_mlp)] in F32.
     DTensor mod;
@@ -230,20 +273,28 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
         cuda::row_op(op, s);
         pending = Pending();
     }
-    DTensor qkv = DTensor::empty({L, 3 * D}, DType::BF16);
-    run_group(b.qkv, qin, L, qkv.raw(), 3 * D, s);
+    DTensor qkv = DTensor::empty({L, 3 * Dq}, DType::BF16);
+    run_group(b.qkv, qin, L, qkv.raw(), 3 * Dq, s);
     qin = Input();
-    cuda::qk_norm_rope(qkv.raw(), 3 * D, D, L, H, hd, b.norm_q.defined() ? b.norm_q.raw() : nullptr,
+    cuda::qk_norm_rope(qkv.raw(), 3 * Dq, Dq, L, H, hd, b.norm_q.defined() ? b.norm_q.raw() : nullptr,
                        b.norm_k.defined() ? b.norm_k.raw() : nullptr, kAttnNormEps, freqs, s);
     Input oin;
-    oin.x = DTensor::empty({L, D}, DType::BF16);
-    oin.ldx = D;
-    const __nv_bfloat16* qp = qkv.data<__nv_bfloat16>();
-    cuda::attention(qp, 3 * D, qp + D, 3 * D, qp + 2 * D, 3 * D, oin.x.raw(), D, L, H, hd, s, attention);
+    oin.x = DTensor::empty({L, Dq}, DType::BF16);
+    oin.ldx = Dq;
+    if (sequence_parallel()) {
+        ulysses_attention(qkv, L, oin.x.raw());
+    } else {
+        const __nv_bfloat16* qp = qkv.data<__nv_bfloat16>();
+        cuda::attention(qp, 3 * Dq, qp + Dq, 3 * Dq, qp + 2 * Dq, 3 * Dq, oin.x.raw(), Dq, L, H, hd, s, attention);
+    }
     qkv = DTensor();
-    nn::gpu::quantize_input(b.out, oin, L, s);
     DTensor y = DTensor::empty({L, D}, DType::BF16);
-    run_group(b.out, oin, L, y.raw(), D, s);
+    if (!tensor_parallel()) {
+        nn::gpu::quantize_input(b.out, oin, L, s);
+        run_group(b.out, oin, L, y.raw(), D, s);
+    } else {
+        parallel::run_row_split(b.out, oin, L, y.raw(), D, *comm, s);  // every rank gets the whole y
+    }
     oin = Input();
 
     // x += gate_msa · norm2(attn); then ffn_norm1(x) · scale_mlp, in one pass.
@@ -270,19 +321,67 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
     DTensor h = DTensor::empty({L, 2 * Hp}, DType::BF16);
     run_group(b.w13, fin, L, h.raw(), 2 * Hp, s);
     fin = Input();
-    Input gin = make_input(b.w2, L);
-    cuda::swiglu(h.raw(), 2 * Hp, L, Hp, gin.x.defined() ? gin.x.raw() : nullptr, Hp,
-                 gin.q.defined() ? gin.q.data<int8_t>() : nullptr, gin.q.defined() ? gin.qs.data<float>() : nullptr,
-                 b.w2.kp, s);
-    h = DTensor();
-    run_group(b.w2, gin, L, y.raw(), D, s);
-    gin = Input();
+    if (!tensor_parallel()) {
+        Input gin = make_input(b.w2, L);
+        cuda::swiglu(h.raw(), 2 * Hp, L, Hp, gin.x.defined() ? gin.x.raw() : nullptr, Hp,
+                     gin.q.defined() ? gin.q.data<int8_t>() : nullptr, gin.q.defined() ? gin.qs.data<float>() : nullptr,
+                     b.w2.kp, s);
+        h = DTensor();
+        run_group(b.w2, gin, L, y.raw(), D, s);
+    } else {
+        // The row split quantizes with the whole token's absmax, so SwiGLU writes bf16 only.
+        Input gin;
+        gin.x = DTensor::empty({L, Hp}, DType::BF16);
+        gin.ldx = Hp;
+        cuda::swiglu(h.raw(), 2 * Hp, L, Hp, gin.x.raw(), Hp, nullptr, nullptr, 0, s);
+        h = DTensor();
+        parallel::run_row_split(b.w2, gin, L, y.raw(), D, *comm, s);
+    }
 
     // x += gate_mlp · ffn_norm2(ffn): left to the next block's first pass (or flush()).
     pending.y = y;
     pending.mod = mod;
     pending.w = b.ffn_norm2.raw();
     pending.gate = gate_mlp;
+}
+
+// Ulysses: every rank sends each rank j the q|k|v of its own tokens for j's heads split(H, j) and
+// receives every token for its heads; attention runs on those; the second all-to-all returns each
+// rank its tokens with every head. Blocks are padded to the largest head count (heads need not
+// divide evenly); the padding columns are zeros and never read. The received rows are in global token order
+// (rank s's block holds tokens [s·Lr, (s+1)·Lr)), so attention sees the keys in the one-GPU order.
+void ZImageTransformerCuda::Weights::ulysses_attention(const DTensor& qkv, int64_t Lr, void* out) const {
+    cudaStream_t s = stream;
+    const int64_t D = cfg.dim, H = cfg.n_heads, hd = cfg.head_dim(), L = Lr * world;
+    const int64_t Hm = parallel::split(H, 0, world).size(), wq = 3 * Hm * hd;  // a received row: q|k|v, Hm heads each
+    DTensor send = DTensor::empty({world * Lr, wq}, DType::BF16), recv = DTensor::empty({L, wq}, DType::BF16);
+    const size_t es = 2;
+    const bool uneven = Hm * world != H;  // then some blocks carry padding: zeroed, so no byte sent is undefined
+    if (uneven) cuda::check(cudaMemsetAsync(send.raw(), 0, send.nbytes(), s), "sequence parallel: padding");
+    for (int j = 0; j < world; ++j) {
+        const parallel::Range h = parallel::split(H, j, world);
+        for (int part = 0; part < 3; ++part)
+            cuda::check(cudaMemcpy2DAsync(send.data<__nv_bfloat16>() + j * Lr * wq + part * Hm * hd, size_t(wq) * es,
+                                          qkv.data<__nv_bfloat16>() + part * D + h.begin * hd, size_t(3 * D) * es,
+                                          size_t(h.size() * hd) * es, size_t(Lr), cudaMemcpyDeviceToDevice, s),
+                        "sequence parallel: packing q|k|v");
+    }
+    comm->all_to_all(send.raw(), recv.raw(), Lr * wq, DType::BF16, s);
+    send = DTensor();
+    const int64_t Hr = parallel::split(H, rank, world).size();
+    DTensor o = DTensor::empty({L, Hm * hd}, DType::BF16), back = DTensor::empty({world * Lr, Hm * hd}, DType::BF16);
+    if (Hr < Hm) cuda::check(cudaMemsetAsync(o.raw(), 0, o.nbytes(), s), "sequence parallel: padding");
+    const __nv_bfloat16* qp = recv.data<__nv_bfloat16>();
+    cuda::attention(qp, wq, qp + Hm * hd, wq, qp + 2 * Hm * hd, wq, o.raw(), Hm * hd, L, Hr, hd, s, attention);
+    recv = DTensor();
+    comm->all_to_all(o.raw(), back.raw(), Lr * Hm * hd, DType::BF16, s);  // o's rows are the ranks' blocks
+    for (int j = 0; j < world; ++j) {
+        const parallel::Range h = parallel::split(H, j, world);
+        cuda::check(cudaMemcpy2DAsync(static_cast<__nv_bfloat16*>(out) + h.begin * hd, size_t(D) * es,
+                                      back.data<__nv_bfloat16>() + j * Lr * Hm * hd, size_t(Hm * hd) * es,
+                                      size_t(h.size() * hd) * es, size_t(Lr), cudaMemcpyDeviceToDevice, s),
+                    "sequence parallel: unpacking the attention output");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -292,9 +391,22 @@ ZImageTransformerCuda::ZImageTransformerCuda(ZImageTransformerCuda&&) noexcept =
 ZImageTransformerCuda::~ZImageTransformerCuda() = default;
 
 ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream)
+    : ZImageTransformerCuda(m, stream, nullptr, ParallelMode::Tensor) {}
+
+ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, parallel::Communicator& comm, ParallelMode mode)
+    : ZImageTransformerCuda(m, comm.stream(), &comm, mode) {}
+
+ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream, parallel::Communicator* comm,
+                                             ParallelMode mode)
     : w_(std::make_unique<Weights>()) {
     w_->cfg = Config::from_json(m.folder.config, m.folder.config_path);
     w_->stream = stream;
+    if (comm) {
+        w_->comm = comm;
+        w_->rank = comm->rank();
+        w_->world = comm->world();
+        w_->mode = mode;
+    }
     const Checkpoint& ck = *m.checkpoint;
     w_->load(m.plan, nn::gpu::WeightSource{&ck, 0, stream}, [&](const std::string& name, int64_t n) {
         return DTensor::upload(ck.get_as(name, DType::BF16).view({n}), MemKind::Weight, stream);
@@ -302,10 +414,27 @@ ZImageTransformerCuda::ZImageTransformerCuda(const PreparedModel& m, cudaStream_
 }
 
 ZImageTransformerCuda ZImageTransformerCuda::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                                    parallel::Communicator& comm, ParallelMode mode) {
+    return random_impl(cfg, quant, seed, comm.stream(), &comm, mode);
+}
+
+ZImageTransformerCuda ZImageTransformerCuda::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
                                                     cudaStream_t stream) {
+    return random_impl(cfg, quant, seed, stream, nullptr, ParallelMode::Tensor);
+}
+
+ZImageTransformerCuda ZImageTransformerCuda::random_impl(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                                         cudaStream_t stream, parallel::Communicator* comm,
+                                                         ParallelMode mode) {
     auto w = std::make_unique<Weights>();
     w->cfg = cfg;
     w->stream = stream;
+    if (comm) {
+        w->comm = comm;
+        w->rank = comm->rank();
+        w->world = comm->world();
+        w->mode = mode;
+    }
     const ModelSpec spec = model_spec(cfg);
     const QuantPlan plan = make_quant_plan(spec, quant, std::vector<DType>(spec.linears.size(), DType::BF16),
                                            std::vector<bool>(spec.linears.size(), false));
@@ -323,6 +452,8 @@ const Config& ZImageTransformerCuda::config() const { return w_->cfg; }
 int ZImageTransformerCuda::int8_layers() const { return w_->n_int8; }
 int ZImageTransformerCuda::linear_layers() const { return w_->n_linear; }
 size_t ZImageTransformerCuda::weight_bytes() const { return w_->bytes; }
+int ZImageTransformerCuda::world() const { return w_->world; }
+ParallelMode ZImageTransformerCuda::parallel_mode() const { return w_->mode; }
 cudaStream_t ZImageTransformerCuda::stream() const { return w_->stream; }
 void ZImageTransformerCuda::set_attention(cuda::AttentionImpl impl) {
     w_->attention = impl;
@@ -369,7 +500,8 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
 
     // With a graph, the blocks read u, freqs and adaln at fixed addresses; the RoPE table depends
     // on the grid and caption length only, so it is kept with the graph.
-    const bool graph = W.use_graph && s != nullptr;
+    // (Not under tensor parallelism: the local test group's collectives run on the host.)
+    const bool graph = W.use_graph && s != nullptr && W.world == 1;
     StepGraph* G = nullptr;  // this shape's graph (most recent last in W.graphs)
     if (graph) {
         auto& gs = W.graphs;
@@ -463,7 +595,32 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         for (const Block& b : W.layers) W.block_forward(b, u, fr, adaln, pending);
         W.flush(u, pending);
     };
-    if (!graph) {
+    // Sequence parallelism: every rank holds u whole at the stage boundaries and runs each stage's
+    // blocks on its 1/world of that stage's tokens (image tokens, caption tokens, then the unified
+    // sequence); in-place all-gathers put the stage's rows back together on every rank.
+    auto sp_blocks = [&] {
+        const int R = W.world, r = W.rank;
+        if (Lx % R || Lc % R)
+            raise<UsageError>("Z-Image (CUDA): sequence parallelism over {} GPUs needs image and caption token counts "
+                              "divisible by {} (they are {} and {}, multiples of {}): use 2, 4 or 8 GPUs",
+                              R, R, Lx, Lc, kSeqMultiple);
+        const int64_t lx = Lx / R, lc = Lc / R, lu = Lu / R;
+        Weights::Pending pending;
+        DTensor xr = u.rows(r * lx, (r + 1) * lx), cr = u.rows(Lx + r * lc, Lx + (r + 1) * lc);
+        for (const Block& b : W.noise) W.block_forward(b, xr, fr + r * lx * hd, adaln, pending);
+        W.flush(xr, pending);
+        for (const Block& b : W.context) W.block_forward(b, cr, fr + (Lx + r * lc) * hd, adaln, pending);
+        W.flush(cr, pending);
+        W.comm->all_gather(xr.raw(), u.raw(), lx * D, DType::BF16, s);
+        W.comm->all_gather(cr.raw(), u.rows(Lx, Lu).raw(), lc * D, DType::BF16, s);
+        DTensor ur = u.rows(r * lu, (r + 1) * lu);
+        for (const Block& b : W.layers) W.block_forward(b, ur, fr + r * lu * hd, adaln, pending);
+        W.flush(ur, pending);
+        W.comm->all_gather(ur.raw(), u.raw(), lu * D, DType::BF16, s);
+    };
+    if (W.sequence_parallel()) {
+        sp_blocks();
+    } else if (!graph) {
         blocks();
     } else {
         if (!G->exec) {

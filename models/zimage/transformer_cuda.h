@@ -19,16 +19,41 @@
 #include "models/zimage/zimage_config.h"
 #include "quant/model.h"
 
+namespace qdit::parallel {
+class Communicator;
+}
+
 namespace qdit::zimage {
+
+// How a model is split over the ranks of a group (see the constructor taking a Communicator).
+enum class ParallelMode { Tensor, Sequence };
 
 class ZImageTransformerCuda {
 public:
     // Loads the model's weights onto the current device (quantizing as m.plan says).
     explicit ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream = nullptr);
+    // One rank's part of the model over comm's group, on the current device and comm.stream().
+    // Made on every rank's thread (RankGroup::run); forward / forward_tokens are then collective:
+    // every rank calls them with the same inputs, and every rank returns the whole output. CUDA
+    // graphs are not used. Needs n_heads >= world.
+    //   Tensor (parallel/tensor_parallel.h's Megatron layout): q/k/v by whole heads and w1/w3 by
+    //     16-wide blocks of the padded hidden width (column split), to_out and w2 by the matching
+    //     input columns (row split, parallel/row_split_cuda.h); the embedders, adaLN layers, norms
+    //     and the final layer are whole on every rank, and so is the residual stream. Weights are
+    //     split ~world ways; two all-reduces of [tokens, dim] per block.
+    //   Sequence (Ulysses): whole weights on every rank; each block runs on 1/world of the tokens
+    //     and attention gathers every token for 1/world of the heads by all-to-all (two per block).
+    //     Image and caption token counts (multiples of 32) must divide by world: 2, 4, 8 GPUs.
+    ZImageTransformerCuda(const PreparedModel& m, parallel::Communicator& comm,
+                          ParallelMode mode = ParallelMode::Tensor);
     // Random weights ~ N(0, 0.02) (norm weights and pad tokens ~ N(1, 0.02) / N(0, 0.02)),
     // generated on the GPU, with the default plan of `quant` (benchmarks at the real size).
     static ZImageTransformerCuda random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
                                         cudaStream_t stream = nullptr);
+    // The same for one rank of a split model (benchmarks): each rank draws its own part, so the
+    // values differ from the one-GPU random model; shapes, plans and the work are the real ones.
+    static ZImageTransformerCuda random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                        parallel::Communicator& comm, ParallelMode mode);
     ZImageTransformerCuda(ZImageTransformerCuda&&) noexcept;
     ~ZImageTransformerCuda();
 
@@ -36,8 +61,11 @@ public:
     // Linear layers that run in int8 / in total.
     int int8_layers() const;
     int linear_layers() const;
-    // Bytes of device memory held by the weights.
+    // Bytes of device memory held by the weights (this rank's, under tensor parallelism).
     size_t weight_bytes() const;
+    // Ranks of the group (1 on one GPU) and how the model is split over them.
+    int world() const;
+    ParallelMode parallel_mode() const;
 
     // The CPU forward's interface: per item x[b] [C, F, H, W], t[b] (t F32 [B]) and cap_feats[b]
     // [L_b, cap_feat_dim] on the host; items may differ in size and caption length. Returns the
@@ -68,6 +96,10 @@ public:
 
 private:
     ZImageTransformerCuda(std::unique_ptr<Weights> w);
+    ZImageTransformerCuda(const PreparedModel& m, cudaStream_t stream, parallel::Communicator* comm,
+                          ParallelMode mode);
+    static ZImageTransformerCuda random_impl(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                             cudaStream_t stream, parallel::Communicator* comm, ParallelMode mode);
     std::unique_ptr<Weights> w_;
 };
 

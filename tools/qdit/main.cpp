@@ -101,8 +101,10 @@ int cmd_quantize(const std::string& dir, const std::string& out, const QuantFlag
 }
 
 struct GenerateArgs {
-    std::string model, prompt, negative_prompt, latents, output = "qdit.png", dtype = "bf16", device = "cpu";
-    int steps = 9, width = 1024, height = 1024, max_sequence_length = 512;
+    std::string model, prompt, negative_prompt, latents, output = "qdit.png", dtype = "bf16", device = "cpu",
+                parallel = "tensor";
+    int steps = 9, width = 1024, height = 1024, max_sequence_length = 512, gpus = 1;
+    bool device_given = false;
     uint64_t seed = 0;
     float guidance = 0.0f;
     bool quantize_text_encoder = false;
@@ -138,6 +140,20 @@ int cmd_generate(GenerateArgs a) {
         throw UsageError(fmt::format("--dtype {}: allowed values are bf16, f32", a.dtype));
     PipelineOptions po;
     po.device = parse_device(a.device);
+    if (a.gpus < 1) throw UsageError(fmt::format("--gpus {}: the number of GPUs must be 1 or more", a.gpus));
+    if (a.gpus > 1) {
+        // Several GPUs are CUDA GPUs 0..N-1: --device may be left out, or name cuda / cuda:0.
+        if (a.device_given && !(po.device.type == DeviceType::CUDA && po.device.index == 0))
+            throw UsageError(fmt::format("--gpus {} runs on CUDA GPUs 0..{} (choose them with CUDA_VISIBLE_DEVICES), "
+                                         "not with --device {}",
+                                         a.gpus, a.gpus - 1, a.device));
+        po.device = Device{DeviceType::CUDA, 0};
+        a.device = "cuda";
+    }
+    po.gpus = a.gpus;
+    if (a.parallel != "tensor" && a.parallel != "sequence")
+        throw UsageError(fmt::format("--parallel {}: allowed values are tensor, sequence", a.parallel));
+    po.sequence_parallel = a.parallel == "sequence";
     if (po.device.type == DeviceType::CUDA && a.dtype != "bf16")
         throw UsageError(fmt::format("--device {} runs in bf16 (got --dtype {})", a.device, a.dtype));
     po.dtype = a.dtype == "bf16" ? DType::BF16 : DType::F32;
@@ -194,7 +210,7 @@ int cmd_generate(GenerateArgs a) {
                {"guidance", fmt::format("{}", a.guidance)},
                {"model", a.model},
                {"quantization", quant},
-               {"device", a.device},
+               {"device", a.gpus > 1 ? fmt::format("cuda x {} ({} parallel)", a.gpus, a.parallel) : a.device},
                {"software", "qdit"}});
     double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     fmt::print("wrote {} ({}x{}, {} steps, seed {})\n", a.output, a.width, a.height, a.steps, a.seed);
@@ -206,7 +222,8 @@ int cmd_generate(GenerateArgs a) {
                "layers; peak memory {:.2f} GiB{}\n",
                quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), peak_rss_gib(),
                po.device.type == DeviceType::CUDA
-                   ? fmt::format(", GPU {:.2f} GiB", double(r.device_peak_bytes) / double(1ull << 30))
+                   ? fmt::format(", GPU {:.2f} GiB{}", double(r.device_peak_bytes) / double(1ull << 30),
+                                 a.gpus > 1 ? fmt::format(" (sum over the {} GPUs)", a.gpus) : std::string())
                    : std::string());
     return 0;
 }
@@ -261,9 +278,20 @@ int main(int argc, char** argv) {
                          "Initial noise from a safetensors file (one tensor, or one named 'latents', "
                          "of shape [1, 16, H/8, W/8]) instead of the seeded noise");
     generate->add_option("--dtype", gen.dtype, "Activation precision: bf16 or f32 (cuda: bf16)")->capture_default_str();
-    generate->add_option("--device", gen.device,
-                         "Where the text encoder, transformer and VAE run: cpu, cuda (GPU 0) or cuda:N "
-                         "(needs a build with the CUDA backend)")
+    CLI::Option* device_opt =
+        generate->add_option("--device", gen.device,
+                             "Where the text encoder, transformer and VAE run: cpu, cuda (GPU 0) or cuda:N "
+                             "(needs a build with the CUDA backend)")
+            ->capture_default_str();
+    generate->add_option("--gpus", gen.gpus,
+                         "GPUs for the transformer: N > 1 splits it over NCCL on CUDA GPUs 0..N-1 (text "
+                         "encoder and VAE on GPU 0; implies --device cuda; needs a build with NCCL and "
+                         "libnccl.so.2 at run time, see docs/usage.md)")
+        ->capture_default_str();
+    generate->add_option("--parallel", gen.parallel,
+                         "How --gpus N > 1 splits the transformer: tensor (weights split, two all-reduces "
+                         "per block) or sequence (Ulysses: tokens split, whole weights on every GPU, two "
+                         "all-to-alls per block; N must divide the token counts: 2, 4 or 8)")
         ->capture_default_str();
     generate->add_flag("--quantize-text-encoder", gen.quantize_text_encoder,
                        "Also quantize the text encoder's Linear layers with the chosen method");
@@ -286,7 +314,10 @@ int main(int argc, char** argv) {
     try {
         if (inspect->parsed()) return cmd_inspect(inspect_dir, inspect_q);
         if (quantize->parsed()) return cmd_quantize(quantize_dir, quantize_out, quantize_q);
-        if (generate->parsed()) return cmd_generate(gen);
+        if (generate->parsed()) {
+            gen.device_given = device_opt->count() > 0;
+            return cmd_generate(gen);
+        }
     } catch (const UsageError& e) {
         fmt::print(stderr, "error: {}\n", e.what());
         return 2;

@@ -1,0 +1,319 @@
+// Tensor and sequence parallelism on one GPU: the row-split Linear kernels, and the split Z-Image
+// forward with the local rank group (W ranks on one GPU, parallel/communicator.h) against the
+// one-GPU forward.
+//
+// Expectations:
+//   int8 (default plan) vs one GPU, attention on the simple kernel: bit for bit, for TP and SP.
+//     TP: every int8 Linear is exact by construction (column split: the same input quantization
+//     and int32 sums per output column; row split: whole-token absmax by MAX, int32 partial sums by
+//     SUM, the GEMM epilogue's arithmetic once), the bf16 layers (embedders, adaLN, final layer)
+//     are whole on every rank, and the simple attention kernel computes each (query, head) alone
+//     over the keys in order. SP: per-token kernels see the same rows, int8 GEMMs are exact for
+//     any M, and the all-to-all hands attention every key in the one-GPU order.
+//   int8 with cuDNN attention (Auto): cuDNN runs other head counts (and, for TP, other GEMM
+//     shapes feed it), so no bit-level promise; bound: rel L2 to the one-GPU output <= 0.25 × the
+//     one-GPU output's own distance to diffusers' W8A8 reference (the split may add a quarter of
+//     the noise that bf16 activations add).
+//   bf16: TP's to_out and w2 sum f32 partials in another order, and TP's and SP's GEMMs have other
+//     shapes (N or M), for which cuBLASLt may pick other algorithms, so single bf16 roundings
+//     flip; bound: rel L2 to the one-GPU output <= 0.5 × the distance of diffusers' own bf16
+//     output from its fp32 output (the split must add less than half of what bf16 itself costs).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "backend/cuda/device_tensor.h"
+#include "backend/cuda/int8_gemm.h"
+#include "backend/cuda/quantize.h"
+#include "backend/cuda/split_linear.h"
+#include "io/safetensors.h"
+#include "models/zimage/transformer_cuda.h"
+#include "models/zimage/transformer_parallel.h"
+#include "parallel/communicator.h"
+#include "quant/int8.h"
+#include "quant/model.h"
+#include "tests/random_tensor.h"
+
+#ifndef QDIT_TEST_DATA
+#define QDIT_TEST_DATA "tests/data"
+#endif
+
+namespace fs = std::filesystem;
+using namespace qdit;
+using cuda::DTensor;
+using cuda::MemKind;
+
+namespace {
+
+// ---- row-split kernels ----------------------------------------------------------------------
+
+// int8_gemm_i32 (cuBLASLt where it takes the shape, else the simple kernel) and the simple kernel
+// equal the CPU's int32 sums exactly.
+TEST(CudaSplitLinear, Int8GemmInt32IsExact) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (auto [m, n, k] : {std::array<int64_t, 3>{64, 80, 48}, {37, 72, 32}, {256, 128, 256}}) {
+        SCOPED_TRACE(fmt::format("m={} n={} k={}", m, n, k));
+        Tensor a = Tensor::empty({m, k}, DType::I8), w = Tensor::empty({n, k}, DType::I8);
+        uint32_t st = 12345;
+        auto next = [&] { return int8_t(int((st = st * 1664525u + 1013904223u) >> 24) % 255 - 127); };
+        for (int64_t i = 0; i < a.numel(); ++i) a.data<int8_t>()[i] = next();
+        for (int64_t i = 0; i < w.numel(); ++i) w.data<int8_t>()[i] = next();
+        std::vector<int32_t> want(size_t(m * n));
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < n; ++j) {
+                int32_t acc = 0;
+                for (int64_t q = 0; q < k; ++q) acc += int32_t(a.data<int8_t>()[i * k + q]) * w.data<int8_t>()[j * k + q];
+                want[size_t(i * n + j)] = acc;
+            }
+        DTensor da = DTensor::upload(a, MemKind::Activation, nullptr), dw = DTensor::upload(w, MemKind::Activation, nullptr);
+        for (bool simple : {false, true}) {
+            DTensor c = DTensor::empty({m, n}, DType::I32);
+            if (simple)
+                cuda::int8_gemm_i32_simple(da.data<int8_t>(), k, dw.data<int8_t>(), k, c.data<int32_t>(), n, m, n, k, nullptr);
+            else
+                cuda::int8_gemm_i32(da.data<int8_t>(), k, dw.data<int8_t>(), k, c.data<int32_t>(), n, m, n, k, nullptr);
+            Tensor got = c.download(nullptr);
+            EXPECT_EQ(std::memcmp(got.raw(), want.data(), want.size() * 4), 0) << (simple ? "simple" : "auto");
+        }
+    }
+}
+
+// The row split of an int8 Linear, performed by hand over two column blocks on one GPU with the
+// split kernels (absmax per block → max → quantize each block → int32 GEMM per block → sum →
+// dequantize once), equals the one-device int8 Linear (quantize_rows_int8_bf16 + int8_gemm_bf16)
+// bit for bit; the naive split (each block quantized with its own absmax and dequantized with its
+// own scale, the f32 results added) does not.
+TEST(CudaSplitLinear, Int8RowSplitEqualsOneDeviceBitForBit) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    const int64_t m = 50, n = 64, k = 96;
+    Tensor xf = testutil::randn({m, k}, 7, 0.f, 1.f, DType::F32), wf = testutil::randn({n, k}, 8, 0.f, 0.05f, DType::F32);
+    // A few large activations in the second half, so the blocks' own absmax differ from the row's.
+    for (int64_t i = 0; i < m; i += 3) xf.data<float>()[i * k + 70] = 9.f;
+    const Tensor x = xf.to(DType::BF16);
+    Tensor q, ws;
+    quantize_weight_int8(wf, &q, &ws);
+    Tensor bias = testutil::randn({n}, 9, 0.f, 0.1f, DType::F32);
+    DTensor dx = DTensor::upload(x, MemKind::Activation, nullptr), dq = DTensor::upload(q, MemKind::Activation, nullptr),
+            dws = DTensor::upload(ws, MemKind::Activation, nullptr), db = DTensor::upload(bias, MemKind::Activation, nullptr);
+    // One device.
+    DTensor xq = DTensor::empty({m, k}, DType::I8), xs = DTensor::empty({m}, DType::F32), y1 = DTensor::empty({m, n}, DType::BF16);
+    cuda::check(cuda::quantize_rows_int8_bf16(dx.raw(), m, k, k, xq.data<int8_t>(), xs.data<float>(), nullptr), "test");
+    cuda::int8_gemm_bf16(xq.data<int8_t>(), k, xs.data<float>(), dq.data<int8_t>(), k, dws.data<float>(),
+                         db.data<float>(), y1.raw(), n, m, n, k, nullptr);
+    const Tensor one = y1.download(nullptr);
+    for (bool global_scale : {true, false}) {
+        const int64_t kb = k / 2;  // two blocks of 48 columns (K of the int8 GEMM: a multiple of 16)
+        DTensor am[2], sum = DTensor::zeros({m, n}, DType::I32, MemKind::Activation, nullptr);
+        for (int r = 0; r < 2; ++r) {
+            am[r] = DTensor::empty({m}, DType::F32);
+            cuda::row_absmax_bf16(dx.data<uint16_t>() + r * kb, k, m, kb, am[r].data<float>(), nullptr);
+        }
+        Tensor a0 = am[0].download(nullptr), a1 = am[1].download(nullptr);
+        DTensor qs[2];
+        Tensor acc_h[2];
+        Tensor total = Tensor::zeros({m, n}, DType::I32);
+        for (int r = 0; r < 2; ++r) {
+            Tensor amax = Tensor::empty({m}, DType::F32);
+            for (int64_t i = 0; i < m; ++i)
+                amax.data<float>()[i] = global_scale ? std::max(a0.data<float>()[i], a1.data<float>()[i])
+                                                     : (r ? a1 : a0).data<float>()[i];
+            DTensor da = DTensor::upload(amax, MemKind::Activation, nullptr);
+            DTensor bq = DTensor::empty({m, kb}, DType::I8);
+            qs[r] = DTensor::empty({m}, DType::F32);
+            cuda::quantize_rows_with_absmax_bf16(dx.data<uint16_t>() + r * kb, k, m, kb, da.data<float>(), bq.data<int8_t>(),
+                                                 kb, qs[r].data<float>(), nullptr);
+            // This rank's weight columns, contiguous.
+            Tensor wr = Tensor::empty({n, kb}, DType::I8);
+            for (int64_t j = 0; j < n; ++j) std::memcpy(wr.data<int8_t>() + j * kb, q.data<int8_t>() + j * k + r * kb, size_t(kb));
+            DTensor dwr = DTensor::upload(wr, MemKind::Activation, nullptr), acc = DTensor::empty({m, n}, DType::I32);
+            cuda::int8_gemm_i32(bq.data<int8_t>(), kb, dwr.data<int8_t>(), kb, acc.data<int32_t>(), n, m, n, kb, nullptr);
+            acc_h[r] = acc.download(nullptr);
+            for (int64_t i = 0; i < m * n; ++i) total.data<int32_t>()[i] += acc_h[r].data<int32_t>()[i];
+        }
+        Tensor split;
+        if (global_scale) {
+            DTensor dt = DTensor::upload(total, MemKind::Activation, nullptr), y2 = DTensor::empty({m, n}, DType::BF16);
+            cuda::dequantize_i32_bf16(dt.data<int32_t>(), n, m, n, qs[0].data<float>(), dws.data<float>(),
+                                      db.data<float>(), y2.raw(), n, nullptr);
+            split = y2.download(nullptr);
+        } else {
+            Tensor y = Tensor::empty({m, n}, DType::F32);
+            const Tensor s0 = qs[0].download(nullptr), s1 = qs[1].download(nullptr);
+            for (int64_t i = 0; i < m; ++i)
+                for (int64_t j = 0; j < n; ++j)
+                    y.data<float>()[i * n + j] = float(acc_h[0].data<int32_t>()[i * n + j]) * s0.data<float>()[i] * ws.data<float>()[j] +
+                                                 float(acc_h[1].data<int32_t>()[i * n + j]) * s1.data<float>()[i] * ws.data<float>()[j] +
+                                                 bias.data<float>()[j];
+            split = y.to(DType::BF16);
+        }
+        const bool same = std::memcmp(one.raw(), split.raw(), one.nbytes()) == 0;
+        if (global_scale)
+            EXPECT_TRUE(same) << "row split with the whole token's scale differs from one device";
+        else
+            EXPECT_FALSE(same) << "per-block scales should not reproduce one device (the test would prove nothing)";
+    }
+}
+
+// ---- tensor-parallel Z-Image ------------------------------------------------------------------
+
+fs::path dir(const std::string& name) { return fs::path(QDIT_TEST_DATA) / "zimage" / name; }
+
+struct Inputs {
+    std::vector<Tensor> x, cap;
+    Tensor t;
+};
+
+Inputs load_inputs(const std::string& name) {
+    SafetensorsFile in((dir(name) / "inputs.safetensors").string());
+    Inputs f;
+    f.t = in.get("t");
+    for (int i = 0; in.contains(fmt::format("x.{}", i)); ++i) {
+        f.x.push_back(in.get(fmt::format("x.{}", i)));
+        f.cap.push_back(in.get(fmt::format("cap_feats.{}", i)));
+    }
+    return f;
+}
+
+std::vector<Tensor> load_refs(const std::string& name, const char* tag) {
+    SafetensorsFile ref((dir(name) / "reference.safetensors").string());
+    std::vector<Tensor> r;
+    for (int i = 0; ref.contains(fmt::format("{}.{}", tag, i)); ++i) r.push_back(ref.get(fmt::format("{}.{}", tag, i)));
+    return r;
+}
+
+// sqrt(sum |a - r|² / sum |r|²) over all items.
+double rel_l2(const std::vector<Tensor>& a, const std::vector<Tensor>& r) {
+    EXPECT_EQ(a.size(), r.size());
+    double e2 = 0, r2 = 0;
+    for (size_t b = 0; b < std::min(a.size(), r.size()); ++b) {
+        Tensor x = a[b].to(DType::F32), y = r[b].to(DType::F32);
+        EXPECT_EQ(x.shape(), y.shape());
+        for (int64_t i = 0; i < std::min(x.numel(), y.numel()); ++i) {
+            const double d = double(x.data<float>()[i]) - y.data<float>()[i];
+            e2 += d * d;
+            r2 += double(y.data<float>()[i]) * y.data<float>()[i];
+        }
+    }
+    return std::sqrt(e2 / r2);
+}
+
+bool bit_equal(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+        if (a[i].nbytes() != b[i].nbytes() || std::memcmp(a[i].raw(), b[i].raw(), a[i].nbytes()) != 0) return false;
+    return true;
+}
+
+std::vector<Tensor> one_gpu(const PreparedModel& m, const Inputs& f, cuda::AttentionImpl impl) {
+    zimage::ZImageTransformerCuda model(m);
+    model.set_attention(impl);
+    return model.forward(f.x, f.t, f.cap);
+}
+
+using zimage::ParallelMode;
+
+const char* mode_name(ParallelMode m) { return m == ParallelMode::Tensor ? "TP" : "SP"; }
+
+std::vector<Tensor> split_forward(const PreparedModel& m, const Inputs& f, ParallelMode mode, int world,
+                                  cuda::AttentionImpl impl) {
+    auto g = parallel::RankGroup::local(world, 0);
+    zimage::ZImageTransformerParallel model(m, *g, mode);
+    EXPECT_EQ(model.world(), world);
+    EXPECT_EQ(model.mode(), mode);
+    model.set_attention(impl);
+    return model.forward(f.x, f.t, f.cap);
+}
+
+const char* const kFixtures[] = {"h3_b1", "h5_b2", "h2_l3_sharded"};
+
+// TP over 2 and 3 ranks (3 splits 3 and 5 heads unevenly), SP over 2 and 4 ranks (5 heads over 4:
+// padded all-to-all blocks), wherever the model has enough heads.
+TEST(CudaZImageParallel, Int8SplitEqualsOneGpuBitForBit) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (const char* name : kFixtures) {
+        SCOPED_TRACE(name);
+        const Inputs f = load_inputs(name);
+        const PreparedModel m = prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
+        const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Simple);
+        const int heads = int(m.folder.config.at("n_heads").get<int64_t>());
+        for (auto [mode, world] : {std::pair{ParallelMode::Tensor, 2}, {ParallelMode::Tensor, 3},
+                                   {ParallelMode::Sequence, 2}, {ParallelMode::Sequence, 4}}) {
+            if (world > heads) continue;
+            const std::vector<Tensor> out = split_forward(m, f, mode, world, cuda::AttentionImpl::Simple);
+            std::printf("[ %-13s ] int8 %s=%d vs one GPU (simple attention): %s, rel L2 %.3g\n", name,
+                        mode_name(mode), world, bit_equal(out, one) ? "bit-identical" : "DIFFERENT", rel_l2(out, one));
+            EXPECT_TRUE(bit_equal(out, one)) << mode_name(mode) << "=" << world;
+        }
+    }
+}
+
+TEST(CudaZImageParallel, Int8SplitCloseToOneGpuWithDefaultAttention) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (const char* name : kFixtures) {
+        SCOPED_TRACE(name);
+        const Inputs f = load_inputs(name);
+        const PreparedModel m = prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
+        const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Auto);
+        const double bound = 0.25 * rel_l2(one, load_refs(name, "w8a8"));
+        for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
+            const std::vector<Tensor> out = split_forward(m, f, mode, 2, cuda::AttentionImpl::Auto);
+            const double d = rel_l2(out, one);
+            std::printf("[ %-13s ] int8 %s=2 vs one GPU (%s attention): rel L2 %.3g (bound %.3g)%s\n", name,
+                        mode_name(mode), cuda::attention_impl_name(), d, bound, bit_equal(out, one) ? ", bit-identical" : "");
+            EXPECT_LE(d, bound) << mode_name(mode);
+        }
+    }
+}
+
+TEST(CudaZImageParallel, Bf16SplitCloseToOneGpu) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (const char* name : kFixtures) {
+        SCOPED_TRACE(name);
+        const Inputs f = load_inputs(name);
+        fs::path d16 = dir(name) / "transformer-bf16";
+        const PreparedModel m = prepare_model(fs::exists(d16) ? d16.string() : (dir(name) / "transformer").string(), QuantConfig{});
+        const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Auto);
+        const double bound = 0.5 * rel_l2(load_refs(name, "bf16"), load_refs(name, "fp32"));
+        for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
+            const std::vector<Tensor> out = split_forward(m, f, mode, 2, cuda::AttentionImpl::Auto);
+            const double d = rel_l2(out, one);
+            std::printf("[ %-13s ] bf16 %s=2 vs one GPU: rel L2 %.3g (bound %.3g)%s\n", name, mode_name(mode), d, bound,
+                        bit_equal(out, one) ? ", bit-identical" : "");
+            EXPECT_LE(d, bound) << mode_name(mode);
+        }
+    }
+}
+
+// More ranks than heads, and a sequence split that does not divide the token counts, are refused
+// with messages naming the counts.
+TEST(CudaZImageParallel, RefusesSplitsThatDoNotFit) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    const PreparedModel m = prepare_model((dir("h2_l3_sharded") / "transformer").string(), QuantConfig{});
+    for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
+        auto g = parallel::RankGroup::local(3, 0);
+        try {
+            zimage::ZImageTransformerParallel model(m, *g, mode);
+            ADD_FAILURE() << "no exception";
+        } catch (const UsageError& e) {
+            EXPECT_NE(std::string(e.what()).find("3 GPUs"), std::string::npos) << e.what();
+            EXPECT_NE(std::string(e.what()).find("2 heads"), std::string::npos) << e.what();
+        }
+    }
+    const PreparedModel m3 = prepare_model((dir("h3_b1") / "transformer").string(), QuantConfig{});
+    const Inputs f = load_inputs("h3_b1");
+    auto g = parallel::RankGroup::local(3, 0);
+    zimage::ZImageTransformerParallel model(m3, *g, ParallelMode::Sequence);
+    try {
+        model.forward(f.x, f.t, f.cap);
+        ADD_FAILURE() << "no exception";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("divisible by 3"), std::string::npos) << e.what();
+    }
+}
+
+}  // namespace

@@ -12,7 +12,6 @@ namespace {
 
 struct DeviceInfo {
     int cc_major = 0, cc_minor = 0, sm_count = 0;
-    bool sm80_loads = false;  // the sm80 kernel's SASS or PTX loads on this device
 };
 
 DeviceInfo device_info(int device) {
@@ -26,9 +25,6 @@ DeviceInfo device_info(int device) {
             cudaDeviceGetAttribute(&d.cc_minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
             cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
             throw Error(fmt::format("int8 GEMM: cannot query CUDA device {}", device));
-#if defined(QDIT_CUDA_INT8_SM80)
-        d.sm80_loads = d.cc_major >= 8 && detail::int8_gemm_sm80_loads();
-#endif
     }
     return d;
 }
@@ -55,14 +51,28 @@ bool is_sm90_kernel(Int8GemmKernel k) {
            k == Int8GemmKernel::Sm90_128x128x256_Pingpong;
 }
 
+// The sm80 kernel was built as PTX too (QDIT_INT8_SM80_ARCHS with a virtual architecture), which the
+// driver compiles for any later GPU. Decided from the build rather than by asking the driver, whose
+// answer for a missing image is an API error that compute-sanitizer reports.
+constexpr bool built_sm80_ptx() {
+#if defined(QDIT_CUDA_INT8_SM80_PTX)
+    return true;
+#else
+    return false;
+#endif
+}
+
 bool runs_sm90(const DeviceInfo& d) { return built_sm90() && d.cc_major == 9 && d.cc_minor == 0; }
+bool runs_sm80(const DeviceInfo& d) {
+    return built_sm80() && (d.cc_major == 8 || (built_sm80_ptx() && d.cc_major > 8));
+}
 
 bool available_on(Int8GemmKernel k, const DeviceInfo& d) {
-    // The sm_90a kernels run on compute capability 9.0 only; the sm_80 kernel wherever its code
-    // loads (8.x devices from the default SASS, any later one from PTX).
-    if (k == Int8GemmKernel::Auto) return runs_sm90(d) || d.sm80_loads;
+    // The sm_90a kernels run on compute capability 9.0 only; the sm_80 kernel on 8.x devices (the
+    // default SASS) and, when built as PTX, on any later one.
+    if (k == Int8GemmKernel::Auto) return runs_sm90(d) || runs_sm80(d);
     if (is_sm90_kernel(k)) return runs_sm90(d);
-    return d.sm80_loads;
+    return runs_sm80(d);
 }
 
 // Hopper tile choice, from a sweep of 5 tile configs x swizzle {1,2,4,8} x raster {M,N} over the 8
@@ -136,7 +146,7 @@ void int8_gemm_bf16(const int8_t* a, int64_t lda, const float* a_scale, const in
             kernel = c.kernel;
             if (tuning.swizzle == 0 && tuning.raster == 0) tuning = c.tuning;
         }
-        else if (d.sm80_loads)
+        else if (runs_sm80(d))
             kernel = Int8GemmKernel::Sm80_128x128;
         else
             throw Error(fmt::format(

@@ -79,10 +79,6 @@ const char* run_int8_gemm_sm90_256x128(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_128x128_c1x2(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_128x128x256(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm80_128x128(const Int8GemmArgs& p);
-// Whether the sm80 kernel's code loads on the current device: SASS of its compute capability, or
-// PTX that the driver compiles for it (a build with 80-virtual in QDIT_INT8_SM80_ARCHS runs the
-// Ampere kernel on Hopper and newer GPUs too).
-bool int8_gemm_sm80_loads();
 }  // namespace detail
 
 }  // namespace qdit::cuda

@@ -90,15 +90,9 @@ struct Sm80Int8Gemm {
 
 }  // namespace
 
-using Sm80_128x128 = Sm80Int8Gemm<cutlass::gemm::GemmShape<128, 128, 64>, cutlass::gemm::GemmShape<64, 64, 64>, 5>;
-
-const char* run_int8_gemm_sm80_128x128(const Int8GemmArgs& p) { return Sm80_128x128::run(p); }
-
-bool int8_gemm_sm80_loads() {
-    cudaFuncAttributes a{};
-    const bool ok = cudaFuncGetAttributes(&a, cutlass::Kernel2<Sm80_128x128::Kernel>) == cudaSuccess;
-    if (!ok) (void)cudaGetLastError();  // no image for this device: not a sticky error, clear it
-    return ok;
+const char* run_int8_gemm_sm80_128x128(const Int8GemmArgs& p) {
+    using G = Sm80Int8Gemm<cutlass::gemm::GemmShape<128, 128, 64>, cutlass::gemm::GemmShape<64, 64, 64>, 5>;
+    return G::run(p);
 }
 
 }  // namespace qdit::cuda::detail

@@ -22,7 +22,9 @@ GPUS="$(nvidia-smi -L 2>/dev/null | wc -l)"
 ldd "$T" "$B/bench_zimage_parallel" | grep -i "not found" >> "$O/env.txt"
 cat "$O/env.txt"
 echo "== tests"; "$T" --gtest_filter="$F" 2>&1 | tee "$O/parallel-tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED)|Failure|vs one GPU|error" | head -60
-echo "== memcheck"; timeout 300 compute-sanitizer --tool memcheck --leak-check no "$T" --gtest_filter="$F" > "$O/parallel-memcheck.log" 2>&1
+# Without the NCCL tests: NCCL's own initialization asks the runtime for kernel images of other
+# architectures (cudaFuncGetAttributes), and memcheck counts each refusal as an API error.
+echo "== memcheck"; timeout 300 compute-sanitizer --tool memcheck --leak-check no "$T" --gtest_filter="$F-CudaCommunicator.Nccl*" > "$O/parallel-memcheck.log" 2>&1
 echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$O/parallel-memcheck.log" | head
 if [[ "$GPUS" -ge 2 ]]; then
   echo "== bench over $GPUS GPUs"; "$B/bench_zimage_parallel" --gpus "$GPUS" ${BENCH_ARGS:-} 2>&1 | tee "$O/parallel-bench.log"

@@ -1,6 +1,7 @@
 #include "backend/cuda/quantize.h"
 
 #include "backend/cuda/bf16_math.cuh"
+#include "backend/cuda/block_reduce.cuh"
 
 #include <cuda_bf16.h>
 
@@ -11,36 +12,6 @@ namespace qdit::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-// Max over the block (any multiple of 32 threads up to 1024).
-__device__ float block_max_any(float v) {
-    __shared__ float warp_max[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    const int nwarps = int(blockDim.x >> 5);
-    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        v = int(threadIdx.x) < nwarps ? warp_max[threadIdx.x] : 0.f;
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-        if (threadIdx.x == 0) warp_max[0] = v;
-    }
-    __syncthreads();
-    return warp_max[0];
-}
-
-__device__ float block_max(float v) {
-    __shared__ float warp_max[kThreads / 32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        v = threadIdx.x < kThreads / 32 ? warp_max[threadIdx.x] : 0.f;
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-        if (threadIdx.x == 0) warp_max[0] = v;
-    }
-    __syncthreads();
-    return warp_max[0];
-}
 
 __device__ int8_t quantize_one(float x, float s) {
     // __fdiv_rn: IEEE division, so the result equals the CPU reference bit for bit.
@@ -55,7 +26,7 @@ quantize_rows_bf16_kernel(const __nv_bfloat16* __restrict__ x, int64_t k, int64_
     int8_t* qrow = q + blockIdx.x * k;
     float amax = 0.f;
     for (int64_t i = threadIdx.x; i < k; i += kThreads) amax = fmaxf(amax, fabsf(__bfloat162float(row[i])));
-    amax = block_max(amax);
+    amax = block_max<kThreads / 32>(amax);
     const float s = amax > 0.f ? __fdiv_rn(amax, 127.f) : 1.f;
     if (threadIdx.x == 0) scale[blockIdx.x] = s;
     for (int64_t i = threadIdx.x; i < k; i += kThreads) qrow[i] = quantize_one(__bfloat162float(row[i]), s);
@@ -125,7 +96,7 @@ quantize_rows_bf16_vec_kernel(const __nv_bfloat16* __restrict__ x, int64_t k, in
     const int nvec = int(k >> 3);
     uint4 v[NV];
     load_row<NV>(x, row, ldx, nvec, v);
-    const float amax = block_max_any(row_part_absmax<NV>(v));
+    const float amax = block_max<32>(row_part_absmax<NV>(v));  // up to 1024 threads
     const float s = amax > 0.f ? __fdiv_rn(amax, 127.f) : 1.f;
     if (threadIdx.x == 0) scale[row] = s;
     store_row<NV>(v, s, q, row, k, nvec);

@@ -1,13 +1,9 @@
 #include "backend/cuda/split_linear.h"
 
-#include <cublasLt.h>
-
-#include <map>
-#include <mutex>
-#include <tuple>
-
 #include <cuda_bf16.h>
 
+#include "backend/cuda/bf16_gemm.h"
+#include "backend/cuda/block_reduce.cuh"
 #include "core/error.h"
 
 namespace qdit::cuda {
@@ -21,27 +17,13 @@ void launch_check(const char* what) {
     if (e != cudaSuccess) raise<Error>("CUDA error in {}: {}", what, cudaGetErrorString(e));
 }
 
-__device__ float block_max(float v) {
-    __shared__ float warp_max[kThreads / 32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        v = threadIdx.x < kThreads / 32 ? warp_max[threadIdx.x] : 0.f;
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-        if (threadIdx.x == 0) warp_max[0] = v;
-    }
-    __syncthreads();
-    return warp_max[0];
-}
-
 // One block per row.
 __global__ void __launch_bounds__(kThreads)
 row_absmax_kernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, int64_t k, float* __restrict__ absmax) {
     const __nv_bfloat16* row = x + int64_t(blockIdx.x) * ldx;
     float a = 0.f;
     for (int64_t j = threadIdx.x; j < k; j += kThreads) a = fmaxf(a, fabsf(__bfloat162float(row[j])));
-    a = block_max(a);
+    a = block_max<kThreads / 32>(a);
     if (threadIdx.x == 0) absmax[blockIdx.x] = a;
 }
 
@@ -108,97 +90,6 @@ __global__ void int8_gemm_i32_kernel(const int8_t* __restrict__ a, int64_t lda, 
 
 unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
 
-// ---- cuBLASLt -----------------------------------------------------------------------------
-// Row-major acc[M,N] = x[M,K]·w[N,K]ᵀ is, column-major, accᵀ[N,M] = w·xᵀ: A = w (transposed,
-// K x N with ld = ldw), B = x (K x M, ld = ldx), D = accᵀ (N x M, ld = ldc) — the "TN" layout
-// cuBLASLt's int8 kernels need.
-
-constexpr size_t kWorkspaceBytes = size_t(32) << 20;
-
-void check(cublasStatus_t st, const char* what) {
-    if (st != CUBLAS_STATUS_SUCCESS)
-        raise<Error>("split GEMM: {} failed: {} ({})", what, cublasLtGetStatusName(st), cublasLtGetStatusString(st));
-}
-
-struct Plan {
-    cublasLtMatmulDesc_t desc = nullptr;
-    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
-    cublasLtMatmulAlgo_t algo{};
-    bool found = false;
-};
-
-using Key = std::tuple<bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;  // int8?, m, n, k, lds
-
-struct DeviceState {
-    cublasLtHandle_t handle = nullptr;
-    void* workspace = nullptr;
-    std::map<Key, Plan> plans;
-};
-
-std::mutex g_mu;
-std::map<int, DeviceState> g_devices;
-
-Plan make_plan(cublasLtHandle_t handle, bool int8, int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldw,
-               int64_t ldc) {
-    Plan p;
-    const cudaDataType_t in = int8 ? CUDA_R_8I : CUDA_R_16BF, out = int8 ? CUDA_R_32I : CUDA_R_32F;
-    check(cublasLtMatmulDescCreate(&p.desc, int8 ? CUBLAS_COMPUTE_32I : CUBLAS_COMPUTE_32F,
-                                   int8 ? CUDA_R_32I : CUDA_R_32F),
-          "cublasLtMatmulDescCreate");
-    const cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
-    check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof(opT)), "set TRANSA");
-    check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof(opN)), "set TRANSB");
-    check(cublasLtMatrixLayoutCreate(&p.la, in, uint64_t(k), uint64_t(n), ldw), "layout A");
-    check(cublasLtMatrixLayoutCreate(&p.lb, in, uint64_t(k), uint64_t(m), ldx), "layout B");
-    check(cublasLtMatrixLayoutCreate(&p.ld, out, uint64_t(n), uint64_t(m), ldc), "layout D");
-    cublasLtMatmulPreference_t pref = nullptr;
-    check(cublasLtMatmulPreferenceCreate(&pref), "preference");
-    const uint64_t ws = kWorkspaceBytes;
-    check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
-          "preference workspace");
-    cublasLtMatmulHeuristicResult_t res{};
-    int found = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.la, p.lb, p.ld, p.ld, pref, 1, &res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    // An int8 shape cuBLASLt refuses is not an error: the simple kernel takes it.
-    if (st != CUBLAS_STATUS_SUCCESS && !int8) check(st, "cublasLtMatmulAlgoGetHeuristic");
-    p.found = st == CUBLAS_STATUS_SUCCESS && found > 0;
-    if (p.found) p.algo = res.algo;
-    if (!p.found && !int8)
-        raise<Error>("split GEMM: cuBLASLt has no bf16 → f32 algorithm for M={} N={} K={} (ldx={} ldw={} ldc={})", m,
-                     n, k, ldx, ldw, ldc);
-    return p;
-}
-
-// Runs the cached plan; false when cuBLASLt has none for this int8 shape.
-bool run_lt(bool int8, const void* x, int64_t ldx, const void* w, int64_t ldw, void* c, int64_t ldc, int64_t m,
-            int64_t n, int64_t k, cudaStream_t stream) {
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) raise<Error>("split GEMM: no current CUDA device");
-    std::lock_guard<std::mutex> lock(g_mu);
-    DeviceState& d = g_devices[dev];
-    if (!d.handle) check(cublasLtCreate(&d.handle), "cublasLtCreate");
-    if (!d.workspace) {
-        const cudaError_t ce = cudaMalloc(&d.workspace, kWorkspaceBytes);
-        if (ce != cudaSuccess)
-            raise<Error>("split GEMM: cannot allocate the cuBLASLt workspace: {}", cudaGetErrorString(ce));
-    }
-    const Key key{int8, m, n, k, ldx, ldw, ldc};
-    auto it = d.plans.find(key);
-    if (it == d.plans.end()) it = d.plans.emplace(key, make_plan(d.handle, int8, m, n, k, ldx, ldw, ldc)).first;
-    const Plan& plan = it->second;
-    if (!plan.found) return false;
-    const int32_t ia = 1, ib = 0;
-    const float fa = 1.f, fb = 0.f;
-    const void* alpha = int8 ? static_cast<const void*>(&ia) : static_cast<const void*>(&fa);
-    const void* beta = int8 ? static_cast<const void*>(&ib) : static_cast<const void*>(&fb);
-    check(cublasLtMatmul(d.handle, plan.desc, alpha, w, plan.la, x, plan.lb, beta, c, plan.ld, c, plan.ld, &plan.algo,
-                         d.workspace, kWorkspaceBytes, stream),
-          "cublasLtMatmul");
-    return true;
-}
-
 void check_shape(const char* what, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldw, int64_t ldc) {
     if (m < 0 || n <= 0 || k <= 0 || lda < k || ldw < k || ldc < n)
         raise<ShapeError>("{}: bad shape M={} N={} K={} lda={} ldw={} ldc={}", what, m, n, k, lda, ldw, ldc);
@@ -240,7 +131,7 @@ void int8_gemm_i32(const int8_t* a, int64_t lda, const int8_t* w, int64_t ldw, i
     if (m == 0) return;
     const bool lt_ok = k % 4 == 0 && lda % 4 == 0 && ldw % 4 == 0 && ldc % 4 == 0 && aligned16(a) && aligned16(w) &&
                        aligned16(acc);
-    if (lt_ok && run_lt(true, a, lda, w, ldw, acc, ldc, m, n, k, stream)) return;
+    if (lt_ok && lt_gemm(LtGemmTypes::Int8ToI32, a, lda, w, ldw, nullptr, acc, ldc, m, n, k, stream)) return;
     int8_gemm_i32_simple(a, lda, w, ldw, acc, ldc, m, n, k, stream);
 }
 
@@ -258,7 +149,9 @@ void bf16_gemm_f32(const void* x, int64_t ldx, const void* w, int64_t ldw, float
                    int64_t n, int64_t k, cudaStream_t stream) {
     check_shape("bf16_gemm_f32", m, n, k, ldx, ldw, ldc);
     if (m == 0) return;
-    run_lt(false, x, ldx, w, ldw, acc, ldc, m, n, k, stream);
+    if (!lt_gemm(LtGemmTypes::Bf16ToF32, x, ldx, w, ldw, nullptr, acc, ldc, m, n, k, stream))
+        raise<Error>("bf16_gemm_f32: cuBLASLt has no bf16 -> f32 algorithm for M={} N={} K={} (ldx={} ldw={} ldc={})",
+                     m, n, k, ldx, ldw, ldc);
 }
 
 void bias_f32_to_bf16(const float* acc, int64_t ldc, int64_t m, int64_t n, const void* bias, void* y, int64_t ldy,

@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 
 #include "backend/cuda/bf16_math.cuh"
+#include "backend/cuda/block_reduce.cuh"
 #include "core/error.h"
 
 namespace qdit::cuda {
@@ -31,32 +32,7 @@ __device__ __forceinline__ float warp_sumf(float v) {
     return v;
 }
 
-// Block-wide reductions for blocks of at most kMaxWarps warps (every kernel here launches <= 256
-// threads); every thread gets the result. Warps' partials are combined in warp order; the slots of
-// absent warps hold the identity, so the eight reads need no loop over the warp count. The leading
-// barrier lets one shared slot array serve consecutive reductions.
-constexpr int kMaxWarps = 8;
-
-template <typename T, typename Op>
-__device__ __forceinline__ T block_reduce(T v, T identity, Op op) {
-    __shared__ T part[kMaxWarps];
-    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads();
-    const int warp = int(threadIdx.x >> 5), nw = int(blockDim.x + 31) >> 5;
-    if ((threadIdx.x & 31) == 0) part[warp] = v;
-    if (int(threadIdx.x) >= nw && threadIdx.x < kMaxWarps) part[threadIdx.x] = identity;
-    __syncthreads();
-    T r = part[0];
-#pragma unroll
-    for (int i = 1; i < kMaxWarps; ++i) r = op(r, part[i]);
-    return r;
-}
-__device__ double block_sum(double v) {
-    return block_reduce(v, 0.0, [](double a, double b) { return a + b; });
-}
-__device__ float block_max(float v) {
-    return block_reduce(v, 0.f, [](float a, float b) { return fmaxf(a, b); });
-}
+constexpr int kRowWarps = 8;  // every kernel here launches at most 256 threads
 
 // A row held in registers: thread t owns elements (j·blockDim + t)·VEC + e, j < NV, e < VEC.
 // VEC = 8 moves 16-byte vectors (k % 8 == 0, rows 16-byte aligned), VEC = 1 single elements.
@@ -113,7 +89,7 @@ struct RowRegs {
         for (int j = 0; j < NV; ++j)
 #pragma unroll
             for (int p = 0; p < NP; ++p) s = add_sq2(bits(j, p), s);
-        return block_sum(s) * kSumSqUnscale;
+        return block_sum<kRowWarps>(s) * kSumSqUnscale;
     }
 
     __device__ float absmax() const {
@@ -125,7 +101,7 @@ struct RowRegs {
                 const float2 f = pair(j, p);
                 a = fmaxf(a, fmaxf(fabsf(f.x), fabsf(f.y)));
             }
-        return block_max(a);
+        return block_max<kRowWarps>(a);
     }
 
     // The per-element parameters at this thread's vector j as bf16 pairs (pair p = elements 2p,
@@ -267,7 +243,7 @@ __global__ void __launch_bounds__(256, row_op_min_blocks<VEC, NV>()) row_op_kern
                 sm += double(f.x);
                 if (VEC >= 2) sm += double(f.y);
             }
-        const double mean = block_sum(sm) / double(k);
+        const double mean = block_sum<kRowWarps>(sm) / double(k);
         double sq = 0;
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
@@ -280,7 +256,7 @@ __global__ void __launch_bounds__(256, row_op_min_blocks<VEC, NV>()) row_op_kern
                 if (VEC >= 2) sq += c1 * c1;
             }
         }
-        const float rstd = 1.0f / sqrtf(float(block_sum(sq) / double(k)) + op.eps);
+        const float rstd = 1.0f / sqrtf(float(block_sum<kRowWarps>(sq) / double(k)) + op.eps);
         const float mf = float(mean);
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
@@ -353,7 +329,7 @@ swiglu_smem_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, in
     }
     if (i < nvec) one(pa[i], pb[i], i);
     if (!q) return;
-    amax = block_max(amax);  // its leading barrier also orders the shared-memory row
+    amax = block_max<kRowWarps>(amax);  // its leading barrier also orders the shared-memory row
     const float s = amax > 0.f ? __fdiv_rn(amax, 127.f) : 1.f;
     const float inv_s = __frcp_rn(s);
     if (tid == 0) qs[row] = s;

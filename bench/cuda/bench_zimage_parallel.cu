@@ -25,6 +25,7 @@
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_tensor.h"
 #include "backend/cuda/quantize.h"
+#include "bench/cuda/zimage_step_inputs.h"
 #include "models/zimage/transformer_cuda.h"
 #include "parallel/communicator.h"
 
@@ -39,15 +40,8 @@ void run(parallel::RankGroup& group, zimage::ParallelMode mode, const std::strin
     cfg.n_layers = layers;
     const QuantConfig q = quant == "int8" ? QuantConfig{QuantMethod::Int8, {}, "dynamic"} : QuantConfig{};
     const int W = group.world();
-    const int64_t tokens = 64 * 64, cap = 512, pdim = 2 * 2 * cfg.in_channels;
-    Tensor p = Tensor::empty({tokens, pdim}, DType::BF16), c = Tensor::empty({cap, cfg.cap_feat_dim}, DType::BF16);
-    uint32_t st = 1;
-    auto rnd = [&] {
-        st = st * 1664525u + 1013904223u;
-        return f32_to_bf16(float(int32_t(st >> 8) - (1 << 23)) / float(1 << 23));
-    };
-    for (int64_t i = 0; i < p.numel(); ++i) p.data<uint16_t>()[i] = rnd();
-    for (int64_t i = 0; i < c.numel(); ++i) c.data<uint16_t>()[i] = rnd();
+    const bench::ZImageStepInputs in = bench::zimage_step_inputs(cfg);
+    const Tensor &p = in.patches, &c = in.caption;
 
     std::vector<double> ms;
     std::vector<size_t> weights(static_cast<size_t>(W)), used(static_cast<size_t>(W));

@@ -21,6 +21,7 @@
 
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_tensor.h"
+#include "bench/cuda/zimage_step_inputs.h"
 #include "models/zimage/transformer_cuda.h"
 
 using namespace qdit;
@@ -41,16 +42,8 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile, bool 
         auto model = zimage::ZImageTransformerCuda::random(cfg, q, 42, s);
         model.set_cuda_graph(graph);
         const size_t wbytes = alloc.stats().weight;
-        // Inputs: patches [4096, 64], caption features [512, 2560], random bf16 from the host.
-        const int64_t tokens = 64 * 64, cap = 512, pdim = 2 * 2 * cfg.in_channels;
-        Tensor p = Tensor::empty({tokens, pdim}, DType::BF16), c = Tensor::empty({cap, cfg.cap_feat_dim}, DType::BF16);
-        uint32_t st = 1;
-        auto rnd = [&] {
-            st = st * 1664525u + 1013904223u;
-            return f32_to_bf16(float(int32_t(st >> 8) - (1 << 23)) / float(1 << 23));
-        };
-        for (int64_t i = 0; i < p.numel(); ++i) p.data<uint16_t>()[i] = rnd();
-        for (int64_t i = 0; i < c.numel(); ++i) c.data<uint16_t>()[i] = rnd();
+        const bench::ZImageStepInputs in = bench::zimage_step_inputs(cfg);
+        const Tensor &p = in.patches, &c = in.caption;
         cuda::DTensor dp = cuda::DTensor::upload(p, cuda::MemKind::Activation, s);
         cuda::DTensor dc = cuda::DTensor::upload(c, cuda::MemKind::Activation, s);
 

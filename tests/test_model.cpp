@@ -8,6 +8,7 @@
 #include "models/zimage/zimage_config.h"
 #include "quant/int8.h"
 #include "quant/model.h"
+#include "tests/expect_error.h"
 #include "tiny_model.h"
 
 namespace fs = std::filesystem;
@@ -17,21 +18,14 @@ using namespace qdit::testutil;
 
 namespace {
 
+using testutil::error_of;
+
 const json kPublishedZImage = json::parse(R"({
   "_class_name": "ZImageTransformer2DModel", "_diffusers_version": "0.36.0.dev0",
   "all_f_patch_size": [1], "all_patch_size": [2], "axes_dims": [32, 48, 48],
   "axes_lens": [1536, 512, 512], "cap_feat_dim": 2560, "dim": 3840, "in_channels": 16,
   "n_heads": 30, "n_kv_heads": 30, "n_layers": 30, "n_refiner_layers": 2, "norm_eps": 1e-05,
   "qk_norm": true, "rope_theta": 256.0, "t_scale": 1000.0})");
-
-std::string error_of(const std::function<void()>& fn) {
-    try {
-        fn();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "no error";
-}
 
 }  // namespace
 

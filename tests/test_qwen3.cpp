@@ -15,6 +15,8 @@
 #include "models/text/qwen3.h"
 #include "nn/attention.h"
 #include "quant/model.h"
+#include "tests/expect_error.h"
+#include "tests/qwen3_fixture.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
@@ -22,42 +24,12 @@ using nlohmann::json;
 
 namespace {
 
-const char* const kFixtures[] = {"causal_lm", "model_bias_bf16"};
-
-fs::path fixture_dir(const std::string& name) { return fs::path(QDIT_TEST_DATA) / "qwen3" / name; }
-std::string encoder_dir(const std::string& name) {
-    return (fixture_dir(name) / "text_encoder").string();
-}
-
-struct Inputs {
-    std::vector<int32_t> ids;
-    std::vector<uint8_t> mask;
-    int64_t batch = 0, len = 0;
-
-    // Row b of ids / mask.
-    std::vector<int32_t> ids_of(int64_t b) const {
-        return {ids.begin() + b * len, ids.begin() + (b + 1) * len};
-    }
-    std::vector<uint8_t> mask_of(int64_t b) const {
-        return {mask.begin() + b * len, mask.begin() + (b + 1) * len};
-    }
-};
-
-Inputs load_inputs(const std::string& name) {
-    SafetensorsFile f((fixture_dir(name) / "inputs.safetensors").string());
-    Tensor ids = f.get("input_ids"), mask = f.get("attention_mask");
-    Inputs in;
-    in.batch = ids.size(0);
-    in.len = ids.size(1);
-    in.ids.assign(ids.data<int32_t>(), ids.data<int32_t>() + ids.numel());
-    in.mask.assign(mask.data<uint8_t>(), mask.data<uint8_t>() + mask.numel());
-    return in;
-}
-
-Tensor reference(const std::string& name, const std::string& key) {
-    SafetensorsFile f((fixture_dir(name) / "reference.safetensors").string());
-    return f.get(key).to(DType::F32);
-}
+using testutil::error_of;
+using testutil::kQwen3Fixtures;
+using testutil::qwen3_encoder_dir;
+using testutil::qwen3_inputs;
+using testutil::Qwen3Inputs;
+using testutil::qwen3_reference;
 
 // Error statistics of `test` against `ref`.
 struct Err {
@@ -94,23 +66,14 @@ QuantConfig int8() { return QuantConfig{QuantMethod::Int8, {}, "dynamic"}; }
 // hidden_states[-2] of the whole batch plus every item's encode(), against
 // the `tag` references (`<tag>.hidden_states.<N-1>`, `<tag>.embeds.<b>`).
 Err compare_pipeline_states(const text::Qwen3TextModel& model, const std::string& name,
-                            const std::string& tag, const Inputs& in) {
+                            const std::string& tag, const Qwen3Inputs& in) {
     const int64_t N = model.config().num_hidden_layers;
     Err e = compare(model.hidden_states(in.ids, in.mask, in.batch, 2),
-                    reference(name, fmt::format("{}.hidden_states.{}", tag, N - 1)));
+                    qwen3_reference(name, fmt::format("{}.hidden_states.{}", tag, N - 1)));
     for (int64_t b = 0; b < in.batch; ++b)
         e.add(compare(model.encode(in.ids_of(b), in.mask_of(b)),
-                      reference(name, fmt::format("{}.embeds.{}", tag, b))));
+                      qwen3_reference(name, fmt::format("{}.embeds.{}", tag, b))));
     return e;
-}
-
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "(no error)";
 }
 
 }  // namespace
@@ -121,22 +84,22 @@ std::string error_of(const std::function<void()>& f) {
 // activations: only f32 rounding-order differences remain (GEMM sums, exp,
 // pow / cos / sin implementations), far below 1e-4 of the output range.
 TEST(Qwen3Encoder, Fp32MatchesTransformers) {
-    for (const char* name : kFixtures) {
+    for (const char* name : kQwen3Fixtures) {
         SCOPED_TRACE(name);
-        Inputs in = load_inputs(name);
-        PreparedModel m = prepare_model(encoder_dir(name), QuantConfig{});
+        Qwen3Inputs in = qwen3_inputs(name);
+        PreparedModel m = prepare_model(qwen3_encoder_dir(name), QuantConfig{});
         EXPECT_EQ(m.plan.quantized_count(), 0);
         text::Qwen3TextModel model(m, DType::F32);
         const int64_t N = model.config().num_hidden_layers;
         for (int k = 1; k <= N + 1; ++k) {
             SCOPED_TRACE(k);
             Err e = compare(model.hidden_states(in.ids, in.mask, in.batch, k),
-                            reference(name, fmt::format("fp32.hidden_states.{}", N + 1 - k)));
+                            qwen3_reference(name, fmt::format("fp32.hidden_states.{}", N + 1 - k)));
             EXPECT_LE(e.max_abs, 1e-4 * e.max_ref);
         }
         for (int64_t b = 0; b < in.batch; ++b) {
             Err e = compare(model.encode(in.ids_of(b), in.mask_of(b)),
-                            reference(name, fmt::format("fp32.embeds.{}", b)));
+                            qwen3_reference(name, fmt::format("fp32.embeds.{}", b)));
             EXPECT_LE(e.max_abs, 1e-4 * e.max_ref) << "item " << b;
         }
         Err e = compare_pipeline_states(model, name, "fp32", in);
@@ -158,17 +121,17 @@ TEST(Qwen3Encoder, Fp32MatchesTransformers) {
 //     an f32 model would score ≈ 1.0 and independent bf16 rounding ≈ 1.4;
 //   - vs fp32 no further than the reference is, up to 0.5 dB.
 TEST(Qwen3Encoder, Bf16MatchesTransformers) {
-    for (const char* name : kFixtures) {
+    for (const char* name : kQwen3Fixtures) {
         SCOPED_TRACE(name);
-        Inputs in = load_inputs(name);
-        text::Qwen3TextModel model(prepare_model(encoder_dir(name), QuantConfig{}), DType::BF16);
+        Qwen3Inputs in = qwen3_inputs(name);
+        text::Qwen3TextModel model(prepare_model(qwen3_encoder_dir(name), QuantConfig{}), DType::BF16);
         const int64_t N = model.config().num_hidden_layers;
         for (int k : {1, 2}) {
             SCOPED_TRACE(k);
             Tensor out = model.hidden_states(in.ids, in.mask, in.batch, k);
             EXPECT_EQ(out.dtype(), DType::BF16);
-            Tensor r16 = reference(name, fmt::format("bf16.hidden_states.{}", N + 1 - k)),
-                   r32 = reference(name, fmt::format("fp32.hidden_states.{}", N + 1 - k));
+            Tensor r16 = qwen3_reference(name, fmt::format("bf16.hidden_states.{}", N + 1 - k)),
+                   r32 = qwen3_reference(name, fmt::format("fp32.hidden_states.{}", N + 1 - k));
             Err vs16 = compare(out, r16), vs32 = compare(out, r32), ref_vs32 = compare(r16, r32);
             std::printf("[ %-15s ] bf16 hidden_states[-%d]: rel L2 vs bf16 ref %.4f; vs fp32 "
                         "%.4f (%.2f dB), ref bf16 vs fp32 %.4f (%.2f dB)\n",
@@ -178,8 +141,8 @@ TEST(Qwen3Encoder, Bf16MatchesTransformers) {
             EXPECT_GE(vs32.sqnr_db(), ref_vs32.sqnr_db() - 0.5);
         }
         Err vs16 = compare_pipeline_states(model, name, "bf16", in),
-            ref_vs32 = compare(reference(name, fmt::format("bf16.hidden_states.{}", N - 1)),
-                               reference(name, fmt::format("fp32.hidden_states.{}", N - 1)));
+            ref_vs32 = compare(qwen3_reference(name, fmt::format("bf16.hidden_states.{}", N - 1)),
+                               qwen3_reference(name, fmt::format("fp32.hidden_states.{}", N - 1)));
         EXPECT_LE(vs16.rel_l2(), 0.8 * ref_vs32.rel_l2());
     }
 }
@@ -195,15 +158,15 @@ TEST(Qwen3Encoder, Bf16MatchesTransformers) {
 //   - SQNR vs fp32 within 0.25 dB of the reference's, and above 30 dB (a
 //     broken scale or granularity lands far below).
 TEST(Qwen3Encoder, Int8MatchesW8A8Reference) {
-    for (const char* name : kFixtures) {
+    for (const char* name : kQwen3Fixtures) {
         SCOPED_TRACE(name);
-        Inputs in = load_inputs(name);
-        PreparedModel m = prepare_model(encoder_dir(name), int8());
+        Qwen3Inputs in = qwen3_inputs(name);
+        PreparedModel m = prepare_model(qwen3_encoder_dir(name), int8());
         text::Qwen3TextModel model(m, DType::F32);
         const int64_t N = model.config().num_hidden_layers;
         ASSERT_EQ(m.plan.quantized_count(), 7 * N);  // q, k, v, o, gate, up, down per layer
-        Tensor r8 = reference(name, fmt::format("w8a8.hidden_states.{}", N - 1)),
-               r32 = reference(name, fmt::format("fp32.hidden_states.{}", N - 1));
+        Tensor r8 = qwen3_reference(name, fmt::format("w8a8.hidden_states.{}", N - 1)),
+               r32 = qwen3_reference(name, fmt::format("fp32.hidden_states.{}", N - 1));
         Tensor out = model.hidden_states(in.ids, in.mask, in.batch, 2);
         Err e = compare(out, r8), vs32 = compare(out, r32), ref_vs32 = compare(r8, r32);
         std::printf("[ %-15s ] int8 hidden_states[-2]: rel L2 vs W8A8 ref %.3g (%.3f of the "
@@ -229,7 +192,7 @@ TEST(Qwen3Encoder, Int8MatchesW8A8Reference) {
 // ignored_layers work on the checkpoint's module names ("model." prefix
 // included), and the text encoder's int8 is off unless asked for.
 TEST(Qwen3Encoder, QuantPlanUsesCheckpointNames) {
-    PreparedModel m = prepare_model(encoder_dir("causal_lm"),
+    PreparedModel m = prepare_model(qwen3_encoder_dir("causal_lm"),
                                     QuantConfig{QuantMethod::Int8, {"mlp", "layers.2"}, "dynamic"});
     int high = 0;
     for (const LayerPlan& l : m.plan.layers) {
@@ -240,7 +203,7 @@ TEST(Qwen3Encoder, QuantPlanUsesCheckpointNames) {
         high += kept;
     }
     EXPECT_EQ(high, 3 * 3 + 4);  // 3 layers' MLPs + layer 2's attention
-    EXPECT_EQ(prepare_model(encoder_dir("causal_lm"), QuantConfig{}).plan.quantized_count(), 0);
+    EXPECT_EQ(prepare_model(qwen3_encoder_dir("causal_lm"), QuantConfig{}).plan.quantized_count(), 0);
 }
 
 // The spec of the real Z-Image text encoder (its config as transformers
@@ -270,7 +233,7 @@ TEST(Qwen3Encoder, PublishedSpec) {
 }
 
 TEST(Qwen3Encoder, BadConfigFieldsAreNamed) {
-    json base = read_json_file((fs::path(encoder_dir("causal_lm")) / "config.json").string());
+    json base = read_json_file((fs::path(qwen3_encoder_dir("causal_lm")) / "config.json").string());
     auto err = [&](const char* field, json value) {
         json c = base;
         c[field] = value;
@@ -294,7 +257,7 @@ TEST(Qwen3Encoder, BadConfigFieldsAreNamed) {
 // A checkpoint without one of its tensors is refused before any weight is
 // read, naming the key.
 TEST(Qwen3Encoder, MissingKeyIsNamed) {
-    const fs::path src = encoder_dir("causal_lm");
+    const fs::path src = qwen3_encoder_dir("causal_lm");
     const fs::path dir =
         fs::temp_directory_path() / fmt::format("qdit_qwen3_missing_{}", ::getpid());
     fs::remove_all(dir);
@@ -311,7 +274,7 @@ TEST(Qwen3Encoder, MissingKeyIsNamed) {
 }
 
 TEST(Qwen3Encoder, BadInputsAreRefused) {
-    text::Qwen3TextModel model(prepare_model(encoder_dir("causal_lm"), QuantConfig{}), DType::F32);
+    text::Qwen3TextModel model(prepare_model(qwen3_encoder_dir("causal_lm"), QuantConfig{}), DType::F32);
     const int64_t vocab = model.config().vocab_size;
     std::string e = error_of([&] { model.encode({1, int32_t(vocab), 2}, {1, 1, 1}); });
     EXPECT_NE(e.find(std::to_string(vocab)), std::string::npos) << e;

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "io/files.h"
 #include "models/text/tokenizer.h"
+#include "tests/expect_error.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
@@ -15,6 +16,8 @@ using nlohmann::json;
 using qdit::text::BpeTokenizer;
 
 namespace {
+
+using testutil::error_of;
 
 const std::string kDir = std::string(QDIT_TEST_DATA) + "/text/tokenizer";
 const std::string kReference = std::string(QDIT_TEST_DATA) + "/text/tokenizer_reference.json";
@@ -50,16 +53,6 @@ struct ScratchDir {
         write(file, j);
     }
 };
-
-template <typename E>
-std::string error_of(const std::function<void()>& fn) {
-    try {
-        fn();
-    } catch (const E& e) {
-        return e.what();
-    }
-    return "no error of the expected type";
-}
 
 // Message of loading the fixture with tokenizer.json edited; E is ConfigError
 // for a setting that is valid but not implemented, FormatError for a broken file.

@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
-#include <random>
 
 #include "io/files.h"
 #include "io/safetensors.h"
@@ -18,6 +17,8 @@
 #include "nn/conv2d.h"
 #include "nn/group_norm.h"
 #include "nn/upsample.h"
+#include "tests/expect_error.h"
+#include "tests/vae_fixture.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
@@ -25,42 +26,14 @@ using nlohmann::json;
 
 namespace {
 
-const fs::path kData = fs::path(QDIT_TEST_DATA) / "vae";
-const std::string kVaeDir = (kData / "vae").string();
-
-Tensor random_tensor(Shape shape, uint32_t seed, float stddev = 1.0f) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.f, stddev);
-    Tensor t = Tensor::empty(std::move(shape), DType::F32);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng);
-    return t;
-}
-
-Tensor reference(const std::string& name) {
-    return SafetensorsFile((kData / "reference.safetensors").string()).get(name);
-}
-
-Tensor latents() { return SafetensorsFile((kData / "inputs.safetensors").string()).get("latents"); }
-
-struct Err {
-    double max_abs = 0, max_ref = 0, sum_ref2 = 0, sum_err2 = 0;
-    double rel_l2() const { return std::sqrt(sum_err2 / sum_ref2); }
-};
-
-Err compare(const Tensor& test, const Tensor& ref) {
-    Err e;
-    EXPECT_EQ(test.shape(), ref.shape());
-    if (test.shape() != ref.shape()) return e;
-    for (int64_t i = 0; i < ref.numel(); ++i) {
-        const double a = test.item_f32(i), r = ref.item_f32(i), d = a - r;
-        EXPECT_TRUE(std::isfinite(a)) << "element " << i;
-        e.max_abs = std::max(e.max_abs, std::abs(d));
-        e.max_ref = std::max(e.max_ref, std::abs(r));
-        e.sum_ref2 += r * r;
-        e.sum_err2 += d * d;
-    }
-    return e;
-}
+using testutil::compare;
+using testutil::Err;
+using testutil::expect_error_mentioning;
+using testutil::kVaeData;
+using testutil::kVaeDir;
+using testutil::random_tensor;
+using testutil::vae_latents;
+using testutil::vae_reference;
 
 // A scratch copy of the fixture's vae/ folder whose config and weights a test may change.
 struct ScratchVae {
@@ -90,16 +63,6 @@ struct ScratchVae {
         write_safetensors(file, ts);
     }
 };
-
-template <typename Fn>
-void expect_error_mentioning(Fn&& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-}
 
 }  // namespace
 
@@ -201,7 +164,7 @@ TEST(VaeOps, UpsampleNearest2x) {
 // ---- config ------------------------------------------------------------------
 
 TEST(VaeConfig, ReadsThePublishedZImageConfig) {
-    const std::string path = (kData / "published" / "config.json").string();
+    const std::string path = (kVaeData / "published" / "config.json").string();
     vae::Config c = vae::Config::from_json(read_json_file(path), path);
     EXPECT_EQ(c.latent_channels, 16);
     EXPECT_EQ(c.out_channels, 3);
@@ -216,7 +179,7 @@ TEST(VaeConfig, ReadsThePublishedZImageConfig) {
 }
 
 TEST(VaeConfig, RefusesUnsupportedFieldsByName) {
-    const std::string path = (kData / "published" / "config.json").string();
+    const std::string path = (kVaeData / "published" / "config.json").string();
     const json base = read_json_file(path);
     struct Bad {
         const char* field;
@@ -259,11 +222,11 @@ TEST(VaeConfig, DecoderParamsMatchDiffusers) {
     for (const ParamSpec& p : vae::decoder_params(tiny)) got[p.name] = p.shape;
     EXPECT_EQ(got, want);
 
-    const std::string path = (kData / "published" / "config.json").string();
+    const std::string path = (kVaeData / "published" / "config.json").string();
     int64_t n = 0;
     for (const ParamSpec& p : vae::decoder_params(vae::Config::from_json(read_json_file(path), path)))
         n += shape_numel(p.shape);
-    EXPECT_EQ(n, read_json_file((kData / "fixture.json").string())["published_decoder_param_count"]);
+    EXPECT_EQ(n, read_json_file((kVaeData / "fixture.json").string())["published_decoder_param_count"]);
 }
 
 // The config is checked before any weight is read.
@@ -308,8 +271,8 @@ TEST(VaeLoad, PostQuantConvFollowsTheConfig) {
 TEST(VaeDecode, UnscaleMatchesThePipelineExactly) {
     for (DType dt : {DType::F32, DType::BF16}) {
         vae::AutoencoderKL m(kVaeDir, dt);
-        Tensor z = m.unscale_latents(latents());
-        Tensor ref = reference(dt == DType::F32 ? "z" : "bf16.z");
+        Tensor z = m.unscale_latents(vae_latents());
+        Tensor ref = vae_reference(dt == DType::F32 ? "z" : "bf16.z");
         ASSERT_EQ(z.dtype(), ref.dtype());
         ASSERT_EQ(z.shape(), ref.shape());
         for (int64_t i = 0; i < ref.numel(); ++i)
@@ -321,15 +284,15 @@ TEST(VaeDecode, UnscaleMatchesThePipelineExactly) {
 // GroupNorm statistics in double, the attention's exp) remain.
 TEST(VaeDecode, Fp32MatchesDiffusers) {
     vae::AutoencoderKL m(kVaeDir, DType::F32);
-    Tensor image = m.decode(reference("z"));
-    Err e = compare(image, reference("image"));
+    Tensor image = m.decode(vae_reference("z"));
+    Err e = compare(image, vae_reference("image"));
     std::printf("[ vae fp32 ] max|err| %.3g (%.3g of max|ref| %.3g)\n", e.max_abs,
                 e.max_abs / e.max_ref, e.max_ref);
     EXPECT_LE(e.max_abs, 1e-4 * e.max_ref);
 
     // The uint8 image: a pixel can only differ where x·127.5 + 127.5 lies within
     // the fp32 error above of a .5 rounding boundary, i.e. by one level, rarely.
-    Tensor u8 = vae::postprocess_to_u8(image), ref_u8 = reference("image_u8");
+    Tensor u8 = vae::postprocess_to_u8(image), ref_u8 = vae_reference("image_u8");
     ASSERT_EQ(u8.shape(), ref_u8.shape());
     ASSERT_EQ(u8.dtype(), DType::U8);
     int64_t off_by_one = 0;
@@ -343,7 +306,7 @@ TEST(VaeDecode, Fp32MatchesDiffusers) {
     EXPECT_LT(double(off_by_one), 1e-3 * double(ref_u8.numel()));
 
     // postprocess alone, on diffusers' own decoded image, is exact.
-    Tensor u8_of_ref = vae::postprocess_to_u8(reference("image"));
+    Tensor u8_of_ref = vae::postprocess_to_u8(vae_reference("image"));
     for (int64_t i = 0; i < ref_u8.numel(); ++i)
         ASSERT_EQ(u8_of_ref.data<uint8_t>()[i], ref_u8.data<uint8_t>()[i]) << "value " << i;
 }
@@ -359,9 +322,9 @@ TEST(VaeDecode, Fp32MatchesDiffusers) {
 // fp32 as diffusers' bf16 is.
 TEST(VaeDecode, Bf16MatchesDiffusers) {
     vae::AutoencoderKL m(kVaeDir, DType::BF16);
-    Tensor image = m.decode(reference("bf16.z"));
+    Tensor image = m.decode(vae_reference("bf16.z"));
     ASSERT_EQ(image.dtype(), DType::BF16);
-    Tensor ref16 = reference("bf16.image"), ref32 = reference("image");
+    Tensor ref16 = vae_reference("bf16.image"), ref32 = vae_reference("image");
     Err vs16 = compare(image, ref16), vs32 = compare(image, ref32), ref_vs32 = compare(ref16, ref32);
     std::printf("[ vae bf16 ] rel L2 vs bf16 ref %.4f, vs fp32 %.4f; ref bf16 vs fp32 %.4f\n",
                 vs16.rel_l2(), vs32.rel_l2(), ref_vs32.rel_l2());
@@ -369,7 +332,7 @@ TEST(VaeDecode, Bf16MatchesDiffusers) {
     EXPECT_LE(vs32.rel_l2(), 1.25 * ref_vs32.rel_l2());
 
     // postprocess of diffusers' bf16 image reproduces its uint8 image exactly.
-    Tensor u8 = vae::postprocess_to_u8(ref16), ref_u8 = reference("bf16.image_u8");
+    Tensor u8 = vae::postprocess_to_u8(ref16), ref_u8 = vae_reference("bf16.image_u8");
     ASSERT_EQ(u8.shape(), ref_u8.shape());
     for (int64_t i = 0; i < ref_u8.numel(); ++i)
         ASSERT_EQ(u8.data<uint8_t>()[i], ref_u8.data<uint8_t>()[i]) << "value " << i;

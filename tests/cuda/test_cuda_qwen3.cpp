@@ -30,7 +30,6 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <functional>
 
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_tensor.h"
@@ -43,6 +42,8 @@
 #include "nn/norm.h"
 #include "nn/rope_half.h"
 #include "quant/model.h"
+#include "tests/expect_error.h"
+#include "tests/qwen3_fixture.h"
 #include "tests/random_tensor.h"
 
 namespace fs = std::filesystem;
@@ -53,18 +54,14 @@ using cuda::MemKind;
 
 namespace {
 
-bool have_gpu() { return cuda::device_count() > 0; }
+using testutil::error_of;
+using testutil::kQwen3Fixtures;
+using testutil::qwen3_encoder_dir;
+using testutil::qwen3_inputs;
+using testutil::Qwen3Inputs;
+using testutil::qwen3_reference;
 
-// QDIT_TEST_DATA when that folder exists here, else tests/data (the GPU machine runs the binary from
-// the repository root of a copy of the tree).
-fs::path data_root() {
-#ifdef QDIT_TEST_DATA
-    if (fs::exists(fs::path(QDIT_TEST_DATA) / "qwen3")) return QDIT_TEST_DATA;
-#endif
-    return "tests/data";
-}
-fs::path fixture_dir(const std::string& name) { return data_root() / "qwen3" / name; }
-std::string encoder_dir(const std::string& name) { return (fixture_dir(name) / "text_encoder").string(); }
+bool have_gpu() { return cuda::device_count() > 0; }
 
 using testutil::randn;
 
@@ -131,32 +128,8 @@ Tensor columns(const Tensor& m, int64_t c0, int64_t w) {
 // ---------------------------------------------------------------------------
 // Fixtures
 
-struct Inputs {
-    std::vector<int32_t> ids;
-    std::vector<uint8_t> mask;
-    int64_t batch = 0, len = 0;
-    std::vector<int32_t> ids_of(int64_t b) const { return {ids.begin() + b * len, ids.begin() + (b + 1) * len}; }
-    std::vector<uint8_t> mask_of(int64_t b) const { return {mask.begin() + b * len, mask.begin() + (b + 1) * len}; }
-};
-
-Inputs load_inputs(const std::string& name) {
-    SafetensorsFile f((fixture_dir(name) / "inputs.safetensors").string());
-    Tensor ids = f.get("input_ids"), mask = f.get("attention_mask");
-    Inputs in;
-    in.batch = ids.size(0);
-    in.len = ids.size(1);
-    in.ids.assign(ids.data<int32_t>(), ids.data<int32_t>() + ids.numel());
-    in.mask.assign(mask.data<uint8_t>(), mask.data<uint8_t>() + mask.numel());
-    return in;
-}
-
-Tensor reference(const std::string& name, const std::string& key) {
-    SafetensorsFile f((fixture_dir(name) / "reference.safetensors").string());
-    return f.get(key).to(DType::F32);
-}
-
 // Rows of item b of a [B, L, D] reference where the mask keeps the token → [n_valid, D].
-Tensor valid_rows(const Tensor& ref, const Inputs& in, int64_t b) {
+Tensor valid_rows(const Tensor& ref, const Qwen3Inputs& in, int64_t b) {
     const int64_t L = ref.size(1), D = ref.size(2);
     std::vector<int64_t> keep;
     for (int64_t j = 0; j < L; ++j)
@@ -167,19 +140,8 @@ Tensor valid_rows(const Tensor& ref, const Inputs& in, int64_t b) {
     return out;
 }
 
-const char* const kFixtures[] = {"causal_lm", "model_bias_bf16"};
-
 const char* impl_name(cuda::AttentionImpl impl) {
     return impl == cuda::AttentionImpl::Simple ? "simple" : impl == cuda::AttentionImpl::Cudnn ? "cudnn" : "auto";
-}
-
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "(no error)";
 }
 
 }  // namespace
@@ -394,10 +356,10 @@ TEST(CudaAttention, CausalGroupedQueryMatchesCpuAndF64) {
 // against transformers' bf16 and fp32 outputs and the CPU model in bf16 (bounds at the top).
 TEST(CudaQwen3Encoder, Bf16MatchesTransformersAndCpu) {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-    for (const char* name : kFixtures) {
+    for (const char* name : kQwen3Fixtures) {
         SCOPED_TRACE(name);
-        const Inputs in = load_inputs(name);
-        PreparedModel m = prepare_model(encoder_dir(name), QuantConfig{});
+        const Qwen3Inputs in = qwen3_inputs(name);
+        PreparedModel m = prepare_model(qwen3_encoder_dir(name), QuantConfig{});
         text::Qwen3TextModel cpu(m, DType::BF16);
         text::Qwen3TextModelCuda gpu(m);
         const text::Qwen3Config& c = gpu.config();
@@ -410,8 +372,8 @@ TEST(CudaQwen3Encoder, Bf16MatchesTransformersAndCpu) {
             std::vector<int> ks = {1, 2, int(N), int(N + 1)};
             ks.erase(std::unique(ks.begin(), ks.end()), ks.end());  // N = 2: -2 once
             for (int k : ks) {
-                const Tensor r16 = reference(name, fmt::format("bf16.hidden_states.{}", N + 1 - k)),
-                             r32 = reference(name, fmt::format("fp32.hidden_states.{}", N + 1 - k));
+                const Tensor r16 = qwen3_reference(name, fmt::format("bf16.hidden_states.{}", N + 1 - k)),
+                             r32 = qwen3_reference(name, fmt::format("fp32.hidden_states.{}", N + 1 - k));
                 Err vs16, vs32, ref32, vs_cpu, cpu32;
                 for (int64_t b = 0; b < in.batch; ++b) {
                     const Tensor out = gpu.encode(in.ids_of(b), in.mask_of(b), k);
@@ -451,10 +413,10 @@ TEST(CudaQwen3Encoder, Bf16MatchesTransformersAndCpu) {
 // the bf16 test (<= 0.5 · that model's distance from fp32).
 TEST(CudaQwen3Encoder, Int8MatchesW8A8Reference) {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-    for (const char* name : kFixtures) {
+    for (const char* name : kQwen3Fixtures) {
         SCOPED_TRACE(name);
-        const Inputs in = load_inputs(name);
-        PreparedModel m = prepare_model(encoder_dir(name), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
+        const Qwen3Inputs in = qwen3_inputs(name);
+        PreparedModel m = prepare_model(qwen3_encoder_dir(name), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
         text::Qwen3TextModelCuda gpu(m);
         text::Qwen3TextModel cpu(m, DType::BF16);
         const int64_t N = gpu.config().num_hidden_layers;
@@ -462,10 +424,10 @@ TEST(CudaQwen3Encoder, Int8MatchesW8A8Reference) {
         Err vs32, q, b16, vs_cpu, cpu32;
         for (int64_t b = 0; b < in.batch; ++b) {
             const Tensor out = gpu.encode(in.ids_of(b), in.mask_of(b));
-            const Tensor r32 = reference(name, fmt::format("fp32.embeds.{}", b));
+            const Tensor r32 = qwen3_reference(name, fmt::format("fp32.embeds.{}", b));
             vs32.add(compare(out, r32));
-            q.add(compare(reference(name, fmt::format("w8a8.embeds.{}", b)), r32));
-            b16.add(compare(reference(name, fmt::format("bf16.embeds.{}", b)), r32));
+            q.add(compare(qwen3_reference(name, fmt::format("w8a8.embeds.{}", b)), r32));
+            b16.add(compare(qwen3_reference(name, fmt::format("bf16.embeds.{}", b)), r32));
             const Tensor want = cpu.encode(in.ids_of(b), in.mask_of(b));
             vs_cpu.add(compare(out, want));
             cpu32.add(compare(want, r32));
@@ -485,7 +447,7 @@ TEST(CudaQwen3Encoder, Int8MatchesW8A8Reference) {
 // are refused with the CPU model's messages.
 TEST(CudaQwen3Encoder, DeviceResultPaddingWeightsAndErrors) {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-    PreparedModel m = prepare_model(encoder_dir("causal_lm"), QuantConfig{});
+    PreparedModel m = prepare_model(qwen3_encoder_dir("causal_lm"), QuantConfig{});
     cudaStream_t s;
     ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
     {

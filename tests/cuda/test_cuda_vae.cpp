@@ -24,7 +24,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <random>
 
 #include "backend/cuda/conv.h"
 #include "backend/cuda/quantize.h"
@@ -35,11 +34,8 @@
 #include "models/vae/autoencoder_kl_cuda.h"
 #include "nn/attention.h"
 #include "nn/group_norm.h"
-
-// qdit_cuda_tests (the GPU machine's binary) has no QDIT_TEST_DATA: it runs from the repository root.
-#ifndef QDIT_TEST_DATA
-#define QDIT_TEST_DATA "tests/data"
-#endif
+#include "tests/expect_error.h"
+#include "tests/vae_fixture.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
@@ -49,47 +45,19 @@ using nlohmann::json;
 
 namespace {
 
-const fs::path kData = fs::path(QDIT_TEST_DATA) / "vae";
-const std::string kVaeDir = (kData / "vae").string();
+using testutil::compare;
+using testutil::Err;
+using testutil::expect_error_mentioning;
+using testutil::kVaeDir;
+using testutil::random_tensor;
+using testutil::vae_latents;
+using testutil::vae_reference;
 
 #define SKIP_WITHOUT_GPU() \
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"
 
-Tensor random_tensor(Shape shape, uint32_t seed, float stddev = 1.0f, float mean = 0.0f) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(mean, stddev);
-    Tensor t = Tensor::empty(std::move(shape), DType::F32);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng);
-    return t;
-}
-
 // The tensor's values as f32 after rounding to dt.
 Tensor rounded(const Tensor& t, DType dt) { return t.to(dt).to(DType::F32); }
-
-Tensor reference(const std::string& name) {
-    return SafetensorsFile((kData / "reference.safetensors").string()).get(name);
-}
-Tensor latents() { return SafetensorsFile((kData / "inputs.safetensors").string()).get("latents"); }
-
-struct Err {
-    double max_abs = 0, max_ref = 0, sum_ref2 = 0, sum_err2 = 0;
-    double rel_l2() const { return std::sqrt(sum_err2 / sum_ref2); }
-};
-
-Err compare(const Tensor& test, const Tensor& ref) {
-    Err e;
-    EXPECT_EQ(test.shape(), ref.shape());
-    if (test.shape() != ref.shape()) return e;
-    for (int64_t i = 0; i < ref.numel(); ++i) {
-        const double a = test.item_f32(i), r = ref.item_f32(i), d = a - r;
-        EXPECT_TRUE(std::isfinite(a)) << "element " << i;
-        e.max_abs = std::max(e.max_abs, std::abs(d));
-        e.max_ref = std::max(e.max_ref, std::abs(r));
-        e.sum_ref2 += r * r;
-        e.sum_err2 += d * d;
-    }
-    return e;
-}
 
 // Fraction of uint8 values within one level, and the largest difference.
 std::pair<double, int> u8_agreement(const Tensor& a, const Tensor& b) {
@@ -102,16 +70,6 @@ std::pair<double, int> u8_agreement(const Tensor& a, const Tensor& b) {
         worst = std::max(worst, d);
     }
     return {double(within) / double(a.numel()), worst};
-}
-
-template <typename Fn>
-void expect_error_mentioning(Fn&& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
 }
 
 }  // namespace
@@ -399,8 +357,8 @@ TEST(CudaVae, UnscaleMatchesThePipelineExactly) {
     SKIP_WITHOUT_GPU();
     for (DType dt : {DType::F32, DType::BF16}) {
         vae::AutoencoderKLCuda m(kVaeDir, dt);
-        const Tensor z = m.unscale_latents(latents());
-        const Tensor ref = reference(dt == DType::F32 ? "z" : "bf16.z");
+        const Tensor z = m.unscale_latents(vae_latents());
+        const Tensor ref = vae_reference(dt == DType::F32 ? "z" : "bf16.z");
         ASSERT_EQ(z.dtype(), ref.dtype());
         ASSERT_EQ(z.shape(), ref.shape());
         for (int64_t i = 0; i < ref.numel(); ++i)
@@ -411,17 +369,17 @@ TEST(CudaVae, UnscaleMatchesThePipelineExactly) {
 TEST(CudaVae, Fp32MatchesDiffusersAndTheCpuDecoder) {
     SKIP_WITHOUT_GPU();
     vae::AutoencoderKLCuda m(kVaeDir, DType::F32);
-    const Tensor image = m.decode(reference("z"));
+    const Tensor image = m.decode(vae_reference("z"));
     ASSERT_EQ(image.dtype(), DType::F32);
-    const Err e = compare(image, reference("image"));
-    const Tensor cpu = vae::AutoencoderKL(kVaeDir, DType::F32).decode(reference("z"));
+    const Err e = compare(image, vae_reference("image"));
+    const Tensor cpu = vae::AutoencoderKL(kVaeDir, DType::F32).decode(vae_reference("z"));
     const Err ec = compare(image, cpu);
     std::printf("[ cuda vae fp32 ] max|err| vs diffusers %.3g (%.3g of max|ref| %.3g), vs CPU %.3g\n", e.max_abs,
                 e.max_abs / e.max_ref, e.max_ref, ec.max_abs);
     EXPECT_LE(e.max_abs, 1e-4 * e.max_ref);
     EXPECT_LE(ec.max_abs, 1e-4 * e.max_ref);
 
-    const Tensor u8 = vae::postprocess_to_u8(image), ref_u8 = reference("image_u8");
+    const Tensor u8 = vae::postprocess_to_u8(image), ref_u8 = vae_reference("image_u8");
     ASSERT_EQ(u8.shape(), ref_u8.shape());
     int64_t off_by_one = 0;
     for (int64_t i = 0; i < ref_u8.numel(); ++i) {
@@ -438,10 +396,10 @@ TEST(CudaVae, Bf16MatchesDiffusersAndTheCpuDecoder) {
     SKIP_WITHOUT_GPU();
     vae::AutoencoderKLCuda m(kVaeDir, DType::BF16);
     EXPECT_EQ(m.compute_dtype(), DType::BF16);
-    const Tensor image = m.decode(reference("bf16.z"));
+    const Tensor image = m.decode(vae_reference("bf16.z"));
     ASSERT_EQ(image.dtype(), DType::BF16);
-    const Tensor ref16 = reference("bf16.image"), ref32 = reference("image");
-    const Tensor cpu = vae::AutoencoderKL(kVaeDir, DType::BF16).decode(reference("bf16.z"));
+    const Tensor ref16 = vae_reference("bf16.image"), ref32 = vae_reference("image");
+    const Tensor cpu = vae::AutoencoderKL(kVaeDir, DType::BF16).decode(vae_reference("bf16.z"));
     const Err vs16 = compare(image, ref16), vs32 = compare(image, ref32), ref_vs32 = compare(ref16, ref32),
               vs_cpu = compare(image, cpu), cpu_vs16 = compare(cpu, ref16);
     std::printf("[ cuda vae bf16 ] rel L2 vs bf16 ref %.4f (CPU decoder %.4f), vs fp32 %.4f, vs CPU bf16 %.4f; "
@@ -451,7 +409,7 @@ TEST(CudaVae, Bf16MatchesDiffusersAndTheCpuDecoder) {
     EXPECT_LE(vs32.rel_l2(), 1.25 * ref_vs32.rel_l2());
     EXPECT_LE(vs_cpu.rel_l2(), ref_vs32.rel_l2());
 
-    const Tensor ref_u8 = reference("bf16.image_u8"), ref32_u8 = reference("image_u8");
+    const Tensor ref_u8 = vae_reference("bf16.image_u8"), ref32_u8 = vae_reference("image_u8");
     const Tensor u8 = vae::postprocess_to_u8(image);
     const auto [ours, ours_worst] = u8_agreement(u8, ref_u8);
     const auto [bf16_ref, bf16_worst] = u8_agreement(ref_u8, ref32_u8);
@@ -467,7 +425,7 @@ TEST(CudaVae, DeviceDecodeToU8MatchesHostPath) {
     for (DType dt : {DType::F32, DType::BF16}) {
         SCOPED_TRACE(dtype_name(dt));
         vae::AutoencoderKLCuda m(kVaeDir, dt);
-        const Tensor lat = latents();
+        const Tensor lat = vae_latents();
         const Tensor host_u8 = vae::postprocess_to_u8(m.decode(m.unscale_latents(lat)));
         const DTensor z = m.unscale_latents(DTensor::upload(lat.to(DType::F32), MemKind::Activation, m.stream()));
         const DTensor d = m.decode_to_u8(z);

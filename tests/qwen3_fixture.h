@@ -1,0 +1,57 @@
+// The committed Qwen3 text-encoder fixtures (tests/data/qwen3/<name>/, written by transformers:
+// scripts/fixtures/), shared by the CPU and CUDA encoder tests.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/safetensors.h"
+
+namespace qdit::testutil {
+
+inline const char* const kQwen3Fixtures[] = {"causal_lm", "model_bias_bf16"};
+
+// QDIT_TEST_DATA when that folder exists here, else tests/data (a test binary run from the
+// repository root of a copy of the tree).
+inline std::filesystem::path qwen3_fixture_dir(const std::string& name) {
+    std::filesystem::path root = "tests/data";
+#ifdef QDIT_TEST_DATA
+    if (std::filesystem::exists(std::filesystem::path(QDIT_TEST_DATA) / "qwen3")) root = QDIT_TEST_DATA;
+#endif
+    return root / "qwen3" / name;
+}
+inline std::string qwen3_encoder_dir(const std::string& name) {
+    return (qwen3_fixture_dir(name) / "text_encoder").string();
+}
+
+// The fixture's token ids and attention mask [batch, len].
+struct Qwen3Inputs {
+    std::vector<int32_t> ids;
+    std::vector<uint8_t> mask;
+    int64_t batch = 0, len = 0;
+
+    // Row b of ids / mask.
+    std::vector<int32_t> ids_of(int64_t b) const { return {ids.begin() + b * len, ids.begin() + (b + 1) * len}; }
+    std::vector<uint8_t> mask_of(int64_t b) const { return {mask.begin() + b * len, mask.begin() + (b + 1) * len}; }
+};
+
+inline Qwen3Inputs qwen3_inputs(const std::string& name) {
+    SafetensorsFile f((qwen3_fixture_dir(name) / "inputs.safetensors").string());
+    Tensor ids = f.get("input_ids"), mask = f.get("attention_mask");
+    Qwen3Inputs in;
+    in.batch = ids.size(0);
+    in.len = ids.size(1);
+    in.ids.assign(ids.data<int32_t>(), ids.data<int32_t>() + ids.numel());
+    in.mask.assign(mask.data<uint8_t>(), mask.data<uint8_t>() + mask.numel());
+    return in;
+}
+
+// A reference tensor of the fixture, as F32.
+inline Tensor qwen3_reference(const std::string& name, const std::string& key) {
+    SafetensorsFile f((qwen3_fixture_dir(name) / "reference.safetensors").string());
+    return f.get(key).to(DType::F32);
+}
+
+}  // namespace qdit::testutil

@@ -1,0 +1,55 @@
+// Test helpers shared by the CPU and CUDA VAE tests: the committed fixture (tests/data/vae/, made by
+// scripts/fixtures/make_vae_fixtures.py), random f32 inputs, and the error measures both report.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "io/safetensors.h"
+#include "tests/random_tensor.h"
+
+#ifndef QDIT_TEST_DATA
+#define QDIT_TEST_DATA "tests/data"
+#endif
+
+namespace qdit::testutil {
+
+inline const std::filesystem::path kVaeData = std::filesystem::path(QDIT_TEST_DATA) / "vae";
+inline const std::string kVaeDir = (kVaeData / "vae").string();
+
+inline Tensor vae_reference(const std::string& name) {
+    return SafetensorsFile((kVaeData / "reference.safetensors").string()).get(name);
+}
+inline Tensor vae_latents() { return SafetensorsFile((kVaeData / "inputs.safetensors").string()).get("latents"); }
+
+// N(mean, stddev) in f32 from mt19937(seed).
+inline Tensor random_tensor(Shape shape, uint32_t seed, float stddev = 1.0f, float mean = 0.0f) {
+    return randn(std::move(shape), seed, mean, stddev, DType::F32);
+}
+
+struct Err {
+    double max_abs = 0, max_ref = 0, sum_ref2 = 0, sum_err2 = 0;
+    double rel_l2() const { return std::sqrt(sum_err2 / sum_ref2); }
+};
+
+// Element-wise error of `test` against `ref` (same shape; every value of test finite).
+inline Err compare(const Tensor& test, const Tensor& ref) {
+    Err e;
+    EXPECT_EQ(test.shape(), ref.shape());
+    if (test.shape() != ref.shape()) return e;
+    for (int64_t i = 0; i < ref.numel(); ++i) {
+        const double a = test.item_f32(i), r = ref.item_f32(i), d = a - r;
+        EXPECT_TRUE(std::isfinite(a)) << "element " << i;
+        e.max_abs = std::max(e.max_abs, std::abs(d));
+        e.max_ref = std::max(e.max_ref, std::abs(r));
+        e.sum_ref2 += r * r;
+        e.sum_err2 += d * d;
+    }
+    return e;
+}
+
+}  // namespace qdit::testutil

@@ -48,6 +48,20 @@ Tensor int8_linear(const Tensor& x, const Tensor& q, const Tensor& scale, const 
     return y;
 }
 
+// A random input x [m, k], int8 weight (quantized from f32 [n, k]) with bias, and the one-device
+// output want = int8_linear(x, q, scale, bias); seeds seed, seed + 1, seed + 2.
+struct Int8Layer {
+    Tensor x, q, scale, bias, want;
+};
+Int8Layer int8_layer(int64_t m, int64_t k, int64_t n, uint32_t seed) {
+    Int8Layer l;
+    l.x = randn({m, k}, seed);
+    l.bias = randn({n}, seed + 2, 0.f, 1.f, DType::F32);
+    quantize_weight_int8(randn({n, k}, seed + 1, 0.f, 1.f, DType::F32), &l.q, &l.scale);
+    l.want = int8_linear(l.x, l.q, l.scale, l.bias);
+    return l;
+}
+
 }  // namespace
 
 TEST(TensorParallel, SplitCoversEveryUnitOnceInWholeMultiples) {
@@ -71,12 +85,9 @@ TEST(TensorParallel, SplitCoversEveryUnitOnceInWholeMultiples) {
 
 // Column split: each rank computes its output columns from the whole input; joined = one device.
 TEST(TensorParallel, ColumnSplitInt8LinearEqualsOneDevice) {
-    const int64_t m = 37, k = 96, n = 80;
-    const Tensor x = randn({m, k}, 1), w = randn({n, k}, 2, 0.f, 1.f, DType::F32),
-                 bias = randn({n}, 3, 0.f, 1.f, DType::F32);
-    Tensor q, scale;
-    quantize_weight_int8(w, &q, &scale);
-    const Tensor want = int8_linear(x, q, scale, bias);
+    const int64_t m = 37, n = 80;
+    const Int8Layer l = int8_layer(m, 96, n, 1);
+    const Tensor &x = l.x, &q = l.q, &scale = l.scale, &bias = l.bias, &want = l.want;
     for (int world : {1, 2, 3, 5}) {
         SCOPED_TRACE(world);
         Tensor joined = Tensor::empty({m, n}, DType::BF16);
@@ -94,12 +105,9 @@ TEST(TensorParallel, ColumnSplitInt8LinearEqualsOneDevice) {
 // Row split: the input arrives split by columns; MAX of the ranks' absmax, quantization with it,
 // int32 partial sums, SUM, one dequantization = one device. Per-rank activation scales do not.
 TEST(TensorParallel, RowSplitInt8LinearEqualsOneDevice) {
-    const int64_t m = 29, k = 160, n = 48;
-    const Tensor x = randn({m, k}, 4), w = randn({n, k}, 5, 0.f, 1.f, DType::F32),
-                 bias = randn({n}, 6, 0.f, 1.f, DType::F32);
-    Tensor q, scale;
-    quantize_weight_int8(w, &q, &scale);
-    const Tensor want = int8_linear(x, q, scale, bias);
+    const int64_t m = 29, n = 48;
+    const Int8Layer l = int8_layer(m, 160, n, 4);
+    const Tensor &x = l.x, &q = l.q, &scale = l.scale, &bias = l.bias, &want = l.want;
     for (int world : {1, 2, 3, 4}) {
         SCOPED_TRACE(world);
         std::vector<parallel::Int8Shard> shards;

@@ -45,11 +45,7 @@ constexpr bool built_sm80() {
 #endif
 }
 
-bool is_sm90_kernel(Int8GemmKernel k) {
-    return k == Int8GemmKernel::Sm90_128x128_Pingpong || k == Int8GemmKernel::Sm90_128x256_Cooperative ||
-           k == Int8GemmKernel::Sm90_256x128_Cooperative || k == Int8GemmKernel::Sm90_128x128_Pingpong_C1x2 ||
-           k == Int8GemmKernel::Sm90_128x128x256_Pingpong;
-}
+bool is_sm90_kernel(Int8GemmKernel k) { return k != Int8GemmKernel::Auto && k != Int8GemmKernel::Sm80_128x128; }
 
 // The sm80 kernel was built as PTX too (QDIT_INT8_SM80_ARCHS with a virtual architecture), which the
 // driver compiles for any later GPU. Decided from the build rather than by asking the driver, whose
@@ -79,16 +75,28 @@ bool available_on(Int8GemmKernel k, const DeviceInfo& d) {
 // DiT shapes on an H100 (bench/cuda/NOTES.md, run 2): 128x128 ping-pong with a 1x2 cluster (the
 // A tile multicast to two CTAs along N), swizzle 1, raster along M was within 4 % of the best
 // everywhere except the large square 8192^3, where 128x256 cooperative, swizzle 8 along N won by 14 %.
+// The down projections (K >= 8192, N <= 4096: few output tiles, each a long K loop) run 6-14 %
+// faster with 128x256 cooperative under the stream-K scheduler (NOTES, "Stream-K").
 struct Sm90Choice {
     Int8GemmKernel kernel;
     Int8GemmTuning tuning;
 };
-Sm90Choice pick_sm90(int64_t m, int64_t n, int64_t /*k*/) {
+Sm90Choice pick_sm90(int64_t m, int64_t n, int64_t k) {
     if (m >= 6144 && n >= 6144) return {Int8GemmKernel::Sm90_128x256_Cooperative, {8, 2}};
+    if (k >= 8192 && n <= 4096) return {Int8GemmKernel::Sm90_128x256_StreamK, {}};
     return {Int8GemmKernel::Sm90_128x128_Pingpong_C1x2, {1, 1}};
 }
 
 }  // namespace
+
+const std::vector<Int8GemmKernel>& int8_gemm_kernels() {
+    static const std::vector<Int8GemmKernel> all = {
+        Int8GemmKernel::Sm90_128x128_Pingpong,      Int8GemmKernel::Sm90_128x256_Cooperative,
+        Int8GemmKernel::Sm90_256x128_Cooperative,   Int8GemmKernel::Sm90_128x128_Pingpong_C1x2,
+        Int8GemmKernel::Sm90_128x128x256_Pingpong,  Int8GemmKernel::Sm90_128x256_StreamK,
+        Int8GemmKernel::Sm80_128x128};
+    return all;
+}
 
 const char* int8_gemm_kernel_name(Int8GemmKernel k) {
     switch (k) {
@@ -98,6 +106,7 @@ const char* int8_gemm_kernel_name(Int8GemmKernel k) {
         case Int8GemmKernel::Sm90_256x128_Cooperative: return "sm90 256x128x128 coop c1x2";
         case Int8GemmKernel::Sm90_128x128_Pingpong_C1x2: return "sm90 128x128x128 pingpong c1x2";
         case Int8GemmKernel::Sm90_128x128x256_Pingpong: return "sm90 128x128x256 pingpong c2x1";
+        case Int8GemmKernel::Sm90_128x256_StreamK: return "sm90 128x256x128 coop c2x1 stream-k";
         case Int8GemmKernel::Sm80_128x128: return "sm80 128x128x64 mma.sync";
     }
     return "?";
@@ -168,6 +177,7 @@ void int8_gemm_bf16(const int8_t* a, int64_t lda, const float* a_scale, const in
         case Int8GemmKernel::Sm90_256x128_Cooperative: err = detail::run_int8_gemm_sm90_256x128(p); break;
         case Int8GemmKernel::Sm90_128x128_Pingpong_C1x2: err = detail::run_int8_gemm_sm90_128x128_c1x2(p); break;
         case Int8GemmKernel::Sm90_128x128x256_Pingpong: err = detail::run_int8_gemm_sm90_128x128x256(p); break;
+        case Int8GemmKernel::Sm90_128x256_StreamK: err = detail::run_int8_gemm_sm90_128x256_streamk(p); break;
 #endif
 #if defined(QDIT_CUDA_INT8_SM80)
         case Int8GemmKernel::Sm80_128x128: err = detail::run_int8_gemm_sm80_128x128(p); break;

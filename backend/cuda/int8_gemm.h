@@ -18,6 +18,7 @@
 //   M is free (any M >= 1). Anything else is refused with a qdit::ShapeError before any launch.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include <cuda_runtime.h>
 
@@ -32,8 +33,12 @@ enum class Int8GemmKernel {
     Sm90_256x128_Cooperative,  // 256x128x128 tile, cluster 1x2, cooperative consumers
     Sm90_128x128_Pingpong_C1x2,   // 128x128x128 tile, cluster 1x2, ping-pong
     Sm90_128x128x256_Pingpong,    // 128x128x256 tile (K step 256), cluster 2x1, ping-pong
+    Sm90_128x256_StreamK,      // 128x256x128 tile, cluster 2x1, cooperative, stream-K scheduler
     Sm80_128x128,              // CUTLASS 2.x mma.sync (Ampere / Ada; newer GPUs when built as PTX)
 };
+
+// Every kernel above but Auto, in that order (tests and benchmarks run each that is available).
+const std::vector<Int8GemmKernel>& int8_gemm_kernels();
 
 const char* int8_gemm_kernel_name(Int8GemmKernel k);
 
@@ -78,6 +83,7 @@ const char* run_int8_gemm_sm90_128x256(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_256x128(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_128x128_c1x2(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_128x128x256(const Int8GemmArgs& p);
+const char* run_int8_gemm_sm90_128x256_streamk(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm80_128x128(const Int8GemmArgs& p);
 }  // namespace detail
 

@@ -14,11 +14,17 @@
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/gemm/kernel/tile_scheduler.hpp>
 
+#include "backend/cuda/device_tensor.h"
 #include "backend/cuda/int8_gemm.h"
 
 namespace qdit::cuda::detail {
 
-template <class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule>
+// Scheduler: cutlass::gemm::PersistentScheduler (whole output tiles per CTA) or StreamKScheduler
+// (CUTLASS's heuristic may split tiles' K ranges over CTAs so that the SMs share the work evenly;
+// the partial int32 sums meet in a workspace, and integer sums do not depend on their order, so the
+// result is the same bit for bit).
+template <class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule,
+          class Scheduler = cutlass::gemm::PersistentScheduler>
 struct Sm90Int8Gemm {
     using ElementA = int8_t;
     using ElementB = int8_t;
@@ -61,7 +67,7 @@ struct Sm90Int8Gemm {
         KernelSchedule>::CollectiveOp;
 
     using GemmKernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
-                                                            CollectiveEpilogue, cutlass::gemm::PersistentScheduler>;
+                                                            CollectiveEpilogue, Scheduler>;
     using Gemm = cutlass::gemm::device::GemmUniversalAdapter<GemmKernel>;
 
     static const char* run(const Int8GemmArgs& p) {
@@ -101,8 +107,12 @@ struct Sm90Int8Gemm {
 
         Gemm gemm;
         if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS sm90 kernel cannot implement";
-        if (Gemm::get_workspace_size(args) != 0) return "CUTLASS sm90 kernel unexpectedly needs a workspace";
-        cutlass::Status st = gemm.initialize(args, nullptr, p.stream);
+        // Stream-K's partial sums and flags: from the caching allocator, released after the launch
+        // (reuse is ordered by the stream, allocator.h).
+        const size_t ws_bytes = Gemm::get_workspace_size(args);
+        DTensor ws;
+        if (ws_bytes > 0) ws = DTensor::empty({int64_t(ws_bytes)}, DType::U8);
+        cutlass::Status st = gemm.initialize(args, ws.defined() ? ws.raw() : nullptr, p.stream);
         if (st != cutlass::Status::kSuccess) return "CUTLASS sm90 initialize failed";
         st = gemm.run(p.stream);
         if (st != cutlass::Status::kSuccess) return "CUTLASS sm90 launch failed";

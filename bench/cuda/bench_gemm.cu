@@ -165,9 +165,7 @@ int run(int argc, char** argv) {
 
     std::vector<qdit::cuda::Int8GemmKernel> variants = {qdit::cuda::Int8GemmKernel::Auto};
     if (all_kernels)
-        for (auto k : {qdit::cuda::Int8GemmKernel::Sm90_128x128_Pingpong, qdit::cuda::Int8GemmKernel::Sm90_128x256_Cooperative,
-                       qdit::cuda::Int8GemmKernel::Sm90_256x128_Cooperative, qdit::cuda::Int8GemmKernel::Sm90_128x128_Pingpong_C1x2,
-                       qdit::cuda::Int8GemmKernel::Sm90_128x128x256_Pingpong, qdit::cuda::Int8GemmKernel::Sm80_128x128})
+        for (auto k : qdit::cuda::int8_gemm_kernels())
             if (qdit::cuda::int8_gemm_kernel_available(k)) variants.push_back(k);
 
     struct Row {

@@ -144,10 +144,8 @@ void run_int8_case(const GemmCase& c, cuda::Int8GemmKernel kernel, uint32_t seed
 
 std::vector<cuda::Int8GemmKernel> kernels_here() {
     std::vector<cuda::Int8GemmKernel> out;
-    for (auto k : {cuda::Int8GemmKernel::Auto, cuda::Int8GemmKernel::Sm90_128x128_Pingpong,
-                   cuda::Int8GemmKernel::Sm90_128x256_Cooperative, cuda::Int8GemmKernel::Sm90_256x128_Cooperative,
-                   cuda::Int8GemmKernel::Sm90_128x128_Pingpong_C1x2, cuda::Int8GemmKernel::Sm90_128x128x256_Pingpong,
-                   cuda::Int8GemmKernel::Sm80_128x128})
+    if (cuda::int8_gemm_kernel_available(cuda::Int8GemmKernel::Auto)) out.push_back(cuda::Int8GemmKernel::Auto);
+    for (auto k : cuda::int8_gemm_kernels())
         if (cuda::int8_gemm_kernel_available(k)) out.push_back(k);
     return out;
 }

@@ -219,9 +219,12 @@ using zimage::ParallelMode;
 
 const char* mode_name(ParallelMode m) { return m == ParallelMode::Tensor ? "TP" : "SP"; }
 
+// world ranks on GPU 0 (the local group), or with `nccl` on GPUs 0 .. world-1 through NCCL.
 std::vector<Tensor> split_forward(const PreparedModel& m, const Inputs& f, ParallelMode mode, int world,
-                                  cuda::AttentionImpl impl) {
-    auto g = parallel::RankGroup::local(world, 0);
+                                  cuda::AttentionImpl impl, bool nccl = false) {
+    std::vector<int> devices(static_cast<size_t>(world));
+    std::iota(devices.begin(), devices.end(), 0);
+    auto g = nccl ? parallel::RankGroup::nccl(devices) : parallel::RankGroup::local(world, 0);
     zimage::ZImageTransformerParallel model(m, *g, mode);
     EXPECT_EQ(model.world(), world);
     EXPECT_EQ(model.mode(), mode);
@@ -285,6 +288,38 @@ TEST(CudaZImageParallel, Bf16SplitCloseToOneGpu) {
             std::printf("[ %-13s ] bf16 %s=2 vs one GPU: rel L2 %.3g (bound %.3g)%s\n", name, mode_name(mode), d, bound,
                         bit_equal(out, one) ? ", bit-identical" : "");
             EXPECT_LE(d, bound) << mode_name(mode);
+        }
+    }
+}
+
+// The same splits on two GPUs through NCCL (skipped with fewer): int8 TP=2 / SP=2 equal the
+// one-GPU output bit for bit with the simple attention kernel, and are within the local tests'
+// bounds with the default attention; bf16 within its bound.
+TEST(CudaZImageParallel, TwoGpusOverNcclMatchOneGpu) {
+    if (cuda::device_count() < 2) GTEST_SKIP() << "needs 2 CUDA devices";
+    for (const char* name : kFixtures) {
+        SCOPED_TRACE(name);
+        const Inputs f = load_inputs(name);
+        const PreparedModel m8 = prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
+        fs::path d16 = dir(name) / "transformer-bf16";
+        const PreparedModel m16 = prepare_model(fs::exists(d16) ? d16.string() : (dir(name) / "transformer").string(), QuantConfig{});
+        const std::vector<Tensor> one8s = one_gpu(m8, f, cuda::AttentionImpl::Simple),
+                                  one8 = one_gpu(m8, f, cuda::AttentionImpl::Auto),
+                                  one16 = one_gpu(m16, f, cuda::AttentionImpl::Auto);
+        const double bound8 = 0.25 * rel_l2(one8, load_refs(name, "w8a8")),
+                     bound16 = 0.5 * rel_l2(load_refs(name, "bf16"), load_refs(name, "fp32"));
+        for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
+            const std::vector<Tensor> s8 = split_forward(m8, f, mode, 2, cuda::AttentionImpl::Simple, true),
+                                      a8 = split_forward(m8, f, mode, 2, cuda::AttentionImpl::Auto, true),
+                                      a16 = split_forward(m16, f, mode, 2, cuda::AttentionImpl::Auto, true);
+            std::printf("[ %-13s ] 2 GPUs, NCCL, %s=2 vs one GPU: int8 (simple attention) %s; int8 rel L2 %.3g "
+                        "(bound %.3g)%s; bf16 rel L2 %.3g (bound %.3g)%s\n",
+                        name, mode_name(mode), bit_equal(s8, one8s) ? "bit-identical" : "DIFFERENT", rel_l2(a8, one8),
+                        bound8, bit_equal(a8, one8) ? ", bit-identical" : "", rel_l2(a16, one16), bound16,
+                        bit_equal(a16, one16) ? ", bit-identical" : "");
+            EXPECT_TRUE(bit_equal(s8, one8s)) << mode_name(mode);
+            EXPECT_LE(rel_l2(a8, one8), bound8) << mode_name(mode);
+            EXPECT_LE(rel_l2(a16, one16), bound16) << mode_name(mode);
         }
     }
 }

@@ -42,13 +42,19 @@ struct Plan {
 using Key = std::tuple<LtGemmTypes, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool>;
 
 struct DeviceState {
+    std::mutex mu;  // over a whole call on this device (see lt_gemm)
     cublasLtHandle_t handle = nullptr;
     void* workspace = nullptr;
     std::map<Key, Plan> plans;
 };
 
-std::mutex g_mu;
+std::mutex g_mu;  // over g_devices only
 std::map<int, DeviceState> g_devices;
+
+DeviceState& device_state(int dev) {
+    std::lock_guard<std::mutex> lock(g_mu);
+    return g_devices[dev];  // std::map: the element stays where it is
+}
 
 Plan make_plan(cublasLtHandle_t handle, LtGemmTypes t, int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldw,
                int64_t ldy, bool has_bias) {
@@ -99,9 +105,11 @@ bool lt_gemm(LtGemmTypes types, const void* x, int64_t ldx, const void* w, int64
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess) throw Error("cuBLASLt GEMM: no current CUDA device");
     // One lock over the whole call: the cached descriptor gets this call's bias pointer, and
-    // cublasLtMatmul reads it while enqueueing (host work only, a few microseconds).
-    std::lock_guard<std::mutex> lock(g_mu);
-    DeviceState& d = g_devices[dev];
+    // cublasLtMatmul reads it while enqueueing. The lock is the device's own: a launch blocks while
+    // the device's queue is full, e.g. behind an NCCL collective that waits for another GPU's rank
+    // thread, and that thread must not wait for this lock.
+    DeviceState& d = device_state(dev);
+    std::lock_guard<std::mutex> lock(d.mu);
     if (!d.handle) check(cublasLtCreate(&d.handle), types, "cublasLtCreate");
     if (!d.workspace) {
         const cudaError_t ce = cudaMalloc(&d.workspace, kWorkspaceBytes);

@@ -234,6 +234,22 @@ std::vector<Tensor> split_forward(const PreparedModel& m, const Inputs& f, Paral
 
 const char* const kFixtures[] = {"h3_b1", "h5_b2", "h2_l3_sharded"};
 
+// A fixture's transformer with the default int8 plan, and in bf16 (its bf16 copy where it has one).
+PreparedModel int8_model(const std::string& name) {
+    return prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
+}
+PreparedModel bf16_model(const std::string& name) {
+    const fs::path d16 = dir(name) / "transformer-bf16";
+    return prepare_model(fs::exists(d16) ? d16.string() : (dir(name) / "transformer").string(), QuantConfig{});
+}
+
+// Bounds on a split's distance to the one-GPU output: int8 a quarter of the one-GPU output's
+// distance to the W8A8 reference, bf16 half the bf16 reference's distance to fp32.
+double int8_bound(const std::string& name, const std::vector<Tensor>& one) {
+    return 0.25 * rel_l2(one, load_refs(name, "w8a8"));
+}
+double bf16_bound(const std::string& name) { return 0.5 * rel_l2(load_refs(name, "bf16"), load_refs(name, "fp32")); }
+
 // TP over 2 and 3 ranks (3 splits 3 and 5 heads unevenly), SP over 2 and 4 ranks (5 heads over 4:
 // padded all-to-all blocks), wherever the model has enough heads.
 TEST(CudaZImageParallel, Int8SplitEqualsOneGpuBitForBit) {
@@ -241,7 +257,7 @@ TEST(CudaZImageParallel, Int8SplitEqualsOneGpuBitForBit) {
     for (const char* name : kFixtures) {
         SCOPED_TRACE(name);
         const Inputs f = load_inputs(name);
-        const PreparedModel m = prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
+        const PreparedModel m = int8_model(name);
         const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Simple);
         const int heads = int(m.folder.config.at("n_heads").get<int64_t>());
         for (auto [mode, world] : {std::pair{ParallelMode::Tensor, 2}, {ParallelMode::Tensor, 3},
@@ -260,9 +276,9 @@ TEST(CudaZImageParallel, Int8SplitCloseToOneGpuWithDefaultAttention) {
     for (const char* name : kFixtures) {
         SCOPED_TRACE(name);
         const Inputs f = load_inputs(name);
-        const PreparedModel m = prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
+        const PreparedModel m = int8_model(name);
         const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Auto);
-        const double bound = 0.25 * rel_l2(one, load_refs(name, "w8a8"));
+        const double bound = int8_bound(name, one);
         for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
             const std::vector<Tensor> out = split_forward(m, f, mode, 2, cuda::AttentionImpl::Auto);
             const double d = rel_l2(out, one);
@@ -278,10 +294,9 @@ TEST(CudaZImageParallel, Bf16SplitCloseToOneGpu) {
     for (const char* name : kFixtures) {
         SCOPED_TRACE(name);
         const Inputs f = load_inputs(name);
-        fs::path d16 = dir(name) / "transformer-bf16";
-        const PreparedModel m = prepare_model(fs::exists(d16) ? d16.string() : (dir(name) / "transformer").string(), QuantConfig{});
+        const PreparedModel m = bf16_model(name);
         const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Auto);
-        const double bound = 0.5 * rel_l2(load_refs(name, "bf16"), load_refs(name, "fp32"));
+        const double bound = bf16_bound(name);
         for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
             const std::vector<Tensor> out = split_forward(m, f, mode, 2, cuda::AttentionImpl::Auto);
             const double d = rel_l2(out, one);
@@ -300,14 +315,11 @@ TEST(CudaZImageParallel, TwoGpusOverNcclMatchOneGpu) {
     for (const char* name : kFixtures) {
         SCOPED_TRACE(name);
         const Inputs f = load_inputs(name);
-        const PreparedModel m8 = prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
-        fs::path d16 = dir(name) / "transformer-bf16";
-        const PreparedModel m16 = prepare_model(fs::exists(d16) ? d16.string() : (dir(name) / "transformer").string(), QuantConfig{});
+        const PreparedModel m8 = int8_model(name), m16 = bf16_model(name);
         const std::vector<Tensor> one8s = one_gpu(m8, f, cuda::AttentionImpl::Simple),
                                   one8 = one_gpu(m8, f, cuda::AttentionImpl::Auto),
                                   one16 = one_gpu(m16, f, cuda::AttentionImpl::Auto);
-        const double bound8 = 0.25 * rel_l2(one8, load_refs(name, "w8a8")),
-                     bound16 = 0.5 * rel_l2(load_refs(name, "bf16"), load_refs(name, "fp32"));
+        const double bound8 = int8_bound(name, one8), bound16 = bf16_bound(name);
         for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
             const std::vector<Tensor> s8 = split_forward(m8, f, mode, 2, cuda::AttentionImpl::Simple, true),
                                       a8 = split_forward(m8, f, mode, 2, cuda::AttentionImpl::Auto, true),

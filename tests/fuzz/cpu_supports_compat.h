@@ -1,0 +1,22 @@
+// Force-included into backend/cpu/int8_gemm.cpp when the compiler (clang 14,
+// Debian 12's clang) does not know every CPU feature name the ISA dispatcher
+// asks __builtin_cpu_supports about ("f16c"): the same answers, with f16c read
+// from CPUID.
+#pragma once
+#include <cpuid.h>
+
+#include <cstring>
+
+static inline bool qdit_cpu_supports(const char* feature) {
+    if (std::strcmp(feature, "f16c") == 0) {
+        unsigned a, b, c, d;
+        return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+    }
+#define QDIT_FEATURE(name) \
+    if (std::strcmp(feature, name) == 0) return __builtin_cpu_supports(name);
+    QDIT_FEATURE("avx2") QDIT_FEATURE("fma") QDIT_FEATURE("avx512f") QDIT_FEATURE("avx512bw")
+    QDIT_FEATURE("avx512vl") QDIT_FEATURE("avx512dq") QDIT_FEATURE("avx512vnni")
+#undef QDIT_FEATURE
+    return false;
+}
+#define __builtin_cpu_supports(feature) qdit_cpu_supports(feature)

@@ -26,7 +26,7 @@ nlohmann::json read_json_file(const std::string& path) {
     std::string text = read_text_file(path);
     try {
         return nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
         raise<FormatError>("{} is not valid JSON: {}", path, e.what());
     }
 }

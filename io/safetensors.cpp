@@ -92,7 +92,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
     try {
         header = json::parse(reinterpret_cast<const char*>(map_->data()) + 8,
                              reinterpret_cast<const char*>(map_->data()) + data_start_);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
         raise<FormatError>("{}: header is not valid JSON: {}", path, e.what());
     }
     if (!header.is_object())

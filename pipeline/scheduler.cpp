@@ -11,7 +11,8 @@ namespace qdit {
 
 FlowMatchConfig FlowMatchConfig::from_json(const json& j, const std::string& where) {
     if (!j.is_object()) raise<ConfigError>("{}: not a JSON object", where);
-    std::string cls = j.value("_class_name", "");
+    std::string cls;
+    read_config_field(j, where, "_class_name", &cls);
     if (cls != "FlowMatchEulerDiscreteScheduler")
         raise<ConfigError>("{}: scheduler class '{}' is not supported (supported: "
                            "FlowMatchEulerDiscreteScheduler)",
@@ -46,7 +47,9 @@ FlowMatchConfig FlowMatchConfig::from_json(const json& j, const std::string& whe
 }
 
 double calculate_shift(int64_t image_seq_len, const FlowMatchConfig& c) {
-    double m = (c.max_shift - c.base_shift) / double(c.max_image_seq_len - c.base_image_seq_len);
+    // The difference in double: in int it overflows for lengths of opposite sign.
+    double m = (c.max_shift - c.base_shift) /
+               (double(c.max_image_seq_len) - double(c.base_image_seq_len));
     double b = c.base_shift - m * double(c.base_image_seq_len);
     return double(image_seq_len) * m + b;
 }

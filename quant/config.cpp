@@ -136,7 +136,7 @@ QuantConfig resolve_quant_config(const QuantArgs& args, std::vector<std::string>
             where = "--quantization-config";
             try {
                 j = json::parse(args.config);
-            } catch (const json::parse_error& e) {
+            } catch (const json::exception& e) {
                 raise<ConfigError>("--quantization-config is not valid JSON: {}", e.what());
             }
         } else {

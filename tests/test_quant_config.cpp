@@ -89,6 +89,7 @@ TEST(QuantConfig, ShorthandAndConfigCombine) {
 
     EXPECT_THROW(resolve_quant_config({"int3", "", {}}, nullptr), UsageError);
     EXPECT_THROW(resolve_quant_config({"", "{not json", {}}, nullptr), ConfigError);
+    EXPECT_THROW(resolve_quant_config({"", R"({"method": 1e400})", {}}, nullptr), ConfigError);
     EXPECT_THROW(resolve_quant_config({"", "/no/such/file.json", {}}, nullptr), IoError);
     EXPECT_THROW(resolve_quant_config({"fp8", "", {}}, nullptr), ConfigError);
     warnings.clear();

@@ -160,6 +160,8 @@ TEST(Safetensors, CorruptFilesRaiseClearErrors) {
          "runs past the end"},
         {"len_absurd", "{}", 0, int64_t(1) << 40, "limit"},
         {"bad_json", R"({"a":{"dtype":"F32",)", 0, -1, "not valid JSON"},
+        {"number_overflow", R"({"a":{"dtype":"F32","shape":[1e400],"data_offsets":[0,4]}})", 4,
+         -1, "not valid JSON"},
         {"not_object", "[1,2]", 0, -1, "not a JSON object"},
         {"unknown_dtype", R"({"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}})", 1, -1,
          "unknown or unsupported dtype"},

@@ -229,6 +229,14 @@ TEST(Tokenizer, UnsupportedOrMalformedFieldsAreNamed) {
         {"bad_regex",
          [](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed"; },
          {"pre_tokenizer.pretokenizers[0].pattern.Regex", "does not compile"}},
+        // \C matches one byte and could end a piece inside a character.
+        {"backslash_c",
+         [](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\C|\\s+"; },
+         {"pre_tokenizer.pretokenizers[0].pattern.Regex", "does not compile"}},
+        // An id far past the vocabulary would size the id tables (2^31 entries here).
+        {"sparse_id",
+         [](json& j) { j["added_tokens"][0]["id"] = 2147483647; },
+         {"token id 2147483647", "dense"}},
     };
     for (const Case& c : malformed) {
         std::string e = load_error_after<FormatError>(c.name, c.edit);
@@ -295,6 +303,19 @@ TEST(Tokenizer, UnsupportedOrMalformedFieldsAreNamed) {
     p.edit("tokenizer_config.json", [](json& j) { j["pad_token"] = "<pad>"; });
     e = error_of<ConfigError>([&] { BpeTokenizer::from_dir(p.path.string()); });
     EXPECT_NE(e.find("'<pad>'"), std::string::npos) << e;
+}
+
+// A split regex that matches the empty string at the end of the text (here '$') ends
+// the split there; the text still round-trips.
+TEST(Tokenizer, SplitRegexMatchingEmptyAtTheEnd) {
+    ScratchDir d("empty_match_at_end");
+    d.edit("tokenizer.json", [](json& j) {
+        j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\p{L}+|$";
+    });
+    BpeTokenizer tok = BpeTokenizer::from_dir(d.path.string());
+    const std::vector<int32_t> ids = tok.encode("red fox, 42");
+    EXPECT_FALSE(ids.empty());
+    EXPECT_EQ(tok.decode(ids), "red fox, 42");
 }
 
 TEST(Tokenizer, RefusesInvalidUtf8) {

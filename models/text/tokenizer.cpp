@@ -395,8 +395,11 @@ void BpeTokenizer::Impl::load_pipeline(const JsonFile& f, const json& root) {
     std::string translated = onig_compatible(regex);
     int err = 0;
     PCRE2_SIZE offset = 0;
+    // \C (one code unit) could end a match inside a character, where the next match
+    // cannot start; Oniguruma has no such escape.
     split.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
-                              PCRE2_UTF | PCRE2_UCP, &err, &offset, nullptr));
+                              PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C, &err, &offset,
+                              nullptr));
     if (!split) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
@@ -432,6 +435,13 @@ void BpeTokenizer::Impl::build_id_tables() {
     int32_t max_id = -1;
     for (const auto& [tok, id] : vocab) max_id = std::max(max_id, id);
     for (const auto& t : added) max_id = std::max(max_id, t.id);
+    // The tables below hold one entry per id up to the largest, so an id beyond the
+    // number of tokens (ids are dense as tokenizers writes them) is refused rather than
+    // allocated for.
+    if (max_id >= 0 && size_t(max_id) >= vocab.size() + added.size())
+        raise<FormatError>("{}: token id {} is not below the {} tokens of model.vocab and "
+                           "added_tokens (ids must be dense)",
+                           path, max_id, vocab.size() + added.size());
     id_text.assign(size_t(max_id + 1), {});
     id_kind.assign(size_t(max_id + 1), 0);
 
@@ -539,6 +549,10 @@ void BpeTokenizer::Impl::encode_segment(std::string_view raw, std::vector<int32_
         if (rc < 0) raise("{}: split regex failed to match (PCRE2 error {})", path, rc);
         const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
         size_t start = ov[0], end = ov[1];
+        if (start < pos || end < start || end > text.size())
+            raise("{}: split regex gave the match [{}, {}) searching from {}", path, start, end,
+                  pos);
+        if (start == text.size()) break;  // an empty match at the end
         if (end == start) {  // an empty match is no piece; move on one character
             pos = start + size_t(utf8_step(text, start));
             continue;
@@ -617,8 +631,8 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
     size_t seg = 0;  // start of the text not yet encoded
     for (size_t i = 0; i < text.size();) {
         const AddedToken* hit = nullptr;
-        for (const auto& t : im.added)
-            if (text.compare(i, t.content.size(), t.content) == 0) {
+        for (const auto& t : im.added)  // content is never empty; its first byte rules out most
+            if (t.content[0] == text[i] && text.compare(i, t.content.size(), t.content) == 0) {
                 hit = &t;
                 break;
             }

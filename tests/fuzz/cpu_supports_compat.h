@@ -12,10 +12,16 @@ static inline bool qdit_cpu_supports(const char* feature) {
         unsigned a, b, c, d;
         return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
     }
+    // The other names, each a literal, as the builtin needs.
 #define QDIT_FEATURE(name) \
-    if (std::strcmp(feature, name) == 0) return __builtin_cpu_supports(name);
-    QDIT_FEATURE("avx2") QDIT_FEATURE("fma") QDIT_FEATURE("avx512f") QDIT_FEATURE("avx512bw")
-    QDIT_FEATURE("avx512vl") QDIT_FEATURE("avx512dq") QDIT_FEATURE("avx512vnni")
+    if (std::strcmp(feature, name) == 0) return __builtin_cpu_supports(name)
+    QDIT_FEATURE("avx2");
+    QDIT_FEATURE("fma");
+    QDIT_FEATURE("avx512f");
+    QDIT_FEATURE("avx512bw");
+    QDIT_FEATURE("avx512vl");
+    QDIT_FEATURE("avx512dq");
+    QDIT_FEATURE("avx512vnni");
 #undef QDIT_FEATURE
     return false;
 }

@@ -23,11 +23,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         for (const std::string& name : ck.keys()) {
             const TensorInfo& info = ck.info(name);
             const Tensor t = ck.get(name);
-            // Reading the input at the same offsets lets AddressSanitizer catch an out-of-range span.
+            // Reading the input at the same offsets lets AddressSanitizer catch an out-of-range
+            // span.
             if (t.nbytes() != info.end - info.begin ||
                 std::memcmp(t.raw(), region + info.begin, t.nbytes()) != 0)
-                fuzz::property_failed(fmt::format("tensor '{}' is not the bytes [{}, {}) of the data region",
-                                                  name, info.begin, info.end));
+                fuzz::property_failed(
+                    fmt::format("tensor '{}' is not the bytes [{}, {}) of the data region", name,
+                                info.begin, info.end));
             if (is_float(info.dtype)) (void)ck.get_as(name, DType::F32);
         }
     });

@@ -43,12 +43,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const Checkpoint ck(dir.path().string());
         // Only x, y (in a) and z (in b) exist: any other name must have failed above or in get.
         const std::map<std::string, std::pair<std::string, float>> expected = {
-            {"x", {"a.safetensors", 1}}, {"y", {"a.safetensors", 10}}, {"z", {"b.safetensors", 20}}};
+            {"x", {"a.safetensors", 1}},
+            {"y", {"a.safetensors", 10}},
+            {"z", {"b.safetensors", 20}}};
         for (const std::string& name : ck.keys()) {
             const Tensor t = ck.get(name);
             const std::string file = std::filesystem::path(ck.file_of(name)).filename().string();
             auto it = expected.find(name);
-            if (it == expected.end() || it->second.first != file || t.item_f32(0) != it->second.second)
+            if (it == expected.end() || it->second.first != file ||
+                t.item_f32(0) != it->second.second)
                 fuzz::property_failed(fmt::format("tensor '{}' read from {}", name, file));
         }
         (void)ck.files();

@@ -13,7 +13,8 @@
 using namespace qdit;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    static const text::BpeTokenizer tok = text::BpeTokenizer::from_dir(QDIT_TEST_DATA "/text/tokenizer");
+    static const text::BpeTokenizer tok =
+        text::BpeTokenizer::from_dir(QDIT_TEST_DATA "/text/tokenizer");
     const std::string_view input(reinterpret_cast<const char*>(data), size);
     fuzz::only_qdit_errors([&] {
         const std::vector<int32_t> ids = tok.encode(input);

@@ -11,7 +11,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     file.write(data, size);
     fuzz::only_qdit_errors([&] {
         const text::BpeTokenizer tok = text::BpeTokenizer::from_file(file.path());
-        const char* sample = "Hello, world! 42 caf\xC3\xA9 e\xCC\x81 \xE4\xB8\xAD\xE6\x96\x87\n\t<|im_end|>  end";
+        const char* sample =
+            "Hello, world! 42 caf\xC3\xA9 e\xCC\x81 \xE4\xB8\xAD\xE6\x96\x87\n\t<|im_end|>  end";
         (void)tok.decode(tok.encode(sample), true);
         (void)tok.token_to_id("<|im_end|>");
         (void)tok.vocab_size();

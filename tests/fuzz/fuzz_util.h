@@ -16,12 +16,18 @@
 
 namespace qdit::fuzz {
 
+// The harness itself failed (not the code under test).
+[[noreturn]] inline void harness_failed(const char* what) {
+    std::fprintf(stderr, "fuzz harness: %s\n", what);
+    std::abort();
+}
+
 // A file in memory (memfd) that each input overwrites; path() opens it like a
 // file on disk.
 class MemFile {
 public:
     MemFile() : fd_(::memfd_create("qdit-fuzz", MFD_CLOEXEC)) {
-        if (fd_ < 0) fail("memfd_create failed");
+        if (fd_ < 0) harness_failed("memfd_create failed");
         path_ = "/proc/self/fd/" + std::to_string(fd_);
     }
     MemFile(const MemFile&) = delete;
@@ -29,19 +35,14 @@ public:
     ~MemFile() { ::close(fd_); }
 
     void write(const uint8_t* data, size_t size) {
-        if (::ftruncate(fd_, 0) != 0) fail("ftruncate failed");
+        if (::ftruncate(fd_, 0) != 0) harness_failed("ftruncate failed");
         for (size_t done = 0; done < size;) {
             ssize_t n = ::pwrite(fd_, data + done, size - done, off_t(done));
-            if (n <= 0) fail("pwrite failed");
+            if (n <= 0) harness_failed("pwrite failed");
             done += size_t(n);
         }
     }
     const std::string& path() const { return path_; }
-
-    [[noreturn]] static void fail(const char* what) {
-        std::fprintf(stderr, "fuzz harness: %s\n", what);
-        std::abort();
-    }
 
 private:
     int fd_;
@@ -53,7 +54,7 @@ class TempDir {
 public:
     TempDir() {
         std::string tmpl = (std::filesystem::temp_directory_path() / "qdit-fuzz-XXXXXX").string();
-        if (!::mkdtemp(tmpl.data())) MemFile::fail("mkdtemp failed");
+        if (!::mkdtemp(tmpl.data())) harness_failed("mkdtemp failed");
         path_ = tmpl;
     }
     TempDir(const TempDir&) = delete;

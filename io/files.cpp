@@ -31,6 +31,13 @@ nlohmann::json read_json_file(const std::string& path) {
     }
 }
 
+bool path_exists(const std::string& path) {
+    std::error_code ec;
+    bool exists = std::filesystem::exists(path, ec);
+    if (ec) raise<IoError>("cannot access {}: {}", path, ec.message());
+    return exists;
+}
+
 std::string temp_path_for(const std::string& path) {
     static std::atomic<int> counter{0};
     return fmt::format("{}.tmp-{}-{}", path, ::getpid(), counter++);

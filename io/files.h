@@ -18,6 +18,11 @@ std::string read_text_file(const std::string& path);
 // Parses a JSON file; FormatError naming the file and the parser's position.
 nlohmann::json read_json_file(const std::string& path);
 
+// Whether `path` exists; IoError naming it when it cannot be examined (a name too
+// long, a folder without permission...), where std::filesystem::exists would throw
+// its own filesystem_error.
+bool path_exists(const std::string& path);
+
 namespace detail {
 
 // j as a T when its JSON type and value fit T: integers only from JSON integers (or

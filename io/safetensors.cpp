@@ -183,12 +183,14 @@ std::string find_in_folder(const std::string& dir) {
     for (const char* stem : {"diffusion_pytorch_model", "model"}) {
         fs::path index = fs::path(dir) / (std::string(stem) + ".safetensors.index.json");
         fs::path single = fs::path(dir) / (std::string(stem) + ".safetensors");
-        if (fs::exists(index)) return index.string();
-        if (fs::exists(single)) return single.string();
+        if (path_exists(index.string())) return index.string();
+        if (path_exists(single.string())) return single.string();
     }
     std::vector<std::string> found;
-    for (auto& e : fs::directory_iterator(dir))
-        if (e.path().extension() == ".safetensors") found.push_back(e.path().string());
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+        if (it->path().extension() == ".safetensors") found.push_back(it->path().string());
+    if (ec) raise<IoError>("cannot list {}: {}", dir, ec.message());
     if (found.size() == 1) return found[0];
     if (found.empty()) raise<IoError>("{} holds no .safetensors file", dir);
     raise<IoError>("{} holds {} .safetensors files and no *.safetensors.index.json saying how "
@@ -199,9 +201,9 @@ std::string find_in_folder(const std::string& dir) {
 }  // namespace
 
 Checkpoint::Checkpoint(const std::string& path) {
+    if (!path_exists(path)) raise<IoError>("{} does not exist", path);
     std::error_code ec;
-    if (!fs::exists(path, ec)) raise<IoError>("{} does not exist", path);
-    path_ = fs::is_directory(path) ? find_in_folder(path) : path;
+    path_ = fs::is_directory(path, ec) ? find_in_folder(path) : path;
     const std::string suffix = ".json";
     bool is_index = path_.size() > suffix.size() &&
                     path_.compare(path_.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -221,7 +223,7 @@ Checkpoint::Checkpoint(const std::string& path) {
                 raise<FormatError>("{}: weight_map entry for '{}' must be a file name, not {}",
                                    path_, name, file.dump());
             fs::path shard = dir / file.get<std::string>();
-            if (!fs::exists(shard))
+            if (!path_exists(shard.string()))
                 raise<IoError>("{}: shard {} (holding '{}') is missing", path_, shard.string(),
                                name);
             shard_of_[name] = shard.string();

@@ -143,6 +143,17 @@ TEST(Safetensors, IndexErrorsNameTheShard) {
     }
     write_file_atomic((d / "model.safetensors.index.json").string(), R"({"metadata": {}})");
     EXPECT_THROW(Checkpoint(d.string()), FormatError);
+    // A shard name too long for the file system: an IoError naming it, not std::filesystem's
+    // own filesystem_error.
+    const std::string long_name(300, 'x');
+    write_file_atomic((d / "model.safetensors.index.json").string(),
+                      R"({"weight_map": {"a": ")" + long_name + R"("}})");
+    try {
+        Checkpoint too_long(d.string());
+        FAIL() << "a shard name of 300 characters was accepted";
+    } catch (const IoError& e) {
+        EXPECT_NE(std::string(e.what()).find(long_name), std::string::npos) << e.what();
+    }
 }
 
 struct CorruptCase {

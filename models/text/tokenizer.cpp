@@ -618,7 +618,7 @@ BpeTokenizer BpeTokenizer::from_dir(const std::string& dir) {
     auto tpl = cfg.find("chat_template");
     if (tpl != cfg.end() && !tpl->is_null()) {
         im.chat_template = f.string(*tpl, "chat_template");
-    } else if (fs::exists(fs::path(dir) / "chat_template.jinja")) {
+    } else if (path_exists((fs::path(dir) / "chat_template.jinja").string())) {
         im.chat_template = read_text_file((fs::path(dir) / "chat_template.jinja").string());
     }
     return tok;

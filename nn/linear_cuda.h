@@ -13,7 +13,8 @@
 
 #include "backend/cuda/device_tensor.h"
 #include "backend/cuda/zimage_kernels.h"
-#include "quant/model.h"
+#include "io/safetensors.h"
+#include "quant/plan.h"
 
 namespace qdit::nn::gpu {
 

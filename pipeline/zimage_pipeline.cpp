@@ -11,7 +11,7 @@
 #include "models/vae/autoencoder_kl.h"
 #include "models/zimage/transformer.h"
 #include "pipeline/zimage_components.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

@@ -14,7 +14,7 @@
 #include "io/safetensors.h"
 #include "models/text/qwen3.h"
 #include "nn/attention.h"
-#include "quant/model.h"
+#include "models/loader.h"
 #include "tests/expect_error.h"
 #include "tests/qwen3_fixture.h"
 

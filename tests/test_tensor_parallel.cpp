@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "nn/attention.h"
 #include "parallel/tensor_parallel.h"
+#include "backend/cpu/quantize.h"
 #include "quant/int8.h"
 #include "random_tensor.h"
 
@@ -57,7 +58,7 @@ Int8Layer int8_layer(int64_t m, int64_t k, int64_t n, uint32_t seed) {
     Int8Layer l;
     l.x = randn({m, k}, seed);
     l.bias = randn({n}, seed + 2, 0.f, 1.f, DType::F32);
-    quantize_weight_int8(randn({n, k}, seed + 1, 0.f, 1.f, DType::F32), &l.q, &l.scale);
+    cpu::quantize_weight_int8(randn({n, k}, seed + 1, 0.f, 1.f, DType::F32), &l.q, &l.scale);
     l.want = int8_linear(l.x, l.q, l.scale, l.bias);
     return l;
 }

@@ -16,7 +16,7 @@
 #include "nn/linear.h"
 #include "nn/norm.h"
 #include "nn/rope_half.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 namespace qdit::text {
 

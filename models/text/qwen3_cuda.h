@@ -21,7 +21,7 @@
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_tensor.h"
 #include "models/text/qwen3.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 namespace qdit::text {
 

@@ -11,7 +11,7 @@
 #include "nn/linear.h"
 #include "nn/norm.h"
 #include "nn/rope.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 namespace qdit::zimage {
 

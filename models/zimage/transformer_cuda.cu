@@ -15,7 +15,7 @@
 #include "nn/linear_cuda.h"
 #include "nn/rope.h"
 #include "parallel/communicator.h"
-#include "parallel/row_split_cuda.h"
+#include "nn/row_split_cuda.h"
 #include "parallel/tensor_parallel.h"
 
 namespace qdit::zimage {
@@ -293,7 +293,7 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
         nn::gpu::quantize_input(b.out, oin, L, s);
         run_group(b.out, oin, L, y.raw(), D, s);
     } else {
-        parallel::run_row_split(b.out, oin, L, y.raw(), D, *comm, s);  // every rank gets the whole y
+        nn::gpu::run_row_split(b.out, oin, L, y.raw(), D, *comm, s);  // every rank gets the whole y
     }
     oin = Input();
 
@@ -335,7 +335,7 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
         gin.ldx = Hp;
         cuda::swiglu(h.raw(), 2 * Hp, L, Hp, gin.x.raw(), Hp, nullptr, nullptr, 0, s);
         h = DTensor();
-        parallel::run_row_split(b.w2, gin, L, y.raw(), D, *comm, s);
+        nn::gpu::run_row_split(b.w2, gin, L, y.raw(), D, *comm, s);
     }
 
     // x += gate_mlp · ffn_norm2(ffn): left to the next block's first pass (or flush()).

@@ -41,7 +41,7 @@
 #include "nn/attention.h"
 #include "nn/norm.h"
 #include "nn/rope_half.h"
-#include "quant/model.h"
+#include "models/loader.h"
 #include "tests/expect_error.h"
 #include "tests/qwen3_fixture.h"
 #include "tests/random_tensor.h"

@@ -21,7 +21,7 @@
 #include "backend/cuda/quantize.h"
 #include "io/safetensors.h"
 #include "models/zimage/transformer_cuda.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 // qdit_cuda_tests (the GPU machine's binary) has no QDIT_TEST_DATA: it runs from the repository root.
 #ifndef QDIT_TEST_DATA

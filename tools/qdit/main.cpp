@@ -19,7 +19,7 @@
 #include "pipeline/tiny_model.h"
 #include "pipeline/zimage_pipeline.h"
 #include "quant/config.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "quant/model.h"
+#include "models/loader.h"
 
 #include <filesystem>
 #include <map>
@@ -136,23 +136,6 @@ PreparedModel prepare_model(const std::string& path, const QuantConfig& requeste
     return m;
 }
 
-nn::Linear load_linear(const PreparedModel& m, const LayerPlan& layer, DType compute) {
-    const Checkpoint& ck = *m.checkpoint;
-    const std::string& name = layer.spec.name;
-    Tensor bias;
-    if (layer.spec.bias) bias = ck.get_as(name + ".bias", layer.precision == Precision::Int8 ? DType::F32 : compute);
-    if (layer.prequantized) {
-        Tensor scale = ck.get_as(name + ".weight_scale", DType::F32).view({layer.spec.out_features});
-        return nn::Linear::int8(name, ck.get(name + ".weight"), scale, bias);
-    }
-    if (layer.precision == Precision::Int8) {
-        Tensor q, scale;
-        quantize_weight_int8(ck.get(name + ".weight"), &q, &scale);
-        return nn::Linear::int8(name, q, scale, bias);
-    }
-    return nn::Linear::dense(name, ck.get_as(name + ".weight", compute), bias);
-}
-
 void write_quantized(const PreparedModel& m, const std::string& out_dir,
                      const std::function<void(size_t, size_t)>& progress) {
     if (!m.plan.config.enabled())
@@ -194,7 +177,7 @@ void write_quantized(const PreparedModel& m, const std::string& out_dir,
                 tensors.emplace_back(key, ck.get(key));
             } else {
                 Tensor q, scale;
-                quantize_weight_int8(ck.get(key), &q, &scale);
+                nn::quantize_weight_int8(ck.get(key), &q, &scale);
                 tensors.emplace_back(key, q);
                 tensors.emplace_back(scale_key(it->second->spec),
                                      scale.view({it->second->spec.out_features, 1}));

@@ -15,12 +15,12 @@
 #include "nn/linear_cuda.h"
 #include "parallel/communicator.h"
 
-namespace qdit::parallel {
+namespace qdit::nn::gpu {
 
 // y[:, part] (bf16, row stride ldy) for every part of g, from in.x (bf16 [m, g.k], row stride
 // in.ldx: this rank's input columns). Collective: every rank of comm calls it with the same m and
 // group shape. Scratch buffers come from the device allocator.
 void run_row_split(const nn::gpu::Group& g, const nn::gpu::Input& in, int64_t m, void* y, int64_t ldy,
-                   Communicator& comm, cudaStream_t stream);
+                   parallel::Communicator& comm, cudaStream_t stream);
 
-}  // namespace qdit::parallel
+}  // namespace qdit::nn::gpu

@@ -1,16 +1,16 @@
-#include "parallel/row_split_cuda.h"
+#include "nn/row_split_cuda.h"
 
 #include <cuda_bf16.h>
 
 #include "backend/cuda/device_tensor.h"
 #include "backend/cuda/split_linear.h"
 
-namespace qdit::parallel {
+namespace qdit::nn::gpu {
 
 using cuda::DTensor;
 
 void run_row_split(const nn::gpu::Group& g, const nn::gpu::Input& in, int64_t m, void* y, int64_t ldy,
-                   Communicator& comm, cudaStream_t s) {
+                   parallel::Communicator& comm, cudaStream_t s) {
     if (!in.x.defined() || in.x.dtype() != DType::BF16 || in.ldx < g.k)
         raise<ShapeError>("row-split Linear (rank {}): needs the bf16 input [{}, {}]", comm.rank(), m, g.k);
     if (m == 0) return;
@@ -44,4 +44,4 @@ void run_row_split(const nn::gpu::Group& g, const nn::gpu::Input& in, int64_t m,
     }
 }
 
-}  // namespace qdit::parallel
+}  // namespace qdit::nn::gpu

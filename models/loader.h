@@ -12,7 +12,7 @@
 
 #include "io/safetensors.h"
 #include "models/model_spec.h"
-#include "nn/linear.h"
+#include "nn/load.h"
 #include "quant/plan.h"
 
 namespace qdit {
@@ -47,7 +47,9 @@ PreparedModel prepare_model(const std::string& path, const QuantConfig& requeste
 // Loads one Linear layer as the plan says: quantizing a high-precision weight
 // at load time, taking a pre-quantized one as it is, or keeping it in
 // `compute` (F32 or BF16) precision.
-nn::Linear load_linear(const PreparedModel& m, const LayerPlan& layer, DType compute);
+inline nn::Linear load_linear(const PreparedModel& m, const LayerPlan& layer, DType compute) {
+    return nn::load_linear(*m.checkpoint, layer, compute);
+}
 
 // Writes a pre-quantized copy of the model to `out_dir` (which must not exist
 // or be empty): int8 weights with <name>.weight_scale F32 [out, 1] tensors and

@@ -9,7 +9,7 @@
 
 #include "backend/cpu/int8_gemm.h"
 #include "core/error.h"
-#include "nn/attention.h"
+#include "backend/cpu/attention.h"
 #include "parallel/tensor_parallel.h"
 #include "backend/cpu/quantize.h"
 #include "quant/int8.h"
@@ -157,7 +157,7 @@ TEST(TensorParallel, UlyssesAttentionEqualsOneDevice) {
     const int64_t L = 45, heads = 6, hd = 16;
     const Tensor q = randn({L, heads * hd}, 7), k = randn({L, heads * hd}, 8), v = randn({L, heads * hd}, 9);
     const Tensor want =
-        nn::scaled_dot_product_attention(q.view({1, L, heads, hd}), k.view({1, L, heads, hd}), v.view({1, L, heads, hd}))
+        cpu::scaled_dot_product_attention(q.view({1, L, heads, hd}), k.view({1, L, heads, hd}), v.view({1, L, heads, hd}))
             .view({L, heads * hd});
     for (int world : {1, 2, 3, 6}) {
         SCOPED_TRACE(world);
@@ -179,7 +179,7 @@ TEST(TensorParallel, UlyssesAttentionEqualsOneDevice) {
         std::vector<Tensor> oh;
         for (int r = 0; r < world; ++r) {
             const int64_t hr = parallel::split(heads, r, world).size();
-            oh.push_back(nn::scaled_dot_product_attention(qh[size_t(r)].view({1, L, hr, hd}), kh[size_t(r)].view({1, L, hr, hd}),
+            oh.push_back(cpu::scaled_dot_product_attention(qh[size_t(r)].view({1, L, hr, hd}), kh[size_t(r)].view({1, L, hr, hd}),
                                                           vh[size_t(r)].view({1, L, hr, hd}))
                              .view({L, hr * hd}));
         }

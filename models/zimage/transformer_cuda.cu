@@ -11,9 +11,9 @@
 #include <fmt/format.h>
 
 #include "backend/cuda/zimage_kernels.h"
-#include "nn/activation.h"
+#include "backend/cpu/activation.h"
 #include "nn/linear_cuda.h"
-#include "nn/rope.h"
+#include "backend/cpu/rope.h"
 #include "parallel/communicator.h"
 #include "nn/row_split_cuda.h"
 #include "parallel/tensor_parallel.h"
@@ -85,7 +85,7 @@ struct ZImageTransformerCuda::Weights {
     Group t_mlp0, t_mlp2, cap_linear, x_embedder, final_linear, final_ada;
     DTensor cap_norm, x_pad, cap_pad;
     std::vector<Block> noise, context, layers;
-    nn::RopeEmbedder rope;
+    cpu::RopeEmbedder rope;
     int n_int8 = 0, n_linear = 0;
     size_t bytes = 0;
     // Several GPUs: this rank's communicator (null on one GPU) and how the model is split.
@@ -202,7 +202,7 @@ void ZImageTransformerCuda::Weights::load(const QuantPlan& plan, const nn::gpu::
     for (int64_t i = 0; i < cfg.n_refiner_layers; ++i)
         context.push_back(block(fmt::format("context_refiner.{}", i), false));
     for (int64_t i = 0; i < cfg.n_layers; ++i) layers.push_back(block(fmt::format("layers.{}", i), true));
-    rope = nn::RopeEmbedder(cfg.rope_theta, cfg.axes_dims, cfg.axes_lens);
+    rope = cpu::RopeEmbedder(cfg.rope_theta, cfg.axes_dims, cfg.axes_lens);
 }
 
 // x [L, D] updated in place; freqs F32 [L, hd/2, 2]; adaln bf16 [1, adaLN width].
@@ -487,7 +487,7 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         Tensor ts = Tensor::empty({1}, DType::F32);
         ts.data<float>()[0] = t * float(cfg.t_scale);
         Input in;
-        in.x = DTensor::upload(nn::timestep_embedding(ts, W.t_mlp0.k).to(DType::BF16), MemKind::Activation, s);
+        in.x = DTensor::upload(cpu::timestep_embedding(ts, W.t_mlp0.k).to(DType::BF16), MemKind::Activation, s);
         in.ldx = W.t_mlp0.k;
         DTensor h = DTensor::empty({1, W.t_mlp0.n}, DType::BF16);
         run_group(W.t_mlp0, in, 1, h.raw(), W.t_mlp0.n, s);

@@ -1,11 +1,11 @@
-#include "nn/activation.h"
+#include "backend/cpu/activation.h"
 
 #include <cmath>
 
 #include "core/threads.h"
-#include "nn/elementwise.h"
+#include "backend/cpu/elementwise.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 namespace {
 
@@ -69,4 +69,4 @@ Tensor timestep_embedding(const Tensor& t, int64_t dim, double max_period) {
     return out;
 }
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

@@ -1,12 +1,12 @@
-#include "nn/rope.h"
+#include "backend/cpu/rope.h"
 
 #include <cmath>
 #include <numeric>
 
 #include "core/threads.h"
-#include "nn/elementwise.h"
+#include "backend/cpu/elementwise.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 RopeEmbedder::RopeEmbedder(double theta, std::vector<int64_t> axes_dims,
                            std::vector<int64_t> axes_lens)
@@ -74,4 +74,4 @@ void apply_rope(Tensor& x, const Tensor& freqs) {
     });
 }
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

@@ -3,7 +3,7 @@
 #pragma once
 #include "core/tensor.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 // silu(x) = x / (1 + exp(−x)).
 Tensor silu(const Tensor& x);
@@ -15,4 +15,4 @@ Tensor silu_mul(const Tensor& a, const Tensor& b);
 // f_k = exp(−ln(max_period)·k / (dim/2)) in f32; dim must be even.
 Tensor timestep_embedding(const Tensor& t, int64_t dim, double max_period = 10000.0);
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

@@ -1,13 +1,13 @@
-#include "nn/rope_half.h"
+#include "backend/cpu/rope_half.h"
 
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
 
 #include "core/threads.h"
-#include "nn/elementwise.h"
+#include "backend/cpu/elementwise.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 RotaryHalf::RotaryHalf(double theta, int64_t head_dim) : head_dim_(head_dim) {
     if (head_dim <= 0 || head_dim % 2 != 0 || !(theta > 0))
@@ -44,4 +44,4 @@ void apply_rope_half(Tensor& x, const Tensor& freqs) {
     });
 }
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

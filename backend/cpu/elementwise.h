@@ -9,7 +9,7 @@
 #include "core/tensor.h"
 #include "core/threads.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 using bf16_t = uint16_t;  // raw bf16 bits
 
@@ -66,4 +66,4 @@ void for_each_rope_head(Tensor& x, const Tensor& freqs, const char* op, Rotate&&
     });
 }
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

@@ -9,7 +9,7 @@
 
 #include "core/tensor.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 class RMSNorm {
 public:
@@ -43,4 +43,4 @@ private:
 // rounded again, as torch's `norm(x) * scale` does.
 Tensor layer_norm(const Tensor& x, float eps, const Tensor& scale = Tensor());
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

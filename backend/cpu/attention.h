@@ -3,7 +3,7 @@
 #pragma once
 #include "core/tensor.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 // q [B, Lq, H, D], k and v [B, Lk, Hkv, D] with H a multiple of Hkv (query
 // head h uses key/value head h / (H / Hkv), grouped-query attention), all F32
@@ -20,4 +20,4 @@ namespace qdit::nn {
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const Tensor& key_mask = Tensor(), bool causal = false);
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

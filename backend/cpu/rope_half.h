@@ -7,7 +7,7 @@
 
 #include "core/tensor.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 class RotaryHalf {
 public:
@@ -33,4 +33,4 @@ private:
 // sum are rounded, as torch's three bf16 ops are.
 void apply_rope_half(Tensor& x, const Tensor& freqs);
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

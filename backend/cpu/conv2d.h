@@ -8,7 +8,7 @@
 
 #include "core/tensor.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 class Conv2d {
 public:
@@ -38,4 +38,4 @@ private:
     std::shared_ptr<Impl> impl_;
 };
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

@@ -3,9 +3,9 @@
 #pragma once
 #include "core/tensor.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 // x [B, H, W, C] (any dtype) → [B, 2H, 2W, C]; out[b, y, x] = in[b, y/2, x/2].
 Tensor upsample_nearest_2x(const Tensor& x);
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

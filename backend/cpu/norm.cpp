@@ -1,12 +1,12 @@
-#include "nn/norm.h"
+#include "backend/cpu/norm.h"
 
 #include <cmath>
 #include <vector>
 
 #include "core/threads.h"
-#include "nn/elementwise.h"
+#include "backend/cpu/elementwise.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 namespace {
 
@@ -153,4 +153,4 @@ Tensor layer_norm(const Tensor& x, float eps, const Tensor& scale) {
     return y;
 }
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

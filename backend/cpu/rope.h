@@ -7,7 +7,7 @@
 
 #include "core/tensor.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 class RopeEmbedder {
 public:
@@ -34,4 +34,4 @@ private:
 // head_dim/2, 2] (same for every head) in f32, then stored back (rounded for BF16).
 void apply_rope(Tensor& x, const Tensor& freqs);
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

@@ -1,10 +1,10 @@
-#include "nn/upsample.h"
+#include "backend/cpu/upsample.h"
 
 #include <cstring>
 
 #include "core/threads.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 Tensor upsample_nearest_2x(const Tensor& x) {
     if (!x.defined() || x.device().type != DeviceType::CPU || x.dim() != 4)
@@ -28,4 +28,4 @@ Tensor upsample_nearest_2x(const Tensor& x) {
     return y;
 }
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

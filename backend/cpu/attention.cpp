@@ -1,4 +1,4 @@
-#include "nn/attention.h"
+#include "backend/cpu/attention.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "core/threads.h"
-#include "nn/elementwise.h"
+#include "backend/cpu/elementwise.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 namespace {
 
@@ -116,4 +116,4 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     return out;
 }
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

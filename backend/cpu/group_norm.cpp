@@ -1,13 +1,13 @@
-#include "nn/group_norm.h"
+#include "backend/cpu/group_norm.h"
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "core/threads.h"
-#include "nn/elementwise.h"
+#include "backend/cpu/elementwise.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 GroupNorm::GroupNorm(std::string name, const Tensor& weight, const Tensor& bias, int64_t groups,
                      float eps)
@@ -102,4 +102,4 @@ Tensor GroupNorm::run(const Tensor& x, bool silu) const {
     return y;
 }
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

@@ -1,4 +1,4 @@
-#include "nn/conv2d.h"
+#include "backend/cpu/conv2d.h"
 
 #include <map>
 #include <mutex>
@@ -9,7 +9,7 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 namespace {
 
@@ -154,4 +154,4 @@ void Conv2d::run(const Tensor& x, Tensor& y, bool accumulate) const {
     stream.wait();
 }
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

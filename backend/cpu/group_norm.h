@@ -7,7 +7,7 @@
 
 #include "core/tensor.h"
 
-namespace qdit::nn {
+namespace qdit::cpu {
 
 class GroupNorm {
 public:
@@ -35,4 +35,4 @@ private:
     float eps_ = 1e-5f;
 };
 
-}  // namespace qdit::nn
+}  // namespace qdit::cpu

@@ -1,35 +1,14 @@
 // Runs the qdit binary as a user would: exit codes, one-line errors, outputs.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <filesystem>
 
-#include "tiny_model.h"
+#include "cli_util.h"
 
 using namespace qdit::testutil;
 
 namespace {
 
-struct CliResult {
-    int status = -1;
-    std::string out, err;
-};
-
-CliResult run(const std::string& args) {
-    fs::path err_file = fresh_dir("cli_err") / "stderr";
-    std::string cmd = std::string(QDIT_BINARY) + " " + args + " 2>" + err_file.string();
-    CliResult r;
-    FILE* p = popen(cmd.c_str(), "r");
-    std::array<char, 4096> buf;
-    size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-    int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    r.err = qdit::read_text_file(err_file.string());
-    return r;
-}
+CliResult run(const std::string& args) { return run_qdit(args); }
 
 int count_lines(const std::string& s) { return int(std::count(s.begin(), s.end(), '\n')); }
 

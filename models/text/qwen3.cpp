@@ -40,6 +40,7 @@ void add_inplace(Tensor& x, const Tensor& y) {
 // Config and parameter layout
 
 Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
+    using namespace config_limits;
     Qwen3Config c;
     require(j.is_object(), where, "config must be a JSON object");
     if (j.contains("architectures")) {
@@ -52,15 +53,15 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
             fmt::format("field 'architectures' names '{}'; a Qwen3 text encoder is Qwen3Model or "
                         "Qwen3ForCausalLM",
                         c.architecture));
-    read_config_field(j, where, "vocab_size", &c.vocab_size);
-    read_config_field(j, where, "hidden_size", &c.hidden_size);
-    read_config_field(j, where, "intermediate_size", &c.intermediate_size);
-    read_config_field(j, where, "num_hidden_layers", &c.num_hidden_layers);
-    read_config_field(j, where, "num_attention_heads", &c.num_attention_heads);
+    read_config_field(j, where, "vocab_size", &c.vocab_size, {1, kVocab});
+    read_config_field(j, where, "hidden_size", &c.hidden_size, {1, kWidth});
+    read_config_field(j, where, "intermediate_size", &c.intermediate_size, {1, kFfnWidth});
+    read_config_field(j, where, "num_hidden_layers", &c.num_hidden_layers, {1, kLayers});
+    read_config_field(j, where, "num_attention_heads", &c.num_attention_heads, {1, kHeads});
     c.num_key_value_heads = c.num_attention_heads;  // transformers: None means MHA
-    read_config_field(j, where, "num_key_value_heads", &c.num_key_value_heads);
-    read_config_field(j, where, "head_dim", &c.head_dim);
-    read_config_field(j, where, "rms_norm_eps", &c.rms_norm_eps);
+    read_config_field(j, where, "num_key_value_heads", &c.num_key_value_heads, {1, kHeads});
+    read_config_field(j, where, "head_dim", &c.head_dim, {2, kWidth});
+    read_config_field(j, where, "rms_norm_eps", &c.rms_norm_eps, {1e-12, 1.0});
     read_config_field(j, where, "attention_bias", &c.attention_bias);
     read_config_field(j, where, "tie_word_embeddings", &c.tie_word_embeddings);
 
@@ -87,9 +88,9 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
     if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
         const json& rp = j["rope_parameters"];
         read_config_field(rp, where + " rope_parameters", "rope_type", &rope_type);
-        read_config_field(rp, where + " rope_parameters", "rope_theta", &c.rope_theta);
+        read_config_field(rp, where + " rope_parameters", "rope_theta", &c.rope_theta, {1.0, 1e12});
     } else {
-        read_config_field(j, where, "rope_theta", &c.rope_theta);
+        read_config_field(j, where, "rope_theta", &c.rope_theta, {1.0, 1e12});
         if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
             const json& rs = j["rope_scaling"];
             require(rs.is_object(), where, "field 'rope_scaling' must be an object or null");

@@ -122,16 +122,17 @@ Config Config::from_json(const json& j, const std::string& where) {
     read_config_field(j, where, "_class_name", &class_name);
     require(class_name == "AutoencoderKL", where, "_class_name",
             fmt::format("is '{}'; this decoder reads AutoencoderKL only", class_name));
+    using namespace config_limits;
     Config c;
-    read_config_field(j, where, "out_channels", &c.out_channels);
-    read_config_field(j, where, "latent_channels", &c.latent_channels);
-    read_config_field(j, where, "block_out_channels", &c.block_out_channels);
+    read_config_field(j, where, "out_channels", &c.out_channels, {1, 1024});
+    read_config_field(j, where, "latent_channels", &c.latent_channels, {1, 1024});
+    read_config_field(j, where, "block_out_channels", &c.block_out_channels, {1, kWidth});
     read_config_field(j, where, "up_block_types", &c.up_block_types);
-    read_config_field(j, where, "layers_per_block", &c.layers_per_block);
-    read_config_field(j, where, "norm_num_groups", &c.norm_num_groups);
+    read_config_field(j, where, "layers_per_block", &c.layers_per_block, {0, kLayers});
+    read_config_field(j, where, "norm_num_groups", &c.norm_num_groups, {1, kWidth});
     read_config_field(j, where, "act_fn", &c.act_fn);
-    read_config_field(j, where, "scaling_factor", &c.scaling_factor);
-    read_config_field(j, where, "shift_factor", &c.shift_factor);
+    read_config_field(j, where, "scaling_factor", &c.scaling_factor, {-1e6, 1e6});
+    read_config_field(j, where, "shift_factor", &c.shift_factor, {-1e6, 1e6});
     read_config_field(j, where, "use_post_quant_conv", &c.use_post_quant_conv);
     read_config_field(j, where, "mid_block_add_attention", &c.mid_block_add_attention);
 

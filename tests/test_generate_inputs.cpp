@@ -205,3 +205,12 @@ TEST(GenerateInputs, ThePlannedRequestIsCheckedThroughTheApiToo) {
     e = testutil::error_of<ShapeError>([&] { ZImagePipeline(bad.string(), PipelineOptions{}, go); });
     EXPECT_NE(e.find("[1, 16, 2, 2]"), std::string::npos) << e;
 }
+
+TEST(GenerateInputs, HelpStatesTheBounds) {
+    CliResult r = run_qdit("generate --help");
+    ASSERT_EQ(r.status, 0) << r.err;
+    for (const char* s : {"Denoising steps, 1 to 1000", "a multiple of 16 up to 16384", "axes_lens[2] x 16",
+                          "--max-sequence-length INT=512", "1 to 4096", "axes_lens[0] of transformer/config.json",
+                          "one floating-point tensor", "its folder must exist and be writable"})
+        EXPECT_NE(r.out.find(s), std::string::npos) << s;
+}

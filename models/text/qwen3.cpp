@@ -102,19 +102,10 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
     require(rope_type == "default", where,
             fmt::format("rope type '{}' is not supported (only 'default')", rope_type));
 
-    require(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0, where,
-            "vocab_size, hidden_size and intermediate_size must be positive");
-    require(c.num_hidden_layers > 0, where, "num_hidden_layers must be positive");
-    require(c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
-                c.num_attention_heads % c.num_key_value_heads == 0,
-            where,
-            fmt::format("num_attention_heads ({}) must be a positive multiple of "
-                        "num_key_value_heads ({})",
+    require(c.num_attention_heads % c.num_key_value_heads == 0, where,
+            fmt::format("num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                         c.num_attention_heads, c.num_key_value_heads));
-    require(c.head_dim > 0 && c.head_dim % 2 == 0, where,
-            fmt::format("head_dim ({}) must be even and positive", c.head_dim));
-    require(c.rms_norm_eps > 0, where, "rms_norm_eps must be positive");
-    require(c.rope_theta > 0, where, "rope_theta must be positive");
+    require(c.head_dim % 2 == 0, where, fmt::format("head_dim ({}) must be even", c.head_dim));
     return c;
 }
 

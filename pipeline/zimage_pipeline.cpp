@@ -226,9 +226,8 @@ void ZImagePipeline::check_limits(const GenerateOptions& o) {
                           dtype_name(o.latents.dtype()));
 }
 
-int64_t ZImagePipeline::prompt_tokens(const std::string& prompt, int max_sequence_length) const {
-    const size_t n = p_->tokenizer.encode(p_->apply_chat_template(prompt)).size();
-    return int64_t(std::min(n, size_t(max_sequence_length)));
+int64_t ZImagePipeline::prompt_tokens(const std::string& prompt) const {
+    return int64_t(p_->tokenizer.encode(p_->apply_chat_template(prompt)).size());
 }
 
 void ZImagePipeline::check(const GenerateOptions& o) const {
@@ -258,7 +257,8 @@ void ZImagePipeline::check(const GenerateOptions& o) const {
     const int64_t max_caption = std::max<int64_t>(0, (dit.axes_lens[0] - 1 - frames) / 32 * 32);
     for (bool negative : {false, true}) {
         if (negative && o.guidance <= 0) continue;
-        const int64_t n = prompt_tokens(negative ? o.negative_prompt : o.prompt, o.max_sequence_length);
+        const int64_t n = std::min<int64_t>(prompt_tokens(negative ? o.negative_prompt : o.prompt),
+                                            o.max_sequence_length);
         if (n > max_caption)
             raise<UsageError>(
                 "the {} is {} tokens after the chat template, more than the {} the transformer's RoPE "

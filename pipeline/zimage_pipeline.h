@@ -79,6 +79,10 @@ public:
     GenerateResult generate(const GenerateOptions& o,
                             const std::function<void(int, int, double)>& progress = {}) const;
 
+    // Tokens of the prompt after the chat template, before any cut to the
+    // maximum sequence length.
+    int64_t prompt_tokens(const std::string& prompt) const;
+
     // The prompt's embeddings as the transformer receives them: [tokens, hidden].
     Tensor encode_prompt(const std::string& prompt, int max_sequence_length) const;
 
@@ -89,7 +93,6 @@ public:
 private:
     void open(const std::string& dir, const PipelineOptions& opt);  // configs, checkpoints' headers
     void load();                                                     // the weights
-    int64_t prompt_tokens(const std::string& prompt, int max_sequence_length) const;
 
     struct Parts;
     std::unique_ptr<Parts> p_;

@@ -163,6 +163,10 @@ TEST(GenerateInputs, PromptLongerThanTheRopeTable) {
                            "' --max-sequence-length 32" + size);
     EXPECT_EQ(r.status, 0) << r.err;
     EXPECT_EQ(read_png((outdir / "x.png").string()).width, 32);
+    EXPECT_NE(r.err.find("warning: the prompt is "), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("tokens after the chat template; only the first 32 are used (--max-sequence-length)"),
+              std::string::npos)
+        << r.err;
 }
 
 // Weights that need more memory than the budget are refused before loading,

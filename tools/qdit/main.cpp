@@ -189,6 +189,15 @@ int cmd_generate(GenerateArgs a) {
     auto t0 = std::chrono::steady_clock::now();
     ZImagePipeline pipe(a.model, po, go);  // checks go before reading any weight
     double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (bool negative : {false, true}) {
+        if (negative && go.guidance <= 0) continue;
+        const int64_t n = pipe.prompt_tokens(negative ? go.negative_prompt : go.prompt);
+        if (n > go.max_sequence_length)
+            fmt::print(stderr,
+                       "warning: the {} is {} tokens after the chat template; only the first {} are used "
+                       "(--max-sequence-length)\n",
+                       negative ? "negative prompt" : "prompt", n, go.max_sequence_length);
+    }
 
     const bool tty = ::isatty(2);
     GenerateResult r = pipe.generate(go, [&](int step, int total, double secs) {

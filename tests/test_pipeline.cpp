@@ -102,12 +102,13 @@ TEST(ZImagePipeline, SameSeedSameImageAndInt8Runs) {
     EXPECT_EQ(r.image.shape(), (Shape{32, 32, 3}));
 }
 
+using testutil::CliResult;
 using testutil::pipeline_copy;
 using testutil::run_qdit;
 
 TEST(Generate, WritesAPngWithItsSettings) {
     fs::path out = testutil::fresh_dir("gen_ok") / "out.png";
-    testutil::CliResult r = run_qdit("generate --model " + kPipe + " --prompt 'a cat' --width 32 --height 48 --steps 2 "
+    CliResult r = run_qdit("generate --model " + kPipe + " --prompt 'a cat' --width 32 --height 48 --steps 2 "
                  "--seed 3 --quantization int8 -o " + out.string());
     ASSERT_EQ(r.status, 0) << r.err;
     PngImage img = read_png(out.string());
@@ -158,7 +159,7 @@ TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
          "--parallel pipeline"},
     };
     for (const auto& [args, needle] : cases) {
-        testutil::CliResult r = run_qdit(args);
+        CliResult r = run_qdit(args);
         EXPECT_NE(r.status, 0) << args;
         EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << args << ": " << r.err;
         EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
@@ -172,7 +173,7 @@ TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
 TEST(Generate, DeviceCudaWithoutAGpuSaysSo) {
     fs::path outdir = testutil::fresh_dir("gen_cuda");
     const std::string out = (outdir / "x.png").string();
-    testutil::CliResult r = run_qdit("generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 1 --device cuda -o " +
+    CliResult r = run_qdit("generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 1 --device cuda -o " +
                      out);
     if (r.status == 0) GTEST_SKIP() << "a CUDA device is here: --device cuda ran";
     EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
@@ -186,7 +187,7 @@ TEST(Generate, DeviceCudaWithoutAGpuSaysSo) {
 TEST(Generate, GpusWithoutTheGpusSaysSo) {
     fs::path outdir = testutil::fresh_dir("gen_gpus");
     const std::string out = (outdir / "x.png").string();
-    testutil::CliResult r = run_qdit("generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 1 --gpus 2 -o " + out);
+    CliResult r = run_qdit("generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 1 --gpus 2 -o " + out);
     if (r.status == 0) GTEST_SKIP() << "two CUDA devices and NCCL are here: --gpus 2 ran";
     EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;

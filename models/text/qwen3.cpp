@@ -28,6 +28,7 @@ void require(bool ok, const std::string& where, const std::string& what) {
 // Config and parameter layout
 
 Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
+    using namespace config_limits;
     Qwen3Config c;
     require(j.is_object(), where, "config must be a JSON object");
     if (j.contains("architectures")) {
@@ -40,15 +41,15 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
             fmt::format("field 'architectures' names '{}'; a Qwen3 text encoder is Qwen3Model or "
                         "Qwen3ForCausalLM",
                         c.architecture));
-    read_config_field(j, where, "vocab_size", &c.vocab_size);
-    read_config_field(j, where, "hidden_size", &c.hidden_size);
-    read_config_field(j, where, "intermediate_size", &c.intermediate_size);
-    read_config_field(j, where, "num_hidden_layers", &c.num_hidden_layers);
-    read_config_field(j, where, "num_attention_heads", &c.num_attention_heads);
+    read_config_field(j, where, "vocab_size", &c.vocab_size, {1, kVocab});
+    read_config_field(j, where, "hidden_size", &c.hidden_size, {1, kWidth});
+    read_config_field(j, where, "intermediate_size", &c.intermediate_size, {1, kFfnWidth});
+    read_config_field(j, where, "num_hidden_layers", &c.num_hidden_layers, {1, kLayers});
+    read_config_field(j, where, "num_attention_heads", &c.num_attention_heads, {1, kHeads});
     c.num_key_value_heads = c.num_attention_heads;  // transformers: None means MHA
-    read_config_field(j, where, "num_key_value_heads", &c.num_key_value_heads);
-    read_config_field(j, where, "head_dim", &c.head_dim);
-    read_config_field(j, where, "rms_norm_eps", &c.rms_norm_eps);
+    read_config_field(j, where, "num_key_value_heads", &c.num_key_value_heads, {1, kHeads});
+    read_config_field(j, where, "head_dim", &c.head_dim, {2, kWidth});
+    read_config_field(j, where, "rms_norm_eps", &c.rms_norm_eps, {1e-12, 1.0});
     read_config_field(j, where, "attention_bias", &c.attention_bias);
     read_config_field(j, where, "tie_word_embeddings", &c.tie_word_embeddings);
 
@@ -75,9 +76,9 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
     if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
         const json& rp = j["rope_parameters"];
         read_config_field(rp, where + " rope_parameters", "rope_type", &rope_type);
-        read_config_field(rp, where + " rope_parameters", "rope_theta", &c.rope_theta);
+        read_config_field(rp, where + " rope_parameters", "rope_theta", &c.rope_theta, {1.0, 1e12});
     } else {
-        read_config_field(j, where, "rope_theta", &c.rope_theta);
+        read_config_field(j, where, "rope_theta", &c.rope_theta, {1.0, 1e12});
         if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
             const json& rs = j["rope_scaling"];
             require(rs.is_object(), where, "field 'rope_scaling' must be an object or null");
@@ -89,19 +90,10 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
     require(rope_type == "default", where,
             fmt::format("rope type '{}' is not supported (only 'default')", rope_type));
 
-    require(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0, where,
-            "vocab_size, hidden_size and intermediate_size must be positive");
-    require(c.num_hidden_layers > 0, where, "num_hidden_layers must be positive");
-    require(c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
-                c.num_attention_heads % c.num_key_value_heads == 0,
-            where,
-            fmt::format("num_attention_heads ({}) must be a positive multiple of "
-                        "num_key_value_heads ({})",
+    require(c.num_attention_heads % c.num_key_value_heads == 0, where,
+            fmt::format("num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                         c.num_attention_heads, c.num_key_value_heads));
-    require(c.head_dim > 0 && c.head_dim % 2 == 0, where,
-            fmt::format("head_dim ({}) must be even and positive", c.head_dim));
-    require(c.rms_norm_eps > 0, where, "rms_norm_eps must be positive");
-    require(c.rope_theta > 0, where, "rope_theta must be positive");
+    require(c.head_dim % 2 == 0, where, fmt::format("head_dim ({}) must be even", c.head_dim));
     return c;
 }
 

@@ -111,27 +111,23 @@ Config Config::from_json(const json& j, const std::string& where) {
     read_config_field(j, where, "_class_name", &class_name);
     require(class_name == "AutoencoderKL", where, "_class_name",
             fmt::format("is '{}'; this decoder reads AutoencoderKL only", class_name));
+    using namespace config_limits;
     Config c;
-    read_config_field(j, where, "out_channels", &c.out_channels);
-    read_config_field(j, where, "latent_channels", &c.latent_channels);
-    read_config_field(j, where, "block_out_channels", &c.block_out_channels);
+    read_config_field(j, where, "out_channels", &c.out_channels, {1, 1024});
+    read_config_field(j, where, "latent_channels", &c.latent_channels, {1, 1024});
+    read_config_field(j, where, "block_out_channels", &c.block_out_channels, {1, kWidth});
     read_config_field(j, where, "up_block_types", &c.up_block_types);
-    read_config_field(j, where, "layers_per_block", &c.layers_per_block);
-    read_config_field(j, where, "norm_num_groups", &c.norm_num_groups);
+    read_config_field(j, where, "layers_per_block", &c.layers_per_block, {0, kLayers});
+    read_config_field(j, where, "norm_num_groups", &c.norm_num_groups, {1, kWidth});
     read_config_field(j, where, "act_fn", &c.act_fn);
-    read_config_field(j, where, "scaling_factor", &c.scaling_factor);
-    read_config_field(j, where, "shift_factor", &c.shift_factor);
+    read_config_field(j, where, "scaling_factor", &c.scaling_factor, {-1e6, 1e6});
+    read_config_field(j, where, "shift_factor", &c.shift_factor, {-1e6, 1e6});
     read_config_field(j, where, "use_post_quant_conv", &c.use_post_quant_conv);
     read_config_field(j, where, "mid_block_add_attention", &c.mid_block_add_attention);
 
-    require(c.out_channels > 0, where, "out_channels", "must be positive");
-    require(c.latent_channels > 0, where, "latent_channels", "must be positive");
-    require(!c.block_out_channels.empty() && c.block_out_channels.size() <= 16, where,
-            "block_out_channels", "must list 1 to 16 channel counts");  // scale 2^(n−1) fits
-    require(c.norm_num_groups > 0, where, "norm_num_groups", "must be positive");
-    for (int64_t ch : c.block_out_channels)
-        require(ch > 0 && ch % c.norm_num_groups == 0, where, "block_out_channels",
-                fmt::format("has {}, which is not a positive multiple of norm_num_groups ({})", ch,
+    for (int64_t ch : c.block_out_channels)  // 1 to 16 of them: the scale 2^(n−1) fits
+        require(ch % c.norm_num_groups == 0, where, "block_out_channels",
+                fmt::format("has {}, which is not a multiple of norm_num_groups ({})", ch,
                             c.norm_num_groups));
     require(c.up_block_types.size() == c.block_out_channels.size(), where, "up_block_types",
             fmt::format("has {} entries but block_out_channels has {}", c.up_block_types.size(),
@@ -139,7 +135,6 @@ Config Config::from_json(const json& j, const std::string& where) {
     for (const std::string& t : c.up_block_types)
         require(t == "UpDecoderBlock2D", where, "up_block_types",
                 fmt::format("has '{}'; only UpDecoderBlock2D is supported", t));
-    require(c.layers_per_block >= 0, where, "layers_per_block", "must be >= 0");
     require(c.act_fn == "silu" || c.act_fn == "swish", where, "act_fn",
             fmt::format("is '{}'; only silu (or its alias swish) is supported", c.act_fn));
     require(std::isfinite(c.scaling_factor) && c.scaling_factor != 0, where, "scaling_factor",

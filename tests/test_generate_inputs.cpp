@@ -14,7 +14,7 @@
 #include "io/safetensors.h"
 #include "models/vae/autoencoder_kl.h"
 #include "pipeline/zimage_pipeline.h"
-#include "quant/model.h"
+#include "models/loader.h"
 #include "tests/expect_error.h"
 #include "cli_util.h"
 

@@ -1,6 +1,9 @@
 #include "ops/context.h"
 
 #include "ops/dispatch.h"
+#ifdef QDIT_WITH_CUDA
+#include "backend/cuda/quantize.h"  // device_count
+#endif
 
 namespace qdit::ops {
 
@@ -11,6 +14,14 @@ namespace {
 cuda::MemKind mem_kind(Memory kind) { return kind == Memory::Weight ? cuda::MemKind::Weight : cuda::MemKind::Activation; }
 }  // namespace
 #endif
+
+int cuda_devices() {
+#ifdef QDIT_WITH_CUDA
+    return cuda::device_count();
+#else
+    return 0;
+#endif
+}
 
 Tensor to_device(const Tensor& host, const Context& ctx, Memory kind) {
     QDIT_CHECK(host.device().type == DeviceType::CPU, "to_device takes a host tensor, not one on {}",

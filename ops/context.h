@@ -21,6 +21,9 @@ struct Context {
     bool cuda() const { return device.type == DeviceType::CUDA; }
 };
 
+// CUDA devices this build can use here (0 without the CUDA backend or a GPU).
+int cuda_devices();
+
 // What a tensor's memory is for, on a device that accounts for it (weights or activations).
 enum class Memory { Activation, Weight };
 

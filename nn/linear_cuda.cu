@@ -139,6 +139,14 @@ size_t Group::bytes() const {
 }
 
 void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy, cudaStream_t s) {
+    if (g.needs_int8() && !in.q.defined()) {
+        // A producer that does not quantize (an embedder's input, the timestep or modulation vector,
+        // an attention output): the rows are quantized per token here, as the CPU's Linear does.
+        Input q = in;
+        quantize_input(g, q, m, s);
+        run_group(g, q, m, y, ldy, s);
+        return;
+    }
     for (const Part& p : g.parts) {
         void* yp = static_cast<__nv_bfloat16*>(y) + p.col;
         if (p.int8)

@@ -72,11 +72,9 @@ Tensor LinearGroup::forward(const ops::Activation& in) const {
     if (in.q.defined()) {
         gi.q = cuda::DTensor::of(in.q);
         gi.qs = cuda::DTensor::of(in.qs);
-    } else if (spec_.int8) {
-        gpu::quantize_input(g, gi, m, s);
     }
-    if ((spec_.dense && !gi.x.defined()) || (spec_.int8 && !gi.q.defined()))
-        raise<ShapeError>("Linear group: the input lacks the {} rows its layers read", spec_.dense ? "bf16" : "int8");
+    if ((spec_.dense || !gi.q.defined()) && !gi.x.defined())
+        raise<ShapeError>("Linear group: the input lacks the bf16 rows its layers read");
     Tensor y = ops::empty({m, width_}, DType::BF16, ctx_);
     gpu::run_group(g, gi, m, y.raw(), width_, s);
     return y;

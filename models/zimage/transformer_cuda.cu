@@ -239,7 +239,6 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
         Input ain;
         ain.x = adaln;
         ain.ldx = adaln.size(1);
-        if (b.ada.needs_int8()) raise<Error>("Z-Image (CUDA): int8 adaLN modulation is not supported");
         run_group(b.ada, ain, 1, raw.raw(), 4 * D, s);
         mod = DTensor::empty({4 * D}, DType::F32);
         cuda::modulation(raw.raw(), 4, D, 0b1010u, mod.data<float>(), s);
@@ -555,7 +554,6 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         Input in;
         in.x = patches;
         in.ldx = patch_dim;
-        if (W.x_embedder.needs_int8()) raise<Error>("Z-Image (CUDA): int8 x_embedder is not supported");
         run_group(W.x_embedder, in, n_img, u.raw(), D, s);
         for (int64_t r = n_img; r < Lx; ++r)
             cuda::check(cudaMemcpyAsync(u.rows(r, r + 1).raw(), W.x_pad.raw(), size_t(D) * 2, cudaMemcpyDeviceToDevice, s),
@@ -576,7 +574,6 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         op.m = n_cap;
         op.k = cfg.cap_feat_dim;
         cuda::row_op(op, s);
-        if (W.cap_linear.needs_int8()) raise<Error>("Z-Image (CUDA): int8 cap_embedder is not supported");
         run_group(W.cap_linear, in, n_cap, u.rows(Lx, Lx + n_cap).raw(), D, s);
         for (int64_t r = Lx + n_cap; r < Lu; ++r)
             cuda::check(cudaMemcpyAsync(u.rows(r, r + 1).raw(), W.cap_pad.raw(), size_t(D) * 2,
@@ -677,7 +674,6 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         op.k = D;
         cuda::row_op(op, s);
     }
-    if (W.final_linear.needs_int8()) raise<Error>("Z-Image (CUDA): int8 final layer is not supported");
     DTensor out = DTensor::empty({n_img, patch_dim}, DType::BF16);
     run_group(W.final_linear, fin, n_img, out.raw(), patch_dim, s);
     return out;

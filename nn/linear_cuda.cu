@@ -200,6 +200,22 @@ void quantize_input(const Group& g, Input& in, int64_t m, cudaStream_t s) {
 }
 
 Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& src) {
+    // The plan is checked against the device here, at load time: an int8 layer on a GPU that no
+    // int8 GEMM kernel of this build runs on is refused now rather than at the first step.
+    for (const Member& m : ms)
+        if (m.plan->precision == Precision::Int8 &&
+            std::none_of(cuda::int8_gemm_kernels().begin(), cuda::int8_gemm_kernels().end(),
+                         cuda::int8_gemm_kernel_available)) {
+            int dev = 0, major = 0, minor = 0;
+            cudaGetDevice(&dev);
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+            raise<ConfigError>("{}: int8 is planned, but no int8 GEMM kernel of this build runs on CUDA device {} "
+                               "(compute capability {}.{}); build with QDIT_INT8_SM80_ARCHS=80-virtual (PTX for "
+                               "later GPUs) or keep the layer in high precision (--quantization none, or "
+                               "ignored_layers)",
+                               m.plan->spec.name, dev, major, minor);
+        }
     Group g;
     g.k = k;
     g.kp = round_up(k, 16);

@@ -40,6 +40,7 @@ struct Stream {
             if (!parallel::nccl_available(&why)) raise<Error>("--gpus {} needs NCCL: {}", gpus, why);
         }
         cuda::check(cudaSetDevice(index), "selecting the CUDA device");
+        cuda::require_code_for_device(index);
         cuda::check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "pipeline stream");
     }
     ~Stream() {

@@ -19,7 +19,7 @@ void run_row_split(const nn::gpu::Group& g, const nn::gpu::Input& in, int64_t m,
     if (g.needs_int8()) {
         DTensor absmax = DTensor::empty({m}, DType::F32);
         cuda::row_absmax_bf16(in.x.raw(), in.ldx, m, g.k, absmax.data<float>(), s);
-        comm.all_reduce(absmax.raw(), absmax.raw(), m, DType::F32, ReduceOp::Max, s);
+        comm.all_reduce(absmax.raw(), absmax.raw(), m, DType::F32, parallel::ReduceOp::Max, s);
         q = DTensor::empty({m, g.kp}, DType::I8);
         qs = DTensor::empty({m}, DType::F32);
         cuda::quantize_rows_with_absmax_bf16(in.x.raw(), in.ldx, m, g.k, absmax.data<float>(), q.data<int8_t>(), g.kp,
@@ -31,13 +31,13 @@ void run_row_split(const nn::gpu::Group& g, const nn::gpu::Input& in, int64_t m,
             DTensor acc = DTensor::empty({m, p.n}, DType::I32);
             cuda::int8_gemm_i32(q.data<int8_t>(), g.kp, p.q.data<int8_t>(), g.kp, acc.data<int32_t>(), p.n, m, p.n,
                                 g.kp, s);
-            comm.all_reduce(acc.raw(), acc.raw(), m * p.n, DType::I32, ReduceOp::Sum, s);
+            comm.all_reduce(acc.raw(), acc.raw(), m * p.n, DType::I32, parallel::ReduceOp::Sum, s);
             cuda::dequantize_i32_bf16(acc.data<int32_t>(), p.n, m, p.n, qs.data<float>(), p.wscale.data<float>(),
                                       p.bias.defined() ? p.bias.data<float>() : nullptr, yp, ldy, s);
         } else {
             DTensor acc = DTensor::empty({m, p.n}, DType::F32);
             cuda::bf16_gemm_f32(in.x.raw(), in.ldx, p.w.raw(), g.k, acc.data<float>(), p.n, m, p.n, g.k, s);
-            comm.all_reduce(acc.raw(), acc.raw(), m * p.n, DType::F32, ReduceOp::Sum, s);
+            comm.all_reduce(acc.raw(), acc.raw(), m * p.n, DType::F32, parallel::ReduceOp::Sum, s);
             cuda::bias_f32_to_bf16(acc.data<float>(), p.n, m, p.n, p.bias.defined() ? p.bias.raw() : nullptr, yp, ldy,
                                    s);
         }

@@ -13,6 +13,7 @@
 
 #include "backend/cpu/int8_gemm.h"
 #include "nn/linear.h"
+#include "backend/cpu/quantize.h"
 #include "quant/int8.h"
 
 using namespace qdit;
@@ -40,7 +41,7 @@ void set_ops(benchmark::State& st, const Shapes& s) {
 void BM_Int8Gemm(benchmark::State& st) {
     Shapes s(st);
     Tensor q, sw;
-    quantize_weight_int8(random_f32({s.n, s.k}, 1, 0.02f), &q, &sw);
+    cpu::quantize_weight_int8(random_f32({s.n, s.k}, 1, 0.02f), &q, &sw);
     auto packed = cpu::pack_int8_weight(q, sw);
     Tensor x = random_f32({s.m, s.k}, 2, 1.f);
     std::vector<int8_t> qx(size_t(s.m * s.k));
@@ -65,7 +66,7 @@ void BM_QuantizeActivations(benchmark::State& st, DType dt) {
 void BM_Int8Linear(benchmark::State& st) {
     Shapes s(st);
     Tensor q, sw;
-    quantize_weight_int8(random_f32({s.n, s.k}, 1, 0.02f), &q, &sw);
+    cpu::quantize_weight_int8(random_f32({s.n, s.k}, 1, 0.02f), &q, &sw);
     nn::Linear lin = nn::Linear::int8("bench", q, sw, random_f32({s.n}, 4, 1.f));
     Tensor x = random_f32({s.m, s.k}, 2, 1.f).to(DType::BF16);
     for (auto _ : st) benchmark::DoNotOptimize(lin.forward(x));

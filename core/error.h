@@ -43,6 +43,12 @@ public:
     using Error::Error;
 };
 
+// The machine lacks what a request needs (memory for a model's weights).
+class ResourceError : public Error {
+public:
+    using Error::Error;
+};
+
 // A CUDA runtime or library call failed.
 class CudaError : public Error {
 public:

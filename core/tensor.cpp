@@ -146,6 +146,8 @@ void convert_from_f32(const float* src, void* dst, DType d, int64_t n) {
 }
 
 Tensor Tensor::to(DType t) const {
+    QDIT_CHECK(device().type == DeviceType::CPU, "Tensor::to reads host memory; this {} tensor is on {}",
+               shape_str(shape_), device().str());
     Tensor out = empty(shape_, t);
     if (t == dtype_) {
         std::memcpy(out.raw(), raw(), nbytes());
@@ -165,6 +167,8 @@ Tensor Tensor::to(DType t) const {
 
 float Tensor::item_f32(int64_t i) const {
     QDIT_CHECK(i >= 0 && i < numel(), "index {} out of range for shape {}", i, shape_str(shape_));
+    QDIT_CHECK(device().type == DeviceType::CPU, "Tensor::item_f32 reads host memory; this tensor is on {}",
+               device().str());
     float f;
     convert_to_f32(static_cast<const uint8_t*>(raw()) + size_t(i) * dtype_size(dtype_), dtype_, &f,
                    1);

@@ -86,7 +86,8 @@ public:
     Tensor view(Shape shape) const;
     // Rows [begin, end) along dim 0.
     Tensor slice_rows(int64_t begin, int64_t end) const;
-    // A new contiguous host tensor of dtype `t` (always a copy, even for the same dtype).
+    // A new contiguous host tensor of dtype `t` (always a copy, even for the same dtype); host
+    // tensors only (ops::to_host brings a device tensor back).
     Tensor to(DType t) const;
     // Element i (flat, row-major) as float, for tests and small tools.
     float item_f32(int64_t i) const;

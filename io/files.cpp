@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -36,6 +37,56 @@ bool path_exists(const std::string& path) {
     bool exists = std::filesystem::exists(path, ec);
     if (ec) raise<IoError>("cannot access {}: {}", path, ec.message());
     return exists;
+}
+
+namespace config_detail {
+
+void wrong_type(const std::string& where, const std::string& field, const char* want,
+                const nlohmann::json& got) {
+    raise<ConfigError>("{}: field '{}' must be {} (got {})", where, field, want, got.dump());
+}
+
+int64_t integer(const nlohmann::json& v, const std::string& where, const std::string& field,
+                int64_t lo, int64_t hi) {
+    // Integers only: 2.0 too is refused, as the reference writes counts and
+    // sizes as JSON integers and a float there is a sign of a hand edit.
+    if (!v.is_number_integer()) wrong_type(where, field, "an integer", v);
+    const bool huge = v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX);
+    const int64_t x = huge ? 0 : v.get<int64_t>();
+    if (huge || x < lo || x > hi)
+        raise<ConfigError>("{}: field '{}' is {}, outside the supported range [{}, {}]", where, field,
+                           v.dump(), lo, hi);
+    return x;
+}
+
+double number(const nlohmann::json& v, const std::string& where, const std::string& field,
+              double lo, double hi) {
+    if (!v.is_number()) wrong_type(where, field, "a number", v);
+    const double x = v.get<double>();
+    if (!std::isfinite(x)) wrong_type(where, field, "a finite number", v);
+    if (x < lo || x > hi)
+        raise<ConfigError>("{}: field '{}' is {}, outside the supported range [{}, {}]", where, field,
+                           v.dump(), lo, hi);
+    return x;
+}
+
+}  // namespace config_detail
+
+void check_output_file(const std::string& path) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    const fs::path p = fs::absolute(path, ec);
+    if (ec || path.empty()) raise<IoError>("cannot write '{}': not a valid file path", path);
+    if (fs::is_directory(p, ec))
+        raise<IoError>("cannot write {}: it is a folder; name a file in it instead", path);
+    const fs::path dir = p.parent_path();
+    if (!fs::is_directory(dir, ec))
+        raise<IoError>("cannot write {}: folder {} does not exist", path, dir.string());
+    if (::access(dir.c_str(), W_OK | X_OK) != 0)
+        raise<IoError>("cannot write {}: folder {} is not writable ({})", path, dir.string(),
+                       std::strerror(errno));
+    if (fs::exists(p, ec) && !fs::is_regular_file(p, ec))
+        raise<IoError>("cannot write {}: it exists and is not a regular file", path);
 }
 
 std::string temp_path_for(const std::string& path) {

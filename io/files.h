@@ -1,5 +1,4 @@
 #pragma once
-#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -23,70 +22,125 @@ nlohmann::json read_json_file(const std::string& path);
 // its own filesystem_error.
 bool path_exists(const std::string& path);
 
-namespace detail {
+// Config fields (config.json, scheduler_config.json, model_index.json, ...).
+//
+// A field must have the JSON type of what it is read into: an integer field
+// refuses 2.5, 2.0, 1e9, "2" and true; a number field refuses strings and
+// booleans; a boolean field refuses 0 and 1; a list field checks each entry.
+// A field that is absent or null keeps the default in *out (as the reference's
+// constructor defaults apply). Errors are ConfigError naming `where` (the
+// file) and the field, with the list index for list entries ("axes_lens[0]").
 
-// j as a T when its JSON type and value fit T: integers only from JSON integers (or
-// floats with an integral value) inside T's range, never from booleans or fractions;
-// false otherwise. nlohmann's get<T>() would truncate 2.5 to 2, take true as 1, and
-// casting a float beyond T's range is undefined behaviour.
+// Inclusive range of a numeric config field.
 template <typename T>
-bool config_value(const nlohmann::json& j, T* out) {
+struct Bounds {
+    T lo, hi;
+};
+
+// Sizes the model families plausibly use, far above any published model and
+// far below what would overflow or exhaust memory while a model's parameter
+// list is built (docs/usage.md, "Limits on inputs").
+namespace config_limits {
+inline constexpr int64_t kLayers = 1024;         // blocks, decoder layers, resnets per block
+inline constexpr int64_t kWidth = 65536;         // hidden sizes, channels, feature and head dims
+inline constexpr int64_t kFfnWidth = 4 * kWidth; // feed-forward (intermediate) sizes
+inline constexpr int64_t kHeads = 1024;          // attention heads
+inline constexpr int64_t kVocab = 1 << 22;       // vocabulary entries
+inline constexpr int64_t kPositions = 65536;     // RoPE table length per axis
+inline constexpr int64_t kRopeTableValues = int64_t(1) << 26;  // sum over axes of length x dim
+inline constexpr int64_t kListEntries = 16;      // entries of a per-axis / per-block list
+}  // namespace config_limits
+
+namespace config_detail {
+
+template <typename T>
+struct is_vector : std::false_type {};
+template <typename T>
+struct is_vector<std::vector<T>> : std::true_type {};
+
+[[noreturn]] void wrong_type(const std::string& where, const std::string& field, const char* want,
+                             const nlohmann::json& got);
+// v as an integer in [lo, hi] / a finite number in [lo, hi].
+int64_t integer(const nlohmann::json& v, const std::string& where, const std::string& field,
+                int64_t lo, int64_t hi);
+double number(const nlohmann::json& v, const std::string& where, const std::string& field,
+              double lo, double hi);
+
+template <typename T>
+T value(const nlohmann::json& v, const std::string& where, const std::string& field) {
     if constexpr (std::is_same_v<T, bool>) {
-        if (!j.is_boolean()) return false;
-        *out = j.get<bool>();
+        if (!v.is_boolean()) wrong_type(where, field, "true or false", v);
+        return v.get<bool>();
     } else if constexpr (std::is_integral_v<T>) {
-        using L = std::numeric_limits<T>;
-        if (j.is_number_unsigned()) {
-            uint64_t v = j.get<uint64_t>();
-            if (v > uint64_t(L::max())) return false;
-            *out = T(v);
-        } else if (j.is_number_integer()) {
-            int64_t v = j.get<int64_t>();
-            if (v < 0 ? !L::is_signed || v < int64_t(L::min()) : uint64_t(v) > uint64_t(L::max()))
-                return false;
-            *out = T(v);
-        } else if (j.is_number_float()) {
-            // T holds [-2^digits, 2^digits) (signed) or [0, 2^digits); both ends are exact doubles.
-            double v = j.get<double>(), top = std::ldexp(1.0, L::digits);
-            if (v != std::floor(v) || v < (L::is_signed ? -top : 0.0) || v >= top) return false;
-            *out = T(v);
-        } else {
-            return false;
-        }
+        return T(integer(v, where, field, std::numeric_limits<T>::min(),
+                         int64_t(std::min<uint64_t>(std::numeric_limits<T>::max(), INT64_MAX))));
     } else if constexpr (std::is_floating_point_v<T>) {
-        if (!j.is_number()) return false;
-        *out = j.get<T>();
+        return T(number(v, where, field, std::numeric_limits<T>::lowest(),
+                        std::numeric_limits<T>::max()));
     } else if constexpr (std::is_same_v<T, std::string>) {
-        if (!j.is_string()) return false;
-        *out = j.get<std::string>();
-    } else {  // std::vector<U>
-        if (!j.is_array()) return false;
-        T v(j.size());
-        for (size_t i = 0; i < j.size(); ++i)
-            if (!config_value(j[i], &v[i])) return false;
-        *out = std::move(v);
+        if (!v.is_string()) wrong_type(where, field, "a string", v);
+        return v.get<std::string>();
+    } else if constexpr (is_vector<T>::value) {
+        if (!v.is_array()) wrong_type(where, field, "a list", v);
+        T out;
+        for (size_t i = 0; i < v.size(); ++i)
+            out.push_back(value<typename T::value_type>(v[i], where, field + "[" + std::to_string(i) + "]"));
+        return out;
+    } else {
+        static_assert(is_vector<T>::value, "read_config_field: unsupported field type");
     }
-    return true;
 }
 
-}  // namespace detail
+template <typename T>
+T bounded(const nlohmann::json& v, const std::string& where, const std::string& field, Bounds<T> b) {
+    static_assert(std::is_arithmetic_v<T> && !std::is_same_v<T, bool>, "bounds are for numbers");
+    if constexpr (std::is_integral_v<T>)
+        return T(integer(v, where, field, int64_t(b.lo), int64_t(b.hi)));
+    else
+        return T(number(v, where, field, double(b.lo), double(b.hi)));
+}
 
-// Reads config field j[key] into *out when it is present and not null (else
-// *out keeps its default, as the reference's constructor defaults apply);
-// ConfigError naming `where` and the key when the value has the wrong type or
-// does not fit *out. T: bool, an integer, a floating-point type, std::string,
-// or a std::vector of those.
+}  // namespace config_detail
+
+// Reads j[key] into *out with its JSON type checked (see above).
 template <typename T>
 void read_config_field(const nlohmann::json& j, const std::string& where, const char* key, T* out) {
-    if (!j.is_object() || !j.contains(key) || j[key].is_null()) return;
-    if (!detail::config_value(j[key], out))
-        raise<ConfigError>("{}: field '{}' has the wrong type or is out of range ({})", where, key,
-                           j[key].dump());
+    if (!j.contains(key) || j[key].is_null()) return;
+    *out = config_detail::value<T>(j[key], where, key);
+}
+
+// A number within `b` (inclusive).
+template <typename T>
+void read_config_field(const nlohmann::json& j, const std::string& where, const char* key, T* out,
+                       Bounds<T> b) {
+    if (!j.contains(key) || j[key].is_null()) return;
+    *out = config_detail::bounded(j[key], where, key, b);
+}
+
+// A list of 1 to `max_entries` numbers, each within `b`.
+template <typename T>
+void read_config_field(const nlohmann::json& j, const std::string& where, const char* key,
+                       std::vector<T>* out, Bounds<T> b,
+                       size_t max_entries = size_t(config_limits::kListEntries)) {
+    if (!j.contains(key) || j[key].is_null()) return;
+    const nlohmann::json& v = j[key];
+    if (!v.is_array() || v.empty() || v.size() > max_entries)
+        raise<ConfigError>("{}: field '{}' must be a list of 1 to {} numbers (got {})", where, key,
+                           max_entries, v.dump());
+    out->clear();
+    for (size_t i = 0; i < v.size(); ++i)
+        out->push_back(config_detail::bounded(v[i], where, fmt::format("{}[{}]", key, i), b));
 }
 
 // Writes `data` to a temporary file beside `path`, then renames it over
 // `path`, so readers never see a partial file.
 void write_file_atomic(const std::string& path, const std::string& data);
+
+// Checks, before any work, that a file can be written at `path` (as
+// write_file_atomic does it: a temporary file beside it, renamed over it):
+// `path` is not a folder and its folder exists and is writable. IoError
+// naming the path otherwise.
+void check_output_file(const std::string& path);
 
 // A temporary path beside `path` (same folder, so rename is atomic).
 std::string temp_path_for(const std::string& path);

@@ -10,12 +10,6 @@
 
 namespace qdit {
 
-int64_t ModelSpec::parameter_count() const {
-    int64_t n = 0;
-    for (const ParamSpec& p : params) n += shape_numel(p.shape);
-    return n;
-}
-
 std::vector<std::string> supported_model_classes() {
     return {"ZImageTransformer2DModel", "Qwen3Model", "Qwen3ForCausalLM"};
 }

@@ -8,7 +8,7 @@
 
 #include "backend/cuda/bf16_gemm.h"
 #include "backend/cuda/int8_gemm.h"
-#include "quant/int8.h"
+#include "nn/load.h"
 
 namespace qdit::nn::gpu {
 
@@ -32,27 +32,6 @@ __global__ void normal_bf16_kernel(__nv_bfloat16* p, int64_t n, uint64_t seed, f
     const float u1 = (float(mix(seed * 0x9e3779b97f4a7c15ull + 2 * uint64_t(i))) + 1.f) * 2.3283064e-10f;
     const float u2 = float(mix(seed * 0x9e3779b97f4a7c15ull + 2 * uint64_t(i) + 1)) * 2.3283064e-10f;
     p[i] = __float2bfloat16_rn(mean + std * sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
-}
-
-// Host weight [out, in] of one Linear as the plan says: int8 with its per-row scale (stored, or
-// quantized here), or bf16; bias F32 for int8, bf16 otherwise.
-void host_linear(const Checkpoint& ck, const LayerPlan& l, Tensor* w, Tensor* scale, Tensor* bias) {
-    const std::string& name = l.spec.name;
-    const bool int8 = l.precision == Precision::Int8;
-    *bias = l.spec.bias ? ck.get_as(name + ".bias", int8 ? DType::F32 : DType::BF16) : Tensor();
-    if (l.prequantized) {
-        *w = ck.get(name + ".weight");
-        *scale = ck.get_as(name + ".weight_scale", DType::F32).view({l.spec.out_features});
-    } else if (int8) {
-        Tensor q;
-        quantize_weight_int8(ck.get(name + ".weight"), &q, scale);
-        *w = q;
-    } else {
-        *w = ck.get_as(name + ".weight", DType::BF16);
-    }
-    if (w->dim() != 2 || w->size(0) != l.spec.out_features || w->size(1) != l.spec.in_features)
-        raise<ShapeError>("{}: weight is {}, expected [{}, {}]", name, shape_str(w->shape()), l.spec.out_features,
-                          l.spec.in_features);
 }
 
 // Rows [r0, r0 + n) and columns [0, kc) of dst [*, kdst] ← the window of src [N, K] at rows
@@ -81,8 +60,7 @@ Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, 
         for (int64_t i = 0; i < p.n; ++i) scat.data<float>()[i] = 1.f;
         int64_t r0 = 0;
         for (const Member& m : ms) {
-            Tensor w, scale, bias;
-            host_linear(*src.checkpoint, *m.plan, &w, &scale, &bias);
+            const auto [w, scale, bias] = host_weights(*src.checkpoint, *m.plan, DType::BF16);
             copy_block(w, wcat, r0, int8 ? kp : k, m.r0, m.c0, m.n_pad, k);
             const int64_t rows = std::max<int64_t>(0, std::min(m.n_pad, w.size(0) - m.r0));
             if (int8) std::memcpy(scat.data<float>() + r0, scale.data<float>() + m.r0, size_t(rows) * 4);
@@ -161,6 +139,14 @@ size_t Group::bytes() const {
 }
 
 void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy, cudaStream_t s) {
+    if (g.needs_int8() && !in.q.defined()) {
+        // A producer that does not quantize (an embedder's input, the timestep or modulation vector,
+        // an attention output): the rows are quantized per token here, as the CPU's Linear does.
+        Input q = in;
+        quantize_input(g, q, m, s);
+        run_group(g, q, m, y, ldy, s);
+        return;
+    }
     for (const Part& p : g.parts) {
         void* yp = static_cast<__nv_bfloat16*>(y) + p.col;
         if (p.int8)
@@ -214,6 +200,22 @@ void quantize_input(const Group& g, Input& in, int64_t m, cudaStream_t s) {
 }
 
 Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& src) {
+    // The plan is checked against the device here, at load time: an int8 layer on a GPU that no
+    // int8 GEMM kernel of this build runs on is refused now rather than at the first step.
+    for (const Member& m : ms)
+        if (m.plan->precision == Precision::Int8 &&
+            std::none_of(cuda::int8_gemm_kernels().begin(), cuda::int8_gemm_kernels().end(),
+                         cuda::int8_gemm_kernel_available)) {
+            int dev = 0, major = 0, minor = 0;
+            cudaGetDevice(&dev);
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+            raise<ConfigError>("{}: int8 is planned, but no int8 GEMM kernel of this build runs on CUDA device {} "
+                               "(compute capability {}.{}); build with QDIT_INT8_SM80_ARCHS=80-virtual (PTX for "
+                               "later GPUs) or keep the layer in high precision (--quantization none, or "
+                               "ignored_layers)",
+                               m.plan->spec.name, dev, major, minor);
+        }
     Group g;
     g.k = k;
     g.kp = round_up(k, 16);

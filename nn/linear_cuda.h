@@ -13,7 +13,8 @@
 
 #include "backend/cuda/device_tensor.h"
 #include "backend/cuda/zimage_kernels.h"
-#include "quant/model.h"
+#include "io/safetensors.h"
+#include "quant/plan.h"
 
 namespace qdit::nn::gpu {
 
@@ -40,7 +41,8 @@ struct Input {
     cuda::DTensor q, qs;
 };
 
-// y[:, part] = input · Wᵀ + b for every part (y bf16 with row stride ldy).
+// y[:, part] = input · Wᵀ + b for every part (y bf16 with row stride ldy). Int8 parts read in.q /
+// in.qs; an input without them is quantized here first (quantize_input).
 void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy, cudaStream_t s);
 // Buffers for a group's input, as its parts need them.
 Input make_input(const Group& g, int64_t m);

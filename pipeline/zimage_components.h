@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 namespace qdit {
 

@@ -11,7 +11,7 @@
 #include "backend/cuda/device_tensor.h"
 #include "backend/cuda/quantize.h"
 #include "core/error.h"
-#include "models/text/qwen3_cuda.h"
+#include "models/text/qwen3.h"
 #include "models/vae/autoencoder_kl_cuda.h"
 #include "models/zimage/transformer_cuda.h"
 #include "models/zimage/transformer_parallel.h"
@@ -40,6 +40,7 @@ struct Stream {
             if (!parallel::nccl_available(&why)) raise<Error>("--gpus {} needs NCCL: {}", gpus, why);
         }
         cuda::check(cudaSetDevice(index), "selecting the CUDA device");
+        cuda::require_code_for_device(index);
         cuda::check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "pipeline stream");
     }
     ~Stream() {
@@ -54,7 +55,7 @@ public:
                    const PreparedModel& transformer)
         : stream_(index, gpus),
           vae_((std::filesystem::path(dir) / "vae").string(), DType::BF16, stream_.s),
-          text_(text, stream_.s) {
+          text_(text, DType::BF16, ops::Context{{DeviceType::CUDA, index}, stream_.s}) {
         if (gpus > 1) {
             std::vector<int> devices(static_cast<size_t>(gpus));
             std::iota(devices.begin(), devices.end(), 0);
@@ -85,7 +86,7 @@ public:
 private:
     Stream stream_;
     vae::AutoencoderKLCuda vae_;
-    text::Qwen3TextModelCuda text_;
+    text::Qwen3TextModel text_;
     std::unique_ptr<zimage::ZImageTransformerCuda> transformer_;       // one GPU
     std::unique_ptr<parallel::RankGroup> group_;                       // --gpus N > 1: the ranks,
     std::unique_ptr<zimage::ZImageTransformerParallel> parallel_;      // and the shards on them

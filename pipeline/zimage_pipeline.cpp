@@ -6,12 +6,14 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/memory.h"
 #include "io/files.h"
 #include "models/text/qwen3.h"
 #include "models/vae/autoencoder_kl.h"
 #include "models/zimage/transformer.h"
+#include "pipeline/chat_template.h"
 #include "pipeline/zimage_components.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -32,13 +34,19 @@ void check_pipeline_folder(const std::string& dir) {
     if (!fs::exists(index))
         raise<IoError>("{} is missing: {} is not a diffusers pipeline folder", index, dir);
     json j = read_json_file(index);
-    std::string cls = j.value("_class_name", "");
+    if (!j.is_object()) raise<ConfigError>("{}: expected a JSON object", index);
+    std::string cls;
+    read_config_field(j, index, "_class_name", &cls);
     if (cls != "ZImagePipeline")
         raise<ConfigError>("{}: pipeline class '{}' is not supported (supported: ZImagePipeline)",
                            index, cls);
     for (const char* part : {"scheduler", "text_encoder", "tokenizer", "transformer", "vae"}) {
-        if (!j.contains(part))
-            raise<ConfigError>("{}: no '{}' component", index, part);
+        std::vector<std::string> library_and_class;  // e.g. ["diffusers", "AutoencoderKL"]
+        read_config_field(j, index, part, &library_and_class);
+        if (library_and_class.size() != 2)
+            raise<ConfigError>("{}: field '{}' must name the component's library and class, as "
+                               "[\"diffusers\", \"AutoencoderKL\"] (got {})",
+                               index, part, j.contains(part) ? j[part].dump() : "nothing");
         if (!fs::is_directory(fs::path(dir) / part))
             raise<IoError>("{}: component folder {}/ is missing", dir, part);
     }
@@ -87,6 +95,19 @@ std::unique_ptr<ZImageComponents> make_zimage_cuda_components(const std::string&
 }
 #endif
 
+// Bytes a model's weights take once loaded: every parameter in the compute
+// dtype, except int8 Linear weights (one byte each plus an f32 scale per row).
+uint64_t weight_bytes(const PreparedModel& m, DType compute) {
+    const uint64_t c = dtype_size(compute);
+    uint64_t b = uint64_t(m.spec.parameter_count()) * c;
+    for (const LayerPlan& l : m.plan.layers)
+        if (l.precision == Precision::Int8) {
+            const uint64_t w = uint64_t(l.spec.out_features) * uint64_t(l.spec.in_features);
+            b = b - w * c + w + uint64_t(l.spec.out_features) * sizeof(float);
+        }
+    return b;
+}
+
 struct ZImagePipeline::Parts {
     std::string dir;
     PipelineOptions opt;
@@ -94,7 +115,7 @@ struct ZImagePipeline::Parts {
     text::BpeTokenizer tokenizer;
     PreparedModel text_prepared, transformer_prepared;
     vae::Config vae;
-    int64_t in_channels = 0;
+    zimage::Config dit;
     std::unique_ptr<ZImageComponents> models;
 
     Parts(const std::string& d, const PipelineOptions& o)
@@ -104,9 +125,28 @@ struct ZImagePipeline::Parts {
               read_json_file((fs::path(d) / "scheduler" / "scheduler_config.json").string()),
               (fs::path(d) / "scheduler" / "scheduler_config.json").string())),
           tokenizer(text::BpeTokenizer::from_dir((fs::path(d) / "tokenizer").string())) {}
+
+    std::string apply_chat_template(const std::string& prompt) const {
+        const std::string& path = tokenizer.chat_template_path();
+        return render_zimage_prompt(tokenizer.chat_template(),
+                                    path.empty() ? (fs::path(dir) / "tokenizer").string() : path, prompt);
+    }
 };
 
 ZImagePipeline::ZImagePipeline(const std::string& dir, const PipelineOptions& opt) {
+    open(dir, opt);
+    load();
+}
+
+ZImagePipeline::ZImagePipeline(const std::string& dir, const PipelineOptions& opt,
+                               const GenerateOptions& planned) {
+    check_limits(planned);
+    open(dir, opt);
+    check(planned);
+    load();
+}
+
+void ZImagePipeline::open(const std::string& dir, const PipelineOptions& opt) {
     if (opt.dtype != DType::F32 && opt.dtype != DType::BF16)
         raise<UsageError>("the pipeline runs in f32 or bf16, not {}", dtype_name(opt.dtype));
     if (opt.device.type == DeviceType::CUDA && opt.dtype != DType::BF16)
@@ -126,19 +166,38 @@ ZImagePipeline::ZImagePipeline(const std::string& dir, const PipelineOptions& op
     p_->vae = vae::Config::from_json(read_json_file(vae_config), vae_config);
     const auto text_cfg = text::Qwen3Config::from_json(p_->text_prepared.folder.config,
                                                        p_->text_prepared.folder.config_path);
-    const auto dit_cfg = zimage::Config::from_json(p_->transformer_prepared.folder.config,
-                                                   p_->transformer_prepared.folder.config_path);
-    p_->in_channels = dit_cfg.in_channels;
-    if (text_cfg.hidden_size != dit_cfg.cap_feat_dim)
+    p_->dit = zimage::Config::from_json(p_->transformer_prepared.folder.config,
+                                        p_->transformer_prepared.folder.config_path);
+    if (text_cfg.hidden_size != p_->dit.cap_feat_dim)
         raise<ShapeError>("{}: the text encoder's hidden size {} differs from the transformer's "
                           "cap_feat_dim {}",
-                          dir, text_cfg.hidden_size, dit_cfg.cap_feat_dim);
-    if (p_->vae.latent_channels != dit_cfg.in_channels)
+                          dir, text_cfg.hidden_size, p_->dit.cap_feat_dim);
+    if (p_->vae.latent_channels != p_->dit.in_channels)
         raise<ShapeError>("{}: the VAE has {} latent channels but the transformer takes {}", dir,
-                          p_->vae.latent_channels, dit_cfg.in_channels);
+                          p_->vae.latent_channels, p_->dit.in_channels);
+}
+
+void ZImagePipeline::load() {
+    const PipelineOptions& opt = p_->opt;
+    uint64_t vae_bytes = 0;
+    for (const ParamSpec& ps : vae::decoder_params(p_->vae))
+        vae_bytes += uint64_t(shape_numel(ps.shape)) * dtype_size(opt.dtype);
+    const uint64_t text_bytes = weight_bytes(p_->text_prepared, opt.dtype),
+                   dit_bytes = weight_bytes(p_->transformer_prepared, opt.dtype);
+    uint64_t budget = opt.memory_budget;
+    std::string budget_name = "the memory budget";
+    if (budget == 0 && opt.device.type == DeviceType::CPU) {
+        budget = physical_memory_bytes();
+        budget_name = "the machine's physical memory";
+    }
+    require_memory(text_bytes + dit_bytes + vae_bytes, budget,
+                   fmt::format("the weights of {} (text encoder {}, transformer {}, VAE {}, in {})",
+                               p_->dir, format_bytes(text_bytes), format_bytes(dit_bytes),
+                               format_bytes(vae_bytes), dtype_name(opt.dtype)),
+                   budget_name);
     p_->models = opt.device.type == DeviceType::CUDA
-                     ? make_zimage_cuda_components(dir, opt, p_->text_prepared, p_->transformer_prepared)
-                     : make_zimage_cpu_components(dir, opt, p_->text_prepared, p_->transformer_prepared);
+                     ? make_zimage_cuda_components(p_->dir, opt, p_->text_prepared, p_->transformer_prepared)
+                     : make_zimage_cpu_components(p_->dir, opt, p_->text_prepared, p_->transformer_prepared);
 }
 
 ZImagePipeline::~ZImagePipeline() = default;
@@ -149,21 +208,69 @@ int ZImagePipeline::transformer_int8_layers() const {
 int ZImagePipeline::text_encoder_int8_layers() const {
     return p_->text_prepared.plan.quantized_count();
 }
-int64_t ZImagePipeline::latent_channels() const { return p_->in_channels; }
+int64_t ZImagePipeline::latent_channels() const { return p_->dit.in_channels; }
 
-void ZImagePipeline::check(const GenerateOptions& o) const {
-    // The VAE halves the size per down block, the transformer patchifies by 2.
-    const int64_t multiple = p_->vae.spatial_scale() * 2;
-    if (o.width <= 0 || o.height <= 0 || o.width % multiple || o.height % multiple)
-        raise<UsageError>("width and height must be positive multiples of {} (got {}x{})", multiple,
+void ZImagePipeline::check_limits(const GenerateOptions& o) {
+    if (o.width <= 0 || o.height <= 0 || o.width > kMaxImageSide || o.height > kMaxImageSide)
+        raise<UsageError>("--width and --height must be between 1 and {} (got {}x{})", kMaxImageSide,
                           o.width, o.height);
-    if (o.steps <= 0) raise<UsageError>("--steps must be positive (got {})", o.steps);
-    if (o.max_sequence_length <= 0)
-        raise<UsageError>("the maximum sequence length must be positive");
+    if (o.steps <= 0 || o.steps > kMaxSteps)
+        raise<UsageError>("--steps must be between 1 and {} (got {})", kMaxSteps, o.steps);
+    if (o.max_sequence_length <= 0 || o.max_sequence_length > kMaxSequenceLength)
+        raise<UsageError>("--max-sequence-length must be between 1 and {} (got {})", kMaxSequenceLength,
+                          o.max_sequence_length);
     if (!std::isfinite(o.guidance) || o.guidance < 0)
         raise<UsageError>("--guidance must be >= 0 (got {})", o.guidance);
+    if (o.latents.defined() && !is_float(o.latents.dtype()))
+        raise<ShapeError>("the initial latents are {}; they must be floating point (f32, bf16 or f16)",
+                          dtype_name(o.latents.dtype()));
+}
+
+int64_t ZImagePipeline::prompt_tokens(const std::string& prompt) const {
+    return int64_t(p_->tokenizer.encode(p_->apply_chat_template(prompt)).size());
+}
+
+void ZImagePipeline::check(const GenerateOptions& o) const {
+    check_limits(o);
+    const zimage::Config& dit = p_->dit;
+    const std::string& config = p_->transformer_prepared.folder.config_path;
+    // The VAE halves the size per down block, the transformer patchifies.
+    const int64_t scale = p_->vae.spatial_scale(), patch = dit.all_patch_size[0];
+    const int64_t multiple = scale * patch;
+    if (o.width % multiple || o.height % multiple)
+        raise<UsageError>("--width and --height must be multiples of {} (the VAE's scale {} x the "
+                          "transformer's patch {}; got {}x{})",
+                          multiple, scale, patch, o.width, o.height);
+    // RoPE positions: axis 0 numbers the caption tokens (1, 2, ...; padded to
+    // a multiple of 32) and then the image's frame, axes 1 and 2 the image
+    // token's row and column.
+    for (int axis : {1, 2}) {
+        const int64_t side = axis == 1 ? o.height : o.width, tokens = side / multiple;
+        if (tokens > dit.axes_lens[size_t(axis)])
+            raise<UsageError>("--{} {} makes {} image tokens per {}, more than the transformer's RoPE "
+                              "table holds (axes_lens[{}] = {} in {}): at most {} pixels",
+                              axis == 1 ? "height" : "width", side, tokens, axis == 1 ? "column" : "row",
+                              axis, dit.axes_lens[size_t(axis)], config,
+                              dit.axes_lens[size_t(axis)] * multiple);
+    }
+    const int64_t frames = 1;  // one latent frame per image
+    const int64_t max_caption = std::max<int64_t>(0, (dit.axes_lens[0] - 1 - frames) / 32 * 32);
+    for (bool negative : {false, true}) {
+        if (negative && o.guidance <= 0) continue;
+        const int64_t n = std::min<int64_t>(prompt_tokens(negative ? o.negative_prompt : o.prompt),
+                                            o.max_sequence_length);
+        if (n > max_caption)
+            raise<UsageError>(
+                "the {} is {} tokens after the chat template, more than the {} the transformer's RoPE "
+                "table allows (axes_lens[0] = {} in {}: caption positions padded to 32, then the "
+                "image's); {}",
+                negative ? "negative prompt" : "prompt", n, max_caption, dit.axes_lens[0], config,
+                max_caption > 0 ? fmt::format("shorten it or pass --max-sequence-length {} (it cuts the "
+                                              "prompt there)", max_caption)
+                                : std::string("axes_lens[0] must be at least 34 to hold any caption"));
+    }
     if (o.latents.defined()) {
-        Shape want = {1, latent_channels(), o.height / p_->vae.spatial_scale(), o.width / p_->vae.spatial_scale()};
+        Shape want = {1, latent_channels(), o.height / scale, o.width / scale};
         Shape got = o.latents.shape();
         if (got.size() == 3) got.insert(got.begin(), 1);
         if (got != want)
@@ -173,7 +280,7 @@ void ZImagePipeline::check(const GenerateOptions& o) const {
 }
 
 Tensor ZImagePipeline::encode_prompt(const std::string& prompt, int max_sequence_length) const {
-    std::string templated = p_->tokenizer.apply_chat_template_zimage(prompt);
+    std::string templated = p_->apply_chat_template(prompt);
     text::PaddedTokens t = p_->tokenizer.encode_padded(templated, size_t(max_sequence_length));
     std::vector<uint8_t> mask(t.attention_mask.begin(), t.attention_mask.end());
     return p_->models->encode(t.ids, mask);

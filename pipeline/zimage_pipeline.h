@@ -16,6 +16,13 @@
 
 namespace qdit {
 
+// Bounds of generate's inputs, checked before any weight is read
+// (docs/usage.md). Width and height are also bounded by the transformer's
+// RoPE table (axes_lens) and must be multiples of the VAE scale x the patch.
+inline constexpr int kMaxSteps = 1000;
+inline constexpr int kMaxImageSide = 16384;
+inline constexpr int kMaxSequenceLength = 4096;  // diffusers' default is 512
+
 struct PipelineOptions {
     DType dtype = DType::BF16;        // activations of every component (F32 or BF16; BF16 on CUDA)
     QuantConfig transformer_quant;    // the transformer's Linear layers
@@ -24,6 +31,8 @@ struct PipelineOptions {
     int gpus = 1;                     // CUDA only: > 1 splits the transformer over NCCL on GPUs
                                       // 0..gpus-1 (text encoder and VAE on GPU 0; device.index 0)
     bool sequence_parallel = false;   // how (gpus > 1): tensor parallel, or sequence parallel (Ulysses)
+    uint64_t memory_budget = 0;       // bytes the weights may take; 0: the machine's physical
+                                      // memory on the CPU (on CUDA: not checked yet)
 };
 
 struct GenerateOptions {
@@ -48,17 +57,31 @@ class ZImagePipeline {
 public:
     // `dir` is a diffusers ZImagePipeline folder: model_index.json, scheduler/,
     // text_encoder/, tokenizer/, transformer/, vae/. Every component's config
-    // is checked before any weight is read.
+    // is checked, and the weights' memory need against the budget, before any
+    // weight is read.
     ZImagePipeline(const std::string& dir, const PipelineOptions& opt);
+    // The same, with `planned` checked (as check() does) before any weight is
+    // read, so a bad request fails fast.
+    ZImagePipeline(const std::string& dir, const PipelineOptions& opt, const GenerateOptions& planned);
     ~ZImagePipeline();
 
-    // Checks the options (size a multiple of 16, steps > 0, latents shape)
-    // before doing any work; UsageError names the bad value.
+    // Checks the options against the bounds above and the model: size a
+    // multiple of the VAE scale x the patch and within the RoPE table, the
+    // latents' shape, the prompts' token counts within the RoPE table.
+    // UsageError / ShapeError / ConfigError names the bad value and the flag
+    // or config field concerned.
     void check(const GenerateOptions& o) const;
+    // The bounds that need no model (steps, sizes, sequence length, guidance,
+    // latents dtype): UsageError naming the flag.
+    static void check_limits(const GenerateOptions& o);
 
     // progress(step, total, seconds of that step) after each denoising step.
     GenerateResult generate(const GenerateOptions& o,
                             const std::function<void(int, int, double)>& progress = {}) const;
+
+    // Tokens of the prompt after the chat template, before any cut to the
+    // maximum sequence length.
+    int64_t prompt_tokens(const std::string& prompt) const;
 
     // The prompt's embeddings as the transformer receives them: [tokens, hidden].
     Tensor encode_prompt(const std::string& prompt, int max_sequence_length) const;
@@ -68,6 +91,9 @@ public:
     int64_t latent_channels() const;
 
 private:
+    void open(const std::string& dir, const PipelineOptions& opt);  // configs, checkpoints' headers
+    void load();                                                     // the weights
+
     struct Parts;
     std::unique_ptr<Parts> p_;
 };

@@ -11,10 +11,6 @@
 
 namespace qdit {
 
-// Per-output-channel quantization of a [N, K] weight of any float dtype.
-// Returns q (I8 [N, K]) and scale (F32 [N]).
-void quantize_weight_int8(const Tensor& w, Tensor* q, Tensor* scale);
-
 // The per-row rule for one row of k values whose absmax is given (the row's
 // own, or — when the row is split across devices — the whole row's):
 // s = absmax / 127 (1 when absmax is 0), q = clamp(round_half_even(x / s), ±127).

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/memory.h"
 
 namespace qdit {
 
@@ -20,17 +21,6 @@ std::vector<std::string> split_dots(const std::string& s) {
         if (dot == std::string::npos) return out;
         start = dot + 1;
     }
-}
-
-std::string human_bytes(size_t b) {
-    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = double(b);
-    int u = 0;
-    while (v >= 1024.0 && u < 4) {
-        v /= 1024.0;
-        ++u;
-    }
-    return u == 0 ? fmt::format("{} B", b) : fmt::format("{:.2f} {}", v, units[u]);
 }
 
 }  // namespace
@@ -139,8 +129,8 @@ std::string format_plan(const QuantPlan& plan) {
     int q = plan.quantized_count();
     out += fmt::format(
         "total: {} Linear layers, {} int8, {} high precision; Linear weights {} -> {} ({:.3f}x)\n",
-        plan.layers.size(), q, int(plan.layers.size()) - q, human_bytes(before),
-        human_bytes(after), before ? double(after) / double(before) : 1.0);
+        plan.layers.size(), q, int(plan.layers.size()) - q, format_bytes(before),
+        format_bytes(after), before ? double(after) / double(before) : 1.0);
     return out;
 }
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "core/dtype.h"
-#include "models/model_spec.h"
+#include "quant/spec.h"
 #include "quant/config.h"
 
 namespace qdit {

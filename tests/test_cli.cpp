@@ -1,52 +1,29 @@
 // Runs the qdit binary as a user would: exit codes, one-line errors, outputs.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <filesystem>
 
-#include "tiny_model.h"
+#include "cli_util.h"
 
 using namespace qdit::testutil;
 
 namespace {
-
-struct CliResult {
-    int status = -1;
-    std::string out, err;
-};
-
-CliResult run(const std::string& args) {
-    fs::path err_file = fresh_dir("cli_err") / "stderr";
-    std::string cmd = std::string(QDIT_BINARY) + " " + args + " 2>" + err_file.string();
-    CliResult r;
-    FILE* p = popen(cmd.c_str(), "r");
-    std::array<char, 4096> buf;
-    size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-    int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    r.err = qdit::read_text_file(err_file.string());
-    return r;
-}
 
 int count_lines(const std::string& s) { return int(std::count(s.begin(), s.end(), '\n')); }
 
 }  // namespace
 
 TEST(Cli, HelpAndUsageErrors) {
-    CliResult r = run("--help");
+    CliResult r = run_qdit("--help");
     EXPECT_EQ(r.status, 0);
     EXPECT_NE(r.out.find("inspect"), std::string::npos);
     EXPECT_NE(r.out.find("quantize"), std::string::npos);
-    r = run("inspect --help");
+    r = run_qdit("inspect --help");
     EXPECT_EQ(r.status, 0);
     EXPECT_NE(r.out.find("--ignored-layers"), std::string::npos);
 
     for (const char* args : {"", "inspect", "frobnicate", "inspect x --quantization int4",
                              "inspect x --ignored-layers a,,b", "quantize x"}) {
-        r = run(args);
+        r = run_qdit(args);
         EXPECT_EQ(r.status, 2) << args;
         EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << args << ": " << r.err;
         EXPECT_EQ(count_lines(r.err), 1) << args << ": " << r.err;
@@ -56,7 +33,7 @@ TEST(Cli, HelpAndUsageErrors) {
 TEST(Cli, InspectListsTheDefaultPlanAndHonoursIgnoredLayers) {
     // A checkpoint written by diffusers: 2 layers + 1 noise + 1 context refiner block.
     fs::path d = fs::path(QDIT_TEST_DATA) / "zimage" / "h3_b1" / "transformer";
-    CliResult r = run("inspect " + d.string() + " --quantization int8");
+    CliResult r = run_qdit("inspect " + d.string() + " --quantization int8");
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_NE(r.out.find("ZImageTransformer2DModel"), std::string::npos);
     // One line per Linear layer, with its precision.
@@ -74,7 +51,7 @@ TEST(Cli, InspectListsTheDefaultPlanAndHonoursIgnoredLayers) {
     EXPECT_NE(r.out.find("model default: adaLN_modulation"), std::string::npos);
     EXPECT_NE(r.out.find("total: "), std::string::npos);
 
-    r = run("inspect " + d.string() + " --quantization int8 --ignored-layers feed_forward,nope");
+    r = run_qdit("inspect " + d.string() + " --quantization int8 --ignored-layers feed_forward,nope");
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_NE(r.out.find("ignored_layers 'feed_forward' kept 12 layer(s)"), std::string::npos) << r.out;
     EXPECT_NE(r.err.find("warning: ignored_layers pattern 'nope' matched no Linear layer"),
@@ -84,12 +61,12 @@ TEST(Cli, InspectListsTheDefaultPlanAndHonoursIgnoredLayers) {
     for (size_t pos = 0; (pos = r.out.find("ignored_layers: feed_forward\n", pos)) != std::string::npos; ++pos) ++kept;
     EXPECT_EQ(kept, 12);
 
-    r = run("inspect " + d.string() + " --quantization-config '{\"method\":\"int8\",\"colour\":1}'");
+    r = run_qdit("inspect " + d.string() + " --quantization-config '{\"method\":\"int8\",\"colour\":1}'");
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.err.find("'colour'"), std::string::npos) << r.err;
     EXPECT_EQ(count_lines(r.err), 1) << r.err;
 
-    r = run("inspect /no/such/dir");
+    r = run_qdit("inspect /no/such/dir");
     EXPECT_EQ(r.status, 1);
     EXPECT_EQ(r.err.rfind("error: model folder /no/such/dir does not exist", 0), 0u) << r.err;
 }
@@ -97,16 +74,16 @@ TEST(Cli, InspectListsTheDefaultPlanAndHonoursIgnoredLayers) {
 TEST(Cli, QuantizeThenInspectThePreQuantizedCopy) {
     fs::path d = write_tiny("cli_quant");
     fs::path out = fresh_dir("cli_quant_out") / "q";
-    CliResult r = run("quantize " + d.string() + " -o " + out.string() +
+    CliResult r = run_qdit("quantize " + d.string() + " -o " + out.string() +
                 " --quantization int8 --ignored-layers layers.1");
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_TRUE(fs::exists(out / "config.json"));
-    r = run("inspect " + out.string());
+    r = run_qdit("inspect " + out.string());
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_NE(r.out.find("pre-quantized"), std::string::npos);
     // Writing over a non-empty folder is refused and leaves it as it was.
     auto before = std::distance(fs::directory_iterator(out), fs::directory_iterator());
-    r = run("quantize " + d.string() + " -o " + out.string() + " --quantization int8");
+    r = run_qdit("quantize " + d.string() + " -o " + out.string() + " --quantization int8");
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.err.find("not empty"), std::string::npos) << r.err;
     EXPECT_EQ(std::distance(fs::directory_iterator(out), fs::directory_iterator()), before);

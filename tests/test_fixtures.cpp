@@ -6,7 +6,7 @@
 #include <set>
 
 #include "io/files.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 using namespace qdit;
 

@@ -8,6 +8,7 @@
 
 #include "backend/cpu/int8_gemm.h"
 #include "core/threads.h"
+#include "backend/cpu/quantize.h"
 #include "quant/int8.h"
 
 using namespace qdit;
@@ -264,7 +265,7 @@ TEST(Int8Quant, WeightRules) {
         Tensor src = Tensor::empty({2, 6}, DType::F32);
         std::memcpy(src.raw(), w, sizeof w);
         Tensor q, s;
-        quantize_weight_int8(src.to(dt), &q, &s);
+        cpu::quantize_weight_int8(src.to(dt), &q, &s);
         ASSERT_EQ(q.dtype(), DType::I8);
         ASSERT_EQ(s.dtype(), DType::F32);
         EXPECT_EQ(s.data<float>()[0], 2.f) << dtype_name(dt);
@@ -278,7 +279,7 @@ TEST(Int8Quant, WeightRules) {
     std::normal_distribution<float> d(0.f, 0.02f);
     for (int64_t i = 0; i < big.numel(); ++i) big.data<float>()[i] = d(rng);
     Tensor q, s;
-    quantize_weight_int8(big, &q, &s);
+    cpu::quantize_weight_int8(big, &q, &s);
     std::vector<int8_t> q_ref(size_t(big.numel()));
     std::vector<float> s_ref(123);
     quantize_rows_int8_ref(big.raw(), DType::F32, 123, 301, 301, q_ref.data(), s_ref.data());

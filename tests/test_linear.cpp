@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "nn/linear.h"
+#include "backend/cpu/quantize.h"
 #include "quant/int8.h"
 
 using namespace qdit;
@@ -59,7 +60,7 @@ double abs_dot(const Tensor& x, const Tensor& w, int64_t i, int64_t j) {
 TEST(Linear, Int8MatchesFp64WithinQuantizationBound) {
     Problem p = make_problem(37, 70, 259, 11);
     Tensor q, sw;
-    quantize_weight_int8(p.w, &q, &sw);
+    cpu::quantize_weight_int8(p.w, &q, &sw);
     nn::Linear lin = nn::Linear::int8("blocks.0.attn.to_q", q, sw, p.b);
     EXPECT_TRUE(lin.quantized());
     EXPECT_EQ(lin.in_features(), p.k);

@@ -6,8 +6,9 @@
 
 #include "io/files.h"
 #include "models/zimage/zimage_config.h"
+#include "backend/cpu/quantize.h"
 #include "quant/int8.h"
-#include "quant/model.h"
+#include "models/loader.h"
 #include "tests/expect_error.h"
 #include "tiny_model.h"
 
@@ -140,7 +141,7 @@ TEST(PreparedModel, QuantizeWritesAPreQuantizedCheckpointThatLoadsWithoutConvers
         EXPECT_EQ(w8.dtype(), DType::I8);
         EXPECT_EQ(ws.shape(), (Shape{a.spec.out_features, 1}));
         Tensor q8, s8;
-        quantize_weight_int8(src.checkpoint->get(a.spec.name + ".weight"), &q8, &s8);
+        cpu::quantize_weight_int8(src.checkpoint->get(a.spec.name + ".weight"), &q8, &s8);
         EXPECT_EQ(std::memcmp(w8.raw(), q8.raw(), q8.nbytes()), 0) << a.spec.name;
         EXPECT_EQ(std::memcmp(ws.raw(), s8.raw(), s8.nbytes()), 0) << a.spec.name;
     }

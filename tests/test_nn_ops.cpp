@@ -4,10 +4,10 @@
 #include <cmath>
 #include <random>
 
-#include "nn/activation.h"
-#include "nn/attention.h"
-#include "nn/norm.h"
-#include "nn/rope.h"
+#include "backend/cpu/activation.h"
+#include "backend/cpu/attention.h"
+#include "backend/cpu/norm.h"
+#include "backend/cpu/rope.h"
 
 using namespace qdit;
 
@@ -38,7 +38,7 @@ TEST(NnOps, AttentionMatchesNaiveSoftmaxWithKeyMask) {
             k.data<float>()[(Lk + j) * H * D + c] = 50.f;
             v.data<float>()[(Lk + j) * H * D + c] = 1e6f;
         }
-    Tensor o = nn::scaled_dot_product_attention(q, k, v, mask);
+    Tensor o = cpu::scaled_dot_product_attention(q, k, v, mask);
     ASSERT_EQ(o.shape(), q.shape());
     double worst = 0;
     for (int64_t b = 0; b < B; ++b)
@@ -65,10 +65,10 @@ TEST(NnOps, AttentionMatchesNaiveSoftmaxWithKeyMask) {
     EXPECT_LT(worst, 1e-5);
 
     // BF16 in and out: within bf16 rounding of the f32 result.
-    Tensor o16 = nn::scaled_dot_product_attention(q.to(DType::BF16), k.to(DType::BF16),
+    Tensor o16 = cpu::scaled_dot_product_attention(q.to(DType::BF16), k.to(DType::BF16),
                                                   v.to(DType::BF16), mask)
                      .to(DType::F32);
-    Tensor o32 = nn::scaled_dot_product_attention(q.to(DType::BF16).to(DType::F32),
+    Tensor o32 = cpu::scaled_dot_product_attention(q.to(DType::BF16).to(DType::F32),
                                                   k.to(DType::BF16).to(DType::F32),
                                                   v.to(DType::BF16).to(DType::F32), mask);
     for (int64_t i = 0; i < o16.numel(); ++i)
@@ -77,7 +77,7 @@ TEST(NnOps, AttentionMatchesNaiveSoftmaxWithKeyMask) {
 
 TEST(NnOps, AttentionWithEveryKeyMaskedGivesZero) {
     Tensor q = random({1, 4, 2, 8}, 4), k = random({1, 5, 2, 8}, 5), v = random({1, 5, 2, 8}, 6);
-    Tensor o = nn::scaled_dot_product_attention(q, k, v, Tensor::zeros({1, 5}, DType::U8));
+    Tensor o = cpu::scaled_dot_product_attention(q, k, v, Tensor::zeros({1, 5}, DType::U8));
     for (int64_t i = 0; i < o.numel(); ++i) EXPECT_EQ(o.data<float>()[i], 0.f);
 }
 
@@ -86,7 +86,7 @@ TEST(NnOps, RmsNormRoundsLikeDiffusers) {
     Tensor x = random({3, D}, 7).to(DType::BF16), w = random({D}, 8, 0.1f);
     for (int64_t i = 0; i < D; ++i) w.data<float>()[i] += 1.f;
     Tensor w16 = w.to(DType::BF16);
-    nn::RMSNorm norm("n", w16, 1e-5f);
+    cpu::RMSNorm norm("n", w16, 1e-5f);
     Tensor y = norm.forward(x);
     for (int64_t r = 0; r < 3; ++r) {
         double ss = 0;
@@ -104,7 +104,7 @@ TEST(NnOps, RmsNormScaleAndGatedResidual) {
     const int64_t B = 2, L = 3, D = 16;
     Tensor x = random({B, L, D}, 9), y = random({B, L, D}, 10), w = random({D}, 11);
     Tensor scale = random({B, D}, 12), gate = random({B, D}, 13);
-    nn::RMSNorm norm("n", w, 1e-6f);
+    cpu::RMSNorm norm("n", w, 1e-6f);
     Tensor n = norm.forward(y), s = norm.forward_scaled(y, scale);
     Tensor r = x.to(DType::F32);
     norm.add_to(r, y, gate);
@@ -121,7 +121,7 @@ TEST(NnOps, RmsNormScaleAndGatedResidual) {
 TEST(NnOps, LayerNormHasZeroMeanUnitVariance) {
     Tensor x = random({5, 64}, 14, 3.f);
     for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] += 2.f;
-    Tensor y = nn::layer_norm(x, 1e-6f);
+    Tensor y = cpu::layer_norm(x, 1e-6f);
     for (int64_t r = 0; r < 5; ++r) {
         double m = 0, v = 0;
         for (int64_t i = 0; i < 64; ++i) m += y.data<float>()[r * 64 + i];
@@ -132,12 +132,12 @@ TEST(NnOps, LayerNormHasZeroMeanUnitVariance) {
 }
 
 TEST(NnOps, RopeRotatesPairsByPositionTimesFrequency) {
-    nn::RopeEmbedder rope(256.0, {4, 6, 6}, {64, 16, 16});
+    cpu::RopeEmbedder rope(256.0, {4, 6, 6}, {64, 16, 16});
     const std::vector<int64_t> pos = {0, 0, 0, 33, 5, 15};
     Tensor f = rope.freqs(pos).view({1, 2, 8, 2});
     Tensor x = random({1, 2, 2, 16}, 15);
     Tensor y = x.to(DType::F32);
-    nn::apply_rope(y, f);
+    cpu::apply_rope(y, f);
     const int64_t dims[3] = {4, 6, 6};
     for (int64_t t = 0; t < 2; ++t)
         for (int64_t h = 0; h < 2; ++h) {
@@ -159,7 +159,7 @@ TEST(NnOps, TimestepEmbeddingIsCosThenSin) {
     Tensor t = Tensor::empty({2}, DType::F32);
     t.data<float>()[0] = 0.f;
     t.data<float>()[1] = 500.f;
-    Tensor e = nn::timestep_embedding(t, 8);
+    Tensor e = cpu::timestep_embedding(t, 8);
     for (int64_t k = 0; k < 4; ++k) {
         EXPECT_EQ(e.data<float>()[k], 1.f);
         EXPECT_EQ(e.data<float>()[4 + k], 0.f);
@@ -171,7 +171,7 @@ TEST(NnOps, TimestepEmbeddingIsCosThenSin) {
 
 TEST(NnOps, SiluMulRoundsTheGateBeforeTheProduct) {
     Tensor a = random({64}, 16).to(DType::BF16), b = random({64}, 17).to(DType::BF16);
-    Tensor y = nn::silu_mul(a, b);
+    Tensor y = cpu::silu_mul(a, b);
     for (int64_t i = 0; i < 64; ++i) {
         const float av = a.item_f32(i);
         const float s = bf16_round(av / (1.f + std::exp(-av)));

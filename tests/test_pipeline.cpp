@@ -3,7 +3,6 @@
 // scripts/fixtures/make_pipeline_fixtures.py), plus the generate command's
 // error handling.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cmath>
 #include <filesystem>
@@ -13,6 +12,7 @@
 #include "io/safetensors.h"
 #include "pipeline/tiny_model.h"
 #include "pipeline/zimage_pipeline.h"
+#include "cli_util.h"
 #include "tiny_model.h"
 #include "pipeline_reference.h"
 
@@ -102,35 +102,13 @@ TEST(ZImagePipeline, SameSeedSameImageAndInt8Runs) {
     EXPECT_EQ(r.image.shape(), (Shape{32, 32, 3}));
 }
 
-namespace {
-
-struct Cli {
-    int status;
-    std::string err;
-};
-
-Cli run_qdit(const std::string& args) {
-    fs::path err = testutil::fresh_dir("gen_err") / "e";
-    int st = std::system((std::string(QDIT_BINARY) + " " + args + " >/dev/null 2>" + err.string()).c_str());
-    return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, read_text_file(err.string())};
-}
-
-// A copy of the pipeline folder whose components link to the fixtures, so one
-// can be broken without touching the others.
-fs::path pipeline_copy(const std::string& name) {
-    fs::path d = testutil::fresh_dir(name);
-    for (const char* f : {"model_index.json"}) fs::copy_file(fs::path(kPipe) / f, d / f);
-    fs::copy(fs::path(kPipe) / "scheduler", d / "scheduler", fs::copy_options::recursive);
-    for (const char* c : {"transformer", "text_encoder", "tokenizer", "vae"})
-        fs::create_directory_symlink(fs::canonical(fs::path(kPipe) / c), d / c);
-    return d;
-}
-
-}  // namespace
+using testutil::CliResult;
+using testutil::pipeline_copy;
+using testutil::run_qdit;
 
 TEST(Generate, WritesAPngWithItsSettings) {
     fs::path out = testutil::fresh_dir("gen_ok") / "out.png";
-    Cli r = run_qdit("generate --model " + kPipe + " --prompt 'a cat' --width 32 --height 48 --steps 2 "
+    CliResult r = run_qdit("generate --model " + kPipe + " --prompt 'a cat' --width 32 --height 48 --steps 2 "
                  "--seed 3 --quantization int8 -o " + out.string());
     ASSERT_EQ(r.status, 0) << r.err;
     PngImage img = read_png(out.string());
@@ -181,7 +159,7 @@ TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
          "--parallel pipeline"},
     };
     for (const auto& [args, needle] : cases) {
-        Cli r = run_qdit(args);
+        CliResult r = run_qdit(args);
         EXPECT_NE(r.status, 0) << args;
         EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << args << ": " << r.err;
         EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
@@ -195,7 +173,7 @@ TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
 TEST(Generate, DeviceCudaWithoutAGpuSaysSo) {
     fs::path outdir = testutil::fresh_dir("gen_cuda");
     const std::string out = (outdir / "x.png").string();
-    Cli r = run_qdit("generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 1 --device cuda -o " +
+    CliResult r = run_qdit("generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 1 --device cuda -o " +
                      out);
     if (r.status == 0) GTEST_SKIP() << "a CUDA device is here: --device cuda ran";
     EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
@@ -209,7 +187,7 @@ TEST(Generate, DeviceCudaWithoutAGpuSaysSo) {
 TEST(Generate, GpusWithoutTheGpusSaysSo) {
     fs::path outdir = testutil::fresh_dir("gen_gpus");
     const std::string out = (outdir / "x.png").string();
-    Cli r = run_qdit("generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 1 --gpus 2 -o " + out);
+    CliResult r = run_qdit("generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 1 --gpus 2 -o " + out);
     if (r.status == 0) GTEST_SKIP() << "two CUDA devices and NCCL are here: --gpus 2 ran";
     EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;

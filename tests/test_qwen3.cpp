@@ -13,8 +13,8 @@
 #include "io/files.h"
 #include "io/safetensors.h"
 #include "models/text/qwen3.h"
-#include "nn/attention.h"
-#include "quant/model.h"
+#include "backend/cpu/attention.h"
+#include "models/loader.h"
 #include "tests/expect_error.h"
 #include "tests/qwen3_fixture.h"
 
@@ -303,7 +303,7 @@ TEST(Qwen3Encoder, CausalGroupedAttentionMatchesNaive) {
     const uint8_t keep[B][L] = {{1, 1, 1, 1, 0, 0, 0}, {0, 0, 1, 1, 1, 1, 1}};
     for (int64_t b = 0; b < B; ++b)
         for (int64_t j = 0; j < L; ++j) mask.data<uint8_t>()[b * L + j] = keep[b][j];
-    Tensor o = nn::scaled_dot_product_attention(q, k, v, mask, /*causal=*/true);
+    Tensor o = cpu::scaled_dot_product_attention(q, k, v, mask, /*causal=*/true);
     auto at = [&](const Tensor& t, int64_t b, int64_t j, int64_t h, int64_t d) {
         return double(t.data<float>()[((b * L + j) * t.size(2) + h) * D + d]);
     };

@@ -9,8 +9,9 @@
 
 #include "backend/cpu/int8_gemm.h"
 #include "core/error.h"
-#include "nn/attention.h"
+#include "backend/cpu/attention.h"
 #include "parallel/tensor_parallel.h"
+#include "backend/cpu/quantize.h"
 #include "quant/int8.h"
 #include "random_tensor.h"
 
@@ -57,7 +58,7 @@ Int8Layer int8_layer(int64_t m, int64_t k, int64_t n, uint32_t seed) {
     Int8Layer l;
     l.x = randn({m, k}, seed);
     l.bias = randn({n}, seed + 2, 0.f, 1.f, DType::F32);
-    quantize_weight_int8(randn({n, k}, seed + 1, 0.f, 1.f, DType::F32), &l.q, &l.scale);
+    cpu::quantize_weight_int8(randn({n, k}, seed + 1, 0.f, 1.f, DType::F32), &l.q, &l.scale);
     l.want = int8_linear(l.x, l.q, l.scale, l.bias);
     return l;
 }
@@ -156,7 +157,7 @@ TEST(TensorParallel, UlyssesAttentionEqualsOneDevice) {
     const int64_t L = 45, heads = 6, hd = 16;
     const Tensor q = randn({L, heads * hd}, 7), k = randn({L, heads * hd}, 8), v = randn({L, heads * hd}, 9);
     const Tensor want =
-        nn::scaled_dot_product_attention(q.view({1, L, heads, hd}), k.view({1, L, heads, hd}), v.view({1, L, heads, hd}))
+        cpu::scaled_dot_product_attention(q.view({1, L, heads, hd}), k.view({1, L, heads, hd}), v.view({1, L, heads, hd}))
             .view({L, heads * hd});
     for (int world : {1, 2, 3, 6}) {
         SCOPED_TRACE(world);
@@ -178,7 +179,7 @@ TEST(TensorParallel, UlyssesAttentionEqualsOneDevice) {
         std::vector<Tensor> oh;
         for (int r = 0; r < world; ++r) {
             const int64_t hr = parallel::split(heads, r, world).size();
-            oh.push_back(nn::scaled_dot_product_attention(qh[size_t(r)].view({1, L, hr, hd}), kh[size_t(r)].view({1, L, hr, hd}),
+            oh.push_back(cpu::scaled_dot_product_attention(qh[size_t(r)].view({1, L, hr, hd}), kh[size_t(r)].view({1, L, hr, hd}),
                                                           vh[size_t(r)].view({1, L, hr, hd}))
                              .view({L, hr * hd}));
         }

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "io/files.h"
 #include "models/text/tokenizer.h"
+#include "pipeline/chat_template.h"
 #include "tests/expect_error.h"
 
 namespace fs = std::filesystem;
@@ -25,6 +26,11 @@ const std::string kReference = std::string(QDIT_TEST_DATA) + "/text/tokenizer_re
 const json& reference() {
     static const json r = read_json_file(kReference);
     return r;
+}
+
+// The prompt ZImagePipeline builds with the tokenizer's chat template.
+std::string templated(const BpeTokenizer& tok, const std::string& prompt) {
+    return render_zimage_prompt(tok.chat_template(), tok.chat_template_path(), prompt);
 }
 
 std::vector<int32_t> ids_of(const json& j) {
@@ -85,9 +91,9 @@ TEST(Tokenizer, MatchesTransformersOnEveryPrompt) {
     for (const json& p : r["prompts"]) {
         SCOPED_TRACE(p["name"].get<std::string>());
         const std::string prompt = p["prompt"].get<std::string>();
-        const std::string templated = tok.apply_chat_template_zimage(prompt);
-        EXPECT_EQ(templated, p["templated"].get<std::string>());
-        text::PaddedTokens padded = tok.encode_padded(templated, max_length);
+        const std::string text = templated(tok, prompt);
+        EXPECT_EQ(text, p["templated"].get<std::string>());
+        text::PaddedTokens padded = tok.encode_padded(text, max_length);
         EXPECT_EQ(padded.ids, ids_of(p["input_ids"]));
         EXPECT_EQ(padded.attention_mask, ids_of(p["attention_mask"]));
         EXPECT_EQ(tok.encode(prompt), ids_of(p["plain_ids"]));
@@ -106,8 +112,8 @@ TEST(Tokenizer, DecodeRoundTrips) {
         if (p["name"] != "nfc_decomposed") {
             EXPECT_EQ(decoded, prompt);
         }
-        const std::string templated = tok.apply_chat_template_zimage(prompt);
-        EXPECT_EQ(tok.decode(tok.encode(templated)), tok.apply_chat_template_zimage(decoded));
+        const std::string text = templated(tok, prompt);
+        EXPECT_EQ(tok.decode(tok.encode(text)), templated(tok, decoded));
     }
 }
 
@@ -154,19 +160,23 @@ TEST(Tokenizer, QwenFileLayout) {
 TEST(Tokenizer, ChatTemplateSources) {
     BpeTokenizer fixture = BpeTokenizer::from_dir(kDir);
     const std::string jinja = read_text_file(kDir + "/chat_template.jinja");
+    EXPECT_EQ(fixture.chat_template(), jinja);
+    EXPECT_EQ(fixture.chat_template_path(), kDir + "/chat_template.jinja");
     {
         // The template inline in tokenizer_config.json, as in the Qwen3 repositories.
         ScratchDir d("inline_template");
         fs::remove(d.path / "chat_template.jinja");
         d.edit("tokenizer_config.json", [&](json& j) { j["chat_template"] = jinja; });
-        EXPECT_EQ(BpeTokenizer::from_dir(d.path.string()).apply_chat_template_zimage("x"),
-                  "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n");
+        BpeTokenizer inline_tok = BpeTokenizer::from_dir(d.path.string());
+        EXPECT_EQ(inline_tok.chat_template(), jinja);
+        EXPECT_EQ(fs::path(inline_tok.chat_template_path()).filename(), "tokenizer_config.json");
+        EXPECT_EQ(templated(inline_tok, "x"), "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n");
     }
     {
         ScratchDir d("no_template");
         fs::remove(d.path / "chat_template.jinja");
         std::string e = error_of<ConfigError>(
-            [&] { BpeTokenizer::from_dir(d.path.string()).apply_chat_template_zimage("x"); });
+            [&] { templated(BpeTokenizer::from_dir(d.path.string()), "x"); });
         EXPECT_NE(e.find("no chat template"), std::string::npos) << e;
     }
     {
@@ -180,15 +190,15 @@ TEST(Tokenizer, ChatTemplateSources) {
             "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- "
             "endif %}");
         std::string e = error_of<ConfigError>(
-            [&] { BpeTokenizer::from_dir(d.path.string()).apply_chat_template_zimage("x"); });
-        EXPECT_NE(e.find("not Qwen3's"), std::string::npos) << e;
-        EXPECT_NE(e.find("tokenizer_config.json"), std::string::npos) << e;
+            [&] { templated(BpeTokenizer::from_dir(d.path.string()), "x"); });
+        EXPECT_NE(e.find("does not render a user turn as Qwen3's does"), std::string::npos) << e;
+        EXPECT_NE(e.find("chat_template.jinja"), std::string::npos) << e;
     }
     // tokenizer.json alone has neither a pad token nor a template.
     BpeTokenizer bare = BpeTokenizer::from_file(kDir + "/tokenizer.json");
     EXPECT_EQ(bare.encode("snow"), fixture.encode("snow"));
     EXPECT_THROW(bare.pad_token_id(), ConfigError);
-    EXPECT_THROW(bare.apply_chat_template_zimage("x"), ConfigError);
+    EXPECT_THROW(templated(bare, "x"), ConfigError);
 }
 
 TEST(Tokenizer, MissingFileAndBadJson) {

@@ -14,9 +14,9 @@
 #include "io/files.h"
 #include "io/safetensors.h"
 #include "models/vae/autoencoder_kl.h"
-#include "nn/conv2d.h"
-#include "nn/group_norm.h"
-#include "nn/upsample.h"
+#include "backend/cpu/conv2d.h"
+#include "backend/cpu/group_norm.h"
+#include "backend/cpu/upsample.h"
 #include "tests/expect_error.h"
 #include "tests/vae_fixture.h"
 
@@ -78,7 +78,7 @@ TEST(VaeOps, Conv2dMatchesNaiveLoop) {
         Tensor x = random_tensor({B, H, W, c.in}, 1);
         Tensor w = random_tensor({c.out, c.in, c.k, c.k}, 2, 0.3f);
         Tensor bias = random_tensor({c.out}, 3);
-        nn::Conv2d conv("conv", w, bias, c.pad);
+        cpu::Conv2d conv("conv", w, bias, c.pad);
         Tensor y = conv.forward(x);
         Tensor acc = random_tensor({B, Ho, Wo, c.out}, 4);
         Tensor acc0 = acc.to(DType::F32);
@@ -109,7 +109,7 @@ TEST(VaeOps, Conv2dMatchesNaiveLoop) {
 TEST(VaeOps, Conv2dBf16IsCloseToF32) {
     Tensor x = random_tensor({1, 6, 6, 8}, 5);
     Tensor w = random_tensor({8, 8, 3, 3}, 6, 0.2f);
-    nn::Conv2d conv("conv", w.to(DType::BF16), Tensor(), 1);
+    cpu::Conv2d conv("conv", w.to(DType::BF16), Tensor(), 1);
     Tensor ref = conv.forward(x.to(DType::BF16).to(DType::F32));
     Tensor y = conv.forward(x.to(DType::BF16));
     ASSERT_EQ(y.dtype(), DType::BF16);
@@ -123,7 +123,7 @@ TEST(VaeOps, GroupNormMatchesNaiveLoop) {
     Tensor x = random_tensor({B, L, C}, 7, 2.0f);
     for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] += 3.0f;  // a non-zero mean
     Tensor w = random_tensor({C}, 8), bias = random_tensor({C}, 9);
-    nn::GroupNorm gn("gn", w, bias, G, 1e-6f);
+    cpu::GroupNorm gn("gn", w, bias, G, 1e-6f);
     Tensor y = gn.forward(x), ys = gn.forward_silu(x);
     const float* xp = x.data<float>();
     for (int64_t b = 0; b < B; ++b)
@@ -146,12 +146,12 @@ TEST(VaeOps, GroupNormMatchesNaiveLoop) {
                     EXPECT_NEAR(ys.data<float>()[i], r / (1 + std::exp(-r)), 1e-5);
                 }
         }
-    EXPECT_THROW(nn::GroupNorm("gn", w, bias, 5, 1e-6f), ShapeError);  // 12 channels, 5 groups
+    EXPECT_THROW(cpu::GroupNorm("gn", w, bias, 5, 1e-6f), ShapeError);  // 12 channels, 5 groups
 }
 
 TEST(VaeOps, UpsampleNearest2x) {
     Tensor x = random_tensor({2, 3, 4, 5}, 10);
-    Tensor y = nn::upsample_nearest_2x(x);
+    Tensor y = cpu::upsample_nearest_2x(x);
     ASSERT_EQ(y.shape(), (Shape{2, 6, 8, 5}));
     for (int64_t b = 0; b < 2; ++b)
         for (int64_t i = 0; i < 6; ++i)

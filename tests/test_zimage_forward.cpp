@@ -9,7 +9,7 @@
 #include "io/files.h"
 #include "io/safetensors.h"
 #include "models/zimage/transformer.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;

@@ -1,5 +1,5 @@
 // GEMMs through cuBLASLt: the high-precision Linear path, the baseline of the int8 kernels, and the
-// f32 / int32 partial sums of a row-split Linear (parallel/row_split_cuda.h).
+// f32 / int32 partial sums of a row-split Linear (nn/row_split_cuda.h).
 //
 //   y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n])
 //

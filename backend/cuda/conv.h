@@ -4,7 +4,7 @@
 //   y[b, i, j, o] = dt( Σ_{c, u, v} x[b, i+u−p, j+v−p, c] · w[o, c, u, v] + bias[o] )
 //
 // f32 accumulation, the bias added in f32, one rounding to the activation dtype when stored (as
-// nn::Conv2d on the CPU does). Weights are kept on the device in the activation dtype in cuDNN's
+// cpu::Conv2d on the CPU does). Weights are kept on the device in the activation dtype in cuDNN's
 // channels-last filter layout [O, kh, kw, I].
 //
 // Channel padding: cuDNN's NHWC kernels want channel counts that are a multiple of 8 (16-byte

@@ -2,6 +2,27 @@
 
 namespace qdit::cuda {
 
+namespace {
+
+// Device memory of the caching allocator seen through core's Storage.
+class DeviceStorage : public Storage {
+public:
+    DeviceStorage(std::shared_ptr<void> mem, uint8_t* base, size_t size, int device)
+        : mem_(std::move(mem)), base_(base), size_(size) {
+        device_ = {DeviceType::CUDA, device};
+    }
+    uint8_t* data() override { return base_; }
+    size_t size() const override { return size_; }
+    const std::shared_ptr<void>& memory() const { return mem_; }
+
+private:
+    std::shared_ptr<void> mem_;
+    uint8_t* base_;
+    size_t size_;
+};
+
+}  // namespace
+
 void check(cudaError_t e, const char* what) {
     if (e != cudaSuccess) raise<Error>("CUDA error in {}: {}", what, cudaGetErrorString(e));
 }
@@ -53,6 +74,26 @@ DTensor DTensor::rows(int64_t begin, int64_t end) const {
     t.ptr_ = static_cast<uint8_t*>(ptr_) + size_t(begin) * row_bytes;
     t.shape_[0] = end - begin;
     return t;
+}
+
+Tensor DTensor::as_tensor() const {
+    int device = 0;
+    check(cudaGetDevice(&device), "DTensor::as_tensor");
+    auto storage = std::make_shared<DeviceStorage>(mem_, static_cast<uint8_t*>(ptr_), nbytes(), device);
+    return Tensor(storage, 0, shape_, dtype_);
+}
+
+DTensor DTensor::of(const Tensor& t) {
+    if (!t.defined()) return DTensor();
+    const auto* s = dynamic_cast<const DeviceStorage*>(t.storage().get());
+    if (!s)
+        raise<ShapeError>("a {} tensor on {} is not in CUDA memory", shape_str(t.shape()), t.device().str());
+    DTensor d;
+    d.mem_ = s->memory();
+    d.ptr_ = const_cast<void*>(t.raw());
+    d.shape_ = t.shape();
+    d.dtype_ = t.dtype();
+    return d;
 }
 
 }  // namespace qdit::cuda

@@ -44,6 +44,11 @@ public:
     // Rows [begin, end) along dim 0.
     DTensor rows(int64_t begin, int64_t end) const;
 
+    // The same memory as a core Tensor on the current CUDA device (its Storage keeps the memory
+    // alive), and back: a CUDA Tensor seen as a DTensor (any such Tensor, views included).
+    Tensor as_tensor() const;
+    static DTensor of(const Tensor& t);
+
 private:
     std::shared_ptr<void> mem_;
     void* ptr_ = nullptr;

@@ -2,6 +2,7 @@
 
 #include "backend/cuda/bf16_math.cuh"
 #include "backend/cuda/block_reduce.cuh"
+#include "core/error.h"
 
 #include <cuda_bf16.h>
 
@@ -117,6 +118,24 @@ cudaError_t launch_vec(const void* x, int64_t m, int64_t k, int64_t ldx, int8_t*
 int device_count() {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
+namespace {
+__global__ void probe_kernel() {}
+}  // namespace
+
+void require_code_for_device(int device) {
+    cudaFuncAttributes a;
+    const cudaError_t e = cudaFuncGetAttributes(&a, probe_kernel);
+    if (e == cudaSuccess) return;
+    cudaGetLastError();  // clear the sticky-free error of the query
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    raise<Error>("CUDA device {} (compute capability {}.{}) cannot run this build's kernels ({}): rebuild with its "
+                 "architecture in CMAKE_CUDA_ARCHITECTURES (e.g. -DCMAKE_CUDA_ARCHITECTURES={}{}-real), or add a "
+                 "PTX entry such as 90-virtual",
+                 device, major, minor, cudaGetErrorString(e), major, minor);
 }
 
 cudaError_t quantize_rows_int8_bf16(const void* x, int64_t m, int64_t k, int64_t ldx, int8_t* q,

@@ -9,6 +9,11 @@ namespace qdit::cuda {
 // Number of CUDA devices visible (0 when there is no driver or device).
 int device_count();
 
+// Throws qdit::Error naming the device's compute capability and the build option to change when
+// this build carries no code that runs on the current device (its architecture not among
+// CMAKE_CUDA_ARCHITECTURES and no PTX for an earlier one): said once, before any weight is loaded.
+void require_code_for_device(int device);
+
 // q[m, k] = clamp(round_half_even(x / s[m]), -127, 127), s[m] = absmax(x[m, :]) / 127
 // (an all-zero row gets s = 1). x is bf16 with row stride ldx (elements).
 // One block per row; when k % 8 == 0, ldx % 8 == 0, x is 16-byte and q 8-byte aligned (and

@@ -352,11 +352,17 @@ struct MmPlan {
     cublasLtMatmulAlgo_t algo{};
 };
 
+// One device's handle and workspace; its lock is held from setting a cached descriptor's bias
+// pointer to the launch that reads it (a launch may block while the device's queue is full: a lock
+// for every device would then stall the other GPUs' threads too).
 struct MmDevice {
+    std::mutex mu;
     cublasLtHandle_t handle = nullptr;
     void* workspace = nullptr;
 };
 
+// The devices and the plans (keyed by device, plans of one device are used under its lock); `mu`
+// guards the two maps only.
 struct MmState {
     std::mutex mu;
     std::map<int, MmDevice> devices;
@@ -595,15 +601,25 @@ void matmul(const void* x, int64_t ldx, const void* w, int64_t ldw, bool w_nk, c
     int dev = 0;
     check(cudaGetDevice(&dev), "VAE matmul");
     MmState& st = mm_state();
-    std::lock_guard<std::mutex> lock(st.mu);  // the cached descriptor gets this call's bias pointer
-    MmDevice& d = st.devices[dev];
-    if (!d.handle) lt_check(cublasLtCreate(&d.handle), "cublasLtCreate");
-    if (!d.workspace) check(cudaMalloc(&d.workspace, kWorkspaceBytes), "VAE matmul workspace");
     const MmKey key{dev,        m,   n,           k,           ldx,         ldw,        ldy,
                     w_nk,       bias != nullptr, in, out, alignment(x), alignment(w), alignment(y)};
-    auto it = st.plans.find(key);
-    if (it == st.plans.end()) it = st.plans.emplace(key, make_mm_plan(d.handle, key)).first;
-    const MmPlan& plan = it->second;
+    MmDevice* dp;
+    {
+        std::lock_guard<std::mutex> maps(st.mu);
+        dp = &st.devices[dev];  // std::map: the element stays where it is
+    }
+    MmDevice& d = *dp;
+    std::lock_guard<std::mutex> lock(d.mu);  // the cached descriptor gets this call's bias pointer
+    if (!d.handle) lt_check(cublasLtCreate(&d.handle), "cublasLtCreate");
+    if (!d.workspace) check(cudaMalloc(&d.workspace, kWorkspaceBytes), "VAE matmul workspace");
+    const MmPlan* plan_p;
+    {
+        std::lock_guard<std::mutex> maps(st.mu);
+        auto it = st.plans.find(key);
+        if (it == st.plans.end()) it = st.plans.emplace(key, make_mm_plan(d.handle, key)).first;
+        plan_p = &it->second;
+    }
+    const MmPlan& plan = *plan_p;
     if (bias)
         lt_check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
                  "set BIAS_POINTER");

@@ -34,7 +34,7 @@ void transpose(const void* src, DType src_dt, void* dst, DType dt, int64_t B, in
                cudaStream_t stream);
 
 // GroupNorm over channels-last x [B, L, C] (groups runs of C / groups channels, normalised over
-// all L positions), as nn::GroupNorm: mean and biased variance in double, scale = f32(rstd·w),
+// all L positions), as cpu::GroupNorm: mean and biased variance in double, scale = f32(rstd·w),
 // shift = f32(b − mean·rstd·w), y = dt(x·scale + shift); with silu, y = dt(v / (1 + exp(−v)))
 // where v = dt(x·scale + shift). weight, bias F32 [C]. y may alias x.
 void group_norm(const void* x, void* y, DType dt, int64_t B, int64_t L, int64_t C, int64_t groups,
@@ -62,7 +62,7 @@ void matmul(const void* x, int64_t ldx, const void* w, int64_t ldw, bool w_nk, c
             int64_t ldy, int64_t m, int64_t n, int64_t k, DType in, DType out, cudaStream_t stream);
 
 // Single-head attention without mask over L tokens of dim d (the VAE mid block), as
-// nn::scaled_dot_product_attention: scores q·kᵀ in f32 (cuBLASLt), s·(1/√d) in f32, p =
+// cpu::scaled_dot_product_attention: scores q·kᵀ in f32 (cuBLASLt), s·(1/√d) in f32, p =
 // exp(s − max) with the sum in double, p rounded to dt before P·V (f32 accumulation), the output
 // o = dt(acc · (1/sum)). q, k, v: token t at ptr[t·ld] (columns of one fused projection); o [L,
 // ldo]. Queries run in chunks whose f32 scores and dt probabilities fit `max_scratch_bytes`

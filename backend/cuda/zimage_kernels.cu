@@ -16,7 +16,7 @@ namespace {
 using bf16 = __nv_bfloat16;
 
 __device__ __forceinline__ float rbf(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
-// nn::silu in f32: x / (1 + e^-x), IEEE division.
+// cpu::silu in f32: x / (1 + e^-x), IEEE division.
 __device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
 
 __device__ __forceinline__ float warp_max(float v) {

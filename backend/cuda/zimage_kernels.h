@@ -15,12 +15,12 @@
 namespace qdit::cuda {
 
 // One pass per row (token) over the residual stream x [m, k]:
-//   1. residual (when y is set), nn::RMSNorm::add_to: x ← x + gate · rms(y; w_res, eps_res)
+//   1. residual (when y is set), cpu::RMSNorm::add_to: x ← x + gate · rms(y; w_res, eps_res)
 //      (gate F32 [k] or null: x ← x + rms(y)); with w_res null a plain add x ← bf16(x + y) (a
 //      pre-norm block's residual, as torch adds two bf16 tensors; gate must then be null);
 //   2. normalization of (the updated) x: norm = None passes x through, Rms is
-//      nn::RMSNorm::forward[_scaled] (w bf16 [k], scale F32 [k] or null), LayerNorm is
-//      nn::layer_norm (no affine, w unused; scale F32 [k] or null);
+//      cpu::RMSNorm::forward[_scaled] (w bf16 [k], scale F32 [k] or null), LayerNorm is
+//      cpu::layer_norm (no affine, w unused; scale F32 [k] or null);
 //   3. outputs of step 2: bf16 to `out` (or null) and/or int8 to q / qs (or null).
 enum class RowNorm { None, Rms, LayerNorm };
 struct RowOp {
@@ -53,9 +53,9 @@ void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t
             int64_t ldq, cudaStream_t stream);
 
 // Which dims RoPE rotates together, and with which roundings (freqs hold (cos, sin) of pair i):
-//   Interleaved: dims (2i, 2i + 1), as nn::apply_rope (Z-Image): cos / sin in f32, a·c − b·s and
+//   Interleaved: dims (2i, 2i + 1), as cpu::apply_rope (Z-Image): cos / sin in f32, a·c − b·s and
 //                a·s + b·c with each f32 product rounded separately (no fma), one bf16 rounding;
-//   Half:        dims (i, i + hd/2), as nn::apply_rope_half (Llama / Qwen3's rotate_half): cos and
+//   Half:        dims (i, i + hd/2), as cpu::apply_rope_half (Llama / Qwen3's rotate_half): cos and
 //                sin rounded to bf16 first, each product rounded to bf16, their sum rounded again
 //                (torch's three bf16 ops).
 enum class RopeLayout { Interleaved, Half };
@@ -63,7 +63,7 @@ enum class RopeLayout { Interleaved, Half };
 // In place on the q and k parts of a fused projection: token t's head h of q starts at
 // qkv[t·ld + h·hd], of k at qkv[t·ld + k_offset + h·hd]; q has `heads` heads, k has kv_heads
 // (0: as many as q; grouped-query attention has fewer, 1 <= kv_heads <= heads). When wq / wk
-// (bf16 [hd]) are set each head is RMS-normalized first (nn::RMSNorm, eps); then rotated by freqs
+// (bf16 [hd]) are set each head is RMS-normalized first (cpu::RMSNorm, eps); then rotated by freqs
 // F32 [m, hd/2, 2] (cos, sin) in `layout`. hd even, at most 256.
 void qk_norm_rope(void* qkv, int64_t ld, int64_t k_offset, int64_t m, int64_t heads, int64_t hd, const void* wq,
                   const void* wk, float eps, const float* freqs, cudaStream_t stream,

@@ -22,7 +22,7 @@
 #include "backend/cuda/device_tensor.h"
 #include "io/safetensors.h"
 #include "models/zimage/transformer_cuda.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 using namespace qdit;
 

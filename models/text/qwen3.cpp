@@ -5,10 +5,12 @@
 
 #include <fmt/format.h>
 
-#include "core/threads.h"
 #include "io/files.h"
-#include "nn/attention.h"
-#include "nn/elementwise.h"
+#include "ops/attention.h"
+#include "ops/embedding.h"
+#include "ops/glu.h"
+#include "ops/rope.h"
+#include "ops/row.h"
 
 using nlohmann::json;
 
@@ -20,26 +22,13 @@ void require(bool ok, const std::string& where, const std::string& what) {
     if (!ok) raise<ConfigError>("{}: {}", where, what);
 }
 
-// x ← x + y elementwise, rounded once for BF16 like torch's residual add.
-void add_inplace(Tensor& x, const Tensor& y) {
-    QDIT_CHECK(x.shape() == y.shape() && x.dtype() == y.dtype(), "add: {} vs {}",
-               shape_str(x.shape()), shape_str(y.shape()));
-    nn::dispatch_float(x.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        T* a = x.data<T>();
-        const T* b = y.data<T>();
-        parallel_for(x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
-            for (int64_t i = begin; i < end; ++i) nn::store(a, i, nn::load(a, i) + nn::load(b, i));
-        });
-    });
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------
 // Config and parameter layout
 
 Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
+    using namespace config_limits;
     Qwen3Config c;
     require(j.is_object(), where, "config must be a JSON object");
     if (j.contains("architectures")) {
@@ -52,15 +41,15 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
             fmt::format("field 'architectures' names '{}'; a Qwen3 text encoder is Qwen3Model or "
                         "Qwen3ForCausalLM",
                         c.architecture));
-    read_config_field(j, where, "vocab_size", &c.vocab_size);
-    read_config_field(j, where, "hidden_size", &c.hidden_size);
-    read_config_field(j, where, "intermediate_size", &c.intermediate_size);
-    read_config_field(j, where, "num_hidden_layers", &c.num_hidden_layers);
-    read_config_field(j, where, "num_attention_heads", &c.num_attention_heads);
+    read_config_field(j, where, "vocab_size", &c.vocab_size, {1, kVocab});
+    read_config_field(j, where, "hidden_size", &c.hidden_size, {1, kWidth});
+    read_config_field(j, where, "intermediate_size", &c.intermediate_size, {1, kFfnWidth});
+    read_config_field(j, where, "num_hidden_layers", &c.num_hidden_layers, {1, kLayers});
+    read_config_field(j, where, "num_attention_heads", &c.num_attention_heads, {1, kHeads});
     c.num_key_value_heads = c.num_attention_heads;  // transformers: None means MHA
-    read_config_field(j, where, "num_key_value_heads", &c.num_key_value_heads);
-    read_config_field(j, where, "head_dim", &c.head_dim);
-    read_config_field(j, where, "rms_norm_eps", &c.rms_norm_eps);
+    read_config_field(j, where, "num_key_value_heads", &c.num_key_value_heads, {1, kHeads});
+    read_config_field(j, where, "head_dim", &c.head_dim, {2, kWidth});
+    read_config_field(j, where, "rms_norm_eps", &c.rms_norm_eps, {1e-12, 1.0});
     read_config_field(j, where, "attention_bias", &c.attention_bias);
     read_config_field(j, where, "tie_word_embeddings", &c.tie_word_embeddings);
 
@@ -87,9 +76,9 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
     if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
         const json& rp = j["rope_parameters"];
         read_config_field(rp, where + " rope_parameters", "rope_type", &rope_type);
-        read_config_field(rp, where + " rope_parameters", "rope_theta", &c.rope_theta);
+        read_config_field(rp, where + " rope_parameters", "rope_theta", &c.rope_theta, {1.0, 1e12});
     } else {
-        read_config_field(j, where, "rope_theta", &c.rope_theta);
+        read_config_field(j, where, "rope_theta", &c.rope_theta, {1.0, 1e12});
         if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
             const json& rs = j["rope_scaling"];
             require(rs.is_object(), where, "field 'rope_scaling' must be an object or null");
@@ -101,19 +90,10 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
     require(rope_type == "default", where,
             fmt::format("rope type '{}' is not supported (only 'default')", rope_type));
 
-    require(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0, where,
-            "vocab_size, hidden_size and intermediate_size must be positive");
-    require(c.num_hidden_layers > 0, where, "num_hidden_layers must be positive");
-    require(c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
-                c.num_attention_heads % c.num_key_value_heads == 0,
-            where,
-            fmt::format("num_attention_heads ({}) must be a positive multiple of "
-                        "num_key_value_heads ({})",
+    require(c.num_attention_heads % c.num_key_value_heads == 0, where,
+            fmt::format("num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                         c.num_attention_heads, c.num_key_value_heads));
-    require(c.head_dim > 0 && c.head_dim % 2 == 0, where,
-            fmt::format("head_dim ({}) must be even and positive", c.head_dim));
-    require(c.rms_norm_eps > 0, where, "rms_norm_eps must be positive");
-    require(c.rope_theta > 0, where, "rope_theta must be positive");
+    require(c.head_dim % 2 == 0, where, fmt::format("head_dim ({}) must be even", c.head_dim));
     return c;
 }
 
@@ -154,111 +134,110 @@ ModelSpec model_spec(const Qwen3Config& c) {
 }
 
 // ---------------------------------------------------------------------------
-// Modules
-
-Tensor Qwen3Attention::forward(const Tensor& x, const Tensor& key_mask, const Tensor& freqs) const {
-    const int64_t B = x.size(0), L = x.size(1);
-    Tensor q = q_norm.forward(q_proj.forward(x).view({B, L, heads, head_dim}));
-    Tensor k = k_norm.forward(k_proj.forward(x).view({B, L, kv_heads, head_dim}));
-    Tensor v = v_proj.forward(x).view({B, L, kv_heads, head_dim});
-    nn::apply_rope_half(q, freqs);
-    nn::apply_rope_half(k, freqs);
-    Tensor o = nn::scaled_dot_product_attention(q, k, v, key_mask, /*causal=*/true);
-    return o_proj.forward(o.view({B, L, heads * head_dim}));
-}
-
-Tensor Qwen3DecoderLayer::forward(const Tensor& x_in, const Tensor& key_mask,
-                                  const Tensor& freqs) const {
-    Tensor x = x_in.to(x_in.dtype());  // the residual stream is updated in place below
-    add_inplace(x, self_attn.forward(input_layernorm.forward(x), key_mask, freqs));
-    add_inplace(x, mlp.forward(post_attention_layernorm.forward(x)));
-    return x;
-}
-
-// ---------------------------------------------------------------------------
 // Loading
 
-Qwen3TextModel::Qwen3TextModel(const PreparedModel& m, DType compute)
+Qwen3TextModel::Qwen3TextModel(const PreparedModel& m, DType compute, const ops::Context& ctx)
     : cfg_(Qwen3Config::from_json(m.folder.config, m.folder.config_path)),
       dt_(compute),
+      ctx_(ctx),
       where_(m.folder.root) {
     if (compute != DType::F32 && compute != DType::BF16)
         raise<ConfigError>("the Qwen3 text encoder runs in F32 or BF16, not {}",
                            dtype_name(compute));
+    if (ctx.cuda() && compute != DType::BF16)
+        raise<ConfigError>("the Qwen3 text encoder runs in BF16 on {}, not {}", ctx.device.str(),
+                           dtype_name(compute));
     std::map<std::string, const LayerPlan*> plans;
     for (const LayerPlan& l : m.plan.layers) plans[l.spec.name] = &l;
-    auto linear = [&](const std::string& name) {
+    const Checkpoint& ck = *m.checkpoint;
+    const int64_t Ip = round_up(cfg_.intermediate_size, 16);
+    auto member = [&](const std::string& name, int64_t n_pad = 0, int64_t k_pad = 0) {
         auto it = plans.find(name);
         if (it == plans.end())
             raise<ShapeError>("{}: no Linear layer '{}' in the model plan", where_, name);
-        return load_linear(m, *it->second, dt_);
+        return nn::LinearGroup::Member{it->second, n_pad, k_pad};
     };
-    auto rms = [&](const std::string& name) {
-        return nn::RMSNorm(name, m.checkpoint->get_as(name + ".weight", dt_),
-                           float(cfg_.rms_norm_eps));
+    auto group = [&](const std::vector<nn::LinearGroup::Member>& ms) {
+        nn::LinearGroup g(ck, ms, dt_, ctx_);
+        bytes_ += g.weight_bytes();
+        n_int8_ += g.int8_members();
+        return g;
+    };
+    auto tensor = [&](const std::string& name) {
+        Tensor t = ops::to_device(ck.get_as(name, dt_), ctx_, ops::Memory::Weight);
+        bytes_ += t.nbytes();
+        return t;
     };
     const std::string p = cfg_.prefix();
-    embed_tokens_ = m.checkpoint->get(p + "embed_tokens.weight");
+    embed_tokens_ = tensor(p + "embed_tokens.weight");
     for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
         const std::string l = fmt::format("{}layers.{}.", p, i);
-        Qwen3DecoderLayer layer;
-        layer.input_layernorm = rms(l + "input_layernorm");
-        layer.post_attention_layernorm = rms(l + "post_attention_layernorm");
-        Qwen3Attention& a = layer.self_attn;
-        a.q_proj = linear(l + "self_attn.q_proj");
-        a.k_proj = linear(l + "self_attn.k_proj");
-        a.v_proj = linear(l + "self_attn.v_proj");
-        a.o_proj = linear(l + "self_attn.o_proj");
-        a.q_norm = rms(l + "self_attn.q_norm");
-        a.k_norm = rms(l + "self_attn.k_norm");
-        a.heads = cfg_.num_attention_heads;
-        a.kv_heads = cfg_.num_key_value_heads;
-        a.head_dim = cfg_.head_dim;
-        layer.mlp = {linear(l + "mlp.gate_proj"), linear(l + "mlp.down_proj"),
-                     linear(l + "mlp.up_proj")};
+        Layer layer;
+        layer.qkv = group({member(l + "self_attn.q_proj"), member(l + "self_attn.k_proj"),
+                           member(l + "self_attn.v_proj")});
+        layer.o = group({member(l + "self_attn.o_proj")});
+        layer.gate_up = group({member(l + "mlp.gate_proj", Ip), member(l + "mlp.up_proj", Ip)});
+        layer.down = group({member(l + "mlp.down_proj", 0, Ip)});
+        layer.input_norm = tensor(l + "input_layernorm.weight");
+        layer.post_norm = tensor(l + "post_attention_layernorm.weight");
+        layer.q_norm = tensor(l + "self_attn.q_norm.weight");
+        layer.k_norm = tensor(l + "self_attn.k_norm.weight");
         layers_.push_back(std::move(layer));
     }
-    norm_ = rms(p + "norm");
-    rope_ = nn::RotaryHalf(cfg_.rope_theta, cfg_.head_dim);
+    norm_ = tensor(p + "norm.weight");
 }
 
 // ---------------------------------------------------------------------------
 // Forward
 
-// Rows of embed_tokens in the compute dtype (a bf16 table is widened exactly,
-// an f32 one rounded to nearest even, as loading it in that dtype would).
-Tensor Qwen3TextModel::embed(const std::vector<int32_t>& ids) const {
-    const int64_t D = cfg_.hidden_size, n = int64_t(ids.size());
-    Tensor out = Tensor::empty({n, D}, dt_);
-    std::vector<float> row(static_cast<size_t>(D));
-    const size_t in_row = size_t(D) * dtype_size(embed_tokens_.dtype()),
-                 out_row = size_t(D) * dtype_size(dt_);
-    for (int64_t i = 0; i < n; ++i) {
-        const int32_t id = ids[size_t(i)];
-        if (id < 0 || id >= cfg_.vocab_size)
-            raise<ShapeError>("{}: token id {} at position {} is outside the vocabulary [0, {})",
-                              where_, id, i, cfg_.vocab_size);
-        convert_to_f32(static_cast<const uint8_t*>(embed_tokens_.raw()) + size_t(id) * in_row,
-                       embed_tokens_.dtype(), row.data(), D);
-        convert_from_f32(row.data(), static_cast<uint8_t*>(out.raw()) + size_t(i) * out_row, dt_,
-                         D);
-    }
-    return out;
-}
-
 Tensor Qwen3TextModel::run(const std::vector<int32_t>& ids, const std::vector<int64_t>& pos,
-                           int64_t B, int64_t L, const Tensor& key_mask, int from_end) const {
-    const int64_t N = cfg_.num_hidden_layers;
+                           int64_t B, const Tensor& key_mask, int from_end) const {
+    const int64_t N = cfg_.num_hidden_layers, H = cfg_.num_attention_heads,
+                  Hkv = cfg_.num_key_value_heads, hd = cfg_.head_dim;
+    const float eps = float(cfg_.rms_norm_eps);
     if (from_end < 1 || from_end > N + 1)
         raise<ShapeError>("Qwen3: hidden state -{} does not exist (the model has {} hidden states, "
                           "choose 1..{})",
                           from_end, N + 1, N + 1);
-    const Tensor freqs = rope_.freqs(pos).view({B, L, cfg_.head_dim / 2, 2});
+    Tensor x;
+    try {
+        x = ops::embedding(embed_tokens_, ids, ctx_);
+    } catch (const ShapeError& e) {
+        raise<ShapeError>("{}: {}", where_, e.what());
+    }
     // hidden_states[-k] for k >= 2 is the output of the first N + 1 − k layers.
     const int64_t run_layers = from_end == 1 ? N : N + 1 - from_end;
-    Tensor x = embed(ids).view({B, L, cfg_.hidden_size});
-    for (int64_t i = 0; i < run_layers; ++i) x = layers_[size_t(i)].forward(x, key_mask, freqs);
-    return from_end == 1 ? norm_.forward(x) : x;
+    if (run_layers == 0) return x;
+    const Tensor freqs = ops::to_device(ops::rope_half_table(cfg_.rope_theta, hd, pos), ctx_);
+
+    const ops::ActivationSpec none{false, false};
+    ops::Activation qin = ops::add_rms_norm(x, Tensor(), layers_[0].input_norm, eps,
+                                            layers_[0].qkv.input_spec(), ctx_);
+    Tensor out;  // the final norm's output (from_end 1)
+    for (int64_t li = 0; li < run_layers; ++li) {
+        const Layer& L = layers_[size_t(li)];
+        // Attention: q|k|v → q/k RMSNorm + RoPE → causal grouped-query SDPA → o_proj.
+        Tensor qkv = L.qkv.forward(qin);
+        qin = {};
+        ops::qk_rms_norm_rope_half(qkv, H, Hkv, hd, L.q_norm, L.k_norm, eps, freqs, ctx_);
+        Tensor y = L.o.forward({ops::attention(qkv, B, H, Hkv, hd, /*causal=*/true, key_mask, ctx_)});
+        qkv = Tensor();
+        // x += attention; post_attention_layernorm → gate|up → SwiGLU → down_proj.
+        Tensor h = L.gate_up.forward(ops::add_rms_norm(x, y, L.post_norm, eps, L.gate_up.input_spec(), ctx_));
+        y = L.down.forward(ops::swiglu(h, L.gate_up.column(1), L.down.input_spec(), ctx_));
+        h = Tensor();
+        // x += mlp, fused with the next RMSNorm: the next layer's input_layernorm, the final norm
+        // when hidden_states[-1] is asked for, or none.
+        if (li + 1 < run_layers) {
+            const Layer& next = layers_[size_t(li + 1)];
+            qin = ops::add_rms_norm(x, y, next.input_norm, eps, next.qkv.input_spec(), ctx_);
+        } else if (from_end == 1) {
+            out = ops::add_rms_norm(x, y, norm_, eps, {true, false, cfg_.hidden_size, cfg_.hidden_size}, ctx_).x;
+        } else {
+            ops::add_rms_norm(x, y, Tensor(), eps, none, ctx_);
+        }
+    }
+    return from_end == 1 ? out : x;
 }
 
 Tensor Qwen3TextModel::hidden_states(const std::vector<int32_t>& ids,
@@ -276,11 +255,11 @@ Tensor Qwen3TextModel::hidden_states(const std::vector<int32_t>& ids,
         key_mask = Tensor::empty({batch, L}, DType::U8);
         for (size_t i = 0; i < mask.size(); ++i) key_mask.data<uint8_t>()[i] = mask[i] ? 1 : 0;
     }
-    return run(ids, pos, batch, L, key_mask, from_end);
+    return ops::to_host(run(ids, pos, batch, key_mask, from_end), ctx_).view({batch, L, cfg_.hidden_size});
 }
 
-Tensor Qwen3TextModel::encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
-                              int from_end) const {
+Tensor Qwen3TextModel::encode_device(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
+                                     int from_end) const {
     if (mask.size() != ids.size())
         raise<ShapeError>("Qwen3: {} ids but {} mask values", ids.size(), mask.size());
     std::vector<int32_t> kept;
@@ -291,8 +270,12 @@ Tensor Qwen3TextModel::encode(const std::vector<int32_t>& ids, const std::vector
             pos.push_back(int64_t(i));
         }
     if (kept.empty()) raise<ShapeError>("Qwen3: the attention mask selects no token");
-    const int64_t n = int64_t(kept.size());
-    return run(kept, pos, 1, n, Tensor(), from_end).view({n, cfg_.hidden_size});
+    return run(kept, pos, 1, Tensor(), from_end);
+}
+
+Tensor Qwen3TextModel::encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
+                              int from_end) const {
+    return ops::to_host(encode_device(ids, mask, from_end), ctx_);
 }
 
 }  // namespace qdit::text

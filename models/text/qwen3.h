@@ -1,8 +1,10 @@
-// Qwen3 text model (transformers' Qwen3Model) on the CPU: Z-Image's text
-// encoder. Modules are named like the checkpoint keys ("model." prefixed when
-// the folder was saved from Qwen3ForCausalLM, as Z-Image's text_encoder/ is);
-// every Linear is loaded as the quantization plan says (dense F32/BF16 or
-// int8 W8A8; the caller's QuantConfig decides, off by default).
+// Qwen3 text model (transformers' Qwen3Model): Z-Image's text encoder, written once over ops/ and
+// nn/ for every device. Modules are named like the checkpoint keys ("model." prefixed when the
+// folder was saved from Qwen3ForCausalLM, as Z-Image's text_encoder/ is); every Linear is loaded
+// as the quantization plan says (dense or int8 W8A8; the caller's QuantConfig decides, off by
+// default). q_proj / k_proj / v_proj run as one Linear group, gate_proj / up_proj as another (on a
+// GPU: one GEMM each per precision, padded to multiples of 16); q/k RMSNorm + rotate-half RoPE run
+// on the fused output; each residual add is fused with the RMSNorm that follows it.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -11,12 +13,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/tensor.h"
+#include "models/loader.h"
 #include "models/model_spec.h"
-#include "nn/feed_forward.h"
-#include "nn/linear.h"
-#include "nn/norm.h"
-#include "nn/rope_half.h"
-#include "quant/model.h"
+#include "nn/linear_group.h"
+#include "ops/context.h"
 
 namespace qdit::text {
 
@@ -49,36 +49,22 @@ struct Qwen3Config {
 // text encoder at all is the caller's choice.
 ModelSpec model_spec(const Qwen3Config& c);
 
-// <layer>.self_attn: q/k/v projections, per-head RMSNorm of q and k, rotate-
-// half RoPE, causal grouped-query SDPA, o_proj.
-struct Qwen3Attention {
-    nn::Linear q_proj, k_proj, v_proj, o_proj;
-    nn::RMSNorm q_norm, k_norm;
-    int64_t heads = 0, kv_heads = 0, head_dim = 0;
-
-    // x [B, L, hidden]; key_mask U8 [B, L] or undefined; freqs [B, L, head_dim/2, 2].
-    Tensor forward(const Tensor& x, const Tensor& key_mask, const Tensor& freqs) const;
-};
-
-// One Qwen3DecoderLayer: pre-norm attention and SwiGLU MLP, each added to the
-// residual stream. The MLP is gate_proj / up_proj / down_proj, held as
-// FeedForward's w1 / w3 / w2.
-struct Qwen3DecoderLayer {
-    nn::RMSNorm input_layernorm, post_attention_layernorm;
-    Qwen3Attention self_attn;
-    nn::FeedForward mlp;
-
-    Tensor forward(const Tensor& x, const Tensor& key_mask, const Tensor& freqs) const;
-};
-
 class Qwen3TextModel {
 public:
-    // Loads every module of `m` (a text_encoder/ folder opened with
-    // prepare_model) with activations in `compute` (F32 or BF16).
-    Qwen3TextModel(const PreparedModel& m, DType compute);
+    // Loads every module of `m` (a text_encoder/ folder opened with prepare_model) onto ctx's
+    // device with activations in `compute` (the CPU: F32 or BF16; a GPU: BF16). The embedding
+    // table and norms are held in the compute dtype (an f32 table rounded to nearest even).
+    Qwen3TextModel(const PreparedModel& m, DType compute, const ops::Context& ctx = {});
 
     const Qwen3Config& config() const { return cfg_; }
     DType compute_dtype() const { return dt_; }
+    const ops::Context& context() const { return ctx_; }
+    void set_attention(ops::AttentionImpl impl) { ctx_.attention = impl; }
+    // Linear layers that run in int8 / in total.
+    int int8_layers() const { return n_int8_; }
+    int linear_layers() const { return 7 * int(cfg_.num_hidden_layers); }
+    // Bytes held on the device by the weights (embedding table and norms included).
+    size_t weight_bytes() const { return bytes_; }
 
     // transformers' Qwen3Model(input_ids, attention_mask, output_hidden_states=True)
     // .hidden_states[-from_end] for a batch: ids and mask [batch, L] row-major,
@@ -87,31 +73,40 @@ public:
     // left-padding token, gets a zero attention output). from_end 1 is the
     // final norm's output; from_end k >= 2 is the raw output of decoder layer
     // num_hidden_layers − k (0-based), k = num_hidden_layers + 1 the
-    // embeddings. Returns [batch, L, hidden] in the compute dtype, padded
-    // rows included.
+    // embeddings. Returns [batch, L, hidden] in the compute dtype on the host, padded
+    // rows included. A GPU runs unpadded batches only (a mask of all ones).
     Tensor hidden_states(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
                          int64_t batch, int from_end = 2) const;
 
     // ZImagePipeline._encode_prompt for one tokenized prompt: hidden_states
     // (from_end 2 by default) restricted to the rows where mask is nonzero →
-    // [n_valid, hidden]. Only those tokens are computed: with causal attention
-    // and their original positions, padding cannot change them.
+    // [n_valid, hidden] on the host. Only those tokens are computed: with causal attention
+    // and their original positions, padding cannot change them; an id under a zero mask value
+    // is never read.
     Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
                   int from_end = 2) const;
+    // The same, left on the model's device.
+    Tensor encode_device(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
+                         int from_end = 2) const;
 
 private:
-    // Tokens [B, L] with positions pos (B·L) → hidden_states[-from_end].
+    struct Layer {
+        nn::LinearGroup qkv, o, gate_up, down;
+        Tensor input_norm, post_norm, q_norm, k_norm;  // [hidden] / [head_dim], compute dtype
+    };
+    // Tokens [B, L] with positions pos (B·L) → hidden_states[-from_end] [B·L, hidden] on the device.
     Tensor run(const std::vector<int32_t>& ids, const std::vector<int64_t>& pos, int64_t B,
-               int64_t L, const Tensor& key_mask, int from_end) const;
-    Tensor embed(const std::vector<int32_t>& ids) const;
+               const Tensor& key_mask, int from_end) const;
 
     Qwen3Config cfg_;
     DType dt_ = DType::F32;
-    std::string where_;     // the folder, for errors
-    Tensor embed_tokens_;   // [vocab, hidden] as stored (rows are converted when gathered)
-    std::vector<Qwen3DecoderLayer> layers_;
-    nn::RMSNorm norm_;
-    nn::RotaryHalf rope_;
+    ops::Context ctx_;
+    std::string where_;  // the folder, for errors
+    Tensor embed_tokens_;  // [vocab, hidden]
+    std::vector<Layer> layers_;
+    Tensor norm_;
+    int n_int8_ = 0;
+    size_t bytes_ = 0;
 };
 
 }  // namespace qdit::text

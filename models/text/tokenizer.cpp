@@ -223,14 +223,6 @@ struct AddedToken {
     bool special;
 };
 
-// Whitespace-free form, so template checks ignore indentation.
-std::string squeeze(std::string_view s) {
-    std::string out;
-    for (char c : s)
-        if (c != ' ' && c != '\n' && c != '\t' && c != '\r') out += c;
-    return out;
-}
-
 }  // namespace
 
 // ---- implementation ----------------------------------------------------------
@@ -249,7 +241,8 @@ struct BpeTokenizer::Impl {
 
     std::optional<int32_t> pad_id;
     std::string config_path;
-    std::string chat_template;  // empty: none
+    std::string chat_template;       // empty: none
+    std::string chat_template_path;  // the file it came from
 
     mutable std::mutex cache_mu;
     mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
@@ -618,8 +611,10 @@ BpeTokenizer BpeTokenizer::from_dir(const std::string& dir) {
     auto tpl = cfg.find("chat_template");
     if (tpl != cfg.end() && !tpl->is_null()) {
         im.chat_template = f.string(*tpl, "chat_template");
+        im.chat_template_path = f.path;
     } else if (path_exists((fs::path(dir) / "chat_template.jinja").string())) {
-        im.chat_template = read_text_file((fs::path(dir) / "chat_template.jinja").string());
+        im.chat_template_path = (fs::path(dir) / "chat_template.jinja").string();
+        im.chat_template = read_text_file(im.chat_template_path);
     }
     return tok;
 }
@@ -695,41 +690,7 @@ size_t BpeTokenizer::vocab_size() const {
     return impl_->id_kind.size();
 }
 
-std::string BpeTokenizer::apply_chat_template_zimage(std::string_view prompt) const {
-    const Impl& im = *impl_;
-    const std::string& where = im.config_path.empty() ? im.path : im.config_path;
-    if (im.chat_template.empty())
-        raise<ConfigError>(
-            "{}: no chat template ('chat_template' or chat_template.jinja beside it)", where);
-    // Qwen3's template renders a lone user message as this user turn, and its
-    // generation prompt with enable_thinking=true as '<|im_start|>assistant\n'
-    // alone (a system block only appears for a system message). Templates
-    // without these pieces, such as Qwen2.5's (default system prompt) or one
-    // that always opens <think>, render differently.
-    const std::string t = squeeze(im.chat_template);
-    auto has = [&](const char* fragment) { return t.find(squeeze(fragment)) != std::string::npos; };
-    const bool user_turn =
-        has(R"('<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n')") ||
-        has(R"('<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n')");
-    const std::string generation = squeeze(R"(
-        {%- if add_generation_prompt %}
-            {{- '<|im_start|>assistant\n' }}
-            {%- if enable_thinking is defined and enable_thinking is false %}
-                {{- '<think>\n\n</think>\n\n' }}
-            {%- endif %}
-        {%- endif %})");
-    const bool ends_with_generation =
-        t.size() >= generation.size() &&
-        t.compare(t.size() - generation.size(), generation.size(), generation) == 0;
-    if (!user_turn || !ends_with_generation)
-        raise<ConfigError>(
-            "{}: the chat template is not Qwen3's; only that template (the one Z-Image uses) is "
-            "rendered, as there is no Jinja engine",
-            where);
-    std::string s = "<|im_start|>user\n";
-    s.append(prompt);
-    s += "<|im_end|>\n<|im_start|>assistant\n";
-    return s;
-}
+const std::string& BpeTokenizer::chat_template() const { return impl_->chat_template; }
+const std::string& BpeTokenizer::chat_template_path() const { return impl_->chat_template_path; }
 
 }  // namespace qdit::text

@@ -58,15 +58,11 @@ public:
     int32_t pad_token_id() const;  // ConfigError when the folder names no pad token
     size_t vocab_size() const;     // largest id + 1 (vocabulary and added tokens)
 
-    // The prompt string ZImagePipeline builds:
-    //   apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-    //                       add_generation_prompt=True, enable_thinking=True)
-    // There is no Jinja engine here: this renders the one case Z-Image uses,
-    // "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n", after
-    // checking that the loaded template is Qwen3's (whose user turn and
-    // generation prompt give exactly that). Any other template is a
-    // ConfigError.
-    std::string apply_chat_template_zimage(std::string_view prompt) const;
+    // The chat template as loaded (tokenizer_config.json "chat_template", else
+    // chat_template.jinja; empty when neither) and the file it came from.
+    // Rendering it is the pipeline's business (pipeline/chat_template.h).
+    const std::string& chat_template() const;
+    const std::string& chat_template_path() const;
 
 private:
     struct Impl;

@@ -8,9 +8,10 @@
 #include "core/threads.h"
 #include "io/files.h"
 #include "io/safetensors.h"
-#include "nn/attention.h"
-#include "nn/elementwise.h"
-#include "nn/upsample.h"
+#include "backend/cpu/attention.h"
+#include "backend/cpu/elementwise.h"
+#include "backend/cpu/layout.h"
+#include "backend/cpu/upsample.h"
 
 using nlohmann::json;
 
@@ -76,11 +77,11 @@ public:
     // parameter (biases and norm weights included); modules widen them exactly.
     Tensor get(const std::string& name) const { return ck_.get_as(name, dt_); }
 
-    nn::Conv2d conv(const std::string& name, int64_t k) const {
-        return nn::Conv2d(name, get(name + ".weight"), get(name + ".bias"), k / 2);
+    cpu::Conv2d conv(const std::string& name, int64_t k) const {
+        return cpu::Conv2d(name, get(name + ".weight"), get(name + ".bias"), k / 2);
     }
-    nn::GroupNorm norm(const std::string& name, int64_t groups) const {
-        return nn::GroupNorm(name, get(name + ".weight"), get(name + ".bias"), groups,
+    cpu::GroupNorm norm(const std::string& name, int64_t groups) const {
+        return cpu::GroupNorm(name, get(name + ".weight"), get(name + ".bias"), groups,
                              Config::kEps);
     }
     nn::Linear linear(const std::string& name) const {
@@ -102,18 +103,6 @@ private:
     DType dt_;
 };
 
-// x ← x + r elementwise, rounded once per element for BF16.
-void add_into(Tensor& x, const Tensor& r) {
-    nn::dispatch_float(x.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        T* xp = x.data<T>();
-        const T* rp = r.data<T>();
-        parallel_for(x.numel(), 1 << 14, [&](int64_t b, int64_t e) {
-            for (int64_t i = b; i < e; ++i) nn::store(xp, i, nn::load(xp, i) + nn::load(rp, i));
-        });
-    });
-}
-
 }  // namespace
 
 Config Config::from_json(const json& j, const std::string& where) {
@@ -122,27 +111,23 @@ Config Config::from_json(const json& j, const std::string& where) {
     read_config_field(j, where, "_class_name", &class_name);
     require(class_name == "AutoencoderKL", where, "_class_name",
             fmt::format("is '{}'; this decoder reads AutoencoderKL only", class_name));
+    using namespace config_limits;
     Config c;
-    read_config_field(j, where, "out_channels", &c.out_channels);
-    read_config_field(j, where, "latent_channels", &c.latent_channels);
-    read_config_field(j, where, "block_out_channels", &c.block_out_channels);
+    read_config_field(j, where, "out_channels", &c.out_channels, {1, 1024});
+    read_config_field(j, where, "latent_channels", &c.latent_channels, {1, 1024});
+    read_config_field(j, where, "block_out_channels", &c.block_out_channels, {1, kWidth});
     read_config_field(j, where, "up_block_types", &c.up_block_types);
-    read_config_field(j, where, "layers_per_block", &c.layers_per_block);
-    read_config_field(j, where, "norm_num_groups", &c.norm_num_groups);
+    read_config_field(j, where, "layers_per_block", &c.layers_per_block, {0, kLayers});
+    read_config_field(j, where, "norm_num_groups", &c.norm_num_groups, {1, kWidth});
     read_config_field(j, where, "act_fn", &c.act_fn);
-    read_config_field(j, where, "scaling_factor", &c.scaling_factor);
-    read_config_field(j, where, "shift_factor", &c.shift_factor);
+    read_config_field(j, where, "scaling_factor", &c.scaling_factor, {-1e6, 1e6});
+    read_config_field(j, where, "shift_factor", &c.shift_factor, {-1e6, 1e6});
     read_config_field(j, where, "use_post_quant_conv", &c.use_post_quant_conv);
     read_config_field(j, where, "mid_block_add_attention", &c.mid_block_add_attention);
 
-    require(c.out_channels > 0, where, "out_channels", "must be positive");
-    require(c.latent_channels > 0, where, "latent_channels", "must be positive");
-    require(!c.block_out_channels.empty() && c.block_out_channels.size() <= 16, where,
-            "block_out_channels", "must list 1 to 16 channel counts");  // scale 2^(n−1) fits
-    require(c.norm_num_groups > 0, where, "norm_num_groups", "must be positive");
-    for (int64_t ch : c.block_out_channels)
-        require(ch > 0 && ch % c.norm_num_groups == 0, where, "block_out_channels",
-                fmt::format("has {}, which is not a positive multiple of norm_num_groups ({})", ch,
+    for (int64_t ch : c.block_out_channels)  // 1 to 16 of them: the scale 2^(n−1) fits
+        require(ch % c.norm_num_groups == 0, where, "block_out_channels",
+                fmt::format("has {}, which is not a multiple of norm_num_groups ({})", ch,
                             c.norm_num_groups));
     require(c.up_block_types.size() == c.block_out_channels.size(), where, "up_block_types",
             fmt::format("has {} entries but block_out_channels has {}", c.up_block_types.size(),
@@ -150,7 +135,6 @@ Config Config::from_json(const json& j, const std::string& where) {
     for (const std::string& t : c.up_block_types)
         require(t == "UpDecoderBlock2D", where, "up_block_types",
                 fmt::format("has '{}'; only UpDecoderBlock2D is supported", t));
-    require(c.layers_per_block >= 0, where, "layers_per_block", "must be >= 0");
     require(c.act_fn == "silu" || c.act_fn == "swish", where, "act_fn",
             fmt::format("is '{}'; only silu (or its alias swish) is supported", c.act_fn));
     require(std::isfinite(c.scaling_factor) && c.scaling_factor != 0, where, "scaling_factor",
@@ -166,7 +150,7 @@ Tensor ResnetBlock::forward(Tensor x) const {
     // f32: the add is fused into conv2. bf16: torch rounds conv2's output
     // before the add, and the fused sum would round only once.
     if (out.dtype() == DType::BF16)
-        add_into(out, conv2.forward(h));
+        cpu::add_inplace(out, conv2.forward(h));
     else
         conv2.forward_add(h, out);
     return out;
@@ -178,9 +162,10 @@ Tensor AttentionBlock::forward(const Tensor& x) const {
     const Tensor q = to_q.forward(h).view({B, L, 1, C});
     const Tensor k = to_k.forward(h).view({B, L, 1, C});
     const Tensor v = to_v.forward(h).view({B, L, 1, C});
-    Tensor y = to_out.forward(nn::scaled_dot_product_attention(q, k, v).view({B, L, C}));
-    add_into(y, x);
-    return y.view(x.shape());
+    Tensor y = to_out.forward(cpu::scaled_dot_product_attention(q, k, v).view({B, L, C}));
+    y = y.view(x.shape());
+    cpu::add_inplace(y, x);
+    return y;
 }
 
 std::vector<ParamSpec> decoder_params(const Config& c) {
@@ -277,14 +262,14 @@ Tensor AutoencoderKL::unscale_latents(const Tensor& latents) const {
         raise<ShapeError>("AutoencoderKL::unscale_latents: expects a float tensor");
     Tensor y = latents.to(dt_);
     const float scale = float(cfg_.scaling_factor);
-    const float shift = dt_ == DType::BF16 ? nn::round_as<nn::bf16_t>(float(cfg_.shift_factor))
+    const float shift = dt_ == DType::BF16 ? cpu::round_as<cpu::bf16_t>(float(cfg_.shift_factor))
                                            : float(cfg_.shift_factor);
-    nn::dispatch_float(dt_, [&](auto tag) {
+    cpu::dispatch_float(dt_, [&](auto tag) {
         using T = decltype(tag);
         T* p = y.data<T>();
         parallel_for(y.numel(), 1 << 14, [&](int64_t b, int64_t e) {
             for (int64_t i = b; i < e; ++i)
-                nn::store(p, i, nn::round_as<T>(nn::load(p, i) / scale) + shift);
+                cpu::store(p, i, cpu::round_as<T>(cpu::load(p, i) / scale) + shift);
         });
     });
     return y;
@@ -303,7 +288,7 @@ Tensor AutoencoderKL::decode(const Tensor& z) const {
     h = mid_resnet1_.forward(std::move(h));
     for (const UpBlock& ub : up_blocks_) {
         for (const ResnetBlock& r : ub.resnets) h = r.forward(std::move(h));
-        if (ub.has_upsampler) h = ub.upsampler.forward(nn::upsample_nearest_2x(h));
+        if (ub.has_upsampler) h = ub.upsampler.forward(cpu::upsample_nearest_2x(h));
     }
     h = conv_out_.forward(conv_norm_out_.forward_silu(h));
     return to_channels_first(h);
@@ -317,7 +302,7 @@ Tensor postprocess_to_u8(const Tensor& image) {
     const int64_t B = image.size(0), C = image.size(1), H = image.size(2), W = image.size(3);
     Tensor out = Tensor::empty({B, H, W, C}, DType::U8);
     uint8_t* o = out.data<uint8_t>();
-    nn::dispatch_float(image.dtype(), [&](auto tag) {
+    cpu::dispatch_float(image.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* x = image.data<T>();
         parallel_for(B * H, 1, [&](int64_t begin, int64_t end) {
@@ -326,7 +311,7 @@ Tensor postprocess_to_u8(const Tensor& image) {
                 for (int64_t c = 0; c < C; ++c) {
                     const T* row = x + ((b * C + c) * H + y) * W;
                     for (int64_t i = 0; i < W; ++i) {
-                        const float v = nn::round_as<T>(nn::load(row, i) * 0.5f + 0.5f);
+                        const float v = cpu::round_as<T>(cpu::load(row, i) * 0.5f + 0.5f);
                         const float u = std::isnan(v) ? 0.0f : std::min(1.0f, std::max(0.0f, v));
                         o[(r * W + i) * C + c] = uint8_t(std::nearbyint(u * 255.0f));
                     }

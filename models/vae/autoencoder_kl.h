@@ -14,8 +14,8 @@
 
 #include "core/tensor.h"
 #include "models/model_spec.h"
-#include "nn/conv2d.h"
-#include "nn/group_norm.h"
+#include "backend/cpu/conv2d.h"
+#include "backend/cpu/group_norm.h"
 #include "nn/linear.h"
 
 namespace qdit::vae {
@@ -54,8 +54,8 @@ std::vector<ParamSpec> decoder_params(const Config& c);
 // ResnetBlock2D without a time embedding: x + conv2(silu(norm2(conv1(silu(norm1(x)))))),
 // the skip going through a 1x1 conv_shortcut when the channel count changes.
 struct ResnetBlock {
-    nn::GroupNorm norm1, norm2;
-    nn::Conv2d conv1, conv2, conv_shortcut;
+    cpu::GroupNorm norm1, norm2;
+    cpu::Conv2d conv1, conv2, conv_shortcut;
     bool has_shortcut = false;
 
     // x [B, H, W, Cin] → [B, H, W, Cout]. Consumes x: without a shortcut the
@@ -67,7 +67,7 @@ struct ResnetBlock {
 // whose dim is the channel count, over the H·W positions as tokens, with a
 // GroupNorm in front and the input added back.
 struct AttentionBlock {
-    nn::GroupNorm group_norm;
+    cpu::GroupNorm group_norm;
     nn::Linear to_q, to_k, to_v, to_out;  // to_out is `to_out.0`
 
     Tensor forward(const Tensor& x) const;  // [B, H, W, C] → same
@@ -75,7 +75,7 @@ struct AttentionBlock {
 
 struct UpBlock {
     std::vector<ResnetBlock> resnets;
-    nn::Conv2d upsampler;  // upsamplers.0.conv after a nearest 2x upsample
+    cpu::Conv2d upsampler;  // upsamplers.0.conv after a nearest 2x upsample
     bool has_upsampler = false;
 };
 
@@ -106,13 +106,13 @@ public:
 private:
     Config cfg_;
     DType dt_;
-    nn::Conv2d post_quant_conv_;
-    nn::Conv2d conv_in_;
+    cpu::Conv2d post_quant_conv_;
+    cpu::Conv2d conv_in_;
     ResnetBlock mid_resnet0_, mid_resnet1_;
     AttentionBlock mid_attention_;
     std::vector<UpBlock> up_blocks_;
-    nn::GroupNorm conv_norm_out_;
-    nn::Conv2d conv_out_;
+    cpu::GroupNorm conv_norm_out_;
+    cpu::Conv2d conv_out_;
 };
 
 // VaeImageProcessor.postprocess(output_type="pil") as uint8: image [B, C, H, W]

@@ -12,7 +12,7 @@
 #include "core/error.h"
 #include "io/files.h"
 #include "io/safetensors.h"
-#include "nn/elementwise.h"
+#include "backend/cpu/elementwise.h"
 
 namespace qdit::vae {
 
@@ -302,7 +302,7 @@ cudaStream_t AutoencoderKLCuda::stream() const { return w_->s; }
 size_t AutoencoderKLCuda::weight_bytes() const { return w_->weight_bytes; }
 
 static float shift_for(const Config& cfg, DType dt) {
-    return dt == DType::BF16 ? nn::round_as<nn::bf16_t>(float(cfg.shift_factor)) : float(cfg.shift_factor);
+    return dt == DType::BF16 ? cpu::round_as<cpu::bf16_t>(float(cfg.shift_factor)) : float(cfg.shift_factor);
 }
 
 DTensor AutoencoderKLCuda::unscale_latents(const DTensor& latents) const {

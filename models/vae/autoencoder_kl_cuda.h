@@ -9,7 +9,7 @@
 //   - mid-block attention (one head of dim C over the H·W tokens; cuDNN's fused SDPA takes head
 //     dims up to 256 only, the FLUX VAE has 512): q, k, v as one cuBLASLt GEMM ([3C, C] weights),
 //     scores in f32, softmax with its numerators rounded to bf16 before P·V and the sum in double
-//     (nn::scaled_dot_product_attention's rounding points), then to_out and the residual add.
+//     (cpu::scaled_dot_product_attention's rounding points), then to_out and the residual add.
 //     Queries run in chunks whose scores fit 1 GiB.
 //
 // Where it differs from the CPU BF16 path: accumulation order (cuDNN's and cuBLASLt's kernels vs

@@ -8,9 +8,9 @@
 
 #include <fmt/format.h>
 
-#include "nn/activation.h"
-#include "nn/attention.h"
-#include "nn/elementwise.h"
+#include "backend/cpu/activation.h"
+#include "backend/cpu/attention.h"
+#include "backend/cpu/elementwise.h"
 
 namespace qdit::zimage {
 
@@ -28,13 +28,13 @@ template <typename F>
 Tensor chunk_map(const Tensor& m, int64_t chunks, int64_t c, F&& f) {
     const int64_t B = m.size(0), D = m.size(1) / chunks;
     Tensor out = Tensor::empty({B, D}, DType::F32);
-    nn::dispatch_float(m.dtype(), [&](auto tag) {
+    cpu::dispatch_float(m.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* src = m.data<T>();
         float* dst = out.data<float>();
         for (int64_t b = 0; b < B; ++b)
             for (int64_t i = 0; i < D; ++i)
-                dst[b * D + i] = nn::round_as<T>(f(nn::load(src, b * m.size(1) + c * D + i)));
+                dst[b * D + i] = cpu::round_as<T>(f(cpu::load(src, b * m.size(1) + c * D + i)));
     });
     return out;
 }
@@ -98,9 +98,9 @@ Tensor Attention::forward(const Tensor& x, const Tensor& mask, const Tensor& fre
         q = norm_q.forward(q);
         k = norm_k.forward(k);
     }
-    nn::apply_rope(q, freqs);
-    nn::apply_rope(k, freqs);
-    Tensor o = nn::scaled_dot_product_attention(q, k, v, mask);
+    cpu::apply_rope(q, freqs);
+    cpu::apply_rope(k, freqs);
+    Tensor o = cpu::scaled_dot_product_attention(q, k, v, mask);
     return to_out.forward(o.view({B, L, D}));
 }
 
@@ -142,7 +142,7 @@ ZImageTransformer::ZImageTransformer(const PreparedModel& m, DType compute)
     auto tensor = [&](const std::string& name) { return m.checkpoint->get_as(name, dt_); };
     const float eps = float(cfg_.norm_eps);
     auto rms = [&](const std::string& name, float e) {
-        return nn::RMSNorm(name, tensor(name + ".weight"), e);
+        return cpu::RMSNorm(name, tensor(name + ".weight"), e);
     };
     auto block = [&](const std::string& p, bool modulated) {
         TransformerBlock b;
@@ -185,7 +185,7 @@ ZImageTransformer::ZImageTransformer(const PreparedModel& m, DType compute)
         context_refiner_.push_back(block(fmt::format("context_refiner.{}", i), false));
     for (int64_t i = 0; i < cfg_.n_layers; ++i)
         layers_.push_back(block(fmt::format("layers.{}", i), true));
-    rope_ = nn::RopeEmbedder(cfg_.rope_theta, cfg_.axes_dims, cfg_.axes_lens);
+    rope_ = cpu::RopeEmbedder(cfg_.rope_theta, cfg_.axes_dims, cfg_.axes_lens);
 }
 
 // ---------------------------------------------------------------------------
@@ -197,8 +197,8 @@ Tensor ZImageTransformer::timestep_embed(const Tensor& t) const {
     Tensor ts = Tensor::empty(t.shape(), DType::F32);
     for (int64_t i = 0; i < t.numel(); ++i)
         ts.data<float>()[i] = t.data<float>()[i] * float(cfg_.t_scale);
-    Tensor f = nn::timestep_embedding(ts, t_mlp0_.in_features()).to(dt_);
-    return t_mlp2_.forward(nn::silu(t_mlp0_.forward(f)));
+    Tensor f = cpu::timestep_embedding(ts, t_mlp0_.in_features()).to(dt_);
+    return t_mlp2_.forward(cpu::silu(t_mlp0_.forward(f)));
 }
 
 std::vector<Tensor> ZImageTransformer::forward(const std::vector<Tensor>& xs, const Tensor& t,
@@ -274,7 +274,7 @@ std::vector<Tensor> ZImageTransformer::forward(const std::vector<Tensor>& xs, co
             const float* xp = x.data<float>();
             const int64_t F = x.size(1), H = x.size(2), W = x.size(3);
             const int64_t Ht = grid[b][1], Wt = grid[b][2], tokens = n_img[b];
-            nn::dispatch_float(dt_, [&](auto tag) {
+            cpu::dispatch_float(dt_, [&](auto tag) {
                 using T = decltype(tag);
                 T* out = patches.data<T>() + row0 * patch_dim;
                 for (int64_t tok = 0; tok < tokens; ++tok) {
@@ -283,7 +283,7 @@ std::vector<Tensor> ZImageTransformer::forward(const std::vector<Tensor>& xs, co
                         const int64_t c = e % C, pw = (e / C) % pW, ph = (e / (C * pW)) % pH,
                                       pf = e / (C * pW * pH);
                         const int64_t src = ((c * F + f * pF + pf) * H + h * pH + ph) * W + w * pW + pw;
-                        nn::store(out, tok * patch_dim + e, xp[src]);
+                        cpu::store(out, tok * patch_dim + e, xp[src]);
                     }
                 }
             });
@@ -335,9 +335,9 @@ std::vector<Tensor> ZImageTransformer::forward(const std::vector<Tensor>& xs, co
     const int64_t Ti = *std::max_element(n_img.begin(), n_img.end());
     Tensor img = Tensor::zeros({B, Ti, D}, dt_);
     for (int64_t b = 0; b < B; ++b) copy_rows(u, b * Lu, img, b * Ti, n_img[b], D);
-    Tensor scale = chunk_map(final_adaLN_.forward(nn::silu(adaln)), 1, 0,
+    Tensor scale = chunk_map(final_adaLN_.forward(cpu::silu(adaln)), 1, 0,
                              [](float s) { return 1.0f + s; });
-    Tensor out = final_linear_.forward(nn::layer_norm(img, kFinalNormEps, scale));
+    Tensor out = final_linear_.forward(cpu::layer_norm(img, kFinalNormEps, scale));
 
     // Unpatchify: the inverse of the patch layout above.
     std::vector<Tensor> result;

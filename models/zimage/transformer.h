@@ -9,9 +9,9 @@
 #include "models/zimage/zimage_config.h"
 #include "nn/feed_forward.h"
 #include "nn/linear.h"
-#include "nn/norm.h"
-#include "nn/rope.h"
-#include "quant/model.h"
+#include "backend/cpu/norm.h"
+#include "backend/cpu/rope.h"
+#include "models/loader.h"
 
 namespace qdit::zimage {
 
@@ -19,7 +19,7 @@ namespace qdit::zimage {
 // SDPA and the output projection (to_out.0).
 struct Attention {
     nn::Linear to_q, to_k, to_v, to_out;
-    nn::RMSNorm norm_q, norm_k;  // absent (no name) when qk_norm is false
+    cpu::RMSNorm norm_q, norm_k;  // absent (no name) when qk_norm is false
     int64_t heads = 0;
 
     // x [B, L, dim]; freqs [B, L, head_dim/2, 2]; key_mask U8 [B, L] or undefined.
@@ -32,7 +32,7 @@ struct TransformerBlock {
     std::string name;
     Attention attention;
     nn::FeedForward feed_forward;
-    nn::RMSNorm attention_norm1, attention_norm2, ffn_norm1, ffn_norm2;
+    cpu::RMSNorm attention_norm1, attention_norm2, ffn_norm1, ffn_norm2;
     bool modulated = false;
     nn::Linear adaLN_modulation;  // <block>.adaLN_modulation.0: adaLN width → 4·dim
 
@@ -65,14 +65,14 @@ private:
     DType dt_ = DType::F32;
     int64_t patch_ = 2, f_patch_ = 1;
     nn::Linear t_mlp0_, t_mlp2_;        // t_embedder.mlp.0 / .2
-    nn::RMSNorm cap_norm_;              // cap_embedder.0
+    cpu::RMSNorm cap_norm_;              // cap_embedder.0
     nn::Linear cap_linear_;             // cap_embedder.1
     nn::Linear x_embedder_;             // all_x_embedder.<p>-<f>
     nn::Linear final_linear_;           // all_final_layer.<p>-<f>.linear
     nn::Linear final_adaLN_;            // all_final_layer.<p>-<f>.adaLN_modulation.1
     Tensor x_pad_token_, cap_pad_token_;  // [dim] in the compute dtype
     std::vector<TransformerBlock> noise_refiner_, context_refiner_, layers_;
-    nn::RopeEmbedder rope_;
+    cpu::RopeEmbedder rope_;
 };
 
 }  // namespace qdit::zimage

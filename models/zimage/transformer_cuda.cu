@@ -11,11 +11,11 @@
 #include <fmt/format.h>
 
 #include "backend/cuda/zimage_kernels.h"
-#include "nn/activation.h"
+#include "backend/cpu/activation.h"
 #include "nn/linear_cuda.h"
-#include "nn/rope.h"
+#include "backend/cpu/rope.h"
 #include "parallel/communicator.h"
-#include "parallel/row_split_cuda.h"
+#include "nn/row_split_cuda.h"
 #include "parallel/tensor_parallel.h"
 
 namespace qdit::zimage {
@@ -85,7 +85,7 @@ struct ZImageTransformerCuda::Weights {
     Group t_mlp0, t_mlp2, cap_linear, x_embedder, final_linear, final_ada;
     DTensor cap_norm, x_pad, cap_pad;
     std::vector<Block> noise, context, layers;
-    nn::RopeEmbedder rope;
+    cpu::RopeEmbedder rope;
     int n_int8 = 0, n_linear = 0;
     size_t bytes = 0;
     // Several GPUs: this rank's communicator (null on one GPU) and how the model is split.
@@ -202,7 +202,7 @@ void ZImageTransformerCuda::Weights::load(const QuantPlan& plan, const nn::gpu::
     for (int64_t i = 0; i < cfg.n_refiner_layers; ++i)
         context.push_back(block(fmt::format("context_refiner.{}", i), false));
     for (int64_t i = 0; i < cfg.n_layers; ++i) layers.push_back(block(fmt::format("layers.{}", i), true));
-    rope = nn::RopeEmbedder(cfg.rope_theta, cfg.axes_dims, cfg.axes_lens);
+    rope = cpu::RopeEmbedder(cfg.rope_theta, cfg.axes_dims, cfg.axes_lens);
 }
 
 // x [L, D] updated in place; freqs F32 [L, hd/2, 2]; adaln bf16 [1, adaLN width].
@@ -239,7 +239,6 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
         Input ain;
         ain.x = adaln;
         ain.ldx = adaln.size(1);
-        if (b.ada.needs_int8()) raise<Error>("Z-Image (CUDA): int8 adaLN modulation is not supported");
         run_group(b.ada, ain, 1, raw.raw(), 4 * D, s);
         mod = DTensor::empty({4 * D}, DType::F32);
         cuda::modulation(raw.raw(), 4, D, 0b1010u, mod.data<float>(), s);
@@ -293,7 +292,7 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
         nn::gpu::quantize_input(b.out, oin, L, s);
         run_group(b.out, oin, L, y.raw(), D, s);
     } else {
-        parallel::run_row_split(b.out, oin, L, y.raw(), D, *comm, s);  // every rank gets the whole y
+        nn::gpu::run_row_split(b.out, oin, L, y.raw(), D, *comm, s);  // every rank gets the whole y
     }
     oin = Input();
 
@@ -335,7 +334,7 @@ void ZImageTransformerCuda::Weights::block_forward(const Block& b, DTensor& x, c
         gin.ldx = Hp;
         cuda::swiglu(h.raw(), 2 * Hp, L, Hp, gin.x.raw(), Hp, nullptr, nullptr, 0, s);
         h = DTensor();
-        parallel::run_row_split(b.w2, gin, L, y.raw(), D, *comm, s);
+        nn::gpu::run_row_split(b.w2, gin, L, y.raw(), D, *comm, s);
     }
 
     // x += gate_mlp · ffn_norm2(ffn): left to the next block's first pass (or flush()).
@@ -487,7 +486,7 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         Tensor ts = Tensor::empty({1}, DType::F32);
         ts.data<float>()[0] = t * float(cfg.t_scale);
         Input in;
-        in.x = DTensor::upload(nn::timestep_embedding(ts, W.t_mlp0.k).to(DType::BF16), MemKind::Activation, s);
+        in.x = DTensor::upload(cpu::timestep_embedding(ts, W.t_mlp0.k).to(DType::BF16), MemKind::Activation, s);
         in.ldx = W.t_mlp0.k;
         DTensor h = DTensor::empty({1, W.t_mlp0.n}, DType::BF16);
         run_group(W.t_mlp0, in, 1, h.raw(), W.t_mlp0.n, s);
@@ -555,7 +554,6 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         Input in;
         in.x = patches;
         in.ldx = patch_dim;
-        if (W.x_embedder.needs_int8()) raise<Error>("Z-Image (CUDA): int8 x_embedder is not supported");
         run_group(W.x_embedder, in, n_img, u.raw(), D, s);
         for (int64_t r = n_img; r < Lx; ++r)
             cuda::check(cudaMemcpyAsync(u.rows(r, r + 1).raw(), W.x_pad.raw(), size_t(D) * 2, cudaMemcpyDeviceToDevice, s),
@@ -576,7 +574,6 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         op.m = n_cap;
         op.k = cfg.cap_feat_dim;
         cuda::row_op(op, s);
-        if (W.cap_linear.needs_int8()) raise<Error>("Z-Image (CUDA): int8 cap_embedder is not supported");
         run_group(W.cap_linear, in, n_cap, u.rows(Lx, Lx + n_cap).raw(), D, s);
         for (int64_t r = Lx + n_cap; r < Lu; ++r)
             cuda::check(cudaMemcpyAsync(u.rows(r, r + 1).raw(), W.cap_pad.raw(), size_t(D) * 2,
@@ -677,7 +674,6 @@ DTensor ZImageTransformerCuda::forward_tokens(const DTensor& patches, const std:
         op.k = D;
         cuda::row_op(op, s);
     }
-    if (W.final_linear.needs_int8()) raise<Error>("Z-Image (CUDA): int8 final layer is not supported");
     DTensor out = DTensor::empty({n_img, patch_dim}, DType::BF16);
     run_group(W.final_linear, fin, n_img, out.raw(), patch_dim, s);
     return out;

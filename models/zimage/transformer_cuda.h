@@ -17,7 +17,7 @@
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_tensor.h"
 #include "models/zimage/zimage_config.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 namespace qdit::parallel {
 class Communicator;
@@ -38,7 +38,7 @@ public:
     // graphs are not used. Needs n_heads >= world.
     //   Tensor (parallel/tensor_parallel.h's Megatron layout): q/k/v by whole heads and w1/w3 by
     //     16-wide blocks of the padded hidden width (column split), to_out and w2 by the matching
-    //     input columns (row split, parallel/row_split_cuda.h); the embedders, adaLN layers, norms
+    //     input columns (row split, nn/row_split_cuda.h); the embedders, adaLN layers, norms
     //     and the final layer are whole on every rank, and so is the residual stream. Weights are
     //     split ~world ways; two all-reduces of [tokens, dim] per block.
     //   Sequence (Ulysses): whole weights on every rank; each block runs on 1/world of the tokens

@@ -10,7 +10,7 @@
 #include "core/tensor.h"
 #include "models/zimage/transformer_cuda.h"
 #include "parallel/communicator.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 namespace qdit::zimage {
 

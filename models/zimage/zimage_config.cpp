@@ -20,41 +20,43 @@ void require(bool ok, const std::string& where, const std::string& what) {
 }  // namespace
 
 Config Config::from_json(const json& j, const std::string& where) {
+    using namespace config_limits;
     Config c;
-    read_config_field(j, where, "all_patch_size", &c.all_patch_size);
-    read_config_field(j, where, "all_f_patch_size", &c.all_f_patch_size);
-    read_config_field(j, where, "in_channels", &c.in_channels);
-    read_config_field(j, where, "dim", &c.dim);
-    read_config_field(j, where, "n_layers", &c.n_layers);
-    read_config_field(j, where, "n_refiner_layers", &c.n_refiner_layers);
-    read_config_field(j, where, "n_heads", &c.n_heads);
-    read_config_field(j, where, "n_kv_heads", &c.n_kv_heads);
-    read_config_field(j, where, "norm_eps", &c.norm_eps);
+    read_config_field(j, where, "all_patch_size", &c.all_patch_size, {1, 16});
+    read_config_field(j, where, "all_f_patch_size", &c.all_f_patch_size, {1, 16});
+    read_config_field(j, where, "in_channels", &c.in_channels, {1, 1024});
+    read_config_field(j, where, "dim", &c.dim, {1, kWidth});
+    read_config_field(j, where, "n_layers", &c.n_layers, {0, kLayers});
+    read_config_field(j, where, "n_refiner_layers", &c.n_refiner_layers, {0, kLayers});
+    read_config_field(j, where, "n_heads", &c.n_heads, {1, kHeads});
+    read_config_field(j, where, "n_kv_heads", &c.n_kv_heads, {1, kHeads});
+    read_config_field(j, where, "norm_eps", &c.norm_eps, {1e-12, 1.0});
     read_config_field(j, where, "qk_norm", &c.qk_norm);
-    read_config_field(j, where, "cap_feat_dim", &c.cap_feat_dim);
-    read_config_field(j, where, "siglip_feat_dim", &c.siglip_feat_dim);
-    read_config_field(j, where, "rope_theta", &c.rope_theta);
-    read_config_field(j, where, "t_scale", &c.t_scale);
-    read_config_field(j, where, "axes_dims", &c.axes_dims);
-    read_config_field(j, where, "axes_lens", &c.axes_lens);
+    read_config_field(j, where, "cap_feat_dim", &c.cap_feat_dim, {1, kWidth});
+    read_config_field(j, where, "siglip_feat_dim", &c.siglip_feat_dim, {0, kWidth});
+    read_config_field(j, where, "rope_theta", &c.rope_theta, {1.0, 1e12});
+    read_config_field(j, where, "t_scale", &c.t_scale, {1e-6, 1e6});
+    read_config_field(j, where, "axes_dims", &c.axes_dims, {2, kWidth});
+    read_config_field(j, where, "axes_lens", &c.axes_lens, {1, kPositions});
 
     require(c.all_patch_size.size() == c.all_f_patch_size.size() && !c.all_patch_size.empty(),
             where, "all_patch_size and all_f_patch_size must be non-empty lists of equal length");
-    for (size_t i = 0; i < c.all_patch_size.size(); ++i)
-        require(c.all_patch_size[i] > 0 && c.all_f_patch_size[i] > 0, where,
-                "patch sizes must be positive");
-    require(c.in_channels > 0, where, "in_channels must be positive");
-    require(c.dim > 0 && c.n_heads > 0 && c.dim % c.n_heads == 0, where,
-            fmt::format("dim ({}) must be a positive multiple of n_heads ({})", c.dim, c.n_heads));
-    require(c.n_layers >= 0 && c.n_refiner_layers >= 0, where, "layer counts must be >= 0");
-    require(c.cap_feat_dim > 0, where, "cap_feat_dim must be positive");
-    require(c.siglip_feat_dim >= 0, where, "siglip_feat_dim must be positive or null");
-    require(c.axes_dims.size() == c.axes_lens.size() && !c.axes_dims.empty(), where,
-            "axes_dims and axes_lens must be non-empty lists of equal length");
+    require(c.dim % c.n_heads == 0, where,
+            fmt::format("dim ({}) must be a multiple of n_heads ({})", c.dim, c.n_heads));
+    require(c.axes_dims.size() == 3 && c.axes_lens.size() == 3, where,
+            "axes_dims and axes_lens must list 3 axes (caption/frame, height, width)");
     int64_t rope_dims = std::accumulate(c.axes_dims.begin(), c.axes_dims.end(), int64_t(0));
     require(rope_dims == c.head_dim(), where,
             fmt::format("sum(axes_dims) = {} must equal the head dim dim/n_heads = {}", rope_dims,
                         c.head_dim()));
+    int64_t rope_table = 0;  // f32 values of the cos/sin tables: sum of axes_lens[i] * axes_dims[i]
+    for (size_t i = 0; i < c.axes_dims.size(); ++i) {
+        require(c.axes_dims[i] % 2 == 0, where, fmt::format("axes_dims[{}] ({}) must be even", i, c.axes_dims[i]));
+        rope_table += c.axes_lens[i] * c.axes_dims[i];
+    }
+    require(rope_table <= kRopeTableValues, where,
+            fmt::format("the RoPE tables of axes_lens x axes_dims hold {} values, more than the {} supported",
+                        rope_table, kRopeTableValues));
     return c;
 }
 

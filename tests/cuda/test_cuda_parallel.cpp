@@ -35,8 +35,9 @@
 #include "models/zimage/transformer_cuda.h"
 #include "models/zimage/transformer_parallel.h"
 #include "parallel/communicator.h"
+#include "backend/cpu/quantize.h"
 #include "quant/int8.h"
-#include "quant/model.h"
+#include "models/loader.h"
 #include "tests/random_tensor.h"
 
 #ifndef QDIT_TEST_DATA
@@ -96,7 +97,7 @@ TEST(CudaSplitLinear, Int8RowSplitEqualsOneDeviceBitForBit) {
     for (int64_t i = 0; i < m; i += 3) xf.data<float>()[i * k + 70] = 9.f;
     const Tensor x = xf.to(DType::BF16);
     Tensor q, ws;
-    quantize_weight_int8(wf, &q, &ws);
+    cpu::quantize_weight_int8(wf, &q, &ws);
     Tensor bias = testutil::randn({n}, 9, 0.f, 0.1f, DType::F32);
     DTensor dx = DTensor::upload(x, MemKind::Activation, nullptr), dq = DTensor::upload(q, MemKind::Activation, nullptr),
             dws = DTensor::upload(ws, MemKind::Activation, nullptr), db = DTensor::upload(bias, MemKind::Activation, nullptr);

@@ -1,4 +1,4 @@
-// The Qwen3 text encoder on CUDA (models/text/qwen3_cuda.h) and the kernels it adds or extends
+// The Qwen3 text encoder on CUDA (models/text/qwen3.h on a CUDA context) and the kernels it adds or extends
 // (rotate-half RoPE in qk_norm_rope, the plain residual of row_op, embedding_rows, causal
 // grouped-query attention), against the CPU ops / the CPU bf16 model and transformers' references
 // on the fixtures of tests/test_qwen3.cpp. Both fixtures use grouped-query attention (4 heads over
@@ -37,11 +37,12 @@
 #include "backend/cuda/zimage_kernels.h"
 #include "io/safetensors.h"
 #include "models/text/qwen3.h"
-#include "models/text/qwen3_cuda.h"
-#include "nn/attention.h"
-#include "nn/norm.h"
-#include "nn/rope_half.h"
-#include "quant/model.h"
+#include "models/text/qwen3.h"
+#include "ops/context.h"
+#include "backend/cpu/attention.h"
+#include "backend/cpu/norm.h"
+#include "backend/cpu/rope_half.h"
+#include "models/loader.h"
 #include "tests/expect_error.h"
 #include "tests/qwen3_fixture.h"
 #include "tests/random_tensor.h"
@@ -143,6 +144,7 @@ Tensor valid_rows(const Tensor& ref, const Qwen3Inputs& in, int64_t b) {
 const char* impl_name(cuda::AttentionImpl impl) {
     return impl == cuda::AttentionImpl::Simple ? "simple" : impl == cuda::AttentionImpl::Cudnn ? "cudnn" : "auto";
 }
+const char* impl_name(ops::AttentionImpl impl) { return impl == ops::AttentionImpl::Simple ? "simple" : "auto"; }
 
 }  // namespace
 
@@ -150,7 +152,7 @@ const char* impl_name(cuda::AttentionImpl impl) {
 // Kernels
 
 // q/k RMSNorm + rotate-half RoPE in place on a fused q|k|v buffer with fewer k heads than q heads,
-// against nn::RMSNorm + nn::apply_rope_half; v and the columns past it untouched.
+// against cpu::RMSNorm + cpu::apply_rope_half; v and the columns past it untouched.
 TEST(CudaQwen3Kernels, QkNormRopeHalfGqaMatchesCpu) {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
     struct Case {
@@ -160,14 +162,14 @@ TEST(CudaQwen3Kernels, QkNormRopeHalfGqaMatchesCpu) {
         const int64_t L = 37, Dq = c.heads * c.hd, Dk = c.kv_heads * c.hd, ld = Dq + 2 * Dk + 8;
         std::vector<int64_t> pos;
         for (int64_t t = 0; t < L; ++t) pos.push_back(3 * t + 1);
-        Tensor freqs = nn::RotaryHalf(1e6, c.hd).freqs(pos);
+        Tensor freqs = cpu::RotaryHalf(1e6, c.hd).freqs(pos);
         Tensor qkv = randn({L, ld}, 21, 0.f, 2.f), wq = randn({c.hd}, 22, 1.f, 0.1f), wk = randn({c.hd}, 23, 1.f, 0.1f);
         Tensor q = columns(qkv, 0, Dq).view({1, L, c.heads, c.hd}), k = columns(qkv, Dq, Dk).view({1, L, c.kv_heads, c.hd});
-        q = nn::RMSNorm("q", wq, 1e-6f).forward(q);
-        k = nn::RMSNorm("k", wk, 1e-6f).forward(k);
+        q = cpu::RMSNorm("q", wq, 1e-6f).forward(q);
+        k = cpu::RMSNorm("k", wk, 1e-6f).forward(k);
         Tensor f4 = freqs.view({1, L, c.hd / 2, 2});
-        nn::apply_rope_half(q, f4);
-        nn::apply_rope_half(k, f4);
+        cpu::apply_rope_half(q, f4);
+        cpu::apply_rope_half(k, f4);
         DTensor d = DTensor::upload(qkv, MemKind::Activation, nullptr), df = DTensor::upload(freqs, MemKind::Activation, nullptr);
         DTensor dwq = DTensor::upload(wq, MemKind::Activation, nullptr), dwk = DTensor::upload(wk, MemKind::Activation, nullptr);
         cuda::qk_norm_rope(d.raw(), ld, Dq, L, c.heads, c.hd, dwq.raw(), dwk.raw(), 1e-6f, df.data<float>(), nullptr,
@@ -193,7 +195,7 @@ TEST(CudaQwen3Kernels, PlainResidualThenRmsNormMatchesCpu) {
         Tensor xr = Tensor::empty(x.shape(), DType::BF16);
         for (int64_t i = 0; i < x.numel(); ++i)
             xr.data<uint16_t>()[i] = f32_to_bf16(bf16_to_f32(x.data<uint16_t>()[i]) + bf16_to_f32(y.data<uint16_t>()[i]));
-        Tensor ref = nn::RMSNorm("n", w, 1e-6f).forward(xr);
+        Tensor ref = cpu::RMSNorm("n", w, 1e-6f).forward(xr);
         DTensor dx = DTensor::upload(x, MemKind::Activation, nullptr), dy = DTensor::upload(y, MemKind::Activation, nullptr);
         DTensor dw = DTensor::upload(w, MemKind::Activation, nullptr), out = DTensor::empty({m, k}, DType::BF16);
         cuda::RowOp op;
@@ -259,7 +261,7 @@ TEST(CudaAttention, CausalGroupedQueryMatchesCpuAndF64) {
         Tensor q = columns(qkv, 0, Dq).view({1, c.s, c.heads, c.hd}),
                k = columns(qkv, Dq, Dk).view({1, c.s, c.kv_heads, c.hd}),
                v = columns(qkv, Dq + Dk, Dk).view({1, c.s, c.kv_heads, c.hd});
-        Tensor cpu = f32(nn::scaled_dot_product_attention(q, k, v, Tensor(), c.causal));
+        Tensor cpu = f32(cpu::scaled_dot_product_attention(q, k, v, Tensor(), c.causal));
         // f64 formula.
         Tensor qf = f32(q), kf = f32(k), vf = f32(v);
         Tensor exact = Tensor::empty({c.s, Dq}, DType::F32);
@@ -332,7 +334,7 @@ TEST(CudaAttention, CausalGroupedQueryMatchesCpuAndF64) {
         Tensor qkv = randn({s, ld}, 52);
         Tensor q = columns(qkv, 0, Dq).view({1, s, heads, hd}), k = columns(qkv, Dq, Dk).view({1, s, kv, hd}),
                v = columns(qkv, Dq + Dk, Dk).view({1, s, kv, hd});
-        Tensor cpu = nn::scaled_dot_product_attention(q, k, v, Tensor(), true);
+        Tensor cpu = cpu::scaled_dot_product_attention(q, k, v, Tensor(), true);
         DTensor d = DTensor::upload(qkv, MemKind::Activation, nullptr);
         const auto* p = static_cast<const uint16_t*>(d.raw());
         DTensor o = DTensor::empty({s, Dq}, DType::BF16);
@@ -361,13 +363,13 @@ TEST(CudaQwen3Encoder, Bf16MatchesTransformersAndCpu) {
         const Qwen3Inputs in = qwen3_inputs(name);
         PreparedModel m = prepare_model(qwen3_encoder_dir(name), QuantConfig{});
         text::Qwen3TextModel cpu(m, DType::BF16);
-        text::Qwen3TextModelCuda gpu(m);
+        text::Qwen3TextModel gpu(m, DType::BF16, ops::Context{{DeviceType::CUDA, 0}});
         const text::Qwen3Config& c = gpu.config();
         const int64_t N = c.num_hidden_layers;
         EXPECT_EQ(gpu.int8_layers(), 0);
         EXPECT_EQ(gpu.linear_layers(), int(7 * N));
         ASSERT_GE(c.num_attention_heads, 2 * c.num_key_value_heads) << "the fixture should exercise GQA";
-        for (auto impl : {cuda::AttentionImpl::Simple, cuda::AttentionImpl::Auto}) {
+        for (auto impl : {ops::AttentionImpl::Simple, ops::AttentionImpl::Auto}) {
             gpu.set_attention(impl);
             std::vector<int> ks = {1, 2, int(N), int(N + 1)};
             ks.erase(std::unique(ks.begin(), ks.end()), ks.end());  // N = 2: -2 once
@@ -417,7 +419,7 @@ TEST(CudaQwen3Encoder, Int8MatchesW8A8Reference) {
         SCOPED_TRACE(name);
         const Qwen3Inputs in = qwen3_inputs(name);
         PreparedModel m = prepare_model(qwen3_encoder_dir(name), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
-        text::Qwen3TextModelCuda gpu(m);
+        text::Qwen3TextModel gpu(m, DType::BF16, ops::Context{{DeviceType::CUDA, 0}});
         text::Qwen3TextModel cpu(m, DType::BF16);
         const int64_t N = gpu.config().num_hidden_layers;
         ASSERT_EQ(gpu.int8_layers(), int(7 * N));
@@ -451,15 +453,16 @@ TEST(CudaQwen3Encoder, DeviceResultPaddingWeightsAndErrors) {
     cudaStream_t s;
     ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
     {
-        text::Qwen3TextModelCuda gpu(m, s);
+        text::Qwen3TextModel gpu(m, DType::BF16, ops::Context{{DeviceType::CUDA, 0}, s});
         const text::Qwen3Config& c = gpu.config();
         const int64_t D = c.hidden_size;
         const std::vector<int32_t> ids = {5, 77, 1000, 3, 42, 9};
         const Tensor host = gpu.encode(ids, std::vector<uint8_t>(ids.size(), 1));
-        const DTensor dev = gpu.encode_device(ids, std::vector<uint8_t>(ids.size(), 1));
+        const Tensor dev = gpu.encode_device(ids, std::vector<uint8_t>(ids.size(), 1));
         ASSERT_EQ(dev.dtype(), DType::BF16);
         ASSERT_EQ(dev.shape(), (Shape{int64_t(ids.size()), D}));
-        EXPECT_TRUE(bits_equal(dev.download(s), host));
+        EXPECT_EQ(dev.device().type, DeviceType::CUDA);
+        EXPECT_TRUE(bits_equal(ops::to_host(dev, gpu.context()), host));
         std::vector<int32_t> padded = ids;
         padded.insert(padded.end(), {0, 11, 0});
         std::vector<uint8_t> mask(ids.size(), 1);

@@ -32,8 +32,8 @@
 #include "io/safetensors.h"
 #include "models/vae/autoencoder_kl.h"
 #include "models/vae/autoencoder_kl_cuda.h"
-#include "nn/attention.h"
-#include "nn/group_norm.h"
+#include "backend/cpu/attention.h"
+#include "backend/cpu/group_norm.h"
 #include "tests/expect_error.h"
 #include "tests/vae_fixture.h"
 
@@ -207,7 +207,7 @@ TEST(CudaGroupNorm, MatchesHostReference) {
                         }
                     EXPECT_EQ(bad, 0);
                 } else {
-                    const nn::GroupNorm gn("gn", w, bias, c.G, 1e-6f);
+                    const cpu::GroupNorm gn("gn", w, bias, c.G, 1e-6f);
                     const Tensor xb = x.to(DType::BF16).view({c.B, c.L, c.C});
                     const Tensor ref = (silu ? gn.forward_silu(xb) : gn.forward(xb)).to(DType::F32);
                     int64_t equal = 0;
@@ -312,7 +312,7 @@ TEST(CudaVaeKernels, AttentionMatchesCpu) {
                     k.data<float>()[t * d + c] = qkv.data<float>()[t * 3 * d + d + c];
                     v.data<float>()[t * d + c] = qkv.data<float>()[t * 3 * d + 2 * d + c];
                 }
-            const Tensor ref = nn::scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt)).to(DType::F32);
+            const Tensor ref = cpu::scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt)).to(DType::F32);
             const DTensor dq = DTensor::upload(qkv.to(dt), MemKind::Activation, nullptr);
             DTensor o = DTensor::empty({L, d}, dt);
             const size_t es = dtype_size(dt);

@@ -20,8 +20,9 @@
 
 #include "backend/cuda/quantize.h"
 #include "io/safetensors.h"
+#include "models/zimage/transformer.h"
 #include "models/zimage/transformer_cuda.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 // qdit_cuda_tests (the GPU machine's binary) has no QDIT_TEST_DATA: it runs from the repository root.
 #ifndef QDIT_TEST_DATA
@@ -121,6 +122,32 @@ TEST(CudaZImageForward, Int8DefaultPlanMatchesW8A8Reference) {
                     name, vs32.sqnr(), expected, q.sqnr(), b.sqnr(), vs8.rel());
         EXPECT_GE(vs32.sqnr(), expected - 1.0);
     }
+}
+
+// Every Linear int8, the layers the default plan keeps in bf16 too (adaLN, embedders, final layer:
+// what a pre-quantized checkpoint may hold): the GPU model loads and runs what the CPU model does,
+// its producers' missing int8 rows quantized where the group reads them; the output against the
+// CPU model with the same plan in bf16 (<= 0.5 · that model's distance from fp32, as in the Qwen3
+// encoder's int8 test).
+TEST(CudaZImageForward, Int8EveryLayerRunsAsOnTheCpu) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    const char* name = "h3_b1";
+    Fixture f = load(name);
+    PreparedModel m = prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
+    int forced = 0;
+    for (LayerPlan& l : m.plan.layers)
+        if (l.precision != Precision::Int8) {
+            l.precision = Precision::Int8;
+            ++forced;
+        }
+    ASSERT_GT(forced, 0) << "the default plan should keep some layers in bf16";
+    zimage::ZImageTransformerCuda gpu(m);
+    zimage::ZImageTransformer cpu(m, DType::BF16);
+    const std::vector<Tensor> out = gpu.forward(f.x, f.t, f.cap), want = cpu.forward(f.x, f.t, f.cap);
+    const Err vs_cpu = compare(out, want), cpu32 = compare(want, f.fp32);
+    std::printf("[ %-13s ] cuda int8, every layer (%d forced): rel L2 vs cpu %.2e (bound %.2e)\n", name, forced,
+                vs_cpu.rel(), 0.5 * cpu32.rel());
+    EXPECT_LE(vs_cpu.rel(), 0.5 * cpu32.rel());
 }
 
 // set_cuda_graph: the captured call and a replay give the eager forward's output bit for bit, also

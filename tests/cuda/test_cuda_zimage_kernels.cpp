@@ -18,10 +18,10 @@
 #include "backend/cuda/device_tensor.h"
 #include "backend/cuda/quantize.h"
 #include "backend/cuda/zimage_kernels.h"
-#include "nn/activation.h"
-#include "nn/attention.h"
-#include "nn/norm.h"
-#include "nn/rope.h"
+#include "backend/cpu/activation.h"
+#include "backend/cpu/attention.h"
+#include "backend/cpu/norm.h"
+#include "backend/cpu/rope.h"
 #include "quant/int8.h"
 #include "tests/random_tensor.h"
 
@@ -98,7 +98,7 @@ TEST(CudaZImageKernels, RmsNormScaleQuantMatchesCpu) {
         const int64_t m = 67, ldq = (k + 15) / 16 * 16;
         Tensor x = randn({1, m, k}, 1, 0.f, 3.f), w = randn({k}, 2, 1.f, 0.1f);
         Tensor sc = f32(randn({1, k}, 3, 1.f, 0.2f));
-        Tensor ref = nn::RMSNorm("n", w, 1e-5f).forward_scaled(x, sc);
+        Tensor ref = cpu::RMSNorm("n", w, 1e-5f).forward_scaled(x, sc);
         DTensor dx = DTensor::upload(x, MemKind::Activation, nullptr), dw = DTensor::upload(w, MemKind::Activation, nullptr);
         DTensor ds = DTensor::upload(sc, MemKind::Activation, nullptr);
         DTensor out = DTensor::empty({m, k}, DType::BF16), q = DTensor::empty({m, ldq}, DType::I8),
@@ -131,9 +131,9 @@ TEST(CudaZImageKernels, ResidualThenNormAndLayerNormMatchCpu) {
            w1 = randn({k}, 7, 1.f, 0.1f);
     Tensor gate = f32(randn({1, k}, 8, 0.f, 0.5f)), sc = f32(randn({1, k}, 9, 1.f, 0.2f));
     Tensor xr = x.to(DType::BF16);
-    nn::RMSNorm("n2", w2, 1e-5f).add_to(xr, y, gate);
-    Tensor ref_norm = nn::RMSNorm("n1", w1, 1e-5f).forward_scaled(xr, sc);
-    Tensor ref_ln = nn::layer_norm(xr, 1e-6f, sc);
+    cpu::RMSNorm("n2", w2, 1e-5f).add_to(xr, y, gate);
+    Tensor ref_norm = cpu::RMSNorm("n1", w1, 1e-5f).forward_scaled(xr, sc);
+    Tensor ref_ln = cpu::layer_norm(xr, 1e-6f, sc);
 
     DTensor dx = DTensor::upload(x, MemKind::Activation, nullptr), dy = DTensor::upload(y, MemKind::Activation, nullptr);
     DTensor dw2 = DTensor::upload(w2, MemKind::Activation, nullptr), dw1 = DTensor::upload(w1, MemKind::Activation, nullptr);
@@ -182,7 +182,7 @@ TEST(CudaZImageKernels, SwigluQuantMatchesCpu) {
                 a.data<uint16_t>()[r * k + j] = h.data<uint16_t>()[r * 2 * k + j];
                 b.data<uint16_t>()[r * k + j] = h.data<uint16_t>()[r * 2 * k + k + j];
             }
-        Tensor ref = nn::silu_mul(a, b);
+        Tensor ref = cpu::silu_mul(a, b);
         DTensor dh = DTensor::upload(h, MemKind::Activation, nullptr);
         DTensor out = DTensor::empty({m, k}, DType::BF16), q = DTensor::empty({m, ldq}, DType::I8),
                 qs = DTensor::empty({m}, DType::F32);
@@ -192,7 +192,7 @@ TEST(CudaZImageKernels, SwigluQuantMatchesCpu) {
     }
 }
 
-// q/k RMSNorm + RoPE in place on a fused q|k|v buffer, angles from nn::RopeEmbedder.
+// q/k RMSNorm + RoPE in place on a fused q|k|v buffer, angles from cpu::RopeEmbedder.
 TEST(CudaZImageKernels, QkNormRopeMatchesCpu) {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
     struct Case {
@@ -202,7 +202,7 @@ TEST(CudaZImageKernels, QkNormRopeMatchesCpu) {
     // hd 128 and 64 take the 16-byte vector kernel, 24 the warp-per-head one.
     for (const Case& c : {Case{30, 128, {32, 48, 48}}, Case{4, 64, {16, 24, 24}}, Case{3, 24, {8, 8, 8}}}) {
         const int64_t L = 70, D = c.heads * c.hd;
-        nn::RopeEmbedder rope(256.0, c.axes, {1024, 512, 512});
+        cpu::RopeEmbedder rope(256.0, c.axes, {1024, 512, 512});
         std::vector<int64_t> pos;
         for (int64_t t = 0; t < L; ++t) pos.insert(pos.end(), {t % 40 + 1, t / 7, t % 9});
         Tensor freqs = rope.freqs(pos);
@@ -213,11 +213,11 @@ TEST(CudaZImageKernels, QkNormRopeMatchesCpu) {
                 q.data<uint16_t>()[t * D + i] = qkv.data<uint16_t>()[t * 3 * D + i];
                 k.data<uint16_t>()[t * D + i] = qkv.data<uint16_t>()[t * 3 * D + D + i];
             }
-        q = nn::RMSNorm("q", wq, 1e-5f).forward(q);
-        k = nn::RMSNorm("k", wk, 1e-5f).forward(k);
+        q = cpu::RMSNorm("q", wq, 1e-5f).forward(q);
+        k = cpu::RMSNorm("k", wk, 1e-5f).forward(k);
         Tensor f4 = freqs.view({1, L, c.hd / 2, 2});
-        nn::apply_rope(q, f4);
-        nn::apply_rope(k, f4);
+        cpu::apply_rope(q, f4);
+        cpu::apply_rope(k, f4);
         DTensor d = DTensor::upload(qkv, MemKind::Activation, nullptr), df = DTensor::upload(freqs, MemKind::Activation, nullptr);
         DTensor dwq = DTensor::upload(wq, MemKind::Activation, nullptr), dwk = DTensor::upload(wk, MemKind::Activation, nullptr);
         cuda::qk_norm_rope(d.raw(), 3 * D, D, L, c.heads, c.hd, dwq.raw(), dwk.raw(), 1e-5f, df.data<float>(), nullptr);
@@ -251,7 +251,7 @@ TEST(CudaZImageKernels, ModulationAndSiluMatchCpu) {
         EXPECT_LE(std::abs(o.data<float>()[i] - r), std::abs(r) * std::ldexp(1.f, -7) + 1e-6f) << i;
     }
     EXPECT_LE(off, 4 * d / 1000);
-    Tensor s = nn::silu(mod);
+    Tensor s = cpu::silu(mod);
     DTensor ds = DTensor::empty({4 * d}, DType::BF16);
     cuda::silu(dm.raw(), 4 * d, ds.raw(), nullptr);
     expect_close(ds.download(nullptr), s, "silu");
@@ -273,7 +273,7 @@ TEST(CudaZImageKernels, AttentionMatchesCpu) {
                 k.data<uint16_t>()[t * D + i] = qkv.data<uint16_t>()[t * 3 * D + D + i];
                 v.data<uint16_t>()[t * D + i] = qkv.data<uint16_t>()[t * 3 * D + 2 * D + i];
             }
-        Tensor ref = f32(nn::scaled_dot_product_attention(q, k, v));
+        Tensor ref = f32(cpu::scaled_dot_product_attention(q, k, v));
         DTensor d = DTensor::upload(qkv, MemKind::Activation, nullptr);
         const auto* p = static_cast<const uint16_t*>(d.raw());
         for (auto impl : {cuda::AttentionImpl::Simple, cuda::AttentionImpl::Cudnn}) {

@@ -14,12 +14,13 @@
 #include <sys/resource.h>
 
 #include "core/error.h"
+#include "io/files.h"
 #include "io/png.h"
 #include "io/safetensors.h"
 #include "pipeline/tiny_model.h"
 #include "pipeline/zimage_pipeline.h"
 #include "quant/config.h"
-#include "quant/model.h"
+#include "models/loader.h"
 
 namespace {
 
@@ -130,12 +131,10 @@ Device parse_device(const std::string& s) {
 int cmd_generate(GenerateArgs a) {
     namespace fs = std::filesystem;
     auto t_start = std::chrono::steady_clock::now();
-    // Refuse a bad output path before any work.
-    fs::path out = fs::absolute(a.output);
-    if (out.extension() != ".png") throw UsageError(fmt::format("-o {}: the output must be a .png file", a.output));
-    if (!fs::is_directory(out.parent_path()) || ::access(out.parent_path().c_str(), W_OK) != 0)
-        throw IoError(fmt::format("cannot write {}: folder {} does not exist or is not writable",
-                                  a.output, out.parent_path().string()));
+    // Refuse a bad output path and out-of-range numbers before any work.
+    check_output_file(a.output);
+    if (fs::path(a.output).extension() != ".png")
+        throw UsageError(fmt::format("-o {}: the output must be a .png file", a.output));
     if (a.dtype != "bf16" && a.dtype != "f32")
         throw UsageError(fmt::format("--dtype {}: allowed values are bf16, f32", a.dtype));
     PipelineOptions po;
@@ -163,13 +162,6 @@ int cmd_generate(GenerateArgs a) {
             throw UsageError("--quantize-text-encoder needs a method (--quantization int8)");
         po.text_encoder_quant.method = po.transformer_quant.method;
     }
-    if (a.model.empty()) {
-        a.model = ensure_tiny_zimage(default_cache_dir());
-        fmt::print(stderr,
-                   "note: no --model given: using the built-in tiny Z-Image pipeline at {}; its "
-                   "weights are random, so the image is noise\n",
-                   a.model);
-    }
     GenerateOptions go;
     go.prompt = a.prompt;
     go.negative_prompt = a.negative_prompt;
@@ -184,13 +176,28 @@ int cmd_generate(GenerateArgs a) {
         if (f.keys().size() != 1 && !f.contains("latents"))
             throw ShapeError(fmt::format("{} holds {} tensors: name the initial noise 'latents'",
                                          a.latents, f.keys().size()));
-        go.latents = f.get(f.contains("latents") ? "latents" : f.keys()[0]).to(DType::F32);
+        go.latents = f.get(f.contains("latents") ? "latents" : f.keys()[0]);
     }
-
+    ZImagePipeline::check_limits(go);
+    if (a.model.empty()) {
+        a.model = ensure_tiny_zimage(default_cache_dir());
+        fmt::print(stderr,
+                   "note: no --model given: using the built-in tiny Z-Image pipeline at {}; its "
+                   "weights are random, so the image is noise\n",
+                   a.model);
+    }
     auto t0 = std::chrono::steady_clock::now();
-    ZImagePipeline pipe(a.model, po);
-    pipe.check(go);
+    ZImagePipeline pipe(a.model, po, go);  // checks go before reading any weight
     double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (bool negative : {false, true}) {
+        if (negative && go.guidance <= 0) continue;
+        const int64_t n = pipe.prompt_tokens(negative ? go.negative_prompt : go.prompt);
+        if (n > go.max_sequence_length)
+            fmt::print(stderr,
+                       "warning: the {} is {} tokens after the chat template; only the first {} are used "
+                       "(--max-sequence-length)\n",
+                       negative ? "negative prompt" : "prompt", n, go.max_sequence_length);
+    }
 
     const bool tty = ::isatty(2);
     GenerateResult r = pipe.generate(go, [&](int step, int total, double secs) {
@@ -264,19 +271,31 @@ int main(int argc, char** argv) {
                          "text_encoder/, tokenizer/, transformer/, vae/)");
     generate->add_option("--prompt", gen.prompt, "The prompt")->required();
     generate->add_option("--negative-prompt", gen.negative_prompt, "Negative prompt (used when --guidance > 0)");
-    generate->add_option("--steps", gen.steps, "Denoising steps")->capture_default_str();
-    generate->add_option("--width", gen.width, "Image width, a multiple of 16")->capture_default_str();
-    generate->add_option("--height", gen.height, "Image height, a multiple of 16")->capture_default_str();
+    generate->add_option("--steps", gen.steps, fmt::format("Denoising steps, 1 to {}", kMaxSteps))
+        ->capture_default_str();
+    generate->add_option("--width", gen.width,
+                         fmt::format("Image width, a multiple of 16 up to {} (and within the "
+                                     "transformer's RoPE table, axes_lens[2] x 16)",
+                                     kMaxImageSide))
+        ->capture_default_str();
+    generate->add_option("--height", gen.height,
+                         fmt::format("Image height, a multiple of 16 up to {} (and within the "
+                                     "transformer's RoPE table, axes_lens[1] x 16)",
+                                     kMaxImageSide))
+        ->capture_default_str();
     generate->add_option("--seed", gen.seed, "Seed of the initial noise")->capture_default_str();
     generate->add_option("--guidance", gen.guidance,
                          "Classifier-free guidance scale; CFG runs when > 0 (Z-Image-Turbo: 0)")
         ->capture_default_str();
     generate->add_option("--max-sequence-length", gen.max_sequence_length,
-                         "Prompt tokens kept (after the chat template)")
+                         fmt::format("Prompt tokens kept after the chat template, 1 to {} (longer "
+                                     "prompts are cut); the prompt must also fit the transformer's "
+                                     "RoPE table (axes_lens[0] of transformer/config.json)",
+                                     kMaxSequenceLength))
         ->capture_default_str();
     generate->add_option("--latents", gen.latents,
-                         "Initial noise from a safetensors file (one tensor, or one named 'latents', "
-                         "of shape [1, 16, H/8, W/8]) instead of the seeded noise");
+                         "Initial noise from a safetensors file (one floating-point tensor, or one "
+                         "named 'latents', of shape [1, 16, H/8, W/8]) instead of the seeded noise");
     generate->add_option("--dtype", gen.dtype, "Activation precision: bf16 or f32 (cuda: bf16)")->capture_default_str();
     CLI::Option* device_opt =
         generate->add_option("--device", gen.device,
@@ -295,7 +314,10 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     generate->add_flag("--quantize-text-encoder", gen.quantize_text_encoder,
                        "Also quantize the text encoder's Linear layers with the chosen method");
-    generate->add_option("-o,--output", gen.output, "Output PNG (written atomically)")->capture_default_str();
+    generate->add_option("-o,--output", gen.output,
+                         "Output PNG (written atomically; its folder must exist and be writable, "
+                         "checked before any work)")
+        ->capture_default_str();
     gen.q.add(generate);
 
     try {

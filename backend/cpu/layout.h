@@ -1,0 +1,14 @@
+// Row-major 2-D helpers of the CPU ops: column blocks of a [m, n] tensor and the residual add.
+#pragma once
+#include "core/tensor.h"
+
+namespace qdit::cpu {
+
+// Columns [c0, c0 + w) of x [m, n] as a new contiguous [m, w] tensor.
+Tensor take_columns(const Tensor& x, int64_t c0, int64_t w);
+// dst[:, c0 : c0 + w) ← src [m, w] (same dtype).
+void put_columns(Tensor& dst, int64_t c0, const Tensor& src);
+// x ← x + y elementwise (F32 or BF16, same shape), rounded once per element as torch adds.
+void add_inplace(Tensor& x, const Tensor& y);
+
+}  // namespace qdit::cpu

@@ -1,0 +1,86 @@
+#include "nn/linear_group.h"
+
+#include <algorithm>
+
+#include "backend/cpu/layout.h"
+#include "nn/load.h"
+#ifdef QDIT_WITH_CUDA
+#include "nn/linear_cuda.h"
+#endif
+
+namespace qdit::nn {
+
+LinearGroup::LinearGroup(const Checkpoint& ck, const std::vector<Member>& members, DType compute,
+                         const ops::Context& ctx)
+    : ctx_(ctx), compute_(compute) {
+    if (members.empty()) raise<ShapeError>("a Linear group needs at least one layer");
+    for (const Member& m : members)
+        if (m.plan->precision == Precision::Int8) ++n_int8_;
+    if (!ctx.cuda()) {
+        const int64_t k = members[0].plan->spec.in_features;
+        for (const Member& m : members) {
+            if (m.plan->spec.in_features != k)
+                raise<ShapeError>("{}: reads {} inputs in a group of {}", m.plan->spec.name, m.plan->spec.in_features, k);
+            cols_.push_back(width_);
+            cpu_.push_back(load_linear(ck, *m.plan, compute));
+            width_ += m.plan->spec.out_features;
+            bytes_ += cpu_.back().weight_bytes();
+        }
+        spec_ = {true, false, k, k};
+        return;
+    }
+#ifdef QDIT_WITH_CUDA
+    if (compute != DType::BF16)
+        raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", members[0].plan->spec.name, dtype_name(compute));
+    std::vector<gpu::Member> ms;
+    for (const Member& m : members) {
+        const LinearSpec& s = m.plan->spec;
+        ms.push_back({m.plan, std::max(m.n_pad, s.out_features), std::max(m.k_pad, s.in_features)});
+        cols_.push_back(width_);
+        width_ += ms.back().n_pad;
+    }
+    auto g = std::make_shared<gpu::Group>(
+        gpu::make_group(ms, ms[0].k_pad, gpu::WeightSource{&ck, 0, static_cast<cudaStream_t>(ctx.stream)}));
+    spec_ = {g->needs_bf16(), g->needs_int8(), g->k, g->kp};
+    bytes_ = g->bytes();
+    gpu_ = g;
+#else
+    raise<UsageError>("{}: this build of qdit has no CUDA backend", members[0].plan->spec.name);
+#endif
+}
+
+Tensor LinearGroup::forward(const ops::Activation& in) const {
+    const Tensor& x = in.x.defined() ? in.x : in.q;
+    if (!x.defined() || x.dim() != 2 || (in.x.defined() && in.x.size(1) != spec_.k))
+        raise<ShapeError>("Linear group ({}): input {} (need [m, {}])", cpu_.empty() ? "cuda" : cpu_[0].name(),
+                          x.defined() ? shape_str(x.shape()) : "none", spec_.k);
+    const int64_t m = x.size(0);
+    if (!ctx_.cuda()) {
+        if (cpu_.size() == 1) return cpu_[0].forward(in.x);
+        Tensor y = Tensor::empty({m, width_}, compute_);
+        for (size_t i = 0; i < cpu_.size(); ++i) cpu::put_columns(y, cols_[i], cpu_[i].forward(in.x));
+        return y;
+    }
+#ifdef QDIT_WITH_CUDA
+    const auto& g = *static_cast<const gpu::Group*>(gpu_.get());
+    const cudaStream_t s = static_cast<cudaStream_t>(ctx_.stream);
+    gpu::Input gi;
+    if (in.x.defined()) {
+        gi.x = cuda::DTensor::of(in.x);
+        gi.ldx = spec_.k;
+    }
+    if (in.q.defined()) {
+        gi.q = cuda::DTensor::of(in.q);
+        gi.qs = cuda::DTensor::of(in.qs);
+    }
+    if ((spec_.dense || !gi.q.defined()) && !gi.x.defined())
+        raise<ShapeError>("Linear group: the input lacks the bf16 rows its layers read");
+    Tensor y = ops::empty({m, width_}, DType::BF16, ctx_);
+    gpu::run_group(g, gi, m, y.raw(), width_, s);
+    return y;
+#else
+    raise<UsageError>("Linear group: this build of qdit has no CUDA backend");
+#endif
+}
+
+}  // namespace qdit::nn

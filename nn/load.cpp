@@ -1,0 +1,37 @@
+#include "nn/load.h"
+
+#include "backend/cpu/quantize.h"
+
+namespace qdit::nn {
+
+HostWeights host_weights(const Checkpoint& ck, const LayerPlan& layer, DType dense) {
+    const std::string& name = layer.spec.name;
+    const bool int8 = layer.precision == Precision::Int8;
+    HostWeights h;
+    if (layer.spec.bias) h.bias = ck.get_as(name + ".bias", int8 ? DType::F32 : dense);
+    if (layer.prequantized) {
+        h.weight = ck.get(name + ".weight");
+        h.scale = ck.get_as(name + ".weight_scale", DType::F32).view({layer.spec.out_features});
+    } else if (int8) {
+        quantize_weight_int8(ck.get(name + ".weight"), &h.weight, &h.scale);
+    } else {
+        h.weight = ck.get_as(name + ".weight", dense);
+    }
+    if (h.weight.dim() != 2 || h.weight.size(0) != layer.spec.out_features ||
+        h.weight.size(1) != layer.spec.in_features)
+        raise<ShapeError>("{}: weight is {}, expected [{}, {}]", name, shape_str(h.weight.shape()),
+                          layer.spec.out_features, layer.spec.in_features);
+    return h;
+}
+
+void quantize_weight_int8(const Tensor& w, Tensor* q, Tensor* scale) {
+    cpu::quantize_weight_int8(w, q, scale);
+}
+
+Linear load_linear(const Checkpoint& ck, const LayerPlan& layer, DType compute) {
+    HostWeights h = host_weights(ck, layer, compute);
+    if (h.scale.defined()) return Linear::int8(layer.spec.name, h.weight, h.scale, h.bias);
+    return Linear::dense(layer.spec.name, h.weight, h.bias);
+}
+
+}  // namespace qdit::nn

@@ -1,0 +1,26 @@
+// Where a layer's quantization plan is executed: the one place that decides, per Linear layer,
+// between a pre-quantized weight taken as stored, a high-precision weight quantized now, and a
+// weight kept in high precision. Every device's loader starts from host_weights.
+#pragma once
+#include "core/tensor.h"
+#include "io/safetensors.h"
+#include "nn/linear.h"
+#include "quant/plan.h"
+
+namespace qdit::nn {
+
+// One Linear layer's weights on the host, as its plan says: `weight` I8 [out, in] with `scale`
+// F32 [out] (stored or quantized here by quant/int8.h's rule), or `weight` in `dense` dtype
+// without scale; `bias` F32 for int8 layers, `dense` otherwise, undefined without bias.
+struct HostWeights {
+    Tensor weight, scale, bias;
+};
+HostWeights host_weights(const Checkpoint& ck, const LayerPlan& layer, DType dense);
+
+// quant/int8.h's weight rule for a float [N, K] tensor: q I8 [N, K], scale F32 [N].
+void quantize_weight_int8(const Tensor& w, Tensor* q, Tensor* scale);
+
+// The CPU Linear of `layer`, activations (and dense weights) in `compute` (F32 or BF16).
+Linear load_linear(const Checkpoint& ck, const LayerPlan& layer, DType compute);
+
+}  // namespace qdit::nn

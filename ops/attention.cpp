@@ -1,0 +1,54 @@
+#include "ops/attention.h"
+
+#include "backend/cpu/attention.h"
+#include "backend/cpu/layout.h"
+#include "ops/dispatch.h"
+#ifdef QDIT_WITH_CUDA
+#include "backend/cuda/attention.h"
+#endif
+
+namespace qdit::ops {
+
+Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim, bool causal,
+                 const Tensor& key_mask, const Context& ctx) {
+    const char* op = "attention";
+    detail::check_device(qkv, ctx, op, "qkv");
+    const int64_t hd = head_dim, rows = qkv.dim() == 2 ? qkv.size(0) : -1;
+    if (rows < 0 || batch < 1 || rows % batch || heads < 1 || kv_heads < 1 || heads % kv_heads || hd < 1 ||
+        qkv.size(1) != (heads + 2 * kv_heads) * hd)
+        raise<ShapeError>("{}: qkv {} for a batch of {} with {} heads, {} kv heads of {} dims (need [batch·L, "
+                          "(heads + 2·kv_heads)·head_dim], heads a multiple of kv heads)",
+                          op, shape_str(qkv.shape()), batch, heads, kv_heads, hd);
+    const int64_t L = rows / batch;
+    if (key_mask.defined() && (key_mask.device().type != DeviceType::CPU || key_mask.dtype() != DType::U8 ||
+                               key_mask.shape() != Shape{batch, L}))
+        raise<ShapeError>("{}: key_mask must be a host U8 [{}, {}], got {} {}", op, batch, L,
+                          dtype_name(key_mask.dtype()), shape_str(key_mask.shape()));
+    if (!ctx.cuda()) {
+        auto part = [&](int64_t col, int64_t h) {
+            return cpu::take_columns(qkv, col * hd, h * hd).view({batch, L, h, hd});
+        };
+        const Tensor o = cpu::scaled_dot_product_attention(part(0, heads), part(heads, kv_heads),
+                                                           part(heads + kv_heads, kv_heads), key_mask, causal);
+        return o.view({rows, heads * hd});
+    }
+#ifdef QDIT_WITH_CUDA
+    if (key_mask.defined())
+        raise<UsageError>("{}: a key mask (a padded batch) is not implemented on CUDA; run the items unpadded", op);
+    if (qkv.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(qkv.dtype()));
+    const int64_t ld = qkv.size(1), es = 2;
+    Tensor o = empty({rows, heads * hd}, DType::BF16, ctx);
+    const auto impl = ctx.attention == AttentionImpl::Simple ? cuda::AttentionImpl::Simple : cuda::AttentionImpl::Auto;
+    for (int64_t b = 0; b < batch; ++b) {
+        const uint8_t* q = static_cast<const uint8_t*>(qkv.raw()) + size_t(b * L * ld * es);
+        cuda::attention(q, ld, q + heads * hd * es, ld, q + (heads + kv_heads) * hd * es, ld,
+                        static_cast<uint8_t*>(o.raw()) + size_t(b * L * heads * hd * es), heads * hd, L, heads, hd,
+                        detail::stream(ctx), impl, kv_heads, causal);
+    }
+    return o;
+#else
+    detail::no_cuda(op);
+#endif
+}
+
+}  // namespace qdit::ops

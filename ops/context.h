@@ -1,0 +1,51 @@
+// The op layer: fused operations on core Tensors that validate their arguments once and then run on
+// the device their tensors are on (backend/cpu or backend/cuda). A model is written once over ops/
+// and nn/; it never names a backend.
+//
+// A Context says where a model's tensors live and how work is issued there.
+#pragma once
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace qdit::ops {
+
+// Which attention kernel a CUDA context uses: cuDNN's fused attention where it takes the shape
+// (else the simple kernel), or always the simple kernel (for checks). The CPU has one.
+enum class AttentionImpl { Auto, Simple };
+
+struct Context {
+    Device device;           // CPU, or CUDA:i
+    void* stream = nullptr;  // the cudaStream_t that CUDA work is issued on (null: the default stream)
+    AttentionImpl attention = AttentionImpl::Auto;
+    bool cuda() const { return device.type == DeviceType::CUDA; }
+};
+
+// CUDA devices this build can use here (0 without the CUDA backend or a GPU).
+int cuda_devices();
+
+// What a tensor's memory is for, on a device that accounts for it (weights or activations).
+enum class Memory { Activation, Weight };
+
+// A host tensor on ctx's device: itself on the CPU, a copy on a GPU (synchronous).
+Tensor to_device(const Tensor& host, const Context& ctx, Memory kind = Memory::Activation);
+// A tensor of ctx's device on the host: itself on the CPU, a copy from a GPU (waits for the work).
+Tensor to_host(const Tensor& t, const Context& ctx);
+// A new tensor on ctx's device, contents uninitialised.
+Tensor empty(Shape shape, DType dtype, const Context& ctx, Memory kind = Memory::Activation);
+
+// What a Linear group reads, as its producer writes it: x [m, k] in the compute dtype and, for a
+// group with int8 parts on a GPU, the per-token int8 quantization of the same rows (quant/int8.h):
+// q I8 [m, kp] (columns past k zero) with scales qs F32 [m]. On the CPU the int8 Linear quantizes
+// x itself, so only x is set there.
+struct Activation {
+    Tensor x, q, qs;
+};
+// What a group asks of its producer: the dense rows, their int8 quantization, or both; k columns
+// (kp: the int8 rows' stride).
+struct ActivationSpec {
+    bool dense = true, int8 = false;
+    int64_t k = 0, kp = 0;
+};
+
+}  // namespace qdit::ops

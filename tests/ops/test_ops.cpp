@@ -1,0 +1,363 @@
+// Every op of ops/ (and nn::LinearGroup) over shapes × dtypes on each backend this build and
+// machine have. The CPU implementation is checked against a plain double-precision computation of
+// the op's definition within a bound stated per dtype (bf16: the op rounds where torch does, so a
+// few bf16 ulps; f32: float error); every other backend is checked against the CPU implementation:
+// bit for bit where the op promises the CPU's rounding points (row, rope, swiglu, embedding, int8
+// Linear groups), within a bound where the arithmetic order differs (attention, bf16 GEMMs).
+//
+// QDIT_OPS_PERF=1 adds a perf mode: each case also prints the median time of 20 runs per backend.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "io/safetensors.h"
+#include "nn/linear_group.h"
+#include "ops/attention.h"
+#include "ops/embedding.h"
+#include "ops/glu.h"
+#include "ops/rope.h"
+#include "ops/row.h"
+#include "quant/int8.h"
+#include "tests/random_tensor.h"
+
+using namespace qdit;
+using testutil::randn;
+
+namespace {
+
+std::vector<ops::Context> contexts() {
+    std::vector<ops::Context> out = {ops::Context{}};
+    if (ops::cuda_devices() > 0) out.push_back(ops::Context{{DeviceType::CUDA, 0}});
+    return out;
+}
+
+// Host f64 copy of a host tensor.
+std::vector<double> values(const Tensor& t) {
+    const Tensor f = t.to(DType::F32);
+    return std::vector<double>(f.data<float>(), f.data<float>() + f.numel());
+}
+
+double round_to(double v, DType dt) {
+    Tensor t = Tensor::empty({1}, DType::F32);
+    t.data<float>()[0] = float(v);
+    return t.to(dt).item_f32(0);
+}
+
+// max |a − b| / max(max |b|, tiny)
+double rel_max(const Tensor& a, const std::vector<double>& b) {
+    const std::vector<double> av = values(a);
+    EXPECT_EQ(av.size(), b.size());
+    double e = 0, r = 1e-30;
+    for (size_t i = 0; i < std::min(av.size(), b.size()); ++i) {
+        e = std::max(e, std::fabs(av[i] - b[i]));
+        r = std::max(r, std::fabs(b[i]));
+    }
+    return e / r;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+    return a.shape() == b.shape() && a.dtype() == b.dtype() && std::equal(static_cast<const uint8_t*>(a.raw()),
+                                                                          static_cast<const uint8_t*>(a.raw()) + a.nbytes(),
+                                                                          static_cast<const uint8_t*>(b.raw()));
+}
+
+// The bound of the CPU implementation against the f64 definition, per dtype.
+double cpu_bound(DType dt) { return dt == DType::BF16 ? 2e-2 : 1e-5; }
+
+// One op case: runs on a context and returns its outputs on the host; `exact` when every backend
+// must give the CPU's bits, else `bound` (relative max error against the CPU).
+struct Case {
+    std::string name;
+    DType dt;
+    std::function<std::vector<Tensor>(const ops::Context&)> run;
+    bool exact = true;
+    double bound = 0;
+};
+
+void perf(const Case& c, const ops::Context& ctx) {
+    static const bool on = std::getenv("QDIT_OPS_PERF") && std::string(std::getenv("QDIT_OPS_PERF")) == "1";
+    if (!on) return;
+    std::vector<double> ms;
+    for (int i = 0; i < 20; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        c.run(ctx);  // outputs come back to the host: the time includes the copy and the wait
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    std::printf("[ perf ] %-44s %-7s %8.3f ms\n", c.name.c_str(), ctx.device.str().c_str(), ms[ms.size() / 2]);
+}
+
+// Runs a case on the CPU and on every other backend, comparing with the CPU's outputs.
+void check_backends(const Case& c) {
+    SCOPED_TRACE(c.name);
+    const std::vector<Tensor> ref = c.run(ops::Context{});
+    perf(c, ops::Context{});
+    for (const ops::Context& ctx : contexts()) {
+        if (!ctx.cuda()) continue;
+        if (c.dt != DType::BF16) continue;  // GPU ops run bf16 activations
+        const std::vector<Tensor> got = c.run(ctx);
+        ASSERT_EQ(got.size(), ref.size());
+        for (size_t i = 0; i < ref.size(); ++i) {
+            if (c.exact)
+                EXPECT_TRUE(same_bits(got[i], ref[i])) << ctx.device.str() << " output " << i;
+            else
+                EXPECT_LE(rel_max(got[i], values(ref[i])), c.bound) << ctx.device.str() << " output " << i;
+        }
+        perf(c, ctx);
+    }
+}
+
+const DType kDtypes[] = {DType::F32, DType::BF16};
+
+}  // namespace
+
+// x ← x + y; out = RMSNorm(x)·w.
+TEST(Ops, AddRmsNorm) {
+    for (DType dt : kDtypes)
+        for (auto [m, k] : {std::pair<int64_t, int64_t>{1, 8}, {5, 64}, {33, 200}}) {
+            const Tensor x0 = randn({m, k}, 1, 0.f, 1.f, dt), y = randn({m, k}, 2, 0.f, 1.f, dt),
+                         w = randn({k}, 3, 1.f, 0.2f, dt);
+            const float eps = 1e-6f;
+            Case c{fmt::format("add_rms_norm {}x{} {}", m, k, dtype_name(dt)), dt, [&](const ops::Context& ctx) {
+                       Tensor x = ops::to_device(x0.to(dt), ctx);
+                       const ops::ActivationSpec spec{true, false, k, k};
+                       Tensor out = ops::add_rms_norm(x, ops::to_device(y, ctx), ops::to_device(w, ctx), eps, spec, ctx).x;
+                       return std::vector<Tensor>{ops::to_host(x, ctx), ops::to_host(out, ctx)};
+                   }};
+            const std::vector<Tensor> cpu = c.run(ops::Context{});
+            // The definition in f64, with the residual sum rounded to the dtype first.
+            std::vector<double> xs = values(x0), ys = values(y), ws = values(w), sum(xs.size()), ref(xs.size());
+            for (size_t i = 0; i < xs.size(); ++i) sum[i] = round_to(xs[i] + ys[i], dt);
+            for (int64_t r = 0; r < m; ++r) {
+                double ss = 0;
+                for (int64_t j = 0; j < k; ++j) ss += sum[size_t(r * k + j)] * sum[size_t(r * k + j)];
+                const double inv = 1 / std::sqrt(ss / double(k) + eps);
+                for (int64_t j = 0; j < k; ++j) ref[size_t(r * k + j)] = sum[size_t(r * k + j)] * inv * ws[size_t(j)];
+            }
+            EXPECT_EQ(rel_max(cpu[0], sum), 0.0) << c.name;
+            EXPECT_LE(rel_max(cpu[1], ref), cpu_bound(dt)) << c.name;
+            check_backends(c);
+        }
+}
+
+// Per-head RMSNorm of q and k, then rotate-half RoPE; v untouched.
+TEST(Ops, QkRmsNormRopeHalf) {
+    for (DType dt : kDtypes)
+        for (auto [n, H, Hkv, hd] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{3, 2, 1, 8}, {17, 4, 2, 16}, {9, 6, 6, 32}}) {
+            const int64_t W = (H + 2 * Hkv) * hd;
+            const Tensor qkv0 = randn({n, W}, 4, 0.f, 1.f, dt), wq = randn({hd}, 5, 1.f, 0.2f, dt),
+                         wk = randn({hd}, 6, 1.f, 0.2f, dt);
+            std::vector<int64_t> pos(static_cast<size_t>(n));
+            for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = 3 * i + 1;
+            const double theta = 10000.0;
+            const float eps = 1e-6f;
+            Case c{fmt::format("qk_rms_norm_rope_half n{} h{}/{} d{} {}", n, H, Hkv, hd, dtype_name(dt)), dt,
+                   [&](const ops::Context& ctx) {
+                       Tensor qkv = ops::to_device(qkv0.to(dt), ctx);
+                       ops::qk_rms_norm_rope_half(qkv, H, Hkv, hd, ops::to_device(wq, ctx), ops::to_device(wk, ctx), eps,
+                                                  ops::to_device(ops::rope_half_table(theta, hd, pos), ctx), ctx);
+                       return std::vector<Tensor>{ops::to_host(qkv, ctx)};
+                   }};
+            const std::vector<Tensor> cpu = c.run(ops::Context{});
+            std::vector<double> in = values(qkv0), ref = in, wqs = values(wq), wks = values(wk);
+            for (int64_t t = 0; t < n; ++t)
+                for (int64_t h = 0; h < H + Hkv; ++h) {
+                    double* v = ref.data() + t * W + h * hd;
+                    const std::vector<double>& w = h < H ? wqs : wks;
+                    double ss = 0;
+                    for (int64_t j = 0; j < hd; ++j) ss += v[j] * v[j];
+                    const double inv = 1 / std::sqrt(ss / double(hd) + eps);
+                    std::vector<double> u(static_cast<size_t>(hd));
+                    for (int64_t j = 0; j < hd; ++j) u[size_t(j)] = v[j] * inv * w[size_t(j)];
+                    for (int64_t j = 0; j < hd / 2; ++j) {
+                        const double ang = double(pos[size_t(t)]) / std::pow(theta, 2.0 * double(j) / double(hd));
+                        const double a = u[size_t(j)], b = u[size_t(j + hd / 2)];
+                        v[j] = a * std::cos(ang) - b * std::sin(ang);
+                        v[j + hd / 2] = b * std::cos(ang) + a * std::sin(ang);
+                    }
+                }
+            EXPECT_LE(rel_max(cpu[0], ref), dt == DType::BF16 ? 3e-2 : 1e-5) << c.name;
+            check_backends(c);
+        }
+}
+
+// Causal grouped-query attention over a fused q|k|v (batch of items, with and without a key mask).
+TEST(Ops, Attention) {
+    for (DType dt : kDtypes)
+        for (auto [B, L, H, Hkv, hd, masked] :
+             {std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool>{1, 5, 2, 1, 8, false},
+              {2, 7, 4, 2, 16, false},
+              {2, 6, 2, 2, 8, true}}) {
+            const int64_t W = (H + 2 * Hkv) * hd;
+            const Tensor qkv = randn({B * L, W}, 7, 0.f, 1.f, dt);
+            Tensor mask;
+            if (masked) {
+                mask = Tensor::empty({B, L}, DType::U8);
+                for (int64_t i = 0; i < B * L; ++i) mask.data<uint8_t>()[i] = (i % L) >= (i / L);  // item b: b pads on the left
+            }
+            Case c{fmt::format("attention B{} L{} h{}/{} d{}{} {}", B, L, H, Hkv, hd, masked ? " masked" : "", dtype_name(dt)),
+                   dt,
+                   [&](const ops::Context& ctx) {
+                       return std::vector<Tensor>{ops::to_host(
+                           ops::attention(ops::to_device(qkv, ctx), B, H, Hkv, hd, true, mask, ctx), ctx)};
+                   },
+                   false, 2e-2};
+            const std::vector<Tensor> cpu = c.run(ops::Context{});
+            const std::vector<double> x = values(qkv);
+            std::vector<double> ref(size_t(B * L * H * hd), 0.0);
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t h = 0; h < H; ++h)
+                    for (int64_t i = 0; i < L; ++i) {
+                        const int64_t g = h / (H / Hkv);
+                        std::vector<double> s;
+                        std::vector<int64_t> keys;
+                        for (int64_t j = 0; j <= i; ++j) {
+                            if (masked && !mask.data<uint8_t>()[b * L + j]) continue;
+                            double d = 0;
+                            for (int64_t e = 0; e < hd; ++e)
+                                d += x[size_t((b * L + i) * W + h * hd + e)] * x[size_t((b * L + j) * W + (H + g) * hd + e)];
+                            s.push_back(d / std::sqrt(double(hd)));
+                            keys.push_back(j);
+                        }
+                        if (s.empty()) continue;
+                        const double mx = *std::max_element(s.begin(), s.end());
+                        double z = 0;
+                        for (double& v : s) z += (v = std::exp(v - mx));
+                        for (size_t q = 0; q < s.size(); ++q)
+                            for (int64_t e = 0; e < hd; ++e)
+                                ref[size_t((b * L + i) * H * hd + h * hd + e)] +=
+                                    s[q] / z * x[size_t((b * L + keys[q]) * W + (H + Hkv + g) * hd + e)];
+                    }
+            EXPECT_LE(rel_max(cpu[0], ref), cpu_bound(dt)) << c.name;
+            if (masked) {
+                // A GPU refuses a key mask (not implemented there): the CPU's answer is the only one.
+                for (const ops::Context& ctx : contexts())
+                    if (ctx.cuda()) EXPECT_THROW(c.run(ctx), UsageError);
+                continue;
+            }
+            check_backends(c);
+        }
+}
+
+// silu(gate) · up over column blocks of a fused projection.
+TEST(Ops, Swiglu) {
+    for (DType dt : kDtypes)
+        for (auto [m, k] : {std::pair<int64_t, int64_t>{1, 16}, {9, 48}, {20, 128}}) {
+            const Tensor h = randn({m, 2 * k}, 8, 0.f, 2.f, dt);
+            Case c{fmt::format("swiglu {}x{} {}", m, k, dtype_name(dt)), dt, [&](const ops::Context& ctx) {
+                       return std::vector<Tensor>{ops::to_host(
+                           ops::swiglu(ops::to_device(h, ctx), k, ops::ActivationSpec{true, false, k, k}, ctx).x, ctx)};
+                   }};
+            const std::vector<Tensor> cpu = c.run(ops::Context{});
+            const std::vector<double> x = values(h);
+            std::vector<double> ref(static_cast<size_t>(m * k));
+            for (int64_t r = 0; r < m; ++r)
+                for (int64_t j = 0; j < k; ++j) {
+                    const double a = x[size_t(r * 2 * k + j)], b = x[size_t(r * 2 * k + k + j)];
+                    ref[size_t(r * k + j)] = a / (1 + std::exp(-a)) * b;
+                }
+            EXPECT_LE(rel_max(cpu[0], ref), cpu_bound(dt)) << c.name;
+            check_backends(c);
+        }
+}
+
+// Rows of a table; an id outside the vocabulary is named.
+TEST(Ops, Embedding) {
+    const Tensor table = randn({50, 24}, 9, 0.f, 1.f, DType::BF16);
+    const std::vector<int32_t> ids = {3, 0, 49, 3, 17};
+    Case c{"embedding 5 of 50x24 bf16", DType::BF16, [&](const ops::Context& ctx) {
+               return std::vector<Tensor>{ops::to_host(ops::embedding(ops::to_device(table, ctx), ids, ctx), ctx)};
+           }};
+    const std::vector<Tensor> cpu = c.run(ops::Context{});
+    for (size_t i = 0; i < ids.size(); ++i)
+        EXPECT_EQ(std::memcmp(static_cast<const uint8_t*>(cpu[0].raw()) + i * 48,
+                              static_cast<const uint8_t*>(table.raw()) + size_t(ids[i]) * 48, 48),
+                  0);
+    check_backends(c);
+    for (const ops::Context& ctx : contexts()) {
+        try {
+            ops::embedding(ops::to_device(table, ctx), {1, 50}, ctx);
+            ADD_FAILURE() << "id 50 of 50 accepted on " << ctx.device.str();
+        } catch (const ShapeError& e) {
+            EXPECT_NE(std::string(e.what()).find("token id 50 at position 1"), std::string::npos) << e.what();
+        }
+    }
+}
+
+// A group of Linear layers reading one input: each member's block equals x·Wᵀ + b (dense) or the
+// W8A8 rule (int8), on the CPU against f64; a GPU's int8 parts give the CPU's bits.
+TEST(Ops, LinearGroup) {
+    const int64_t m = 7, k = 40;
+    const std::vector<int64_t> outs = {24, 8, 16};
+    std::map<std::string, Tensor> weights;
+    std::vector<LayerPlan> plans;
+    for (size_t i = 0; i < outs.size(); ++i) {
+        LayerPlan p;
+        p.spec = {fmt::format("g.{}", i), outs[i], k, i == 1};
+        plans.push_back(p);
+        weights[p.spec.name + ".weight"] = randn({outs[i], k}, 20 + uint32_t(i), 0.f, 0.1f, DType::BF16);
+        if (p.spec.bias) weights[p.spec.name + ".bias"] = randn({outs[i]}, 30, 0.f, 0.1f, DType::BF16);
+    }
+    const std::string file = ::testing::TempDir() + "/ops_linear_group.safetensors";
+    write_safetensors(file, std::vector<std::pair<std::string, Tensor>>(weights.begin(), weights.end()));
+    const Checkpoint ck(file);
+    const Tensor x = randn({m, k}, 40, 0.f, 1.f, DType::BF16);
+    for (Precision prec : {Precision::High, Precision::Int8}) {
+        for (LayerPlan& p : plans) p.precision = prec;
+        std::vector<nn::LinearGroup::Member> ms;
+        for (const LayerPlan& p : plans) ms.push_back({&p, round_up(p.spec.out_features, 16), 48});
+        const bool int8 = prec == Precision::Int8;
+        Case c{fmt::format("linear group {}x{} -> 24|8|16 {}", m, k, int8 ? "int8" : "bf16"), DType::BF16,
+               [&](const ops::Context& ctx) {
+                   const nn::LinearGroup g(ck, ms, DType::BF16, ctx);
+                   const Tensor y = ops::to_host(g.forward({ops::to_device(x, ctx)}), ctx);
+                   // Each member's block, whatever padding the device added.
+                   std::vector<Tensor> blocks;
+                   for (size_t i = 0; i < outs.size(); ++i) {
+                       Tensor b = Tensor::empty({m, outs[i]}, DType::BF16);
+                       for (int64_t r = 0; r < m; ++r)
+                           std::memcpy(b.data<uint16_t>() + r * outs[i], y.data<uint16_t>() + r * g.width() + g.column(i),
+                                       size_t(outs[i]) * 2);
+                       blocks.push_back(b);
+                   }
+                   return blocks;
+               },
+               int8, 2e-2};
+        const std::vector<Tensor> cpu = c.run(ops::Context{});
+        // f64 reference: dense x·Wᵀ + b, or the W8A8 rule on the same bf16 inputs.
+        const std::vector<double> xs = values(x);
+        std::vector<int8_t> qx(static_cast<size_t>(m * k));
+        std::vector<float> sx(static_cast<size_t>(m));
+        quantize_rows_int8_ref(x.raw(), DType::BF16, m, k, k, qx.data(), sx.data());
+        for (size_t i = 0; i < outs.size(); ++i) {
+            const Tensor& w = weights[plans[i].spec.name + ".weight"];
+            const std::vector<double> ws = values(w);
+            std::vector<int8_t> qw(static_cast<size_t>(outs[i] * k));
+            std::vector<float> sw(static_cast<size_t>(outs[i]));
+            quantize_rows_int8_ref(w.raw(), DType::BF16, outs[i], k, k, qw.data(), sw.data());
+            const std::vector<double> bias =
+                plans[i].spec.bias ? values(weights[plans[i].spec.name + ".bias"]) : std::vector<double>(size_t(outs[i]), 0.0);
+            std::vector<double> ref(static_cast<size_t>(m * outs[i]));
+            for (int64_t r = 0; r < m; ++r)
+                for (int64_t o = 0; o < outs[i]; ++o) {
+                    double acc = 0;
+                    for (int64_t j = 0; j < k; ++j)
+                        acc += int8 ? double(qx[size_t(r * k + j)]) * qw[size_t(o * k + j)]
+                                    : xs[size_t(r * k + j)] * ws[size_t(o * k + j)];
+                    ref[size_t(r * outs[i] + o)] = (int8 ? acc * sx[size_t(r)] * sw[size_t(o)] : acc) + bias[size_t(o)];
+                }
+            EXPECT_LE(rel_max(cpu[i], ref), 1e-2) << c.name << " member " << i;
+        }
+        check_backends(c);
+    }
+}

@@ -9,6 +9,7 @@
 
 #include "fuzz_util.h"
 #include "models/text/tokenizer.h"
+#include "pipeline/chat_template.h"
 
 using namespace qdit;
 
@@ -29,7 +30,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const text::PaddedTokens padded = tok.encode_padded(input, 8);
         if (padded.ids.size() != 8 || padded.attention_mask.size() != 8)
             fuzz::property_failed("encode_padded did not give 8 entries");
-        (void)tok.encode(tok.apply_chat_template_zimage(input));
+        (void)tok.encode(
+            render_zimage_prompt(tok.chat_template(), tok.chat_template_path(), input));
     });
     return 0;
 }

@@ -1,5 +1,7 @@
 // Linear layer on the CPU at Z-Image widths: our int8 W8A8 path against
 // oneDNN (int8, f32, bf16) and OpenBLAS sgemm. Counter GOPS = 2*M*N*K / s / 1e9.
+// The label names the engine that ran: our kernel path (QDIT_CPU_ISA picks
+// another) or oneDNN's implementation (ONEDNN_MAX_CPU_ISA limits it).
 //   bench_linear --benchmark_min_time=0.5
 #include <benchmark/benchmark.h>
 
@@ -70,6 +72,7 @@ void BM_Int8Linear(benchmark::State& st) {
     Tensor x = random_f32({s.m, s.k}, 2, 1.f).to(DType::BF16);
     for (auto _ : st) benchmark::DoNotOptimize(lin.forward(x));
     set_ops(st, s);
+    st.SetLabel(cpu::isa_name(cpu::best_isa()));
 }
 
 // oneDNN matmul with weights in oneDNN's preferred layout (reordered once),
@@ -130,6 +133,11 @@ void BM_OnednnInt8(benchmark::State& st) {
     using dt = dnnl::memory::data_type;
     onednn_matmul(st, dt::u8, dt::s8, dt::f32, true);
 }
+// Signed activations, as the W8A8 contract has them (AMX multiplies s8 x s8 directly).
+void BM_OnednnInt8S8(benchmark::State& st) {
+    using dt = dnnl::memory::data_type;
+    onednn_matmul(st, dt::s8, dt::s8, dt::f32, true);
+}
 void BM_OnednnF32(benchmark::State& st) {
     using dt = dnnl::memory::data_type;
     onednn_matmul(st, dt::f32, dt::f32, dt::f32, false);
@@ -164,6 +172,7 @@ BENCHMARK_CAPTURE(BM_QuantizeActivations, bf16, DType::BF16)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_QuantizeActivations, f32, DType::F32)->Apply(shapes);
 BENCHMARK(BM_Int8Linear)->Apply(shapes);
 BENCHMARK(BM_OnednnInt8)->Apply(shapes);
+BENCHMARK(BM_OnednnInt8S8)->Apply(shapes);
 #ifdef QDIT_HAVE_CBLAS
 BENCHMARK(BM_OpenblasSgemm)->Apply(shapes);
 #endif

@@ -60,7 +60,12 @@ bool isa_supported(Isa isa) {
 Isa best_isa() {
     static const Isa best = [] {
         if (const char* env = std::getenv("QDIT_CPU_ISA"); env && *env) {
-            const Isa isa = isa_from_name(env);
+            Isa isa = Isa::Scalar;
+            try {
+                isa = isa_from_name(env);
+            } catch (const ConfigError& e) {
+                raise<ConfigError>("QDIT_CPU_ISA: {}", e.what());
+            }
             if (!isa_supported(isa))
                 raise<ConfigError>("QDIT_CPU_ISA={}: this CPU does not support that path", env);
             return isa;

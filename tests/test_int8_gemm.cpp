@@ -299,6 +299,38 @@ TEST(Int8Quant, AllPathsBitExactToReference) {
         }
 }
 
+TEST(Int8Quant, NearTiesMatchReference) {
+    // Values whose x / s lies within a few ulp of a half-integer, where a
+    // multiplication by 1 / s may round differently from the true division.
+    std::mt19937 rng(21);
+    const int64_t m = 64, k = 257;
+    std::vector<float> x(size_t(m * k));
+    std::uniform_int_distribution<int> tie(-127, 126), ulps(-4, 4);
+    std::uniform_real_distribution<float> scale(1e-3f, 10.f);
+    for (int64_t i = 0; i < m; ++i) {
+        const float s0 = scale(rng);
+        float* row = x.data() + i * k;
+        row[0] = 127.f * s0;  // the row's absmax, so s is close to s0
+        for (int64_t j = 1; j < k; ++j) {
+            float v = (float(tie(rng)) + 0.5f) * s0;
+            for (int u = ulps(rng); u != 0; u += u > 0 ? -1 : 1)
+                v = std::nextafter(v, u > 0 ? 1e30f : -1e30f);
+            row[j] = v;
+        }
+    }
+    std::vector<int8_t> q_ref(x.size());
+    std::vector<float> s_ref(static_cast<size_t>(m));
+    quantize_rows_int8_ref(x.data(), DType::F32, m, k, k, q_ref.data(), s_ref.data());
+    for (Isa isa : kSimd) {
+        if (!cpu::isa_supported(isa)) continue;
+        std::vector<int8_t> q(x.size());
+        std::vector<float> sc(static_cast<size_t>(m));
+        cpu::quantize_rows_int8(x.data(), DType::F32, m, k, k, q.data(), sc.data(), isa);
+        EXPECT_EQ(q, q_ref) << cpu::isa_name(isa);
+        EXPECT_EQ(0, std::memcmp(sc.data(), s_ref.data(), sc.size() * 4)) << cpu::isa_name(isa);
+    }
+}
+
 TEST(Int8Quant, StridedRows) {
     std::mt19937 rng(8);
     const int64_t m = 9, k = 37, ld = 50;

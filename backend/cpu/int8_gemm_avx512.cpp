@@ -4,7 +4,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "backend/cpu/int8_gemm_internal.h"
 
@@ -161,12 +163,20 @@ void quantize_rows_avx512(const void* x, DType xt, int64_t m, int64_t k, int64_t
         const void* row = static_cast<const uint8_t*>(x) + size_t(i * ldx) * es;
         int8_t* qi = q + i * k;
         // max(v, acc) keeps acc when v is NaN, like std::max in the reference.
-        __m512 vmax = _mm512_setzero_ps();
-        for (int64_t j = 0; j < k; j += 16) {
+        // Four accumulators: one max per vector would wait on the previous one.
+        __m512 vmax[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                          _mm512_setzero_ps()};
+        int64_t j = 0;
+        for (; j + 64 <= k; j += 64)
+            for (int u = 0; u < 4; ++u)
+                vmax[u] = _mm512_max_ps(
+                    _mm512_and_ps(load_f32(row, xt, j + u * 16, __mmask16(0xffff)), abs_mask), vmax[u]);
+        for (; j < k; j += 16) {
             const __mmask16 mask = k - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (k - j)) - 1);
-            vmax = _mm512_max_ps(_mm512_and_ps(load_f32(row, xt, j, mask), abs_mask), vmax);
+            vmax[0] = _mm512_max_ps(_mm512_and_ps(load_f32(row, xt, j, mask), abs_mask), vmax[0]);
         }
-        const float absmax = _mm512_reduce_max_ps(vmax);
+        const float absmax = _mm512_reduce_max_ps(
+            _mm512_max_ps(_mm512_max_ps(vmax[0], vmax[1]), _mm512_max_ps(vmax[2], vmax[3])));
         if (absmax == 0.f) {
             scale[i] = 1.f;
             std::memset(qi, 0, size_t(k));
@@ -175,11 +185,28 @@ void quantize_rows_avx512(const void* x, DType xt, int64_t m, int64_t k, int64_t
         const float s = absmax / 127.f;
         scale[i] = s;
         const __m512 vs = _mm512_set1_ps(s);
+        // The reference rounds x / s (a true division) to nearest even. The
+        // division is the slowest step, so x * (1 / s) is used where it gives
+        // the same integer: with |x / s| <= 127 the two differ by at most 2^-15,
+        // so they round alike unless x / s lies within 2^-12 of a half-integer.
+        // A vector with such a lane (about 1 in 100) is divided. Scales that
+        // are not normal numbers (1 / s could overflow) always divide.
+        const bool reciprocal = s >= std::numeric_limits<float>::min() && std::isfinite(s);
+        const __m512 vinv = _mm512_set1_ps(1.f / s);
+        const __m512 half = _mm512_set1_ps(0.5f), near = _mm512_set1_ps(0x1p-12f);
         const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
         for (int64_t j = 0; j < k; j += 16) {
             const __mmask16 mask = k - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (k - j)) - 1);
-            // True division and the default (nearest-even) rounding mode, as the reference.
-            __m512i r = _mm512_cvtps_epi32(_mm512_div_ps(load_f32(row, xt, j, mask), vs));
+            const __m512 x = load_f32(row, xt, j, mask);
+            __m512 v = _mm512_mul_ps(x, vinv);
+            // v - floor(v) is exact for |v| < 2^23; NaN lanes compare false.
+            const __m512 frac = _mm512_sub_ps(
+                v, _mm512_roundscale_ps(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+            const __m512 dist = _mm512_and_ps(_mm512_sub_ps(frac, half), abs_mask);
+            if (!reciprocal || _mm512_cmp_ps_mask(dist, near, _CMP_LT_OQ) != 0)
+                v = _mm512_div_ps(x, vs);
+            // The default (nearest-even) rounding mode, as the reference.
+            __m512i r = _mm512_cvtps_epi32(v);
             r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
             _mm512_mask_cvtepi32_storeu_epi8(qi + j, mask, r);
         }

@@ -11,6 +11,7 @@
 
 namespace qdit::cpu {
 
+// Amx runs the GEMM on AMX tiles; its activation quantization is the AVX-512 one.
 enum class Isa { Scalar, Avx2, Avx512Vnni, Amx };
 // The path used by default: the fastest one this CPU (and OS) supports, or the
 // one named by the environment variable QDIT_CPU_ISA (an isa_name; an unknown
@@ -19,7 +20,6 @@ Isa best_isa();
 bool isa_supported(Isa isa);           // Amx: also asks Linux for the tile state, once
 const char* isa_name(Isa isa);         // "scalar", "avx2", "avx512-vnni", "amx-int8"
 Isa isa_from_name(const std::string& name);  // an isa_name; else ConfigError listing them
-// Amx runs the GEMM on AMX tiles; its activation quantization is the AVX-512 one.
 
 // An int8 weight [N, K] repacked once at load time into the layout the
 // kernels stream, with what the epilogue needs.

@@ -24,7 +24,8 @@ namespace {
 
 constexpr int64_t kTileRows = 16;
 constexpr int64_t kStepRows = 2 * kTileRows;           // rows per micro-tile
-constexpr int64_t kPanelCols = 2 * kBlockN;            // columns per micro-tile
+constexpr int64_t kPanelBlocks = 2;                    // 16-column blocks per micro-tile
+constexpr int64_t kPanelCols = kPanelBlocks * kBlockN;
 constexpr int64_t kMaxBlockRows = 384;                 // rows per block, at most
 constexpr int64_t kActBlockBytes = int64_t(1) << 20;   // rows x K chunk of activations
 
@@ -117,17 +118,19 @@ using MicroFn = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int64_t
 void panel_task(const GemmArgs& g, const Chunk& ch, int64_t panel, int64_t m_begin, int64_t m_end) {
     const PackedInt8Weight& w = *g.w;
     const int64_t kg = kg_of(w.k), blocks = round_up(w.n, kBlockN) / kBlockN;
-    const int64_t nb0 = panel * 2, n0 = nb0 * kBlockN;
+    const int64_t nb0 = panel * kPanelBlocks, n0 = nb0 * kBlockN;
     const bool two_cols = blocks - nb0 > 1;
     const int cols = int(std::min<int64_t>(kPanelCols, w.n - n0));
     const int64_t bstride = kg * 64;  // bytes per packed block
     const int8_t* b = w.packed.data<int8_t>() + nb0 * bstride + ch.k0 * 16;
-    // The next panel's chunk: 16 lines per k step and block, spread over the
-    // block's micro-tiles from the first on.
+    // The next panel's chunk (16 lines per k step and block) is prefetched into
+    // L2 over this panel's micro-tiles: micro-tile t takes `lines` lines per k
+    // step, from line t * lines * steps of each block on.
     const int64_t row_steps = (g.m + kStepRows - 1) / kStepRows;
     const int64_t lines = (kTileRows + row_steps - 1) / row_steps;
-    const int8_t* next0 = nb0 + 2 < blocks ? b + 2 * bstride : nullptr;
-    const int8_t* next1 = nb0 + 3 < blocks ? b + 3 * bstride : nullptr;
+    const int64_t next = nb0 + kPanelBlocks;
+    const int8_t* next0 = next < blocks ? b + kPanelBlocks * bstride : nullptr;
+    const int8_t* next1 = next + 1 < blocks ? b + (kPanelBlocks + 1) * bstride : nullptr;
     alignas(64) int32_t tile[kStepRows * kPanelCols];
     configure_tiles();
     for (int64_t m = m_begin; m < m_end; m += kStepRows) {
@@ -173,7 +176,7 @@ void gemm_amx(const GemmArgs& g) {
     const int64_t max_steps = std::max<int64_t>(1, kActBlockBytes / (block_rows * kTileK));
     const int64_t n_chunks = (total_steps + max_steps - 1) / max_steps;
     const int64_t chunk_steps = (total_steps + n_chunks - 1) / n_chunks;
-    const int64_t panels = (round_up(w.n, kBlockN) / kBlockN + 1) / 2;
+    const int64_t panels = (round_up(w.n, kBlockN) / kBlockN + kPanelBlocks - 1) / kPanelBlocks;
 
     // Partial sums between K chunks: one row block, all columns.
     thread_local Tensor partial;

@@ -4,7 +4,8 @@
 # build is CPU-only.
 set -euo pipefail
 pkgs=(cmake make g++ nlohmann-json3-dev libcli11-dev libfmt-dev libdnnl-dev libopenblas-dev
-      libgtest-dev libbenchmark-dev libpng-dev libpcre2-dev libicu-dev pkg-config)
+      libgtest-dev libbenchmark-dev libpng-dev libpcre2-dev libicu-dev pkg-config
+      libcpp-httplib-dev python3-venv python3-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -676,7 +676,10 @@ int Server::start() {
 
 void Server::load() {
     Impl& s = *p_;
-    s.say(fmt::format("loading {}", s.model_dir));
+    s.say(s.opt.model.empty() ? fmt::format("no --model given: loading the built-in tiny Z-Image pipeline at {}; its "
+                                            "weights are random, so the images are noise",
+                                            s.model_dir)
+                              : fmt::format("loading {}", s.model_dir));
     auto t0 = Clock::now();
     auto pipe = std::make_unique<ZImagePipeline>(s.model_dir, s.opt.pipeline);
     {

@@ -1,12 +1,13 @@
 """`qdit serve` with the built-in tiny model, through OpenAI's Python client and raw HTTP."""
 import signal
+import subprocess
 import threading
 import time
 
 import openai
 import pytest
 
-from conftest import AUTH, TINY, Server, cli_image, decode_png
+from conftest import AUTH, QDIT, TINY, Server, cli_image, decode_png
 
 # A job long enough to cancel, queue behind or interrupt (several seconds on the tiny model).
 SLOW = {"prompt": "slow", "size": "512x512", "num_inference_steps": 200, "seed": 1}
@@ -263,3 +264,17 @@ def test_sigterm_finishes_accepted_jobs_and_exits_0(tmp_path):
     assert decode_png(body["data"][0]["b64_json"]).tobytes() == cli_image(tmp_path, seed=3, prompt="a cat").tobytes()
     assert s.proc.wait(60) == 0
     assert any("stopped" in line for line in s.lines)
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--model", "/no/such/model"], 1, "/no/such/model"),
+    (["--max-queue", "0"], 2, "--max-queue"),
+    (["--port", "70000"], 2, "--port"),
+    (["--device", "tpu"], 2, "--device"),
+    (["--quantization", "int4"], 2, "--quantization"),
+])
+def test_bad_serve_arguments_exit_with_one_error_line(args, code, message):
+    r = subprocess.run([QDIT, "serve", "--port", "0", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == code
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], r.stderr

@@ -119,7 +119,7 @@ NB_MODULE(_qdit, m) {
              },
              nb::arg("model"), nb::arg("quantization"), nb::arg("config_json"), nb::arg("device"))
         .def("generate", &Pipeline::generate, nb::arg("prompt"), nb::arg("negative_prompt"), nb::arg("width"),
-             nb::arg("height"), nb::arg("steps"), nb::arg("guidance"), nb::arg("seed"), nb::arg("progress"))
+             nb::arg("height"), nb::arg("steps"), nb::arg("guidance"), nb::arg("seed"), nb::arg("progress").none())
         .def_prop_ro("model", &Pipeline::model)
         .def_prop_ro("quantization", &Pipeline::quantization)
         .def_prop_ro("warnings", &Pipeline::warnings)

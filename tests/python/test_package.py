@@ -85,11 +85,20 @@ def test_progress_is_called_after_every_step_and_can_stop(pipe):
 
 def test_gil_is_released_while_generating(pipe):
     done = threading.Event()
-    t = threading.Thread(target=lambda: (pipe.generate("x", width=256, height=256, steps=4), done.set()))
+    result = []
+
+    def run():
+        try:
+            result.append(pipe.generate("x", width=256, height=256, steps=4))
+        finally:
+            done.set()
+
+    t = threading.Thread(target=run)
     t.start()
     spins = 0
-    while not done.is_set():
+    while not done.wait(0) and spins < 10**9:
         spins += 1
     t.join()
+    assert result and result[0].size == (256, 256)
     # Holding the GIL, the generation would let this loop run only between its own bytecodes.
     assert spins > 10000

@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -273,6 +274,7 @@ struct Server::Impl {
     std::function<void(const std::string&)> log;
     std::string model_dir, model_id, quant_name;
     httplib::Server http;
+    int listen_fd = -1;
     std::thread http_thread, worker;
     std::unique_ptr<ZImagePipeline> pipe;
 
@@ -662,6 +664,14 @@ int Server::start() {
     const size_t threads = size_t(std::max(32, 2 * s.opt.max_queue + 16));
     s.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     s.http.set_payload_max_length(s.opt.limits.max_body_bytes);
+    // httplib's default sets SO_REUSEPORT, which lets a second server bind the same port and take half
+    // the connections; SO_REUSEADDR alone makes that an error. Remember the listening socket (the
+    // last one created) to deepen its backlog below.
+    s.http.set_socket_options([&s](int sock) {
+        int yes = 1;
+        ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+        s.listen_fd = sock;
+    });
     int port = s.opt.port;
     if (port == 0) {
         port = s.http.bind_to_any_port(s.opt.host);
@@ -670,6 +680,9 @@ int Server::start() {
         raise<IoError>("cannot listen on {}:{} (address in use, or not an address of this machine)", s.opt.host,
                        port);
     }
+    // Debian's cpp-httplib listens with a backlog of 5: a burst of clients connecting at once overflows
+    // it and their SYNs are dropped (retried after 1, 2, 4, 8 s). Listening again only raises the backlog.
+    if (s.listen_fd >= 0) ::listen(s.listen_fd, SOMAXCONN);
     s.http_thread = std::thread([&s] { s.http.listen_after_bind(); });
     return port;
 }

@@ -278,3 +278,8 @@ def test_bad_serve_arguments_exit_with_one_error_line(args, code, message):
     assert r.returncode == code
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], r.stderr
+
+
+def test_a_taken_port_is_an_error(server):
+    r = subprocess.run([QDIT, "serve", "--port", str(server.port)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{server.port}" in r.stderr

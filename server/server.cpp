@@ -60,9 +60,12 @@ json error_body(const ApiError& e) {
     return {{"error", err}};
 }
 
+// Messages may quote the request; a cut multi-byte character becomes U+FFFD instead of an exception.
+std::string to_text(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 void send_json(httplib::Response& res, int status, const json& body) {
     res.status = status;
-    res.set_content(body.dump(), "application/json");
+    res.set_content(to_text(body), "application/json");
 }
 
 void send_error(httplib::Response& res, const ApiError& e) {
@@ -131,17 +134,17 @@ void parse_size(const std::string& s, int multiple, int max_side, int* w, int* h
                                           multiple, multiple, max_side));
 }
 
-const char* const kKnownFields[] = {"prompt",   "model",         "n",
-                                    "size",     "response_format", "output_format",
-                                    "user",     "negative_prompt", "num_inference_steps",
-                                    "guidance_scale", "true_cfg_scale", "seed"};
+// OpenAI's fields, then the reference server's.
+const char* const kKnownFields[] = {"prompt", "model", "n", "size", "response_format", "output_format", "user",
+                                    "negative_prompt", "num_inference_steps", "guidance_scale", "true_cfg_scale",
+                                    "seed"};
 
 ImageRequest parse_image_request(const json& body, const Limits& lim, const std::string& model_id) {
     if (!body.is_object()) throw ApiError{400, "the request body must be a JSON object", ""};
     for (auto it = body.begin(); it != body.end(); ++it) {
         bool known = false;
         for (const char* k : kKnownFields) known = known || it.key() == k;
-        if (!known) bad_field(it.key(), fmt::format("unknown field '{}'", it.key()));
+        if (!known) bad_field(it.key().substr(0, 64), fmt::format("unknown field '{}'", it.key().substr(0, 64)));
     }
     ImageRequest r;
     if (!field(body, "prompt")) bad_field("prompt", "'prompt' is required");
@@ -302,7 +305,7 @@ struct Server::Impl {
 
     void add_event(Job& j, const char* event, json data) {
         data["id"] = j.id;
-        j.events.push_back(fmt::format("event: {}\ndata: {}\n\n", event, data.dump()));
+        j.events.push_back(fmt::format("event: {}\ndata: {}\n\n", event, to_text(data)));
         cv.notify_all();
     }
 

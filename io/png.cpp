@@ -5,7 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
+#include <new>
 
 #include "core/error.h"
 #include "io/files.h"
@@ -21,13 +21,21 @@ namespace {
 }
 void on_png_warning(png_structp, png_const_charp) {}
 
-// The only code that runs under libpng's longjmp error handling: plain
-// pointers in, success out, so nothing with a destructor is skipped.
+// libpng's output callback: appends to the std::string given to png_set_write_fn. No exception
+// may cross libpng, so a failed allocation becomes a libpng error (a longjmp from here).
 void png_append(png_structp png, png_bytep data, size_t n) {
-    static_cast<std::string*>(png_get_io_ptr(png))->append(reinterpret_cast<const char*>(data), n);
+    bool ok = true;
+    try {
+        static_cast<std::string*>(png_get_io_ptr(png))->append(reinterpret_cast<const char*>(data), n);
+    } catch (const std::bad_alloc&) {
+        ok = false;
+    }
+    if (!ok) png_error(png, "out of memory");
 }
 void png_flush_nothing(png_structp) {}
 
+// The only code that runs under libpng's longjmp error handling: plain
+// pointers in, success out, so nothing with a destructor is skipped.
 bool png_write_all(png_structp png, png_infop info, std::string* out, int width, int height,
                    png_textp chunks, int n_chunks, png_bytepp rows) {
     if (setjmp(png_jmpbuf(png))) return false;

@@ -184,7 +184,7 @@ ImageRequest parse_image_request(const json& body, const Limits& lim, const std:
     }
     const int64_t work = int64_t(r.n) * r.gen.steps * r.gen.width * r.gen.height;
     if (work > lim.max_work)
-        bad_field("n", fmt::format("n × num_inference_steps × width × height = {} × {} × {} × {} = {} exceeds "
+        bad_field("n", fmt::format("'n' × 'num_inference_steps' × width × height = {} × {} × {} × {} = {} exceeds "
                                    "this server's limit of {}",
                                    r.n, r.gen.steps, r.gen.width, r.gen.height, work, lim.max_work));
     return r;

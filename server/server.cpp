@@ -285,7 +285,8 @@ struct Server::Impl {
     std::condition_variable cv;  // any job or queue change
     std::deque<std::shared_ptr<Job>> queue;
     std::unordered_map<std::string, std::shared_ptr<Job>> jobs;
-    std::deque<std::string> finished_order;  // ids of finished jobs, oldest first
+    std::deque<std::string> finished_order;  // ids of the finished async jobs kept, oldest first
+    size_t kept_bytes = 0;                   // their images and events
     std::shared_ptr<Job> running;
     bool loaded = false, draining = false, stopping = false;
     Clock::time_point idle_since;
@@ -335,15 +336,29 @@ struct Server::Impl {
                 {"size", fmt::format("{}x{}", j.req.gen.width, j.req.gen.height)}};
     }
 
+    static size_t job_bytes(const Job& j) {
+        size_t n = 0;
+        for (const std::string& s : j.pngs) n += s.size();
+        for (const std::string& s : j.events) n += s.size();
+        return n;
+    }
+
+    // A synchronous job leaves with its reply; a finished async job stays for GET /v1/jobs/{id} until
+    // newer ones push it out of the limits (the newest always stays).
     void finish(Job& j, JobState s) {
         j.state = s;
         ++jobs_by_state[state_name(s)];
         json data = {{"status", state_name(s)}, {"step", j.step}, {"total_steps", j.total_steps()}};
         if (s == JobState::Failed) data["error"] = j.error;
         add_event(j, state_name(s), data);
+        if (!j.async) return;
         finished_order.push_back(j.id);
-        while (finished_order.size() > opt.limits.kept_jobs) {
-            jobs.erase(finished_order.front());
+        kept_bytes += job_bytes(j);
+        while (finished_order.size() > 1 && (finished_order.size() > opt.limits.kept_jobs ||
+                                             kept_bytes > opt.limits.kept_bytes)) {
+            auto it = jobs.find(finished_order.front());
+            kept_bytes -= job_bytes(*it->second);
+            jobs.erase(it);
             finished_order.pop_front();
         }
     }
@@ -475,7 +490,7 @@ struct Server::Impl {
             std::shared_ptr<Job> job = submit(req, false);
             std::unique_lock<std::mutex> lock(mu);
             cv.wait(lock, [&] { return finished(job->state); });
-            job->fetched = true;
+            jobs.erase(job->id);
             if (job->state == JobState::Done) return send_json(res, 200, images_json(*job));
             if (job->state == JobState::Cancelled)
                 return send_error(res, ApiError(409, fmt::format("{} was cancelled", job->id), "", "invalid_request_error",

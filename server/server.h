@@ -20,7 +20,8 @@ struct Limits {
     int max_steps = 200;                 // num_inference_steps
     int max_side = 2048;                 // width and height
     int64_t max_work = int64_t(10) * 50 * 1024 * 1024;  // n × steps × width × height
-    size_t kept_jobs = 1000;             // finished jobs kept for GET /v1/jobs/{id}
+    size_t kept_jobs = 100;              // finished async jobs kept for GET /v1/jobs/{id} ...
+    size_t kept_bytes = size_t(1) << 30; // ... and the bytes of their images and events
 };
 
 struct ServerOptions {

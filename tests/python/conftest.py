@@ -127,5 +127,3 @@ def server():
     yield s
     assert s.stop() == 0, "".join(s.lines)
 
-
-AUTH = {"Authorization": "Bearer secret-key"}

@@ -7,7 +7,7 @@ import time
 import openai
 import pytest
 
-from conftest import AUTH, QDIT, TINY, Server, cli_image, decode_png
+from conftest import QDIT, TINY, Server, cli_image, decode_png
 
 # A job long enough to cancel, queue behind or interrupt (several seconds on the tiny model).
 SLOW = {"prompt": "slow", "size": "512x512", "num_inference_steps": 200, "seed": 1}
@@ -43,7 +43,7 @@ def test_openai_client_defaults_and_seedless_requests(server):
 
 
 def test_models_health_and_openai_model_list(server):
-    status, _, body = server.request("GET", "/v1/models", headers=AUTH)
+    status, _, body = server.request("GET", "/v1/models")
     assert status == 200 and body["object"] == "list"
     assert [m["id"] for m in body["data"]] == [TINY]
     assert [m.id for m in client(server).models.list()] == [TINY]
@@ -104,7 +104,7 @@ GOOD = {"prompt": "a cat", "size": "64x64", "num_inference_steps": 1}
 def test_bad_fields_are_400_naming_the_field(server, change, param, path):
     body = {**GOOD, **change}
     body = {k: v for k, v in body.items() if not (k == "prompt" and v is None)}
-    status, _, reply = server.request("POST", path, body, AUTH)
+    status, _, reply = server.request("POST", path, body)
     assert status == 400, reply
     err = reply["error"]
     assert err["param"] == param and err["type"] == "invalid_request_error"
@@ -112,12 +112,12 @@ def test_bad_fields_are_400_naming_the_field(server, change, param, path):
 
 
 def test_true_cfg_scale_default_is_accepted(server):
-    status, _, reply = server.request("POST", "/v1/images/generations", {**GOOD, "true_cfg_scale": 1.0}, AUTH)
+    status, _, reply = server.request("POST", "/v1/images/generations", {**GOOD, "true_cfg_scale": 1.0})
     assert status == 200, reply
 
 
 def test_unknown_model_is_404(server):
-    status, _, reply = server.request("POST", "/v1/images/generations", {**GOOD, "model": "gpt-image-1"}, AUTH)
+    status, _, reply = server.request("POST", "/v1/images/generations", {**GOOD, "model": "gpt-image-1"})
     assert status == 404 and reply["error"]["param"] == "model" and reply["error"]["code"] == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         client(server).images.generate(model="dall-e-3", prompt="x")
@@ -125,35 +125,35 @@ def test_unknown_model_is_404(server):
 
 @pytest.mark.parametrize("body", ["{", "not json", '{"prompt": "x",}', ""])
 def test_malformed_json_is_400(server, body):
-    status, _, reply = server.request("POST", "/v1/images/generations", body, {**AUTH, "Content-Type": "application/json"})
+    status, _, reply = server.request("POST", "/v1/images/generations", body, {**server.auth, "Content-Type": "application/json"})
     assert status == 400 and "JSON" in reply["error"]["message"] and reply["error"]["param"] is None
 
 
 @pytest.mark.parametrize("body", ["[1, 2]", '"prompt"', "42"])
 def test_json_that_is_not_an_object_is_400(server, body):
-    status, _, reply = server.request("POST", "/v1/jobs", body, AUTH)
+    status, _, reply = server.request("POST", "/v1/jobs", body)
     assert status == 400 and "object" in reply["error"]["message"]
 
 
 def test_oversize_body_is_413(server):
     body = '{"prompt": "' + "a" * (2 << 20) + '"}'
-    status, _, reply = server.request("POST", "/v1/images/generations", body, AUTH)
+    status, _, reply = server.request("POST", "/v1/images/generations", body)
     assert status == 413 and "too large" in reply["error"]["message"]
 
 
 def test_unknown_endpoint_is_404_json(server):
-    status, _, reply = server.request("GET", "/v1/nothing", headers=AUTH)
+    status, _, reply = server.request("GET", "/v1/nothing")
     assert status == 404 and "/v1/nothing" in reply["error"]["message"]
-    assert server.request("GET", "/v1/jobs/job-0000000000000000", headers=AUTH)[0] == 404
-    assert server.request("DELETE", "/v1/jobs/job-0000000000000000", headers=AUTH)[0] == 404
+    assert server.request("GET", "/v1/jobs/job-0000000000000000")[0] == 404
+    assert server.request("DELETE", "/v1/jobs/job-0000000000000000")[0] == 404
 
 
 def test_async_job_progress_events_and_result(server, tmp_path):
     status, headers, job = server.request("POST", "/v1/jobs", {**GOOD, "n": 2, "num_inference_steps": 3,
-                                                                "seed": 11}, AUTH)
+                                                                "seed": 11})
     assert status == 202 and job["status"] in ("queued", "running") and job["total_steps"] == 6
     assert headers["Location"] == f"/v1/jobs/{job['id']}"
-    events = server.events(job["id"], AUTH)
+    events = server.events(job["id"])
     names = [e for e, _ in events]
     assert names[0] == "queued" and names[1] == "running" and names[-1] == "done"
     steps = [d for e, d in events if e == "step"]
@@ -168,30 +168,30 @@ def test_async_job_progress_events_and_result(server, tmp_path):
         ref = cli_image(tmp_path, seed=11 + i, steps=3, prompt="a cat")
         assert decode_png(d["b64_json"]).tobytes() == ref.tobytes()
     # A finished job's events are replayed to a late subscriber.
-    assert [e for e, _ in server.events(job["id"], AUTH)] == names
-    assert server.request("DELETE", f"/v1/jobs/{job['id']}", headers=AUTH)[0] == 409
+    assert [e for e, _ in server.events(job["id"])] == names
+    assert server.request("DELETE", f"/v1/jobs/{job['id']}")[0] == 409
 
 
 def test_cancel_running_and_queued_jobs(server):
-    _, _, running = server.request("POST", "/v1/jobs", SLOW, AUTH)
-    _, _, queued = server.request("POST", "/v1/jobs", SLOW, AUTH)
+    _, _, running = server.request("POST", "/v1/jobs", SLOW)
+    _, _, queued = server.request("POST", "/v1/jobs", SLOW)
     server.wait_job(running["id"], states=("running",))
     deadline = time.time() + 60
     while server.request("GET", f"/v1/jobs/{running['id']}")[2]["step"] < 1:
         assert time.time() < deadline
         time.sleep(0.01)
-    status, _, reply = server.request("DELETE", f"/v1/jobs/{queued['id']}", headers=AUTH)
+    status, _, reply = server.request("DELETE", f"/v1/jobs/{queued['id']}")
     assert status == 200 and reply["status"] == "cancelled" and reply["step"] == 0
-    status, _, reply = server.request("DELETE", f"/v1/jobs/{running['id']}", headers=AUTH)
+    status, _, reply = server.request("DELETE", f"/v1/jobs/{running['id']}")
     assert status == 200 and reply["cancel_requested"]
     job = server.wait_job(running["id"], timeout=60)
     assert job["status"] == "cancelled" and 1 <= job["step"] < job["total_steps"] and "result" not in job
-    events = server.events(running["id"], AUTH)
+    events = server.events(running["id"])
     assert events[-1][0] == "cancelled"
     assert len([e for e, _ in events if e == "step"]) == job["step"]
     # Cancelling again is harmless; the worker is free for the next job.
-    assert server.request("DELETE", f"/v1/jobs/{running['id']}", headers=AUTH)[0] == 200
-    assert server.request("POST", "/v1/images/generations", GOOD, AUTH)[0] == 200
+    assert server.request("DELETE", f"/v1/jobs/{running['id']}")[0] == 200
+    assert server.request("POST", "/v1/images/generations", GOOD)[0] == 200
 
 
 def test_full_queue_is_429():
@@ -219,8 +219,8 @@ def test_full_queue_is_429():
 
 
 def test_metrics(server):
-    assert server.request("POST", "/v1/images/generations", GOOD, AUTH)[0] == 200
-    status, headers, text = server.request("GET", "/metrics", headers=AUTH)
+    assert server.request("POST", "/v1/images/generations", GOOD)[0] == 200
+    status, headers, text = server.request("GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     lines = dict(line.rsplit(" ", 1) for line in text.decode().splitlines() if not line.startswith("#"))
     assert int(lines['qdit_requests_total{endpoint="/v1/images/generations",code="200"}']) >= 1

@@ -1,9 +1,9 @@
 // qdit._qdit: the C++ pipeline for Python (nanobind). The public API, which
 // turns the pixels into a PIL image, is python/qdit/__init__.py.
 #include <mutex>
+#include <string>
 #include <utility>
 #include <vector>
-#include <string>
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
@@ -18,10 +18,13 @@ namespace nb = nanobind;
 
 namespace {
 
-// The quantization parser names the command line's flags; Python's arguments are named differently.
+// The engine's messages name the command line's flags; Python's arguments are named differently.
 std::string python_names(std::string s) {
     for (auto [flag, arg] : {std::pair<std::string, std::string>{"--quantization-config", "quantization_config"},
-                             {"--quantization", "quantization"}})
+                             {"--quantization", "quantization"},
+                             {"--steps", "steps"},
+                             {"--guidance", "guidance"},
+                             {"--device", "device"}})
         for (size_t at = s.find(flag); at != std::string::npos; at = s.find(flag, at + arg.size()))
             s.replace(at, flag.size(), arg);
     return s;
@@ -44,7 +47,11 @@ public:
         model_ = qdit::resolve_model_dir(model);
         quant_ = qdit::quant_method_name(po.transformer_quant.method);
         device_ = device;
-        pipe_ = std::make_unique<qdit::ZImagePipeline>(model_, po);
+        try {
+            pipe_ = std::make_unique<qdit::ZImagePipeline>(model_, po);
+        } catch (const qdit::UsageError& e) {  // e.g. a CUDA device in a CPU-only build
+            throw qdit::UsageError(python_names(e.what()));
+        }
     }
 
     // (RGB bytes, width, height, PNG metadata) of one image.
@@ -59,6 +66,11 @@ public:
         go.guidance = guidance;
         go.seed = seed;
         qdit::GenerateResult r;
+        try {
+            pipe_->check(go);
+        } catch (const qdit::UsageError& e) {
+            throw qdit::UsageError(python_names(e.what()));
+        }
         {
             nb::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(mu_);  // one generation at a time per pipeline

@@ -52,6 +52,11 @@ def test_bad_config_raises_value_error_naming_the_field(kwargs, field):
     assert "--" not in str(e.value)  # Python's argument names, not the command line's
 
 
+def test_cuda_in_the_cpu_only_wheel_is_value_error():
+    with pytest.raises(ValueError, match="without the CUDA backend.*device cuda"):
+        qdit.Pipeline(device="cuda")
+
+
 def test_missing_model_folder_is_os_error(tmp_path):
     with pytest.raises(OSError, match="no-model"):
         qdit.Pipeline(model=str(tmp_path / "no-model"))
@@ -65,8 +70,9 @@ def test_missing_model_folder_is_os_error(tmp_path):
     ({"seed": -3}, "seed"),
 ])
 def test_bad_generate_arguments_raise_value_error(pipe, kwargs, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=field) as e:
         pipe.generate("x", **{"width": 64, "height": 64, "steps": 1, **kwargs})
+    assert "--" not in str(e.value)
 
 
 def test_progress_is_called_after_every_step_and_can_stop(pipe):

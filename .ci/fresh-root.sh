@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Proves the README's set-up on a fresh machine: builds a minimal Debian 12 root from Debian's
 # packages (mmdebstrap, minbase: no compiler, no library of ours), copies the committed tree into
-# it and runs the README's first command there as written (no nvcc inside: a CPU build), then
-# checks the image it wrote. Needs root (chroot) and Debian's package mirror.
+# it and runs the README's two set-up commands there as written (no nvcc inside: a CPU build):
+# the first, whose image is checked, then the test command. Needs root (chroot) and Debian's
+# package mirror.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -11,9 +12,11 @@ if ! command -v mmdebstrap >/dev/null; then
   apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
 fi
 
-# The README's first set-up command: the line after its "# build, then generate" comment.
+# The README's set-up commands: the lines after its "# build, then generate" and "# build and run
+# the tests" comments.
 cmd=$(awk '/^# build, then generate/ { getline; print; exit }' README.md)
-[ -n "$cmd" ] || { echo "fresh-root: no set-up command found in README.md" >&2; exit 1; }
+test_cmd=$(awk '/^# build and run the tests/ { getline; print; exit }' README.md)
+[ -n "$cmd" ] && [ -n "$test_cmd" ] || { echo "fresh-root: the set-up commands were not found in README.md" >&2; exit 1; }
 out=$(sed -E 's/.* -o ([^ ]+).*/\1/' <<<"$cmd")
 
 root=$(mktemp -d /tmp/qdit-fresh-root.XXXXXX)
@@ -40,3 +43,8 @@ test -s "$root/src/qdit/$out" || { echo "fresh-root: the command wrote no $out" 
 head -c 8 "$root/src/qdit/$out" | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a 0a' ||
   { echo "fresh-root: $out is not a PNG" >&2; exit 1; }
 echo "fresh-root: README's first command passed on a fresh Debian 12 root in $(( $(date +%s) - start )) s"
+echo "fresh-root: $test_cmd"
+start=$(date +%s)
+chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+  bash -c "set -euo pipefail; cd /src/qdit; $test_cmd"
+echo "fresh-root: README's test command passed on the same root in $(( $(date +%s) - start )) s"

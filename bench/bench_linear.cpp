@@ -1,9 +1,12 @@
 // Linear layer on the CPU at Z-Image widths: our int8 W8A8 path against
 // oneDNN (int8, f32, bf16) and OpenBLAS sgemm. Counter GOPS = 2*M*N*K / s / 1e9.
+// The label names the engine that ran: our kernel path (QDIT_CPU_ISA picks
+// another) or oneDNN's implementation (ONEDNN_MAX_CPU_ISA limits it).
 //   bench_linear --benchmark_min_time=0.5
 #include <benchmark/benchmark.h>
 
 #include <random>
+#include <string>
 #include <vector>
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -38,21 +41,29 @@ void set_ops(benchmark::State& st, const Shapes& s) {
                                              benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void BM_Int8Gemm(benchmark::State& st) {
+void int8_gemm(benchmark::State& st, cpu::Isa isa) {
+    if (!cpu::isa_supported(isa)) {
+        st.SkipWithError((std::string(cpu::isa_name(isa)) + " is not supported by this CPU").c_str());
+        return;
+    }
     Shapes s(st);
     Tensor q, sw;
     cpu::quantize_weight_int8(random_f32({s.n, s.k}, 1, 0.02f), &q, &sw);
     auto packed = cpu::pack_int8_weight(q, sw);
     Tensor x = random_f32({s.m, s.k}, 2, 1.f);
-    std::vector<int8_t> qx(size_t(s.m * s.k));
+    Tensor qx = Tensor::empty({s.m, s.k}, DType::I8);  // 64-byte aligned, as nn::Linear's
     std::vector<float> sx(static_cast<size_t>(s.m)), bias(static_cast<size_t>(s.n), 0.5f);
-    cpu::quantize_rows_int8(x.raw(), DType::F32, s.m, s.k, s.k, qx.data(), sx.data());
+    cpu::quantize_rows_int8(x.raw(), DType::F32, s.m, s.k, s.k, qx.data<int8_t>(), sx.data());
     Tensor y = Tensor::empty({s.m, s.n}, DType::BF16);
     for (auto _ : st)
-        cpu::int8_gemm(qx.data(), sx.data(), s.m, packed, bias.data(), y.raw(), DType::BF16, s.n);
+        cpu::int8_gemm(qx.data<int8_t>(), sx.data(), s.m, packed, bias.data(), y.raw(), DType::BF16, s.n, isa);
     set_ops(st, s);
-    st.SetLabel(cpu::isa_name(cpu::best_isa()));
+    st.SetLabel(cpu::isa_name(isa));
 }
+
+void BM_Int8Gemm(benchmark::State& st) { int8_gemm(st, cpu::best_isa()); }
+// The AVX-512 VNNI path, beside AMX in the same run on CPUs that have both.
+void BM_Int8GemmVnni(benchmark::State& st) { int8_gemm(st, cpu::Isa::Avx512Vnni); }
 
 void BM_QuantizeActivations(benchmark::State& st, DType dt) {
     Shapes s(st);
@@ -71,6 +82,7 @@ void BM_Int8Linear(benchmark::State& st) {
     Tensor x = random_f32({s.m, s.k}, 2, 1.f).to(DType::BF16);
     for (auto _ : st) benchmark::DoNotOptimize(lin.forward(x));
     set_ops(st, s);
+    st.SetLabel(cpu::isa_name(cpu::best_isa()));
 }
 
 // oneDNN matmul with weights in oneDNN's preferred layout (reordered once),
@@ -131,6 +143,11 @@ void BM_OnednnInt8(benchmark::State& st) {
     using dt = dnnl::memory::data_type;
     onednn_matmul(st, dt::u8, dt::s8, dt::f32, true);
 }
+// Signed activations, as the W8A8 contract has them (AMX multiplies s8 x s8 directly).
+void BM_OnednnInt8S8(benchmark::State& st) {
+    using dt = dnnl::memory::data_type;
+    onednn_matmul(st, dt::s8, dt::s8, dt::f32, true);
+}
 void BM_OnednnF32(benchmark::State& st) {
     using dt = dnnl::memory::data_type;
     onednn_matmul(st, dt::f32, dt::f32, dt::f32, false);
@@ -161,10 +178,12 @@ void shapes(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_Int8Gemm)->Apply(shapes);
+BENCHMARK(BM_Int8GemmVnni)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_QuantizeActivations, bf16, DType::BF16)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_QuantizeActivations, f32, DType::F32)->Apply(shapes);
 BENCHMARK(BM_Int8Linear)->Apply(shapes);
 BENCHMARK(BM_OnednnInt8)->Apply(shapes);
+BENCHMARK(BM_OnednnInt8S8)->Apply(shapes);
 #ifdef QDIT_HAVE_CBLAS
 BENCHMARK(BM_OpenblasSgemm)->Apply(shapes);
 #endif

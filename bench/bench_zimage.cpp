@@ -1,12 +1,18 @@
 // One Z-Image transformer forward on the CPU at 256x256 (256 image tokens,
 // 64 caption tokens) with real-width blocks (dim 3840, 30 heads, FFN 10240):
 // one noise-refiner, one context-refiner and one main block, random weights.
-// Compares f32, bf16 and int8 (default plan) compute.
+// Compares f32, bf16 and int8 (default plan) compute. The label names the
+// engines: oneDNN's matmul implementation for the dense layers (the large
+// ones; ONEDNN_MAX_CPU_ISA limits it) and our int8 kernel path (QDIT_CPU_ISA).
 #include <benchmark/benchmark.h>
 
 #include <filesystem>
 #include <random>
+#include <string>
 
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "backend/cpu/int8_gemm.h"
 #include "io/files.h"
 #include "io/safetensors.h"
 #include "models/zimage/transformer.h"
@@ -49,6 +55,18 @@ const std::string& model_dir() {
     return dir;
 }
 
+// The implementation oneDNN picks for a dense Linear of this model (320 tokens,
+// 3840 -> 3840, weights [N, K] as nn::Linear passes them).
+std::string onednn_matmul_impl(DType compute) {
+    using md = dnnl::memory::desc;
+    using tag = dnnl::memory::format_tag;
+    const auto t = compute == DType::BF16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+    const int64_t m = 320, k = 3840, n = 3840;
+    dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+    const dnnl::matmul::desc d(md({m, k}, t, tag::ab), md({k, n}, t, tag::ba), md({m, n}, t, tag::ab));
+    return dnnl::matmul::primitive_desc(d, eng).impl_info_str();
+}
+
 void BM_ZImageForward(benchmark::State& state, DType compute, QuantMethod method) {
     PreparedModel m = prepare_model(model_dir(), QuantConfig{method, {}, "dynamic"});
     zimage::ZImageTransformer model(m, compute);
@@ -62,6 +80,9 @@ void BM_ZImageForward(benchmark::State& state, DType compute, QuantMethod method
     t.data<float>()[0] = 0.5f;
     for (auto _ : state) benchmark::DoNotOptimize(model.forward({x}, t, {cap}));
     state.counters["int8_layers"] = m.plan.quantized_count();
+    std::string label = "dense: oneDNN " + onednn_matmul_impl(compute);
+    if (method == QuantMethod::Int8) label += std::string(", int8: ") + cpu::isa_name(cpu::best_isa());
+    state.SetLabel(label);
 }
 
 }  // namespace

@@ -5,7 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
+#include <new>
 
 #include "core/error.h"
 #include "io/files.h"
@@ -21,12 +21,25 @@ namespace {
 }
 void on_png_warning(png_structp, png_const_charp) {}
 
+// libpng's output callback: appends to the std::string given to png_set_write_fn. No exception
+// may cross libpng, so a failed allocation becomes a libpng error (a longjmp from here).
+void png_append(png_structp png, png_bytep data, size_t n) {
+    bool ok = true;
+    try {
+        static_cast<std::string*>(png_get_io_ptr(png))->append(reinterpret_cast<const char*>(data), n);
+    } catch (const std::bad_alloc&) {
+        ok = false;
+    }
+    if (!ok) png_error(png, "out of memory");
+}
+void png_flush_nothing(png_structp) {}
+
 // The only code that runs under libpng's longjmp error handling: plain
 // pointers in, success out, so nothing with a destructor is skipped.
-bool png_write_all(png_structp png, png_infop info, std::FILE* f, int width, int height,
+bool png_write_all(png_structp png, png_infop info, std::string* out, int width, int height,
                    png_textp chunks, int n_chunks, png_bytepp rows) {
     if (setjmp(png_jmpbuf(png))) return false;
-    png_init_io(png, f);
+    png_set_write_fn(png, out, png_append, png_flush_nothing);
     png_set_IHDR(png, info, png_uint_32(width), png_uint_32(height), 8, PNG_COLOR_TYPE_RGB,
                  PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     if (n_chunks > 0) png_set_text(png, info, chunks, n_chunks);
@@ -51,14 +64,10 @@ bool is_ascii(const std::string& s) {
 
 }  // namespace
 
-void write_png(const std::string& path, const uint8_t* rgb, int width, int height,
-               const std::vector<std::pair<std::string, std::string>>& text) {
+std::string encode_png(const uint8_t* rgb, int width, int height,
+                       const std::vector<std::pair<std::string, std::string>>& text) {
     QDIT_CHECK(width > 0 && height > 0, "empty image {}x{}", width, height);
-    const std::string tmp = temp_path_for(path);
-    std::FILE* f = std::fopen(tmp.c_str(), "wb");
-    if (!f) raise<IoError>("cannot write {}: {}", path, std::strerror(errno));
-
-    std::string err;
+    std::string err, out;
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, on_png_error, on_png_warning);
     png_infop info = png ? png_create_info_struct(png) : nullptr;
     std::vector<png_text> chunks(text.size());
@@ -74,16 +83,15 @@ void write_png(const std::string& path, const uint8_t* rgb, int width, int heigh
     for (int y = 0; y < height; ++y)
         rows[size_t(y)] = const_cast<png_bytep>(rgb + size_t(y) * size_t(width) * 3);
     bool ok = png && info &&
-              png_write_all(png, info, f, width, height, chunks.data(), int(chunks.size()), rows.data());
+              png_write_all(png, info, &out, width, height, chunks.data(), int(chunks.size()), rows.data());
     png_destroy_write_struct(png ? &png : nullptr, info ? &info : nullptr);
-    ok = (std::fclose(f) == 0) && ok;
-    std::error_code ec;
-    if (ok) std::filesystem::rename(tmp, path, ec);
-    if (!ok || ec) {
-        std::remove(tmp.c_str());
-        raise<IoError>("cannot write {}: {}", path,
-                       !err.empty() ? err : ec ? ec.message() : std::strerror(errno));
-    }
+    if (!ok) raise<FormatError>("cannot encode a {}x{} PNG: {}", width, height, err.empty() ? "out of memory" : err);
+    return out;
+}
+
+void write_png(const std::string& path, const uint8_t* rgb, int width, int height,
+               const std::vector<std::pair<std::string, std::string>>& text) {
+    write_file_atomic(path, encode_png(rgb, width, height, text));
 }
 
 PngImage read_png(const std::string& path) {

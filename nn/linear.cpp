@@ -102,12 +102,13 @@ Tensor Linear::forward(const Tensor& x) const {
 
     if (impl_->int8) {
         // Per-thread scratch: allocating it per call cost page faults and zero-filling.
-        thread_local std::vector<int8_t> q;
+        // A Tensor is 64-byte aligned, which lets the AMX kernel read the rows in place.
+        thread_local Tensor q;
         thread_local std::vector<float> s;
-        if (q.size() < size_t(m * in_)) q.resize(size_t(m * in_));
+        if (q.numel() < m * in_) q = Tensor::empty({m * in_}, DType::I8);
         if (s.size() < size_t(m)) s.resize(size_t(m));
-        cpu::quantize_rows_int8(x.raw(), dt, m, in_, in_, q.data(), s.data());
-        cpu::int8_gemm(q.data(), s.data(), m, impl_->packed, bias, y.raw(), dt, out_);
+        cpu::quantize_rows_int8(x.raw(), dt, m, in_, in_, q.data<int8_t>(), s.data());
+        cpu::int8_gemm(q.data<int8_t>(), s.data(), m, impl_->packed, bias, y.raw(), dt, out_);
         return y;
     }
 

@@ -1,9 +1,12 @@
 // The int8 kernels: every SIMD path equals the scalar reference bit for bit.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/cpu/int8_gemm.h"
@@ -16,7 +19,8 @@ using cpu::Isa;
 
 namespace {
 
-const Isa kSimd[] = {Isa::Avx2, Isa::Avx512Vnni};
+const Isa kSimd[] = {Isa::Avx2, Isa::Avx512Vnni, Isa::Amx};
+const Isa kAll[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx};
 
 Tensor random_i8(int64_t rows, int64_t cols, std::mt19937& rng, int lo = -127, int hi = 127) {
     Tensor t = Tensor::empty({rows, cols}, DType::I8);
@@ -88,7 +92,7 @@ TEST(Int8Gemm, ExtremeValuesAndThreadedShapes) {
         // Odd thread counts cut the (panel, row step) list inside panels.
         for (int threads : {1, 2, 3}) {
             set_num_threads(threads);
-            for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni}) {
+            for (Isa isa : kAll) {
                 if (!cpu::isa_supported(isa)) continue;
                 std::vector<int32_t> got(want.size(), -1);
                 cpu::int8_gemm_s32(a.data<int8_t>(), m, packed, got.data(), isa);
@@ -117,6 +121,64 @@ TEST(Int8Gemm, ScratchReusedAcrossShapes) {
     }
 }
 
+TEST(Int8Gemm, AmxTailsBlocksAndChunks) {
+    // The AMX path works on 32 x 32 micro-tiles of 16 x 64 tiles, takes rows in
+    // blocks of at most 384 and K in chunks of about 1 MiB of activations per
+    // block (partial sums through memory). These shapes cover M, N and K that
+    // are not multiples of the tiles, several row blocks, several K chunks, and
+    // activations used in place (aligned, K % 64 == 0, M % 16 == 0) or copied.
+    if (!cpu::isa_supported(Isa::Amx)) GTEST_SKIP() << "amx-int8 not supported here";
+    std::mt19937 rng(31);
+    struct Case { int64_t m, n, k; };
+    for (Case c : {Case{1, 1, 1}, Case{15, 31, 63}, Case{17, 33, 65}, Case{32, 32, 64}, Case{48, 48, 192},
+                   Case{33, 16, 1024}, Case{300, 45, 4000}, Case{400, 70, 5000}, Case{64, 40, 20480},
+                   Case{769, 20, 128}}) {
+        Tensor w = random_i8(c.n, c.k, rng);
+        Tensor a = random_i8(c.m, c.k, rng, -128, 127);
+        auto packed = cpu::pack_int8_weight(w, random_scale(c.n, rng));
+        const auto want = naive_s32(a, w);
+        for (int threads : {1, 2, 3}) {
+            set_num_threads(threads);
+            std::vector<int32_t> got(want.size(), -1);
+            cpu::int8_gemm_s32(a.data<int8_t>(), c.m, packed, got.data(), Isa::Amx);
+            ASSERT_EQ(got, want) << "m=" << c.m << " n=" << c.n << " k=" << c.k << " threads=" << threads;
+        }
+        set_num_threads(0);
+    }
+}
+
+TEST(Int8Gemm, AmxReadsUnalignedActivationsThroughACopy) {
+    // K % 64 == 0 and M % 16 == 0, but the rows start off a cache line: the
+    // copy path, with every output the same as from the aligned rows.
+    if (!cpu::isa_supported(Isa::Amx)) GTEST_SKIP() << "amx-int8 not supported here";
+    std::mt19937 rng(12);
+    const int64_t m = 48, n = 50, k = 256;
+    Tensor w = random_i8(n, k, rng);
+    Tensor a = random_i8(m, k, rng, -128, 127);
+    auto packed = cpu::pack_int8_weight(w, random_scale(n, rng));
+    std::vector<float> sx(size_t(m), 0.01f), bias(size_t(n), 0.25f);
+    std::vector<int8_t> shifted(size_t(m * k + 1));
+    std::memcpy(shifted.data() + 1, a.raw(), size_t(m * k));
+    std::vector<uint16_t> ref(size_t(m * n)), got(size_t(m * n));
+    cpu::int8_gemm(a.data<int8_t>(), sx.data(), m, packed, bias.data(), ref.data(), DType::BF16, n, Isa::Scalar);
+    cpu::int8_gemm(shifted.data() + 1, sx.data(), m, packed, bias.data(), got.data(), DType::BF16, n, Isa::Amx);
+    EXPECT_EQ(got, ref);
+    std::fill(got.begin(), got.end(), uint16_t(0));
+    cpu::int8_gemm(a.data<int8_t>(), sx.data(), m, packed, bias.data(), got.data(), DType::BF16, n, Isa::Amx);
+    EXPECT_EQ(got, ref);
+}
+
+TEST(Int8Gemm, PathNames) {
+    for (Isa isa : kAll) EXPECT_EQ(cpu::isa_from_name(cpu::isa_name(isa)), isa);
+    try {
+        cpu::isa_from_name("avx512");
+        FAIL() << "expected ConfigError";
+    } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find("avx512-vnni"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(cpu::isa_supported(cpu::best_isa()));
+}
+
 TEST(Int8Gemm, SkipsUnsupportedPaths) {
     for (Isa isa : kSimd)
         if (!cpu::isa_supported(isa)) GTEST_SKIP() << cpu::isa_name(isa) << " not supported here";
@@ -126,7 +188,7 @@ TEST(Int8Gemm, SkipsUnsupportedPaths) {
 TEST(Int8Gemm, ZeroRowsIsANoOp) {
     std::mt19937 rng(5);
     auto packed = cpu::pack_int8_weight(random_i8(16, 8, rng), random_scale(16, rng));
-    for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni})
+    for (Isa isa : kAll)
         if (cpu::isa_supported(isa)) cpu::int8_gemm(nullptr, nullptr, 0, packed, nullptr, nullptr, DType::F32, 16, isa);
 }
 
@@ -226,7 +288,7 @@ TEST(Int8Quant, AllPathsBitExactToReference) {
                 std::vector<float> s_ref(static_cast<size_t>(m));
                 quantize_rows_int8_ref(x, dt, m, k, k, q_ref.data(), s_ref.data());
                 EXPECT_EQ(s_ref[0], 1.f);
-                for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni}) {
+                for (Isa isa : kAll) {
                     if (!cpu::isa_supported(isa)) continue;
                     std::vector<int8_t> q(xf.size(), 99);
                     std::vector<float> s(size_t(m), -1.f);
@@ -236,6 +298,38 @@ TEST(Int8Quant, AllPathsBitExactToReference) {
                 }
             }
         }
+}
+
+TEST(Int8Quant, NearTiesMatchReference) {
+    // Values whose x / s lies within a few ulp of a half-integer, where a
+    // multiplication by 1 / s may round differently from the true division.
+    std::mt19937 rng(21);
+    const int64_t m = 64, k = 257;
+    std::vector<float> x(size_t(m * k));
+    std::uniform_int_distribution<int> tie(-127, 126), ulps(-4, 4);
+    std::uniform_real_distribution<float> scale(1e-3f, 10.f);
+    for (int64_t i = 0; i < m; ++i) {
+        const float s0 = scale(rng);
+        float* row = x.data() + i * k;
+        row[0] = 127.f * s0;  // the row's absmax, so s is close to s0
+        for (int64_t j = 1; j < k; ++j) {
+            float v = (float(tie(rng)) + 0.5f) * s0;
+            for (int u = ulps(rng); u != 0; u += u > 0 ? -1 : 1)
+                v = std::nextafter(v, u > 0 ? 1e30f : -1e30f);
+            row[j] = v;
+        }
+    }
+    std::vector<int8_t> q_ref(x.size());
+    std::vector<float> s_ref(static_cast<size_t>(m));
+    quantize_rows_int8_ref(x.data(), DType::F32, m, k, k, q_ref.data(), s_ref.data());
+    for (Isa isa : kSimd) {
+        if (!cpu::isa_supported(isa)) continue;
+        std::vector<int8_t> q(x.size());
+        std::vector<float> sc(static_cast<size_t>(m));
+        cpu::quantize_rows_int8(x.data(), DType::F32, m, k, k, q.data(), sc.data(), isa);
+        EXPECT_EQ(q, q_ref) << cpu::isa_name(isa);
+        EXPECT_EQ(0, std::memcmp(sc.data(), s_ref.data(), sc.size() * 4)) << cpu::isa_name(isa);
+    }
 }
 
 TEST(Int8Quant, StridedRows) {

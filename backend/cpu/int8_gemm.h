@@ -1,18 +1,25 @@
 // CPU int8 W8A8 kernels: per-token activation quantization and an
 // int8 x int8 -> int32 GEMM with the dequantization epilogue fused.
-// Three paths (scalar reference, AVX2, AVX-512 VNNI) chosen at run time.
+// Four paths (scalar reference, AVX2, AVX-512 VNNI, AMX) chosen at run time;
+// every one gives the same int32 accumulators and the same output bits.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/tensor.h"
 
 namespace qdit::cpu {
 
-enum class Isa { Scalar, Avx2, Avx512Vnni };
-Isa best_isa();                        // the fastest path this CPU supports
-bool isa_supported(Isa isa);
-const char* isa_name(Isa isa);         // "scalar", "avx2", "avx512-vnni"
+// Amx runs the GEMM on AMX tiles; its activation quantization is the AVX-512 one.
+enum class Isa { Scalar, Avx2, Avx512Vnni, Amx };
+// The path used by default: the fastest one this CPU (and OS) supports, or the
+// one named by the environment variable QDIT_CPU_ISA (an isa_name; an unknown
+// or unsupported name throws ConfigError).
+Isa best_isa();
+bool isa_supported(Isa isa);           // Amx: also asks Linux for the tile state, once
+const char* isa_name(Isa isa);         // "scalar", "avx2", "avx512-vnni", "amx-int8"
+Isa isa_from_name(const std::string& name);  // an isa_name; else ConfigError listing them
 
 // An int8 weight [N, K] repacked once at load time into the layout the
 // kernels stream, with what the epilogue needs.

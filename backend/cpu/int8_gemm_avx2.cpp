@@ -47,7 +47,7 @@ void block_task(const GemmArgs& g, int64_t block, int64_t m_begin, int64_t m_end
     const PackedInt8Weight& w = *g.w;
     const int64_t k4 = k4_of(w.k), n0 = block * kBlockN;
     const int64_t cols = std::min<int64_t>(kBlockN, w.n - n0);
-    const int8_t* b = w.packed.data<int8_t>() + block * k4 * 64;
+    const int8_t* b = w.packed.data<int8_t>() + block * kg_of(w.k) * 64;
     alignas(32) int32_t acc[kMr * 16];
     for (int64_t m = m_begin; m < m_end; m += kMr) {
         const int rows = int(std::min<int64_t>(kMr, m_end - m));
@@ -78,7 +78,8 @@ inline __m256 load8(const void* x, DType xt, int64_t j, int64_t k) {
 
 void gemm_avx2(const GemmArgs& g) {
     const GemmArgs gp = padded_copy(g, 0);
-    run_tasks(g.m, round_up(g.w->n, kBlockN) / kBlockN, kMr, block_task, gp);
+    run_tasks(g.m, round_up(g.w->n, kBlockN) / kBlockN, kMr, g.w->k,
+              [&](int64_t block, int64_t b, int64_t e) { block_task(gp, block, b, e); });
 }
 
 void quantize_rows_avx2(const void* x, DType xt, int64_t m, int64_t k, int64_t ldx, int8_t* q,

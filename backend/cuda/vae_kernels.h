@@ -1,7 +1,7 @@
 // Kernels of the AutoencoderKL decoder on the GPU (models/vae/autoencoder_kl_cuda.h) and the
 // channel-padding / bias helpers of backend/cuda/conv.h. Activations are channels-last rows
 // [rows, C] in F32 or BF16 (`dt`); arithmetic is f32 and every kernel rounds where the CPU op
-// (nn/group_norm.h, nn/attention.h, models/vae/autoencoder_kl.cpp) stores, with the same
+// (backend/cpu/group_norm.h, backend/cpu/attention.h, models/vae/autoencoder_kl.cpp) stores, with the same
 // operation order and no contraction into FMAs, so results match the CPU's up to the CPU's and
 // CUDA's exp (CUDA's expf is within 2 ulp) and double-precision summation order.
 //

@@ -1,5 +1,5 @@
 // Fused elementwise / per-row kernels of the Z-Image block on bf16 activations. Each follows the
-// CPU op's numerics (nn/norm.h, nn/rope.h, nn/activation.h): f32 arithmetic, a bf16 rounding
+// CPU op's numerics (backend/cpu/norm.h, rope.h, activation.h): f32 arithmetic, a bf16 rounding
 // wherever the CPU op stores, sums of squares in double; int8 outputs follow quant/int8.h
 // (s = absmax / 127 in f32, true division, round half to even, clamp ±127; an all-zero row gets
 // s = 1). Quantized rows are written with row stride ldq >= k, the columns [k, ldq) set to 0, so a

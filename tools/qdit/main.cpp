@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <string>
@@ -17,10 +18,11 @@
 #include "io/files.h"
 #include "io/png.h"
 #include "io/safetensors.h"
-#include "pipeline/tiny_model.h"
+#include "pipeline/frontend.h"
 #include "pipeline/zimage_pipeline.h"
 #include "quant/config.h"
 #include "models/loader.h"
+#include "server/server.h"
 
 namespace {
 
@@ -101,31 +103,69 @@ int cmd_quantize(const std::string& dir, const std::string& out, const QuantFlag
     return 0;
 }
 
-struct GenerateArgs {
-    std::string model, prompt, negative_prompt, latents, output = "qdit.png", dtype = "bf16", device = "cpu",
-                parallel = "tensor";
-    int steps = 9, width = 1024, height = 1024, max_sequence_length = 512, gpus = 1;
-    bool device_given = false;
-    uint64_t seed = 0;
-    float guidance = 0.0f;
+// --model, --device, --dtype, --quantize-text-encoder and the quantization flags: how
+// generate and serve load the pipeline.
+struct ModelFlags {
+    std::string model, dtype = "bf16", device = "cpu";
     bool quantize_text_encoder = false;
     QuantFlags q;
+    CLI::Option* device_opt = nullptr;
+
+    void add(CLI::App* cmd) {
+        cmd->add_option("--model", model,
+                        "Diffusers ZImagePipeline folder (model_index.json, scheduler/, text_encoder/, "
+                        "tokenizer/, transformer/, vae/); default: the built-in tiny random-weight model");
+        cmd->add_option("--dtype", dtype, "Activation precision: bf16 or f32 (cuda: bf16)")->capture_default_str();
+        device_opt = cmd->add_option("--device", device,
+                                     "Where the text encoder, transformer and VAE run: cpu, cuda (GPU 0) or "
+                                     "cuda:N (needs a build with the CUDA backend)")
+                         ->capture_default_str();
+        cmd->add_flag("--quantize-text-encoder", quantize_text_encoder,
+                      "Also quantize the text encoder's Linear layers with the chosen method");
+        q.add(cmd);
+    }
+
+    // gpus > 1 (generate --gpus N) runs on CUDA GPUs 0..N-1; --device may then be left out or name GPU 0.
+    PipelineOptions resolve(int gpus) {
+        if (dtype != "bf16" && dtype != "f32")
+            throw UsageError(fmt::format("--dtype {}: allowed values are bf16, f32", dtype));
+        PipelineOptions po;
+        po.device = parse_device(device);
+        if (gpus < 1) throw UsageError(fmt::format("--gpus {}: the number of GPUs must be 1 or more", gpus));
+        if (gpus > 1) {
+            if (device_opt->count() > 0 && !(po.device.type == DeviceType::CUDA && po.device.index == 0))
+                throw UsageError(fmt::format("--gpus {} runs on CUDA GPUs 0..{} (choose them with "
+                                             "CUDA_VISIBLE_DEVICES), not with --device {}",
+                                             gpus, gpus - 1, device));
+            po.device = Device{DeviceType::CUDA, 0};
+            device = "cuda";
+        }
+        po.gpus = gpus;
+        if (po.device.type == DeviceType::CUDA && dtype != "bf16")
+            throw UsageError(fmt::format("--device {} runs in bf16 (got --dtype {})", device, dtype));
+        po.dtype = dtype == "bf16" ? DType::BF16 : DType::F32;
+        po.transformer_quant = q.resolve();
+        if (quantize_text_encoder) {
+            if (!po.transformer_quant.enabled())
+                throw UsageError("--quantize-text-encoder needs a method (--quantization int8)");
+            po.text_encoder_quant.method = po.transformer_quant.method;
+        }
+        return po;
+    }
+};
+
+struct GenerateArgs {
+    std::string prompt, negative_prompt, latents, output = "qdit.png", parallel = "tensor";
+    int steps = 9, width = 1024, height = 1024, max_sequence_length = 512, gpus = 1;
+    uint64_t seed = 0;
+    float guidance = 0.0f;
+    ModelFlags m;
 };
 
 double peak_rss_gib() {
     struct rusage ru {};
     getrusage(RUSAGE_SELF, &ru);
     return double(ru.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
-}
-
-// "cpu", "cuda" (GPU 0) or "cuda:N".
-Device parse_device(const std::string& s) {
-    if (s == "cpu") return Device{};
-    if (s == "cuda") return Device{DeviceType::CUDA, 0};
-    if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.size() < 9 &&
-        s.find_first_not_of("0123456789", 5) == std::string::npos)
-        return Device{DeviceType::CUDA, std::stoi(s.substr(5))};
-    throw UsageError(fmt::format("--device {}: allowed values are cpu, cuda, cuda:N", s));
 }
 
 int cmd_generate(GenerateArgs a) {
@@ -135,33 +175,10 @@ int cmd_generate(GenerateArgs a) {
     check_output_file(a.output);
     if (fs::path(a.output).extension() != ".png")
         throw UsageError(fmt::format("-o {}: the output must be a .png file", a.output));
-    if (a.dtype != "bf16" && a.dtype != "f32")
-        throw UsageError(fmt::format("--dtype {}: allowed values are bf16, f32", a.dtype));
-    PipelineOptions po;
-    po.device = parse_device(a.device);
-    if (a.gpus < 1) throw UsageError(fmt::format("--gpus {}: the number of GPUs must be 1 or more", a.gpus));
-    if (a.gpus > 1) {
-        // Several GPUs are CUDA GPUs 0..N-1: --device may be left out, or name cuda / cuda:0.
-        if (a.device_given && !(po.device.type == DeviceType::CUDA && po.device.index == 0))
-            throw UsageError(fmt::format("--gpus {} runs on CUDA GPUs 0..{} (choose them with CUDA_VISIBLE_DEVICES), "
-                                         "not with --device {}",
-                                         a.gpus, a.gpus - 1, a.device));
-        po.device = Device{DeviceType::CUDA, 0};
-        a.device = "cuda";
-    }
-    po.gpus = a.gpus;
     if (a.parallel != "tensor" && a.parallel != "sequence")
         throw UsageError(fmt::format("--parallel {}: allowed values are tensor, sequence", a.parallel));
+    PipelineOptions po = a.m.resolve(a.gpus);
     po.sequence_parallel = a.parallel == "sequence";
-    if (po.device.type == DeviceType::CUDA && a.dtype != "bf16")
-        throw UsageError(fmt::format("--device {} runs in bf16 (got --dtype {})", a.device, a.dtype));
-    po.dtype = a.dtype == "bf16" ? DType::BF16 : DType::F32;
-    po.transformer_quant = a.q.resolve();
-    if (a.quantize_text_encoder) {
-        if (!po.transformer_quant.enabled())
-            throw UsageError("--quantize-text-encoder needs a method (--quantization int8)");
-        po.text_encoder_quant.method = po.transformer_quant.method;
-    }
     GenerateOptions go;
     go.prompt = a.prompt;
     go.negative_prompt = a.negative_prompt;
@@ -179,15 +196,16 @@ int cmd_generate(GenerateArgs a) {
         go.latents = f.get(f.contains("latents") ? "latents" : f.keys()[0]);
     }
     ZImagePipeline::check_limits(go);
-    if (a.model.empty()) {
-        a.model = ensure_tiny_zimage(default_cache_dir());
+    bool tiny = false;
+    const std::string model = resolve_model_dir(a.m.model, &tiny);
+    if (tiny) {
         fmt::print(stderr,
                    "note: no --model given: using the built-in tiny Z-Image pipeline at {}; its "
                    "weights are random, so the image is noise\n",
-                   a.model);
+                   model);
     }
     auto t0 = std::chrono::steady_clock::now();
-    ZImagePipeline pipe(a.model, po, go);  // checks go before reading any weight
+    ZImagePipeline pipe(model, po, go);  // checks go before reading any weight
     double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (bool negative : {false, true}) {
         if (negative && go.guidance <= 0) continue;
@@ -209,16 +227,8 @@ int cmd_generate(GenerateArgs a) {
 
     std::string quant = quant_method_name(po.transformer_quant.method);
     write_png(a.output, r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)),
-              {{"prompt", a.prompt},
-               {"negative_prompt", a.negative_prompt},
-               {"seed", std::to_string(a.seed)},
-               {"steps", std::to_string(a.steps)},
-               {"size", fmt::format("{}x{}", a.width, a.height)},
-               {"guidance", fmt::format("{}", a.guidance)},
-               {"model", a.model},
-               {"quantization", quant},
-               {"device", a.gpus > 1 ? fmt::format("cuda x {} ({} parallel)", a.gpus, a.parallel) : a.device},
-               {"software", "qdit"}});
+              image_metadata(go, model, quant,
+                             a.gpus > 1 ? fmt::format("cuda x {} ({} parallel)", a.gpus, a.parallel) : a.m.device));
     double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     fmt::print("wrote {} ({}x{}, {} steps, seed {})\n", a.output, a.width, a.height, a.steps, a.seed);
     fmt::print("time: load {:.2f} s, text encoder {:.2f} s, denoise {:.2f} s ({:.2f} s/step), "
@@ -233,6 +243,27 @@ int cmd_generate(GenerateArgs a) {
                                  a.gpus > 1 ? fmt::format(" (sum over the {} GPUs)", a.gpus) : std::string())
                    : std::string());
     return 0;
+}
+
+struct ServeArgs {
+    std::string host = "127.0.0.1", api_key;
+    int port = 8000, max_queue = 16;
+    ModelFlags m;
+};
+
+int cmd_serve(ServeArgs a) {
+    server::ServerOptions so;
+    so.pipeline = a.m.resolve(1);
+    so.model = a.m.model;
+    so.device = a.m.device;
+    so.host = a.host;
+    if (a.port < 0 || a.port > 65535) throw UsageError(fmt::format("--port {}: must be from 0 to 65535", a.port));
+    so.port = a.port;
+    so.api_key = a.api_key;
+    if (so.api_key.empty())
+        if (const char* k = std::getenv("QDIT_API_KEY")) so.api_key = k;
+    so.max_queue = a.max_queue;
+    return server::serve(so);
 }
 
 }  // namespace
@@ -266,9 +297,6 @@ int main(int argc, char** argv) {
     CLI::App* generate = app.add_subcommand(
         "generate", "Generate an image from a prompt with a diffusers ZImagePipeline folder "
                     "(the built-in tiny random-weight model when no --model is given)");
-    generate->add_option("--model", gen.model,
-                         "Diffusers ZImagePipeline folder (model_index.json, scheduler/, "
-                         "text_encoder/, tokenizer/, transformer/, vae/)");
     generate->add_option("--prompt", gen.prompt, "The prompt")->required();
     generate->add_option("--negative-prompt", gen.negative_prompt, "Negative prompt (used when --guidance > 0)");
     generate->add_option("--steps", gen.steps, fmt::format("Denoising steps, 1 to {}", kMaxSteps))
@@ -296,12 +324,6 @@ int main(int argc, char** argv) {
     generate->add_option("--latents", gen.latents,
                          "Initial noise from a safetensors file (one floating-point tensor, or one "
                          "named 'latents', of shape [1, 16, H/8, W/8]) instead of the seeded noise");
-    generate->add_option("--dtype", gen.dtype, "Activation precision: bf16 or f32 (cuda: bf16)")->capture_default_str();
-    CLI::Option* device_opt =
-        generate->add_option("--device", gen.device,
-                             "Where the text encoder, transformer and VAE run: cpu, cuda (GPU 0) or cuda:N "
-                             "(needs a build with the CUDA backend)")
-            ->capture_default_str();
     generate->add_option("--gpus", gen.gpus,
                          "GPUs for the transformer: N > 1 splits it over NCCL on CUDA GPUs 0..N-1 (text "
                          "encoder and VAE on GPU 0; implies --device cuda; needs a build with NCCL and "
@@ -312,13 +334,26 @@ int main(int argc, char** argv) {
                          "per block) or sequence (Ulysses: tokens split, whole weights on every GPU, two "
                          "all-to-alls per block; N must divide the token counts: 2, 4 or 8)")
         ->capture_default_str();
-    generate->add_flag("--quantize-text-encoder", gen.quantize_text_encoder,
-                       "Also quantize the text encoder's Linear layers with the chosen method");
     generate->add_option("-o,--output", gen.output,
                          "Output PNG (written atomically; its folder must exist and be writable, "
                          "checked before any work)")
         ->capture_default_str();
-    gen.q.add(generate);
+    gen.m.add(generate);
+
+    ServeArgs srv;
+    CLI::App* serve = app.add_subcommand(
+        "serve", "Load a model once and serve it over HTTP: POST /v1/images/generations (OpenAI's images "
+                 "API), async jobs under /v1/jobs with progress events, /v1/models, /health, /metrics");
+    serve->add_option("--host", srv.host, "Address to listen on (loopback unless told otherwise)")
+        ->capture_default_str();
+    serve->add_option("--port", srv.port, "TCP port (0: any free port, printed at start)")->capture_default_str();
+    serve->add_option("--api-key", srv.api_key,
+                      "Require 'Authorization: Bearer KEY' on every endpoint but /health (default: "
+                      "$QDIT_API_KEY when set, else no key)");
+    serve->add_option("--max-queue", srv.max_queue,
+                      "Accepted jobs that may wait for the worker; one more is refused with 429")
+        ->capture_default_str();
+    srv.m.add(serve);
 
     try {
         app.parse(argc, argv);
@@ -336,10 +371,8 @@ int main(int argc, char** argv) {
     try {
         if (inspect->parsed()) return cmd_inspect(inspect_dir, inspect_q);
         if (quantize->parsed()) return cmd_quantize(quantize_dir, quantize_out, quantize_q);
-        if (generate->parsed()) {
-            gen.device_given = device_opt->count() > 0;
-            return cmd_generate(gen);
-        }
+        if (generate->parsed()) return cmd_generate(gen);
+        if (serve->parsed()) return cmd_serve(srv);
     } catch (const UsageError& e) {
         fmt::print(stderr, "error: {}\n", e.what());
         return 2;

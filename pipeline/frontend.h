@@ -1,0 +1,35 @@
+// What the front ends (the command line, the HTTP server, the Python module)
+// share: resolving a model folder, naming a device, and the PNG metadata of a
+// generated image.
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+#include "pipeline/zimage_pipeline.h"
+
+namespace qdit {
+
+// "cpu", "cuda" (GPU 0) or "cuda:N"; UsageError naming `field` otherwise.
+Device parse_device(const std::string& s, const std::string& field = "--device");
+
+// The folder to load: `model`, or (when empty) the built-in tiny pipeline,
+// written into the cache first if needed; *tiny tells which.
+std::string resolve_model_dir(const std::string& model, bool* tiny = nullptr);
+
+// The pipeline's messages name the command line's flags (--steps, --width,
+// --max-sequence-length, ...); a front end whose arguments are named otherwise
+// (the server's JSON fields, the Python module's arguments) renames them:
+// each `flag` followed by a character that cannot continue a flag becomes `name`.
+std::string rename_flags(std::string message,
+                         const std::vector<std::pair<std::string, std::string>>& flag_to_name);
+
+// The tEXt chunks every generated PNG carries: prompt, negative_prompt, seed,
+// steps, size, guidance, model, quantization, device, software.
+std::vector<std::pair<std::string, std::string>> image_metadata(const GenerateOptions& o,
+                                                                const std::string& model,
+                                                                const std::string& quantization,
+                                                                const std::string& device);
+
+}  // namespace qdit

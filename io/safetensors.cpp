@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -171,7 +172,14 @@ const TensorInfo& SafetensorsFile::info(const std::string& name) const {
 
 Tensor SafetensorsFile::get(const std::string& name) const {
     const TensorInfo& i = info(name);
-    return Tensor(map_, data_start_ + i.begin, i.shape, i.dtype);
+    Tensor view(map_, data_start_ + i.begin, i.shape, i.dtype);
+    // The format does not promise aligned data (writers pad the header to 8 bytes, but
+    // need not): a tensor whose bytes cannot be read as its element type in place
+    // (an F64 at an odd offset) is copied to aligned memory.
+    if (reinterpret_cast<uintptr_t>(view.raw()) % dtype_size(i.dtype) == 0) return view;
+    Tensor copy = Tensor::empty(i.shape, i.dtype);
+    std::memcpy(copy.raw(), view.raw(), view.nbytes());
+    return copy;
 }
 
 // ---------------------------------------------------------------- Checkpoint

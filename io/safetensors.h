@@ -51,7 +51,8 @@ public:
     bool contains(const std::string& name) const { return index_.count(name) != 0; }
     const TensorInfo& info(const std::string& name) const;
     const std::map<std::string, std::string>& metadata() const { return metadata_; }
-    // A zero-copy view of the tensor's bytes (kept alive by the view).
+    // A zero-copy view of the tensor's bytes (kept alive by the view); a copy when
+    // the file places them where their element type cannot be read in place.
     Tensor get(const std::string& name) const;
 
 private:

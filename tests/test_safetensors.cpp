@@ -156,6 +156,26 @@ TEST(Safetensors, IndexErrorsNameTheShard) {
     }
 }
 
+// A header whose length is not a multiple of 8 puts an F64 at an odd address in the
+// mapping: get() gives aligned memory holding the same values.
+TEST(Safetensors, MisalignedDataIsCopiedToAlignedMemory) {
+    fs::path p = temp_dir("misaligned") / "odd.safetensors";
+    const std::string header = R"({"d":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})";
+    ASSERT_NE(header.size() % 8, 0u);
+    const double values[2] = {1.5, -2.25};
+    {
+        std::ofstream f(p, std::ios::binary);
+        const uint64_t n = header.size();
+        f.write(reinterpret_cast<const char*>(&n), 8);
+        f << header;
+        f.write(reinterpret_cast<const char*>(values), sizeof values);
+    }
+    const Tensor t = SafetensorsFile(p.string()).get("d");
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.raw()) % alignof(double), 0u);
+    EXPECT_EQ(t.data<double>()[0], 1.5);
+    EXPECT_EQ(t.data<double>()[1], -2.25);
+}
+
 struct CorruptCase {
     const char* name;
     std::string header;

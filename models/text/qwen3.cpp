@@ -220,7 +220,7 @@ Tensor Qwen3TextModel::run(const std::vector<int32_t>& ids, const std::vector<in
         Tensor qkv = L.qkv.forward(qin);
         qin = {};
         ops::qk_rms_norm_rope_half(qkv, H, Hkv, hd, L.q_norm, L.k_norm, eps, freqs, ctx_);
-        Tensor y = L.o.forward({ops::attention(qkv, B, H, Hkv, hd, /*causal=*/true, key_mask, ctx_)});
+        Tensor y = L.o.forward({ops::attention(qkv, B, H, Hkv, hd, /*causal=*/true, key_mask, ctx_), {}, {}});
         qkv = Tensor();
         // x += attention; post_attention_layernorm → gate|up → SwiGLU → down_proj.
         Tensor h = L.gate_up.forward(ops::add_rms_norm(x, y, L.post_norm, eps, L.gate_up.input_spec(), ctx_));

@@ -320,7 +320,7 @@ TEST(Ops, LinearGroup) {
         Case c{fmt::format("linear group {}x{} -> 24|8|16 {}", m, k, int8 ? "int8" : "bf16"), DType::BF16,
                [&](const ops::Context& ctx) {
                    const nn::LinearGroup g(ck, ms, DType::BF16, ctx);
-                   const Tensor y = ops::to_host(g.forward({ops::to_device(x, ctx)}), ctx);
+                   const Tensor y = ops::to_host(g.forward({ops::to_device(x, ctx), {}, {}}), ctx);
                    // Each member's block, whatever padding the device added.
                    std::vector<Tensor> blocks;
                    for (size_t i = 0; i < outs.size(); ++i) {

@@ -56,6 +56,7 @@ Tensor LinearGroup::forward(const ops::Activation& in) const {
                           x.defined() ? shape_str(x.shape()) : "none", spec_.k);
     const int64_t m = x.size(0);
     if (!ctx_.cuda()) {
+        if (!in.x.defined()) raise<ShapeError>("Linear group ({}): the CPU reads the dense rows, none given", cpu_[0].name());
         if (cpu_.size() == 1) return cpu_[0].forward(in.x);
         Tensor y = Tensor::empty({m, width_}, compute_);
         for (size_t i = 0; i < cpu_.size(); ++i) cpu::put_columns(y, cols_[i], cpu_[i].forward(in.x));

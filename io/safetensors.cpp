@@ -227,10 +227,14 @@ Checkpoint::Checkpoint(const std::string& path) {
                                path_);
         fs::path dir = fs::path(path_).parent_path();
         for (auto& [name, file] : index["weight_map"].items()) {
-            if (!file.is_string() || file.get<std::string>().find('/') != std::string::npos)
+            // A plain file name next to the index: no folder part, and no NUL, which the
+            // operating system would take as the end of the name.
+            const std::string* s = file.is_string() ? file.get_ptr<const std::string*>() : nullptr;
+            if (!s || s->empty() || *s == "." || *s == ".." ||
+                s->find_first_of(std::string("/\0", 2)) != std::string::npos)
                 raise<FormatError>("{}: weight_map entry for '{}' must be a file name, not {}",
                                    path_, name, file.dump());
-            fs::path shard = dir / file.get<std::string>();
+            fs::path shard = dir / *s;
             if (!path_exists(shard.string()))
                 raise<IoError>("{}: shard {} (holding '{}') is missing", path_, shard.string(),
                                name);

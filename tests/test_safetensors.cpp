@@ -143,6 +143,23 @@ TEST(Safetensors, IndexErrorsNameTheShard) {
     }
     write_file_atomic((d / "model.safetensors.index.json").string(), R"({"metadata": {}})");
     EXPECT_THROW(Checkpoint(d.string()), FormatError);
+    // Not a plain file name: a folder part, a NUL (the system would read the name up to it and
+    // open a.safetensors), the folder itself or its parent.
+    write_safetensors((d / "a.safetensors").string(), {{"a", random_tensor({2}, DType::F32, 4)}});
+    for (const std::string bad : {std::string(R"("sub/a.safetensors")"),
+                                  std::string(R"("a.safetensors\u0000b")"), std::string(R"("")"),
+                                  std::string(R"(".")"), std::string(R"("..")"),
+                                  std::string("3")}) {
+        write_file_atomic((d / "model.safetensors.index.json").string(),
+                          R"({"weight_map": {"a": )" + bad + "}}");
+        try {
+            Checkpoint not_a_name(d.string());
+            FAIL() << bad << " accepted as a shard name";
+        } catch (const FormatError& e) {
+            EXPECT_NE(std::string(e.what()).find("must be a file name"), std::string::npos)
+                << e.what();
+        }
+    }
     // A shard name too long for the file system: an IoError naming it, not std::filesystem's
     // own filesystem_error.
     const std::string long_name(300, 'x');

@@ -5,13 +5,14 @@
 #include "core/error.h"
 #include "io/files.h"
 #include "models/model_spec.h"
+#include "models/qwen_image/transformer.h"
 #include "models/text/qwen3.h"
 #include "models/zimage/zimage_config.h"
 
 namespace qdit {
 
 std::vector<std::string> supported_model_classes() {
-    return {"ZImageTransformer2DModel", "Qwen3Model", "Qwen3ForCausalLM"};
+    return {"ZImageTransformer2DModel", "QwenImageTransformer2DModel", "Qwen3Model", "Qwen3ForCausalLM"};
 }
 
 ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string& where) {
@@ -30,6 +31,8 @@ ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string
                            where, fmt::join(supported_model_classes(), ", "));
     if (cls == "ZImageTransformer2DModel")
         return zimage::model_spec(zimage::Config::from_json(config, where));
+    if (cls == "QwenImageTransformer2DModel")
+        return qwen_image::model_spec(qwen_image::Config::from_json(config, where));
     if (cls == "Qwen3Model" || cls == "Qwen3ForCausalLM")
         return text::model_spec(text::Qwen3Config::from_json(config, where));
     raise<ConfigError>("{}: model class '{}' is not supported (supported: {})", where, cls,

@@ -33,6 +33,11 @@ Tensor to_device(const Tensor& host, const Context& ctx, Memory kind = Memory::A
 Tensor to_host(const Tensor& t, const Context& ctx);
 // A new tensor on ctx's device, contents uninitialised.
 Tensor empty(Shape shape, DType dtype, const Context& ctx, Memory kind = Memory::Activation);
+// A new tensor on ctx's device, all zero bytes.
+Tensor zeros(Shape shape, DType dtype, const Context& ctx);
+// Rows [dst_row, dst_row + n) of dst [*, c] ← rows [src_row, src_row + n) of src [*, c] (same dtype
+// and width, both on ctx's device, not overlapping).
+void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row, int64_t n, const Context& ctx);
 
 // What a Linear group reads, as its producer writes it: x [m, k] in the compute dtype and, for a
 // group with int8 parts on a GPU, the per-token int8 quantization of the same rows (quant/int8.h):

@@ -38,4 +38,31 @@ Activation swiglu(const Tensor& h, int64_t up_col, const ActivationSpec& out, co
 #endif
 }
 
+Activation gelu_tanh(const Tensor& h, const ActivationSpec& out, const Context& ctx) {
+    const char* op = "gelu_tanh";
+    detail::check_device(h, ctx, op, "h");
+    const int64_t k = out.k, m = h.dim() == 2 ? h.size(0) : -1;
+    if (m < 0 || k < 1 || k > h.size(1) || (out.int8 && out.kp < k))
+        raise<ShapeError>("{}: h {} read for {} columns (need h [m, n >= {}])", op, shape_str(h.shape()), k, k);
+    Activation a;
+    if (!ctx.cuda()) {
+        a.x = cpu::gelu_tanh(k == h.size(1) ? h : cpu::take_columns(h, 0, k));
+        return a;
+    }
+#ifdef QDIT_WITH_CUDA
+    if (h.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(h.dtype()));
+    if (out.dense) a.x = empty({m, k}, DType::BF16, ctx);
+    if (out.int8) {
+        a.q = empty({m, out.kp}, DType::I8, ctx);
+        a.qs = empty({m}, DType::F32, ctx);
+    }
+    cuda::gelu_tanh(h.raw(), h.size(1), m, k, a.x.defined() ? a.x.raw() : nullptr, k,
+                    a.q.defined() ? a.q.data<int8_t>() : nullptr, a.q.defined() ? a.qs.data<float>() : nullptr, out.kp,
+                    detail::stream(ctx));
+    return a;
+#else
+    detail::no_cuda(op);
+#endif
+}
+
 }  // namespace qdit::ops

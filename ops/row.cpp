@@ -9,51 +9,96 @@
 
 namespace qdit::ops {
 
-Activation add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, const ActivationSpec& out,
-                        const Context& ctx) {
-    const char* op = "add_rms_norm";
-    for (const Tensor* t : std::initializer_list<const Tensor*>{&x, &y, &w}) detail::check_device(*t, ctx, op, "an input");
+Activation row(Tensor& x, const Residual& res, const Normalize& norm, const ActivationSpec& out, const Context& ctx) {
+    const char* op = "row";
+    for (const Tensor* t : std::initializer_list<const Tensor*>{&x, &res.y, &res.w, &res.gate, &norm.w, &norm.scale, &norm.shift})
+        detail::check_device(*t, ctx, op, "an input");
     const int64_t m = x.dim() == 2 ? x.size(0) : -1, k = x.dim() == 2 ? x.size(1) : -1;
-    if (m < 0 || (y.defined() && (y.shape() != x.shape() || y.dtype() != x.dtype())) ||
-        (w.defined() && (w.numel() != k || w.dtype() != x.dtype())) || (w.defined() && out.int8 && out.kp < k))
-        raise<ShapeError>("{}: x {} {}, y {}, w {} (need x [m, k], y like x, w [k] of x's dtype)", op,
-                          dtype_name(x.dtype()), shape_str(x.shape()), y.defined() ? shape_str(y.shape()) : "none",
-                          w.defined() ? shape_str(w.shape()) : "none");
+    if (m < 0 || (res.y.defined() && (res.y.shape() != x.shape() || res.y.dtype() != x.dtype())) ||
+        (res.w.defined() && (res.w.numel() != k || res.w.dtype() != x.dtype())))
+        raise<ShapeError>("{}: x {} {}, y {}, y's norm weight {} (need x [m, k], y like x, the weight [k] of x's dtype)",
+                          op, dtype_name(x.dtype()), shape_str(x.shape()),
+                          res.y.defined() ? shape_str(res.y.shape()) : "none",
+                          res.w.defined() ? shape_str(res.w.shape()) : "none");
+    if ((norm.kind == Norm::Rms) != norm.w.defined() || (norm.w.defined() && (norm.w.numel() != k || norm.w.dtype() != x.dtype())))
+        raise<ShapeError>("{}: an RMSNorm needs its weight [{}] of x's dtype ({}), and only it takes one (got {})", op,
+                          k, dtype_name(x.dtype()), norm.w.defined() ? shape_str(norm.w.shape()) : "none");
+    if (norm.shift.defined() && (norm.kind != Norm::LayerNorm || !norm.scale.defined()))
+        raise<ShapeError>("{}: a shift follows a LayerNorm's scale", op);
+    if (norm.kind != Norm::None && out.int8 && out.kp < k)
+        raise<ShapeError>("{}: int8 rows of stride {} cannot hold {} columns", op, out.kp, k);
+    // The modulation vectors agree on the item count, which divides m.
+    int64_t items = 0;
+    for (const Tensor* v : {&res.gate, &norm.scale, &norm.shift}) {
+        if (!v->defined()) continue;
+        if (v->dtype() != DType::F32 || v->dim() != 2 || v->size(1) != k || (items && v->size(0) != items) ||
+            v->size(0) < 1 || m % v->size(0))
+            raise<ShapeError>("{}: modulation {} {} for x {} (need F32 [items, {}], the same items for all, dividing "
+                              "the {} rows)",
+                              op, dtype_name(v->dtype()), shape_str(v->shape()), shape_str(x.shape()), k, m);
+        items = v->size(0);
+    }
+    if (!res.y.defined() && res.gate.defined()) raise<ShapeError>("{}: a gate without a residual input", op);
+    items = std::max<int64_t>(items, 1);
+    const int64_t rows = m / items;
     Activation a;
     if (!ctx.cuda()) {
-        if (y.defined()) cpu::add_inplace(x, y);
-        if (w.defined()) a.x = cpu::RMSNorm("", w, eps).forward(x);
+        Tensor x3 = x.view({items, rows, k});
+        if (res.y.defined()) {
+            const Tensor y3 = res.y.view({items, rows, k});
+            if (res.w.defined())
+                cpu::RMSNorm("", res.w, res.eps).add_to(x3, y3, res.gate);
+            else if (res.gate.defined())
+                cpu::add_gated(x3, y3, res.gate);
+            else
+                cpu::add_inplace(x3, y3);
+        }
+        if (norm.kind == Norm::Rms) {
+            const cpu::RMSNorm n("", norm.w, norm.eps);
+            a.x = norm.scale.defined() ? n.forward_scaled(x3, norm.scale) : n.forward(x3);
+        } else if (norm.kind == Norm::LayerNorm) {
+            a.x = cpu::layer_norm(x3, norm.eps, norm.scale, norm.shift);
+        }
+        if (a.x.defined()) a.x = a.x.view({m, k});
         return a;
     }
 #ifdef QDIT_WITH_CUDA
     if (x.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(x.dtype()));
-    cuda::RowOp r;
-    r.x = x.raw();
-    r.ldx = k;
-    if (y.defined()) {
-        r.y = y.raw();
-        r.ldy = k;
+    if (norm.kind != Norm::None && out.dense) a.x = empty({m, k}, DType::BF16, ctx);
+    if (norm.kind != Norm::None && out.int8) {
+        a.q = empty({m, out.kp}, DType::I8, ctx);
+        a.qs = empty({m}, DType::F32, ctx);
     }
-    r.m = m;
-    r.k = k;
-    if (w.defined()) {
-        r.norm = cuda::RowNorm::Rms;
-        r.w = w.raw();
-        r.eps = eps;
-        if (out.dense) {
-            a.x = empty({m, k}, DType::BF16, ctx);
-            r.out = a.x.raw();
-            r.ldo = k;
-        }
-        if (out.int8) {
-            a.q = empty({m, out.kp}, DType::I8, ctx);
-            a.qs = empty({m}, DType::F32, ctx);
-            r.q = a.q.data<int8_t>();
-            r.qs = a.qs.data<float>();
+    auto rows_of = [&](const Tensor& t, int64_t b, int64_t ld) -> void* {
+        return t.defined() ? static_cast<uint8_t*>(t.raw()) + size_t(b * rows * ld) * dtype_size(t.dtype()) : nullptr;
+    };
+    auto item = [&](const Tensor& v, int64_t b) { return v.defined() ? v.data<float>() + b * k : nullptr; };
+    for (int64_t b = 0; b < items; ++b) {
+        cuda::RowOp r;
+        r.x = rows_of(x, b, k);
+        r.ldx = k;
+        r.y = rows_of(res.y, b, k);
+        r.ldy = k;
+        r.w_res = res.w.defined() ? res.w.raw() : nullptr;
+        r.eps_res = res.eps;
+        r.gate = item(res.gate, b);
+        r.norm = norm.kind == Norm::Rms ? cuda::RowNorm::Rms
+                                        : norm.kind == Norm::LayerNorm ? cuda::RowNorm::LayerNorm : cuda::RowNorm::None;
+        r.w = norm.w.defined() ? norm.w.raw() : nullptr;
+        r.eps = norm.eps;
+        r.scale = item(norm.scale, b);
+        r.shift = item(norm.shift, b);
+        r.out = rows_of(a.x, b, k);
+        r.ldo = k;
+        if (a.q.defined()) {
+            r.q = static_cast<int8_t*>(rows_of(a.q, b, out.kp));
+            r.qs = a.qs.data<float>() + b * rows;
             r.ldq = out.kp;
         }
+        r.m = rows;
+        r.k = k;
+        cuda::row_op(r, detail::stream(ctx));
     }
-    cuda::row_op(r, detail::stream(ctx));
     return a;
 #else
     detail::no_cuda(op);

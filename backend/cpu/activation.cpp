@@ -29,6 +29,25 @@ Tensor silu(const Tensor& x) {
     return y;
 }
 
+Tensor gelu_tanh(const Tensor& x) {
+    check_activation(x, "gelu_tanh");
+    Tensor y = Tensor::empty(x.shape(), x.dtype());
+    // torch's constants: sqrt(2)·(2/sqrt(π))·0.5 = sqrt(2/π), and κ = 0.044715.
+    const float beta = float(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
+    dispatch_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = x.data<T>();
+        T* yp = y.data<T>();
+        parallel_for(x.numel(), kGrain, [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) {
+                const float v = load(xp, i), inner = beta * (v + kappa * v * v * v);
+                store(yp, i, 0.5f * v * (1.0f + std::tanh(inner)));
+            }
+        });
+    });
+    return y;
+}
+
 Tensor silu_mul(const Tensor& a, const Tensor& b) {
     check_activation(a, "silu_mul");
     check_activation(b, "silu_mul");

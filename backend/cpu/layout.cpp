@@ -52,4 +52,23 @@ void add_inplace(Tensor& x, const Tensor& y) {
     });
 }
 
+void add_gated(Tensor& x, const Tensor& y, const Tensor& gate) {
+    QDIT_CHECK(x.dim() == 3 && x.shape() == y.shape() && x.dtype() == y.dtype() && gate.dtype() == DType::F32 &&
+                   gate.shape() == Shape({x.size(0), x.size(2)}),
+               "add_gated: x {} {}, y {} {}, gate {} {} (need x, y [B, L, n], gate F32 [B, n])", dtype_name(x.dtype()),
+               shape_str(x.shape()), dtype_name(y.dtype()), shape_str(y.shape()), dtype_name(gate.dtype()),
+               shape_str(gate.shape()));
+    const int64_t L = x.size(1), n = x.size(2);
+    dispatch_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        T* a = x.data<T>();
+        const T* b = y.data<T>();
+        const float* g = gate.data<float>();
+        parallel_for(x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i)
+                store(a, i, load(a, i) + round_as<T>(g[(i / (L * n)) * n + i % n] * load(b, i)));
+        });
+    });
+}
+
 }  // namespace qdit::cpu

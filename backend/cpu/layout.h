@@ -10,5 +10,8 @@ Tensor take_columns(const Tensor& x, int64_t c0, int64_t w);
 void put_columns(Tensor& dst, int64_t c0, const Tensor& src);
 // x ← x + y elementwise (F32 or BF16, same shape), rounded once per element as torch adds.
 void add_inplace(Tensor& x, const Tensor& y);
+// x ← x + gate · y for x, y [B, L, n] and gate F32 [B, n] (values in x's precision; item b's rows
+// use row b): the product and the sum each rounded once, as torch's `x + gate * y` does.
+void add_gated(Tensor& x, const Tensor& y, const Tensor& gate);
 
 }  // namespace qdit::cpu

@@ -120,16 +120,20 @@ void RMSNorm::add_to(Tensor& x, const Tensor& y, const Tensor& gate) const {
     });
 }
 
-Tensor layer_norm(const Tensor& x, float eps, const Tensor& scale) {
+Tensor layer_norm(const Tensor& x, float eps, const Tensor& scale, const Tensor& shift) {
     check_activation(x, "layer_norm");
     const int64_t d = x.size(-1);
     Rows r = rows_of(x, scale, d, "layer_norm");
+    if (shift.defined() && (!scale.defined() || shift.shape() != scale.shape() || shift.dtype() != DType::F32))
+        raise<ShapeError>("layer_norm: shift {} needs a scale of its shape (scale {})", shape_str(shift.shape()),
+                          scale.defined() ? shape_str(scale.shape()) : "none");
     Tensor y = Tensor::empty(x.shape(), x.dtype());
     dispatch_float(x.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* xp = x.data<T>();
         T* yp = y.data<T>();
         const float* sp = scale.defined() ? scale.data<float>() : nullptr;
+        const float* hp = shift.defined() ? shift.data<float>() : nullptr;
         parallel_for(r.n, row_grain(d), [&](int64_t b, int64_t e) {
             for (int64_t row = b; row < e; ++row) {
                 const T* xr = xp + row * d;
@@ -145,6 +149,7 @@ Tensor layer_norm(const Tensor& x, float eps, const Tensor& scale) {
                 for (int64_t i = 0; i < d; ++i) {
                     float v = round_as<T>((load(xr, i) - m) * rstd);
                     if (sp) v = v * sp[(row / r.per_batch) * d + i];
+                    if (hp) v = round_as<T>(v) + hp[(row / r.per_batch) * d + i];
                     store(yp, row * d + i, v);
                 }
             }

@@ -40,7 +40,8 @@ private:
 // nn.LayerNorm(elementwise_affine=False) over the last dim: mean and variance
 // (biased) in f32 or better, y = (x − mean) · rsqrt(var + eps), rounded once to
 // x's dtype; then, when `scale` is given (F32 [B, D], x [B, L, D]), y · scale
-// rounded again, as torch's `norm(x) * scale` does.
-Tensor layer_norm(const Tensor& x, float eps, const Tensor& scale = Tensor());
+// rounded again, as torch's `norm(x) * scale` does; then, when `shift` is given
+// (like scale), + shift rounded again (`norm(x) * scale + shift`).
+Tensor layer_norm(const Tensor& x, float eps, const Tensor& scale = Tensor(), const Tensor& shift = Tensor());
 
 }  // namespace qdit::cpu

@@ -186,12 +186,22 @@ __global__ void __launch_bounds__(256, row_op_min_blocks<VEC, NV>()) row_op_kern
     if (op.y) {
         Row y;
         y.load(static_cast<const bf16*>(op.y) + row * op.ldy, k);
-        if (!op.w_res) {
+        if (!op.w_res && !op.gate) {
             // Plain residual: bf16(x + y) (elements past k stay 0 + 0).
 #pragma unroll
             for (int j = 0; j < NV; ++j)
 #pragma unroll
                 for (int p = 0; p < NP; ++p) r.set_bits(j, p, add_bf16x2(r.bits(j, p), y.bits(j, p)));
+        } else if (!op.w_res) {
+            // Gated residual: bf16(x + bf16(gate · y)).
+#pragma unroll
+            for (int j = 0; j < NV; ++j) {
+                if (Row::base(j) >= k) continue;
+                uint32_t gv[NP];
+                y.params(op.gate, j, gv);
+#pragma unroll
+                for (int p = 0; p < NP; ++p) r.set_bits(j, p, add_bf16x2(r.bits(j, p), mul_bf16x2(y.bits(j, p), gv[p])));
+            }
         } else {
             // x + bf16(gate · bf16(bf16(y · inv) · w_res)), each product of two bf16 rounded once.
             const float inv = 1.0f / sqrtf(float(y.sum_sq()) / float(k) + op.eps_res);
@@ -261,13 +271,15 @@ __global__ void __launch_bounds__(256, row_op_min_blocks<VEC, NV>()) row_op_kern
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
             if (Row::base(j) >= k) continue;
-            uint32_t sv[NP];
+            uint32_t sv[NP], hv[NP];
             if (op.scale) r.params(op.scale, j, sv);
+            if (op.shift) r.params(op.shift, j, hv);
 #pragma unroll
             for (int p = 0; p < NP; ++p) {
                 const float2 xv = r.pair(j, p);
                 uint32_t n = pack_bf16x2((xv.x - mf) * rstd, VEC >= 2 ? (xv.y - mf) * rstd : 0.f);
                 if (op.scale) n = mul_bf16x2(n, sv[p]);
+                if (op.shift) n = add_bf16x2(n, hv[p]);
                 r.set_bits(j, p, n);
             }
         }
@@ -277,20 +289,30 @@ __global__ void __launch_bounds__(256, row_op_min_blocks<VEC, NV>()) row_op_kern
     if (op.q) r.quantize(op.q + row * op.ldq, op.qs + row, k, int(op.ldq));
 }
 
-template <int VEC, int NV>
+// The gated linear units: GELU (tanh form) of a alone, or SwiGLU bf16(silu(a)) · b.
+enum class Glu { Swi, GeluTanh };
+__device__ __forceinline__ float gelu_tanh_f(float v) {
+    constexpr float beta = 0.7978845608028654f, kappa = 0.044715f;  // sqrt(2/π), torch's κ
+    return 0.5f * v * (1.0f + tanhf(beta * (v + kappa * v * v * v)));
+}
+template <Glu G>
+__device__ __forceinline__ uint32_t glu_pair(uint32_t a, uint32_t b) {
+    if constexpr (G == Glu::Swi) return mul_bf16x2(pack_bf16x2(silu_f(bf16_lo(a)), silu_f(bf16_hi(a))), b);
+    else return pack_bf16x2(gelu_tanh_f(bf16_lo(a)), gelu_tanh_f(bf16_hi(a)));
+}
+
+template <Glu G, int VEC, int NV>
 __global__ void __launch_bounds__(256)
-swiglu_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, int8_t* q, float* qs, int64_t ldq) {
+glu_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, int8_t* q, float* qs, int64_t ldq) {
     const int64_t row = blockIdx.x;
     RowRegs<VEC, NV> a, b;
     a.load(h + row * ldh, k);
-    b.load(h + row * ldh + k, k);
+    if constexpr (G == Glu::Swi) b.load(h + row * ldh + k, k);
 #pragma unroll
     for (int j = 0; j < NV; ++j)
 #pragma unroll
-        for (int p = 0; p < RowRegs<VEC, NV>::NP; ++p) {
-            const float2 fa = a.pair(j, p);
-            a.set_bits(j, p, mul_bf16x2(pack_bf16x2(silu_f(fa.x), silu_f(fa.y)), b.bits(j, p)));
-        }
+        for (int p = 0; p < RowRegs<VEC, NV>::NP; ++p)
+            a.set_bits(j, p, glu_pair<G>(a.bits(j, p), G == Glu::Swi ? b.bits(j, p) : 0u));
     if (out) a.store(out + row * ldo, k);
     if (q) a.quantize(q + row * ldq, qs + row, k, int(ldq));
 }
@@ -299,8 +321,9 @@ swiglu_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, int8_t*
 // the absmax and the quantization: few registers, so up to 8 blocks of 256 threads share an SM and
 // one block's loads overlap the others' arithmetic (the register-row kernel above holds 2·k/blockDim
 // values per thread: 2 blocks per SM at k = 10240). Needs k % 8 == 0, 16-byte aligned rows.
+template <Glu G>
 __global__ void __launch_bounds__(256)
-swiglu_smem_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, int8_t* q, float* qs, int64_t ldq) {
+glu_smem_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, int8_t* q, float* qs, int64_t ldq) {
     extern __shared__ uint4 g_row[];  // k / 8 vectors
     const int64_t row = blockIdx.x;
     const int nvec = k / 8, tid = int(threadIdx.x), nt = int(blockDim.x);
@@ -313,7 +336,7 @@ swiglu_smem_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, in
         uint32_t g[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            g[e] = mul_bf16x2(pack_bf16x2(silu_f(bf16_lo(wa[e])), silu_f(bf16_hi(wa[e]))), wb[e]);
+            g[e] = glu_pair<G>(wa[e], wb[e]);
             amax = fmaxf(amax, fmaxf(fabsf(bf16_lo(g[e])), fabsf(bf16_hi(g[e]))));
         }
         const uint4 ug = make_uint4(g[0], g[1], g[2], g[3]);
@@ -322,12 +345,14 @@ swiglu_smem_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, in
     };
     // Two vectors per thread per step: both pairs of loads are issued before either is used.
     int i = tid;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
     for (; i + nt < nvec; i += 2 * nt) {
-        const uint4 a0 = pa[i], b0 = pb[i], a1 = pa[i + nt], b1 = pb[i + nt];
+        const uint4 a0 = pa[i], a1 = pa[i + nt];
+        const uint4 b0 = G == Glu::Swi ? pb[i] : zero, b1 = G == Glu::Swi ? pb[i + nt] : zero;
         one(a0, b0, i);
         one(a1, b1, i + nt);
     }
-    if (i < nvec) one(pa[i], pb[i], i);
+    if (i < nvec) one(pa[i], G == Glu::Swi ? pb[i] : zero, i);
     if (!q) return;
     amax = block_max<kRowWarps>(amax);  // its leading barrier also orders the shared-memory row
     const float s = amax > 0.f ? __fdiv_rn(amax, 127.f) : 1.f;
@@ -387,7 +412,7 @@ void check_launch(const char* what) {
 void row_op(const RowOp& op, cudaStream_t stream) {
     if (op.m <= 0) return;
     if (op.k <= 0 || op.ldx < op.k || (op.y && op.ldy < op.k) || (op.out && op.ldo < op.k) ||
-        (op.q && (op.ldq < op.k || !op.qs)) || (op.norm == RowNorm::Rms && !op.w) || (op.y && !op.w_res && op.gate))
+        (op.q && (op.ldq < op.k || !op.qs)) || (op.norm == RowNorm::Rms && !op.w) || (op.shift && op.norm != RowNorm::LayerNorm))
         raise<ShapeError>("row_op: bad arguments (m {}, k {}, ldx {}, ldy {}, ldo {}, ldq {})", op.m, op.k, op.ldx,
                           op.ldy, op.ldo, op.ldq);
     bool vec = op.k % 8 == 0 && op.ldx % 8 == 0 && aligned16(op.x);
@@ -395,7 +420,8 @@ void row_op(const RowOp& op, cudaStream_t stream) {
     if (op.out) vec = vec && op.ldo % 8 == 0 && aligned16(op.out);
     if (op.q) vec = vec && op.ldq % 8 == 0 && aligned16(op.q);
     // Per-element parameters are read as 16-byte vectors too.
-    for (const void* p : {op.w_res, op.w, static_cast<const void*>(op.gate), static_cast<const void*>(op.scale)})
+    for (const void* p : {op.w_res, op.w, static_cast<const void*>(op.gate), static_cast<const void*>(op.scale),
+                          static_cast<const void*>(op.shift)})
         vec = vec && (!p || aligned16(p));
     const RowLaunch l = row_launch(op.k, vec);
     dispatch_row(l, [&](auto V, auto N) {
@@ -404,28 +430,44 @@ void row_op(const RowOp& op, cudaStream_t stream) {
     check_launch("row_op");
 }
 
-void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs,
-            int64_t ldq, cudaStream_t stream) {
+namespace {
+
+template <Glu G>
+void glu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs, int64_t ldq,
+         cudaStream_t stream) {
+    const char* name = G == Glu::Swi ? "swiglu" : "gelu_tanh";
     if (m <= 0) return;
-    if (k <= 0 || ldh < 2 * k || (out && ldo < k) || (q && (ldq < k || !qs)))
-        raise<ShapeError>("swiglu: bad arguments (m {}, k {}, ldh {}, ldo {}, ldq {})", m, k, ldh, ldo, ldq);
+    if (k <= 0 || ldh < (G == Glu::Swi ? 2 : 1) * k || (out && ldo < k) || (q && (ldq < k || !qs)))
+        raise<ShapeError>("{}: bad arguments (m {}, k {}, ldh {}, ldo {}, ldq {})", name, m, k, ldh, ldo, ldq);
     bool vec = k % 8 == 0 && ldh % 8 == 0 && aligned16(h);
     if (out) vec = vec && ldo % 8 == 0 && aligned16(out);
     if (q) vec = vec && ldq % 8 == 0 && aligned16(q);
     constexpr int64_t kSmemRowBytes = 48 * 1024;  // the default dynamic shared memory limit
     if (vec && 2 * k <= kSmemRowBytes) {
         const int64_t threads = std::min<int64_t>(256, (k / 8 + 31) / 32 * 32);
-        swiglu_smem_kernel<<<unsigned(m), unsigned(threads), size_t(2 * k), stream>>>(
+        glu_smem_kernel<G><<<unsigned(m), unsigned(threads), size_t(2 * k), stream>>>(
             static_cast<const bf16*>(h), ldh, int(k), static_cast<bf16*>(out), ldo, q, qs, ldq);
-        check_launch("swiglu");
+        check_launch(name);
         return;
     }
     const RowLaunch l = row_launch(k, vec);
     dispatch_row(l, [&](auto V, auto N) {
-        swiglu_kernel<decltype(V)::value, decltype(N)::value><<<unsigned(m), l.threads, 0, stream>>>(
+        glu_kernel<G, decltype(V)::value, decltype(N)::value><<<unsigned(m), l.threads, 0, stream>>>(
             static_cast<const bf16*>(h), ldh, int(k), static_cast<bf16*>(out), ldo, q, qs, ldq);
     });
-    check_launch("swiglu");
+    check_launch(name);
+}
+
+}  // namespace
+
+void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs,
+            int64_t ldq, cudaStream_t stream) {
+    glu<Glu::Swi>(h, ldh, m, k, out, ldo, q, qs, ldq, stream);
+}
+
+void gelu_tanh(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs,
+               int64_t ldq, cudaStream_t stream) {
+    glu<Glu::GeluTanh>(h, ldh, m, k, out, ldo, q, qs, ldq, stream);
 }
 
 // ---------------------------------------------------------------------------
@@ -583,11 +625,14 @@ __global__ void embedding_rows_kernel(const bf16* table, int64_t vocab, int64_t 
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = ok ? src[i] : __float2bfloat16_rn(0.f);
 }
 
-__global__ void modulation_kernel(const bf16* mod, int64_t n, int64_t d, unsigned tanh_mask, float* out) {
+__global__ void modulation_kernel(const bf16* mod, int64_t items, int64_t chunks, int64_t d, unsigned tanh_mask,
+                                  unsigned plain_mask, float* out) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= n) return;
+    if (i >= items * chunks * d) return;
     const float v = __bfloat162float(mod[i]);
-    out[i] = (tanh_mask >> (i / d)) & 1u ? rbf(tanhf(v)) : rbf(1.0f + v);
+    const int64_t b = i / (chunks * d), c = (i / d) % chunks;
+    out[(c * items + b) * d + i % d] =
+        (plain_mask >> c) & 1u ? v : (tanh_mask >> c) & 1u ? rbf(tanhf(v)) : rbf(1.0f + v);
 }
 
 __global__ void silu_kernel(const bf16* x, int64_t n, bf16* y) {
@@ -700,11 +745,13 @@ void embedding_rows(const void* table, int64_t vocab, int64_t d, const int32_t* 
     check_launch("embedding_rows");
 }
 
-void modulation(const void* mod, int64_t chunks, int64_t d, unsigned tanh_mask, float* out, cudaStream_t stream) {
-    const int64_t n = chunks * d;
+void modulation(const void* mod, int64_t chunks, int64_t d, unsigned tanh_mask, float* out, cudaStream_t stream,
+                unsigned plain_mask, int64_t items) {
+    const int64_t n = items * chunks * d;
     if (n <= 0) return;
-    modulation_kernel<<<unsigned((n + 255) / 256), 256, 0, stream>>>(static_cast<const bf16*>(mod), n, d, tanh_mask,
-                                                                       out);
+    if (chunks > 32) raise<ShapeError>("modulation: {} chunks (at most 32)", chunks);
+    modulation_kernel<<<unsigned((n + 255) / 256), 256, 0, stream>>>(static_cast<const bf16*>(mod), items, chunks, d,
+                                                                       tanh_mask, plain_mask, out);
     check_launch("modulation");
 }
 

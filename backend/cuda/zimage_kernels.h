@@ -17,10 +17,11 @@ namespace qdit::cuda {
 // One pass per row (token) over the residual stream x [m, k]:
 //   1. residual (when y is set), cpu::RMSNorm::add_to: x ← x + gate · rms(y; w_res, eps_res)
 //      (gate F32 [k] or null: x ← x + rms(y)); with w_res null a plain add x ← bf16(x + y) (a
-//      pre-norm block's residual, as torch adds two bf16 tensors; gate must then be null);
+//      pre-norm block's residual, as torch adds two bf16 tensors), or with a gate
+//      x ← bf16(x + bf16(gate · y)) (cpu::add_gated);
 //   2. normalization of (the updated) x: norm = None passes x through, Rms is
 //      cpu::RMSNorm::forward[_scaled] (w bf16 [k], scale F32 [k] or null), LayerNorm is
-//      cpu::layer_norm (no affine, w unused; scale F32 [k] or null);
+//      cpu::layer_norm (no affine, w unused; scale F32 [k] or null, then shift F32 [k] or null);
 //   3. outputs of step 2: bf16 to `out` (or null) and/or int8 to q / qs (or null).
 enum class RowNorm { None, Rms, LayerNorm };
 struct RowOp {
@@ -36,6 +37,7 @@ struct RowOp {
     const void* w = nullptr;
     float eps = 1e-5f;
     const float* scale = nullptr;
+    const float* shift = nullptr;
 
     void* out = nullptr;
     int64_t ldo = 0;
@@ -51,6 +53,11 @@ void row_op(const RowOp& op, cudaStream_t stream);
 // g = bf16(bf16(silu(a)) · b), written as bf16 to out (or null) and/or int8 to q / qs (or null).
 void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs,
             int64_t ldq, cudaStream_t stream);
+
+// GELU (tanh form, cpu::gelu_tanh) of h [m, k] (row stride ldh): bf16(gelu(h)), written as bf16 to
+// out (or null) and/or int8 to q / qs (or null), as swiglu writes.
+void gelu_tanh(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs,
+               int64_t ldq, cudaStream_t stream);
 
 // Which dims RoPE rotates together, and with which roundings (freqs hold (cos, sin) of pair i):
 //   Interleaved: dims (2i, 2i + 1), as cpu::apply_rope (Z-Image): cos / sin in f32, a·c − b·s and
@@ -75,9 +82,11 @@ void qk_norm_rope(void* qkv, int64_t ld, int64_t k_offset, int64_t m, int64_t he
 void embedding_rows(const void* table, int64_t vocab, int64_t d, const int32_t* ids, int64_t n, void* out,
                     int64_t ldo, cudaStream_t stream);
 
-// out F32 [chunks·d] from mod bf16 [chunks·d]: chunk c becomes bf16(1 + v) when bit c of
+// out F32 [chunks, items, d] from mod bf16 [items, chunks·d] (chunks <= 32): chunk c is v itself
+// when bit c of plain_mask is set (shifts, gates without tanh), else bf16(1 + v) when bit c of
 // tanh_mask is 0 and bf16(tanh(v)) when it is 1 (the adaLN scales and gates).
-void modulation(const void* mod, int64_t chunks, int64_t d, unsigned tanh_mask, float* out, cudaStream_t stream);
+void modulation(const void* mod, int64_t chunks, int64_t d, unsigned tanh_mask, float* out, cudaStream_t stream,
+                unsigned plain_mask = 0, int64_t items = 1);
 
 // y = bf16(silu(x)) over n bf16 values.
 void silu(const void* x, int64_t n, void* y, cudaStream_t stream);

@@ -219,7 +219,7 @@ Tensor Qwen3TextModel::run(const std::vector<int32_t>& ids, const std::vector<in
         // Attention: q|k|v → q/k RMSNorm + RoPE → causal grouped-query SDPA → o_proj.
         Tensor qkv = L.qkv.forward(qin);
         qin = {};
-        ops::qk_rms_norm_rope_half(qkv, H, Hkv, hd, L.q_norm, L.k_norm, eps, freqs, ctx_);
+        ops::qk_rms_norm_rope(qkv, H, Hkv, hd, L.q_norm, L.k_norm, eps, freqs, ops::RopeLayout::Half, ctx_);
         Tensor y = L.o.forward({ops::attention(qkv, B, H, Hkv, hd, /*causal=*/true, key_mask, ctx_), {}, {}});
         qkv = Tensor();
         // x += attention; post_attention_layernorm → gate|up → SwiGLU → down_proj.

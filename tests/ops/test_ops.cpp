@@ -150,43 +150,140 @@ TEST(Ops, AddRmsNorm) {
         }
 }
 
-// Per-head RMSNorm of q and k, then rotate-half RoPE; v untouched.
-TEST(Ops, QkRmsNormRopeHalf) {
+// Per-head RMSNorm of q and k (or none), then RoPE in either layout; v untouched.
+TEST(Ops, QkRmsNormRope) {
     for (DType dt : kDtypes)
-        for (auto [n, H, Hkv, hd] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{3, 2, 1, 8}, {17, 4, 2, 16}, {9, 6, 6, 32}}) {
-            const int64_t W = (H + 2 * Hkv) * hd;
-            const Tensor qkv0 = randn({n, W}, 4, 0.f, 1.f, dt), wq = randn({hd}, 5, 1.f, 0.2f, dt),
-                         wk = randn({hd}, 6, 1.f, 0.2f, dt);
-            std::vector<int64_t> pos(static_cast<size_t>(n));
-            for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = 3 * i + 1;
-            const double theta = 10000.0;
+        for (ops::RopeLayout layout : {ops::RopeLayout::Half, ops::RopeLayout::Interleaved})
+            for (auto [n, H, Hkv, hd, norm] : {std::tuple<int64_t, int64_t, int64_t, int64_t, bool>{3, 2, 1, 8, true},
+                                               {17, 4, 2, 16, true}, {9, 6, 6, 32, true}, {5, 3, 3, 16, false}}) {
+                const bool half = layout == ops::RopeLayout::Half;
+                const int64_t W = (H + 2 * Hkv) * hd;
+                const Tensor qkv0 = randn({n, W}, 4, 0.f, 1.f, dt), wq = randn({hd}, 5, 1.f, 0.2f, dt),
+                             wk = randn({hd}, 6, 1.f, 0.2f, dt);
+                std::vector<int64_t> pos(static_cast<size_t>(n));
+                for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = 3 * i - 5;  // negative positions too
+                const double theta = 10000.0;
+                const float eps = 1e-6f;
+                // The interleaved layout's table is the multi-axis one (two axes here).
+                const Tensor table = half ? ops::rope_half_table(theta, hd, pos)
+                                          : [&] {
+                                                std::vector<int64_t> p2;
+                                                for (int64_t p : pos) p2.insert(p2.end(), {p, p});
+                                                return ops::rope_table(theta, {hd / 2, hd / 2}, p2);
+                                            }();
+                Case c{fmt::format("qk_rms_norm_rope {} n{} h{}/{} d{}{} {}", half ? "half" : "interleaved", n, H, Hkv,
+                                   hd, norm ? "" : " no-norm", dtype_name(dt)),
+                       dt, [&](const ops::Context& ctx) {
+                           Tensor qkv = ops::to_device(qkv0.to(dt), ctx);
+                           ops::qk_rms_norm_rope(qkv, H, Hkv, hd, norm ? ops::to_device(wq, ctx) : Tensor(),
+                                                 norm ? ops::to_device(wk, ctx) : Tensor(), eps,
+                                                 ops::to_device(table, ctx), layout, ctx);
+                           return std::vector<Tensor>{ops::to_host(qkv, ctx)};
+                       }};
+                const std::vector<Tensor> cpu = c.run(ops::Context{});
+                std::vector<double> in = values(qkv0), ref = in, wqs = values(wq), wks = values(wk);
+                for (int64_t t = 0; t < n; ++t)
+                    for (int64_t h = 0; h < H + Hkv; ++h) {
+                        double* v = ref.data() + t * W + h * hd;
+                        const std::vector<double>& w = h < H ? wqs : wks;
+                        double ss = 0;
+                        for (int64_t j = 0; j < hd; ++j) ss += v[j] * v[j];
+                        const double inv = norm ? 1 / std::sqrt(ss / double(hd) + eps) : 1.0;
+                        std::vector<double> u(static_cast<size_t>(hd));
+                        for (int64_t j = 0; j < hd; ++j) u[size_t(j)] = v[j] * inv * (norm ? w[size_t(j)] : 1.0);
+                        for (int64_t j = 0; j < hd / 2; ++j) {
+                            // Half: pair (j, j + hd/2), ω over hd; interleaved: pair (2j, 2j + 1), two axes of hd/2.
+                            const int64_t ia = half ? j : 2 * j, ib = half ? j + hd / 2 : 2 * j + 1;
+                            const int64_t kk = half ? j : j % (hd / 4);
+                            const double d = half ? double(hd) : double(hd / 2);
+                            const double ang = double(pos[size_t(t)]) / std::pow(theta, 2.0 * double(kk) / d);
+                            const double a = u[size_t(ia)], b = u[size_t(ib)];
+                            v[ia] = a * std::cos(ang) - b * std::sin(ang);
+                            v[ib] = b * std::cos(ang) + a * std::sin(ang);
+                        }
+                    }
+                EXPECT_LE(rel_max(cpu[0], ref), dt == DType::BF16 ? 3e-2 : 1e-5) << c.name;
+                check_backends(c);
+            }
+}
+
+// x ← x + gate·y (or + gate·rms(y)), then LayerNorm(x)·scale + shift, modulation per item.
+TEST(Ops, RowModulated) {
+    for (DType dt : kDtypes)
+        for (auto [items, rows, k, rms_res] : {std::tuple<int64_t, int64_t, int64_t, bool>{1, 3, 8, false},
+                                               {2, 5, 64, false}, {3, 4, 40, true}}) {
+            const int64_t m = items * rows;
+            const Tensor x0 = randn({m, k}, 11, 0.f, 1.f, dt), y = randn({m, k}, 12, 0.f, 1.f, dt),
+                         wr = randn({k}, 13, 1.f, 0.2f, dt);
+            // Modulation values in the activations' precision, as ops::modulation writes them.
+            const Tensor gate = randn({items, k}, 14, 0.f, 1.f, dt).to(DType::F32),
+                         scale = randn({items, k}, 15, 1.f, 0.3f, dt).to(DType::F32),
+                         shift = randn({items, k}, 16, 0.f, 0.5f, dt).to(DType::F32);
             const float eps = 1e-6f;
-            Case c{fmt::format("qk_rms_norm_rope_half n{} h{}/{} d{} {}", n, H, Hkv, hd, dtype_name(dt)), dt,
-                   [&](const ops::Context& ctx) {
-                       Tensor qkv = ops::to_device(qkv0.to(dt), ctx);
-                       ops::qk_rms_norm_rope_half(qkv, H, Hkv, hd, ops::to_device(wq, ctx), ops::to_device(wk, ctx), eps,
-                                                  ops::to_device(ops::rope_half_table(theta, hd, pos), ctx), ctx);
-                       return std::vector<Tensor>{ops::to_host(qkv, ctx)};
+            Case c{fmt::format("row gated{} + layer_norm·scale+shift {}x{}x{} {}", rms_res ? "·rms" : "", items, rows,
+                               k, dtype_name(dt)),
+                   dt, [&](const ops::Context& ctx) {
+                       Tensor x = ops::to_device(x0.to(dt), ctx);  // a copy: x is updated in place
+                       ops::Residual res{ops::to_device(y, ctx), rms_res ? ops::to_device(wr, ctx) : Tensor(), eps,
+                                         ops::to_device(gate, ctx)};
+                       ops::Normalize nm{ops::Norm::LayerNorm, {}, eps, ops::to_device(scale, ctx),
+                                         ops::to_device(shift, ctx)};
+                       Tensor out = ops::row(x, res, nm, ops::ActivationSpec{true, false, k, k}, ctx).x;
+                       return std::vector<Tensor>{ops::to_host(x, ctx), ops::to_host(out, ctx)};
                    }};
             const std::vector<Tensor> cpu = c.run(ops::Context{});
-            std::vector<double> in = values(qkv0), ref = in, wqs = values(wq), wks = values(wk);
-            for (int64_t t = 0; t < n; ++t)
-                for (int64_t h = 0; h < H + Hkv; ++h) {
-                    double* v = ref.data() + t * W + h * hd;
-                    const std::vector<double>& w = h < H ? wqs : wks;
-                    double ss = 0;
-                    for (int64_t j = 0; j < hd; ++j) ss += v[j] * v[j];
-                    const double inv = 1 / std::sqrt(ss / double(hd) + eps);
-                    std::vector<double> u(static_cast<size_t>(hd));
-                    for (int64_t j = 0; j < hd; ++j) u[size_t(j)] = v[j] * inv * w[size_t(j)];
-                    for (int64_t j = 0; j < hd / 2; ++j) {
-                        const double ang = double(pos[size_t(t)]) / std::pow(theta, 2.0 * double(j) / double(hd));
-                        const double a = u[size_t(j)], b = u[size_t(j + hd / 2)];
-                        v[j] = a * std::cos(ang) - b * std::sin(ang);
-                        v[j + hd / 2] = b * std::cos(ang) + a * std::sin(ang);
-                    }
+            // The definition in f64, rounded to the dtype where torch's ops store.
+            const std::vector<double> xs = values(x0), ys = values(y), ws = values(wr), gs = values(gate),
+                                      ss = values(scale), hs = values(shift);
+            std::vector<double> sum(xs.size()), ref(xs.size());
+            for (int64_t r = 0; r < m; ++r) {
+                const int64_t b = r / rows;
+                double yss = 0;
+                for (int64_t j = 0; j < k; ++j) yss += ys[size_t(r * k + j)] * ys[size_t(r * k + j)];
+                const double yinv = 1 / std::sqrt(yss / double(k) + eps);
+                for (int64_t j = 0; j < k; ++j) {
+                    const size_t i = size_t(r * k + j);
+                    double v = ys[i];
+                    if (rms_res) v = round_to(round_to(v * yinv, dt) * ws[size_t(j)], dt);
+                    sum[i] = round_to(xs[i] + round_to(gs[size_t(b * k + j)] * v, dt), dt);
                 }
-            EXPECT_LE(rel_max(cpu[0], ref), dt == DType::BF16 ? 3e-2 : 1e-5) << c.name;
+                double mean = 0, var = 0;
+                for (int64_t j = 0; j < k; ++j) mean += sum[size_t(r * k + j)] / double(k);
+                for (int64_t j = 0; j < k; ++j) var += std::pow(sum[size_t(r * k + j)] - mean, 2) / double(k);
+                for (int64_t j = 0; j < k; ++j) {
+                    const size_t i = size_t(r * k + j);
+                    const double nrm = round_to((sum[i] - mean) / std::sqrt(var + eps), dt);
+                    ref[i] = round_to(nrm * ss[size_t(b * k + j)], dt) + hs[size_t(b * k + j)];
+                }
+            }
+            EXPECT_LE(rel_max(cpu[0], sum), dt == DType::BF16 ? 1e-2 : 1e-6) << c.name;
+            EXPECT_LE(rel_max(cpu[1], ref), cpu_bound(dt)) << c.name;
+            check_backends(c);
+        }
+}
+
+// GELU (tanh form) of the first columns of a (padded) projection.
+TEST(Ops, GeluTanh) {
+    for (DType dt : kDtypes)
+        for (auto [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{1, 16, 16}, {9, 40, 48}, {20, 128, 128}}) {
+            const Tensor h = randn({m, n}, 9, 0.f, 2.f, dt);
+            Case c{fmt::format("gelu_tanh {}x{} of {} {}", m, k, n, dtype_name(dt)), dt, [&](const ops::Context& ctx) {
+                       return std::vector<Tensor>{ops::to_host(
+                           ops::gelu_tanh(ops::to_device(h, ctx), ops::ActivationSpec{true, false, k, k}, ctx).x, ctx)};
+                   }};
+            const std::vector<Tensor> cpu = c.run(ops::Context{});
+            const std::vector<double> x = values(h);
+            std::vector<double> ref(static_cast<size_t>(m * k));
+            for (int64_t r = 0; r < m; ++r)
+                for (int64_t j = 0; j < k; ++j) {
+                    const double a = x[size_t(r * n + j)];
+                    ref[size_t(r * k + j)] = 0.5 * a * (1 + std::tanh(std::sqrt(2 / M_PI) * (a + 0.044715 * a * a * a)));
+                }
+            EXPECT_LE(rel_max(cpu[0], ref), cpu_bound(dt)) << c.name;
+            // The GPU's tanhf and the CPU's may differ in the last f32 bit, which moves a bf16
+            // rounding now and then: one bf16 ulp of the largest value at most.
+            c.exact = false;
+            c.bound = 1.0 / 128;
             check_backends(c);
         }
 }

@@ -1,0 +1,314 @@
+#include "models/qwen_image/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include <fmt/format.h>
+
+#include "io/files.h"
+#include "ops/attention.h"
+#include "ops/elementwise.h"
+#include "ops/glu.h"
+#include "ops/rope.h"
+#include "ops/row.h"
+
+using nlohmann::json;
+
+namespace qdit::qwen_image {
+
+namespace {
+
+void require(bool ok, const std::string& where, const std::string& what) {
+    if (!ok) raise<ConfigError>("{}: {}", where, what);
+}
+
+// The two streams' module names in a block.
+struct StreamNames {
+    const char *mod, *q, *k, *v, *out, *norm_q, *norm_k, *mlp;
+};
+constexpr StreamNames kImage{"img_mod", "to_q", "to_k", "to_v", "to_out.0", "norm_q", "norm_k", "img_mlp"};
+constexpr StreamNames kText{"txt_mod", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "norm_added_q",
+                            "norm_added_k", "txt_mlp"};
+
+// A block's modulation [shift, scale, gate] for the attention half, then for the MLP half; the gates
+// have no tanh. norm_out's is [scale, shift].
+const std::vector<ops::Mod> kBlockMods = {ops::Mod::Plain, ops::Mod::OnePlus, ops::Mod::Plain,
+                                          ops::Mod::Plain, ops::Mod::OnePlus, ops::Mod::Plain};
+const std::vector<ops::Mod> kOutMods = {ops::Mod::OnePlus, ops::Mod::Plain};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Config and parameter layout
+
+Config Config::from_json(const json& j, const std::string& where) {
+    using namespace config_limits;
+    Config c;
+    require(j.is_object(), where, "config must be a JSON object");
+    read_config_field(j, where, "patch_size", &c.patch_size, {1, 16});
+    read_config_field(j, where, "in_channels", &c.in_channels, {1, 4096});
+    c.out_channels = c.in_channels;  // diffusers: None means in_channels
+    read_config_field(j, where, "out_channels", &c.out_channels, {1, 4096});
+    read_config_field(j, where, "num_layers", &c.num_layers, {0, kLayers});
+    read_config_field(j, where, "attention_head_dim", &c.attention_head_dim, {2, 1024});
+    read_config_field(j, where, "num_attention_heads", &c.num_attention_heads, {1, kHeads});
+    read_config_field(j, where, "joint_attention_dim", &c.joint_attention_dim, {1, kWidth});
+    read_config_field(j, where, "axes_dims_rope", &c.axes_dims_rope, {2, 1024});
+    require(c.dim() <= kWidth, where,
+            fmt::format("num_attention_heads × attention_head_dim = {} is more than the {} supported", c.dim(), kWidth));
+    // Variants this port does not implement (guidance-distilled, Edit-2511, Layered).
+    for (const char* flag : {"guidance_embeds", "zero_cond_t", "use_additional_t_cond", "use_layer3d_rope"}) {
+        bool on = false;
+        read_config_field(j, where, flag, &on);
+        require(!on, where, fmt::format("field '{}' is true; only the text-to-image Qwen-Image transformer (false) "
+                                        "is supported",
+                                        flag));
+    }
+    require(c.axes_dims_rope.size() == 3, where, "axes_dims_rope must list 3 axes (frame, height, width)");
+    int64_t sum = 0;
+    for (size_t i = 0; i < c.axes_dims_rope.size(); ++i) {
+        require(c.axes_dims_rope[i] % 2 == 0, where,
+                fmt::format("axes_dims_rope[{}] ({}) must be even", i, c.axes_dims_rope[i]));
+        sum += c.axes_dims_rope[i];
+    }
+    require(sum == c.attention_head_dim, where,
+            fmt::format("sum(axes_dims_rope) = {} must equal attention_head_dim = {}", sum, c.attention_head_dim));
+    return c;
+}
+
+ModelSpec model_spec(const Config& c) {
+    ModelSpec s;
+    s.class_name = "QwenImageTransformer2DModel";
+    const int64_t D = c.dim(), hd = c.attention_head_dim, F = Config::kMlpMult * D;
+    auto linear = [&](const std::string& name, int64_t out, int64_t in) {
+        s.linears.push_back({name, out, in, true});
+        s.params.push_back({name + ".weight", {out, in}});
+        s.params.push_back({name + ".bias", {out}});
+    };
+    linear("img_in", D, c.in_channels);
+    s.params.push_back({"txt_norm.weight", {c.joint_attention_dim}});
+    linear("txt_in", D, c.joint_attention_dim);
+    linear("time_text_embed.timestep_embedder.linear_1", D, Config::kTimestepChannels);
+    linear("time_text_embed.timestep_embedder.linear_2", D, D);
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+        const std::string b = fmt::format("transformer_blocks.{}.", i);
+        for (const StreamNames& n : {kImage, kText}) {
+            linear(b + n.mod + ".1", 6 * D, D);
+            for (const char* p : {n.q, n.k, n.v, n.out}) linear(b + "attn." + p, D, D);
+            s.params.push_back({b + "attn." + n.norm_q + ".weight", {hd}});
+            s.params.push_back({b + "attn." + n.norm_k + ".weight", {hd}});
+            linear(b + n.mlp + ".net.0.proj", F, D);
+            linear(b + n.mlp + ".net.2", D, F);
+        }
+    }
+    linear("norm_out.linear", 2 * D, D);
+    linear("proj_out", c.out_features(), D);
+    // The embedders, the conditioning path and the output stay in high precision; so, until the
+    // weight-only int8 path exists, do the modulation Linears (img_mod / txt_mod).
+    s.keep_high_precision = {"img_in", "txt_in", "time_text_embed", "norm_out", "proj_out", "img_mod", "txt_mod"};
+    return s;
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+
+QwenImageTransformer::QwenImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx)
+    : cfg_(Config::from_json(m.folder.config, m.folder.config_path)), dt_(compute), ctx_(ctx), where_(m.folder.root) {
+    if (compute != DType::F32 && compute != DType::BF16)
+        raise<ConfigError>("Qwen-Image runs in F32 or BF16, not {}", dtype_name(compute));
+    if (ctx.cuda() && compute != DType::BF16)
+        raise<ConfigError>("Qwen-Image runs in BF16 on {}, not {}", ctx.device.str(), dtype_name(compute));
+    std::map<std::string, const LayerPlan*> plans;
+    for (const LayerPlan& l : m.plan.layers) plans[l.spec.name] = &l;
+    const Checkpoint& ck = *m.checkpoint;
+    auto member = [&](const std::string& name, int64_t n_pad = 0, int64_t k_pad = 0) {
+        auto it = plans.find(name);
+        if (it == plans.end()) raise<ShapeError>("{}: no Linear layer '{}' in the model plan", where_, name);
+        return nn::LinearGroup::Member{it->second, n_pad, k_pad};
+    };
+    auto group = [&](const std::vector<nn::LinearGroup::Member>& ms) {
+        nn::LinearGroup g(ck, ms, dt_, ctx_);
+        bytes_ += g.weight_bytes();
+        n_int8_ += g.int8_members();
+        return g;
+    };
+    auto one = [&](const std::string& name) { return group({member(name)}); };
+    auto tensor = [&](const std::string& name) {
+        Tensor t = ops::to_device(ck.get_as(name, dt_), ctx_, ops::Memory::Weight);
+        bytes_ += t.nbytes();
+        return t;
+    };
+    // The MLP's hidden width padded to 16 columns for the GPU's int8 GEMM (zeros change nothing).
+    const int64_t Fp = round_up(Config::kMlpMult * cfg_.dim(), 16);
+    img_in_ = one("img_in");
+    txt_norm_ = tensor("txt_norm.weight");
+    txt_in_ = one("txt_in");
+    t_linear_1_ = one("time_text_embed.timestep_embedder.linear_1");
+    t_linear_2_ = one("time_text_embed.timestep_embedder.linear_2");
+    for (int64_t i = 0; i < cfg_.num_layers; ++i) {
+        const std::string b = fmt::format("transformer_blocks.{}.", i);
+        Block blk;
+        for (auto [names, st] : {std::pair{&kImage, &blk.img}, std::pair{&kText, &blk.txt}}) {
+            const std::string a = b + "attn.";
+            st->mod = one(b + names->mod + ".1");
+            st->qkv = group({member(a + names->q), member(a + names->k), member(a + names->v)});
+            st->out = one(a + names->out);
+            st->norm_q = tensor(a + names->norm_q + ".weight");
+            st->norm_k = tensor(a + names->norm_k + ".weight");
+            st->mlp_in = group({member(b + names->mlp + ".net.0.proj", Fp)});
+            st->mlp_out = group({member(b + names->mlp + ".net.2", 0, Fp)});
+        }
+        blocks_.push_back(std::move(blk));
+    }
+    norm_out_ = one("norm_out.linear");
+    proj_out_ = one("proj_out");
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+
+Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states,
+                                     const Tensor& mask, const Tensor& timestep,
+                                     const std::array<int64_t, 3>& grid) const {
+    const int64_t D = cfg_.dim(), H = cfg_.num_attention_heads, hd = cfg_.attention_head_dim;
+    const float eps = Config::kEps;
+    const Tensor &hs = hidden_states, &enc = encoder_hidden_states;
+    if (hs.dim() != 3 || hs.size(2) != cfg_.in_channels || hs.size(0) < 1 || hs.size(1) < 1 || !is_float(hs.dtype()))
+        raise<ShapeError>("Qwen-Image: hidden_states must be float [B, L, {}], got {} {}", cfg_.in_channels,
+                          dtype_name(hs.dtype()), shape_str(hs.shape()));
+    const int64_t B = hs.size(0), L = hs.size(1);
+    if (enc.dim() != 3 || enc.size(0) != B || enc.size(1) < 1 || enc.size(2) != cfg_.joint_attention_dim ||
+        !is_float(enc.dtype()))
+        raise<ShapeError>("Qwen-Image: encoder_hidden_states must be float [{}, T >= 1, {}], got {} {}", B,
+                          cfg_.joint_attention_dim, dtype_name(enc.dtype()), shape_str(enc.shape()));
+    const int64_t T = enc.size(1);
+    if (mask.defined() && (mask.shape() != Shape{B, T} || mask.device().type != DeviceType::CPU))
+        raise<ShapeError>("Qwen-Image: the text mask must be [{}, {}] on the host, got {}", B, T, shape_str(mask.shape()));
+    if (timestep.dtype() != DType::F32 || timestep.shape() != Shape{B})
+        raise<ShapeError>("Qwen-Image: timestep must be F32 [{}], got {} {}", B, dtype_name(timestep.dtype()),
+                          shape_str(timestep.shape()));
+    const auto [Fg, Hg, Wg] = grid;
+    if (Fg < 1 || Hg < 1 || Wg < 1 || Fg * Hg * Wg != L)
+        raise<ShapeError>("Qwen-Image: a token grid of {}×{}×{} does not hold the {} image tokens", Fg, Hg, Wg, L);
+    // Positions: image token (f, i, j) at (f, i − ceil(H/2), j − ceil(W/2)) (centred); text token k
+    // at max(H/2, W/2) + k on all three axes. The reference's tables cover [−4096, 4096).
+    const int64_t txt0 = std::max(Hg / 2, Wg / 2), lim = Config::kRopePositions;
+    if (Fg > lim || Hg - Hg / 2 > lim || Wg - Wg / 2 > lim || txt0 + T > lim)
+        raise<ShapeError>("Qwen-Image: a {}×{}×{} token grid with {} text tokens needs RoPE positions past the "
+                          "reference's {} (fewer tokens, or a smaller image)",
+                          Fg, Hg, Wg, T, lim);
+    std::vector<int64_t> img_pos, txt_pos;
+    for (int64_t b = 0; b < B; ++b) {
+        for (int64_t f = 0; f < Fg; ++f)
+            for (int64_t i = 0; i < Hg; ++i)
+                for (int64_t j = 0; j < Wg; ++j) img_pos.insert(img_pos.end(), {f, i - (Hg - Hg / 2), j - (Wg - Wg / 2)});
+        for (int64_t k = 0; k < T; ++k) txt_pos.insert(txt_pos.end(), {txt0 + k, txt0 + k, txt0 + k});
+    }
+    const Tensor img_freqs = ops::to_device(ops::rope_table(Config::kRopeTheta, cfg_.axes_dims_rope, img_pos), ctx_);
+    const Tensor txt_freqs = ops::to_device(ops::rope_table(Config::kRopeTheta, cfg_.axes_dims_rope, txt_pos), ctx_);
+    // Which text tokens are real.
+    std::vector<uint8_t> real(size_t(B * T), 1);
+    if (mask.defined()) {
+        const Tensor m = mask.to(DType::F32);
+        for (size_t i = 0; i < real.size(); ++i) real[i] = m.data<float>()[i] != 0.f;
+    }
+    const bool all_real = std::all_of(real.begin(), real.end(), [](uint8_t v) { return v != 0; });
+
+    // Timestep: t rounded to the compute dtype; time_proj's frequencies exp(−ln(10000)·k/128) in f32
+    // rounded to it too; the angle 1000·(t·f_k) in f32; [cos, sin], cast to the compute dtype.
+    const int64_t C = Config::kTimestepChannels, half = C / 2;
+    Tensor tf = Tensor::empty({B, C}, DType::F32);
+    auto in_dt = [&](float v) { return dt_ == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : v; };
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < half; ++k) {
+            const float f = std::exp(float(-std::log(10000.0)) * float(k) / float(half));
+            const float arg = 1000.0f * (in_dt(timestep.data<float>()[b]) * f);
+            tf.data<float>()[b * C + k] = std::cos(arg);
+            tf.data<float>()[b * C + half + k] = std::sin(arg);
+        }
+    const Tensor temb =
+        t_linear_2_.forward({ops::silu(t_linear_1_.forward({ops::to_device(tf.to(dt_), ctx_), {}, {}}), ctx_), {}, {}});
+    const ops::Activation cond{ops::silu(temb, ctx_), {}, {}};  // SiLU(temb): what every modulation reads
+
+    // Embeddings: img_in; txt_in(RMSNorm(text)).
+    Tensor img = img_in_.forward({ops::to_device(hs.to(dt_).view({B * L, cfg_.in_channels}), ctx_), {}, {}});
+    Tensor txt;
+    {
+        Tensor e = ops::to_device(enc.to(dt_).view({B * T, cfg_.joint_attention_dim}), ctx_);
+        txt = txt_in_.forward(ops::row(e, {}, {ops::Norm::Rms, txt_norm_, eps, {}, {}}, txt_in_.input_spec(), ctx_));
+    }
+
+    // Each stream's MLP residual, x += gate · y, is applied by the next row op on its stream.
+    struct Pending {
+        Tensor y, gate;
+    };
+    Pending p_img, p_txt;
+    auto chunk = [&](const Tensor& m, int64_t c) { return ops::modulation_chunk(m, c, B); };
+    for (const Block& blk : blocks_) {
+        const Tensor m_img = ops::modulation(blk.img.mod.forward(cond), kBlockMods, ctx_);
+        const Tensor m_txt = ops::modulation(blk.txt.mod.forward(cond), kBlockMods, ctx_);
+        // Attention half: (the last MLP residual, then) LayerNorm · (1 + scale) + shift → q|k|v →
+        // q/k RMSNorm + RoPE, per stream.
+        Tensor qkv_img = blk.img.qkv.forward(
+            ops::row(img, {p_img.y, {}, eps, p_img.gate},
+                     {ops::Norm::LayerNorm, {}, eps, chunk(m_img, 1), chunk(m_img, 0)}, blk.img.qkv.input_spec(), ctx_));
+        Tensor qkv_txt = blk.txt.qkv.forward(
+            ops::row(txt, {p_txt.y, {}, eps, p_txt.gate},
+                     {ops::Norm::LayerNorm, {}, eps, chunk(m_txt, 1), chunk(m_txt, 0)}, blk.txt.qkv.input_spec(), ctx_));
+        ops::qk_rms_norm_rope(qkv_img, H, H, hd, blk.img.norm_q, blk.img.norm_k, eps, img_freqs,
+                              ops::RopeLayout::Interleaved, ctx_);
+        ops::qk_rms_norm_rope(qkv_txt, H, H, hd, blk.txt.norm_q, blk.txt.norm_k, eps, txt_freqs,
+                              ops::RopeLayout::Interleaved, ctx_);
+        // Joint attention per item over [its real text tokens, its image tokens]: a masked text
+        // token is never a key, so leaving it out is the reference's masked attention. Its own row
+        // (which only ever reaches the discarded text output) is zero.
+        Tensor attn_img = ops::empty({B * L, D}, dt_, ctx_);
+        Tensor attn_txt = all_real ? ops::empty({B * T, D}, dt_, ctx_) : ops::zeros({B * T, D}, dt_, ctx_);
+        for (int64_t b = 0; b < B; ++b) {
+            // Runs of consecutive real text tokens: [begin, end) within the item.
+            std::vector<std::pair<int64_t, int64_t>> runs;
+            for (int64_t k = 0; k < T; ++k)
+                if (real[size_t(b * T + k)]) {
+                    if (runs.empty() || runs.back().second != k) runs.push_back({k, k});
+                    runs.back().second = k + 1;
+                }
+            int64_t nt = 0;
+            for (auto [s, e] : runs) nt += e - s;
+            Tensor joint = ops::empty({nt + L, 3 * D}, dt_, ctx_);
+            int64_t row = 0;
+            for (auto [s, e] : runs) {
+                ops::copy_rows(joint, row, qkv_txt, b * T + s, e - s, ctx_);
+                row += e - s;
+            }
+            ops::copy_rows(joint, nt, qkv_img, b * L, L, ctx_);
+            const Tensor o = ops::attention(joint, 1, H, H, hd, /*causal=*/false, Tensor(), ctx_);
+            row = 0;
+            for (auto [s, e] : runs) {
+                ops::copy_rows(attn_txt, b * T + s, o, row, e - s, ctx_);
+                row += e - s;
+            }
+            ops::copy_rows(attn_img, b * L, o, nt, L, ctx_);
+        }
+        qkv_img = qkv_txt = Tensor();
+        // x += gate · out(attention); LayerNorm · (1 + scale) + shift → MLP (GELU-tanh), per stream.
+        auto mlp = [&](const Stream& st, Tensor& x, const Tensor& attn, const Tensor& m, Pending& p) {
+            const Tensor y = st.out.forward({attn, {}, {}});
+            const Tensor h = st.mlp_in.forward(ops::row(x, {y, {}, eps, chunk(m, 2)},
+                                                        {ops::Norm::LayerNorm, {}, eps, chunk(m, 4), chunk(m, 3)},
+                                                        st.mlp_in.input_spec(), ctx_));
+            p = {st.mlp_out.forward(ops::gelu_tanh(h, st.mlp_out.input_spec(), ctx_)), chunk(m, 5)};
+        };
+        mlp(blk.img, img, attn_img, m_img, p_img);
+        if (&blk != &blocks_.back()) mlp(blk.txt, txt, attn_txt, m_txt, p_txt);  // the last one's is unused
+    }
+    // norm_out: LayerNorm · (1 + scale) + shift from SiLU(temb), then proj_out. The text stream ends
+    // with the last block.
+    const Tensor m_out = ops::modulation(norm_out_.forward(cond), kOutMods, ctx_);
+    const Tensor out = proj_out_.forward(ops::row(img, {p_img.y, {}, eps, p_img.gate},
+                                                  {ops::Norm::LayerNorm, {}, eps, chunk(m_out, 0), chunk(m_out, 1)},
+                                                  proj_out_.input_spec(), ctx_));
+    return ops::to_host(out, ctx_).view({B, L, cfg_.out_features()});
+}
+
+}  // namespace qdit::qwen_image

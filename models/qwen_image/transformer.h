@@ -1,0 +1,84 @@
+// QwenImageTransformer2DModel (diffusers; Qwen-Image and Qwen-Image-2512): the dual-stream MMDiT,
+// written once over the op layer, so it runs on the CPU (F32 or BF16) and on a GPU (BF16). Modules
+// are named like the checkpoint keys; every Linear is loaded as the quantization plan says.
+#pragma once
+#include <array>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "models/loader.h"
+#include "models/model_spec.h"
+#include "nn/linear_group.h"
+#include "ops/context.h"
+
+namespace qdit::qwen_image {
+
+struct Config {
+    int64_t patch_size = 2;
+    int64_t in_channels = 64;
+    int64_t out_channels = 16;
+    int64_t num_layers = 60;
+    int64_t attention_head_dim = 128;
+    int64_t num_attention_heads = 24;
+    int64_t joint_attention_dim = 3584;
+    std::vector<int64_t> axes_dims_rope{16, 56, 56};
+
+    static constexpr int64_t kTimestepChannels = 256;  // the sinusoidal features of time_proj
+    static constexpr int64_t kMlpMult = 4;             // FeedForward's default mult
+    static constexpr double kRopeTheta = 10000.0;
+    static constexpr int64_t kRopePositions = 4096;    // the reference's table: positions [-4096, 4096)
+    static constexpr float kEps = 1e-6f;               // every LayerNorm and RMSNorm of the model
+
+    int64_t dim() const { return num_attention_heads * attention_head_dim; }
+    int64_t out_features() const { return patch_size * patch_size * out_channels; }
+
+    static Config from_json(const nlohmann::json& j, const std::string& where);
+};
+
+ModelSpec model_spec(const Config& c);
+
+class QwenImageTransformer {
+public:
+    // Loads every module of `m` onto ctx's device with activations in `compute` (the CPU: F32 or
+    // BF16; a GPU: BF16).
+    QwenImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx = {});
+
+    const Config& config() const { return cfg_; }
+    DType compute_dtype() const { return dt_; }
+    size_t weight_bytes() const { return bytes_; }  // on the device
+    int int8_layers() const { return n_int8_; }
+
+    // diffusers' forward on host tensors:
+    //   hidden_states [B, L, in_channels]: the packed latents (any float dtype), L = F·H·W tokens
+    //     of the grid {F, H, W} (one grid for every item, as the reference's RoPE assumes);
+    //   encoder_hidden_states [B, T, joint_attention_dim] (any float dtype);
+    //   mask [B, T] (U8, I32, I64, F32 or BF16; nonzero: a real token), or undefined (all real):
+    //     masked text tokens are never attended to;
+    //   timestep F32 [B]: sigma in [0, 1] (the pipeline's t / 1000).
+    // Returns the velocity [B, L, patch²·out_channels] in the compute dtype, on the host.
+    Tensor forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states, const Tensor& mask,
+                   const Tensor& timestep, const std::array<int64_t, 3>& grid) const;
+
+private:
+    struct Stream {  // one stream's modules in a block (image: to_q..., text: add_q_proj...)
+        nn::LinearGroup mod, qkv, out, mlp_in, mlp_out;
+        Tensor norm_q, norm_k;
+    };
+    struct Block {
+        Stream img, txt;
+    };
+
+    Config cfg_;
+    DType dt_ = DType::F32;
+    ops::Context ctx_;
+    std::string where_;
+    nn::LinearGroup img_in_, txt_in_, t_linear_1_, t_linear_2_, norm_out_, proj_out_;
+    Tensor txt_norm_;
+    std::vector<Block> blocks_;
+    size_t bytes_ = 0;
+    int n_int8_ = 0;
+};
+
+}  // namespace qdit::qwen_image

@@ -1,0 +1,75 @@
+#include "ops/elementwise.h"
+
+#include <cmath>
+
+#include "backend/cpu/activation.h"
+#include "backend/cpu/elementwise.h"
+#include "ops/dispatch.h"
+#ifdef QDIT_WITH_CUDA
+#include "backend/cuda/zimage_kernels.h"
+#endif
+
+namespace qdit::ops {
+
+Tensor silu(const Tensor& x, const Context& ctx) {
+    const char* op = "silu";
+    detail::check_device(x, ctx, op, "x");
+    if (!ctx.cuda()) return cpu::silu(x);
+#ifdef QDIT_WITH_CUDA
+    if (x.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(x.dtype()));
+    Tensor y = empty(x.shape(), DType::BF16, ctx);
+    cuda::silu(x.raw(), x.numel(), y.raw(), detail::stream(ctx));
+    return y;
+#else
+    detail::no_cuda(op);
+#endif
+}
+
+Tensor modulation(const Tensor& raw, const std::vector<Mod>& modes, const Context& ctx) {
+    const char* op = "modulation";
+    detail::check_device(raw, ctx, op, "raw");
+    const int64_t chunks = int64_t(modes.size());
+    if (raw.dim() != 2 || chunks < 1 || chunks > 32 || raw.size(1) % chunks || !is_float(raw.dtype()))
+        raise<ShapeError>("{}: raw {} {} in {} chunks (need float [items, chunks·k], at most 32 chunks)", op,
+                          dtype_name(raw.dtype()), shape_str(raw.shape()), chunks);
+    const int64_t items = raw.size(0), n = raw.size(1), k = n / chunks;
+    Tensor out = empty({chunks * items, k}, DType::F32, ctx);
+    if (!ctx.cuda()) {
+        cpu::dispatch_float(raw.dtype(), [&](auto tag) {
+            using T = decltype(tag);
+            const T* src = raw.data<T>();
+            float* dst = out.data<float>();
+            for (int64_t i = 0; i < items * n; ++i) {
+                const float v = cpu::load(src, i);
+                const int64_t b = i / n, c = (i % n) / k;
+                float& o = dst[(c * items + b) * k + i % k];
+                switch (modes[size_t(c)]) {
+                    case Mod::OnePlus: o = cpu::round_as<T>(1.0f + v); break;
+                    case Mod::Tanh: o = cpu::round_as<T>(std::tanh(v)); break;
+                    case Mod::Plain: o = v; break;
+                }
+            }
+        });
+        return out;
+    }
+#ifdef QDIT_WITH_CUDA
+    if (raw.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(raw.dtype()));
+    unsigned tanh_mask = 0, plain_mask = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+        if (modes[size_t(c)] == Mod::Tanh) tanh_mask |= 1u << c;
+        if (modes[size_t(c)] == Mod::Plain) plain_mask |= 1u << c;
+    }
+    cuda::modulation(raw.raw(), chunks, k, tanh_mask, out.data<float>(), detail::stream(ctx), plain_mask, items);
+    return out;
+#else
+    detail::no_cuda(op);
+#endif
+}
+
+Tensor modulation_chunk(const Tensor& mod, int64_t c, int64_t items) {
+    if (mod.dim() != 2 || items < 1 || c < 0 || (c + 1) * items > mod.size(0))
+        raise<ShapeError>("modulation_chunk: chunk {} of {} items in {}", c, items, shape_str(mod.shape()));
+    return mod.slice_rows(c * items, (c + 1) * items);
+}
+
+}  // namespace qdit::ops

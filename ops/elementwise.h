@@ -1,0 +1,23 @@
+// Elementwise ops on activations: SiLU and the adaLN modulation vectors.
+#pragma once
+#include <vector>
+
+#include "ops/context.h"
+
+namespace qdit::ops {
+
+// silu(x) of x [m, n] (F32 or BF16), rounded once.
+Tensor silu(const Tensor& x, const Context& ctx);
+
+// What a chunk of a modulation Linear's output becomes: 1 + v (a scale), tanh(v) (Z-Image's
+// gates) or v itself (shifts, plain gates), each rounded to raw's dtype once.
+enum class Mod { OnePlus, Tanh, Plain };
+
+// raw [items, chunks·k] (F32 or BF16; chunks = modes.size() <= 32) → F32 [chunks·items, k]: rows
+// [c·items, (c+1)·items) hold columns [c·k, (c+1)·k) of every item mapped by modes[c], the vectors
+// ops::row takes (modulation_chunk).
+Tensor modulation(const Tensor& raw, const std::vector<Mod>& modes, const Context& ctx);
+// Chunk c of modulation's output: F32 [items, k] (a view).
+Tensor modulation_chunk(const Tensor& mod, int64_t c, int64_t items);
+
+}  // namespace qdit::ops

@@ -8,67 +8,15 @@
 
 #include "io/files.h"
 #include "io/safetensors.h"
-#include "models/loader.h"
-#include "models/qwen_image/transformer.h"
 #include "models/model_spec.h"
+#include "tests/qwen_image_fixture.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
 
 namespace {
 
-const char* const kFixtures[] = {"h3_b1", "h2_b2_mask", "h2_sharded"};
-
-fs::path fixture_dir(const std::string& name) { return fs::path(QDIT_TEST_DATA) / "qwen_image" / name; }
-std::string transformer(const std::string& name) { return (fixture_dir(name) / "transformer").string(); }
-
-struct Inputs {
-    Tensor hidden_states, encoder_hidden_states, mask, timestep, timestep_bf16;
-    std::array<int64_t, 3> grid{};
-};
-
-Inputs load_inputs(const std::string& name) {
-    SafetensorsFile f((fixture_dir(name) / "inputs.safetensors").string());
-    Inputs in{f.get("hidden_states"), f.get("encoder_hidden_states"), f.get("encoder_hidden_states_mask"),
-              f.get("timestep"), f.get("timestep_bf16"), {}};
-    const Tensor shapes = f.get("img_shapes").to(DType::F32);
-    for (int i = 0; i < 3; ++i) in.grid[size_t(i)] = int64_t(shapes.data<float>()[i]);
-    return in;
-}
-
-Tensor reference(const std::string& name, const std::string& tag) {
-    return SafetensorsFile((fixture_dir(name) / "reference.safetensors").string()).get(tag).to(DType::F32);
-}
-
-Tensor run(const PreparedModel& m, DType dt, const Inputs& in, bool bf16_timestep = false) {
-    qwen_image::QwenImageTransformer model(m, dt);
-    return model
-        .forward(in.hidden_states, in.encoder_hidden_states, in.mask, bf16_timestep ? in.timestep_bf16 : in.timestep,
-                 in.grid)
-        .to(DType::F32);
-}
-
-struct Err {
-    double max_abs = 0, max_ref = 0, sum_ref2 = 0, sum_err2 = 0;
-    double rel_l2() const { return std::sqrt(sum_err2 / sum_ref2); }
-    double sqnr_db() const { return 10.0 * std::log10(sum_ref2 / sum_err2); }
-};
-
-Err compare(const Tensor& test, const Tensor& ref) {
-    Err e;
-    EXPECT_EQ(test.shape(), ref.shape());
-    if (test.shape() != ref.shape()) return e;
-    const float *a = test.data<float>(), *r = ref.data<float>();
-    for (int64_t k = 0; k < ref.numel(); ++k) {
-        const double d = double(a[k]) - double(r[k]);
-        EXPECT_TRUE(std::isfinite(a[k])) << "element " << k;
-        e.max_abs = std::max(e.max_abs, std::abs(d));
-        e.max_ref = std::max(e.max_ref, std::abs(double(r[k])));
-        e.sum_ref2 += double(r[k]) * r[k];
-        e.sum_err2 += d * d;
-    }
-    return e;
-}
+using namespace testutil;
 
 QuantConfig int8(std::vector<std::string> ignored = {}) { return QuantConfig{QuantMethod::Int8, std::move(ignored), "dynamic"}; }
 
@@ -89,10 +37,10 @@ TEST(QwenImageForward, PublishedConfigSkeleton) {
 
 // fp32: only f32 rounding-order differences remain.
 TEST(QwenImageForward, Fp32MatchesDiffusers) {
-    for (const char* name : kFixtures) {
+    for (const char* name : kQwenImageFixtures) {
         SCOPED_TRACE(name);
-        const Inputs in = load_inputs(name);
-        const Err e = compare(run(prepare_model(transformer(name), QuantConfig{}), DType::F32, in), reference(name, "fp32"));
+        const QwenImageInputs in = qwen_image_inputs(name);
+        const Err e = compare(run_qwen_image(prepare_model(qwen_image_transformer(name), QuantConfig{}), DType::F32, in), qwen_image_reference(name, "fp32"));
         std::printf("[ %-10s ] fp32: max|err| %.3g (%.3g of max|ref|)\n", name, e.max_abs, e.max_abs / e.max_ref);
         EXPECT_LE(e.max_abs, 1e-4 * e.max_ref);
     }
@@ -107,13 +55,11 @@ TEST(QwenImageForward, Fp32MatchesDiffusers) {
 // noise from the bf16 reference: torch's CPU attention rounds its softmax numerators from an
 // approximate exp, so the reference is itself one draw of bf16 noise, not the lower bound.)
 TEST(QwenImageForward, Bf16MatchesDiffusers) {
-    for (const char* name : kFixtures) {
+    for (const char* name : kQwenImageFixtures) {
         SCOPED_TRACE(name);
-        const Inputs in = load_inputs(name);
-        const fs::path d16 = fixture_dir(name) / "transformer-bf16";
-        const std::string dir = fs::exists(d16) ? d16.string() : transformer(name);
-        const Tensor out = run(prepare_model(dir, QuantConfig{}), DType::BF16, in, true);
-        const Tensor ref16 = reference(name, "bf16"), ref32 = reference(name, "fp32_timestep_bf16");
+        const QwenImageInputs in = qwen_image_inputs(name);
+        const Tensor out = run_qwen_image(prepare_model(qwen_image_transformer_bf16(name), QuantConfig{}), DType::BF16, in, true);
+        const Tensor ref16 = qwen_image_reference(name, "bf16"), ref32 = qwen_image_reference(name, "fp32_timestep_bf16");
         const Err vs16 = compare(out, ref16), vs32 = compare(out, ref32), ref_vs32 = compare(ref16, ref32);
         std::printf("[ %-10s ] bf16: rel L2 vs bf16 ref %.4f; vs fp32 %.4f (%.2f dB), ref bf16 vs fp32 %.4f (%.2f dB)\n",
                     name, vs16.rel_l2(), vs32.rel_l2(), vs32.sqnr_db(), ref_vs32.rel_l2(), ref_vs32.sqnr_db());
@@ -127,16 +73,16 @@ TEST(QwenImageForward, Bf16MatchesDiffusers) {
 // reference's, so we reproduce its quantization noise (distance ≤ 0.25 × its distance to fp32)
 // and its SQNR (within 0.25 dB), as the Z-Image test argues.
 TEST(QwenImageForward, Int8DefaultPlanMatchesW8A8Reference) {
-    for (const char* name : kFixtures) {
+    for (const char* name : kQwenImageFixtures) {
         SCOPED_TRACE(name);
-        const Inputs in = load_inputs(name);
-        const PreparedModel m = prepare_model(transformer(name), int8());
+        const QwenImageInputs in = qwen_image_inputs(name);
+        const PreparedModel m = prepare_model(qwen_image_transformer(name), int8());
         for (const LayerPlan& l : m.plan.layers) {
             const bool quantized = l.spec.name.find(".attn.") != std::string::npos ||
                                    l.spec.name.find("_mlp.") != std::string::npos;
             EXPECT_EQ(l.precision == Precision::Int8, quantized) << l.spec.name;
         }
-        const Tensor out = run(m, DType::F32, in), ref = reference(name, "w8a8_mod_fp32"), ref32 = reference(name, "fp32");
+        const Tensor out = run_qwen_image(m, DType::F32, in), ref = qwen_image_reference(name, "w8a8_mod_fp32"), ref32 = qwen_image_reference(name, "fp32");
         const Err e = compare(out, ref), vs32 = compare(out, ref32), ref_vs32 = compare(ref, ref32);
         std::printf("[ %-10s ] int8: rel L2 %.3g (%.3f of the quantization noise); SQNR vs fp32 %.2f dB, reference "
                     "%.2f dB\n",
@@ -150,9 +96,9 @@ TEST(QwenImageForward, Int8DefaultPlanMatchesW8A8Reference) {
 // every block, and the result moves towards fp32.
 TEST(QwenImageForward, IgnoringImgMlpKeepsExactlyItsLinears) {
     const char* name = "h3_b1";
-    const Inputs in = load_inputs(name);
-    const PreparedModel all = prepare_model(transformer(name), int8()),
-                        kept = prepare_model(transformer(name), int8({"img_mlp"}));
+    const QwenImageInputs in = qwen_image_inputs(name);
+    const PreparedModel all = prepare_model(qwen_image_transformer(name), int8()),
+                        kept = prepare_model(qwen_image_transformer(name), int8({"img_mlp"}));
     ASSERT_EQ(all.plan.layers.size(), kept.plan.layers.size());
     int changed = 0;
     for (size_t i = 0; i < kept.plan.layers.size(); ++i) {
@@ -167,9 +113,9 @@ TEST(QwenImageForward, IgnoringImgMlpKeepsExactlyItsLinears) {
         }
     }
     EXPECT_EQ(changed, 2 * 2);  // two Linears in each of the fixture's two blocks
-    const Tensor ref32 = reference(name, "fp32");
-    const double with = compare(run(all, DType::F32, in), ref32).sqnr_db(),
-                 without = compare(run(kept, DType::F32, in), ref32).sqnr_db();
+    const Tensor ref32 = qwen_image_reference(name, "fp32");
+    const double with = compare(run_qwen_image(all, DType::F32, in), ref32).sqnr_db(),
+                 without = compare(run_qwen_image(kept, DType::F32, in), ref32).sqnr_db();
     std::printf("[ %-10s ] int8 SQNR vs fp32 %.2f dB; img_mlp kept %.2f dB\n", name, with, without);
     EXPECT_GT(without, with);
 }

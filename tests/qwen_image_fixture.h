@@ -1,0 +1,88 @@
+// The committed Qwen-Image transformer fixtures (tests/data/qwen_image/<name>/, written by
+// diffusers: scripts/fixtures/make_qwen_image_fixtures.py), shared by the CPU and CUDA tests.
+#pragma once
+#include <array>
+#include <cmath>
+#include <filesystem>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "io/safetensors.h"
+#include "models/loader.h"
+#include "models/qwen_image/transformer.h"
+
+namespace qdit::testutil {
+
+inline const char* const kQwenImageFixtures[] = {"h3_b1", "h2_b2_mask", "h2_sharded"};
+
+// QDIT_TEST_DATA when that folder exists here, else tests/data (a test binary run from the
+// repository root of a copy of the tree).
+inline std::filesystem::path qwen_image_fixture_dir(const std::string& name) {
+    std::filesystem::path root = "tests/data";
+#ifdef QDIT_TEST_DATA
+    if (std::filesystem::exists(std::filesystem::path(QDIT_TEST_DATA) / "qwen_image")) root = QDIT_TEST_DATA;
+#endif
+    return root / "qwen_image" / name;
+}
+inline std::string qwen_image_transformer(const std::string& name) {
+    return (qwen_image_fixture_dir(name) / "transformer").string();
+}
+// The bf16 checkpoint where the fixture has one, else the f32 one (loaded as bf16: the same rounding).
+inline std::string qwen_image_transformer_bf16(const std::string& name) {
+    const std::filesystem::path d16 = qwen_image_fixture_dir(name) / "transformer-bf16";
+    return std::filesystem::exists(d16) ? d16.string() : qwen_image_transformer(name);
+}
+
+struct QwenImageInputs {
+    Tensor hidden_states, encoder_hidden_states, mask, timestep, timestep_bf16;
+    std::array<int64_t, 3> grid{};
+};
+
+inline QwenImageInputs qwen_image_inputs(const std::string& name) {
+    SafetensorsFile f((qwen_image_fixture_dir(name) / "inputs.safetensors").string());
+    QwenImageInputs in{f.get("hidden_states"), f.get("encoder_hidden_states"), f.get("encoder_hidden_states_mask"),
+                       f.get("timestep"), f.get("timestep_bf16"), {}};
+    const Tensor shapes = f.get("img_shapes").to(DType::F32);
+    for (int i = 0; i < 3; ++i) in.grid[size_t(i)] = int64_t(shapes.data<float>()[i]);
+    return in;
+}
+
+inline Tensor qwen_image_reference(const std::string& name, const std::string& tag) {
+    return SafetensorsFile((qwen_image_fixture_dir(name) / "reference.safetensors").string()).get(tag).to(DType::F32);
+}
+
+// The model's output (F32, host) on ctx's device; the bf16 pipeline's timestep when asked.
+inline Tensor run_qwen_image(const PreparedModel& m, DType dt, const QwenImageInputs& in, bool bf16_timestep = false,
+                             const ops::Context& ctx = {}) {
+    qwen_image::QwenImageTransformer model(m, dt, ctx);
+    return model
+        .forward(in.hidden_states, in.encoder_hidden_states, in.mask, bf16_timestep ? in.timestep_bf16 : in.timestep,
+                 in.grid)
+        .to(DType::F32);
+}
+
+// Error statistics of test against ref.
+struct Err {
+    double max_abs = 0, max_ref = 0, sum_ref2 = 0, sum_err2 = 0;
+    double rel_l2() const { return std::sqrt(sum_err2 / sum_ref2); }
+    double sqnr_db() const { return 10.0 * std::log10(sum_ref2 / sum_err2); }
+};
+
+inline Err compare(const Tensor& test, const Tensor& ref) {
+    Err e;
+    EXPECT_EQ(test.shape(), ref.shape());
+    if (test.shape() != ref.shape()) return e;
+    const float *a = test.data<float>(), *r = ref.data<float>();
+    for (int64_t k = 0; k < ref.numel(); ++k) {
+        const double d = double(a[k]) - double(r[k]);
+        EXPECT_TRUE(std::isfinite(a[k])) << "element " << k;
+        e.max_abs = std::max(e.max_abs, std::abs(d));
+        e.max_ref = std::max(e.max_ref, std::abs(double(r[k])));
+        e.sum_ref2 += double(r[k]) * r[k];
+        e.sum_err2 += d * d;
+    }
+    return e;
+}
+
+}  // namespace qdit::testutil

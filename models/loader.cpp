@@ -166,7 +166,7 @@ void write_quantized(const PreparedModel& m, const std::string& out_dir,
 
         std::map<std::string, const LayerPlan*> by_weight;
         for (const LayerPlan& l : m.plan.layers)
-            if (l.precision == Precision::Int8) by_weight[l.spec.name + ".weight"] = &l;
+            if (int8_weights(l.precision)) by_weight[l.spec.name + ".weight"] = &l;
 
         const Checkpoint& ck = *m.checkpoint;
         std::vector<std::pair<std::string, Tensor>> tensors;

@@ -9,6 +9,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "backend/cpu/int8_gemm.h"
+#include "backend/cpu/int8_weight_only.h"
 
 namespace qdit::nn {
 
@@ -46,6 +47,10 @@ struct Linear::Impl {
 
     // int8: the packed weight with its scales.
     cpu::PackedInt8Weight packed;
+
+    // int8 weight-only: the weight [N, K] and its scales [N] as given.
+    bool weight_only = false;
+    Tensor q, scale;
 };
 
 Linear Linear::dense(std::string name, Tensor weight, Tensor bias) {
@@ -62,7 +67,7 @@ Linear Linear::dense(std::string name, Tensor weight, Tensor bias) {
     return l;
 }
 
-Linear Linear::int8(std::string name, Tensor q, Tensor scale, Tensor bias) {
+Linear Linear::int8_weights(std::string name, const Tensor& q, const Tensor& scale, const Tensor& bias) {
     if (q.dim() != 2 || q.dtype() != DType::I8)
         raise<ShapeError>("{}: int8 Linear weight must be I8 [N, K], got {} {}", name,
                           dtype_name(q.dtype()), shape_str(q.shape()));
@@ -75,8 +80,21 @@ Linear Linear::int8(std::string name, Tensor q, Tensor scale, Tensor bias) {
     l.in_ = q.size(1);
     l.impl_ = std::make_shared<Impl>();
     l.impl_->int8 = true;
-    l.impl_->packed = cpu::pack_int8_weight(q, scale);
     l.impl_->bias = bias_f32(l.name_, bias, l.out_);
+    return l;
+}
+
+Linear Linear::int8(std::string name, Tensor q, Tensor scale, Tensor bias) {
+    Linear l = int8_weights(std::move(name), q, scale, bias);
+    l.impl_->packed = cpu::pack_int8_weight(q, scale);
+    return l;
+}
+
+Linear Linear::int8_weight_only(std::string name, Tensor q, Tensor scale, Tensor bias) {
+    Linear l = int8_weights(std::move(name), q, scale, bias);
+    l.impl_->weight_only = true;
+    l.impl_->q = std::move(q);
+    l.impl_->scale = std::move(scale);
     return l;
 }
 
@@ -84,6 +102,7 @@ bool Linear::quantized() const { return impl_->int8; }
 
 size_t Linear::weight_bytes() const {
     if (!impl_->int8) return impl_->weight.nbytes();
+    if (impl_->weight_only) return impl_->q.nbytes() + impl_->scale.nbytes();
     return size_t(out_ * in_) + impl_->packed.scale.nbytes();
 }
 
@@ -100,6 +119,11 @@ Tensor Linear::forward(const Tensor& x) const {
     if (m == 0) return y;
     const float* bias = impl_->bias.defined() ? impl_->bias.data<float>() : nullptr;
 
+    if (impl_->weight_only) {
+        cpu::int8_weight_only_gemm(x.raw(), dt, m, in_, impl_->q.data<int8_t>(), impl_->scale.data<float>(), bias,
+                                   y.raw(), out_);
+        return y;
+    }
     if (impl_->int8) {
         // Per-thread scratch: allocating it per call cost page faults and zero-filling.
         // A Tensor is 64-byte aligned, which lets the AMX kernel read the rows in place.

@@ -8,6 +8,7 @@
 
 #include "backend/cuda/bf16_gemm.h"
 #include "backend/cuda/int8_gemm.h"
+#include "backend/cuda/int8_weight_only.h"
 #include "nn/load.h"
 
 namespace qdit::nn::gpu {
@@ -125,10 +126,10 @@ Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, 
 }  // namespace
 
 bool Group::needs_bf16() const {
-    return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return !p.int8; });
+    return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return !p.int8 || p.weight_only; });
 }
 bool Group::needs_int8() const {
-    return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return p.int8; });
+    return std::any_of(parts.begin(), parts.end(), [](const Part& p) { return p.int8 && !p.weight_only; });
 }
 size_t Group::bytes() const {
     size_t b = 0;
@@ -149,7 +150,10 @@ void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy,
     }
     for (const Part& p : g.parts) {
         void* yp = static_cast<__nv_bfloat16*>(y) + p.col;
-        if (p.int8)
+        if (p.weight_only)
+            cuda::int8_weight_only_gemm(in.x.raw(), in.ldx, p.q.data<int8_t>(), g.kp, p.wscale.data<float>(),
+                                        p.bias.defined() ? p.bias.data<float>() : nullptr, yp, ldy, m, p.n, g.k, s);
+        else if (p.int8)
             cuda::int8_gemm_bf16(in.q.data<int8_t>(), g.kp, in.qs.data<float>(), p.q.data<int8_t>(), g.kp,
                                  p.wscale.data<float>(), p.bias.defined() ? p.bias.data<float>() : nullptr, yp, ldy,
                                  m, p.n, g.kp, s);
@@ -233,10 +237,11 @@ Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& s
     size_t i = 0;
     int64_t col = 0;
     while (i < ms.size()) {
-        const bool int8 = ms[i].plan->precision == Precision::Int8;
+        const Precision prec = ms[i].plan->precision;
         std::vector<Member> run;
-        while (i < ms.size() && (ms[i].plan->precision == Precision::Int8) == int8) run.push_back(ms[i++]);
-        g.parts.push_back(make_part(run, int8, g.k, g.kp, col, src));
+        while (i < ms.size() && ms[i].plan->precision == prec) run.push_back(ms[i++]);
+        g.parts.push_back(make_part(run, int8_weights(prec), g.k, g.kp, col, src));
+        g.parts.back().weight_only = prec == Precision::Int8WeightOnly;
         col += g.parts.back().n;
     }
     return g;

@@ -1,5 +1,6 @@
-// Linear layers on a CUDA GPU, as the quantization plan says: bf16 through cuBLASLt, or int8 W8A8
-// through the int8 GEMM, whose activations the producing kernel (norm, SwiGLU) quantizes per token.
+// Linear layers on a CUDA GPU, as the quantization plan says: bf16 through cuBLASLt, int8 W8A8
+// through the int8 GEMM, whose activations the producing kernel (norm, SwiGLU) quantizes per token,
+// or int8 weight-only (few rows of bf16 activations times the int8 weights).
 //
 // A Group is one or more Linears that read the same input and write column blocks of one output
 // [M, n]; consecutive members of one precision are fused into one Part (one GEMM over their
@@ -19,7 +20,8 @@
 namespace qdit::nn::gpu {
 
 struct Part {
-    bool int8 = false;
+    bool int8 = false;         // int8 weights (q, wscale)
+    bool weight_only = false;  // ...read with the bf16 activations (backend/cuda/int8_weight_only.h), not W8A8
     int64_t n = 0, col = 0;  // output columns [col, col + n)
     cuda::DTensor w;         // bf16 [n, k]
     cuda::DTensor q, wscale; // int8 [n, kp], F32 [n]

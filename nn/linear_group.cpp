@@ -15,7 +15,7 @@ LinearGroup::LinearGroup(const Checkpoint& ck, const std::vector<Member>& member
     : ctx_(ctx), compute_(compute) {
     if (members.empty()) raise<ShapeError>("a Linear group needs at least one layer");
     for (const Member& m : members)
-        if (m.plan->precision == Precision::Int8) ++n_int8_;
+        if (int8_weights(m.plan->precision)) ++n_int8_;
     if (!ctx.cuda()) {
         const int64_t k = members[0].plan->spec.in_features;
         for (const Member& m : members) {

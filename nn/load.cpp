@@ -6,7 +6,7 @@ namespace qdit::nn {
 
 HostWeights host_weights(const Checkpoint& ck, const LayerPlan& layer, DType dense) {
     const std::string& name = layer.spec.name;
-    const bool int8 = layer.precision == Precision::Int8;
+    const bool int8 = int8_weights(layer.precision);
     HostWeights h;
     if (layer.spec.bias) h.bias = ck.get_as(name + ".bias", int8 ? DType::F32 : dense);
     if (layer.prequantized) {
@@ -30,6 +30,8 @@ void quantize_weight_int8(const Tensor& w, Tensor* q, Tensor* scale) {
 
 Linear load_linear(const Checkpoint& ck, const LayerPlan& layer, DType compute) {
     HostWeights h = host_weights(ck, layer, compute);
+    if (layer.precision == Precision::Int8WeightOnly)
+        return Linear::int8_weight_only(layer.spec.name, h.weight, h.scale, h.bias);
     if (h.scale.defined()) return Linear::int8(layer.spec.name, h.weight, h.scale, h.bias);
     return Linear::dense(layer.spec.name, h.weight, h.bias);
 }

@@ -27,6 +27,8 @@ void run_row_split(const nn::gpu::Group& g, const nn::gpu::Input& in, int64_t m,
     }
     for (const nn::gpu::Part& p : g.parts) {
         void* yp = static_cast<__nv_bfloat16*>(y) + p.col;
+        if (p.weight_only)
+            raise<UsageError>("row-split Linear (rank {}): weight-only int8 layers are not split by rows", comm.rank());
         if (p.int8) {
             DTensor acc = DTensor::empty({m, p.n}, DType::I32);
             cuda::int8_gemm_i32(q.data<int8_t>(), g.kp, p.q.data<int8_t>(), g.kp, acc.data<int32_t>(), p.n, m, p.n,

@@ -101,7 +101,7 @@ uint64_t weight_bytes(const PreparedModel& m, DType compute) {
     const uint64_t c = dtype_size(compute);
     uint64_t b = uint64_t(m.spec.parameter_count()) * c;
     for (const LayerPlan& l : m.plan.layers)
-        if (l.precision == Precision::Int8) {
+        if (int8_weights(l.precision)) {
             const uint64_t w = uint64_t(l.spec.out_features) * uint64_t(l.spec.in_features);
             b = b - w * c + w + uint64_t(l.spec.out_features) * sizeof(float);
         }

@@ -46,7 +46,7 @@ size_t QuantPlan::bytes_after() const {
 }
 int QuantPlan::quantized_count() const {
     return int(std::count_if(layers.begin(), layers.end(),
-                             [](const LayerPlan& l) { return l.precision == Precision::Int8; }));
+                             [](const LayerPlan& l) { return int8_weights(l.precision); }));
 }
 
 QuantPlan make_quant_plan(const ModelSpec& model, const QuantConfig& config,
@@ -69,17 +69,13 @@ QuantPlan make_quant_plan(const ModelSpec& model, const QuantConfig& config,
         const size_t bias = l.spec.bias ? size_t(out) * hp : 0;
         l.bytes_before = size_t(out * in) * hp + bias;
 
-        std::string user, dflt;
-        for (const std::string& p : config.ignored_layers)
-            if (layer_matches(p, l.spec.name)) {
-                user = p;
-                break;
-            }
-        for (const std::string& p : model.keep_high_precision)
-            if (layer_matches(p, l.spec.name)) {
-                dflt = p;
-                break;
-            }
+        auto first_match = [&](const std::vector<std::string>& patterns) {
+            for (const std::string& p : patterns)
+                if (layer_matches(p, l.spec.name)) return p;
+            return std::string();
+        };
+        const std::string user = first_match(config.ignored_layers), dflt = first_match(model.keep_high_precision);
+        const Precision int8 = first_match(model.weight_only_int8).empty() ? Precision::Int8 : Precision::Int8WeightOnly;
         if (!user.empty()) plan.pattern_hits[user]++;
 
         if (l.prequantized) {
@@ -89,7 +85,7 @@ QuantPlan make_quant_plan(const ModelSpec& model, const QuantConfig& config,
                     "'{}' cannot keep it in high precision (quantize again from the original "
                     "weights)",
                     l.spec.name, user);
-            l.precision = Precision::Int8;
+            l.precision = int8;
         } else if (!config.enabled()) {
             l.precision = Precision::High;
         } else if (!user.empty()) {
@@ -97,9 +93,9 @@ QuantPlan make_quant_plan(const ModelSpec& model, const QuantConfig& config,
         } else if (!dflt.empty()) {
             l.kept_by = "model default: " + dflt;
         } else {
-            l.precision = Precision::Int8;
+            l.precision = int8;
         }
-        l.bytes_after = l.precision == Precision::Int8
+        l.bytes_after = int8_weights(l.precision)
                             ? size_t(out * in) + size_t(out) * sizeof(float) + bias
                             : l.bytes_before;
         plan.layers.push_back(std::move(l));
@@ -118,19 +114,25 @@ std::string format_plan(const QuantPlan& plan) {
                                   "shape", "bias", "precision", "bytes", "loaded", "note");
     for (const LayerPlan& l : plan.layers) {
         std::string shape = fmt::format("[{}, {}]", l.spec.out_features, l.spec.in_features);
-        std::string prec = l.precision == Precision::Int8 ? "int8" : dtype_name(l.stored);
+        std::string prec = l.precision == Precision::Int8           ? "int8"
+                           : l.precision == Precision::Int8WeightOnly ? "int8-w"
+                                                                      : dtype_name(l.stored);
         for (char& c : prec) c = char(std::tolower(static_cast<unsigned char>(c)));
         std::string note = l.prequantized ? "pre-quantized" : l.kept_by;
+        if (l.precision == Precision::Int8WeightOnly) note += std::string(note.empty() ? "" : "; ") + "weight-only";
         out += fmt::format("{:<{}}  {:>14}  {:>5}  {:<9}  {:>10}  {:>10}  {}\n", l.spec.name, w,
                            shape, l.spec.bias ? "yes" : "no", prec, l.bytes_before, l.bytes_after,
                            note);
     }
     size_t before = plan.bytes_before(), after = plan.bytes_after();
     int q = plan.quantized_count();
+    const auto wo = std::count_if(plan.layers.begin(), plan.layers.end(),
+                                  [](const LayerPlan& l) { return l.precision == Precision::Int8WeightOnly; });
     out += fmt::format(
-        "total: {} Linear layers, {} int8, {} high precision; Linear weights {} -> {} ({:.3f}x)\n",
-        plan.layers.size(), q, int(plan.layers.size()) - q, format_bytes(before),
-        format_bytes(after), before ? double(after) / double(before) : 1.0);
+        "total: {} Linear layers, {} int8{}, {} high precision; Linear weights {} -> {} ({:.3f}x)\n",
+        plan.layers.size(), q, wo ? fmt::format(" ({} weight-only)", wo) : std::string(),
+        int(plan.layers.size()) - q, format_bytes(before), format_bytes(after),
+        before ? double(after) / double(before) : 1.0);
     return out;
 }
 

@@ -17,7 +17,11 @@ namespace qdit {
 // "3.feed_forward" matches "layers.3.feed_forward.w1".
 bool layer_matches(const std::string& pattern, const std::string& name);
 
-enum class Precision { High, Int8 };
+// High: the stored dtype (or the compute dtype); Int8: W8A8 (int8 weights with per-row scales,
+// activations quantized per token); Int8WeightOnly: the same int8 weights, activations kept in
+// high precision.
+enum class Precision { High, Int8, Int8WeightOnly };
+inline bool int8_weights(Precision p) { return p != Precision::High; }
 
 struct LayerPlan {
     LinearSpec spec;

@@ -31,6 +31,9 @@ struct ModelSpec {
     std::vector<LinearSpec> linears;
     // Patterns (same rule as ignored_layers) kept in high precision by default.
     std::vector<std::string> keep_high_precision;
+    // Patterns whose layers get int8 weights but keep their activations in high precision
+    // (weight-only int8) when the model is quantized: layers that read a conditioning vector.
+    std::vector<std::string> weight_only_int8;
 
     int64_t parameter_count() const;
 };

@@ -6,6 +6,10 @@
 #include <cstdio>
 #include <filesystem>
 
+#include <unistd.h>
+
+#include <fmt/format.h>
+
 #include "io/files.h"
 #include "io/safetensors.h"
 #include "models/model_spec.h"
@@ -68,27 +72,49 @@ TEST(QwenImageForward, Bf16MatchesDiffusers) {
     }
 }
 
-// The default int8 plan (attention and MLP Linears W8A8, modulation in high precision) against the
-// simulated W8A8 reference with the same layer set (`w8a8_mod_fp32`): the int8 arithmetic is the
+// W8A8 runs against the simulated references with the same layer sets: the int8 arithmetic is the
 // reference's, so we reproduce its quantization noise (distance ≤ 0.25 × its distance to fp32)
 // and its SQNR (within 0.25 dB), as the Z-Image test argues.
+static void expect_reproduces(const Tensor& out, const std::string& name, const std::string& tag) {
+    const Tensor ref = qwen_image_reference(name, tag), ref32 = qwen_image_reference(name, "fp32");
+    const Err e = compare(out, ref), vs32 = compare(out, ref32), ref_vs32 = compare(ref, ref32);
+    std::printf("[ %-10s ] %s: rel L2 %.3g (%.3f of the quantization noise); SQNR vs fp32 %.2f dB, reference %.2f dB\n",
+                name.c_str(), tag.c_str(), e.rel_l2(), e.rel_l2() / ref_vs32.rel_l2(), vs32.sqnr_db(),
+                ref_vs32.sqnr_db());
+    EXPECT_LE(e.rel_l2(), 0.25 * ref_vs32.rel_l2());
+    EXPECT_NEAR(vs32.sqnr_db(), ref_vs32.sqnr_db(), 0.25);
+}
+
+// The default int8 plan: attention and MLP Linears W8A8, img_mod / txt_mod weight-only int8, the
+// rest high precision; against `w8a8` (the same layer sets).
 TEST(QwenImageForward, Int8DefaultPlanMatchesW8A8Reference) {
     for (const char* name : kQwenImageFixtures) {
         SCOPED_TRACE(name);
         const QwenImageInputs in = qwen_image_inputs(name);
         const PreparedModel m = prepare_model(qwen_image_transformer(name), int8());
         for (const LayerPlan& l : m.plan.layers) {
-            const bool quantized = l.spec.name.find(".attn.") != std::string::npos ||
-                                   l.spec.name.find("_mlp.") != std::string::npos;
-            EXPECT_EQ(l.precision == Precision::Int8, quantized) << l.spec.name;
+            const std::string& n = l.spec.name;
+            const Precision want = n.find(".attn.") != std::string::npos || n.find("_mlp.") != std::string::npos
+                                       ? Precision::Int8
+                                   : n.find("_mod.") != std::string::npos ? Precision::Int8WeightOnly
+                                                                          : Precision::High;
+            EXPECT_EQ(int(l.precision), int(want)) << n;
         }
-        const Tensor out = run_qwen_image(m, DType::F32, in), ref = qwen_image_reference(name, "w8a8_mod_fp32"), ref32 = qwen_image_reference(name, "fp32");
-        const Err e = compare(out, ref), vs32 = compare(out, ref32), ref_vs32 = compare(ref, ref32);
-        std::printf("[ %-10s ] int8: rel L2 %.3g (%.3f of the quantization noise); SQNR vs fp32 %.2f dB, reference "
-                    "%.2f dB\n",
-                    name, e.rel_l2(), e.rel_l2() / ref_vs32.rel_l2(), vs32.sqnr_db(), ref_vs32.sqnr_db());
-        EXPECT_LE(e.rel_l2(), 0.25 * ref_vs32.rel_l2());
-        EXPECT_NEAR(vs32.sqnr_db(), ref_vs32.sqnr_db(), 0.25);
+        expect_reproduces(run_qwen_image(m, DType::F32, in), name, "w8a8");
+    }
+}
+
+// The cost of weight-only modulation: ignored_layers img_mod / txt_mod gives `w8a8_mod_fp32`,
+// img_mlp gives `w8a8_keep_img_mlp`.
+TEST(QwenImageForward, Int8WithKeptLayersMatchesReferences) {
+    for (const char* name : kQwenImageFixtures) {
+        SCOPED_TRACE(name);
+        const QwenImageInputs in = qwen_image_inputs(name);
+        expect_reproduces(run_qwen_image(prepare_model(qwen_image_transformer(name), int8({"img_mod", "txt_mod"})),
+                                         DType::F32, in),
+                          name, "w8a8_mod_fp32");
+        expect_reproduces(run_qwen_image(prepare_model(qwen_image_transformer(name), int8({"img_mlp"})), DType::F32, in),
+                          name, "w8a8_keep_img_mlp");
     }
 }
 
@@ -118,4 +144,26 @@ TEST(QwenImageForward, IgnoringImgMlpKeepsExactlyItsLinears) {
                  without = compare(run_qwen_image(kept, DType::F32, in), ref32).sqnr_db();
     std::printf("[ %-10s ] int8 SQNR vs fp32 %.2f dB; img_mlp kept %.2f dB\n", name, with, without);
     EXPECT_GT(without, with);
+}
+
+// A pre-quantized copy (qdit quantize) loads with the same plan, weight-only layers included, and
+// gives the online int8 model's output bit for bit.
+TEST(QwenImageForward, PrequantizedRoundTrip) {
+    const char* name = "h2_sharded";
+    const QwenImageInputs in = qwen_image_inputs(name);
+    const PreparedModel online = prepare_model(qwen_image_transformer(name), int8());
+    const fs::path out = fs::temp_directory_path() / fmt::format("qdit_qwen_image_q8_{}", ::getpid());
+    fs::remove_all(out);
+    write_quantized(online, out.string());
+    const PreparedModel stored = prepare_model(out.string(), QuantConfig{});
+    ASSERT_EQ(stored.plan.layers.size(), online.plan.layers.size());
+    for (size_t i = 0; i < stored.plan.layers.size(); ++i) {
+        EXPECT_EQ(int(stored.plan.layers[i].precision), int(online.plan.layers[i].precision))
+            << stored.plan.layers[i].spec.name;
+        EXPECT_EQ(stored.plan.layers[i].prequantized, int8_weights(online.plan.layers[i].precision))
+            << stored.plan.layers[i].spec.name;
+    }
+    const Tensor a = run_qwen_image(online, DType::F32, in), b = run_qwen_image(stored, DType::F32, in);
+    EXPECT_EQ(compare(b, a).max_abs, 0.0);
+    fs::remove_all(out);
 }

@@ -104,9 +104,11 @@ ModelSpec model_spec(const Config& c) {
     }
     linear("norm_out.linear", 2 * D, D);
     linear("proj_out", c.out_features(), D);
-    // The embedders, the conditioning path and the output stay in high precision; so, until the
-    // weight-only int8 path exists, do the modulation Linears (img_mod / txt_mod).
-    s.keep_high_precision = {"img_in", "txt_in", "time_text_embed", "norm_out", "proj_out", "img_mod", "txt_mod"};
+    // The embedders, the conditioning path and the output stay in high precision; the modulation
+    // Linears (a third of the parameters, reading one conditioning vector per item) get int8
+    // weights with their input unquantized.
+    s.keep_high_precision = {"img_in", "txt_in", "time_text_embed", "norm_out", "proj_out"};
+    s.weight_only_int8 = {"img_mod", "txt_mod"};
     return s;
 }
 

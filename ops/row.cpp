@@ -70,7 +70,8 @@ Activation row(Tensor& x, const Residual& res, const Normalize& norm, const Acti
         a.qs = empty({m}, DType::F32, ctx);
     }
     auto rows_of = [&](const Tensor& t, int64_t b, int64_t ld) -> void* {
-        return t.defined() ? static_cast<uint8_t*>(t.raw()) + size_t(b * rows * ld) * dtype_size(t.dtype()) : nullptr;
+        return t.defined() ? static_cast<uint8_t*>(const_cast<void*>(t.raw())) + size_t(b * rows * ld) * dtype_size(t.dtype())
+                           : nullptr;
     };
     auto item = [&](const Tensor& v, int64_t b) { return v.defined() ? v.data<float>() + b * k : nullptr; };
     for (int64_t b = 0; b < items; ++b) {

@@ -25,6 +25,10 @@ Tensor silu(const Tensor& x, const Context& ctx) {
 #endif
 }
 
+Tensor timestep_embedding(const Tensor& t, int64_t dim, double max_period) {
+    return cpu::timestep_embedding(t, dim, max_period);
+}
+
 Tensor modulation(const Tensor& raw, const std::vector<Mod>& modes, const Context& ctx) {
     const char* op = "modulation";
     detail::check_device(raw, ctx, op, "raw");

@@ -46,6 +46,14 @@ Tensor rope_table(double theta, const std::vector<int64_t>& axes_dims, const std
     return out;
 }
 
+AxesRope::AxesRope(double theta, std::vector<int64_t> axes_dims, std::vector<int64_t> axes_lens)
+    : impl_(std::make_shared<const cpu::RopeEmbedder>(theta, std::move(axes_dims), std::move(axes_lens))) {}
+
+Tensor AxesRope::table(const std::vector<int64_t>& pos) const {
+    if (!impl_) raise<ShapeError>("AxesRope: the table was never made");
+    return static_cast<const cpu::RopeEmbedder*>(impl_.get())->freqs(pos);
+}
+
 void qk_rms_norm_rope(Tensor& qkv, int64_t heads, int64_t kv_heads, int64_t head_dim, const Tensor& wq,
                       const Tensor& wk, float eps, const Tensor& freqs, RopeLayout layout, const Context& ctx) {
     const char* op = "qk_rms_norm_rope";

@@ -1,5 +1,6 @@
 // Per-head q/k normalization and rotary position embedding on a fused q|k|v projection.
 #pragma once
+#include <memory>
 #include <vector>
 
 #include "ops/context.h"
@@ -20,6 +21,20 @@ Tensor rope_half_table(double theta, int64_t head_dim, const std::vector<int64_t
 // negative included), axes concatenated. pos: n tokens × axes positions, row-major → host F32
 // [n, Σd_a / 2, 2] of (cos, sin).
 Tensor rope_table(double theta, const std::vector<int64_t>& axes_dims, const std::vector<int64_t>& pos);
+
+// The multi-axis complex RoPE table of diffusers' Z-Image / Lumina RopeEmbedder: ω_k in f64, each
+// angle p_a · ω_k rounded to f32 before cos / sin; positions on axis a in [0, axes_lens[a]), the
+// cos / sin precomputed per position when the table is made (backend/cpu/rope.h).
+class AxesRope {
+public:
+    AxesRope() = default;
+    AxesRope(double theta, std::vector<int64_t> axes_dims, std::vector<int64_t> axes_lens);
+    // pos: n tokens × axes positions, row-major → host F32 [n, Σd_a / 2, 2] of (cos, sin).
+    Tensor table(const std::vector<int64_t>& pos) const;
+
+private:
+    std::shared_ptr<const void> impl_;
+};
 
 // In place on qkv [n, (heads + 2·kv_heads)·head_dim] (q's heads, then k's, then v's; F32 or BF16):
 // every head of q and of k is RMS-normalized over head_dim (weights wq, wk [head_dim] of qkv's

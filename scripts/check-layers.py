@@ -33,8 +33,6 @@ KNOWN = {
     ("models/zimage/transformer_parallel.h", "backend"),
     ("models/vae/autoencoder_kl_cuda.cu", "backend"),
     ("models/vae/autoencoder_kl_cuda.h", "backend"),
-    ("models/zimage/transformer.h", "backend"),
-    ("models/zimage/transformer.cpp", "backend"),
     ("models/vae/autoencoder_kl.h", "backend"),
     ("models/vae/autoencoder_kl.cpp", "backend"),
     ("models/zimage/transformer_cuda.cu", ".cu"),

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "io/safetensors.h"
+#include "tests/error_stats.h"
 #include "models/loader.h"
 #include "models/qwen_image/transformer.h"
 
@@ -60,29 +61,6 @@ inline Tensor run_qwen_image(const PreparedModel& m, DType dt, const QwenImageIn
         .forward(in.hidden_states, in.encoder_hidden_states, in.mask, bf16_timestep ? in.timestep_bf16 : in.timestep,
                  in.grid)
         .to(DType::F32);
-}
-
-// Error statistics of test against ref.
-struct Err {
-    double max_abs = 0, max_ref = 0, sum_ref2 = 0, sum_err2 = 0;
-    double rel_l2() const { return std::sqrt(sum_err2 / sum_ref2); }
-    double sqnr_db() const { return 10.0 * std::log10(sum_ref2 / sum_err2); }
-};
-
-inline Err compare(const Tensor& test, const Tensor& ref) {
-    Err e;
-    EXPECT_EQ(test.shape(), ref.shape());
-    if (test.shape() != ref.shape()) return e;
-    const float *a = test.data<float>(), *r = ref.data<float>();
-    for (int64_t k = 0; k < ref.numel(); ++k) {
-        const double d = double(a[k]) - double(r[k]);
-        EXPECT_TRUE(std::isfinite(a[k])) << "element " << k;
-        e.max_abs = std::max(e.max_abs, std::abs(d));
-        e.max_ref = std::max(e.max_ref, std::abs(double(r[k])));
-        e.sum_ref2 += double(r[k]) * r[k];
-        e.sum_err2 += d * d;
-    }
-    return e;
 }
 
 }  // namespace qdit::testutil

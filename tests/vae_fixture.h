@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "io/safetensors.h"
+#include "tests/error_stats.h"
 #include "tests/random_tensor.h"
 
 #ifndef QDIT_TEST_DATA
@@ -30,26 +31,4 @@ inline Tensor vae_latents() { return SafetensorsFile((kVaeData / "inputs.safeten
 inline Tensor random_tensor(Shape shape, uint32_t seed, float stddev = 1.0f, float mean = 0.0f) {
     return randn(std::move(shape), seed, mean, stddev, DType::F32);
 }
-
-struct Err {
-    double max_abs = 0, max_ref = 0, sum_ref2 = 0, sum_err2 = 0;
-    double rel_l2() const { return std::sqrt(sum_err2 / sum_ref2); }
-};
-
-// Element-wise error of `test` against `ref` (same shape; every value of test finite).
-inline Err compare(const Tensor& test, const Tensor& ref) {
-    Err e;
-    EXPECT_EQ(test.shape(), ref.shape());
-    if (test.shape() != ref.shape()) return e;
-    for (int64_t i = 0; i < ref.numel(); ++i) {
-        const double a = test.item_f32(i), r = ref.item_f32(i), d = a - r;
-        EXPECT_TRUE(std::isfinite(a)) << "element " << i;
-        e.max_abs = std::max(e.max_abs, std::abs(d));
-        e.max_ref = std::max(e.max_ref, std::abs(r));
-        e.sum_ref2 += r * r;
-        e.sum_err2 += d * d;
-    }
-    return e;
-}
-
 }  // namespace qdit::testutil

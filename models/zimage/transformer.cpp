@@ -1,366 +1,259 @@
 #include "models/zimage/transformer.h"
 
 #include <algorithm>
-#include <array>
-#include <cmath>
 #include <cstring>
 #include <map>
 
 #include <fmt/format.h>
 
-#include "backend/cpu/activation.h"
-#include "backend/cpu/attention.h"
-#include "backend/cpu/elementwise.h"
+#include "ops/attention.h"
+#include "ops/elementwise.h"
+#include "ops/glu.h"
+#include "ops/row.h"
 
 namespace qdit::zimage {
 
 namespace {
 
-constexpr int64_t kSeqMultiple = 32;   // SEQ_MULTI_OF: segments are padded to this
+constexpr int64_t kSeqMultiple = 32;   // SEQ_MULTI_OF: the image and caption segments are padded to it
 constexpr float kAttnNormEps = 1e-5f;  // diffusers' Attention(eps=1e-5) for norm_q / norm_k
 constexpr float kFinalNormEps = 1e-6f;
 
-int64_t round_up(int64_t n) { return (n + kSeqMultiple - 1) / kSeqMultiple * kSeqMultiple; }
+int64_t seq_round_up(int64_t n) { return round_up(n, kSeqMultiple); }
 
-// F32 [B, D] from rows of `m` [B, n·D] (chunk c of each row), each value
-// mapped by f and rounded to the compute dtype as torch's bf16 op would.
-template <typename F>
-Tensor chunk_map(const Tensor& m, int64_t chunks, int64_t c, F&& f) {
-    const int64_t B = m.size(0), D = m.size(1) / chunks;
-    Tensor out = Tensor::empty({B, D}, DType::F32);
-    cpu::dispatch_float(m.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const T* src = m.data<T>();
-        float* dst = out.data<float>();
-        for (int64_t b = 0; b < B; ++b)
-            for (int64_t i = 0; i < D; ++i)
-                dst[b * D + i] = cpu::round_as<T>(f(cpu::load(src, b * m.size(1) + c * D + i)));
-    });
-    return out;
-}
-
-// U8 [B, L] with 1 on the first lens[b] keys, or undefined when no item is
-// shorter than L (diffusers builds no mask then).
-Tensor key_mask(const std::vector<int64_t>& lens, int64_t L) {
-    if (std::all_of(lens.begin(), lens.end(), [&](int64_t n) { return n == L; })) return Tensor();
-    Tensor m = Tensor::zeros({int64_t(lens.size()), L}, DType::U8);
-    for (size_t b = 0; b < lens.size(); ++b)
-        std::memset(m.data<uint8_t>() + int64_t(b) * L, 1, size_t(lens[b]));
-    return m;
-}
-
-// Per-item rotation tables (F32 [n_b, half, 2]) stacked into [B, L, half, 2];
-// rows past an item's length (batch padding) stay zero as in diffusers.
-Tensor stack_freqs(const std::vector<Tensor>& items, int64_t L) {
-    const int64_t half = items[0].size(1);
-    Tensor out = Tensor::zeros({int64_t(items.size()), L, half, 2}, DType::F32);
-    for (size_t b = 0; b < items.size(); ++b)
-        std::memcpy(out.data<float>() + int64_t(b) * L * half * 2, items[b].raw(), items[b].nbytes());
-    return out;
-}
-
-// Copies `n` rows of `dim` elements of the same dtype.
-void copy_rows(const Tensor& src, int64_t src_row, Tensor& dst, int64_t dst_row, int64_t n,
-               int64_t dim) {
-    const size_t es = dtype_size(src.dtype()), bytes = size_t(dim) * es;
-    std::memcpy(static_cast<uint8_t*>(dst.raw()) + size_t(dst_row) * bytes,
-                static_cast<const uint8_t*>(src.raw()) + size_t(src_row) * bytes, bytes * size_t(n));
-}
-
-// Lays the embedded real rows of each item (concatenated in `emb`) out as
-// [B, L, D]: item b's n_real[b] rows, then the pad token up to padded[b];
-// rows past that stay zero (batch padding).
-Tensor pad_segments(const Tensor& emb, const std::vector<int64_t>& n_real,
-                    const std::vector<int64_t>& padded, int64_t L, const Tensor& pad_token) {
-    const int64_t B = int64_t(n_real.size()), D = emb.size(-1);
-    Tensor out = Tensor::zeros({B, L, D}, emb.dtype());
-    int64_t row0 = 0;
-    for (int64_t b = 0; b < B; ++b) {
-        copy_rows(emb, row0, out, b * L, n_real[size_t(b)], D);
-        for (int64_t r = n_real[size_t(b)]; r < padded[size_t(b)]; ++r)
-            copy_rows(pad_token, 0, out, b * L + r, 1, D);
-        row0 += n_real[size_t(b)];
+// Token (f, h, w) of a patchified latent holds the values ordered (pf, ph, pw, c), c fastest: the
+// element index in the latent [C, F, H, W] of token `tok`'s value `e`.
+struct PatchLayout {
+    int64_t C, F, H, W, pF, pH, pW, Ht, Wt;
+    int64_t dim() const { return pF * pH * pW * C; }
+    int64_t index(int64_t tok, int64_t e) const {
+        const int64_t f = tok / (Ht * Wt), h = (tok / Wt) % Ht, w = tok % Wt;
+        const int64_t c = e % C, pw = (e / C) % pW, ph = (e / (C * pW)) % pH, pf = e / (C * pW * pH);
+        return ((c * F + f * pF + pf) * H + h * pH + ph) * W + w * pW + pw;
     }
-    return out;
-}
+};
 
 }  // namespace
 
 // ---------------------------------------------------------------------------
-// Blocks
-
-Tensor Attention::forward(const Tensor& x, const Tensor& mask, const Tensor& freqs) const {
-    const int64_t B = x.size(0), L = x.size(1), D = x.size(2), hd = D / heads;
-    Tensor q = to_q.forward(x).view({B, L, heads, hd});
-    Tensor k = to_k.forward(x).view({B, L, heads, hd});
-    Tensor v = to_v.forward(x).view({B, L, heads, hd});
-    if (!norm_q.name().empty()) {
-        q = norm_q.forward(q);
-        k = norm_k.forward(k);
-    }
-    cpu::apply_rope(q, freqs);
-    cpu::apply_rope(k, freqs);
-    Tensor o = cpu::scaled_dot_product_attention(q, k, v, mask);
-    return to_out.forward(o.view({B, L, D}));
-}
-
-Tensor TransformerBlock::forward(const Tensor& x_in, const Tensor& mask, const Tensor& freqs,
-                                 const Tensor& adaln) const {
-    Tensor x = x_in.to(x_in.dtype());  // the residual stream is updated in place below
-    if (!modulated) {
-        attention_norm2.add_to(x, attention.forward(attention_norm1.forward(x), mask, freqs), {});
-        ffn_norm2.add_to(x, feed_forward.forward(ffn_norm1.forward(x)), {});
-        return x;
-    }
-    // mod = [scale_msa, gate_msa, scale_mlp, gate_mlp]; scales become 1 + s, gates tanh(g).
-    Tensor mod = adaLN_modulation.forward(adaln);
-    auto one_plus = [](float s) { return 1.0f + s; };
-    auto tanh = [](float g) { return std::tanh(g); };
-    Tensor scale_msa = chunk_map(mod, 4, 0, one_plus), gate_msa = chunk_map(mod, 4, 1, tanh),
-           scale_mlp = chunk_map(mod, 4, 2, one_plus), gate_mlp = chunk_map(mod, 4, 3, tanh);
-    attention_norm2.add_to(
-        x, attention.forward(attention_norm1.forward_scaled(x, scale_msa), mask, freqs), gate_msa);
-    ffn_norm2.add_to(x, feed_forward.forward(ffn_norm1.forward_scaled(x, scale_mlp)), gate_mlp);
-    return x;
-}
-
-// ---------------------------------------------------------------------------
 // Loading
 
-ZImageTransformer::ZImageTransformer(const PreparedModel& m, DType compute)
-    : cfg_(Config::from_json(m.folder.config, m.folder.config_path)), dt_(compute) {
+ZImageTransformer::ZImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx)
+    : cfg_(Config::from_json(m.folder.config, m.folder.config_path)), dt_(compute), ctx_(ctx), where_(m.folder.root) {
     if (compute != DType::F32 && compute != DType::BF16)
         raise<ConfigError>("Z-Image runs in F32 or BF16, not {}", dtype_name(compute));
+    if (ctx.cuda() && compute != DType::BF16)
+        raise<ConfigError>("Z-Image runs in BF16 on {}, not {}", ctx.device.str(), dtype_name(compute));
     std::map<std::string, const LayerPlan*> plans;
     for (const LayerPlan& l : m.plan.layers) plans[l.spec.name] = &l;
-    auto linear = [&](const std::string& name) {
+    const Checkpoint& ck = *m.checkpoint;
+    auto plan = [&](const std::string& name) {
         auto it = plans.find(name);
-        if (it == plans.end())
-            raise<ShapeError>("{}: no Linear layer '{}' in the model plan", m.folder.root, name);
-        return load_linear(m, *it->second, dt_);
+        if (it == plans.end()) raise<ShapeError>("{}: no Linear layer '{}' in the model plan", where_, name);
+        return it->second;
     };
-    auto tensor = [&](const std::string& name) { return m.checkpoint->get_as(name, dt_); };
-    const float eps = float(cfg_.norm_eps);
-    auto rms = [&](const std::string& name, float e) {
-        return cpu::RMSNorm(name, tensor(name + ".weight"), e);
+    auto member = [&](const std::string& name, int64_t n_pad = 0, int64_t k_pad = 0) {
+        return nn::LinearGroup::Member{plan(name), n_pad, k_pad};
     };
+    auto group = [&](const std::vector<nn::LinearGroup::Member>& ms) {
+        nn::LinearGroup g(ck, ms, dt_, ctx_);
+        bytes_ += g.weight_bytes();
+        n_int8_ += g.int8_members();
+        return g;
+    };
+    auto one = [&](const std::string& name) { return group({member(name)}); };
+    auto tensor = [&](const std::string& name, Shape shape) {
+        Tensor t = ops::to_device(ck.get_as(name, dt_).view(std::move(shape)), ctx_, ops::Memory::Weight);
+        bytes_ += t.nbytes();
+        return t;
+    };
+    const int64_t D = cfg_.dim, hd = cfg_.head_dim();
     auto block = [&](const std::string& p, bool modulated) {
-        TransformerBlock b;
-        b.name = p;
-        b.attention.to_q = linear(p + ".attention.to_q");
-        b.attention.to_k = linear(p + ".attention.to_k");
-        b.attention.to_v = linear(p + ".attention.to_v");
-        b.attention.to_out = linear(p + ".attention.to_out.0");
-        if (cfg_.qk_norm) {
-            b.attention.norm_q = rms(p + ".attention.norm_q", kAttnNormEps);
-            b.attention.norm_k = rms(p + ".attention.norm_k", kAttnNormEps);
-        }
-        b.attention.heads = cfg_.n_heads;
-        b.feed_forward = {linear(p + ".feed_forward.w1"), linear(p + ".feed_forward.w2"),
-                          linear(p + ".feed_forward.w3")};
-        b.attention_norm1 = rms(p + ".attention_norm1", eps);
-        b.attention_norm2 = rms(p + ".attention_norm2", eps);
-        b.ffn_norm1 = rms(p + ".ffn_norm1", eps);
-        b.ffn_norm2 = rms(p + ".ffn_norm2", eps);
+        Block b;
         b.modulated = modulated;
-        if (modulated) b.adaLN_modulation = linear(p + ".adaLN_modulation.0");
+        // The FFN's hidden width padded to 16 for the GPU's int8 GEMM (zero rows / columns).
+        const int64_t hidden_p = round_up(plan(p + ".feed_forward.w1")->spec.out_features, 16);
+        b.qkv = group({member(p + ".attention.to_q"), member(p + ".attention.to_k"), member(p + ".attention.to_v")});
+        b.out = one(p + ".attention.to_out.0");
+        b.w13 = group({member(p + ".feed_forward.w1", hidden_p), member(p + ".feed_forward.w3", hidden_p)});
+        b.w2 = group({member(p + ".feed_forward.w2", 0, hidden_p)});
+        if (cfg_.qk_norm) {
+            b.norm_q = tensor(p + ".attention.norm_q.weight", {hd});
+            b.norm_k = tensor(p + ".attention.norm_k.weight", {hd});
+        }
+        b.attention_norm1 = tensor(p + ".attention_norm1.weight", {D});
+        b.attention_norm2 = tensor(p + ".attention_norm2.weight", {D});
+        b.ffn_norm1 = tensor(p + ".ffn_norm1.weight", {D});
+        b.ffn_norm2 = tensor(p + ".ffn_norm2.weight", {D});
+        if (modulated) b.ada = one(p + ".adaLN_modulation.0");
         return b;
     };
-
     patch_ = cfg_.all_patch_size[0];
     f_patch_ = cfg_.all_f_patch_size[0];
     const std::string key = fmt::format("{}-{}", patch_, f_patch_);
-    t_mlp0_ = linear("t_embedder.mlp.0");
-    t_mlp2_ = linear("t_embedder.mlp.2");
-    cap_norm_ = rms("cap_embedder.0", eps);
-    cap_linear_ = linear("cap_embedder.1");
-    x_embedder_ = linear("all_x_embedder." + key);
-    final_linear_ = linear("all_final_layer." + key + ".linear");
-    final_adaLN_ = linear("all_final_layer." + key + ".adaLN_modulation.1");
-    x_pad_token_ = tensor("x_pad_token").view({cfg_.dim});
-    cap_pad_token_ = tensor("cap_pad_token").view({cfg_.dim});
+    t_mlp0_ = one("t_embedder.mlp.0");
+    t_mlp2_ = one("t_embedder.mlp.2");
+    cap_norm_ = tensor("cap_embedder.0.weight", {cfg_.cap_feat_dim});
+    cap_linear_ = one("cap_embedder.1");
+    x_embedder_ = one("all_x_embedder." + key);
+    final_linear_ = one("all_final_layer." + key + ".linear");
+    final_ada_ = one("all_final_layer." + key + ".adaLN_modulation.1");
+    x_pad_token_ = tensor("x_pad_token", {1, D});
+    cap_pad_token_ = tensor("cap_pad_token", {1, D});
     for (int64_t i = 0; i < cfg_.n_refiner_layers; ++i)
         noise_refiner_.push_back(block(fmt::format("noise_refiner.{}", i), true));
     for (int64_t i = 0; i < cfg_.n_refiner_layers; ++i)
         context_refiner_.push_back(block(fmt::format("context_refiner.{}", i), false));
-    for (int64_t i = 0; i < cfg_.n_layers; ++i)
-        layers_.push_back(block(fmt::format("layers.{}", i), true));
-    rope_ = cpu::RopeEmbedder(cfg_.rope_theta, cfg_.axes_dims, cfg_.axes_lens);
+    for (int64_t i = 0; i < cfg_.n_layers; ++i) layers_.push_back(block(fmt::format("layers.{}", i), true));
+    rope_ = ops::AxesRope(cfg_.rope_theta, cfg_.axes_dims, cfg_.axes_lens);
+}
+
+// ---------------------------------------------------------------------------
+// Blocks
+
+// x [L, dim] updated in place; freqs F32 [L, head_dim/2, 2]. `pending` (the previous block's last
+// residual on the same rows, or empty) is applied in this block's first row op; this block's own
+// last residual is left in it.
+void ZImageTransformer::block_forward(const Block& b, Tensor& x, const Tensor& freqs, const ops::Activation& adaln,
+                                      Pending& pending) const {
+    const int64_t H = cfg_.n_heads, hd = cfg_.head_dim();
+    const float eps = float(cfg_.norm_eps);
+    // Modulated: [1 + scale_msa, tanh(gate_msa), 1 + scale_mlp, tanh(gate_mlp)].
+    Tensor mod;
+    auto chunk = [&](int64_t c) { return b.modulated ? ops::modulation_chunk(mod, c, 1) : Tensor(); };
+    if (b.modulated)
+        mod = ops::modulation(b.ada.forward(adaln), {ops::Mod::OnePlus, ops::Mod::Tanh, ops::Mod::OnePlus, ops::Mod::Tanh},
+                              ctx_);
+    // Attention: (the previous residual, then) attention_norm1 (· scale) → q|k|v → q/k RMSNorm +
+    // RoPE → SDPA → to_out.
+    Tensor qkv = b.qkv.forward(ops::row(x, {pending.y, pending.w, eps, pending.gate},
+                                        {ops::Norm::Rms, b.attention_norm1, eps, chunk(0), {}}, b.qkv.input_spec(), ctx_));
+    pending = Pending();
+    ops::qk_rms_norm_rope(qkv, H, H, hd, b.norm_q, b.norm_k, kAttnNormEps, freqs, ops::RopeLayout::Interleaved, ctx_);
+    Tensor y = b.out.forward({ops::attention(qkv, 1, H, H, hd, /*causal=*/false, Tensor(), ctx_), {}, {}});
+    qkv = Tensor();
+    // x += gate_msa · attention_norm2(attention); ffn_norm1(x) · scale_mlp → w1|w3 → SwiGLU → w2.
+    const Tensor h = b.w13.forward(ops::row(x, {y, b.attention_norm2, eps, chunk(1)},
+                                            {ops::Norm::Rms, b.ffn_norm1, eps, chunk(2), {}}, b.w13.input_spec(), ctx_));
+    // x += gate_mlp · ffn_norm2(ffn): left to the next row op on these rows (or flush()).
+    pending = {b.w2.forward(ops::swiglu(h, b.w13.column(1), b.w2.input_spec(), ctx_)), b.ffn_norm2, chunk(3)};
+}
+
+void ZImageTransformer::flush(Tensor& x, Pending& pending) const {
+    if (!pending.y.defined()) return;
+    ops::row(x, {pending.y, pending.w, float(cfg_.norm_eps), pending.gate}, {}, {}, ctx_);
+    pending = Pending();
 }
 
 // ---------------------------------------------------------------------------
 // Forward
 
-// t_embedder(t · t_scale): sinusoidal features in f32, cast to the weight
-// dtype, Linear → SiLU → Linear. The result (no SiLU) feeds every adaLN.
-Tensor ZImageTransformer::timestep_embed(const Tensor& t) const {
-    Tensor ts = Tensor::empty(t.shape(), DType::F32);
-    for (int64_t i = 0; i < t.numel(); ++i)
-        ts.data<float>()[i] = t.data<float>()[i] * float(cfg_.t_scale);
-    Tensor f = cpu::timestep_embedding(ts, t_mlp0_.in_features()).to(dt_);
-    return t_mlp2_.forward(cpu::silu(t_mlp0_.forward(f)));
+Tensor ZImageTransformer::forward_tokens(const Tensor& patches, const std::array<int64_t, 3>& grid,
+                                         const Tensor& cap_feats, float t) const {
+    const int64_t D = cfg_.dim, n_img = grid[0] * grid[1] * grid[2];
+    const int64_t patch_dim = patch_ * patch_ * f_patch_ * cfg_.in_channels;
+    if (patches.dtype() != dt_ || patches.shape() != Shape{n_img, patch_dim} || cap_feats.dtype() != dt_ ||
+        cap_feats.dim() != 2 || cap_feats.size(0) < 1 || cap_feats.size(1) != cfg_.cap_feat_dim)
+        raise<ShapeError>("Z-Image: patches must be {} [{}, {}] and caption features {} [L >= 1, {}], got {} {} and {} {}",
+                          dtype_name(dt_), n_img, patch_dim, dtype_name(dt_), cfg_.cap_feat_dim,
+                          dtype_name(patches.dtype()), shape_str(patches.shape()), dtype_name(cap_feats.dtype()),
+                          shape_str(cap_feats.shape()));
+    const int64_t n_cap = cap_feats.size(0), Lx = seq_round_up(n_img), Lc = seq_round_up(n_cap), Lu = Lx + Lc;
+
+    // t_embedder(t · t_scale): sinusoidal features in f32, cast to the compute dtype, Linear → SiLU →
+    // Linear. The result (no SiLU) feeds every adaLN.
+    Tensor ts = Tensor::empty({1}, DType::F32);
+    ts.data<float>()[0] = t * float(cfg_.t_scale);
+    const Tensor features = ops::timestep_embedding(ts, Config::kTimestepFreqDim).to(dt_);
+    const ops::Activation adaln{
+        t_mlp2_.forward({ops::silu(t_mlp0_.forward({ops::to_device(features, ctx_), {}, {}}), ctx_), {}, {}}), {}, {}};
+
+    // RoPE of the unified sequence [image (padded), caption (padded)]: image token (f, h, w) at
+    // (Lc + 1 + f, h, w), image pad rows at (0, 0, 0), caption token j (pad included) at (1 + j, 0, 0).
+    // The refiners read its two row ranges.
+    std::vector<int64_t> pos;
+    for (int64_t f = 0; f < grid[0]; ++f)
+        for (int64_t h = 0; h < grid[1]; ++h)
+            for (int64_t w = 0; w < grid[2]; ++w) pos.insert(pos.end(), {Lc + 1 + f, h, w});
+    pos.resize(size_t(Lx * 3), 0);
+    for (int64_t j = 0; j < Lc; ++j) pos.insert(pos.end(), {1 + j, 0, 0});
+    const Tensor freqs = ops::to_device(rope_.table(pos), ctx_);
+
+    // The residual stream u: the embedded patches then x_pad_token; the caption's RMSNorm + Linear
+    // then cap_pad_token.
+    Tensor u = ops::empty({Lu, D}, dt_, ctx_);
+    ops::copy_rows(u, 0, x_embedder_.forward({patches, {}, {}}), 0, n_img, ctx_);
+    for (int64_t r = n_img; r < Lx; ++r) ops::copy_rows(u, r, x_pad_token_, 0, 1, ctx_);
+    Tensor cap = cap_feats;
+    ops::copy_rows(u, Lx,
+                   cap_linear_.forward(ops::row(cap, {}, {ops::Norm::Rms, cap_norm_, float(cfg_.norm_eps), {}, {}},
+                                                cap_linear_.input_spec(), ctx_)),
+                   0, n_cap, ctx_);
+    for (int64_t r = Lx + n_cap; r < Lu; ++r) ops::copy_rows(u, r, cap_pad_token_, 0, 1, ctx_);
+
+    // The noise refiner on the image rows, the context refiner on the caption rows, then the main
+    // layers on both.
+    Tensor xs = u.slice_rows(0, Lx), cs = u.slice_rows(Lx, Lu);
+    Pending pending;
+    for (const Block& b : noise_refiner_) block_forward(b, xs, freqs.slice_rows(0, Lx), adaln, pending);
+    flush(xs, pending);
+    for (const Block& b : context_refiner_) block_forward(b, cs, freqs.slice_rows(Lx, Lu), adaln, pending);
+    flush(cs, pending);
+    for (const Block& b : layers_) block_forward(b, u, freqs, adaln, pending);
+    flush(u, pending);
+
+    // Final layer on the real image tokens: linear(LayerNorm(x) · (1 + adaLN_modulation.1(SiLU(adaln)))).
+    const Tensor scale = ops::modulation(final_ada_.forward({ops::silu(adaln.x, ctx_), {}, {}}), {ops::Mod::OnePlus}, ctx_);
+    Tensor img = u.slice_rows(0, n_img);
+    return final_linear_.forward(ops::row(img, {}, {ops::Norm::LayerNorm, {}, kFinalNormEps, scale, {}},
+                                          final_linear_.input_spec(), ctx_));
 }
 
 std::vector<Tensor> ZImageTransformer::forward(const std::vector<Tensor>& xs, const Tensor& t,
                                                const std::vector<Tensor>& caps) const {
-    const int64_t B = int64_t(xs.size()), D = cfg_.dim, C = cfg_.in_channels;
-    const int64_t pH = patch_, pW = patch_, pF = f_patch_, patch_dim = pF * pH * pW * C;
-    if (B == 0 || int64_t(caps.size()) != B)
-        raise<ShapeError>("Z-Image forward: {} latents and {} caption feature tensors (need the "
-                          "same number, at least 1)",
+    const int64_t C = cfg_.in_channels, pF = f_patch_, pH = patch_, pW = patch_;
+    const size_t B = xs.size();
+    if (B == 0 || caps.size() != B)
+        raise<ShapeError>("Z-Image forward: {} latents and {} caption feature tensors (need the same number, at "
+                          "least 1)",
                           xs.size(), caps.size());
-    if (t.dtype() != DType::F32 || t.dim() != 1 || t.size(0) != B)
+    if (t.dtype() != DType::F32 || t.dim() != 1 || t.size(0) != int64_t(B))
         raise<ShapeError>("Z-Image forward: t must be F32 [{}], got {} {}", B, dtype_name(t.dtype()),
                           shape_str(t.shape()));
-
-    // Token counts: an item's image and caption segments are each padded to a
-    // multiple of 32; the main layers see [image (padded), caption (padded)].
-    const size_t nb = xs.size();
-    std::vector<int64_t> n_img(nb), img_len(nb), n_cap(nb), cap_len(nb), uni_len(nb);
-    std::vector<std::array<int64_t, 3>> grid(nb);  // F, H, W in tokens
-    for (int64_t b = 0; b < B; ++b) {
-        const Tensor& x = xs[b];
-        const Tensor& c = caps[b];
-        if (x.dim() != 4 || x.size(0) != C || x.size(1) % pF || x.size(2) % pH || x.size(3) % pW ||
-            x.numel() == 0 || !is_float(x.dtype()))
-            raise<ShapeError>("Z-Image forward: latent {} must be float [{}, F, H, W] with F a "
-                              "multiple of {} and H, W multiples of {}, got {} {}",
+    for (size_t b = 0; b < B; ++b) {
+        const Tensor &x = xs[b], &c = caps[b];
+        if (x.dim() != 4 || x.size(0) != C || x.size(1) % pF || x.size(2) % pH || x.size(3) % pW || x.numel() == 0 ||
+            !is_float(x.dtype()))
+            raise<ShapeError>("Z-Image forward: latent {} must be float [{}, F, H, W] with F a multiple of {} and H, W "
+                              "multiples of {}, got {} {}",
                               b, C, pF, pH, dtype_name(x.dtype()), shape_str(x.shape()));
         if (c.dim() != 2 || c.size(0) < 1 || c.size(1) != cfg_.cap_feat_dim || !is_float(c.dtype()))
             raise<ShapeError>("Z-Image forward: cap_feats {} must be float [L >= 1, {}], got {} {}", b,
                               cfg_.cap_feat_dim, dtype_name(c.dtype()), shape_str(c.shape()));
-        grid[b] = {x.size(1) / pF, x.size(2) / pH, x.size(3) / pW};
-        n_img[b] = grid[b][0] * grid[b][1] * grid[b][2];
-        img_len[b] = round_up(n_img[b]);
-        n_cap[b] = c.size(0);
-        cap_len[b] = round_up(n_cap[b]);
-        uni_len[b] = img_len[b] + cap_len[b];
     }
-    const int64_t Lx = *std::max_element(img_len.begin(), img_len.end());
-    const int64_t Lc = *std::max_element(cap_len.begin(), cap_len.end());
-    const int64_t Lu = *std::max_element(uni_len.begin(), uni_len.end());
-
-    Tensor adaln = timestep_embed(t);
-
-    // Positions. Caption token j (pad included): (1 + j, 0, 0). Image token
-    // (f, h, w): (cap_len + 1 + f, h, w); image pad tokens (0, 0, 0).
-    std::vector<Tensor> x_freqs, cap_freqs, uni_freqs;
-    for (int64_t b = 0; b < B; ++b) {
-        std::vector<int64_t> pos;
-        for (int64_t j = 0; j < cap_len[b]; ++j) pos.insert(pos.end(), {1 + j, 0, 0});
-        cap_freqs.push_back(rope_.freqs(pos));
-        pos.clear();
-        const auto [Ft, Ht, Wt] = grid[b];
-        for (int64_t f = 0; f < Ft; ++f)
-            for (int64_t h = 0; h < Ht; ++h)
-                for (int64_t w = 0; w < Wt; ++w) pos.insert(pos.end(), {cap_len[b] + 1 + f, h, w});
-        pos.resize(size_t(img_len[b] * 3), 0);
-        x_freqs.push_back(rope_.freqs(pos));
-        Tensor u = Tensor::empty({uni_len[b], x_freqs.back().size(1), 2}, DType::F32);
-        std::memcpy(u.raw(), x_freqs.back().raw(), x_freqs.back().nbytes());
-        std::memcpy(static_cast<uint8_t*>(u.raw()) + x_freqs.back().nbytes(), cap_freqs.back().raw(),
-                    cap_freqs.back().nbytes());
-        uni_freqs.push_back(u);
-    }
-
-    // Patchify: token (f, h, w) holds the values ordered (pf, ph, pw, c), c fastest.
-    int64_t total_img = 0;
-    for (int64_t n : n_img) total_img += n;
-    Tensor patches = Tensor::empty({total_img, patch_dim}, dt_);
-    {
-        int64_t row0 = 0;
-        for (int64_t b = 0; b < B; ++b) {
-            Tensor x = xs[b].to(DType::F32);
-            const float* xp = x.data<float>();
-            const int64_t F = x.size(1), H = x.size(2), W = x.size(3);
-            const int64_t Ht = grid[b][1], Wt = grid[b][2], tokens = n_img[b];
-            cpu::dispatch_float(dt_, [&](auto tag) {
-                using T = decltype(tag);
-                T* out = patches.data<T>() + row0 * patch_dim;
-                for (int64_t tok = 0; tok < tokens; ++tok) {
-                    const int64_t f = tok / (Ht * Wt), h = (tok / Wt) % Ht, w = tok % Wt;
-                    for (int64_t e = 0; e < patch_dim; ++e) {
-                        const int64_t c = e % C, pw = (e / C) % pW, ph = (e / (C * pW)) % pH,
-                                      pf = e / (C * pW * pH);
-                        const int64_t src = ((c * F + f * pF + pf) * H + h * pH + ph) * W + w * pW + pw;
-                        cpu::store(out, tok * patch_dim + e, xp[src]);
-                    }
-                }
-            });
-            row0 += n_img[b];
-        }
-    }
-
-    // Embed only the real patches: diffusers embeds copies of the last patch
-    // in the pad rows and then overwrites them with x_pad_token, so the result
-    // is the same. Rows past an item's padded length are zero (batch padding).
-    Tensor x = pad_segments(x_embedder_.forward(patches), n_img, img_len, Lx, x_pad_token_);
-    {
-        const Tensor mask = key_mask(img_len, Lx), freqs = stack_freqs(x_freqs, Lx);
-        for (const TransformerBlock& blk : noise_refiner_) x = blk.forward(x, mask, freqs, adaln);
-    }
-
-    // Caption: RMSNorm + Linear on the real tokens, then pad tokens.
-    int64_t total_cap = 0;
-    for (int64_t n : n_cap) total_cap += n;
-    Tensor cap_in = Tensor::empty({total_cap, cfg_.cap_feat_dim}, dt_);
-    {
-        int64_t row0 = 0;
-        for (int64_t b = 0; b < B; ++b) {
-            Tensor c = caps[b].to(dt_);
-            copy_rows(c, 0, cap_in, row0, n_cap[b], cfg_.cap_feat_dim);
-            row0 += n_cap[b];
-        }
-    }
-    Tensor cap = pad_segments(cap_linear_.forward(cap_norm_.forward(cap_in)), n_cap, cap_len, Lc,
-                              cap_pad_token_);
-    {
-        const Tensor mask = key_mask(cap_len, Lc), freqs = stack_freqs(cap_freqs, Lc);
-        for (const TransformerBlock& blk : context_refiner_) cap = blk.forward(cap, mask, freqs, {});
-    }
-
-    // Unified sequence per item: [image (padded), caption (padded)].
-    Tensor u = Tensor::zeros({B, Lu, D}, dt_);
-    for (int64_t b = 0; b < B; ++b) {
-        copy_rows(x, b * Lx, u, b * Lu, img_len[b], D);
-        copy_rows(cap, b * Lc, u, b * Lu + img_len[b], cap_len[b], D);
-    }
-    {
-        const Tensor mask = key_mask(uni_len, Lu), freqs = stack_freqs(uni_freqs, Lu);
-        for (const TransformerBlock& blk : layers_) u = blk.forward(u, mask, freqs, adaln);
-    }
-
-    // Final layer, row-wise, so only the real image tokens are computed:
-    // linear(LayerNorm(x) · (1 + adaLN_modulation.1(SiLU(adaln)))).
-    const int64_t Ti = *std::max_element(n_img.begin(), n_img.end());
-    Tensor img = Tensor::zeros({B, Ti, D}, dt_);
-    for (int64_t b = 0; b < B; ++b) copy_rows(u, b * Lu, img, b * Ti, n_img[b], D);
-    Tensor scale = chunk_map(final_adaLN_.forward(cpu::silu(adaln)), 1, 0,
-                             [](float s) { return 1.0f + s; });
-    Tensor out = final_linear_.forward(cpu::layer_norm(img, kFinalNormEps, scale));
-
-    // Unpatchify: the inverse of the patch layout above.
-    std::vector<Tensor> result;
-    for (int64_t b = 0; b < B; ++b) {
-        const Tensor& x0 = xs[b];
-        const int64_t F = x0.size(1), H = x0.size(2), W = x0.size(3);
-        const auto [Ft, Ht, Wt] = grid[b];
-        Tensor y = Tensor::empty({C, F, H, W}, dt_);
+    std::vector<Tensor> out;
+    for (size_t b = 0; b < B; ++b) {
+        const Tensor x = xs[b].to(DType::F32);
+        const int64_t F = x.size(1), H = x.size(2), W = x.size(3);
+        const std::array<int64_t, 3> grid{F / pF, H / pH, W / pW};
+        const PatchLayout p{C, F, H, W, pF, pH, pW, grid[1], grid[2]};
+        const int64_t tokens = grid[0] * grid[1] * grid[2], pd = p.dim();
+        Tensor patches = Tensor::empty({tokens, pd}, DType::F32);
+        for (int64_t tok = 0; tok < tokens; ++tok)
+            for (int64_t e = 0; e < pd; ++e) patches.data<float>()[tok * pd + e] = x.data<float>()[p.index(tok, e)];
+        const Tensor y = ops::to_host(forward_tokens(ops::to_device(patches.to(dt_), ctx_), grid,
+                                                     ops::to_device(caps[b].to(dt_), ctx_), t.data<float>()[b]),
+                                      ctx_);
+        // Unpatchify: the inverse of the layout above.
+        Tensor v = Tensor::empty({C, F, H, W}, dt_);
         const size_t es = dtype_size(dt_);
-        const uint8_t* src = static_cast<const uint8_t*>(out.raw()) + size_t(b * Ti * patch_dim) * es;
-        uint8_t* dst = static_cast<uint8_t*>(y.raw());
-        for (int64_t tok = 0; tok < Ft * Ht * Wt; ++tok) {
-            const int64_t f = tok / (Ht * Wt), h = (tok / Wt) % Ht, w = tok % Wt;
-            for (int64_t e = 0; e < patch_dim; ++e) {
-                const int64_t c = e % C, pw = (e / C) % pW, ph = (e / (C * pW)) % pH,
-                              pf = e / (C * pW * pH);
-                const int64_t d = ((c * F + f * pF + pf) * H + h * pH + ph) * W + w * pW + pw;
-                std::memcpy(dst + size_t(d) * es, src + size_t(tok * patch_dim + e) * es, es);
-            }
-        }
-        result.push_back(y);
+        for (int64_t tok = 0; tok < tokens; ++tok)
+            for (int64_t e = 0; e < pd; ++e)
+                std::memcpy(static_cast<uint8_t*>(v.raw()) + size_t(p.index(tok, e)) * es,
+                            static_cast<const uint8_t*>(y.raw()) + size_t(tok * pd + e) * es, es);
+        out.push_back(v);
     }
-    return result;
+    return out;
 }
 
 }  // namespace qdit::zimage

@@ -1,78 +1,75 @@
-// ZImageTransformer2DModel (diffusers) on the CPU: the basic, non-omni
-// text-to-image forward. Modules are named like the checkpoint keys; every
-// Linear is loaded as the quantization plan says (dense F32/BF16 or int8 W8A8).
+// ZImageTransformer2DModel (diffusers): the basic, non-omni text-to-image forward, written once over
+// the op layer, so it runs on the CPU (F32 or BF16) and on a GPU (BF16). Modules are named like the
+// checkpoint keys; every Linear is loaded as the quantization plan says (dense, or int8 W8A8 whose
+// activations the producing op quantizes per token on a GPU).
 #pragma once
+#include <array>
 #include <string>
 #include <vector>
 
-#include "core/tensor.h"
-#include "models/zimage/zimage_config.h"
-#include "nn/feed_forward.h"
-#include "nn/linear.h"
-#include "backend/cpu/norm.h"
-#include "backend/cpu/rope.h"
 #include "models/loader.h"
+#include "models/zimage/zimage_config.h"
+#include "nn/linear_group.h"
+#include "ops/context.h"
+#include "ops/rope.h"
 
 namespace qdit::zimage {
 
-// <block>.attention: q/k/v projections, per-head RMSNorm of q and k, RoPE,
-// SDPA and the output projection (to_out.0).
-struct Attention {
-    nn::Linear to_q, to_k, to_v, to_out;
-    cpu::RMSNorm norm_q, norm_k;  // absent (no name) when qk_norm is false
-    int64_t heads = 0;
-
-    // x [B, L, dim]; freqs [B, L, head_dim/2, 2]; key_mask U8 [B, L] or undefined.
-    Tensor forward(const Tensor& x, const Tensor& key_mask, const Tensor& freqs) const;
-};
-
-// One ZImageTransformerBlock: sandwich RMSNorms around attention and FFN,
-// with scale-and-gate modulation from the timestep embedding when `modulated`.
-struct TransformerBlock {
-    std::string name;
-    Attention attention;
-    nn::FeedForward feed_forward;
-    cpu::RMSNorm attention_norm1, attention_norm2, ffn_norm1, ffn_norm2;
-    bool modulated = false;
-    nn::Linear adaLN_modulation;  // <block>.adaLN_modulation.0: adaLN width → 4·dim
-
-    // x [B, L, dim] → [B, L, dim]; adaln [B, adaLN width] (used when modulated).
-    Tensor forward(const Tensor& x, const Tensor& key_mask, const Tensor& freqs,
-                   const Tensor& adaln) const;
-};
-
 class ZImageTransformer {
 public:
-    // Loads every module of `m` with activations in `compute` (F32 or BF16).
-    // The first (patch, frame patch) pair of the config is the one used.
-    ZImageTransformer(const PreparedModel& m, DType compute);
+    // Loads every module of `m` onto ctx's device with activations in `compute` (the CPU: F32 or
+    // BF16; a GPU: BF16). The first (patch, frame patch) pair of the config is the one used.
+    ZImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx = {});
 
     const Config& config() const { return cfg_; }
     DType compute_dtype() const { return dt_; }
+    int int8_layers() const { return n_int8_; }
+    size_t weight_bytes() const { return bytes_; }  // on the device
 
-    // diffusers' forward(x, t, cap_feats) in basic mode:
+    // diffusers' forward(x, t, cap_feats) in basic mode, on host tensors:
     //   x[i] [C, F, H, W] (any float dtype, cast to the compute dtype),
     //   t F32 [B] (1 − sigma; multiplied by t_scale inside),
     //   cap_feats[i] [L_i, cap_feat_dim] (L_i >= 1, may differ between items).
-    // Returns the velocity prediction [C, F, H, W] per item in the compute dtype.
+    // Returns the velocity prediction [C, F, H, W] per item in the compute dtype. Items run one
+    // after another, each unpadded: an item's output does not depend on the others (diffusers pads
+    // a batch to its longest item and masks the padding out).
     std::vector<Tensor> forward(const std::vector<Tensor>& x, const Tensor& t,
                                 const std::vector<Tensor>& cap_feats) const;
 
+    // One item on the device: patches [F·H·W tokens, patch_dim] of the token grid {F, H, W}
+    // (patchified as forward does), caption features [L, cap_feat_dim], both in the compute dtype
+    // on ctx's device; t is 1 − sigma. Returns [tokens, patch_dim] on the device.
+    Tensor forward_tokens(const Tensor& patches, const std::array<int64_t, 3>& grid, const Tensor& cap_feats,
+                          float t) const;
+
 private:
-    Tensor timestep_embed(const Tensor& t) const;
+    // One ZImageTransformerBlock: sandwich RMSNorms around attention and the SwiGLU FFN, with
+    // scale-and-gate modulation from the timestep embedding when adaLN_modulation is present.
+    struct Block {
+        nn::LinearGroup qkv, out, w13, w2, ada;  // ada: adaLN_modulation.0 (modulated blocks)
+        Tensor norm_q, norm_k;                   // undefined without qk_norm
+        Tensor attention_norm1, attention_norm2, ffn_norm1, ffn_norm2;
+        bool modulated = false;
+    };
+    // A block's last residual, x += gate · ffn_norm2(y), left for the next row op on the same rows.
+    struct Pending {
+        Tensor y, w, gate;
+    };
+    void block_forward(const Block& b, Tensor& x, const Tensor& freqs, const ops::Activation& adaln,
+                       Pending& pending) const;
+    void flush(Tensor& x, Pending& pending) const;
 
     Config cfg_;
     DType dt_ = DType::F32;
+    ops::Context ctx_;
+    std::string where_;
     int64_t patch_ = 2, f_patch_ = 1;
-    nn::Linear t_mlp0_, t_mlp2_;        // t_embedder.mlp.0 / .2
-    cpu::RMSNorm cap_norm_;              // cap_embedder.0
-    nn::Linear cap_linear_;             // cap_embedder.1
-    nn::Linear x_embedder_;             // all_x_embedder.<p>-<f>
-    nn::Linear final_linear_;           // all_final_layer.<p>-<f>.linear
-    nn::Linear final_adaLN_;            // all_final_layer.<p>-<f>.adaLN_modulation.1
-    Tensor x_pad_token_, cap_pad_token_;  // [dim] in the compute dtype
-    std::vector<TransformerBlock> noise_refiner_, context_refiner_, layers_;
-    cpu::RopeEmbedder rope_;
+    nn::LinearGroup t_mlp0_, t_mlp2_, cap_linear_, x_embedder_, final_linear_, final_ada_;
+    Tensor cap_norm_, x_pad_token_, cap_pad_token_;  // [dim] / [1, dim] in the compute dtype
+    std::vector<Block> noise_refiner_, context_refiner_, layers_;
+    ops::AxesRope rope_;
+    int n_int8_ = 0;
+    size_t bytes_ = 0;
 };
 
 }  // namespace qdit::zimage

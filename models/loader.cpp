@@ -78,6 +78,14 @@ PreparedModel prepare_model(const std::string& path, const QuantConfig& requeste
 
     m.checkpoint = std::make_unique<Checkpoint>(m.folder.transformer_dir);
     const Checkpoint& ck = *m.checkpoint;
+    // Again with the checkpoint's key names, for a family with several key layouts.
+    m.spec = model_spec_from_config(m.folder.config, m.folder.config_path,
+                                    [&](const std::string& k) { return ck.contains(k); });
+    auto ignored = [&](const std::string& k) {
+        for (const std::string& p : m.spec.ignored_prefixes)
+            if (k.compare(0, p.size(), p) == 0) return true;
+        return false;
+    };
 
     // Which layers are stored as int8, and what every key should look like.
     std::map<std::string, Shape> expected;
@@ -111,7 +119,7 @@ PreparedModel prepare_model(const std::string& path, const QuantConfig& requeste
     for (const ParamSpec& p : m.spec.optional_params)
         if (ck.contains(p.name)) expected[p.name] = p.shape;
     for (const std::string& k : ck.keys())
-        if (!expected.count(k)) unexpected.push_back(k);
+        if (!expected.count(k) && !ignored(k)) unexpected.push_back(k);
     if (!missing.empty() || !unexpected.empty()) {
         std::string msg = fmt::format("{} does not match {} ({})", ck.path(), m.spec.class_name,
                                       m.folder.config_path);

@@ -1,6 +1,7 @@
 // The spec of a model family, built from its config.json (quant/spec.h has
 // the types): the registry of the classes qdit knows.
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -14,7 +15,13 @@ namespace qdit {
 // ConfigError names the file and field when the class is unknown or a field
 // is missing or invalid.
 ModelSpec load_model_spec(const std::string& dir);
-ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string& where);
+
+// Whether the checkpoint holds a key (its header, no data): lets a family whose checkpoints come in
+// several key layouts (Qwen2.5-VL: "model.layers.*" or "model.language_model.layers.*") build the
+// spec of the one at hand. Without it, the layout transformers writes is assumed.
+using HasKey = std::function<bool(const std::string&)>;
+ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string& where,
+                                 const HasKey& has_key = {});
 
 // The classes load_model_spec understands.
 std::vector<std::string> supported_model_classes();

@@ -6,16 +6,18 @@
 #include "io/files.h"
 #include "models/model_spec.h"
 #include "models/qwen_image/transformer.h"
+#include "models/text/qwen25vl.h"
 #include "models/text/qwen3.h"
 #include "models/zimage/zimage_config.h"
 
 namespace qdit {
 
 std::vector<std::string> supported_model_classes() {
-    return {"ZImageTransformer2DModel", "QwenImageTransformer2DModel", "Qwen3Model", "Qwen3ForCausalLM"};
+    return {"ZImageTransformer2DModel", "QwenImageTransformer2DModel", "Qwen3Model", "Qwen3ForCausalLM",
+            "Qwen2_5_VLForConditionalGeneration"};
 }
 
-ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string& where) {
+ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string& where, const HasKey& has_key) {
     // diffusers configs name the class in "_class_name", transformers configs
     // (text encoders) in "architectures".
     std::string cls;
@@ -35,6 +37,11 @@ ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string
         return qwen_image::model_spec(qwen_image::Config::from_json(config, where));
     if (cls == "Qwen3Model" || cls == "Qwen3ForCausalLM")
         return text::model_spec(text::Qwen3Config::from_json(config, where));
+    if (cls == "Qwen2_5_VLForConditionalGeneration") {
+        text::Qwen25VLConfig c = text::Qwen25VLConfig::from_json(config, where);
+        if (has_key) c.detect_key_layout(has_key);
+        return text::model_spec(c);
+    }
     raise<ConfigError>("{}: model class '{}' is not supported (supported: {})", where, cls,
                        fmt::join(supported_model_classes(), ", "));
 }

@@ -28,6 +28,9 @@ struct ModelSpec {
     // Tensors a checkpoint may hold without the model reading them (e.g. a
     // tied lm_head saved anyway): accepted when present, shape-checked.
     std::vector<ParamSpec> optional_params;
+    // Key prefixes of parts of the checkpoint the model does not run (Qwen2.5-VL's vision tower,
+    // "visual."): their tensors are accepted as they are, never read and not shape-checked.
+    std::vector<std::string> ignored_prefixes;
     std::vector<LinearSpec> linears;
     // Patterns (same rule as ignored_layers) kept in high precision by default.
     std::vector<std::string> keep_high_precision;

@@ -1,16 +1,8 @@
 #include "models/text/qwen3.h"
 
-#include <algorithm>
-#include <map>
-
 #include <fmt/format.h>
 
 #include "io/files.h"
-#include "ops/attention.h"
-#include "ops/embedding.h"
-#include "ops/glu.h"
-#include "ops/rope.h"
-#include "ops/row.h"
 
 using nlohmann::json;
 
@@ -97,185 +89,41 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
     return c;
 }
 
+DecoderLmConfig Qwen3Config::lm() const {
+    DecoderLmConfig l;
+    l.family = "Qwen3";
+    l.prefix = prefix();
+    l.vocab_size = vocab_size;
+    l.hidden_size = hidden_size;
+    l.intermediate_size = intermediate_size;
+    l.num_hidden_layers = num_hidden_layers;
+    l.num_attention_heads = num_attention_heads;
+    l.num_key_value_heads = num_key_value_heads;
+    l.head_dim = head_dim;
+    l.rms_norm_eps = rms_norm_eps;
+    l.rope_theta = rope_theta;
+    l.qkv_bias = l.o_bias = attention_bias;
+    l.qk_norm = true;
+    return l;
+}
+
 ModelSpec model_spec(const Qwen3Config& c) {
     ModelSpec s;
     s.class_name = c.architecture;
-    const std::string p = c.prefix();
-    const int64_t D = c.hidden_size, hd = c.head_dim, I = c.intermediate_size;
-    auto linear = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
-        s.linears.push_back({name, out, in, bias});
-        s.params.push_back({name + ".weight", {out, in}});
-        if (bias) s.params.push_back({name + ".bias", {out}});
-    };
-    auto param = [&](const std::string& name, Shape shape) { s.params.push_back({name, shape}); };
-    param(p + "embed_tokens.weight", {c.vocab_size, D});
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-        const std::string l = fmt::format("{}layers.{}.", p, i);
-        param(l + "input_layernorm.weight", {D});
-        linear(l + "self_attn.q_proj", c.num_attention_heads * hd, D, c.attention_bias);
-        linear(l + "self_attn.k_proj", c.num_key_value_heads * hd, D, c.attention_bias);
-        linear(l + "self_attn.v_proj", c.num_key_value_heads * hd, D, c.attention_bias);
-        linear(l + "self_attn.o_proj", D, c.num_attention_heads * hd, c.attention_bias);
-        param(l + "self_attn.q_norm.weight", {hd});
-        param(l + "self_attn.k_norm.weight", {hd});
-        param(l + "post_attention_layernorm.weight", {D});
-        linear(l + "mlp.gate_proj", I, D, false);
-        linear(l + "mlp.up_proj", I, D, false);
-        linear(l + "mlp.down_proj", D, I, false);
-    }
-    param(p + "norm.weight", {D});
+    add_decoder_lm_params(c.lm(), s);
     if (c.architecture == "Qwen3ForCausalLM") {
         if (c.tie_word_embeddings)  // tied: some exports still write the (unused) copy
-            s.optional_params.push_back({"lm_head.weight", {c.vocab_size, D}});
+            s.optional_params.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
         else
-            param("lm_head.weight", {c.vocab_size, D});
+            s.params.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
     }
     return s;
 }
 
-// ---------------------------------------------------------------------------
-// Loading
-
 Qwen3TextModel::Qwen3TextModel(const PreparedModel& m, DType compute, const ops::Context& ctx)
-    : cfg_(Qwen3Config::from_json(m.folder.config, m.folder.config_path)),
-      dt_(compute),
-      ctx_(ctx),
-      where_(m.folder.root) {
-    if (compute != DType::F32 && compute != DType::BF16)
-        raise<ConfigError>("the Qwen3 text encoder runs in F32 or BF16, not {}",
-                           dtype_name(compute));
-    if (ctx.cuda() && compute != DType::BF16)
-        raise<ConfigError>("the Qwen3 text encoder runs in BF16 on {}, not {}", ctx.device.str(),
-                           dtype_name(compute));
-    std::map<std::string, const LayerPlan*> plans;
-    for (const LayerPlan& l : m.plan.layers) plans[l.spec.name] = &l;
-    const Checkpoint& ck = *m.checkpoint;
-    const int64_t Ip = round_up(cfg_.intermediate_size, 16);
-    auto member = [&](const std::string& name, int64_t n_pad = 0, int64_t k_pad = 0) {
-        auto it = plans.find(name);
-        if (it == plans.end())
-            raise<ShapeError>("{}: no Linear layer '{}' in the model plan", where_, name);
-        return nn::LinearGroup::Member{it->second, n_pad, k_pad};
-    };
-    auto group = [&](const std::vector<nn::LinearGroup::Member>& ms) {
-        nn::LinearGroup g(ck, ms, dt_, ctx_);
-        bytes_ += g.weight_bytes();
-        n_int8_ += g.int8_members();
-        return g;
-    };
-    auto tensor = [&](const std::string& name) {
-        Tensor t = ops::to_device(ck.get_as(name, dt_), ctx_, ops::Memory::Weight);
-        bytes_ += t.nbytes();
-        return t;
-    };
-    const std::string p = cfg_.prefix();
-    embed_tokens_ = tensor(p + "embed_tokens.weight");
-    for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
-        const std::string l = fmt::format("{}layers.{}.", p, i);
-        Layer layer;
-        layer.qkv = group({member(l + "self_attn.q_proj"), member(l + "self_attn.k_proj"),
-                           member(l + "self_attn.v_proj")});
-        layer.o = group({member(l + "self_attn.o_proj")});
-        layer.gate_up = group({member(l + "mlp.gate_proj", Ip), member(l + "mlp.up_proj", Ip)});
-        layer.down = group({member(l + "mlp.down_proj", 0, Ip)});
-        layer.input_norm = tensor(l + "input_layernorm.weight");
-        layer.post_norm = tensor(l + "post_attention_layernorm.weight");
-        layer.q_norm = tensor(l + "self_attn.q_norm.weight");
-        layer.k_norm = tensor(l + "self_attn.k_norm.weight");
-        layers_.push_back(std::move(layer));
-    }
-    norm_ = tensor(p + "norm.weight");
-}
+    : Qwen3TextModel(Qwen3Config::from_json(m.folder.config, m.folder.config_path), m, compute, ctx) {}
 
-// ---------------------------------------------------------------------------
-// Forward
-
-Tensor Qwen3TextModel::run(const std::vector<int32_t>& ids, const std::vector<int64_t>& pos,
-                           int64_t B, const Tensor& key_mask, int from_end) const {
-    const int64_t N = cfg_.num_hidden_layers, H = cfg_.num_attention_heads,
-                  Hkv = cfg_.num_key_value_heads, hd = cfg_.head_dim;
-    const float eps = float(cfg_.rms_norm_eps);
-    if (from_end < 1 || from_end > N + 1)
-        raise<ShapeError>("Qwen3: hidden state -{} does not exist (the model has {} hidden states, "
-                          "choose 1..{})",
-                          from_end, N + 1, N + 1);
-    Tensor x;
-    try {
-        x = ops::embedding(embed_tokens_, ids, ctx_);
-    } catch (const ShapeError& e) {
-        raise<ShapeError>("{}: {}", where_, e.what());
-    }
-    // hidden_states[-k] for k >= 2 is the output of the first N + 1 − k layers.
-    const int64_t run_layers = from_end == 1 ? N : N + 1 - from_end;
-    if (run_layers == 0) return x;
-    const Tensor freqs = ops::to_device(ops::rope_half_table(cfg_.rope_theta, hd, pos), ctx_);
-
-    const ops::ActivationSpec none{false, false};
-    ops::Activation qin = ops::add_rms_norm(x, Tensor(), layers_[0].input_norm, eps,
-                                            layers_[0].qkv.input_spec(), ctx_);
-    Tensor out;  // the final norm's output (from_end 1)
-    for (int64_t li = 0; li < run_layers; ++li) {
-        const Layer& L = layers_[size_t(li)];
-        // Attention: q|k|v → q/k RMSNorm + RoPE → causal grouped-query SDPA → o_proj.
-        Tensor qkv = L.qkv.forward(qin);
-        qin = {};
-        ops::qk_rms_norm_rope(qkv, H, Hkv, hd, L.q_norm, L.k_norm, eps, freqs, ops::RopeLayout::Half, ctx_);
-        Tensor y = L.o.forward({ops::attention(qkv, B, H, Hkv, hd, /*causal=*/true, key_mask, ctx_), {}, {}});
-        qkv = Tensor();
-        // x += attention; post_attention_layernorm → gate|up → SwiGLU → down_proj.
-        Tensor h = L.gate_up.forward(ops::add_rms_norm(x, y, L.post_norm, eps, L.gate_up.input_spec(), ctx_));
-        y = L.down.forward(ops::swiglu(h, L.gate_up.column(1), L.down.input_spec(), ctx_));
-        h = Tensor();
-        // x += mlp, fused with the next RMSNorm: the next layer's input_layernorm, the final norm
-        // when hidden_states[-1] is asked for, or none.
-        if (li + 1 < run_layers) {
-            const Layer& next = layers_[size_t(li + 1)];
-            qin = ops::add_rms_norm(x, y, next.input_norm, eps, next.qkv.input_spec(), ctx_);
-        } else if (from_end == 1) {
-            out = ops::add_rms_norm(x, y, norm_, eps, {true, false, cfg_.hidden_size, cfg_.hidden_size}, ctx_).x;
-        } else {
-            ops::add_rms_norm(x, y, Tensor(), eps, none, ctx_);
-        }
-    }
-    return from_end == 1 ? out : x;
-}
-
-Tensor Qwen3TextModel::hidden_states(const std::vector<int32_t>& ids,
-                                     const std::vector<uint8_t>& mask, int64_t batch,
-                                     int from_end) const {
-    if (batch <= 0 || ids.empty() || ids.size() % size_t(batch) != 0 || mask.size() != ids.size())
-        raise<ShapeError>("Qwen3: {} ids and {} mask values do not form a batch of {} sequences",
-                          ids.size(), mask.size(), batch);
-    const int64_t L = int64_t(ids.size()) / batch;
-    std::vector<int64_t> pos(ids.size());
-    for (size_t i = 0; i < pos.size(); ++i) pos[i] = int64_t(i) % L;
-    // An all-ones mask changes nothing; skip the gather of keys then.
-    Tensor key_mask;
-    if (std::any_of(mask.begin(), mask.end(), [](uint8_t v) { return v == 0; })) {
-        key_mask = Tensor::empty({batch, L}, DType::U8);
-        for (size_t i = 0; i < mask.size(); ++i) key_mask.data<uint8_t>()[i] = mask[i] ? 1 : 0;
-    }
-    return ops::to_host(run(ids, pos, batch, key_mask, from_end), ctx_).view({batch, L, cfg_.hidden_size});
-}
-
-Tensor Qwen3TextModel::encode_device(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
-                                     int from_end) const {
-    if (mask.size() != ids.size())
-        raise<ShapeError>("Qwen3: {} ids but {} mask values", ids.size(), mask.size());
-    std::vector<int32_t> kept;
-    std::vector<int64_t> pos;
-    for (size_t i = 0; i < ids.size(); ++i)
-        if (mask[i]) {
-            kept.push_back(ids[i]);
-            pos.push_back(int64_t(i));
-        }
-    if (kept.empty()) raise<ShapeError>("Qwen3: the attention mask selects no token");
-    return run(kept, pos, 1, Tensor(), from_end);
-}
-
-Tensor Qwen3TextModel::encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
-                              int from_end) const {
-    return ops::to_host(encode_device(ids, mask, from_end), ctx_);
-}
+Qwen3TextModel::Qwen3TextModel(Qwen3Config c, const PreparedModel& m, DType compute, const ops::Context& ctx)
+    : DecoderLM(c.lm(), m, compute, ctx), cfg_(std::move(c)) {}
 
 }  // namespace qdit::text

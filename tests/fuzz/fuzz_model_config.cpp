@@ -1,6 +1,6 @@
 // Fuzz target: a model folder's config.json as arbitrary text, read by each
-// config parser of the Z-Image pipeline: the model registry (Z-Image
-// transformer, Qwen3 text encoder) down to the parameter spec, the VAE
+// config parser of the pipelines: the model registry (Z-Image and Qwen-Image
+// transformers, Qwen3 and Qwen2.5-VL text encoders) down to the parameter spec, the VAE
 // decoder's config and parameter list, the scheduler's config and schedule,
 // and a quantization config. Each must give a result or throw a qdit::Error.
 #include "fuzz_util.h"

@@ -1,0 +1,96 @@
+// The decoder language model of the Qwen family (Llama-style: RMSNorm → attention with rotate-half
+// RoPE → residual → RMSNorm → SwiGLU → residual, a final RMSNorm), written once over ops/ and nn/
+// for every device and shared by the text encoders that run it: Qwen3 (Z-Image: q/k RMSNorm, no
+// biases) and the language model of Qwen2.5-VL (Qwen-Image: q/k/v biases, no q/k norm). Modules
+// are named like the checkpoint keys (under the family's key prefix); every Linear is loaded as the
+// quantization plan says (dense or int8 W8A8; the caller's QuantConfig decides, off by default).
+// q_proj / k_proj / v_proj run as one Linear group, gate_proj / up_proj as another (on a GPU: one
+// GEMM each per precision, padded to multiples of 16); the optional q/k RMSNorm + RoPE run on the
+// fused output; each residual add is fused with the RMSNorm that follows it.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "models/loader.h"
+#include "nn/linear_group.h"
+#include "ops/context.h"
+
+namespace qdit::text {
+
+// What the layer loop needs; each family's config.json reader fills it in.
+struct DecoderLmConfig {
+    std::string family;  // in messages: "Qwen3", "Qwen2.5-VL"
+    std::string prefix;  // of every key of the language model: "", "model.", "model.language_model."
+    int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_hidden_layers = 0;
+    int64_t num_attention_heads = 0, num_key_value_heads = 0, head_dim = 0;
+    double rms_norm_eps = 1e-6, rope_theta = 10000.0;
+    bool qkv_bias = false;  // q_proj, k_proj, v_proj
+    bool o_bias = false;    // o_proj
+    bool qk_norm = false;   // per-head q_norm / k_norm RMSNorm before RoPE (Qwen3)
+};
+
+// Appends the language model's parameters (embed_tokens, layers.*, norm under the prefix) and its
+// Linear layers (7 per layer) to s.
+void add_decoder_lm_params(const DecoderLmConfig& c, ModelSpec& s);
+
+class DecoderLM {
+public:
+    // Loads every module of the language model in `m` (a folder opened with prepare_model) onto
+    // ctx's device with activations in `compute` (the CPU: F32 or BF16; a GPU: BF16). The embedding
+    // table and norms are held in the compute dtype (an f32 table rounded to nearest even).
+    DecoderLM(const DecoderLmConfig& c, const PreparedModel& m, DType compute, const ops::Context& ctx = {});
+
+    const DecoderLmConfig& lm_config() const { return lm_; }
+    DType compute_dtype() const { return dt_; }
+    const ops::Context& context() const { return ctx_; }
+    void set_attention(ops::AttentionImpl impl) { ctx_.attention = impl; }
+    // Linear layers that run in int8 / in total.
+    int int8_layers() const { return n_int8_; }
+    int linear_layers() const { return 7 * int(lm_.num_hidden_layers); }
+    // Bytes held on the device by the weights (embedding table and norms included).
+    size_t weight_bytes() const { return bytes_; }
+
+    // transformers' forward(input_ids, attention_mask, output_hidden_states=True)
+    // .hidden_states[-from_end] for a batch: ids and mask [batch, L] row-major,
+    // mask nonzero on real tokens. Positions are 0..L-1 whatever the padding (as transformers
+    // gives them for Qwen3 and for text-only Qwen2.5-VL); attention is causal and skips masked
+    // keys (a query with no key left, a left-padding token, gets a zero attention output).
+    // from_end 1 is the final norm's output; from_end k >= 2 is the raw output of decoder layer
+    // num_hidden_layers − k (0-based), k = num_hidden_layers + 1 the embeddings. Returns
+    // [batch, L, hidden] in the compute dtype on the host, padded rows included. A GPU runs
+    // unpadded batches only (a mask of all ones).
+    Tensor hidden_states(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
+                         int64_t batch, int from_end) const;
+
+    // One tokenized prompt: hidden_states[-from_end] restricted to the rows where mask is
+    // nonzero → [n_valid, hidden] on the host. Only those tokens are computed: with causal
+    // attention and their original positions, padding cannot change them; an id under a zero
+    // mask value is never read.
+    Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask, int from_end) const;
+    // The same, left on the model's device.
+    Tensor encode_device(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
+                         int from_end) const;
+
+private:
+    struct Layer {
+        nn::LinearGroup qkv, o, gate_up, down;
+        Tensor input_norm, post_norm, q_norm, k_norm;  // [hidden] / [head_dim], compute dtype (q/k: may be undefined)
+    };
+    // Tokens [B, L] with positions pos (B·L) → hidden_states[-from_end] [B·L, hidden] on the device.
+    Tensor run(const std::vector<int32_t>& ids, const std::vector<int64_t>& pos, int64_t B,
+               const Tensor& key_mask, int from_end) const;
+
+    DecoderLmConfig lm_;
+    DType dt_ = DType::F32;
+    ops::Context ctx_;
+    std::string where_;  // the folder, for errors
+    Tensor embed_tokens_;  // [vocab, hidden]
+    std::vector<Layer> layers_;
+    Tensor norm_;
+    int n_int8_ = 0;
+    size_t bytes_ = 0;
+};
+
+}  // namespace qdit::text

@@ -1,0 +1,92 @@
+// The language model of Qwen2.5-VL (transformers' Qwen2_5_VLForConditionalGeneration): Qwen-Image's
+// text encoder. The layer loop is the shared decoder LM (models/text/decoder_lm.h) with q/k/v
+// biases, no o_proj bias and no q/k norm; head_dim = hidden_size / num_attention_heads. Its
+// multimodal RoPE ("mrope_section") rotates the t/h/w sections of each head by the token's
+// temporal / height / width positions; for text alone the three are the same 1-D position, so it
+// is rotate-half RoPE over the whole head (the fixtures check this against transformers).
+//
+// Checkpoints (text_encoder/ of a Qwen-Image folder) come in several layouts, all accepted:
+//   - config.json: the language-model fields at the top level with rope_theta and
+//     rope_scaling {"type": "mrope", "mrope_section": [...]} (transformers 4.5x, which wrote
+//     Qwen/Qwen-Image's), or nested under "text_config" with rope_parameters (transformers 5);
+//   - keys: "model.layers.*", "model.embed_tokens.weight", "model.norm.weight", "visual.*"
+//     (what transformers 4.5x and 5 write), or "model.language_model.*" and "model.visual.*" (the
+//     in-memory module names); "lm_head.weight" in both.
+// The vision tower's tensors are recognised by their prefix and never read.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/tensor.h"
+#include "models/loader.h"
+#include "models/model_spec.h"
+#include "models/text/decoder_lm.h"
+#include "ops/context.h"
+
+namespace qdit::text {
+
+struct Qwen25VLConfig {
+    // Language model (text_config, or the top level); transformers' Qwen2_5_VLTextConfig defaults.
+    int64_t vocab_size = 152064;
+    int64_t hidden_size = 8192;
+    int64_t intermediate_size = 29568;
+    int64_t num_hidden_layers = 80;
+    int64_t num_attention_heads = 64;
+    int64_t num_key_value_heads = 8;
+    double rms_norm_eps = 1e-5;
+    double rope_theta = 1000000.0;
+    std::vector<int64_t> mrope_section = {16, 24, 24};
+    bool tie_word_embeddings = false;
+    bool nested = false;  // the config had a "text_config"
+
+    // Key layout: prefix of the language model's keys and of the vision tower's.
+    std::string prefix = "model.";
+    std::string visual_prefix = "visual.";
+
+    int64_t head_dim() const { return hidden_size / num_attention_heads; }
+    DecoderLmConfig lm() const;
+    // Picks the key layout the checkpoint holds ("model.language_model.embed_tokens.weight":
+    // the in-memory names; else transformers' saved names).
+    void detect_key_layout(const HasKey& has_key);
+
+    static Qwen25VLConfig from_json(const nlohmann::json& j, const std::string& where);
+};
+
+// The language model's tensors and lm_head.weight (required unless tied; never read, not a
+// Linear of the plan); the vision tower's prefix is ignored. No Linear is kept in high precision by
+// default: quantizing the text encoder at all is the caller's choice.
+ModelSpec model_spec(const Qwen25VLConfig& c);
+
+class Qwen25VLTextModel : public DecoderLM {
+public:
+    // Loads the language model of `m` (a text_encoder/ folder opened with prepare_model) onto
+    // ctx's device with activations in `compute` (the CPU: F32 or BF16; a GPU: BF16).
+    Qwen25VLTextModel(const PreparedModel& m, DType compute, const ops::Context& ctx = {});
+
+    const Qwen25VLConfig& config() const { return cfg_; }
+
+    // DecoderLM::hidden_states; from_end 1 (the final norm's output, QwenImagePipeline's
+    // hidden_states[-1]) by default.
+    Tensor hidden_states(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
+                         int64_t batch, int from_end = 1) const {
+        return DecoderLM::hidden_states(ids, mask, batch, from_end);
+    }
+    // hidden_states[-1] of the rows where mask is nonzero → [n_valid, hidden] on the host.
+    Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask, int from_end = 1) const {
+        return DecoderLM::encode(ids, mask, from_end);
+    }
+    // The same, left on the model's device.
+    Tensor encode_device(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
+                         int from_end = 1) const {
+        return DecoderLM::encode_device(ids, mask, from_end);
+    }
+
+private:
+    Qwen25VLTextModel(Qwen25VLConfig c, const PreparedModel& m, DType compute, const ops::Context& ctx);
+    Qwen25VLConfig cfg_;
+};
+
+}  // namespace qdit::text

@@ -9,6 +9,7 @@
 #include "backend/cuda/bf16_gemm.h"
 #include "backend/cuda/int8_gemm.h"
 #include "backend/cuda/int8_weight_only.h"
+#include "backend/cuda/random.h"
 #include "nn/load.h"
 
 namespace qdit::nn::gpu {
@@ -17,23 +18,6 @@ using cuda::DTensor;
 using cuda::MemKind;
 
 namespace {
-
-__device__ __forceinline__ uint32_t mix(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return uint32_t(x);
-}
-
-__global__ void normal_bf16_kernel(__nv_bfloat16* p, int64_t n, uint64_t seed, float mean, float std) {
-    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const float u1 = (float(mix(seed * 0x9e3779b97f4a7c15ull + 2 * uint64_t(i))) + 1.f) * 2.3283064e-10f;
-    const float u2 = float(mix(seed * 0x9e3779b97f4a7c15ull + 2 * uint64_t(i) + 1)) * 2.3283064e-10f;
-    p[i] = __float2bfloat16_rn(mean + std * sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
-}
 
 // Rows [r0, r0 + n) and columns [0, kc) of dst [*, kdst] ← the window of src [N, K] at rows
 // [sr0, sr0 + n), columns [sc0, sc0 + kc), clipped to src (the rest of dst stays as it is: zeros).
@@ -248,9 +232,7 @@ Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& s
 }
 
 void fill_normal(DTensor& t, uint64_t seed, float mean, float std, cudaStream_t s) {
-    const int64_t n = t.numel();
-    normal_bf16_kernel<<<unsigned((n + 255) / 256), 256, 0, s>>>(t.data<__nv_bfloat16>(), n, seed, mean, std);
-    cuda::check(cudaGetLastError(), "fill_normal");
+    cuda::fill_normal_bf16(t.raw(), t.numel(), seed, mean, std, s);
 }
 
 }  // namespace qdit::nn::gpu

@@ -12,17 +12,22 @@ namespace qdit::nn {
 
 LinearGroup::LinearGroup(const Checkpoint& ck, const std::vector<Member>& members, DType compute,
                          const ops::Context& ctx)
+    : LinearGroup(&ck, 0, members, compute, ctx) {}
+
+LinearGroup::LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<Member>& members, DType compute,
+                         const ops::Context& ctx)
     : ctx_(ctx), compute_(compute) {
     if (members.empty()) raise<ShapeError>("a Linear group needs at least one layer");
     for (const Member& m : members)
         if (int8_weights(m.plan->precision)) ++n_int8_;
     if (!ctx.cuda()) {
+        if (!ck) raise<UsageError>("{}: random weights are made on a GPU only", members[0].plan->spec.name);
         const int64_t k = members[0].plan->spec.in_features;
         for (const Member& m : members) {
             if (m.plan->spec.in_features != k)
                 raise<ShapeError>("{}: reads {} inputs in a group of {}", m.plan->spec.name, m.plan->spec.in_features, k);
             cols_.push_back(width_);
-            cpu_.push_back(load_linear(ck, *m.plan, compute));
+            cpu_.push_back(load_linear(*ck, *m.plan, compute));
             width_ += m.plan->spec.out_features;
             bytes_ += cpu_.back().weight_bytes();
         }
@@ -40,11 +45,12 @@ LinearGroup::LinearGroup(const Checkpoint& ck, const std::vector<Member>& member
         width_ += ms.back().n_pad;
     }
     auto g = std::make_shared<gpu::Group>(
-        gpu::make_group(ms, ms[0].k_pad, gpu::WeightSource{&ck, 0, static_cast<cudaStream_t>(ctx.stream)}));
+        gpu::make_group(ms, ms[0].k_pad, gpu::WeightSource{ck, seed, static_cast<cudaStream_t>(ctx.stream)}));
     spec_ = {g->needs_bf16(), g->needs_int8(), g->k, g->kp};
     bytes_ = g->bytes();
     gpu_ = g;
 #else
+    (void)seed;
     raise<UsageError>("{}: this build of qdit has no CUDA backend", members[0].plan->spec.name);
 #endif
 }

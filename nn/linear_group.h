@@ -27,6 +27,10 @@ public:
     // Loads the members' weights from `ck` onto ctx's device; activations in `compute` (the CPU:
     // F32 or BF16; a GPU: BF16).
     LinearGroup(const Checkpoint& ck, const std::vector<Member>& members, DType compute, const ops::Context& ctx);
+    // Without a checkpoint: random N(0, 0.02) weights made on the GPU from `seed` (benchmarks at the
+    // real size; nn/linear_cuda.h), quantized there as the plans say. A GPU context only.
+    LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<Member>& members, DType compute,
+                const ops::Context& ctx);
 
     int64_t width() const { return width_; }               // output columns
     int64_t column(size_t i) const { return cols_.at(i); }  // where member i's block starts

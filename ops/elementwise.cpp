@@ -6,6 +6,7 @@
 #include "backend/cpu/elementwise.h"
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
+#include "backend/cuda/random.h"
 #include "backend/cuda/zimage_kernels.h"
 #endif
 
@@ -22,6 +23,18 @@ Tensor silu(const Tensor& x, const Context& ctx) {
     return y;
 #else
     detail::no_cuda(op);
+#endif
+}
+
+Tensor random_normal(Shape shape, uint64_t seed, float mean, float std, const Context& ctx) {
+    if (!ctx.cuda()) raise<UsageError>("random_normal: random weights are made on a GPU only");
+#ifdef QDIT_WITH_CUDA
+    Tensor t = empty(std::move(shape), DType::BF16, ctx, Memory::Weight);
+    cuda::fill_normal_bf16(t.raw(), t.numel(), seed, mean, std, detail::stream(ctx));
+    return t;
+#else
+    (void)shape, (void)seed, (void)mean, (void)std;
+    detail::no_cuda("random_normal");
 #endif
 }
 

@@ -13,6 +13,10 @@ Tensor silu(const Tensor& x, const Context& ctx);
 // [B, dim] of [cos(t·f_k), sin(t·f_k)], f_k = exp(−ln(max_period)·k / (dim/2)) in f32.
 Tensor timestep_embedding(const Tensor& t, int64_t dim, double max_period = 10000.0);
 
+// A BF16 tensor on a GPU of values N(mean, std) that depend only on `seed` and each element's index
+// (random weights for benchmarks at the real size, backend/cuda/random.h). Not on the CPU.
+Tensor random_normal(Shape shape, uint64_t seed, float mean, float std, const Context& ctx);
+
 // What a chunk of a modulation Linear's output becomes: 1 + v (a scale), tanh(v) (Z-Image's
 // gates) or v itself (shifts, plain gates), each rounded to raw's dtype once.
 enum class Mod { OnePlus, Tanh, Plain };

@@ -39,14 +39,26 @@ struct PatchLayout {
 // Loading
 
 ZImageTransformer::ZImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx)
-    : cfg_(Config::from_json(m.folder.config, m.folder.config_path)), dt_(compute), ctx_(ctx), where_(m.folder.root) {
+    : ZImageTransformer(Config::from_json(m.folder.config, m.folder.config_path), m.plan, m.checkpoint.get(), 0, compute,
+                        ctx, m.folder.root) {}
+
+ZImageTransformer ZImageTransformer::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                            const ops::Context& ctx) {
+    const ModelSpec spec = model_spec(cfg);
+    const QuantPlan plan = make_quant_plan(spec, quant, std::vector<DType>(spec.linears.size(), DType::BF16),
+                                           std::vector<bool>(spec.linears.size(), false));
+    return ZImageTransformer(cfg, plan, nullptr, seed, DType::BF16, ctx, "random Z-Image");
+}
+
+ZImageTransformer::ZImageTransformer(Config cfg, const QuantPlan& qplan, const Checkpoint* ck, uint64_t seed,
+                                     DType compute, const ops::Context& ctx, std::string where)
+    : cfg_(std::move(cfg)), dt_(compute), ctx_(ctx), where_(std::move(where)) {
     if (compute != DType::F32 && compute != DType::BF16)
         raise<ConfigError>("Z-Image runs in F32 or BF16, not {}", dtype_name(compute));
     if (ctx.cuda() && compute != DType::BF16)
         raise<ConfigError>("Z-Image runs in BF16 on {}, not {}", ctx.device.str(), dtype_name(compute));
     std::map<std::string, const LayerPlan*> plans;
-    for (const LayerPlan& l : m.plan.layers) plans[l.spec.name] = &l;
-    const Checkpoint& ck = *m.checkpoint;
+    for (const LayerPlan& l : qplan.layers) plans[l.spec.name] = &l;
     auto plan = [&](const std::string& name) {
         auto it = plans.find(name);
         if (it == plans.end()) raise<ShapeError>("{}: no Linear layer '{}' in the model plan", where_, name);
@@ -56,14 +68,23 @@ ZImageTransformer::ZImageTransformer(const PreparedModel& m, DType compute, cons
         return nn::LinearGroup::Member{plan(name), n_pad, k_pad};
     };
     auto group = [&](const std::vector<nn::LinearGroup::Member>& ms) {
-        nn::LinearGroup g(ck, ms, dt_, ctx_);
+        nn::LinearGroup g(ck, seed, ms, dt_, ctx_);
         bytes_ += g.weight_bytes();
         n_int8_ += g.int8_members();
         return g;
     };
     auto one = [&](const std::string& name) { return group({member(name)}); };
+    // Norm weights and pad tokens; random ones as ZImageTransformerCuda::random draws them.
     auto tensor = [&](const std::string& name, Shape shape) {
-        Tensor t = ops::to_device(ck.get_as(name, dt_).view(std::move(shape)), ctx_, ops::Memory::Weight);
+        Tensor t;
+        if (ck) {
+            t = ops::to_device(ck->get_as(name, dt_).view(std::move(shape)), ctx_, ops::Memory::Weight);
+        } else {
+            const bool norm = name.find("norm") != std::string::npos || name == "cap_embedder.0.weight";
+            t = ops::random_normal({shape_numel(shape)}, seed ^ std::hash<std::string>()(name), norm ? 1.f : 0.f, 0.02f,
+                                   ctx_)
+                    .view(std::move(shape));
+        }
         bytes_ += t.nbytes();
         return t;
     };
@@ -139,6 +160,11 @@ void ZImageTransformer::block_forward(const Block& b, Tensor& x, const Tensor& f
     pending = {b.w2.forward(ops::swiglu(h, b.w13.column(1), b.w2.input_spec(), ctx_)), b.ffn_norm2, chunk(3)};
 }
 
+void ZImageTransformer::set_cuda_graph(bool on) {
+    use_graph_ = on;
+    if (!on) graphs_.clear();
+}
+
 void ZImageTransformer::flush(Tensor& x, Pending& pending) const {
     if (!pending.y.defined()) return;
     ops::row(x, {pending.y, pending.w, float(cfg_.norm_eps), pending.gate}, {}, {}, ctx_);
@@ -165,8 +191,19 @@ Tensor ZImageTransformer::forward_tokens(const Tensor& patches, const std::array
     Tensor ts = Tensor::empty({1}, DType::F32);
     ts.data<float>()[0] = t * float(cfg_.t_scale);
     const Tensor features = ops::timestep_embedding(ts, Config::kTimestepFreqDim).to(dt_);
-    const ops::Activation adaln{
+    ops::Activation adaln{
         t_mlp2_.forward({ops::silu(t_mlp0_.forward({ops::to_device(features, ctx_), {}, {}}), ctx_), {}, {}}), {}, {}};
+
+    // With a graph, the blocks read u, the RoPE table and adaln at the fixed addresses of this
+    // shape's slots; the table depends on the shape only, so it is made once.
+    ops::GraphCache::Entry* G = use_graph_ && ops::GraphCache::usable(ctx_)
+                                    ? &graphs_.entry(fmt::format("{}x{}x{}+{}", grid[0], grid[1], grid[2], Lc))
+                                    : nullptr;
+    if (G) {
+        Tensor& slot = G->slot("adaln", adaln.x.shape(), dt_, ctx_);
+        ops::copy_rows(slot, 0, adaln.x, 0, adaln.x.size(0), ctx_);
+        adaln.x = slot;
+    }
 
     // RoPE of the unified sequence [image (padded), caption (padded)]: image token (f, h, w) at
     // (Lc + 1 + f, h, w), image pad rows at (0, 0, 0), caption token j (pad included) at (1 + j, 0, 0).
@@ -177,11 +214,19 @@ Tensor ZImageTransformer::forward_tokens(const Tensor& patches, const std::array
             for (int64_t w = 0; w < grid[2]; ++w) pos.insert(pos.end(), {Lc + 1 + f, h, w});
     pos.resize(size_t(Lx * 3), 0);
     for (int64_t j = 0; j < Lc; ++j) pos.insert(pos.end(), {1 + j, 0, 0});
-    const Tensor freqs = ops::to_device(rope_.table(pos), ctx_);
+    const int64_t hd = cfg_.head_dim();
+    bool fresh = true;
+    Tensor freqs = G ? G->slot("freqs", {Lu, hd / 2, 2}, DType::F32, ctx_, &fresh) : Tensor();
+    if (!G) {
+        freqs = ops::to_device(rope_.table(pos), ctx_);
+    } else if (fresh) {
+        Tensor f2 = freqs.view({Lu, hd});
+        ops::copy_rows(f2, 0, ops::to_device(rope_.table(pos), ctx_).view({Lu, hd}), 0, Lu, ctx_);
+    }
 
     // The residual stream u: the embedded patches then x_pad_token; the caption's RMSNorm + Linear
     // then cap_pad_token.
-    Tensor u = ops::empty({Lu, D}, dt_, ctx_);
+    Tensor u = G ? G->slot("u", {Lu, D}, dt_, ctx_) : ops::empty({Lu, D}, dt_, ctx_);
     ops::copy_rows(u, 0, x_embedder_.forward({patches, {}, {}}), 0, n_img, ctx_);
     for (int64_t r = n_img; r < Lx; ++r) ops::copy_rows(u, r, x_pad_token_, 0, 1, ctx_);
     Tensor cap = cap_feats;
@@ -193,14 +238,20 @@ Tensor ZImageTransformer::forward_tokens(const Tensor& patches, const std::array
 
     // The noise refiner on the image rows, the context refiner on the caption rows, then the main
     // layers on both.
-    Tensor xs = u.slice_rows(0, Lx), cs = u.slice_rows(Lx, Lu);
-    Pending pending;
-    for (const Block& b : noise_refiner_) block_forward(b, xs, freqs.slice_rows(0, Lx), adaln, pending);
-    flush(xs, pending);
-    for (const Block& b : context_refiner_) block_forward(b, cs, freqs.slice_rows(Lx, Lu), adaln, pending);
-    flush(cs, pending);
-    for (const Block& b : layers_) block_forward(b, u, freqs, adaln, pending);
-    flush(u, pending);
+    auto blocks = [&] {
+        Tensor xs = u.slice_rows(0, Lx), cs = u.slice_rows(Lx, Lu);
+        Pending pending;
+        for (const Block& b : noise_refiner_) block_forward(b, xs, freqs.slice_rows(0, Lx), adaln, pending);
+        flush(xs, pending);
+        for (const Block& b : context_refiner_) block_forward(b, cs, freqs.slice_rows(Lx, Lu), adaln, pending);
+        flush(cs, pending);
+        for (const Block& b : layers_) block_forward(b, u, freqs, adaln, pending);
+        flush(u, pending);
+    };
+    if (G)
+        graphs_.run(*G, ctx_, blocks);
+    else
+        blocks();
 
     // Final layer on the real image tokens: linear(LayerNorm(x) · (1 + adaLN_modulation.1(SiLU(adaln)))).
     const Tensor scale = ops::modulation(final_ada_.forward({ops::silu(adaln.x, ctx_), {}, {}}), {ops::Mod::OnePlus}, ctx_);

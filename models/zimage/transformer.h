@@ -11,6 +11,7 @@
 #include "models/zimage/zimage_config.h"
 #include "nn/linear_group.h"
 #include "ops/context.h"
+#include "ops/graph.h"
 #include "ops/rope.h"
 
 namespace qdit::zimage {
@@ -20,6 +21,10 @@ public:
     // Loads every module of `m` onto ctx's device with activations in `compute` (the CPU: F32 or
     // BF16; a GPU: BF16). The first (patch, frame patch) pair of the config is the one used.
     ZImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx = {});
+    // Random weights ~ N(0, 0.02) (norm weights ~ N(1, 0.02)) made on ctx's GPU from `seed`, with the
+    // default plan of `quant`: the real size for benchmarks. The same seed gives the weights
+    // ZImageTransformerCuda::random gives.
+    static ZImageTransformer random(const Config& cfg, const QuantConfig& quant, uint64_t seed, const ops::Context& ctx);
 
     const Config& config() const { return cfg_; }
     DType compute_dtype() const { return dt_; }
@@ -42,7 +47,15 @@ public:
     Tensor forward_tokens(const Tensor& patches, const std::array<int64_t, 3>& grid, const Tensor& cap_feats,
                           float t) const;
 
+    // On a GPU context with its own stream: forward_tokens runs the transformer blocks as one CUDA
+    // graph per sequence shape (ops/graph.h; the two most recent shapes are kept, so a guided step
+    // replays both). Off (default): every kernel is launched on each call. Results are the same.
+    void set_cuda_graph(bool on);
+
 private:
+    ZImageTransformer(Config cfg, const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute,
+                      const ops::Context& ctx, std::string where);
+
     // One ZImageTransformerBlock: sandwich RMSNorms around attention and the SwiGLU FFN, with
     // scale-and-gate modulation from the timestep embedding when adaLN_modulation is present.
     struct Block {
@@ -68,6 +81,8 @@ private:
     Tensor cap_norm_, x_pad_token_, cap_pad_token_;  // [dim] / [1, dim] in the compute dtype
     std::vector<Block> noise_refiner_, context_refiner_, layers_;
     ops::AxesRope rope_;
+    bool use_graph_ = false;
+    mutable ops::GraphCache graphs_;
     int n_int8_ = 0;
     size_t bytes_ = 0;
 };

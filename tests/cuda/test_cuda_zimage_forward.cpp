@@ -177,3 +177,49 @@ TEST(CudaZImageForward, CudaGraphMatchesEagerBitForBit) {
     }
     cudaStreamDestroy(s);
 }
+
+// The model written on ops/, run on a CUDA context, gives the CUDA class's output bit for bit (the
+// same kernels in the same order): bf16 and the default int8 plan, every fixture (h5_b2: two items
+// with different caption lengths).
+TEST(CudaZImageForward, OpsModelMatchesCudaClassBitForBit) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (const char* name : {"h3_b1", "h5_b2", "h2_l3_sharded"})
+        for (const QuantConfig& qc : {QuantConfig{}, QuantConfig{QuantMethod::Int8, {}, "dynamic"}}) {
+            SCOPED_TRACE(fmt::format("{} {}", name, qc.enabled() ? "int8" : "bf16"));
+            Fixture f = load(name);
+            const PreparedModel m = prepare_model((dir(name) / "transformer").string(), qc);
+            const std::vector<Tensor> want = zimage::ZImageTransformerCuda(m).forward(f.x, f.t, f.cap),
+                                      got = zimage::ZImageTransformer(m, DType::BF16, ops::Context{{DeviceType::CUDA, 0}})
+                                                .forward(f.x, f.t, f.cap);
+            ASSERT_EQ(got.size(), want.size());
+            for (size_t i = 0; i < got.size(); ++i) {
+                ASSERT_EQ(got[i].nbytes(), want[i].nbytes());
+                EXPECT_EQ(std::memcmp(got[i].raw(), want[i].raw(), got[i].nbytes()), 0) << "item " << i;
+            }
+        }
+}
+
+// The ops model's graph service: captured and replayed calls give the eager forward's output bit
+// for bit, also for items that alternate two sequence shapes (h5_b2).
+TEST(CudaZImageForward, OpsModelCudaGraphMatchesEagerBitForBit) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    cudaStream_t s;
+    ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
+    for (const char* name : {"h3_b1", "h5_b2"}) {
+        SCOPED_TRACE(name);
+        Fixture f = load(name);
+        zimage::ZImageTransformer model(
+            prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"}),
+            DType::BF16, ops::Context{{DeviceType::CUDA, 0}, s});
+        const std::vector<Tensor> eager = model.forward(f.x, f.t, f.cap);
+        model.set_cuda_graph(true);
+        const std::vector<Tensor> captured = model.forward(f.x, f.t, f.cap);
+        const std::vector<Tensor> replayed = model.forward(f.x, f.t, f.cap);
+        for (size_t i = 0; i < eager.size(); ++i)
+            for (const std::vector<Tensor>* o : {&captured, &replayed}) {
+                ASSERT_EQ(eager[i].nbytes(), (*o)[i].nbytes());
+                EXPECT_EQ(std::memcmp(eager[i].raw(), (*o)[i].raw(), eager[i].nbytes()), 0) << "item " << i;
+            }
+    }
+    cudaStreamDestroy(s);
+}

@@ -1,0 +1,54 @@
+// CUDA graphs as a runtime service around a model's block loop: the first call for a shape captures
+// the work the body issues on the context's stream, later calls for that shape replay it (the same
+// kernels in the same order, so results are unchanged). What the body reads must sit at fixed
+// addresses: the caller keeps such inputs in the entry's slots and fills them before each run.
+// The activation blocks allocated inside a capture stay with the graph until it is dropped.
+// On the CPU, or on a GPU's legacy default stream (which cannot be captured), the body just runs.
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/context.h"
+
+namespace qdit::ops {
+
+class GraphCache {
+public:
+    // Keeps the graphs of the `keep` most recently used shapes (a guided step alternates two).
+    explicit GraphCache(size_t keep = 2) : keep_(keep) {}
+    GraphCache(GraphCache&&) noexcept = default;
+    GraphCache& operator=(GraphCache&&) noexcept = default;
+    ~GraphCache();
+
+    struct Entry {
+        Entry() = default;
+        Entry(const Entry&) = delete;
+        Entry& operator=(const Entry&) = delete;
+        std::string key;
+        void* exec = nullptr;       // cudaGraphExec_t once captured
+        std::vector<void*> held;    // allocator blocks the graph replays into
+        std::map<std::string, Tensor> slots;
+        // The slot `name`, made (uninitialised) with this shape and dtype on ctx's device when new;
+        // `fresh` says whether it was just made.
+        Tensor& slot(const std::string& name, const Shape& shape, DType dtype, const Context& ctx, bool* fresh = nullptr);
+        ~Entry();
+    };
+
+    // Whether graphs run on ctx (a GPU context with its own stream).
+    static bool usable(const Context& ctx) { return ctx.cuda() && ctx.stream != nullptr; }
+    // The entry of `key`, made when new (dropping the least recently used one past `keep`).
+    Entry& entry(const std::string& key);
+    // Runs body: eagerly when graphs are not usable on ctx; else captured into e's graph on e's
+    // first run, then (and on every later run) the graph is launched on ctx's stream.
+    void run(Entry& e, const Context& ctx, const std::function<void()>& body);
+    void clear() { entries_.clear(); }
+
+private:
+    size_t keep_;
+    std::vector<std::unique_ptr<Entry>> entries_;  // most recently used last
+};
+
+}  // namespace qdit::ops

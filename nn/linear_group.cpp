@@ -4,6 +4,7 @@
 
 #include "backend/cpu/layout.h"
 #include "nn/load.h"
+#include "ops/elementwise.h"
 #ifdef QDIT_WITH_CUDA
 #include "nn/linear_cuda.h"
 #endif
@@ -88,6 +89,41 @@ Tensor LinearGroup::forward(const ops::Activation& in) const {
 #else
     raise<UsageError>("Linear group: this build of qdit has no CUDA backend");
 #endif
+}
+
+WeightLoader::WeightLoader(const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute,
+                           const ops::Context& ctx, std::string where)
+    : ck_(ck), seed_(seed), compute_(compute), ctx_(ctx), where_(std::move(where)) {
+    for (const LayerPlan& l : plan.layers) plans_[l.spec.name] = &l;
+}
+
+const LayerPlan& WeightLoader::plan(const std::string& name) const {
+    auto it = plans_.find(name);
+    if (it == plans_.end()) raise<ShapeError>("{}: no Linear layer '{}' in the model plan", where_, name);
+    return *it->second;
+}
+
+LinearGroup WeightLoader::group(const std::vector<LinearGroup::Member>& members) {
+    LinearGroup g(ck_, seed_, members, compute_, ctx_);
+    bytes_ += g.weight_bytes();
+    n_int8_ += g.int8_members();
+    return g;
+}
+
+Tensor WeightLoader::tensor(const std::string& name, Shape shape, bool norm) {
+    Tensor t;
+    if (ck_) {
+        t = ck_->get_as(name, compute_);
+        t = ops::to_device(shape.empty() ? t : t.view(std::move(shape)), ctx_, ops::Memory::Weight);
+    } else {
+        if (shape.empty()) raise<ShapeError>("{}: a random tensor '{}' needs its shape", where_, name);
+        norm = norm || name.find("norm") != std::string::npos;
+        t = ops::random_normal({shape_numel(shape)}, seed_ ^ std::hash<std::string>()(name), norm ? 1.f : 0.f, 0.02f,
+                               ctx_)
+                .view(std::move(shape));
+    }
+    bytes_ += t.nbytes();
+    return t;
 }
 
 }  // namespace qdit::nn

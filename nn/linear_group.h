@@ -6,7 +6,9 @@
 // padding. Layers are named like the checkpoint keys.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "io/safetensors.h"
@@ -53,6 +55,41 @@ private:
     size_t bytes_ = 0;
     std::vector<Linear> cpu_;    // the CPU's members
     std::shared_ptr<void> gpu_;  // a GPU's nn::gpu::Group
+};
+
+// How a model loads its modules onto its context's device: Linear groups by layer name, as the
+// quantization plan says, and the other tensors (norm weights, embeddings, pad tokens) in the
+// compute dtype; counts the device bytes and the int8 Linears. Without a checkpoint, weights are
+// random, made on the GPU from `seed` (LinearGroup's random constructor; a tensor whose name holds
+// "norm" ~ N(1, 0.02), others ~ N(0, 0.02)).
+class WeightLoader {
+public:
+    WeightLoader(const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute, const ops::Context& ctx,
+                 std::string where);
+
+    // The plan of Linear layer `name` (ShapeError naming the model when it has none).
+    const LayerPlan& plan(const std::string& name) const;
+    LinearGroup::Member member(const std::string& name, int64_t n_pad = 0, int64_t k_pad = 0) const {
+        return {&plan(name), n_pad, k_pad};
+    }
+    LinearGroup group(const std::vector<LinearGroup::Member>& members);
+    LinearGroup one(const std::string& name) { return group({member(name)}); }
+    // Tensor `name` in the compute dtype on the device, viewed as `shape` (its own when empty);
+    // `norm`: a norm's weight (random ~ N(1, 0.02)) whose name does not say so.
+    Tensor tensor(const std::string& name, Shape shape = {}, bool norm = false);
+
+    size_t bytes() const { return bytes_; }
+    int int8_members() const { return n_int8_; }
+
+private:
+    std::map<std::string, const LayerPlan*> plans_;
+    const Checkpoint* ck_;
+    uint64_t seed_;
+    DType compute_;
+    ops::Context ctx_;
+    std::string where_;
+    size_t bytes_ = 0;
+    int n_int8_ = 0;
 };
 
 }  // namespace qdit::nn

@@ -22,6 +22,17 @@ inline void check_device(const Tensor& t, const Context& ctx, const char* op, co
         raise<ShapeError>("{}: {} is on {}, the op runs on {}", op, what, t.device().str(), ctx.device.str());
 }
 
+// A GPU op's outputs as `out` asks for m rows: bf16 [m, out.k] and / or int8 [m, out.kp] + F32 [m].
+inline Activation allocate(int64_t m, const ActivationSpec& out, const Context& ctx) {
+    Activation a;
+    if (out.dense) a.x = empty({m, out.k}, DType::BF16, ctx);
+    if (out.int8) {
+        a.q = empty({m, out.kp}, DType::I8, ctx);
+        a.qs = empty({m}, DType::F32, ctx);
+    }
+    return a;
+}
+
 #ifdef QDIT_WITH_CUDA
 inline cudaStream_t stream(const Context& ctx) { return static_cast<cudaStream_t>(ctx.stream); }
 inline cuda::DTensor dev(const Tensor& t) { return cuda::DTensor::of(t); }

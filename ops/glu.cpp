@@ -24,11 +24,7 @@ Activation swiglu(const Tensor& h, int64_t up_col, const ActivationSpec& out, co
 #ifdef QDIT_WITH_CUDA
     if (h.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(h.dtype()));
     if (up_col != k) raise<ShapeError>("{}: on CUDA the up columns follow the gate's (at {}, not {})", op, k, up_col);
-    if (out.dense) a.x = empty({m, k}, DType::BF16, ctx);
-    if (out.int8) {
-        a.q = empty({m, out.kp}, DType::I8, ctx);
-        a.qs = empty({m}, DType::F32, ctx);
-    }
+    a = detail::allocate(m, out, ctx);
     cuda::swiglu(h.raw(), h.size(1), m, k, a.x.defined() ? a.x.raw() : nullptr, k,
                  a.q.defined() ? a.q.data<int8_t>() : nullptr, a.q.defined() ? a.qs.data<float>() : nullptr, out.kp,
                  detail::stream(ctx));
@@ -51,11 +47,7 @@ Activation gelu_tanh(const Tensor& h, const ActivationSpec& out, const Context& 
     }
 #ifdef QDIT_WITH_CUDA
     if (h.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(h.dtype()));
-    if (out.dense) a.x = empty({m, k}, DType::BF16, ctx);
-    if (out.int8) {
-        a.q = empty({m, out.kp}, DType::I8, ctx);
-        a.qs = empty({m}, DType::F32, ctx);
-    }
+    a = detail::allocate(m, out, ctx);
     cuda::gelu_tanh(h.raw(), h.size(1), m, k, a.x.defined() ? a.x.raw() : nullptr, k,
                     a.q.defined() ? a.q.data<int8_t>() : nullptr, a.q.defined() ? a.qs.data<float>() : nullptr, out.kp,
                     detail::stream(ctx));

@@ -64,10 +64,10 @@ Activation row(Tensor& x, const Residual& res, const Normalize& norm, const Acti
     }
 #ifdef QDIT_WITH_CUDA
     if (x.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(x.dtype()));
-    if (norm.kind != Norm::None && out.dense) a.x = empty({m, k}, DType::BF16, ctx);
-    if (norm.kind != Norm::None && out.int8) {
-        a.q = empty({m, out.kp}, DType::I8, ctx);
-        a.qs = empty({m}, DType::F32, ctx);
+    if (norm.kind != Norm::None) {
+        ActivationSpec rows = out;
+        rows.k = k;  // the dense rows are x's width
+        a = detail::allocate(m, rows, ctx);
     }
     auto rows_of = [&](const Tensor& t, int64_t b, int64_t ld) -> void* {
         return t.defined() ? static_cast<uint8_t*>(const_cast<void*>(t.raw())) + size_t(b * rows * ld) * dtype_size(t.dtype())

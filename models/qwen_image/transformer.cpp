@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
 
 #include <fmt/format.h>
 
@@ -121,50 +120,33 @@ QwenImageTransformer::QwenImageTransformer(const PreparedModel& m, DType compute
         raise<ConfigError>("Qwen-Image runs in F32 or BF16, not {}", dtype_name(compute));
     if (ctx.cuda() && compute != DType::BF16)
         raise<ConfigError>("Qwen-Image runs in BF16 on {}, not {}", ctx.device.str(), dtype_name(compute));
-    std::map<std::string, const LayerPlan*> plans;
-    for (const LayerPlan& l : m.plan.layers) plans[l.spec.name] = &l;
-    const Checkpoint& ck = *m.checkpoint;
-    auto member = [&](const std::string& name, int64_t n_pad = 0, int64_t k_pad = 0) {
-        auto it = plans.find(name);
-        if (it == plans.end()) raise<ShapeError>("{}: no Linear layer '{}' in the model plan", where_, name);
-        return nn::LinearGroup::Member{it->second, n_pad, k_pad};
-    };
-    auto group = [&](const std::vector<nn::LinearGroup::Member>& ms) {
-        nn::LinearGroup g(ck, ms, dt_, ctx_);
-        bytes_ += g.weight_bytes();
-        n_int8_ += g.int8_members();
-        return g;
-    };
-    auto one = [&](const std::string& name) { return group({member(name)}); };
-    auto tensor = [&](const std::string& name) {
-        Tensor t = ops::to_device(ck.get_as(name, dt_), ctx_, ops::Memory::Weight);
-        bytes_ += t.nbytes();
-        return t;
-    };
+    nn::WeightLoader w(m.plan, m.checkpoint.get(), 0, dt_, ctx_, where_);
     // The MLP's hidden width padded to 16 columns for the GPU's int8 GEMM (zeros change nothing).
     const int64_t Fp = round_up(Config::kMlpMult * cfg_.dim(), 16);
-    img_in_ = one("img_in");
-    txt_norm_ = tensor("txt_norm.weight");
-    txt_in_ = one("txt_in");
-    t_linear_1_ = one("time_text_embed.timestep_embedder.linear_1");
-    t_linear_2_ = one("time_text_embed.timestep_embedder.linear_2");
+    img_in_ = w.one("img_in");
+    txt_norm_ = w.tensor("txt_norm.weight");
+    txt_in_ = w.one("txt_in");
+    t_linear_1_ = w.one("time_text_embed.timestep_embedder.linear_1");
+    t_linear_2_ = w.one("time_text_embed.timestep_embedder.linear_2");
     for (int64_t i = 0; i < cfg_.num_layers; ++i) {
         const std::string b = fmt::format("transformer_blocks.{}.", i);
         Block blk;
         for (auto [names, st] : {std::pair{&kImage, &blk.img}, std::pair{&kText, &blk.txt}}) {
             const std::string a = b + "attn.";
-            st->mod = one(b + names->mod + ".1");
-            st->qkv = group({member(a + names->q), member(a + names->k), member(a + names->v)});
-            st->out = one(a + names->out);
-            st->norm_q = tensor(a + names->norm_q + ".weight");
-            st->norm_k = tensor(a + names->norm_k + ".weight");
-            st->mlp_in = group({member(b + names->mlp + ".net.0.proj", Fp)});
-            st->mlp_out = group({member(b + names->mlp + ".net.2", 0, Fp)});
+            st->mod = w.one(b + names->mod + ".1");
+            st->qkv = w.group({w.member(a + names->q), w.member(a + names->k), w.member(a + names->v)});
+            st->out = w.one(a + names->out);
+            st->norm_q = w.tensor(a + names->norm_q + ".weight");
+            st->norm_k = w.tensor(a + names->norm_k + ".weight");
+            st->mlp_in = w.group({w.member(b + names->mlp + ".net.0.proj", Fp)});
+            st->mlp_out = w.group({w.member(b + names->mlp + ".net.2", 0, Fp)});
         }
         blocks_.push_back(std::move(blk));
     }
-    norm_out_ = one("norm_out.linear");
-    proj_out_ = one("proj_out");
+    norm_out_ = w.one("norm_out.linear");
+    proj_out_ = w.one("proj_out");
+    bytes_ = w.bytes();
+    n_int8_ = w.int8_members();
 }
 
 // ---------------------------------------------------------------------------

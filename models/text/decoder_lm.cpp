@@ -1,7 +1,6 @@
 #include "models/text/decoder_lm.h"
 
 #include <algorithm>
-#include <map>
 
 #include <fmt/format.h>
 
@@ -55,46 +54,29 @@ DecoderLM::DecoderLM(const DecoderLmConfig& c, const PreparedModel& m, DType com
     if (ctx.cuda() && compute != DType::BF16)
         raise<ConfigError>("the {} text encoder runs in BF16 on {}, not {}", lm_.family, ctx.device.str(),
                            dtype_name(compute));
-    std::map<std::string, const LayerPlan*> plans;
-    for (const LayerPlan& l : m.plan.layers) plans[l.spec.name] = &l;
-    const Checkpoint& ck = *m.checkpoint;
+    nn::WeightLoader w(m.plan, m.checkpoint.get(), 0, dt_, ctx_, where_);
     const int64_t Ip = round_up(lm_.intermediate_size, 16);
-    auto member = [&](const std::string& name, int64_t n_pad = 0, int64_t k_pad = 0) {
-        auto it = plans.find(name);
-        if (it == plans.end())
-            raise<ShapeError>("{}: no Linear layer '{}' in the model plan", where_, name);
-        return nn::LinearGroup::Member{it->second, n_pad, k_pad};
-    };
-    auto group = [&](const std::vector<nn::LinearGroup::Member>& ms) {
-        nn::LinearGroup g(ck, ms, dt_, ctx_);
-        bytes_ += g.weight_bytes();
-        n_int8_ += g.int8_members();
-        return g;
-    };
-    auto tensor = [&](const std::string& name) {
-        Tensor t = ops::to_device(ck.get_as(name, dt_), ctx_, ops::Memory::Weight);
-        bytes_ += t.nbytes();
-        return t;
-    };
     const std::string& p = lm_.prefix;
-    embed_tokens_ = tensor(p + "embed_tokens.weight");
+    embed_tokens_ = w.tensor(p + "embed_tokens.weight");
     for (int64_t i = 0; i < lm_.num_hidden_layers; ++i) {
         const std::string l = fmt::format("{}layers.{}.", p, i);
         Layer layer;
-        layer.qkv = group({member(l + "self_attn.q_proj"), member(l + "self_attn.k_proj"),
-                           member(l + "self_attn.v_proj")});
-        layer.o = group({member(l + "self_attn.o_proj")});
-        layer.gate_up = group({member(l + "mlp.gate_proj", Ip), member(l + "mlp.up_proj", Ip)});
-        layer.down = group({member(l + "mlp.down_proj", 0, Ip)});
-        layer.input_norm = tensor(l + "input_layernorm.weight");
-        layer.post_norm = tensor(l + "post_attention_layernorm.weight");
+        layer.qkv = w.group({w.member(l + "self_attn.q_proj"), w.member(l + "self_attn.k_proj"),
+                             w.member(l + "self_attn.v_proj")});
+        layer.o = w.group({w.member(l + "self_attn.o_proj")});
+        layer.gate_up = w.group({w.member(l + "mlp.gate_proj", Ip), w.member(l + "mlp.up_proj", Ip)});
+        layer.down = w.group({w.member(l + "mlp.down_proj", 0, Ip)});
+        layer.input_norm = w.tensor(l + "input_layernorm.weight");
+        layer.post_norm = w.tensor(l + "post_attention_layernorm.weight");
         if (lm_.qk_norm) {
-            layer.q_norm = tensor(l + "self_attn.q_norm.weight");
-            layer.k_norm = tensor(l + "self_attn.k_norm.weight");
+            layer.q_norm = w.tensor(l + "self_attn.q_norm.weight");
+            layer.k_norm = w.tensor(l + "self_attn.k_norm.weight");
         }
         layers_.push_back(std::move(layer));
     }
-    norm_ = tensor(p + "norm.weight");
+    norm_ = w.tensor(p + "norm.weight");
+    bytes_ = w.bytes();
+    n_int8_ = w.int8_members();
 }
 
 // ---------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
 
 #include <fmt/format.h>
 
@@ -57,76 +56,48 @@ ZImageTransformer::ZImageTransformer(Config cfg, const QuantPlan& qplan, const C
         raise<ConfigError>("Z-Image runs in F32 or BF16, not {}", dtype_name(compute));
     if (ctx.cuda() && compute != DType::BF16)
         raise<ConfigError>("Z-Image runs in BF16 on {}, not {}", ctx.device.str(), dtype_name(compute));
-    std::map<std::string, const LayerPlan*> plans;
-    for (const LayerPlan& l : qplan.layers) plans[l.spec.name] = &l;
-    auto plan = [&](const std::string& name) {
-        auto it = plans.find(name);
-        if (it == plans.end()) raise<ShapeError>("{}: no Linear layer '{}' in the model plan", where_, name);
-        return it->second;
-    };
-    auto member = [&](const std::string& name, int64_t n_pad = 0, int64_t k_pad = 0) {
-        return nn::LinearGroup::Member{plan(name), n_pad, k_pad};
-    };
-    auto group = [&](const std::vector<nn::LinearGroup::Member>& ms) {
-        nn::LinearGroup g(ck, seed, ms, dt_, ctx_);
-        bytes_ += g.weight_bytes();
-        n_int8_ += g.int8_members();
-        return g;
-    };
-    auto one = [&](const std::string& name) { return group({member(name)}); };
-    // Norm weights and pad tokens; random ones as ZImageTransformerCuda::random draws them.
-    auto tensor = [&](const std::string& name, Shape shape) {
-        Tensor t;
-        if (ck) {
-            t = ops::to_device(ck->get_as(name, dt_).view(std::move(shape)), ctx_, ops::Memory::Weight);
-        } else {
-            const bool norm = name.find("norm") != std::string::npos || name == "cap_embedder.0.weight";
-            t = ops::random_normal({shape_numel(shape)}, seed ^ std::hash<std::string>()(name), norm ? 1.f : 0.f, 0.02f,
-                                   ctx_)
-                    .view(std::move(shape));
-        }
-        bytes_ += t.nbytes();
-        return t;
-    };
+    nn::WeightLoader w(qplan, ck, seed, dt_, ctx_, where_);
     const int64_t D = cfg_.dim, hd = cfg_.head_dim();
     auto block = [&](const std::string& p, bool modulated) {
         Block b;
         b.modulated = modulated;
         // The FFN's hidden width padded to 16 for the GPU's int8 GEMM (zero rows / columns).
-        const int64_t hidden_p = round_up(plan(p + ".feed_forward.w1")->spec.out_features, 16);
-        b.qkv = group({member(p + ".attention.to_q"), member(p + ".attention.to_k"), member(p + ".attention.to_v")});
-        b.out = one(p + ".attention.to_out.0");
-        b.w13 = group({member(p + ".feed_forward.w1", hidden_p), member(p + ".feed_forward.w3", hidden_p)});
-        b.w2 = group({member(p + ".feed_forward.w2", 0, hidden_p)});
+        const int64_t hidden_p = round_up(w.plan(p + ".feed_forward.w1").spec.out_features, 16);
+        b.qkv = w.group({w.member(p + ".attention.to_q"), w.member(p + ".attention.to_k"), w.member(p + ".attention.to_v")});
+        b.out = w.one(p + ".attention.to_out.0");
+        b.w13 = w.group({w.member(p + ".feed_forward.w1", hidden_p), w.member(p + ".feed_forward.w3", hidden_p)});
+        b.w2 = w.group({w.member(p + ".feed_forward.w2", 0, hidden_p)});
         if (cfg_.qk_norm) {
-            b.norm_q = tensor(p + ".attention.norm_q.weight", {hd});
-            b.norm_k = tensor(p + ".attention.norm_k.weight", {hd});
+            b.norm_q = w.tensor(p + ".attention.norm_q.weight", {hd});
+            b.norm_k = w.tensor(p + ".attention.norm_k.weight", {hd});
         }
-        b.attention_norm1 = tensor(p + ".attention_norm1.weight", {D});
-        b.attention_norm2 = tensor(p + ".attention_norm2.weight", {D});
-        b.ffn_norm1 = tensor(p + ".ffn_norm1.weight", {D});
-        b.ffn_norm2 = tensor(p + ".ffn_norm2.weight", {D});
-        if (modulated) b.ada = one(p + ".adaLN_modulation.0");
+        b.attention_norm1 = w.tensor(p + ".attention_norm1.weight", {D});
+        b.attention_norm2 = w.tensor(p + ".attention_norm2.weight", {D});
+        b.ffn_norm1 = w.tensor(p + ".ffn_norm1.weight", {D});
+        b.ffn_norm2 = w.tensor(p + ".ffn_norm2.weight", {D});
+        if (modulated) b.ada = w.one(p + ".adaLN_modulation.0");
         return b;
     };
     patch_ = cfg_.all_patch_size[0];
     f_patch_ = cfg_.all_f_patch_size[0];
     const std::string key = fmt::format("{}-{}", patch_, f_patch_);
-    t_mlp0_ = one("t_embedder.mlp.0");
-    t_mlp2_ = one("t_embedder.mlp.2");
-    cap_norm_ = tensor("cap_embedder.0.weight", {cfg_.cap_feat_dim});
-    cap_linear_ = one("cap_embedder.1");
-    x_embedder_ = one("all_x_embedder." + key);
-    final_linear_ = one("all_final_layer." + key + ".linear");
-    final_ada_ = one("all_final_layer." + key + ".adaLN_modulation.1");
-    x_pad_token_ = tensor("x_pad_token", {1, D});
-    cap_pad_token_ = tensor("cap_pad_token", {1, D});
+    t_mlp0_ = w.one("t_embedder.mlp.0");
+    t_mlp2_ = w.one("t_embedder.mlp.2");
+    cap_norm_ = w.tensor("cap_embedder.0.weight", {cfg_.cap_feat_dim}, /*norm=*/true);
+    cap_linear_ = w.one("cap_embedder.1");
+    x_embedder_ = w.one("all_x_embedder." + key);
+    final_linear_ = w.one("all_final_layer." + key + ".linear");
+    final_ada_ = w.one("all_final_layer." + key + ".adaLN_modulation.1");
+    x_pad_token_ = w.tensor("x_pad_token", {1, D});
+    cap_pad_token_ = w.tensor("cap_pad_token", {1, D});
     for (int64_t i = 0; i < cfg_.n_refiner_layers; ++i)
         noise_refiner_.push_back(block(fmt::format("noise_refiner.{}", i), true));
     for (int64_t i = 0; i < cfg_.n_refiner_layers; ++i)
         context_refiner_.push_back(block(fmt::format("context_refiner.{}", i), false));
     for (int64_t i = 0; i < cfg_.n_layers; ++i) layers_.push_back(block(fmt::format("layers.{}", i), true));
     rope_ = ops::AxesRope(cfg_.rope_theta, cfg_.axes_dims, cfg_.axes_lens);
+    bytes_ = w.bytes();
+    n_int8_ = w.int8_members();
 }
 
 // ---------------------------------------------------------------------------

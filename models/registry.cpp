@@ -8,13 +8,14 @@
 #include "models/qwen_image/transformer.h"
 #include "models/text/qwen25vl.h"
 #include "models/text/qwen3.h"
+#include "models/vae/autoencoder_kl_qwenimage.h"
 #include "models/zimage/zimage_config.h"
 
 namespace qdit {
 
 std::vector<std::string> supported_model_classes() {
     return {"ZImageTransformer2DModel", "QwenImageTransformer2DModel", "Qwen3Model", "Qwen3ForCausalLM",
-            "Qwen2_5_VLForConditionalGeneration"};
+            "Qwen2_5_VLForConditionalGeneration", "AutoencoderKLQwenImage"};
 }
 
 ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string& where, const HasKey& has_key) {
@@ -42,6 +43,8 @@ ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string
         if (has_key) c.detect_key_layout(has_key);
         return text::model_spec(c);
     }
+    if (cls == "AutoencoderKLQwenImage")
+        return vae::model_spec(vae::QwenImageVaeConfig::from_json(config, where));
     raise<ConfigError>("{}: model class '{}' is not supported (supported: {})", where, cls,
                        fmt::join(supported_model_classes(), ", "));
 }

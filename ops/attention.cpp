@@ -5,6 +5,7 @@
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/attention.h"
+#include "backend/cuda/vae_kernels.h"
 #endif
 
 namespace qdit::ops {
@@ -44,6 +45,35 @@ Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_hea
         cuda::attention(q, ld, q + heads * hd * es, ld, q + (heads + kv_heads) * hd * es, ld,
                         static_cast<uint8_t*>(o.raw()) + size_t(b * L * heads * hd * es), heads * hd, L, heads, hd,
                         detail::stream(ctx), impl, kv_heads, causal);
+    }
+    return o;
+#else
+    detail::no_cuda(op);
+#endif
+}
+
+Tensor spatial_attention(const Tensor& qkv, int64_t batch, const Context& ctx) {
+    const char* op = "spatial_attention";
+    detail::check_device(qkv, ctx, op, "qkv");
+    const int64_t rows = qkv.defined() && qkv.dim() == 2 ? qkv.size(0) : -1;
+    if (rows < 1 || batch < 1 || rows % batch || qkv.size(1) < 3 || qkv.size(1) % 3 ||
+        (qkv.dtype() != DType::F32 && qkv.dtype() != DType::BF16))
+        raise<ShapeError>("{}: qkv {} {} for a batch of {} (need F32 or BF16 [batch·L, 3·C])", op,
+                          qkv.defined() ? dtype_name(qkv.dtype()) : "none", qkv.defined() ? shape_str(qkv.shape()) : "",
+                          batch);
+    const int64_t L = rows / batch, C = qkv.size(1) / 3;
+    if (!ctx.cuda()) {
+        auto part = [&](int64_t i) { return cpu::take_columns(qkv, i * C, C).view({batch, L, 1, C}); };
+        return cpu::scaled_dot_product_attention(part(0), part(1), part(2)).view({rows, C});
+    }
+#ifdef QDIT_WITH_CUDA
+    Tensor o = empty({rows, C}, qkv.dtype(), ctx);
+    const size_t es = dtype_size(qkv.dtype());
+    for (int64_t b = 0; b < batch; ++b) {
+        const uint8_t* q = static_cast<const uint8_t*>(qkv.raw()) + size_t(b * L * 3 * C) * es;
+        cuda::vae::attention_one_head(q, q + size_t(C) * es, q + size_t(2 * C) * es, 3 * C,
+                                      static_cast<uint8_t*>(o.raw()) + size_t(b * L * C) * es, C, L, C, qkv.dtype(),
+                                      detail::stream(ctx));
     }
     return o;
 #else

@@ -4,9 +4,11 @@
 
 #include "backend/cpu/activation.h"
 #include "backend/cpu/elementwise.h"
+#include "backend/cpu/layout.h"
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/random.h"
+#include "backend/cuda/vae_kernels.h"
 #include "backend/cuda/zimage_kernels.h"
 #endif
 
@@ -35,6 +37,23 @@ Tensor random_normal(Shape shape, uint64_t seed, float mean, float std, const Co
 #else
     (void)shape, (void)seed, (void)mean, (void)std;
     detail::no_cuda("random_normal");
+#endif
+}
+
+void add_inplace(Tensor& x, const Tensor& y, const Context& ctx) {
+    const char* op = "add_inplace";
+    detail::check_device(x, ctx, op, "x");
+    detail::check_device(y, ctx, op, "y");
+    if (!x.defined() || !y.defined() || x.shape() != y.shape() || x.dtype() != y.dtype() ||
+        (x.dtype() != DType::F32 && x.dtype() != DType::BF16))
+        raise<ShapeError>("{}: x {} {} and y {} {} (need the same shape and dtype, F32 or BF16)", op,
+                          x.defined() ? dtype_name(x.dtype()) : "none", x.defined() ? shape_str(x.shape()) : "",
+                          y.defined() ? dtype_name(y.dtype()) : "none", y.defined() ? shape_str(y.shape()) : "");
+    if (!ctx.cuda()) return cpu::add_inplace(x, y);
+#ifdef QDIT_WITH_CUDA
+    cuda::vae::add_inplace(x.raw(), y.raw(), x.numel(), x.dtype(), detail::stream(ctx));
+#else
+    detail::no_cuda(op);
 #endif
 }
 

@@ -9,6 +9,10 @@ namespace qdit::ops {
 // silu(x) of x [m, n] (F32 or BF16), rounded once.
 Tensor silu(const Tensor& x, const Context& ctx);
 
+// x ← x + y elementwise (same shape, F32 or BF16), rounded once per element as torch's add (the
+// residual adds of the VAE decoders).
+void add_inplace(Tensor& x, const Tensor& y, const Context& ctx);
+
 // The sinusoidal timestep features of diffusers' Z-Image t_embedder, on the host: t F32 [B] → F32
 // [B, dim] of [cos(t·f_k), sin(t·f_k)], f_k = exp(−ln(max_period)·k / (dim/2)) in f32.
 Tensor timestep_embedding(const Tensor& t, int64_t dim, double max_period = 10000.0);

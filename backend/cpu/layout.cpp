@@ -71,4 +71,50 @@ void add_gated(Tensor& x, const Tensor& y, const Tensor& gate) {
     });
 }
 
+namespace {
+
+// [B, M, N] → [B, N, M] for elements of T's size, in 32x32 tiles.
+template <typename T>
+void transpose_last2(const T* in, T* out, int64_t B, int64_t M, int64_t N) {
+    constexpr int64_t kTile = 32;
+    const int64_t mt = (M + kTile - 1) / kTile;
+    parallel_for(B * mt, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+            const int64_t b = task / mt, m0 = (task % mt) * kTile, m1 = std::min(M, m0 + kTile);
+            const T* src = in + b * M * N;
+            T* dst = out + b * M * N;
+            for (int64_t n0 = 0; n0 < N; n0 += kTile)
+                for (int64_t m = m0; m < m1; ++m)
+                    for (int64_t n = n0; n < std::min(N, n0 + kTile); ++n) dst[n * M + m] = src[m * N + n];
+        }
+    });
+}
+
+Tensor transposed(const Tensor& x, int64_t B, int64_t M, int64_t N, Shape out_shape) {
+    Tensor y = Tensor::empty(std::move(out_shape), x.dtype());
+    if (dtype_size(x.dtype()) == 4)
+        transpose_last2(x.data<uint32_t>(), y.data<uint32_t>(), B, M, N);
+    else if (dtype_size(x.dtype()) == 2)
+        transpose_last2(x.data<uint16_t>(), y.data<uint16_t>(), B, M, N);
+    else
+        raise<ShapeError>("transpose: {} elements are not supported", dtype_name(x.dtype()));
+    return y;
+}
+
+}  // namespace
+
+Tensor nchw_to_nhwc(const Tensor& x, DType dt) {
+    QDIT_CHECK(x.defined() && x.dim() == 4 && x.device().type == DeviceType::CPU, "nchw_to_nhwc: x {}",
+               x.defined() ? shape_str(x.shape()) : "none");
+    const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+    return transposed(x.to(dt), B, C, H * W, {B, H, W, C});
+}
+
+Tensor nhwc_to_nchw(const Tensor& x) {
+    QDIT_CHECK(x.defined() && x.dim() == 4 && x.device().type == DeviceType::CPU, "nhwc_to_nchw: x {}",
+               x.defined() ? shape_str(x.shape()) : "none");
+    const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+    return transposed(x, B, H * W, C, {B, C, H, W});
+}
+
 }  // namespace qdit::cpu

@@ -14,4 +14,10 @@ void add_inplace(Tensor& x, const Tensor& y);
 // use row b): the product and the sum each rounded once, as torch's `x + gate * y` does.
 void add_gated(Tensor& x, const Tensor& y, const Tensor& gate);
 
+// [B, C, H, W] (any float dtype) → channels-last [B, H, W, C] in `dt` (each element converted once,
+// round to nearest even).
+Tensor nchw_to_nhwc(const Tensor& x, DType dt);
+// Channels-last [B, H, W, C] → [B, C, H, W], same dtype (4- or 2-byte elements).
+Tensor nhwc_to_nchw(const Tensor& x);
+
 }  // namespace qdit::cpu

@@ -159,3 +159,44 @@ Tensor layer_norm(const Tensor& x, float eps, const Tensor& scale, const Tensor&
 }
 
 }  // namespace qdit::cpu
+
+namespace qdit::cpu {
+
+Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, float eps, bool silu) {
+    check_activation(x, "channel_rms_norm");
+    const int64_t C = x.dim() >= 1 ? x.size(x.dim() - 1) : 0;
+    QDIT_CHECK(C > 0 && gamma.defined() && gamma.dtype() == DType::F32 && gamma.numel() == C,
+               "channel_rms_norm: x {} with gamma {} (need x [..., C], gamma F32 [C])", shape_str(x.shape()),
+               gamma.defined() ? shape_str(gamma.shape()) : "none");
+    Tensor y = Tensor::empty(x.shape(), x.dtype());
+    const int64_t n = x.numel() / C;
+    const float scale = float(std::sqrt(double(C)));
+    const float* g = gamma.data<float>();
+    dispatch_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = x.data<T>();
+        T* yp = y.data<T>();
+        parallel_for(n, row_grain(C), [&](int64_t b, int64_t e) {
+            for (int64_t r = b; r < e; ++r) {
+                const T* xr = xp + r * C;
+                T* yr = yp + r * C;
+                double ss = 0;
+                for (int64_t c = 0; c < C; ++c) {
+                    const float v = load(xr, c);
+                    ss += double(v * v);
+                }
+                const float denom = std::max(std::sqrt(float(ss)), eps);
+                for (int64_t c = 0; c < C; ++c) {
+                    float v = round_as<T>(load(xr, c) / denom);
+                    v = round_as<T>(v * scale);
+                    v = round_as<T>(v * g[c]);
+                    if (silu) v = v / (1.0f + std::exp(-v));
+                    store(yr, c, v);
+                }
+            }
+        });
+    });
+    return y;
+}
+
+}  // namespace qdit::cpu

@@ -45,3 +45,16 @@ private:
 Tensor layer_norm(const Tensor& x, float eps, const Tensor& scale = Tensor(), const Tensor& shift = Tensor());
 
 }  // namespace qdit::cpu
+
+namespace qdit::cpu {
+
+// The channel RMS norm of the Qwen-Image / Wan VAE (QwenImageRMS_norm, no bias) on channels-last
+// x [..., C] (F32 or BF16): each position's channel vector v becomes
+//   y = ((v / max(‖v‖₂, eps)) · sqrt(C)) · gamma
+// with ‖v‖₂ from a double sum of the f32 squares rounded to f32 (torch takes it in f32 for both
+// dtypes), and each of the three operations rounded to x's dtype, as torch's F.normalize(...).to(dtype),
+// `* scale` and `* gamma` are. gamma: F32 [C] holding values of x's precision. With silu, the result
+// is then silu(y) rounded once more (the decoder's norm → SiLU pairs).
+Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, float eps, bool silu);
+
+}  // namespace qdit::cpu

@@ -23,8 +23,12 @@
 #include "io/safetensors.h"
 #include "nn/linear_group.h"
 #include "ops/attention.h"
+#include "ops/conv.h"
+#include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/glu.h"
+#include "ops/image.h"
+#include "ops/norm.h"
 #include "ops/rope.h"
 #include "ops/row.h"
 #include "quant/int8.h"
@@ -470,4 +474,182 @@ TEST(Ops, LinearGroup) {
         }
         check_backends(c);
     }
+}
+
+// ---- the image ops of the VAE decoders (channels-last [B, H, W, C]) ---------------------------
+
+// The Qwen-Image VAE's channel RMS norm (+ SiLU): v / ‖v‖ · sqrt(C) · gamma per position. No CUDA
+// kernel yet: a GPU refuses it, naming the op.
+TEST(Ops, ChannelRmsNorm) {
+    for (DType dt : kDtypes)
+        for (auto [m, C] : {std::pair<int64_t, int64_t>{1, 8}, {30, 32}, {7, 96}})
+            for (bool silu : {false, true}) {
+                const Tensor x = randn({m, C}, 50, 0.f, 2.f, dt);
+                const Tensor g = randn({C}, 51, 1.f, 0.1f, dt).to(DType::F32);
+                Case c{fmt::format("channel_rms_norm {}x{}{} {}", m, C, silu ? " silu" : "", dtype_name(dt)), dt,
+                       [&](const ops::Context& ctx) {
+                           return std::vector<Tensor>{ops::to_host(
+                               ops::channel_rms_norm(ops::to_device(x, ctx), ops::to_device(g, ctx), 1e-12f, silu, ctx),
+                               ctx)};
+                       }};
+                const std::vector<Tensor> cpu = c.run(ops::Context{});
+                const std::vector<double> xs = values(x), gs = values(g);
+                std::vector<double> ref(xs.size());
+                for (int64_t r = 0; r < m; ++r) {
+                    double ss = 0;
+                    for (int64_t j = 0; j < C; ++j) ss += xs[size_t(r * C + j)] * xs[size_t(r * C + j)];
+                    for (int64_t j = 0; j < C; ++j) {
+                        const double y = xs[size_t(r * C + j)] / std::sqrt(ss) * std::sqrt(double(C)) * gs[size_t(j)];
+                        ref[size_t(r * C + j)] = silu ? y / (1 + std::exp(-y)) : y;
+                    }
+                }
+                EXPECT_LE(rel_max(cpu[0], ref), cpu_bound(dt)) << c.name;
+                // The GPU sums the squares in another order: a rare last-bit change of the norm can
+                // move a bf16 rounding, one ulp of the largest value at most.
+                c.exact = false;
+                c.bound = 1.0 / 128;
+                check_backends(c);
+            }
+    // A zero vector stays zero (the norm is clamped to eps, not divided by zero).
+    const Tensor z = Tensor::zeros({2, 16}, DType::F32), g = randn({16}, 52, 1.f, 0.1f, DType::F32);
+    const Tensor y = ops::channel_rms_norm(z, g, 1e-12f, false, ops::Context{});
+    for (int64_t i = 0; i < y.numel(); ++i) EXPECT_EQ(y.item_f32(i), 0.0f);
+    try {
+        ops::channel_rms_norm(z, randn({15}, 53, 1.f, 0.1f, DType::F32), 1e-12f, false, ops::Context{});
+        ADD_FAILURE() << "gamma [15] accepted for 16 channels";
+    } catch (const ShapeError& e) {
+        EXPECT_NE(std::string(e.what()).find("channel_rms_norm"), std::string::npos) << e.what();
+    }
+}
+
+// A 2-D convolution, and a causal 3-D one on a single frame (the frame behind kt − 1 zero frames),
+// against the f64 sums; forward_add adds to an accumulator.
+TEST(Ops, Conv2d) {
+    for (DType dt : kDtypes)
+        for (auto [B, H, W, I, O, k, kt] : {std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>{
+                                                1, 5, 7, 8, 16, 3, 0},
+                                            {2, 4, 6, 16, 8, 1, 0}, {1, 6, 5, 8, 8, 3, 3}, {2, 3, 4, 16, 24, 1, 1}}) {
+            const bool causal = kt > 0;
+            const Shape ws = causal ? Shape{O, I, kt, k, k} : Shape{O, I, k, k};
+            const Tensor w = randn(ws, 60, 0.f, 1.f / std::sqrt(float(I * k * k)), dt), b = randn({O}, 61, 0.f, 0.1f, dt);
+            const Tensor x = randn({B, H, W, I}, 62, 0.f, 1.f, dt), acc0 = randn({B, H, W, O}, 63, 0.f, 1.f, dt);
+            Case c{fmt::format("conv2d{} B{} {}x{} {}->{} k{} {}", causal ? " causal3d" : "", B, H, W, I, O, k,
+                               dtype_name(dt)),
+                   dt,
+                   [&](const ops::Context& ctx) {
+                       const ops::Conv2d conv = causal ? ops::Conv2d::causal3d_single_frame("c", w, b, dt, ctx)
+                                                       : ops::Conv2d("c", w, b, k / 2, dt, ctx);
+                       const Tensor xd = ops::to_device(x, ctx);
+                       Tensor acc = ops::to_device(acc0.to(dt), ctx);  // a copy: on the CPU to_device is the tensor itself
+                       conv.forward_add(xd, acc, ctx);
+                       return std::vector<Tensor>{ops::to_host(conv.forward(xd, ctx), ctx), ops::to_host(acc, ctx)};
+                   },
+                   false, 2e-2};
+            const std::vector<Tensor> cpu = c.run(ops::Context{});
+            const std::vector<double> xs = values(x), wv = values(w), bs = values(b), as = values(acc0);
+            std::vector<double> ref(size_t(B * H * W * O)), ref_add(ref.size());
+            const int64_t p = k / 2, T = causal ? kt : 1;
+            for (int64_t n = 0; n < B; ++n)
+                for (int64_t i = 0; i < H; ++i)
+                    for (int64_t j = 0; j < W; ++j)
+                        for (int64_t o = 0; o < O; ++o) {
+                            double s = bs[size_t(o)];
+                            // Temporal taps t < T − 1 read the zero frames: only t = T − 1 meets the input.
+                            for (int64_t t = 0; t < T; ++t)
+                                for (int64_t u = 0; u < k; ++u)
+                                    for (int64_t v = 0; v < k; ++v) {
+                                        const int64_t yi = i + u - p, xj = j + v - p;
+                                        if (t != T - 1 || yi < 0 || yi >= H || xj < 0 || xj >= W) continue;
+                                        for (int64_t q = 0; q < I; ++q)
+                                            s += xs[size_t(((n * H + yi) * W + xj) * I + q)] *
+                                                 wv[size_t((((o * I + q) * T + t) * k + u) * k + v)];
+                                    }
+                            const size_t at = size_t(((n * H + i) * W + j) * O + o);
+                            ref[at] = s;
+                            ref_add[at] = as[at] + round_to(s, dt);
+                        }
+            EXPECT_LE(rel_max(cpu[0], ref), cpu_bound(dt)) << c.name;
+            EXPECT_LE(rel_max(cpu[1], ref_add), cpu_bound(dt)) << c.name;
+            check_backends(c);
+        }
+    const ops::Conv2d conv("layer.x", randn({4, 8, 3, 3}, 64), Tensor(), 1, DType::F32, ops::Context{});
+    try {
+        conv.forward(randn({1, 4, 4, 6}, 65, 0.f, 1.f, DType::F32), ops::Context{});
+        ADD_FAILURE() << "6 channels accepted by an 8-channel convolution";
+    } catch (const ShapeError& e) {
+        EXPECT_NE(std::string(e.what()).find("conv2d layer.x"), std::string::npos) << e.what();
+    }
+}
+
+// Exact moves: NCHW <-> channels-last, nearest 2x upsampling, and the residual add (one rounding).
+TEST(Ops, ImageLayoutUpsampleAdd) {
+    for (DType dt : kDtypes) {
+        const int64_t B = 2, C = 5, H = 3, W = 4;
+        const Tensor x = randn({B, C, H, W}, 70, 0.f, 1.f, dt), y = randn({B, H, W, C}, 71, 0.f, 1.f, dt);
+        Case c{fmt::format("channels-last, upsample 2x, add {}", dtype_name(dt)), dt, [&](const ops::Context& ctx) {
+                   const Tensor nhwc = ops::to_channels_last(ops::to_device(x, ctx), dt, ctx);
+                   const Tensor back = ops::to_channels_first(nhwc, ctx);
+                   const Tensor up = ops::upsample_nearest_2x(nhwc, ctx);
+                   Tensor sum = ops::to_device(y.to(dt), ctx);  // a copy: the add writes into it
+                   ops::add_inplace(sum, nhwc, ctx);
+                   return std::vector<Tensor>{ops::to_host(nhwc, ctx), ops::to_host(back, ctx), ops::to_host(up, ctx),
+                                              ops::to_host(sum, ctx)};
+               }};
+        const std::vector<Tensor> cpu = c.run(ops::Context{});
+        const std::vector<double> xs = values(x), ys = values(y);
+        std::vector<double> nhwc(xs.size()), up(xs.size() * 4), sum(xs.size());
+        for (int64_t n = 0; n < B; ++n)
+            for (int64_t ch = 0; ch < C; ++ch)
+                for (int64_t i = 0; i < H; ++i)
+                    for (int64_t j = 0; j < W; ++j) {
+                        const double v = xs[size_t(((n * C + ch) * H + i) * W + j)];
+                        const size_t at = size_t(((n * H + i) * W + j) * C + ch);
+                        nhwc[at] = v;
+                        sum[at] = round_to(ys[at] + v, dt);
+                        for (int64_t di = 0; di < 2; ++di)
+                            for (int64_t dj = 0; dj < 2; ++dj)
+                                up[size_t(((n * 2 * H + 2 * i + di) * 2 * W + 2 * j + dj) * C + ch)] = v;
+                    }
+        EXPECT_EQ(rel_max(cpu[0], nhwc), 0.0);
+        EXPECT_EQ(rel_max(cpu[1], xs), 0.0);
+        EXPECT_EQ(rel_max(cpu[2], up), 0.0);
+        EXPECT_EQ(rel_max(cpu[3], sum), 0.0);
+        check_backends(c);
+    }
+}
+
+// Single-head attention over image positions, head dim = the channel count (here past 256, as the
+// real Qwen-Image VAE's 384).
+TEST(Ops, SpatialAttention) {
+    for (DType dt : kDtypes)
+        for (auto [B, L, C] : {std::tuple<int64_t, int64_t, int64_t>{1, 6, 8}, {2, 20, 32}, {1, 12, 384}}) {
+            const Tensor qkv = randn({B * L, 3 * C}, 80, 0.f, 0.5f, dt);
+            Case c{fmt::format("spatial_attention B{} L{} C{} {}", B, L, C, dtype_name(dt)), dt,
+                   [&](const ops::Context& ctx) {
+                       return std::vector<Tensor>{
+                           ops::to_host(ops::spatial_attention(ops::to_device(qkv, ctx), B, ctx), ctx)};
+                   },
+                   false, 2e-2};
+            const std::vector<Tensor> cpu = c.run(ops::Context{});
+            const std::vector<double> x = values(qkv);
+            std::vector<double> ref(size_t(B * L * C), 0.0);
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t i = 0; i < L; ++i) {
+                    std::vector<double> s(static_cast<size_t>(L));
+                    for (int64_t j = 0; j < L; ++j) {
+                        double d = 0;
+                        for (int64_t e = 0; e < C; ++e)
+                            d += x[size_t((b * L + i) * 3 * C + e)] * x[size_t((b * L + j) * 3 * C + C + e)];
+                        s[size_t(j)] = d / std::sqrt(double(C));
+                    }
+                    const double mx = *std::max_element(s.begin(), s.end());
+                    double z = 0;
+                    for (double& v : s) z += (v = std::exp(v - mx));
+                    for (int64_t j = 0; j < L; ++j)
+                        for (int64_t e = 0; e < C; ++e)
+                            ref[size_t((b * L + i) * C + e)] += s[size_t(j)] / z * x[size_t((b * L + j) * 3 * C + 2 * C + e)];
+                }
+            EXPECT_LE(rel_max(cpu[0], ref), cpu_bound(dt)) << c.name;
+            check_backends(c);
+        }
 }

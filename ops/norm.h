@@ -1,0 +1,14 @@
+// Normalizations of channels-last image activations (the VAE decoders).
+#pragma once
+#include "ops/context.h"
+
+namespace qdit::ops {
+
+// The Qwen-Image / Wan VAE's RMS norm over the channels of x [..., C] (F32 or BF16):
+// y = ((v / max(‖v‖₂, eps)) · sqrt(C)) · gamma per position, each operation rounded to x's dtype
+// as torch's F.normalize(...).to(dtype) · scale · gamma are (backend/cpu/norm.h); with silu, then
+// silu(y) rounded once more. gamma F32 [C] on ctx's device (values in x's precision). On a GPU the
+// sum of squares is taken in another order (backend/cuda/channel_norm.h).
+Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, float eps, bool silu, const Context& ctx);
+
+}  // namespace qdit::ops

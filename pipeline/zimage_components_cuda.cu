@@ -1,6 +1,6 @@
 // The Z-Image pipeline's models on the current CUDA device (pipeline/zimage_components.h): the Qwen3
-// text encoder, the transformer (blocks replayed as CUDA graphs) and the VAE decoder, all on one
-// stream in bf16. The latents stay on the host between steps (16·h·w floats; the scheduler and the
+// text encoder and the transformer (written on the op layer; blocks replayed as CUDA graphs) and the
+// VAE decoder, all on one stream in bf16. The latents stay on the host between steps (16·h·w floats; the scheduler and the
 // guidance run there, as on the CPU).
 // With opt.gpus > 1 the transformer runs tensor- or sequence-parallel over NCCL on GPUs 0..gpus-1
 // (zimage::ZImageTransformerParallel, no CUDA graphs); the text encoder and the VAE stay on GPU 0.
@@ -13,7 +13,7 @@
 #include "core/error.h"
 #include "models/text/qwen3.h"
 #include "models/vae/autoencoder_kl_cuda.h"
-#include "models/zimage/transformer_cuda.h"
+#include "models/zimage/transformer.h"
 #include "models/zimage/transformer_parallel.h"
 #include "parallel/communicator.h"
 #include "pipeline/zimage_components.h"
@@ -64,7 +64,8 @@ public:
                 transformer, *group_, sequence_parallel ? zimage::ParallelMode::Sequence : zimage::ParallelMode::Tensor);
             cuda::check(cudaSetDevice(index), "selecting the CUDA device");
         } else {
-            transformer_ = std::make_unique<zimage::ZImageTransformerCuda>(transformer, stream_.s);
+            transformer_ = std::make_unique<zimage::ZImageTransformer>(
+                transformer, DType::BF16, ops::Context{{DeviceType::CUDA, index}, stream_.s});
             transformer_->set_cuda_graph(true);
         }
     }
@@ -87,7 +88,7 @@ private:
     Stream stream_;
     vae::AutoencoderKLCuda vae_;
     text::Qwen3TextModel text_;
-    std::unique_ptr<zimage::ZImageTransformerCuda> transformer_;       // one GPU
+    std::unique_ptr<zimage::ZImageTransformer> transformer_;           // one GPU
     std::unique_ptr<parallel::RankGroup> group_;                       // --gpus N > 1: the ranks,
     std::unique_ptr<zimage::ZImageTransformerParallel> parallel_;      // and the shards on them
 };

@@ -29,15 +29,17 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 // Products and sums of bf16 pairs rounded once to bf16 (HMUL2 / HADD2, two values per instruction).
 // For bf16 operands these equal bf16_rn(f32 product) and bf16_rn(f32 sum): the product of two 8-bit
 // significands is exact in f32, and a sum is exact in f32 unless the exponents are more than 16
-// apart, where both roundings return the larger operand.
+// apart, where both roundings return the larger operand. The _rn intrinsics keep the compiler from
+// contracting a product and a following sum into one fma (one rounding where the CPU rounds twice:
+// seen as one-ulp differences in x + gate · y).
 __device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
     const __nv_bfloat162 r =
-        __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+        __hmul2_rn(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
     return *reinterpret_cast<const uint32_t*>(&r);
 }
 __device__ __forceinline__ uint32_t add_bf16x2(uint32_t a, uint32_t b) {
     const __nv_bfloat162 r =
-        __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+        __hadd2_rn(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
     return *reinterpret_cast<const uint32_t*>(&r);
 }
 

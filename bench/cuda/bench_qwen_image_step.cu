@@ -1,0 +1,116 @@
+// One Qwen-Image DiT step on the GPU at the published config (60 dual-stream blocks, width 3072,
+// 24 heads) with random weights ~ N(0, 0.02) made on the GPU: 1024x1024 (a 64x64 grid of packed
+// 2x2 latents, 4096 image tokens) + 256 text tokens, a batch of 2 (true CFG's prompt and negative
+// prompt; the negative one's text padded, masked), bf16 / int8 (default plan: attention and MLP
+// W8A8, img_mod / txt_mod weight-only) / int8 with img_mlp kept. Prints ms/step (median of --steps
+// after warm-up, CUDA events; the host tensors' upload and the output's download included, about
+// 5 MB), the allocator's weight / activation / peak bytes and a hash of the output.
+//
+//   bench_qwen_image_step [--steps N] [--mode bf16|int8|int8-keep-img-mlp|all] [--layers N]
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/allocator.h"
+#include "backend/cuda/device_tensor.h"
+#include "models/qwen_image/transformer.h"
+
+using namespace qdit;
+
+namespace {
+
+double gib(size_t b) { return double(b) / double(size_t(1) << 30); }
+
+// Deterministic pseudo-random bf16 values in [-1, 1).
+Tensor inputs(Shape shape, uint32_t seed) {
+    Tensor t = Tensor::empty(std::move(shape), DType::BF16);
+    uint32_t st = seed;
+    for (int64_t i = 0; i < t.numel(); ++i) {
+        st = st * 1664525u + 1013904223u;
+        t.data<uint16_t>()[i] = f32_to_bf16(float(int32_t(st >> 8) - (1 << 23)) / float(1 << 23));
+    }
+    return t;
+}
+
+void run(const std::string& mode, int steps, int64_t layers) {
+    qwen_image::Config cfg;  // defaults are the published Qwen-Image config
+    cfg.num_layers = layers;
+    auto& alloc = cuda::Allocator::instance();
+    alloc.empty_cache();
+    QuantConfig q;
+    if (mode != "bf16") q = QuantConfig{QuantMethod::Int8, {}, "dynamic"};
+    if (mode == "int8-keep-img-mlp") q.ignored_layers = {"img_mlp"};
+    cudaStream_t s;
+    cuda::check(cudaStreamCreate(&s), "stream");
+    {
+        const auto model = qwen_image::QwenImageTransformer::random(cfg, q, 42, ops::Context{{DeviceType::CUDA, 0}, s});
+        const size_t wbytes = alloc.stats().weight;
+        const int64_t B = 2, L = 64 * 64, T = 256;
+        const Tensor hs = inputs({B, L, cfg.in_channels}, 1), enc = inputs({B, T, cfg.joint_attention_dim}, 2);
+        Tensor mask = Tensor::zeros({B, T}, DType::U8), t = Tensor::empty({B}, DType::F32);
+        for (int64_t k = 0; k < T; ++k) mask.data<uint8_t>()[k] = 1;               // the prompt: 256 tokens
+        for (int64_t k = 0; k < 40; ++k) mask.data<uint8_t>()[T + k] = 1;          // the negative one: 40
+        t.data<float>()[0] = t.data<float>()[1] = 0.5f;
+        for (int i = 0; i < 2; ++i) model.forward(hs, enc, mask, t, {1, 64, 64});
+        cuda::check(cudaStreamSynchronize(s), "warm-up");
+        alloc.reset_peak();
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0);
+        cudaEventCreate(&e1);
+        std::vector<float> ms;
+        Tensor out;
+        for (int i = 0; i < steps; ++i) {
+            cudaEventRecord(e0, s);
+            out = model.forward(hs, enc, mask, t, {1, 64, 64});
+            cudaEventRecord(e1, s);
+            cuda::check(cudaEventSynchronize(e1), "step");
+            float v = 0;
+            cudaEventElapsedTime(&v, e0, e1);
+            ms.push_back(v);
+        }
+        std::sort(ms.begin(), ms.end());
+        const cuda::MemStats m = alloc.stats();
+        uint64_t hash = 1469598103934665603ull;  // FNV-1a over the output's bf16 bits
+        for (int64_t i = 0; i < out.numel(); ++i) hash = (hash ^ out.data<uint16_t>()[i]) * 1099511628211ull;
+        const Tensor o = out.to(DType::F32);
+        double ss = 0;
+        bool finite = true;
+        for (int64_t i = 0; i < o.numel(); ++i) {
+            finite = finite && std::isfinite(o.data<float>()[i]);
+            ss += double(o.data<float>()[i]) * o.data<float>()[i];
+        }
+        std::printf("%-17s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d; weights %.2f "
+                    "GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB; output rms %.4g%s, "
+                    "hash %016llx\n",
+                    mode.c_str(), (long long)layers, ms[ms.size() / 2], steps, ms.front(), ms.back(),
+                    model.int8_layers(), gib(wbytes), gib(model.weight_bytes()), gib(m.peak_activation), gib(m.peak),
+                    std::sqrt(ss / double(o.numel())), finite ? "" : " NON-FINITE", (unsigned long long)hash);
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+    }
+    cudaStreamDestroy(s);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int steps = 5;
+    int64_t layers = 60;
+    std::string mode = "all";
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!std::strcmp(argv[i], "--steps")) steps = std::max(1, std::atoi(argv[i + 1]));
+        else if (!std::strcmp(argv[i], "--mode")) mode = argv[i + 1];
+        else if (!std::strcmp(argv[i], "--layers")) layers = std::atoll(argv[i + 1]);
+    }
+    try {
+        for (const char* m : {"bf16", "int8", "int8-keep-img-mlp"})
+            if (mode == "all" || mode == m) run(m, steps, layers);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_qwen_image_step: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

@@ -172,7 +172,7 @@ TEST(QwenImagePipeline, TrueCfgRunsOnlyAboveOneWithANegativePrompt) {
 
 // bf16: the latents are rounded to bf16 at every step, as diffusers holds them. CPU bf16 matmuls
 // and attention round differently from torch's, so the run is compared with a bound: the final
-// latents within 5% of max |ref| and the image within a few levels on average.
+// latents within 2% of max |ref| (measured: 1.1%, two bf16 steps at that magnitude).
 TEST(QwenImagePipeline, Bf16StaysNearDiffusers) {
     SafetensorsFile ref(kPipe + "/reference.safetensors");
     nlohmann::json meta = read_json_file(kPipe + "/reference.json");
@@ -188,12 +188,14 @@ TEST(QwenImagePipeline, Bf16StaysNearDiffusers) {
     const Tensor want = ref.get("cfg.bf16.final_latents");
     const double d = max_diff(r.latents, want);
     std::printf("cfg bf16: final latents max diff %.3g (max |ref| %.3g)\n", d, max_abs(want));
-    EXPECT_LE(d, 0.05 * max_abs(want));
+    EXPECT_LE(d, 0.02 * max_abs(want));
 }
 
-// int8 W8A8 on every Linear of the transformer blocks: the tiny model's int8 error (per-token
-// activation scales over 32-wide rows) moves the final latents by a few percent of their range; the
-// bound (10% of max |ref|, mean level difference of the image under 8) keeps it from drifting.
+// int8 W8A8 on every Linear of the transformer blocks (the default plan) against the fp32
+// reference: the int8 error of each step (per-token activation and per-row weight scales, about 1%
+// of a 32-wide row's values) stays in the final latents at well under 1% of their range over the 2-3
+// steps (measured: 0.40% and 0.19%; image 0.2 and 0.07 levels on average). Bound: 2% of max |ref|
+// and a mean image difference of at most 1 level.
 TEST(QwenImagePipeline, Int8RunsAndStaysNear) {
     SafetensorsFile ref(kPipe + "/reference.safetensors");
     nlohmann::json meta = read_json_file(kPipe + "/reference.json");
@@ -207,13 +209,13 @@ TEST(QwenImagePipeline, Int8RunsAndStaysNear) {
         const Tensor want = ref.get(name + ".fp32.final_latents");
         const double d = max_diff(r.latents, want);
         std::printf("%s int8: final latents max diff %.3g (max |ref| %.3g)\n", name.c_str(), d, max_abs(want));
-        EXPECT_LE(d, 0.1 * max_abs(want)) << name;
+        EXPECT_LE(d, 0.02 * max_abs(want)) << name;
         const Tensor img = ref.get(name + ".fp32.image");
         double sum = 0;
         for (int64_t i = 0; i < img.numel(); ++i)
             sum += std::abs(int(r.image.data<uint8_t>()[i]) - int(img.data<uint8_t>()[i]));
         std::printf("%s int8: image mean |diff| %.3g levels\n", name.c_str(), sum / double(img.numel()));
-        EXPECT_LE(sum / double(img.numel()), 8.0) << name;
+        EXPECT_LE(sum / double(img.numel()), 1.0) << name;
     }
 }
 
@@ -277,7 +279,7 @@ TEST(QwenImageGenerate, CliPicksThePipelineAndMatchesDiffusers) {
     for (const auto& [args, needle] :
          std::vector<std::pair<std::string, std::string>>{
              {common + " --guidance 2" + o, "--guidance"},
-             {common + " --gpus 2" + o, "--gpus"},
+             {"generate --model " + kPipe + " --prompt p --width 64 --height 64 --gpus 2" + o, "--gpus 2"},
              {common + " --max-sequence-length 2000" + o, "--max-sequence-length"},
              {"generate --model " + kPipe + " --prompt p --width 72 --height 64" + o, "multiples of 16"},
              {"generate --model " + std::string(QDIT_TEST_DATA) + "/pipeline --prompt p --width 32 --height 32 "

@@ -207,14 +207,14 @@ int generate_qwen_image(const GenerateArgs& a, const PipelineOptions& po, const 
     go.max_sequence_length = a.max_sequence_length;
     go.latents = latents;
     QwenImagePipeline::check_limits(go);
-    if (go.true_cfg_scale > 1 && !go.negative_prompt)
+    auto t0 = std::chrono::steady_clock::now();
+    QwenImagePipeline pipe(a.m.model, po, go);  // checks go before reading any weight
+    const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (a.true_cfg_opt->count() > 0 && go.true_cfg_scale > 1 && !go.negative_prompt)
         fmt::print(stderr, "warning: --true-cfg-scale {} has no effect without --negative-prompt (as in diffusers, "
                            "true CFG runs with a negative prompt, even \" \")\n", go.true_cfg_scale);
     else if (go.true_cfg_scale <= 1 && go.negative_prompt)
         fmt::print(stderr, "warning: --negative-prompt is not used: true CFG runs only when --true-cfg-scale > 1\n");
-    auto t0 = std::chrono::steady_clock::now();
-    QwenImagePipeline pipe(a.m.model, po, go);  // checks go before reading any weight
-    const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (bool negative : {false, true}) {
         if (negative && !go.true_cfg()) continue;
         const int64_t n = pipe.prompt_tokens(negative ? *go.negative_prompt : go.prompt) - kQwenImageDropTokens;

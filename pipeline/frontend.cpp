@@ -57,4 +57,21 @@ std::vector<std::pair<std::string, std::string>> image_metadata(const GenerateOp
             {"software", "qdit"}};
 }
 
+std::vector<std::pair<std::string, std::string>> image_metadata(const QwenImageGenerateOptions& o,
+                                                                const std::string& model,
+                                                                const std::string& quantization,
+                                                                const std::string& device) {
+    std::vector<std::pair<std::string, std::string>> m = {{"prompt", o.prompt}};
+    if (o.negative_prompt) m.emplace_back("negative_prompt", *o.negative_prompt);
+    m.insert(m.end(), {{"seed", std::to_string(o.seed)},
+                       {"steps", std::to_string(o.steps)},
+                       {"size", fmt::format("{}x{}", o.width, o.height)},
+                       {"true_cfg_scale", fmt::format("{}{}", o.true_cfg_scale, o.true_cfg() ? "" : " (off)")},
+                       {"model", model},
+                       {"quantization", quantization},
+                       {"device", device},
+                       {"software", "qdit"}});
+    return m;
+}
+
 }  // namespace qdit

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "pipeline/qwen_image_pipeline.h"
 #include "pipeline/zimage_pipeline.h"
 
 namespace qdit {
@@ -28,6 +29,13 @@ std::string rename_flags(std::string message,
 // The tEXt chunks every generated PNG carries: prompt, negative_prompt, seed,
 // steps, size, guidance, model, quantization, device, software.
 std::vector<std::pair<std::string, std::string>> image_metadata(const GenerateOptions& o,
+                                                                const std::string& model,
+                                                                const std::string& quantization,
+                                                                const std::string& device);
+
+// The same for a Qwen-Image run: true_cfg_scale (and whether true CFG ran) in place of guidance;
+// negative_prompt is absent when none was given.
+std::vector<std::pair<std::string, std::string>> image_metadata(const QwenImageGenerateOptions& o,
                                                                 const std::string& model,
                                                                 const std::string& quantization,
                                                                 const std::string& device);

@@ -103,4 +103,10 @@ private:
 // reference's noise with GenerateOptions::latents to compare implementations.
 Tensor seeded_noise(const Shape& shape, uint64_t seed);
 
+struct PreparedModel;
+// Bytes a model's weights take once loaded: every parameter in the compute dtype, except int8
+// Linear weights (one byte each plus an f32 scale per row). The pipelines check the sum against
+// the memory budget before loading.
+uint64_t weight_bytes(const PreparedModel& m, DType compute);
+
 }  // namespace qdit

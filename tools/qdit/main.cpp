@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <string>
 
@@ -19,6 +20,8 @@
 #include "io/png.h"
 #include "io/safetensors.h"
 #include "pipeline/frontend.h"
+#include "pipeline/qwen_image_pipeline.h"
+#include "pipeline/qwen_image_prompt.h"
 #include "pipeline/zimage_pipeline.h"
 #include "quant/config.h"
 #include "models/loader.h"
@@ -113,8 +116,10 @@ struct ModelFlags {
 
     void add(CLI::App* cmd) {
         cmd->add_option("--model", model,
-                        "Diffusers ZImagePipeline folder (model_index.json, scheduler/, text_encoder/, "
-                        "tokenizer/, transformer/, vae/); default: the built-in tiny random-weight model");
+                        "Diffusers pipeline folder (model_index.json, scheduler/, text_encoder/, tokenizer/, "
+                        "transformer/, vae/); model_index.json's _class_name picks the pipeline: ZImagePipeline "
+                        "or QwenImagePipeline (generate only); default: the built-in tiny random-weight Z-Image "
+                        "model");
         cmd->add_option("--dtype", dtype, "Activation precision: bf16 or f32 (cuda: bf16)")->capture_default_str();
         device_opt = cmd->add_option("--device", device,
                                      "Where the text encoder, transformer and VAE run: cpu, cuda (GPU 0) or "
@@ -158,14 +163,81 @@ struct GenerateArgs {
     std::string prompt, negative_prompt, latents, output = "qdit.png", parallel = "tensor";
     int steps = 9, width = 1024, height = 1024, max_sequence_length = 512, gpus = 1;
     uint64_t seed = 0;
-    float guidance = 0.0f;
+    float guidance = 0.0f, true_cfg_scale = 4.0f;
     ModelFlags m;
+    // Flags whose default or meaning depends on the pipeline: whether they were given.
+    CLI::Option *steps_opt = nullptr, *guidance_opt = nullptr, *true_cfg_opt = nullptr, *negative_opt = nullptr,
+                *parallel_opt = nullptr;
 };
 
 double peak_rss_gib() {
     struct rusage ru {};
     getrusage(RUSAGE_SELF, &ru);
     return double(ru.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
+}
+
+// The progress bar on stderr, one update per denoising step.
+std::function<void(int, int, double)> progress_bar() {
+    const bool tty = ::isatty(2);
+    return [tty](int step, int total, double secs) {
+        const int width = 30, filled = width * step / total;
+        std::string bar = std::string(size_t(filled), '#') + std::string(size_t(width - filled), '.');
+        fmt::print(stderr, "{}denoise [{}] {}/{} {:.2f} s/it{}", tty ? "\r" : "", bar, step, total, secs,
+                   tty && step < total ? "" : "\n");
+    };
+}
+
+// generate with a QwenImagePipeline folder: --true-cfg-scale instead of --guidance, 50 steps by
+// default, one device.
+int generate_qwen_image(const GenerateArgs& a, const PipelineOptions& po, const Tensor& latents,
+                        std::chrono::steady_clock::time_point t_start) {
+    if (a.guidance_opt->count() > 0)
+        throw UsageError("--guidance is Z-Image's classifier-free guidance; a Qwen-Image pipeline takes "
+                         "--true-cfg-scale (with --negative-prompt)");
+    if (a.parallel_opt->count() > 0 || a.gpus != 1)
+        throw UsageError(fmt::format("--gpus {} / --parallel: the Qwen-Image pipeline runs on one device", a.gpus));
+    QwenImageGenerateOptions go;
+    go.prompt = a.prompt;
+    if (a.negative_opt->count() > 0) go.negative_prompt = a.negative_prompt;
+    go.steps = a.steps_opt->count() > 0 ? a.steps : QwenImageGenerateOptions{}.steps;
+    go.width = a.width;
+    go.height = a.height;
+    go.seed = a.seed;
+    go.true_cfg_scale = a.true_cfg_scale;
+    go.max_sequence_length = a.max_sequence_length;
+    go.latents = latents;
+    QwenImagePipeline::check_limits(go);
+    auto t0 = std::chrono::steady_clock::now();
+    QwenImagePipeline pipe(a.m.model, po, go);  // checks go before reading any weight
+    const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (a.true_cfg_opt->count() > 0 && go.true_cfg_scale > 1 && !go.negative_prompt)
+        fmt::print(stderr, "warning: --true-cfg-scale {} has no effect without --negative-prompt (as in diffusers, "
+                           "true CFG runs with a negative prompt, even \" \")\n", go.true_cfg_scale);
+    else if (go.true_cfg_scale <= 1 && go.negative_prompt)
+        fmt::print(stderr, "warning: --negative-prompt is not used: true CFG runs only when --true-cfg-scale > 1\n");
+    for (bool negative : {false, true}) {
+        if (negative && !go.true_cfg()) continue;
+        const int64_t n = pipe.prompt_tokens(negative ? *go.negative_prompt : go.prompt) - kQwenImageDropTokens;
+        if (n > go.max_sequence_length)
+            fmt::print(stderr,
+                       "warning: the {} is {} tokens (after the template's first {}); only the first {} are used "
+                       "(--max-sequence-length)\n",
+                       negative ? "negative prompt" : "prompt", n, kQwenImageDropTokens, go.max_sequence_length);
+    }
+    const GenerateResult r = pipe.generate(go, progress_bar());
+    const std::string quant = quant_method_name(po.transformer_quant.method);
+    write_png(a.output, r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)),
+              image_metadata(go, a.m.model, quant, a.m.device));
+    const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    fmt::print("wrote {} ({}x{}, {} steps, seed {}, true CFG {})\n", a.output, go.width, go.height, go.steps, go.seed,
+               go.true_cfg() ? fmt::format("{}", go.true_cfg_scale) : std::string("off"));
+    fmt::print("time: load {:.2f} s, text encoder {:.2f} s, denoise {:.2f} s ({:.2f} s/step), vae {:.2f} s, total "
+               "{:.2f} s\n",
+               load_s, r.text_seconds, r.denoise_seconds, r.denoise_seconds / go.steps, r.vae_seconds, total_s);
+    fmt::print("quantization: transformer {} ({} int8 Linear layers), text encoder {} int8 Linear layers; peak "
+               "memory {:.2f} GiB\n",
+               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), peak_rss_gib());
+    return 0;
 }
 
 int cmd_generate(GenerateArgs a) {
@@ -195,6 +267,18 @@ int cmd_generate(GenerateArgs a) {
                                          a.latents, f.keys().size()));
         go.latents = f.get(f.contains("latents") ? "latents" : f.keys()[0]);
     }
+    if (!a.m.model.empty()) {
+        // model_index.json's _class_name picks the pipeline; a folder whose index cannot be read goes
+        // the Z-Image way, which reports what is wrong with it.
+        std::string cls;
+        try {
+            cls = pipeline_class(a.m.model);
+        } catch (const Error&) {
+        }
+        if (cls == "QwenImagePipeline") return generate_qwen_image(a, po, go.latents, t_start);
+    }
+    if (a.true_cfg_opt->count() > 0)
+        throw UsageError("--true-cfg-scale is Qwen-Image's true CFG; a Z-Image pipeline takes --guidance");
     ZImagePipeline::check_limits(go);
     bool tiny = false;
     const std::string model = resolve_model_dir(a.m.model, &tiny);
@@ -217,13 +301,7 @@ int cmd_generate(GenerateArgs a) {
                        negative ? "negative prompt" : "prompt", n, go.max_sequence_length);
     }
 
-    const bool tty = ::isatty(2);
-    GenerateResult r = pipe.generate(go, [&](int step, int total, double secs) {
-        const int width = 30, filled = width * step / total;
-        std::string bar = std::string(size_t(filled), '#') + std::string(size_t(width - filled), '.');
-        fmt::print(stderr, "{}denoise [{}] {}/{} {:.2f} s/it{}", tty ? "\r" : "", bar, step, total,
-                   secs, tty && step < total ? "" : "\n");
-    });
+    GenerateResult r = pipe.generate(go, progress_bar());
 
     std::string quant = quant_method_name(po.transformer_quant.method);
     write_png(a.output, r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)),
@@ -295,12 +373,16 @@ int main(int argc, char** argv) {
 
     GenerateArgs gen;
     CLI::App* generate = app.add_subcommand(
-        "generate", "Generate an image from a prompt with a diffusers ZImagePipeline folder "
-                    "(the built-in tiny random-weight model when no --model is given)");
+        "generate", "Generate an image from a prompt with a diffusers ZImagePipeline or QwenImagePipeline "
+                    "folder (the built-in tiny random-weight Z-Image model when no --model is given)");
     generate->add_option("--prompt", gen.prompt, "The prompt")->required();
-    generate->add_option("--negative-prompt", gen.negative_prompt, "Negative prompt (used when --guidance > 0)");
-    generate->add_option("--steps", gen.steps, fmt::format("Denoising steps, 1 to {}", kMaxSteps))
-        ->capture_default_str();
+    gen.negative_opt = generate->add_option(
+        "--negative-prompt", gen.negative_prompt,
+        "Negative prompt (Z-Image: used when --guidance > 0; Qwen-Image: given, even empty, it turns on true CFG "
+        "when --true-cfg-scale > 1)");
+    gen.steps_opt = generate->add_option(
+        "--steps", gen.steps,
+        fmt::format("Denoising steps, 1 to {} (default: 9 for Z-Image, 50 for Qwen-Image)", kMaxSteps));
     generate->add_option("--width", gen.width,
                          fmt::format("Image width, a multiple of 16 up to {} (and within the "
                                      "transformer's RoPE table, axes_lens[2] x 16)",
@@ -312,25 +394,32 @@ int main(int argc, char** argv) {
                                      kMaxImageSide))
         ->capture_default_str();
     generate->add_option("--seed", gen.seed, "Seed of the initial noise")->capture_default_str();
-    generate->add_option("--guidance", gen.guidance,
-                         "Classifier-free guidance scale; CFG runs when > 0 (Z-Image-Turbo: 0)")
-        ->capture_default_str();
+    gen.guidance_opt = generate->add_option("--guidance", gen.guidance,
+                                            "Z-Image only: classifier-free guidance scale; CFG runs when > 0 "
+                                            "(Z-Image-Turbo: 0)")
+                           ->capture_default_str();
+    gen.true_cfg_opt = generate->add_option("--true-cfg-scale", gen.true_cfg_scale,
+                                            "Qwen-Image only: true CFG scale; true CFG runs when > 1 and "
+                                            "--negative-prompt is given (as diffusers' true_cfg_scale)")
+                           ->capture_default_str();
     generate->add_option("--max-sequence-length", gen.max_sequence_length,
                          fmt::format("Prompt tokens kept after the chat template, 1 to {} (longer "
                                      "prompts are cut); the prompt must also fit the transformer's "
-                                     "RoPE table (axes_lens[0] of transformer/config.json)",
-                                     kMaxSequenceLength))
+                                     "RoPE table (axes_lens[0] of transformer/config.json). Qwen-Image: "
+                                     "tokens kept after the template's first {}, 1 to {}",
+                                     kMaxSequenceLength, kQwenImageDropTokens, kQwenImageMaxSequenceLength))
         ->capture_default_str();
     generate->add_option("--latents", gen.latents,
                          "Initial noise from a safetensors file (one floating-point tensor, or one "
-                         "named 'latents', of shape [1, 16, H/8, W/8]) instead of the seeded noise");
+                         "named 'latents', of shape [1, 16, H/8, W/8]; Qwen-Image also takes the packed "
+                         "[1, H/16 x W/16, 64]) instead of the seeded noise");
     generate->add_option("--gpus", gen.gpus,
-                         "GPUs for the transformer: N > 1 splits it over NCCL on CUDA GPUs 0..N-1 (text "
+                         "Z-Image only: GPUs for the transformer: N > 1 splits it over NCCL on CUDA GPUs 0..N-1 (text "
                          "encoder and VAE on GPU 0; implies --device cuda; needs a build with NCCL and "
                          "libnccl.so.2 at run time, see docs/usage.md)")
         ->capture_default_str();
-    generate->add_option("--parallel", gen.parallel,
-                         "How --gpus N > 1 splits the transformer: tensor (weights split, two all-reduces "
+    gen.parallel_opt = generate->add_option("--parallel", gen.parallel,
+                         "Z-Image only: how --gpus N > 1 splits the transformer: tensor (weights split, two all-reduces "
                          "per block) or sequence (Ulysses: tokens split, whole weights on every GPU, two "
                          "all-to-alls per block; N must divide the token counts: 2, 4 or 8)")
         ->capture_default_str();

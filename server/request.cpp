@@ -28,7 +28,8 @@ void bad_field(const std::string& field, const std::string& message) {
 json parse_request_body(const std::string& body) {
     try {
         return json::parse(body);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
+        // parse_error, and out_of_range for a number beyond double's range (1e400).
         throw ApiError{400, fmt::format("the request body is not valid JSON: {}", e.what()), ""};
     }
 }

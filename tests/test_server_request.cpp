@@ -74,3 +74,14 @@ TEST(ServerRequest, BodiesThatAreNotJsonObjectsAre400) {
     for (const char* body : {"", "{", "not json", R"({"prompt": "x",})", "[1, 2]", "42"})
         EXPECT_TRUE(starts_with(refusal(body), "400 :")) << body << ": " << refusal(body);
 }
+
+// nlohmann's parser throws out_of_range, not parse_error, for a number beyond
+// double's range; the server answered such a body with a 500.
+TEST(ServerRequest, NumbersBeyondDoubleRangeAre400) {
+    for (const char* body : {R"({"prompt": "x", "guidance_scale": 1e400})", R"({"prompt": "x", "seed": -1e400})",
+                             "1e400"}) {
+        const std::string r = refusal(body);
+        EXPECT_TRUE(starts_with(r, "400 :")) << body << ": " << r;
+        EXPECT_NE(r.find("not valid JSON"), std::string::npos) << r;
+    }
+}

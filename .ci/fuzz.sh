@@ -15,7 +15,7 @@ bash scripts/install-deps.sh
 
 jobs=${QDIT_JOBS:-$(nproc)}
 build=${QDIT_BUILD_DIR:-build-fuzz}
-targets=${QDIT_FUZZ_TARGETS:-fuzz_safetensors fuzz_safetensors_index fuzz_model_config fuzz_tokenizer_encode fuzz_tokenizer_json}
+targets=${QDIT_FUZZ_TARGETS:-fuzz_safetensors fuzz_safetensors_index fuzz_model_config fuzz_tokenizer_encode fuzz_tokenizer_json fuzz_serve_request}
 if [ -n "${QDIT_FUZZ_RUNS:-}" ]; then limit=(-runs="$QDIT_FUZZ_RUNS"); else limit=(-max_total_time="${QDIT_FUZZ_SECONDS:-60}"); fi
 
 cmake -B "$build" -S . -DCMAKE_CXX_COMPILER=clang++ -DQDIT_FUZZ=ON -DQDIT_CUDA=OFF \

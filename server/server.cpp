@@ -25,6 +25,7 @@
 #include "io/png.h"
 #include "pipeline/frontend.h"
 #include "server/base64.h"
+#include "server/request.h"
 
 namespace qdit::server {
 
@@ -39,31 +40,6 @@ int64_t unix_seconds() {
         .count();
 }
 
-// An error answered to the client in OpenAI's shape:
-// {"error": {"message", "type", "param", "code"}}.
-struct ApiError {
-    int status;
-    std::string message;
-    std::string param;  // the request field concerned, or empty
-    std::string type;
-    std::string code;
-    ApiError(int status, std::string message, std::string param = "", std::string type = "invalid_request_error",
-             std::string code = "")
-        : status(status), message(std::move(message)), param(std::move(param)), type(std::move(type)),
-          code(std::move(code)) {}
-};
-
-json error_body(const ApiError& e) {
-    json err = {{"message", e.message},
-                {"type", e.type},
-                {"param", e.param.empty() ? json(nullptr) : json(e.param)},
-                {"code", e.code.empty() ? json(nullptr) : json(e.code)}};
-    return {{"error", err}};
-}
-
-// Messages may quote the request; a cut multi-byte character becomes U+FFFD instead of an exception.
-std::string to_text(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
 void send_json(httplib::Response& res, int status, const json& body) {
     res.status = status;
     res.set_content(to_text(body), "application/json");
@@ -72,124 +48,6 @@ void send_json(httplib::Response& res, int status, const json& body) {
 void send_error(httplib::Response& res, const ApiError& e) {
     send_json(res, e.status, error_body(e));
     if (e.status == 429 || e.status == 503) res.set_header("Retry-After", "1");
-}
-
-[[noreturn]] void bad_field(const std::string& field, const std::string& message) {
-    throw ApiError{400, message, field};
-}
-
-// ---- request parsing ---------------------------------------------------------
-
-// One image request, validated: `gen` holds the first image's seed; image i uses seed + i.
-struct ImageRequest {
-    GenerateOptions gen;
-    int n = 1;
-};
-
-const json* field(const json& body, const char* key) {
-    auto it = body.find(key);
-    return it == body.end() || it->is_null() ? nullptr : &*it;
-}
-
-std::string string_field(const json& body, const char* key, size_t max_bytes) {
-    const json* v = field(body, key);
-    if (!v) return {};
-    if (!v->is_string()) bad_field(key, fmt::format("'{}' must be a string", key));
-    std::string s = v->get<std::string>();
-    if (s.size() > max_bytes)
-        bad_field(key, fmt::format("'{}' is {} bytes long; the limit is {}", key, s.size(), max_bytes));
-    return s;
-}
-
-int64_t int_field(const json& body, const char* key, int64_t lo, int64_t hi, int64_t dflt) {
-    const json* v = field(body, key);
-    if (!v) return dflt;
-    if (!v->is_number_integer()) bad_field(key, fmt::format("'{}' must be an integer", key));
-    const bool out = v->is_number_unsigned() ? v->get<uint64_t>() > uint64_t(hi) || int64_t(v->get<uint64_t>()) < lo
-                                             : v->get<int64_t>() < lo || v->get<int64_t>() > hi;
-    if (out)
-        bad_field(key, fmt::format("'{}' must be between {} and {} (got {})", key, lo, hi, v->dump()));
-    return v->get<int64_t>();
-}
-
-double number_field(const json& body, const char* key, double dflt) {
-    const json* v = field(body, key);
-    if (!v) return dflt;
-    if (!v->is_number()) bad_field(key, fmt::format("'{}' must be a number", key));
-    return v->get<double>();
-}
-
-// "WxH", each side a positive multiple of `multiple` up to `max_side`.
-void parse_size(const std::string& s, int multiple, int max_side, int* w, int* h) {
-    auto x = s.find('x');
-    auto digits = [](const std::string& t) {
-        return !t.empty() && t.size() <= 6 && t.find_first_not_of("0123456789") == std::string::npos;
-    };
-    if (x == std::string::npos || !digits(s.substr(0, x)) || !digits(s.substr(x + 1)))
-        bad_field("size", fmt::format("'size' must be WIDTHxHEIGHT, e.g. \"1024x1024\" (got \"{}\")", s));
-    *w = std::stoi(s.substr(0, x));
-    *h = std::stoi(s.substr(x + 1));
-    for (int v : {*w, *h})
-        if (v <= 0 || v % multiple || v > max_side)
-            bad_field("size", fmt::format("'size' {}: width and height must be multiples of {} from {} to {}", s,
-                                          multiple, multiple, max_side));
-}
-
-// OpenAI's fields, then the reference server's.
-const char* const kKnownFields[] = {"prompt", "model", "n", "size", "response_format", "output_format", "user",
-                                    "negative_prompt", "num_inference_steps", "guidance_scale", "true_cfg_scale",
-                                    "seed", "max_sequence_length"};
-
-ImageRequest parse_image_request(const json& body, const Limits& lim, const std::string& model_id) {
-    if (!body.is_object()) throw ApiError{400, "the request body must be a JSON object", ""};
-    for (auto it = body.begin(); it != body.end(); ++it) {
-        bool known = false;
-        for (const char* k : kKnownFields) known = known || it.key() == k;
-        if (!known) bad_field(it.key().substr(0, 64), fmt::format("unknown field '{}'", it.key().substr(0, 64)));
-    }
-    ImageRequest r;
-    if (!field(body, "prompt")) bad_field("prompt", "'prompt' is required");
-    r.gen.prompt = string_field(body, "prompt", lim.max_prompt_bytes);
-    if (r.gen.prompt.empty()) bad_field("prompt", "'prompt' must not be empty");
-    r.gen.negative_prompt = string_field(body, "negative_prompt", lim.max_prompt_bytes);
-    std::string model = string_field(body, "model", 256);
-    if (!model.empty() && model != model_id)
-        throw ApiError{404, fmt::format("model '{}' does not exist; this server serves '{}'", model, model_id),
-                       "model", "invalid_request_error", "model_not_found"};
-    std::string format = string_field(body, "response_format", 64);
-    if (!format.empty() && format != "b64_json")
-        bad_field("response_format",
-                  fmt::format("'response_format' \"{}\" is not supported: only \"b64_json\"", format));
-    std::string output = string_field(body, "output_format", 64);
-    if (!output.empty() && output != "png")
-        bad_field("output_format", fmt::format("'output_format' \"{}\" is not supported: only \"png\"", output));
-    string_field(body, "user", 256);  // accepted, not used
-    r.n = int(int_field(body, "n", 1, lim.max_n, 1));
-    std::string size = string_field(body, "size", 64);
-    if (size.empty() || size == "auto") size = "1024x1024";
-    parse_size(size, 16, lim.max_side, &r.gen.width, &r.gen.height);
-    r.gen.steps = int(int_field(body, "num_inference_steps", 1, std::min(lim.max_steps, kMaxSteps), 9));
-    r.gen.max_sequence_length = int(int_field(body, "max_sequence_length", 1, kMaxSequenceLength, 512));
-    double g = number_field(body, "guidance_scale", 0.0);
-    if (!std::isfinite(g) || g < 0 || g > 100) bad_field("guidance_scale", "'guidance_scale' must be from 0 to 100");
-    r.gen.guidance = float(g);
-    // Qwen-Image's true CFG scale; Z-Image has none (its CFG is guidance_scale).
-    double t = number_field(body, "true_cfg_scale", 1.0);
-    if (t != 1.0)
-        bad_field("true_cfg_scale", "'true_cfg_scale' applies to Qwen-Image only; Z-Image's classifier-free "
-                                    "guidance is 'guidance_scale'");
-    if (field(body, "seed")) {
-        r.gen.seed = uint64_t(int_field(body, "seed", 0, INT64_MAX, 0));
-    } else {
-        std::random_device rd;
-        r.gen.seed = rd() & 0x7fffffffu;
-    }
-    const int64_t work = int64_t(r.n) * r.gen.steps * r.gen.width * r.gen.height;
-    if (work > lim.max_work)
-        bad_field("n", fmt::format("'n' × 'num_inference_steps' × width × height = {} × {} × {} × {} = {} exceeds "
-                                   "this server's limit of {}",
-                                   r.n, r.gen.steps, r.gen.width, r.gen.height, work, lim.max_work));
-    return r;
 }
 
 // ---- jobs --------------------------------------------------------------------
@@ -438,12 +296,7 @@ struct Server::Impl {
 
     // Validates a request body and queues it as a job; throws ApiError.
     std::shared_ptr<Job> submit(const httplib::Request& req, bool async) {
-        json body;
-        try {
-            body = json::parse(req.body);
-        } catch (const json::parse_error& e) {
-            throw ApiError{400, fmt::format("the request body is not valid JSON: {}", e.what()), ""};
-        }
+        json body = parse_request_body(req.body);
         auto job = std::make_shared<Job>();
         job->req = parse_image_request(body, opt.limits, model_id);
         job->async = async;

@@ -9,20 +9,9 @@
 #include <string>
 
 #include "pipeline/zimage_pipeline.h"
+#include "server/request.h"
 
 namespace qdit::server {
-
-// Bounds on what one request may ask for; larger requests get a 4xx naming the field.
-struct Limits {
-    size_t max_body_bytes = 1 << 20;     // request body (413 beyond)
-    size_t max_prompt_bytes = 8192;      // prompt and negative_prompt, each
-    int max_n = 10;                      // images per request (OpenAI's bound)
-    int max_steps = 200;                 // num_inference_steps
-    int max_side = 2048;                 // width and height
-    int64_t max_work = int64_t(10) * 50 * 1024 * 1024;  // n × steps × width × height
-    size_t kept_jobs = 100;              // finished async jobs kept for GET /v1/jobs/{id} ...
-    size_t kept_bytes = size_t(1) << 30; // ... and the bytes of their images and events
-};
 
 struct ServerOptions {
     std::string model;          // pipeline folder; empty: the built-in tiny pipeline

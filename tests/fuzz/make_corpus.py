@@ -112,10 +112,47 @@ def tokenizer_seeds():
     write("fuzz_tokenizer_encode", "chat.txt", "<|im_start|>user\na red fox<|im_end|>\n<|im_start|>assistant\n")
 
 
+def serve_request_seeds():
+    # Bodies of POST /v1/images/generations: what the OpenAI client sends, every field of the
+    # reference server, and one of each kind of refusal (the server tests' cases).
+    good = {"prompt": "a cat", "size": "64x64", "num_inference_steps": 1}
+    bodies = {
+        "openai_client": {"prompt": "a red fox", "model": "tiny-zimage-v1", "n": 1, "size": "1024x1024",
+                          "response_format": "b64_json"},
+        "minimal": {"prompt": "x"},
+        "good": good,
+        "all_fields": {"prompt": "a lighthouse at dusk", "negative_prompt": "blurry", "model": "tiny-zimage-v1",
+                       "n": 2, "size": "512x768", "response_format": "b64_json", "output_format": "png",
+                       "user": "u-1", "num_inference_steps": 8, "guidance_scale": 4.5, "true_cfg_scale": 1.0,
+                       "seed": 42, "max_sequence_length": 1024},
+        "nulls": {"prompt": "a cat", "negative_prompt": None, "n": None, "size": None, "seed": None,
+                  "guidance_scale": None},
+        "size_auto": {"prompt": "a cat", "size": "auto"},
+        "limit_work": dict(good, n=10, num_inference_steps=200, size="2048x2048"),
+        "limit_seed": dict(good, seed=2 ** 63 - 1),
+        "bad_seed": dict(good, seed=2 ** 64 - 1),
+        "bad_steps": dict(good, num_inference_steps=10 ** 30),
+        "bad_n": dict(good, n=1.5),
+        "bad_size": dict(good, size="64x65"),
+        "bad_guidance": dict(good, guidance_scale=-1),
+        "bad_true_cfg": dict(good, true_cfg_scale=4.0),
+        "bad_model": dict(good, model="gpt-image-1"),
+        "bad_format": dict(good, response_format="url"),
+        "unknown_field": dict(good, colour="red"),
+        "unicode": {"prompt": "一只猫 🐈 über café", "negative_prompt": "\u0000"},
+    }
+    for name, body in bodies.items():
+        write("fuzz_serve_request", name + ".json", json.dumps(body, ensure_ascii=False))
+    write("fuzz_serve_request", "not_object.json", "[1, 2]")
+    write("fuzz_serve_request", "malformed.json", '{"prompt": "x",}')
+
+
 if __name__ == "__main__":
-    shutil.rmtree(OUT, ignore_errors=True)
-    os.makedirs(os.path.join(OUT, "fuzz_model_config"))
+    # Seeds written here replace their earlier versions; the others (inputs the fuzzers found,
+    # written by hand) stay.
+    os.makedirs(os.path.join(OUT, "fuzz_model_config"), exist_ok=True)
     safetensors_seeds()
     index_seeds()
     config_seeds()
     tokenizer_seeds()
+    serve_request_seeds()

@@ -16,6 +16,7 @@
 
 #include "backend/cuda/allocator.h"
 #include "backend/cuda/device_tensor.h"
+#include "bench/cuda/output_stats.h"
 #include "models/qwen_image/transformer.h"
 
 using namespace qdit;
@@ -73,21 +74,13 @@ void run(const std::string& mode, int steps, int64_t layers) {
         }
         std::sort(ms.begin(), ms.end());
         const cuda::MemStats m = alloc.stats();
-        uint64_t hash = 1469598103934665603ull;  // FNV-1a over the output's bf16 bits
-        for (int64_t i = 0; i < out.numel(); ++i) hash = (hash ^ out.data<uint16_t>()[i]) * 1099511628211ull;
-        const Tensor o = out.to(DType::F32);
-        double ss = 0;
-        bool finite = true;
-        for (int64_t i = 0; i < o.numel(); ++i) {
-            finite = finite && std::isfinite(o.data<float>()[i]);
-            ss += double(o.data<float>()[i]) * o.data<float>()[i];
-        }
+        const bench::OutputStats st = bench::output_stats(out);
         std::printf("%-17s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d; weights %.2f "
                     "GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB; output rms %.4g%s, "
                     "hash %016llx\n",
                     mode.c_str(), (long long)layers, ms[ms.size() / 2], steps, ms.front(), ms.back(),
                     model.int8_layers(), gib(wbytes), gib(model.weight_bytes()), gib(m.peak_activation), gib(m.peak),
-                    std::sqrt(ss / double(o.numel())), finite ? "" : " NON-FINITE", (unsigned long long)hash);
+                    st.rms, st.finite ? "" : " NON-FINITE", (unsigned long long)st.hash);
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
     }

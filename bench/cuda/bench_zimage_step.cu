@@ -29,6 +29,7 @@
 
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_tensor.h"
+#include "bench/cuda/output_stats.h"
 #include "bench/cuda/zimage_step_inputs.h"
 #include "models/zimage/transformer.h"
 #include "models/zimage/transformer_cuda.h"
@@ -109,18 +110,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile, bool 
         std::sort(ms.begin(), ms.end());
         std::sort(host_ms.begin(), host_ms.end());
         const cuda::MemStats m = alloc.stats();
-        Tensor ob = cuda::DTensor::of(out).download(s);
-        // FNV-1a over the output's bf16 bits: equal hashes = bit-identical outputs (kernel changes
-        // that claim to keep the arithmetic are checked against the previous build with it).
-        uint64_t hash = 1469598103934665603ull;
-        for (int64_t i = 0; i < ob.numel(); ++i) hash = (hash ^ ob.data<uint16_t>()[i]) * 1099511628211ull;
-        Tensor o = ob.to(DType::F32);
-        double ss = 0;
-        bool finite = true;
-        for (int64_t i = 0; i < o.numel(); ++i) {
-            finite = finite && std::isfinite(o.data<float>()[i]);
-            ss += double(o.data<float>()[i]) * o.data<float>()[i];
-        }
+        const bench::OutputStats st = bench::output_stats(cuda::DTensor::of(out).download(s));
         std::printf("%-5s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d of %d; "
                     "weights %.2f GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB, "
                     "reserved peak %.2f GiB; attention %s, graph %s, impl %s; output rms %.4g%s, hash %016llx; host enqueue %.2f ms/step (median)\n",
@@ -128,7 +118,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile, bool 
                     model.int8, model.linear, gib(wbytes), gib(model.weight_bytes),
                     gib(m.peak_activation), gib(m.peak), gib(m.peak_reserved), cuda::attention_impl_name(), graph ? "on" : "off",
                     impl.c_str(),
-                    std::sqrt(ss / double(o.numel())), finite ? "" : " NON-FINITE", (unsigned long long)hash, host_ms[host_ms.size() / 2]);
+                    st.rms, st.finite ? "" : " NON-FINITE", (unsigned long long)st.hash, host_ms[host_ms.size() / 2]);
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
     }

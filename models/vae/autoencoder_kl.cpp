@@ -23,43 +23,9 @@ void require(bool ok, const std::string& where, const char* field, const std::st
     if (!ok) raise<ConfigError>("{}: field '{}' {}", where, field, what);
 }
 
-// [B, M, N] → [B, N, M] for elements of T's size (the NCHW <-> NHWC moves).
-template <typename T>
-void transpose_last2(const T* in, T* out, int64_t B, int64_t M, int64_t N) {
-    constexpr int64_t kTile = 32;
-    const int64_t mt = (M + kTile - 1) / kTile;
-    parallel_for(B * mt, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t task = begin; task < end; ++task) {
-            const int64_t b = task / mt, m0 = (task % mt) * kTile, m1 = std::min(M, m0 + kTile);
-            const T* src = in + b * M * N;
-            T* dst = out + b * M * N;
-            for (int64_t n0 = 0; n0 < N; n0 += kTile)
-                for (int64_t m = m0; m < m1; ++m)
-                    for (int64_t n = n0; n < std::min(N, n0 + kTile); ++n)
-                        dst[n * M + m] = src[m * N + n];
-        }
-    });
-}
-
-Tensor transposed(const Tensor& x, int64_t B, int64_t M, int64_t N, Shape out_shape) {
-    Tensor y = Tensor::empty(std::move(out_shape), x.dtype());
-    if (dtype_size(x.dtype()) == 4)
-        transpose_last2(x.data<uint32_t>(), y.data<uint32_t>(), B, M, N);
-    else
-        transpose_last2(x.data<uint16_t>(), y.data<uint16_t>(), B, M, N);
-    return y;
-}
-
-// [B, C, H, W] (any float dtype) → [B, H, W, C] in `dt`.
-Tensor to_channels_last(const Tensor& x, DType dt) {
-    const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-    return transposed(x.to(dt), B, C, H * W, {B, H, W, C});
-}
-
-Tensor to_channels_first(const Tensor& x) {
-    const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
-    return transposed(x, B, H * W, C, {B, C, H, W});
-}
+// [B, C, H, W] (any float dtype) → [B, H, W, C] in `dt`, and back.
+Tensor to_channels_last(const Tensor& x, DType dt) { return cpu::nchw_to_nhwc(x, dt); }
+Tensor to_channels_first(const Tensor& x) { return cpu::nhwc_to_nchw(x); }
 
 // The decoder's channel plan: conv_in and the mid block work at the widest
 // channel count, up block i turns rev[i−1] (rev[0] for i = 0) into rev[i].

@@ -4,6 +4,7 @@
 
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
+#include "backend/cuda/allocator.h"
 #include "backend/cuda/quantize.h"  // device_count
 #endif
 
@@ -54,6 +55,15 @@ Tensor empty(Shape shape, DType dtype, const Context& ctx, Memory kind) {
 #else
     (void)kind;
     no_cuda("empty");
+#endif
+}
+
+size_t device_peak_bytes(const Context& ctx) {
+    if (!ctx.cuda()) return 0;
+#ifdef QDIT_WITH_CUDA
+    return cuda::Allocator::instance().stats().peak;
+#else
+    no_cuda("device_peak_bytes");
 #endif
 }
 

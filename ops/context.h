@@ -33,6 +33,8 @@ Tensor to_device(const Tensor& host, const Context& ctx, Memory kind = Memory::A
 Tensor to_host(const Tensor& t, const Context& ctx);
 // A new tensor on ctx's device, contents uninitialised.
 Tensor empty(Shape shape, DType dtype, const Context& ctx, Memory kind = Memory::Activation);
+// Peak bytes held on ctx's device so far (weights and activations; 0 on the CPU).
+size_t device_peak_bytes(const Context& ctx);
 // A new tensor on ctx's device, all zero bytes.
 Tensor zeros(Shape shape, DType dtype, const Context& ctx);
 // Rows [dst_row, dst_row + n) of dst [*, c] ← rows [src_row, src_row + n) of src [*, c] (same dtype

@@ -10,6 +10,7 @@
 #include "models/loader.h"
 #include "models/qwen_image/transformer.h"
 #include "models/text/qwen25vl.h"
+#include "ops/context.h"
 #include "models/text/tokenizer.h"
 #include "models/vae/autoencoder_kl.h"
 #include "models/vae/autoencoder_kl_qwenimage.h"
@@ -352,6 +353,7 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
     Tensor image = vae::postprocess_to_u8(p_->vae->decode(z));
     r.image = image.view({image.size(1), image.size(2), image.size(3)});
     r.vae_seconds = seconds_since(t0);
+    r.device_peak_bytes = ops::device_peak_bytes(p_->ctx);
     return r;
 }
 

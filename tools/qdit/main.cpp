@@ -235,8 +235,10 @@ int generate_qwen_image(const GenerateArgs& a, const PipelineOptions& po, const 
                "{:.2f} s\n",
                load_s, r.text_seconds, r.denoise_seconds, r.denoise_seconds / go.steps, r.vae_seconds, total_s);
     fmt::print("quantization: transformer {} ({} int8 Linear layers), text encoder {} int8 Linear layers; peak "
-               "memory {:.2f} GiB\n",
-               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), peak_rss_gib());
+               "memory {:.2f} GiB{}\n",
+               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), peak_rss_gib(),
+               r.device_peak_bytes ? fmt::format(", GPU {:.2f} GiB", double(r.device_peak_bytes) / double(1ull << 30))
+                                   : std::string());
     return 0;
 }
 

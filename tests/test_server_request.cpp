@@ -85,3 +85,12 @@ TEST(ServerRequest, NumbersBeyondDoubleRangeAre400) {
         EXPECT_NE(r.find("not valid JSON"), std::string::npos) << r;
     }
 }
+
+// A server whose step limit is below the default step count gives a request without
+// num_inference_steps its limit (found by fuzz_serve_request with small limits).
+TEST(ServerRequest, DefaultStepsStayWithinTheLimit) {
+    Limits lim;
+    lim.max_steps = 4;
+    EXPECT_EQ(parse(R"({"prompt": "a cat", "size": "16x64"})", lim).gen.steps, 4);
+    EXPECT_EQ(parse(R"({"prompt": "a cat", "size": "16x64"})").gen.steps, 9);
+}

@@ -31,6 +31,11 @@ bool path_exists(const std::string& path);
 // constructor defaults apply). Errors are ConfigError naming `where` (the
 // file) and the field, with the list index for list entries ("axes_lens[0]").
 
+// A relation between config fields (or a value) that must hold: ConfigError "<where>: <what>".
+inline void require_config(bool ok, const std::string& where, const std::string& what) {
+    if (!ok) raise<ConfigError>("{}: {}", where, what);
+}
+
 // Inclusive range of a numeric config field.
 template <typename T>
 struct Bounds {

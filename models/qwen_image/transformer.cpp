@@ -18,10 +18,6 @@ namespace qdit::qwen_image {
 
 namespace {
 
-void require(bool ok, const std::string& where, const std::string& what) {
-    if (!ok) raise<ConfigError>("{}: {}", where, what);
-}
-
 // The two streams' module names in a block.
 struct StreamNames {
     const char *mod, *q, *k, *v, *out, *norm_q, *norm_k, *mlp;
@@ -44,7 +40,7 @@ const std::vector<ops::Mod> kOutMods = {ops::Mod::OnePlus, ops::Mod::Plain};
 Config Config::from_json(const json& j, const std::string& where) {
     using namespace config_limits;
     Config c;
-    require(j.is_object(), where, "config must be a JSON object");
+    require_config(j.is_object(), where, "config must be a JSON object");
     read_config_field(j, where, "patch_size", &c.patch_size, {1, 16});
     read_config_field(j, where, "in_channels", &c.in_channels, {1, 4096});
     c.out_channels = c.in_channels;  // diffusers: None means in_channels
@@ -54,25 +50,25 @@ Config Config::from_json(const json& j, const std::string& where) {
     read_config_field(j, where, "num_attention_heads", &c.num_attention_heads, {1, kHeads});
     read_config_field(j, where, "joint_attention_dim", &c.joint_attention_dim, {1, kWidth});
     read_config_field(j, where, "axes_dims_rope", &c.axes_dims_rope, {2, 1024});
-    require(c.dim() <= kWidth, where,
-            fmt::format("num_attention_heads × attention_head_dim = {} is more than the {} supported", c.dim(), kWidth));
+    require_config(c.dim() <= kWidth, where,
+                   fmt::format("num_attention_heads × attention_head_dim = {} is more than the {} supported", c.dim(), kWidth));
     // Variants this port does not implement (guidance-distilled, Edit-2511, Layered).
     for (const char* flag : {"guidance_embeds", "zero_cond_t", "use_additional_t_cond", "use_layer3d_rope"}) {
         bool on = false;
         read_config_field(j, where, flag, &on);
-        require(!on, where, fmt::format("field '{}' is true; only the text-to-image Qwen-Image transformer (false) "
-                                        "is supported",
-                                        flag));
+        require_config(!on, where, fmt::format("field '{}' is true; only the text-to-image Qwen-Image transformer (false) "
+                                               "is supported",
+                                               flag));
     }
-    require(c.axes_dims_rope.size() == 3, where, "axes_dims_rope must list 3 axes (frame, height, width)");
+    require_config(c.axes_dims_rope.size() == 3, where, "axes_dims_rope must list 3 axes (frame, height, width)");
     int64_t sum = 0;
     for (size_t i = 0; i < c.axes_dims_rope.size(); ++i) {
-        require(c.axes_dims_rope[i] % 2 == 0, where,
-                fmt::format("axes_dims_rope[{}] ({}) must be even", i, c.axes_dims_rope[i]));
+        require_config(c.axes_dims_rope[i] % 2 == 0, where,
+                       fmt::format("axes_dims_rope[{}] ({}) must be even", i, c.axes_dims_rope[i]));
         sum += c.axes_dims_rope[i];
     }
-    require(sum == c.attention_head_dim, where,
-            fmt::format("sum(axes_dims_rope) = {} must equal attention_head_dim = {}", sum, c.attention_head_dim));
+    require_config(sum == c.attention_head_dim, where,
+                   fmt::format("sum(axes_dims_rope) = {} must equal attention_head_dim = {}", sum, c.attention_head_dim));
     return c;
 }
 

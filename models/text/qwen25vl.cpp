@@ -13,9 +13,6 @@ namespace qdit::text {
 
 namespace {
 
-void require(bool ok, const std::string& where, const std::string& what) {
-    if (!ok) raise<ConfigError>("{}: {}", where, what);
-}
 
 // A rope type this port runs: transformers reads "mrope" as "default" (text-only positions make
 // the sections equal), and writes both spellings.
@@ -23,8 +20,8 @@ void check_rope_type(const json& rope, const std::string& where) {
     for (const char* key : {"rope_type", "type"}) {
         std::string t = "default";
         read_config_field(rope, where, key, &t);
-        require(t == "default" || t == "mrope", where,
-                fmt::format("field '{}' is '{}'; only 'default' / 'mrope' RoPE is supported", key, t));
+        require_config(t == "default" || t == "mrope", where,
+                       fmt::format("field '{}' is '{}'; only 'default' / 'mrope' RoPE is supported", key, t));
     }
 }
 
@@ -33,25 +30,25 @@ void check_rope_type(const json& rope, const std::string& where) {
 Qwen25VLConfig Qwen25VLConfig::from_json(const json& j, const std::string& where) {
     using namespace config_limits;
     Qwen25VLConfig c;
-    require(j.is_object(), where, "config must be a JSON object");
+    require_config(j.is_object(), where, "config must be a JSON object");
     if (j.contains("architectures")) {
         const json& a = j["architectures"];
-        require(a.is_array() && !a.empty() && a[0].is_string(), where,
-                "field 'architectures' must be a non-empty list of class names");
+        require_config(a.is_array() && !a.empty() && a[0].is_string(), where,
+                       "field 'architectures' must be a non-empty list of class names");
         const std::string arch = a[0].get<std::string>();
-        require(arch == "Qwen2_5_VLForConditionalGeneration", where,
-                fmt::format("field 'architectures' names '{}'; a Qwen2.5-VL text encoder is "
-                            "Qwen2_5_VLForConditionalGeneration",
-                            arch));
+        require_config(arch == "Qwen2_5_VLForConditionalGeneration", where,
+                       fmt::format("field 'architectures' names '{}'; a Qwen2.5-VL text encoder is "
+                                   "Qwen2_5_VLForConditionalGeneration",
+                                   arch));
     }
     std::string model_type = "qwen2_5_vl";
     read_config_field(j, where, "model_type", &model_type);
-    require(model_type == "qwen2_5_vl", where,
-            fmt::format("field 'model_type' is '{}'; expected 'qwen2_5_vl'", model_type));
+    require_config(model_type == "qwen2_5_vl", where,
+                   fmt::format("field 'model_type' is '{}'; expected 'qwen2_5_vl'", model_type));
 
     // transformers 5 nests the language model under "text_config"; 4.x wrote it at the top level.
     c.nested = j.contains("text_config") && !j["text_config"].is_null();
-    if (c.nested) require(j["text_config"].is_object(), where, "field 'text_config' must be an object");
+    if (c.nested) require_config(j["text_config"].is_object(), where, "field 'text_config' must be an object");
     const json& t = c.nested ? j["text_config"] : j;
     const std::string tw = c.nested ? where + " text_config" : where;
 
@@ -71,17 +68,17 @@ Qwen25VLConfig Qwen25VLConfig::from_json(const json& j, const std::string& where
 
     std::string act = "silu";
     read_config_field(t, tw, "hidden_act", &act);
-    require(act == "silu", tw, fmt::format("field 'hidden_act' is '{}'; only 'silu' (SwiGLU) is supported", act));
+    require_config(act == "silu", tw, fmt::format("field 'hidden_act' is '{}'; only 'silu' (SwiGLU) is supported", act));
     bool sliding = false;
     read_config_field(t, tw, "use_sliding_window", &sliding);
-    require(!sliding, tw, "field 'use_sliding_window' is true; sliding-window attention is not supported (set it "
-                          "to false)");
+    require_config(!sliding, tw, "field 'use_sliding_window' is true; sliding-window attention is not supported (set it "
+                                 "to false)");
     if (t.contains("layer_types") && !t["layer_types"].is_null()) {
         std::vector<std::string> types;
         read_config_field(t, tw, "layer_types", &types);
         for (const std::string& s : types)
-            require(s == "full_attention", tw,
-                    fmt::format("field 'layer_types' has '{}'; only 'full_attention' is supported", s));
+            require_config(s == "full_attention", tw,
+                           fmt::format("field 'layer_types' has '{}'; only 'full_attention' is supported", s));
     }
 
     // RoPE: rope_scaling (4.x; it wins in transformers too) or rope_parameters (5.x), each with
@@ -96,30 +93,30 @@ Qwen25VLConfig Qwen25VLConfig::from_json(const json& j, const std::string& where
     if (rope_key) {
         const json& rope = t[rope_key];
         const std::string rw = fmt::format("{} {}", tw, rope_key);
-        require(rope.is_object(), tw, fmt::format("field '{}' must be an object or null", rope_key));
+        require_config(rope.is_object(), tw, fmt::format("field '{}' must be an object or null", rope_key));
         check_rope_type(rope, rw);
         read_config_field(rope, rw, "rope_theta", &c.rope_theta, {1.0, 1e12});
         read_config_field(rope, rw, "mrope_section", &c.mrope_section, {0, kWidth});
     }
 
-    require(c.hidden_size % c.num_attention_heads == 0, tw,
-            fmt::format("hidden_size ({}) must be a multiple of num_attention_heads ({})", c.hidden_size,
-                        c.num_attention_heads));
+    require_config(c.hidden_size % c.num_attention_heads == 0, tw,
+                   fmt::format("hidden_size ({}) must be a multiple of num_attention_heads ({})", c.hidden_size,
+                               c.num_attention_heads));
     const int64_t hd = c.head_dim();
-    require(hd % 2 == 0, tw, fmt::format("head_dim = hidden_size / num_attention_heads ({}) must be even", hd));
+    require_config(hd % 2 == 0, tw, fmt::format("head_dim = hidden_size / num_attention_heads ({}) must be even", hd));
     // Qwen2.5-VL's attention always uses hidden_size / heads; a different head_dim would give
     // transformers rope tables of another width.
     int64_t head_dim = hd;
     read_config_field(t, tw, "head_dim", &head_dim, {1, kWidth});
-    require(head_dim == hd, tw,
-            fmt::format("field 'head_dim' is {}, but hidden_size / num_attention_heads is {}", head_dim, hd));
-    require(c.num_attention_heads % c.num_key_value_heads == 0, tw,
-            fmt::format("num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
-                        c.num_attention_heads, c.num_key_value_heads));
+    require_config(head_dim == hd, tw,
+                   fmt::format("field 'head_dim' is {}, but hidden_size / num_attention_heads is {}", head_dim, hd));
+    require_config(c.num_attention_heads % c.num_key_value_heads == 0, tw,
+                   fmt::format("num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                               c.num_attention_heads, c.num_key_value_heads));
     const int64_t sections = std::accumulate(c.mrope_section.begin(), c.mrope_section.end(), int64_t(0));
-    require(sections == hd / 2, tw,
-            fmt::format("field 'mrope_section' {} sums to {}, but a head has {} rotary pairs (head_dim {} / 2)",
-                        c.mrope_section, sections, hd / 2, hd));
+    require_config(sections == hd / 2, tw,
+                   fmt::format("field 'mrope_section' {} sums to {}, but a head has {} rotary pairs (head_dim {} / 2)",
+                               c.mrope_section, sections, hd / 2, hd));
     return c;
 }
 

@@ -8,31 +8,23 @@ using nlohmann::json;
 
 namespace qdit::text {
 
-namespace {
-
-void require(bool ok, const std::string& where, const std::string& what) {
-    if (!ok) raise<ConfigError>("{}: {}", where, what);
-}
-
-}  // namespace
-
 // ---------------------------------------------------------------------------
 // Config and parameter layout
 
 Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
     using namespace config_limits;
     Qwen3Config c;
-    require(j.is_object(), where, "config must be a JSON object");
+    require_config(j.is_object(), where, "config must be a JSON object");
     if (j.contains("architectures")) {
         const json& a = j["architectures"];
-        require(a.is_array() && !a.empty() && a[0].is_string(), where,
-                "field 'architectures' must be a non-empty list of class names");
+        require_config(a.is_array() && !a.empty() && a[0].is_string(), where,
+                       "field 'architectures' must be a non-empty list of class names");
         c.architecture = a[0].get<std::string>();
     }
-    require(c.architecture == "Qwen3Model" || c.architecture == "Qwen3ForCausalLM", where,
-            fmt::format("field 'architectures' names '{}'; a Qwen3 text encoder is Qwen3Model or "
-                        "Qwen3ForCausalLM",
-                        c.architecture));
+    require_config(c.architecture == "Qwen3Model" || c.architecture == "Qwen3ForCausalLM", where,
+                   fmt::format("field 'architectures' names '{}'; a Qwen3 text encoder is Qwen3Model or "
+                               "Qwen3ForCausalLM",
+                               c.architecture));
     read_config_field(j, where, "vocab_size", &c.vocab_size, {1, kVocab});
     read_config_field(j, where, "hidden_size", &c.hidden_size, {1, kWidth});
     read_config_field(j, where, "intermediate_size", &c.intermediate_size, {1, kFfnWidth});
@@ -47,19 +39,19 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
 
     std::string act = "silu";
     read_config_field(j, where, "hidden_act", &act);
-    require(act == "silu", where,
-            fmt::format("field 'hidden_act' is '{}'; only 'silu' (SwiGLU) is supported", act));
+    require_config(act == "silu", where,
+                   fmt::format("field 'hidden_act' is '{}'; only 'silu' (SwiGLU) is supported", act));
     bool sliding = false;
     read_config_field(j, where, "use_sliding_window", &sliding);
-    require(!sliding, where, "field 'use_sliding_window' is true; sliding-window attention is not "
-                             "supported (set it to false)");
+    require_config(!sliding, where, "field 'use_sliding_window' is true; sliding-window attention is not "
+                                    "supported (set it to false)");
     if (j.contains("layer_types") && !j["layer_types"].is_null()) {
         std::vector<std::string> types;
         read_config_field(j, where, "layer_types", &types);
         for (const std::string& t : types)
-            require(t == "full_attention", where,
-                    fmt::format("field 'layer_types' has '{}'; only 'full_attention' is supported",
-                                t));
+            require_config(t == "full_attention", where,
+                           fmt::format("field 'layer_types' has '{}'; only 'full_attention' is supported",
+                                       t));
     }
 
     // transformers 5 writes rope_parameters {rope_type, rope_theta}; 4.x wrote
@@ -73,19 +65,19 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
         read_config_field(j, where, "rope_theta", &c.rope_theta, {1.0, 1e12});
         if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
             const json& rs = j["rope_scaling"];
-            require(rs.is_object(), where, "field 'rope_scaling' must be an object or null");
+            require_config(rs.is_object(), where, "field 'rope_scaling' must be an object or null");
             // Older configs spell the key "type".
             const char* key = rs.contains("rope_type") ? "rope_type" : "type";
             read_config_field(rs, where + " rope_scaling", key, &rope_type);
         }
     }
-    require(rope_type == "default", where,
-            fmt::format("rope type '{}' is not supported (only 'default')", rope_type));
+    require_config(rope_type == "default", where,
+                   fmt::format("rope type '{}' is not supported (only 'default')", rope_type));
 
-    require(c.num_attention_heads % c.num_key_value_heads == 0, where,
-            fmt::format("num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
-                        c.num_attention_heads, c.num_key_value_heads));
-    require(c.head_dim % 2 == 0, where, fmt::format("head_dim ({}) must be even", c.head_dim));
+    require_config(c.num_attention_heads % c.num_key_value_heads == 0, where,
+                   fmt::format("num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                               c.num_attention_heads, c.num_key_value_heads));
+    require_config(c.head_dim % 2 == 0, where, fmt::format("head_dim ({}) must be even", c.head_dim));
     return c;
 }
 

@@ -11,14 +11,6 @@ using nlohmann::json;
 
 namespace qdit::zimage {
 
-namespace {
-
-void require(bool ok, const std::string& where, const std::string& what) {
-    if (!ok) raise<ConfigError>("{}: {}", where, what);
-}
-
-}  // namespace
-
 Config Config::from_json(const json& j, const std::string& where) {
     using namespace config_limits;
     Config c;
@@ -39,24 +31,24 @@ Config Config::from_json(const json& j, const std::string& where) {
     read_config_field(j, where, "axes_dims", &c.axes_dims, {2, kWidth});
     read_config_field(j, where, "axes_lens", &c.axes_lens, {1, kPositions});
 
-    require(c.all_patch_size.size() == c.all_f_patch_size.size() && !c.all_patch_size.empty(),
-            where, "all_patch_size and all_f_patch_size must be non-empty lists of equal length");
-    require(c.dim % c.n_heads == 0, where,
-            fmt::format("dim ({}) must be a multiple of n_heads ({})", c.dim, c.n_heads));
-    require(c.axes_dims.size() == 3 && c.axes_lens.size() == 3, where,
-            "axes_dims and axes_lens must list 3 axes (caption/frame, height, width)");
+    require_config(c.all_patch_size.size() == c.all_f_patch_size.size() && !c.all_patch_size.empty(),
+                   where, "all_patch_size and all_f_patch_size must be non-empty lists of equal length");
+    require_config(c.dim % c.n_heads == 0, where,
+                   fmt::format("dim ({}) must be a multiple of n_heads ({})", c.dim, c.n_heads));
+    require_config(c.axes_dims.size() == 3 && c.axes_lens.size() == 3, where,
+                   "axes_dims and axes_lens must list 3 axes (caption/frame, height, width)");
     int64_t rope_dims = std::accumulate(c.axes_dims.begin(), c.axes_dims.end(), int64_t(0));
-    require(rope_dims == c.head_dim(), where,
-            fmt::format("sum(axes_dims) = {} must equal the head dim dim/n_heads = {}", rope_dims,
-                        c.head_dim()));
+    require_config(rope_dims == c.head_dim(), where,
+                   fmt::format("sum(axes_dims) = {} must equal the head dim dim/n_heads = {}", rope_dims,
+                               c.head_dim()));
     int64_t rope_table = 0;  // f32 values of the cos/sin tables: sum of axes_lens[i] * axes_dims[i]
     for (size_t i = 0; i < c.axes_dims.size(); ++i) {
-        require(c.axes_dims[i] % 2 == 0, where, fmt::format("axes_dims[{}] ({}) must be even", i, c.axes_dims[i]));
+        require_config(c.axes_dims[i] % 2 == 0, where, fmt::format("axes_dims[{}] ({}) must be even", i, c.axes_dims[i]));
         rope_table += c.axes_lens[i] * c.axes_dims[i];
     }
-    require(rope_table <= kRopeTableValues, where,
-            fmt::format("the RoPE tables of axes_lens x axes_dims hold {} values, more than the {} supported",
-                        rope_table, kRopeTableValues));
+    require_config(rope_table <= kRopeTableValues, where,
+                   fmt::format("the RoPE tables of axes_lens x axes_dims hold {} values, more than the {} supported",
+                               rope_table, kRopeTableValues));
     return c;
 }
 

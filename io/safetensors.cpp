@@ -182,6 +182,11 @@ Tensor SafetensorsFile::get(const std::string& name) const {
     return copy;
 }
 
+TensorBytes SafetensorsFile::bytes_of(const std::string& name) const {
+    const TensorInfo& i = info(name);
+    return {path(), uint64_t(data_start_ + i.begin), i.end - i.begin};
+}
+
 // ---------------------------------------------------------------- Checkpoint
 
 namespace {
@@ -268,6 +273,11 @@ const TensorInfo& Checkpoint::info(const std::string& name) const {
 Tensor Checkpoint::get(const std::string& name) const {
     info(name);  // validates the index entry
     return shard(file_of(name)).get(name);
+}
+
+TensorBytes Checkpoint::bytes_of(const std::string& name) const {
+    info(name);  // validates the index entry
+    return shard(file_of(name)).bytes_of(name);
 }
 
 Tensor Checkpoint::get_as(const std::string& name, DType dtype) const {

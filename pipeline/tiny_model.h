@@ -4,10 +4,9 @@
 #pragma once
 #include <string>
 
-namespace qdit {
+#include "io/cache.h"  // default_cache_dir
 
-// $QDIT_CACHE_DIR, else $XDG_CACHE_HOME/qdit, else ~/.cache/qdit.
-std::string default_cache_dir();
+namespace qdit {
 
 // Returns <cache_dir>/tiny-zimage-v1, writing it first if it is not there
 // (into a temporary folder renamed at the end, so a half-written model is

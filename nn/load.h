@@ -1,6 +1,8 @@
 // Where a layer's quantization plan is executed: the one place that decides, per Linear layer,
 // between a pre-quantized weight taken as stored, a high-precision weight quantized now, and a
-// weight kept in high precision. Every device's loader starts from host_weights.
+// weight kept in high precision. The CPU's Linear (and the GPU's split models) start from
+// host_weights; on one GPU, nn::WeightLoader runs the same decisions on the device instead
+// (nn/load_cuda.h), giving the same bytes.
 #pragma once
 #include <cstddef>
 

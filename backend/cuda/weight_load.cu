@@ -3,6 +3,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <cstdint>
+
 #include "backend/cuda/block_reduce.cuh"
 
 namespace qdit::cuda {
@@ -11,20 +14,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T>
-__device__ __forceinline__ float to_f32(T v);
-template <>
-__device__ __forceinline__ float to_f32<float>(float v) {
-    return v;
-}
-template <>
-__device__ __forceinline__ float to_f32<__half>(__half v) {
-    return __half2float(v);
-}
-template <>
-__device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) {
-    return __bfloat162float(v);
-}
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 // core/dtype.h's f32_to_bf16, bit for bit (NaN kept quiet the same way).
 __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {

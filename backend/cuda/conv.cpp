@@ -256,7 +256,7 @@ std::shared_ptr<Plan> load_cached(cudnnHandle_t handle, const Key& k, const std:
     return p;
 }
 
-void store(const std::string& key, const Plan& p, bool strict) {
+void store(const std::string& key, const Plan& p, bool strict, ConvPlanStats& stats) {
     if (key.empty() || plan_cache().dir().empty()) return;
     std::vector<uint8_t> data;
     fe::error_t e;
@@ -265,10 +265,16 @@ void store(const std::string& key, const Plan& p, bool strict) {
     } catch (const std::exception& ex) {
         e = {fe::error_code_t::INVALID_VALUE, ex.what()};
     }
-    if (e.is_bad()) return;  // a graph cuDNN cannot serialize is rebuilt next time
+    if (e.is_bad()) {  // a graph cuDNN cannot serialize is rebuilt next time
+        ++stats.unstored;
+        return;
+    }
     data.insert(data.begin(), {uint8_t(p.mode), uint8_t(strict)});
     std::string problem;
-    if (!plan_cache().put(key, data, &problem)) warn_once("cannot store a plan: " + problem);
+    if (!plan_cache().put(key, data, &problem)) {
+        ++stats.unstored;
+        warn_once("cannot store a plan: " + problem);
+    }
 }
 
 std::shared_ptr<Plan> build(cudnnHandle_t handle, const Key& k, const std::string& layer, ConvPlanStats& stats) {
@@ -296,7 +302,7 @@ std::shared_ptr<Plan> build(cudnnHandle_t handle, const Key& k, const std::strin
             if (auto p = try_build(handle, k, m, strict, &why)) {
                 ++stats.built;
                 stats.build_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-                store(key, *p, strict);
+                store(key, *p, strict, stats);
                 return p;
             }
     raise<Error>("{}: cuDNN has no {} convolution plan for input [{}, {}, {}, {}] with {}x{} kernel, {} outputs, "

@@ -52,9 +52,10 @@ namespace qdit::cuda {
 bool cudnn_conv_available();
 
 // The plans of this process so far: built (and their build time), read from the plan cache (and
-// the time that took), cache entries found but unusable.
+// the time that took), cache entries found but unusable, built plans that could not be stored
+// (cuDNN cannot serialize them, or the folder cannot be written).
 struct ConvPlanStats {
-    int built = 0, cached = 0, rejected = 0;
+    int built = 0, cached = 0, rejected = 0, unstored = 0;
     double build_s = 0, load_s = 0;
 };
 ConvPlanStats conv_plan_stats();

@@ -207,9 +207,10 @@ void print_time_report(double load_s, const GenerateResult& r, const std::vector
 #ifdef QDIT_WITH_CUDA
     const cuda::ConvPlanStats ps = cuda::conv_plan_stats();
     if (ps.built + ps.cached + ps.rejected > 0)
-        fmt::print("plans: {} cuDNN convolution plans built in {:.2f} s, {} read from the plan cache in {:.2f} s{}\n",
+        fmt::print("plans: {} cuDNN convolution plans built in {:.2f} s, {} read from the plan cache in {:.2f} s{}{}\n",
                    ps.built, ps.build_s, ps.cached, ps.load_s,
-                   ps.rejected ? fmt::format(" ({} cache entries unusable)", ps.rejected) : std::string());
+                   ps.rejected ? fmt::format("; {} cache entries unusable", ps.rejected) : std::string(),
+                   ps.unstored ? fmt::format("; {} built plans not stored", ps.unstored) : std::string());
 #endif
     fmt::print("text encoder: {:.2f} s\n", r.text_seconds);
     for (size_t i = 0; i < steps.size(); ++i) fmt::print("denoise step {}: {:.3f} s\n", i + 1, steps[i]);

@@ -14,7 +14,9 @@ copies the committed test pipeline's tokenizer, scheduler config and model_index
 DIR/.complete marks a finished folder, which later calls reuse.
 
 Environment: SMOKE=1 shrinks the models (2 + 1 transformer layers, 2 text-encoder layers) and the
-run (256x256, 2 steps); BUDGET (seconds, default 560) stops starting new processes once spent.
+run (256x256, 2 steps); BUDGET (seconds, default 560) stops starting new processes once spent;
+DEVICE (default cuda) is where `write` makes the weights and the diffusers process runs (cpu: a
+check of the SMOKE folder and of the diffusers process on a machine without a GPU).
 """
 import json
 import os
@@ -32,6 +34,7 @@ SEED = 1234
 GIB = float(1 << 30)
 PROMPT = "a lighthouse on a cliff at dusk, waves below, oil painting"
 WIDTH, HEIGHT, STEPS = (256, 256, 2) if SMOKE else (1024, 1024, 9)
+DEVICE = os.environ.get("DEVICE", "cuda")
 
 
 def log(*a):
@@ -57,12 +60,12 @@ def write(d):
     os.makedirs(d)
     t0 = time.time()
     torch.manual_seed(SEED)
-    g = torch.Generator("cuda").manual_seed(SEED)
+    g = torch.Generator(DEVICE).manual_seed(SEED)
 
     cfg = published("zimage", "published", "config.json")
     if SMOKE:
         cfg.update(n_layers=2, n_refiner_layers=1)
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         model = ZImageTransformer2DModel(**cfg).to(torch.bfloat16).eval()
     linear = {f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
               for p, _ in m.named_parameters(recurse=False)}
@@ -76,17 +79,16 @@ def write(d):
     tcfg = published("qwen3", "published", "config.json")
     if SMOKE:
         tcfg.update(num_hidden_layers=2, layer_types=tcfg.get("layer_types", ["full_attention"] * 2)[:2])
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         te = Qwen3ForCausalLM(Qwen3Config(**tcfg)).to(torch.bfloat16).eval()
     te.save_pretrained(os.path.join(d, "text_encoder"), safe_serialization=True)
     del te
     log(f"text encoder written ({time.time() - t0:.0f} s)")
 
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         vae = AutoencoderKL(**published("vae", "published", "config.json")).to(torch.bfloat16).eval()
     vae.save_pretrained(os.path.join(d, "vae"), safe_serialization=True)
     del vae
-    torch.cuda.empty_cache()
 
     pipe = os.path.join(DATA, "pipeline")
     for sub in ("tokenizer", "scheduler"):
@@ -192,16 +194,19 @@ def diffusers_child(d, width, height, steps):
     from diffusers import ZImagePipeline
     import_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    pipe = ZImagePipeline.from_pretrained(d, torch_dtype=torch.bfloat16).to("cuda")
-    torch.cuda.synchronize()
+    cuda = DEVICE == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    pipe = ZImagePipeline.from_pretrained(d, torch_dtype=torch.bfloat16).to(DEVICE)
+    sync()
     load_s = time.perf_counter() - t1
     t2 = time.perf_counter()
-    pipe("a lighthouse on a cliff at dusk, waves below, oil painting", height=height, width=width,
-         num_inference_steps=steps, guidance_scale=0.0, generator=torch.Generator("cuda").manual_seed(0))
-    torch.cuda.synchronize()
+    pipe(PROMPT, height=height, width=width, num_inference_steps=steps, guidance_scale=0.0,
+         generator=torch.Generator(DEVICE).manual_seed(0))
+    sync()
     first_s = time.perf_counter() - t2
     print("RESULT " + json.dumps(dict(import_s=import_s, load_s=load_s, first_image_s=first_s,
-                                      gpu_peak_gib=torch.cuda.max_memory_allocated() / GIB)), flush=True)
+                                      gpu_peak_gib=torch.cuda.max_memory_allocated() / GIB if cuda else None)),
+          flush=True)
 
 
 def run(d, binary, out_dir):

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "backend/cuda/quantize.h"
+#include "backend/cuda/staging.h"
 #include "io/safetensors.h"
 #include "models/loader.h"
 #include "nn/linear_cuda.h"
@@ -97,6 +98,30 @@ protected:
 };
 
 }  // namespace
+
+// Data larger than the staging buffers goes in pieces through the ring of buffers (each reused
+// after its copy is done), in order, whatever the sizes.
+TEST_F(CudaWeightLoad, StagedUploadCopiesInPieces) {
+    std::vector<uint8_t> src(50000 + 123);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = uint8_t((i * 131 + 7) % 251);
+    cuda::StagedUpload up(s_, 2, 4096);
+    std::vector<cuda::DTensor> dst;
+    std::vector<size_t> pieces;
+    for (size_t n : {size_t(1), size_t(4096), size_t(4097), src.size()}) {
+        dst.push_back(cuda::DTensor::empty({int64_t(n)}, DType::U8));
+        up.copy(dst.back().raw(), n, [&](size_t off, size_t len, void* host) {
+            ASSERT_LE(len, size_t(4096));
+            pieces.push_back(len);
+            std::memcpy(host, src.data() + off, len);
+        });
+    }
+    EXPECT_EQ(pieces.size(), 1u + 1u + 2u + (src.size() + 4095) / 4096);
+    EXPECT_EQ(up.bytes(), 1 + 4096 + 4097 + src.size());
+    for (const cuda::DTensor& d : dst) {
+        const Tensor h = d.download(s_);
+        EXPECT_EQ(std::memcmp(h.raw(), src.data(), h.nbytes()), 0) << h.nbytes() << " bytes";
+    }
+}
 
 TEST_F(CudaWeightLoad, GroupsEqualTheHostPathBitForBit) {
     const fs::path dir = fs::temp_directory_path() / ("qdit_weight_load_" + std::to_string(::getpid()));

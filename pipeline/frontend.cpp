@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "ops/context.h"
 #include "pipeline/tiny_model.h"
 
 namespace qdit {
@@ -16,9 +17,13 @@ Device parse_device(const std::string& s, const std::string& field) {
     raise<UsageError>("{} {}: allowed values are cpu, cuda, cuda:N", field, s);
 }
 
-std::string resolve_model_dir(const std::string& model, bool* tiny) {
+std::string default_device_name(DType dtype) {
+    return dtype == DType::BF16 && ops::cuda_devices() > 0 ? "cuda" : "cpu";
+}
+
+std::string resolve_model_dir(const std::string& model, bool* tiny, TinyPipeline builtin) {
     if (tiny) *tiny = model.empty();
-    return model.empty() ? ensure_tiny_zimage(default_cache_dir()) : model;
+    return model.empty() ? ensure_tiny_pipeline(default_cache_dir(), builtin) : model;
 }
 
 std::string rename_flags(std::string message,

@@ -8,6 +8,7 @@
 
 #include "core/tensor.h"
 #include "pipeline/qwen_image_pipeline.h"
+#include "pipeline/tiny_model.h"
 #include "pipeline/zimage_pipeline.h"
 
 namespace qdit {
@@ -15,9 +16,14 @@ namespace qdit {
 // "cpu", "cuda" (GPU 0) or "cuda:N"; UsageError naming `field` otherwise.
 Device parse_device(const std::string& s, const std::string& field = "--device");
 
-// The folder to load: `model`, or (when empty) the built-in tiny pipeline,
-// written into the cache first if needed; *tiny tells which.
-std::string resolve_model_dir(const std::string& model, bool* tiny = nullptr);
+// The device a front end uses when none is named: "cuda" (GPU 0) when this build has the CUDA
+// backend and a GPU is visible and the pipeline runs in bf16 (a GPU runs nothing else), else "cpu".
+std::string default_device_name(DType dtype = DType::BF16);
+
+// The folder to load: `model`, or (when empty) the built-in tiny pipeline
+// `builtin`, written into the cache first if needed; *tiny tells which.
+std::string resolve_model_dir(const std::string& model, bool* tiny = nullptr,
+                              TinyPipeline builtin = TinyPipeline::ZImage);
 
 // The pipeline's messages name the command line's flags (--steps, --width,
 // --max-sequence-length, ...); a front end whose arguments are named otherwise

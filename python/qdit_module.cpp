@@ -37,7 +37,8 @@ public:
     Pipeline(const std::string& model, const std::string& quantization, const std::string& config_json,
              const std::string& device) {
         qdit::PipelineOptions po;
-        po.device = qdit::parse_device(device, "device");
+        device_ = device.empty() ? qdit::default_device_name(po.dtype) : device;
+        po.device = qdit::parse_device(device_, "device");
         try {
             po.transformer_quant = qdit::resolve_quant_config({quantization, config_json, {}}, &warnings_);
         } catch (const qdit::Error& e) {
@@ -46,7 +47,6 @@ public:
         for (std::string& w : warnings_) w = python_names(w);
         model_ = qdit::resolve_model_dir(model);
         quant_ = qdit::quant_method_name(po.transformer_quant.method);
-        device_ = device;
         try {
             pipe_ = std::make_unique<qdit::ZImagePipeline>(model_, po);
         } catch (const qdit::UsageError& e) {  // e.g. a CUDA device in a CPU-only build

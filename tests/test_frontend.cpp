@@ -1,7 +1,12 @@
 // pipeline/frontend.h: what the CLI, the server and the Python module share.
 #include <gtest/gtest.h>
 
+#include <map>
+
+#include "cli_util.h"
 #include "core/error.h"
+#include "io/png.h"
+#include "ops/context.h"
 #include "pipeline/frontend.h"
 
 using namespace qdit;
@@ -27,5 +32,34 @@ TEST(Frontend, ParseDeviceNamesTheField) {
         FAIL() << "no error";
     } catch (const UsageError& e) {
         EXPECT_EQ(std::string(e.what()).rfind("device gpu:", 0), 0u) << e.what();
+    }
+}
+
+// Without --device the GPU runs when the build has the CUDA backend and one is visible (and the
+// dtype is bf16), else the CPU: the rule, its use by `qdit generate` (the PNG names the device) and
+// its statement in --help.
+TEST(Frontend, DefaultDeviceIsTheGpuWhenThereIsOne) {
+    const bool gpu = ops::cuda_devices() > 0;
+    EXPECT_EQ(default_device_name(), gpu ? "cuda" : "cpu");
+    EXPECT_EQ(default_device_name(DType::F32), "cpu");
+
+    const std::filesystem::path dir = testutil::fresh_dir("default_device");
+    const std::filesystem::path out = dir / "x.png";
+    testutil::CliResult r = testutil::run_qdit("generate --model " + std::string(QDIT_TEST_DATA) +
+                                               "/pipeline --prompt p --width 32 --height 32 --steps 1 -o " +
+                                               out.string());
+    ASSERT_EQ(r.status, 0) << r.err;
+    const PngImage img = read_png(out.string());
+    std::map<std::string, std::string> text(img.text.begin(), img.text.end());
+    EXPECT_EQ(text["device"], default_device_name());
+    EXPECT_EQ(r.out.find("GPU:") != std::string::npos, gpu) << r.out;
+
+    for (const char* cmd : {"generate --help", "serve --help"}) {
+        r = testutil::run_qdit(cmd);
+        ASSERT_EQ(r.status, 0) << r.err;
+        EXPECT_NE(r.out.find("default: cuda when this build has the CUDA backend, a GPU is visible and --dtype is "
+                             "bf16, else cpu"),
+                  std::string::npos)
+            << cmd << ": " << r.out;
     }
 }

@@ -25,17 +25,19 @@ class Pipeline:
     quantization_config: a dict such as {"method": "int8", "ignored_layers":
         ["layers.0"], "activation_scheme": "dynamic"}; its method wins over
         `quantization`.
-    device: "cpu", "cuda" or "cuda:N" (CUDA needs a build with the CUDA backend).
+    device: "cpu", "cuda" or "cuda:N" (CUDA needs a build with the CUDA
+        backend); None: "cuda" when the build has the CUDA backend and a GPU
+        is visible, else "cpu".
 
     A bad argument raises ValueError naming it; a missing or unreadable model
     folder raises OSError.
     """
 
-    def __init__(self, model=None, quantization=None, quantization_config=None, device="cpu"):
+    def __init__(self, model=None, quantization=None, quantization_config=None, device=None):
         if quantization_config is not None and not isinstance(quantization_config, dict):
             raise TypeError("quantization_config must be a dict")
         config = json.dumps(quantization_config) if quantization_config is not None else ""
-        self._pipe = _qdit.Pipeline(model or "", quantization or "", config, device)
+        self._pipe = _qdit.Pipeline(model or "", quantization or "", config, device or "")
         for w in self._pipe.warnings:
             warnings.warn(w, stacklevel=2)
 

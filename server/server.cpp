@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -610,6 +611,7 @@ void Server::load() {
                                             s.model_dir)
                               : fmt::format("loading {}", s.model_dir));
     auto t0 = Clock::now();
+    const LoadProgress progress(s.model_dir, ::isatty(2));
     std::unique_ptr<ZImagePipeline> pipe;
     std::unique_ptr<QwenImagePipeline> qwen;
     if (s.family == Family::QwenImage)

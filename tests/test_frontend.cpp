@@ -1,6 +1,7 @@
 // pipeline/frontend.h: what the CLI, the server and the Python module share.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <map>
 
 #include "cli_util.h"
@@ -8,6 +9,7 @@
 #include "io/png.h"
 #include "ops/context.h"
 #include "pipeline/frontend.h"
+#include "pipeline/tiny_model.h"
 
 using namespace qdit;
 
@@ -62,4 +64,43 @@ TEST(Frontend, DefaultDeviceIsTheGpuWhenThereIsOne) {
                   std::string::npos)
             << cmd << ": " << r.out;
     }
+}
+
+// LoadProgress: one line per tenth of the folder's weight bytes handed to the loaders, in order,
+// while it lives; none when disabled, when the folder holds less than the threshold, or once it is
+// gone.
+TEST(Frontend, LoadProgressLinesPerTenth) {
+    const std::filesystem::path dir = testutil::fresh_dir("load_progress") / "m";
+    write_tiny_zimage(dir.string());
+    auto lines_of = [&](bool enabled, uint64_t min_bytes) {
+        std::FILE* f = std::tmpfile();
+        {
+            const LoadProgress p(dir.string(), enabled, min_bytes, f);
+            ZImagePipeline pipe(dir.string(), PipelineOptions{});
+        }
+        ZImagePipeline again(dir.string(), PipelineOptions{});  // after: not counted
+        std::rewind(f);
+        std::vector<std::string> lines;
+        char buf[256];
+        while (std::fgets(buf, sizeof buf, f)) lines.emplace_back(buf);
+        std::fclose(f);
+        return lines;
+    };
+    const std::vector<std::string> lines = lines_of(true, 0);
+    ASSERT_GE(lines.size(), 5u);
+    ASSERT_LE(lines.size(), 10u);
+    int last = 0;
+    for (const std::string& l : lines) {
+        int pct = 0;
+        double read = 0, total = 0, rate = 0;
+        ASSERT_EQ(std::sscanf(l.c_str(), "loading weights: %d%% (%lf of %lf GB, %lf GB/s)", &pct, &read, &total, &rate),
+                  4)
+            << l;
+        EXPECT_GT(pct, last) << l;
+        EXPECT_EQ(pct % 10, 0) << l;
+        last = pct;
+    }
+    EXPECT_GE(last, 80) << "most of the tiny model's weights are read through the checkpoint";
+    EXPECT_TRUE(lines_of(false, 0).empty());
+    EXPECT_TRUE(lines_of(true, uint64_t(1) << 30).empty()) << "a tiny model gets no progress";
 }

@@ -197,44 +197,6 @@ std::function<void(int, int, double)> progress_bar() {
     };
 }
 
-// Load progress for a big model: while it lives, and when stderr is a terminal and the folder's
-// safetensors files hold at least 1 GiB, one line on stderr per tenth of those bytes handed to the
-// loaders (weights loaded later, as --offload does, included). Tiny models and redirected stderr get
-// none.
-class LoadProgress {
-public:
-    explicit LoadProgress(const std::string& dir) {
-        namespace fs = std::filesystem;
-        if (!::isatty(2)) return;
-        std::error_code ec;
-        for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
-            if (it->path().extension() == ".safetensors" && it->is_regular_file(ec)) total_ += it->file_size(ec);
-        if (total_ < (uint64_t(1) << 30)) return;
-        t0_ = std::chrono::steady_clock::now();
-        set_checkpoint_read_observer([this](uint64_t bytes) {
-            read_ += bytes;
-            const int tenth = int(std::min<uint64_t>(10, read_ * 10 / total_));
-            if (tenth <= shown_) return;
-            shown_ = tenth;
-            const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-            fmt::print(stderr, "loading weights: {:3d}% ({:.1f} of {:.1f} GB, {:.2f} GB/s)\n", tenth * 10,
-                       double(read_) / 1e9, double(total_) / 1e9, s > 0 ? double(read_) / 1e9 / s : 0.0);
-        });
-        active_ = true;
-    }
-    ~LoadProgress() {
-        if (active_) set_checkpoint_read_observer({});
-    }
-    LoadProgress(const LoadProgress&) = delete;
-    LoadProgress& operator=(const LoadProgress&) = delete;
-
-private:
-    uint64_t total_ = 0, read_ = 0;
-    int shown_ = 0;
-    bool active_ = false;
-    std::chrono::steady_clock::time_point t0_;
-};
-
 std::string gib(size_t bytes) { return fmt::format("{:.2f} GiB", double(bytes) / double(1ull << 30)); }
 
 // The summary's memory part: the host's peak and, on a GPU, the weights held at the end, the
@@ -271,7 +233,7 @@ int generate_qwen_image(const GenerateArgs& a, const PipelineOptions& po, const 
     bool tiny = false;
     const std::string model = resolve_model_dir(a.m.model, &tiny, TinyPipeline::QwenImage);
     if (tiny) note_tiny_model(TinyPipeline::QwenImage, model);
-    const LoadProgress load_progress(model);
+    const LoadProgress load_progress(model, ::isatty(2));
     auto t0 = std::chrono::steady_clock::now();
     QwenImagePipeline pipe(model, po, go);  // checks go before reading any weight
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -358,7 +320,7 @@ int cmd_generate(GenerateArgs a) {
     bool tiny = false;
     const std::string model = resolve_model_dir(a.m.model, &tiny);
     if (tiny) note_tiny_model(TinyPipeline::ZImage, model);
-    const LoadProgress load_progress(model);
+    const LoadProgress load_progress(model, ::isatty(2));
     auto t0 = std::chrono::steady_clock::now();
     ZImagePipeline pipe(model, po, go);  // checks go before reading any weight
     double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -379,7 +379,7 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
 
     t0 = std::chrono::steady_clock::now();
     const Tensor z = p_->vae->denormalize_latents(unpack_qwen_image_latents(latents, h, w));
-    Tensor image = vae::postprocess_to_u8(p_->vae->decode(z));
+    Tensor image = vae::postprocess_to_u8(p_->opt.vae_tiling ? p_->vae->decode_tiled(z) : p_->vae->decode(z));
     r.image = image.view({image.size(1), image.size(2), image.size(3)});
     r.vae_seconds = seconds_since(t0);
     const ops::DeviceMemory mem = ops::device_memory(p_->ctx);

@@ -167,6 +167,8 @@ void ZImagePipeline::open(const std::string& dir, const PipelineOptions& opt) {
         raise<UsageError>("--gpus {} runs on CUDA GPUs 0..{} (choose them with CUDA_VISIBLE_DEVICES), not on {}",
                           opt.gpus, opt.gpus - 1,
                           opt.device.type == DeviceType::CUDA ? fmt::format("cuda:{}", opt.device.index) : "the CPU");
+    if (opt.vae_tiling)
+        raise<UsageError>("--vae-tiling: tiled VAE decoding is Qwen-Image's; the Z-Image pipeline decodes whole");
     check_pipeline_folder(dir);
     p_ = std::make_unique<Parts>(dir, opt);
     // Validate every component (configs, keys, shapes, quantization plans)

@@ -36,6 +36,8 @@ struct PipelineOptions {
     bool offload_text_encoder = false;  // the text encoder is loaded for each encoding and freed right
                                         // after; the transformer is loaded after the first encoding, so
                                         // the two never share the device's memory in a one-image run
+    bool vae_tiling = false;          // Qwen-Image: decode in tiles (AutoencoderKLQwenImage::decode_tiled);
+                                      // Z-Image refuses it
 };
 
 struct GenerateOptions {

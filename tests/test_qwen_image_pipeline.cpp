@@ -415,3 +415,28 @@ TEST(QwenImageGenerate, OffloadFlag) {
     EXPECT_NE(e.err.find("--offload vae: allowed values are text-encoder"), std::string::npos) << e.err;
     EXPECT_TRUE(fs::is_empty(dir));
 }
+
+// --vae-tiling decodes in tiles (AutoencoderKLQwenImage::decode_tiled, checked against diffusers in
+// test_qwen_image_vae): an image within one 256-pixel tile is the untiled one, a wider one is decoded in tiles (so it
+// differs); Z-Image refuses the flag before any work.
+TEST(QwenImageGenerate, VaeTilingFlag) {
+    const fs::path dir = testutil::fresh_dir("qwen_tiling");
+    auto run = [&](const std::string& size, bool tiling) {
+        const fs::path out = dir / "x.png";
+        const testutil::CliResult r = testutil::run_qdit("generate --model " + kPipe + " --prompt 'a red fox' " + size +
+                                                         " --steps 2 --device cpu" +
+                                                         (tiling ? " --vae-tiling" : "") + " -o " + out.string());
+        EXPECT_EQ(r.status, 0) << r.err;
+        const PngImage img = read_png(out.string());
+        fs::remove(out);
+        return img.rgb;
+    };
+    EXPECT_EQ(run("--width 64 --height 64", true), run("--width 64 --height 64", false));
+    EXPECT_NE(run("--width 320 --height 32", true), run("--width 320 --height 32", false));
+    const testutil::CliResult e = testutil::run_qdit("generate --model " + std::string(QDIT_TEST_DATA) +
+                                                     "/pipeline --prompt p --width 32 --height 32 --vae-tiling -o " +
+                                                     (dir / "z.png").string());
+    EXPECT_EQ(e.status, 2);
+    EXPECT_NE(e.err.find("--vae-tiling"), std::string::npos) << e.err;
+    EXPECT_TRUE(fs::is_empty(dir));
+}

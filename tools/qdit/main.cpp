@@ -163,6 +163,7 @@ struct ModelFlags {
 struct GenerateArgs {
     std::string prompt, negative_prompt, latents, output = "qdit.png", parallel = "tensor", pipeline = "zimage",
                 offload;
+    bool vae_tiling = false;
     int steps = 9, width = 1024, height = 1024, max_sequence_length = 512, gpus = 1;
     uint64_t seed = 0;
     float guidance = 0.0f, true_cfg_scale = 4.0f;
@@ -281,6 +282,7 @@ int cmd_generate(GenerateArgs a) {
     PipelineOptions po = a.m.resolve(a.gpus);
     po.sequence_parallel = a.parallel == "sequence";
     po.offload_text_encoder = !a.offload.empty();
+    po.vae_tiling = a.vae_tiling;
     GenerateOptions go;
     go.prompt = a.prompt;
     go.negative_prompt = a.negative_prompt;
@@ -455,6 +457,10 @@ int main(int argc, char** argv) {
                          "Output PNG (written atomically; its folder must exist and be writable, "
                          "checked before any work)")
         ->capture_default_str();
+    generate->add_flag("--vae-tiling", gen.vae_tiling,
+                       "Qwen-Image only: decode the latents in tiles of 256x256 pixels every 192 (diffusers' "
+                       "enable_tiling), so the VAE's memory is that of one tile; seams blended over 64 pixels "
+                       "(docs/qwen_image_vae.md gives the error)");
     generate->add_option("--offload", gen.offload,
                          "text-encoder: the text encoder is loaded, encodes the prompt and is freed before the "
                          "transformer is loaded, so the two never share the device's memory (on the CPU the same, "

@@ -187,6 +187,32 @@ void write_component(const fs::path& dir, const json& config, const std::string&
     write_weights(dir, stem, params, seed);
 }
 
+// A pipeline folder: model_index.json naming `pipeline` and the models' classes, the scheduler config,
+// the byte tokenizer, and the transformer, text encoder and VAE with random weights (seeds seed,
+// seed + 1, seed + 2).
+void write_pipeline(const std::string& dir_str, const std::string& pipeline, const json& scheduler,
+                    const json& text_encoder, const json& transformer, const json& vae,
+                    const std::vector<ParamSpec>& vae_params, uint64_t seed) {
+    const fs::path dir(dir_str);
+    fs::create_directories(dir);
+    json index = {{"_class_name", pipeline},
+                  {"_diffusers_version", "0.42.1"},
+                  {"scheduler", {"diffusers", "FlowMatchEulerDiscreteScheduler"}},
+                  {"text_encoder", {"transformers", text_encoder["architectures"][0]}},
+                  {"tokenizer", {"transformers", "Qwen2Tokenizer"}},
+                  {"transformer", {"diffusers", transformer["_class_name"]}},
+                  {"vae", {"diffusers", vae["_class_name"]}}};
+    write_file_atomic((dir / "model_index.json").string(), index.dump(2));
+    fs::create_directories(dir / "scheduler");
+    write_file_atomic((dir / "scheduler" / "scheduler_config.json").string(), scheduler.dump(2));
+    write_tokenizer(dir / "tokenizer");
+    write_component(dir / "transformer", transformer, "diffusion_pytorch_model",
+                    model_spec_from_config(transformer, "built-in transformer").params, seed);
+    write_component(dir / "text_encoder", text_encoder, "model",
+                    model_spec_from_config(text_encoder, "built-in text encoder").params, seed + 1);
+    write_component(dir / "vae", vae, "diffusion_pytorch_model", vae_params, seed + 2);
+}
+
 }  // namespace
 
 std::string default_cache_dir() {
@@ -196,48 +222,14 @@ std::string default_cache_dir() {
     raise<IoError>("no cache folder: set QDIT_CACHE_DIR or HOME");
 }
 
-void write_tiny_zimage(const std::string& dir_str) {
-    const fs::path dir(dir_str);
-    fs::create_directories(dir);
-    json index = {{"_class_name", "ZImagePipeline"},
-                  {"_diffusers_version", "0.42.1"},
-                  {"scheduler", {"diffusers", "FlowMatchEulerDiscreteScheduler"}},
-                  {"text_encoder", {"transformers", "Qwen3Model"}},
-                  {"tokenizer", {"transformers", "Qwen2Tokenizer"}},
-                  {"transformer", {"diffusers", "ZImageTransformer2DModel"}},
-                  {"vae", {"diffusers", "AutoencoderKL"}}};
-    write_file_atomic((dir / "model_index.json").string(), index.dump(2));
-    fs::create_directories(dir / "scheduler");
-    write_file_atomic((dir / "scheduler" / "scheduler_config.json").string(), kScheduler.dump(2));
-    write_tokenizer(dir / "tokenizer");
-    write_component(dir / "transformer", kTransformer, "diffusion_pytorch_model",
-                    model_spec_from_config(kTransformer, "built-in transformer").params, 1);
-    write_component(dir / "text_encoder", kTextEncoder, "model",
-                    model_spec_from_config(kTextEncoder, "built-in text encoder").params, 2);
-    write_component(dir / "vae", kVae, "diffusion_pytorch_model",
-                    vae::decoder_params(vae::Config::from_json(kVae, "built-in vae")), 3);
+void write_tiny_zimage(const std::string& dir) {
+    write_pipeline(dir, "ZImagePipeline", kScheduler, kTextEncoder, kTransformer, kVae,
+                   vae::decoder_params(vae::Config::from_json(kVae, "built-in vae")), 1);
 }
 
-void write_tiny_qwen_image(const std::string& dir_str) {
-    const fs::path dir(dir_str);
-    fs::create_directories(dir);
-    json index = {{"_class_name", "QwenImagePipeline"},
-                  {"_diffusers_version", "0.42.1"},
-                  {"scheduler", {"diffusers", "FlowMatchEulerDiscreteScheduler"}},
-                  {"text_encoder", {"transformers", "Qwen2_5_VLForConditionalGeneration"}},
-                  {"tokenizer", {"transformers", "Qwen2Tokenizer"}},
-                  {"transformer", {"diffusers", "QwenImageTransformer2DModel"}},
-                  {"vae", {"diffusers", "AutoencoderKLQwenImage"}}};
-    write_file_atomic((dir / "model_index.json").string(), index.dump(2));
-    fs::create_directories(dir / "scheduler");
-    write_file_atomic((dir / "scheduler" / "scheduler_config.json").string(), kQwenScheduler.dump(2));
-    write_tokenizer(dir / "tokenizer");
-    write_component(dir / "transformer", kQwenTransformer, "diffusion_pytorch_model",
-                    model_spec_from_config(kQwenTransformer, "built-in transformer").params, 4);
-    write_component(dir / "text_encoder", kQwenTextEncoder, "model",
-                    model_spec_from_config(kQwenTextEncoder, "built-in text encoder").params, 5);
-    write_component(dir / "vae", kQwenVae, "diffusion_pytorch_model",
-                    model_spec_from_config(kQwenVae, "built-in vae").params, 6);
+void write_tiny_qwen_image(const std::string& dir) {
+    write_pipeline(dir, "QwenImagePipeline", kQwenScheduler, kQwenTextEncoder, kQwenTransformer, kQwenVae,
+                   model_spec_from_config(kQwenVae, "built-in vae").params, 4);
 }
 
 TinyPipeline parse_tiny_pipeline(const std::string& name, const std::string& field) {

@@ -118,7 +118,7 @@ struct ModelFlags {
         cmd->add_option("--model", model,
                         "Diffusers pipeline folder (model_index.json, scheduler/, text_encoder/, tokenizer/, "
                         "transformer/, vae/); model_index.json's _class_name picks the pipeline: ZImagePipeline "
-                        "or QwenImagePipeline (generate only); default: a built-in tiny random-weight model "
+                        "or QwenImagePipeline; default: a built-in tiny random-weight model "
                         "(generate: the one --pipeline names; serve: Z-Image)");
         cmd->add_option("--dtype", dtype, "Activation precision: bf16 or f32 (cuda: bf16)")->capture_default_str();
         device_opt = cmd->add_option("--device", device,

@@ -53,6 +53,11 @@ void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row,
 // x itself, so only x is set there.
 struct Activation {
     Tensor x, q, qs;
+    // Rows [begin, end) of each part present (views).
+    Activation slice_rows(int64_t begin, int64_t end) const {
+        auto cut = [&](const Tensor& t) { return t.defined() ? t.slice_rows(begin, end) : Tensor(); };
+        return {cut(x), cut(q), cut(qs)};
+    }
 };
 // What a group asks of its producer: the dense rows, their int8 quantization, or both; k columns
 // (kp: the int8 rows' stride).

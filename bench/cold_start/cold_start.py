@@ -169,7 +169,8 @@ def run_qdit(binary, d, out_dir, label, quant, cache_dir):
         return row
     row.update(load_s=num(r"time: load ([\d.]+) s", text), text_s=num(r"text encoder ([\d.]+) s", text),
                denoise_s=num(r"denoise ([\d.]+) s \(", text), vae_s=num(r"vae ([\d.]+) s", text),
-               total_s=num(r"total ([\d.]+) s", text), gpu_peak_gib=num(r"GPU ([\d.]+) GiB", text),
+               total_s=num(r"total ([\d.]+) s", text),
+               gpu_peak_gib=num(r"GPU[^:]*: weights .*, peak ([\d.]+) GiB", text),
                read_gbs=num(r"\(([\d.]+) GB/s\)", text),
                plans_built=num(r"(\d+) cuDNN convolution plans built", text, 0),
                plans_read=num(r"(\d+) read from the plan cache", text, 0))

@@ -36,15 +36,11 @@ CheckpointReader::~CheckpointReader() {
     add_load_stats(s);
 }
 
-void CheckpointReader::begin_convert() {
+void CheckpointReader::record() {
     cudaEvent_t e;
     cuda::check(cudaEventCreate(&e), "load timing");
     events_.push_back(e);
     cuda::check(cudaEventRecord(e, stream_), "load timing");
-}
-
-void CheckpointReader::end_convert() {
-    begin_convert();
 }
 
 void CheckpointReader::copy_bytes(const TensorBytes& b, size_t n, void* dst) {

@@ -40,10 +40,12 @@ public:
     cuda::DTensor tensor(const std::string& name, DType dtype);
 
     // Brackets device work (conversion, quantization) whose GPU time is reported as "convert".
-    void begin_convert();
-    void end_convert();
+    void begin_convert() { record(); }
+    void end_convert() { record(); }
 
 private:
+    void record();  // an event on the stream, kept until the destructor reads the times
+
     const Checkpoint& ck_;
     cudaStream_t stream_;
     RangeReader files_;

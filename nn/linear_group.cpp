@@ -122,7 +122,8 @@ WeightLoader::WeightLoader(const QuantPlan& plan, const Checkpoint* ck, uint64_t
     for (const LayerPlan& l : plan.layers) plans_[l.spec.name] = &l;
 #ifdef QDIT_WITH_CUDA
     if (ck_ && ctx_.cuda())
-        reader_ = std::make_shared<gpu::CheckpointReader>(*ck_, static_cast<cudaStream_t>(ctx_.stream));
+        reader_ = std::make_shared<gpu::CheckpointReader>(*ck_, static_cast<cudaStream_t>(ctx_.stream),
+                                                          load_threads());
 #endif
 }
 

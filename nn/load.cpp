@@ -1,6 +1,7 @@
 #include "nn/load.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
 
 #include "backend/cpu/quantize.h"
@@ -43,6 +44,16 @@ namespace {
 std::mutex stats_mutex;
 LoadStats stats_total;
 }  // namespace
+
+int load_threads() {
+    const char* v = std::getenv("QDIT_LOAD_THREADS");
+    if (!v || !*v) return 4;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (*end != '\0' || n < 1 || n > 64)
+        raise<UsageError>("QDIT_LOAD_THREADS={}: the number of threads reading weight files must be 1 to 64", v);
+    return int(n);
+}
 
 LoadStats load_stats() {
     std::lock_guard<std::mutex> lock(stats_mutex);

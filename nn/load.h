@@ -34,6 +34,9 @@ struct LoadStats {
 };
 LoadStats load_stats();
 void add_load_stats(const LoadStats& s);
+// Threads reading the files in a GPU load: QDIT_LOAD_THREADS (1 to 64) when set, else 4.
+// UsageError naming the variable for another value.
+int load_threads();
 
 // The CPU Linear of `layer`, activations (and dense weights) in `compute` (F32 or BF16).
 Linear load_linear(const Checkpoint& ck, const LayerPlan& layer, DType compute);

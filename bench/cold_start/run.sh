@@ -18,6 +18,7 @@
 #   WHEELS    folder of wheels missing there (diffusers and what it needs beyond the image's
 #             packages; default .whl), installed into /tmp/cold-site
 #   PIPE_DIR  where the pipeline folder is written or reused (default /tmp/zimage_full; 20 GB)
+# QDIT_LOAD_THREADS (qdit's file-reading threads, default 4) is passed on to the qdit processes.
 # SMOKE=1 writes and runs a reduced pipeline (2 + 1 transformer layers, 2 text-encoder layers,
 # 256x256, 2 steps): a check of the whole chain in well under a minute.
 # It fits one 600 s device call at full size: about 60 s to write the folder, 10-25 s per qdit

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <system_error>
 #include <thread>
 
 #include "core/error.h"
@@ -168,7 +169,11 @@ void RangeReader::read(const std::string& path, uint64_t offset, size_t n, void*
         std::vector<std::thread> ts;
         for (size_t i = 1; i < pieces; ++i) {
             const size_t b = std::min(n, i * step), e = std::min(n, b + step);
-            ts.emplace_back([&, i, b, e] { errs[i] = pread_all(f, offset + b, e - b, out + b); });
+            try {
+                ts.emplace_back([&, i, b, e] { errs[i] = pread_all(f, offset + b, e - b, out + b); });
+            } catch (const std::system_error&) {  // no thread: this one reads the piece
+                errs[i] = pread_all(f, offset + b, e - b, out + b);
+            }
         }
         errs[0] = pread_all(f, offset, std::min(n, step), out);
         for (std::thread& t : ts) t.join();

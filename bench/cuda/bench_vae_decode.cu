@@ -1,7 +1,8 @@
 // The FLUX AutoencoderKL decoder of Z-Image on the GPU at full size: the config of
 // tests/data/vae/published/config.json with random weights, 16 x 128 x 128 latents → a 1024 x 1024
 // uint8 image, bf16. Prints cuDNN's start-up, the first decode (which builds the convolution plans),
-// the best and mean of 5 decodes after it (CUDA events), the allocator's memory figures and the
+// the best and mean of 5 decodes after it (CUDA events), a hash of the decoded bf16 image (equal
+// hashes: bit-identical outputs, bench/cuda/output_stats.h), the allocator's memory figures and the
 // plans the largest convolutions got. Run from the repository root.
 //
 //   bench_vae_decode [--config PATH]
@@ -16,6 +17,7 @@
 #include "backend/cuda/allocator.h"
 #include "backend/cuda/conv.h"
 #include "backend/cuda/device_tensor.h"
+#include "bench/cuda/output_stats.h"
 #include "io/files.h"
 #include "models/vae/autoencoder_kl_cuda.h"
 
@@ -94,6 +96,11 @@ int main(int argc, char** argv) {
             std::printf("vae decode bf16 1024x1024: best %.2f ms, mean %.2f ms of 5; weights %.1f MiB; peak in use "
                         "%.1f MiB (activations %.1f MiB); reserved %.1f MiB\n",
                         best, sum / 5, mib(m.weight_bytes()), mib(st.peak), mib(st.peak_activation), mib(st.reserved));
+            {
+                const bench::OutputStats os = bench::output_stats(m.decode(z).download(s));
+                std::printf("vae decode output (bf16 image before postprocess): hash %016llx rms %.6f%s\n",
+                            (unsigned long long)os.hash, os.rms, os.finite ? "" : " NON-FINITE");
+            }
             // The plans the largest layers got.
             for (auto [cin, cout, res] : {std::tuple<int64_t, int64_t, int64_t>{128, 128, 1024}, {256, 256, 512},
                                           {512, 512, 256}, {512, 512, 128}, {128, 3, 1024}, {16, 512, 128}}) {

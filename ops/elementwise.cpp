@@ -57,6 +57,23 @@ void add_inplace(Tensor& x, const Tensor& y, const Context& ctx) {
 #endif
 }
 
+Tensor div_add(const Tensor& x, float divisor, float addend, DType dt, const Context& ctx) {
+    const char* op = "div_add";
+    detail::check_device(x, ctx, op, "x");
+    if (!x.defined() || !is_float(x.dtype()) || (dt != DType::F32 && dt != DType::BF16) ||
+        (ctx.cuda() && x.dtype() != DType::F32 && x.dtype() != DType::BF16))
+        raise<ShapeError>("{}: x {} to {} (need a float x, F32 or BF16 on a GPU, to F32 or BF16)", op,
+                          x.defined() ? dtype_name(x.dtype()) : "none", dtype_name(dt));
+    if (!ctx.cuda()) return cpu::div_add(x, divisor, addend, dt);
+#ifdef QDIT_WITH_CUDA
+    Tensor y = empty(x.shape(), dt, ctx);
+    cuda::vae::unscale(x.raw(), x.dtype(), y.raw(), dt, x.numel(), divisor, addend, detail::stream(ctx));
+    return y;
+#else
+    detail::no_cuda(op);
+#endif
+}
+
 Tensor timestep_embedding(const Tensor& t, int64_t dim, double max_period) {
     return cpu::timestep_embedding(t, dim, max_period);
 }

@@ -68,4 +68,22 @@ Tensor upsample_nearest_2x(const Tensor& x, const Context& ctx) {
 #endif
 }
 
+Tensor image_to_u8(const Tensor& image, const Context& ctx) {
+    const char* op = "image_to_u8";
+    detail::check_device(image, ctx, op, "image");
+    if (!image.defined() || image.dim() != 4 || !activation_dtype(image.dtype()))
+        raise<ShapeError>("{}: image {} {} (need F32 or BF16 [B, C, H, W])", op,
+                          image.defined() ? dtype_name(image.dtype()) : "none",
+                          image.defined() ? shape_str(image.shape()) : "");
+    if (!ctx.cuda()) return cpu::image_to_u8(image);
+#ifdef QDIT_WITH_CUDA
+    const int64_t B = image.size(0), C = image.size(1), H = image.size(2), W = image.size(3);
+    Tensor out = empty({B, H, W, C}, DType::U8, ctx);
+    cuda::vae::postprocess_u8(image.raw(), image.dtype(), out.data<uint8_t>(), B, C, H, W, detail::stream(ctx));
+    return out;
+#else
+    detail::no_cuda(op);
+#endif
+}
+
 }  // namespace qdit::ops

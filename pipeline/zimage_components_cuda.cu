@@ -8,11 +8,10 @@
 #include <numeric>
 
 #include "backend/cuda/allocator.h"
-#include "backend/cuda/device_tensor.h"
 #include "backend/cuda/quantize.h"
 #include "core/error.h"
 #include "models/text/qwen3.h"
-#include "models/vae/autoencoder_kl_cuda.h"
+#include "models/vae/autoencoder_kl.h"
 #include "models/zimage/transformer.h"
 #include "models/zimage/transformer_parallel.h"
 #include "parallel/communicator.h"
@@ -54,7 +53,8 @@ public:
     CudaComponents(const std::string& dir, int index, int gpus, bool sequence_parallel, const PreparedModel& text,
                    const PreparedModel& transformer)
         : stream_(index, gpus),
-          vae_((std::filesystem::path(dir) / "vae").string(), DType::BF16, stream_.s),
+          vae_((std::filesystem::path(dir) / "vae").string(), DType::BF16,
+               ops::Context{{DeviceType::CUDA, index}, stream_.s}),
           text_(text, DType::BF16, ops::Context{{DeviceType::CUDA, index}, stream_.s}) {
         if (gpus > 1) {
             std::vector<int> devices(static_cast<size_t>(gpus));
@@ -78,15 +78,16 @@ public:
         return parallel_ ? parallel_->forward(x, t, caps) : transformer_->forward(x, t, caps);
     }
     Tensor decode(const Tensor& latents) const override {
-        cuda::DTensor z = cuda::DTensor::upload(latents.to(DType::F32), cuda::MemKind::Activation, stream_.s);
-        Tensor image = vae_.decode_to_u8(vae_.unscale_latents(z)).download(stream_.s);
+        const ops::Context& ctx = vae_.context();
+        const Tensor z = ops::to_device(latents.to(DType::F32), ctx);
+        const Tensor image = ops::to_host(vae_.decode_to_u8(vae_.unscale_latents(z)), ctx);
         return image.view({image.size(1), image.size(2), image.size(3)});
     }
     size_t device_peak_bytes() const override { return cuda::Allocator::instance().stats().peak; }
 
 private:
     Stream stream_;
-    vae::AutoencoderKLCuda vae_;
+    vae::AutoencoderKL vae_;
     text::Qwen3TextModel text_;
     std::unique_ptr<zimage::ZImageTransformer> transformer_;           // one GPU
     std::unique_ptr<parallel::RankGroup> group_;                       // --gpus N > 1: the ranks,

@@ -26,18 +26,13 @@ SOURCES = (".h", ".hpp", ".cpp", ".cu", ".cuh")
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+)/([^"]+)"')
 
 # (file, included layer/ or ".cu"): what the models still written once per device include (the
-# Z-Image transformer and the VAE); removed as each moves onto ops/ as the Qwen3 encoder has.
+# Z-Image transformer's split CUDA class); removed as it moves onto ops/ as the VAE has.
 KNOWN = {
     ("models/zimage/transformer_cuda.cu", "backend"),
     ("models/zimage/transformer_cuda.h", "backend"),
     ("models/zimage/transformer_parallel.h", "backend"),
-    ("models/vae/autoencoder_kl_cuda.cu", "backend"),
-    ("models/vae/autoencoder_kl_cuda.h", "backend"),
-    ("models/vae/autoencoder_kl.h", "backend"),
-    ("models/vae/autoencoder_kl.cpp", "backend"),
     ("models/zimage/transformer_cuda.cu", ".cu"),
     ("models/zimage/transformer_parallel.cu", ".cu"),
-    ("models/vae/autoencoder_kl_cuda.cu", ".cu"),
 }
 
 

@@ -15,8 +15,8 @@
 #include "io/safetensors.h"
 #include "models/vae/autoencoder_kl.h"
 #include "backend/cpu/conv2d.h"
-#include "backend/cpu/group_norm.h"
 #include "backend/cpu/upsample.h"
+#include "ops/norm.h"
 #include "tests/expect_error.h"
 #include "tests/vae_fixture.h"
 
@@ -123,8 +123,8 @@ TEST(VaeOps, GroupNormMatchesNaiveLoop) {
     Tensor x = random_tensor({B, L, C}, 7, 2.0f);
     for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] += 3.0f;  // a non-zero mean
     Tensor w = random_tensor({C}, 8), bias = random_tensor({C}, 9);
-    cpu::GroupNorm gn("gn", w, bias, G, 1e-6f);
-    Tensor y = gn.forward(x), ys = gn.forward_silu(x);
+    const ops::Context cpu;
+    Tensor y = ops::group_norm(x, w, bias, G, 1e-6f, false, cpu), ys = ops::group_norm(x, w, bias, G, 1e-6f, true, cpu);
     const float* xp = x.data<float>();
     for (int64_t b = 0; b < B; ++b)
         for (int64_t g = 0; g < G; ++g) {
@@ -146,7 +146,8 @@ TEST(VaeOps, GroupNormMatchesNaiveLoop) {
                     EXPECT_NEAR(ys.data<float>()[i], r / (1 + std::exp(-r)), 1e-5);
                 }
         }
-    EXPECT_THROW(cpu::GroupNorm("gn", w, bias, 5, 1e-6f), ShapeError);  // 12 channels, 5 groups
+    expect_error_mentioning([&] { ops::group_norm(x, w, bias, 5, 1e-6f, false, cpu); }, "group_norm");  // 12 channels, 5 groups
+    EXPECT_THROW(ops::group_norm(x, w, bias, 5, 1e-6f, false, cpu), ShapeError);
 }
 
 TEST(VaeOps, UpsampleNearest2x) {

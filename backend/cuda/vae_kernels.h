@@ -1,4 +1,4 @@
-// Kernels of the AutoencoderKL decoder on the GPU (models/vae/autoencoder_kl_cuda.h) and the
+// Kernels of the VAE decoders' ops on the GPU (ops/norm.h, ops/image.h, ops/dense.h, ops/attention.h) and the
 // channel-padding / bias helpers of backend/cuda/conv.h. Activations are channels-last rows
 // [rows, C] in F32 or BF16 (`dt`); arithmetic is f32 and every kernel rounds where the CPU op
 // (backend/cpu/group_norm.h, backend/cpu/attention.h, models/vae/autoencoder_kl.cpp) stores, with the same

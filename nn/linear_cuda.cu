@@ -6,7 +6,7 @@
 
 #include <cuda_bf16.h>
 
-#include "backend/cuda/bf16_gemm.h"
+#include "backend/cuda/lt_gemm.h"
 #include "backend/cuda/int8_gemm.h"
 #include "backend/cuda/int8_weight_only.h"
 #include "backend/cuda/random.h"

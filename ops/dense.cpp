@@ -3,7 +3,7 @@
 #include "backend/cpu/dense.h"
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
-#include "backend/cuda/vae_kernels.h"
+#include "backend/cuda/lt_gemm.h"
 #endif
 
 namespace qdit::ops {
@@ -64,7 +64,7 @@ Tensor Dense::forward(const Tensor& x, const Context& ctx) const {
         return y;
     }
 #ifdef QDIT_WITH_CUDA
-    cuda::vae::matmul(x.raw(), p.k, p.w.raw(), p.k, true, p.b.defined() ? p.b.raw() : nullptr, y.raw(), p.n, m, p.n,
+    cuda::matmul(x.raw(), p.k, p.w.raw(), p.k, true, p.b.defined() ? p.b.raw() : nullptr, y.raw(), p.n, m, p.n,
                       p.k, p.dt, p.dt, detail::stream(ctx));
     return y;
 #else

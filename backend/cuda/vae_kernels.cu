@@ -1,15 +1,12 @@
 #include "backend/cuda/vae_kernels.h"
 
-#include <cublasLt.h>
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cmath>
-#include <map>
-#include <mutex>
-#include <tuple>
 
 #include "backend/cuda/device_tensor.h"
+#include "backend/cuda/lt_gemm.h"
 #include "core/error.h"
 
 namespace qdit::cuda::vae {
@@ -314,117 +311,6 @@ __global__ void scale_rows_k(const float* acc, const float* inv, T* o, int64_t l
     }
 }
 
-// ---- cuBLASLt ------------------------------------------------------------------------------------
-
-constexpr size_t kWorkspaceBytes = size_t(32) << 20;
-
-void lt_check(cublasStatus_t st, const char* what) {
-    if (st != CUBLAS_STATUS_SUCCESS)
-        raise<Error>("VAE matmul: {} failed: {} ({})", what, cublasLtGetStatusName(st), cublasLtGetStatusString(st));
-}
-
-cudaDataType_t cuda_type(DType t) { return t == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F; }
-
-// The largest power of two up to 16 that divides p's address.
-uint32_t alignment(const void* p) {
-    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-    uint32_t al = 16;
-    while (al > 1 && a % al != 0) al >>= 1;
-    return al;
-}
-
-struct MmKey {
-    int dev;
-    int64_t m, n, k, ldx, ldw, ldy;
-    bool w_nk, bias;
-    DType in, out;
-    uint32_t align_x, align_w, align_y;  // what the heuristic may assume of the pointers
-    bool operator<(const MmKey& o) const {
-        return std::tie(dev, m, n, k, ldx, ldw, ldy, w_nk, bias, in, out, align_x, align_w, align_y) <
-               std::tie(o.dev, o.m, o.n, o.k, o.ldx, o.ldw, o.ldy, o.w_nk, o.bias, o.in, o.out, o.align_x, o.align_w,
-                        o.align_y);
-    }
-};
-
-struct MmPlan {
-    cublasLtMatmulDesc_t desc = nullptr;
-    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
-    cublasLtMatmulAlgo_t algo{};
-};
-
-// One device's handle and workspace; its lock is held from setting a cached descriptor's bias
-// pointer to the launch that reads it (a launch may block while the device's queue is full: a lock
-// for every device would then stall the other GPUs' threads too).
-struct MmDevice {
-    std::mutex mu;
-    cublasLtHandle_t handle = nullptr;
-    void* workspace = nullptr;
-};
-
-// The devices and the plans (keyed by device, plans of one device are used under its lock); `mu`
-// guards the two maps only.
-struct MmState {
-    std::mutex mu;
-    std::map<int, MmDevice> devices;
-    std::map<MmKey, MmPlan> plans;
-};
-
-MmState& mm_state() {
-    static MmState* s = new MmState();
-    return *s;
-}
-
-// Row-major y[m, n] = x[m, k]·W is, column-major, yᵀ[n, m] = Wᵀ·xᵀ: A = w (k x n with ld = ldw,
-// transposed, when w is [n, k]; n x k, not transposed, when w is [k, n]), B = x (k x m, ld = ldx),
-// D = yᵀ (n x m, ld = ldy). The bias epilogue adds over D's rows, i.e. over n.
-MmPlan make_mm_plan(cublasLtHandle_t handle, const MmKey& key) {
-    MmPlan p;
-    lt_check(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
-    const cublasOperation_t opA = key.w_nk ? CUBLAS_OP_T : CUBLAS_OP_N, opB = CUBLAS_OP_N;
-    lt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)), "set TRANSA");
-    lt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(opB)), "set TRANSB");
-    const cublasLtEpilogue_t epi = key.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-    lt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)), "set EPILOGUE");
-    if (key.bias) {
-        const cudaDataType_t bt = cuda_type(key.out);
-        lt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)),
-                 "set BIAS_DATA_TYPE");
-    }
-    const cudaDataType_t ti = cuda_type(key.in), to = cuda_type(key.out);
-    if (key.w_nk)
-        lt_check(cublasLtMatrixLayoutCreate(&p.la, ti, uint64_t(key.k), uint64_t(key.n), key.ldw), "layout A");
-    else
-        lt_check(cublasLtMatrixLayoutCreate(&p.la, ti, uint64_t(key.n), uint64_t(key.k), key.ldw), "layout A");
-    lt_check(cublasLtMatrixLayoutCreate(&p.lb, ti, uint64_t(key.k), uint64_t(key.m), key.ldx), "layout B");
-    lt_check(cublasLtMatrixLayoutCreate(&p.ld, to, uint64_t(key.n), uint64_t(key.m), key.ldy), "layout D");
-
-    cublasLtMatmulPreference_t pref = nullptr;
-    lt_check(cublasLtMatmulPreferenceCreate(&pref), "preference");
-    const uint64_t ws = kWorkspaceBytes;
-    lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
-             "preference workspace");
-    // Pointers inside a fused projection or a query chunk need not be 256-byte aligned, which the
-    // heuristic assumes by default.
-    const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_w},
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_x},
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_y},
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_y}};
-    for (const auto& [attr, value] : aligns)
-        lt_check(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value)), "preference alignment");
-    cublasLtMatmulHeuristicResult_t res{};
-    int found = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.la, p.lb, p.ld, p.ld, pref, 1, &res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    lt_check(st, "cublasLtMatmulAlgoGetHeuristic");
-    if (found == 0)
-        raise<Error>("VAE matmul: cuBLASLt has no {} -> {} algorithm for M={} N={} K={} (ldx={} ldw={} ldy={})",
-                     dtype_name(key.in), dtype_name(key.out), key.m, key.n, key.k, key.ldx, key.ldw, key.ldy);
-    p.algo = res.algo;
-    return p;
-}
-
 }  // namespace
 
 // ---- launchers -------------------------------------------------------------------------------------
@@ -589,46 +475,6 @@ void postprocess_u8(const void* image, DType dt, uint8_t* out, int64_t B, int64_
     launched("vae::postprocess_u8");
 }
 
-void matmul(const void* x, int64_t ldx, const void* w, int64_t ldw, bool w_nk, const void* bias, void* y,
-            int64_t ldy, int64_t m, int64_t n, int64_t k, DType in, DType out, cudaStream_t stream) {
-    if ((in != DType::F32 && in != DType::BF16) || (out != DType::F32 && out != in))
-        raise<ShapeError>("VAE matmul: {} -> {} is not supported (F32 or BF16 in; F32 or the input dtype out)",
-                          dtype_name(in), dtype_name(out));
-    if (m < 0 || n <= 0 || k <= 0 || ldx < k || ldw < (w_nk ? k : n) || ldy < n)
-        raise<ShapeError>("VAE matmul: bad shape M={} N={} K={} ldx={} ldw={} ldy={}", m, n, k, ldx, ldw, ldy);
-    if (!x || !w || !y) raise<ShapeError>("VAE matmul: null operand pointer");
-    if (m == 0) return;
-    int dev = 0;
-    check(cudaGetDevice(&dev), "VAE matmul");
-    MmState& st = mm_state();
-    const MmKey key{dev,        m,   n,           k,           ldx,         ldw,        ldy,
-                    w_nk,       bias != nullptr, in, out, alignment(x), alignment(w), alignment(y)};
-    MmDevice* dp;
-    {
-        std::lock_guard<std::mutex> maps(st.mu);
-        dp = &st.devices[dev];  // std::map: the element stays where it is
-    }
-    MmDevice& d = *dp;
-    std::lock_guard<std::mutex> lock(d.mu);  // the cached descriptor gets this call's bias pointer
-    if (!d.handle) lt_check(cublasLtCreate(&d.handle), "cublasLtCreate");
-    if (!d.workspace) check(cudaMalloc(&d.workspace, kWorkspaceBytes), "VAE matmul workspace");
-    const MmPlan* plan_p;
-    {
-        std::lock_guard<std::mutex> maps(st.mu);
-        auto it = st.plans.find(key);
-        if (it == st.plans.end()) it = st.plans.emplace(key, make_mm_plan(d.handle, key)).first;
-        plan_p = &it->second;
-    }
-    const MmPlan& plan = *plan_p;
-    if (bias)
-        lt_check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
-                 "set BIAS_POINTER");
-    const float alpha = 1.f, beta = 0.f;
-    lt_check(cublasLtMatmul(d.handle, plan.desc, &alpha, w, plan.la, x, plan.lb, &beta, y, plan.ld, y, plan.ld,
-                            &plan.algo, d.workspace, kWorkspaceBytes, stream),
-             "cublasLtMatmul");
-}
-
 void attention_one_head(const void* q, const void* k, const void* v, int64_t ld, void* o, int64_t ldo, int64_t L,
                         int64_t d, DType dt, cudaStream_t stream, size_t max_scratch_bytes) {
     if (L < 0 || d <= 0 || ld < d || ldo < d)
@@ -645,13 +491,13 @@ void attention_one_head(const void* q, const void* k, const void* v, int64_t ld,
     for (int64_t q0 = 0; q0 < L; q0 += chunk) {
         const int64_t rows = std::min(chunk, L - q0);
         const void* qc = static_cast<const uint8_t*>(q) + size_t(q0 * ld) * es;
-        matmul(qc, ld, k, ld, true, nullptr, S.raw(), L, rows, L, d, dt, DType::F32, stream);
+        cuda::matmul(qc, ld, k, ld, true, nullptr, S.raw(), L, rows, L, d, dt, DType::F32, stream);
         dispatch(dt, "vae::attention_one_head", [&](auto tag) {
             using T = decltype(tag);
             softmax_rows_k<T><<<unsigned(rows), 512, 0, stream>>>(S.data<float>(), L, scale, P.data<T>(),
                                                                   inv.data<float>());
             launched("vae::attention_one_head (softmax)");
-            matmul(P.raw(), L, v, ld, false, nullptr, acc.raw(), d, rows, d, L, dt, DType::F32, stream);
+            cuda::matmul(P.raw(), L, v, ld, false, nullptr, acc.raw(), d, rows, d, L, dt, DType::F32, stream);
             T* oc = static_cast<T*>(o) + q0 * ldo;
             scale_rows_k<T><<<blocks_for(rows * d), kThreads, 0, stream>>>(acc.data<float>(), inv.data<float>(), oc,
                                                                            ldo, rows, d);

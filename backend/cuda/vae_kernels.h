@@ -54,13 +54,6 @@ void unscale(const void* x, DType src_dt, void* y, DType dt, int64_t n, float sc
 void postprocess_u8(const void* image, DType dt, uint8_t* out, int64_t B, int64_t C, int64_t H, int64_t W,
                     cudaStream_t stream);
 
-// y[m, n] = Σ_k x[m, k] · W[k, n] (+ bias[n]) through cuBLASLt, f32 accumulation (pure f32 for
-// F32 inputs, no TF32), one rounding to `out`. W is w[n, k] (w_nk: y = x·wᵀ) or w[k, n]. x and w
-// in `in` (F32 or BF16); y and bias (or null) in `out` (F32, or `in`). Row strides in elements.
-// Plans are cached per shape; a 32 MiB workspace per device is kept.
-void matmul(const void* x, int64_t ldx, const void* w, int64_t ldw, bool w_nk, const void* bias, void* y,
-            int64_t ldy, int64_t m, int64_t n, int64_t k, DType in, DType out, cudaStream_t stream);
-
 // Single-head attention without mask over L tokens of dim d (the VAE mid block), as
 // cpu::scaled_dot_product_attention: scores q·kᵀ in f32 (cuBLASLt), s·(1/√d) in f32, p =
 // exp(s − max) with the sum in double, p rounded to dt before P·V (f32 accumulation), the output

@@ -65,7 +65,7 @@ Tensor Dense::forward(const Tensor& x, const Context& ctx) const {
     }
 #ifdef QDIT_WITH_CUDA
     cuda::matmul(x.raw(), p.k, p.w.raw(), p.k, true, p.b.defined() ? p.b.raw() : nullptr, y.raw(), p.n, m, p.n,
-                      p.k, p.dt, p.dt, detail::stream(ctx));
+                 p.k, p.dt, p.dt, detail::stream(ctx));
     return y;
 #else
     detail::no_cuda(op);

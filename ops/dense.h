@@ -1,7 +1,7 @@
 // A dense Linear layer of high-precision activations on the context's device: y = x · Wᵀ + b with x
 // and W in F32 or BF16, f32 accumulation (true f32 for F32: no TF32 on a GPU), the bias added in
 // f32, one rounding to the activations' dtype. oneDNN on the CPU (backend/cpu/dense.h), cuBLASLt on
-// a GPU (backend/cuda/vae_kernels.h's matmul). For the few Linear layers that are never quantized
+// a GPU (backend/cuda/lt_gemm.h's matmul). For the few Linear layers that are never quantized
 // and run in F32 too (the VAE's mid-block attention); the quantizable Linear layers of the
 // transformers are nn::LinearGroup.
 #pragma once

@@ -5,7 +5,7 @@
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/channel_norm.h"
-#include "backend/cuda/vae_kernels.h"
+#include "backend/cuda/group_norm.h"
 #endif
 
 namespace qdit::ops {
@@ -51,8 +51,8 @@ Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int
 #ifdef QDIT_WITH_CUDA
     Tensor y = empty(x.shape(), x.dtype(), ctx);
     const int64_t B = x.size(0);
-    cuda::vae::group_norm(x.raw(), y.raw(), x.dtype(), B, B ? x.numel() / (B * C) : 0, C, groups,
-                          weight.data<float>(), bias.data<float>(), eps, silu, detail::stream(ctx));
+    cuda::group_norm(x.raw(), y.raw(), x.dtype(), B, B ? x.numel() / (B * C) : 0, C, groups,
+                     weight.data<float>(), bias.data<float>(), eps, silu, detail::stream(ctx));
     return y;
 #else
     detail::no_cuda(op);

@@ -344,3 +344,17 @@ TEST(VaeDecode, RejectsWrongLatentShape) {
     EXPECT_THROW(m.decode(Tensor::zeros({1, 4, 6, 10}, DType::F32)), ShapeError);
     EXPECT_THROW(m.decode(Tensor::zeros({16, 6, 10}, DType::F32)), ShapeError);
 }
+
+// Random weights (the GPU benchmark's decoder at the real size) depend on the seed alone, and
+// decode like loaded ones: the same seed gives the same image, another seed another one.
+TEST(VaeDecode, RandomWeightsFollowTheSeed) {
+    const vae::Config tiny = vae::Config::from_json(read_json_file(kVaeDir + "/config.json"), "tiny");
+    const Tensor z = random_tensor({1, tiny.latent_channels, 4, 6}, 21);
+    const Tensor a = vae::AutoencoderKL::random(tiny, DType::F32, 1).decode(z);
+    const Tensor b = vae::AutoencoderKL::random(tiny, DType::F32, 1).decode(z);
+    const Tensor c = vae::AutoencoderKL::random(tiny, DType::F32, 2).decode(z);
+    ASSERT_EQ(a.shape(), (Shape{1, tiny.out_channels, 4 * tiny.spatial_scale(), 6 * tiny.spatial_scale()}));
+    EXPECT_EQ(compare(a, b).max_abs, 0.0);
+    EXPECT_GT(compare(a, c).max_abs, 0.0);
+    for (int64_t i = 0; i < a.numel(); ++i) ASSERT_TRUE(std::isfinite(a.item_f32(i))) << i;
+}

@@ -1,6 +1,6 @@
 // The AutoencoderKL decoder (models/vae/autoencoder_kl.h) on a CUDA context against diffusers'
 // outputs on the committed fixture (tests/data/vae/) and against the same decoder on the CPU, plus
-// its kernels (backend/cuda/conv.h, backend/cuda/vae_kernels.h) and ops against host references.
+// its kernels (backend/cuda/conv.h, image.h, group_norm.h, attention.h) and ops against host references.
 //
 // Bounds (all derived from what the arithmetic allows, none fitted to a measurement):
 //   conv       F32: |y − ref| ≤ 1e-5·Σ|x·w| (f32 accumulation of K ≤ 600 terms in any order stays
@@ -27,7 +27,9 @@
 
 #include "backend/cuda/conv.h"
 #include "backend/cuda/quantize.h"
-#include "backend/cuda/vae_kernels.h"
+#include "backend/cuda/elementwise.h"
+#include "backend/cuda/attention.h"
+#include "backend/cuda/image.h"
 #include "io/files.h"
 #include "io/safetensors.h"
 #include "models/vae/autoencoder_kl.h"
@@ -231,7 +233,7 @@ TEST(CudaVaeKernels, UpsampleAddTransposeAreExact) {
             const Tensor x = rounded(random_tensor({B, H, W, C}, 10), dt);
             const DTensor dx = DTensor::upload(x.to(dt), MemKind::Activation, nullptr);
             DTensor dy = DTensor::empty({B, 2 * H, 2 * W, C}, dt);
-            cuda::vae::upsample_nearest_2x(dx.raw(), dy.raw(), dt, B, H, W, C, nullptr);
+            cuda::upsample_nearest_2x(dx.raw(), dy.raw(), dt, B, H, W, C, nullptr);
             const Tensor y = dy.download(nullptr).to(DType::F32);
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t i = 0; i < 2 * H; ++i)
@@ -244,7 +246,7 @@ TEST(CudaVaeKernels, UpsampleAddTransposeAreExact) {
             const Tensor r = rounded(random_tensor({B, H, W, C}, 11), dt);
             DTensor da = DTensor::upload(x.to(dt), MemKind::Activation, nullptr);
             const DTensor dr = DTensor::upload(r.to(dt), MemKind::Activation, nullptr);
-            cuda::vae::add_inplace(da.raw(), dr.raw(), da.numel(), dt, nullptr);
+            cuda::add_inplace(da.raw(), dr.raw(), da.numel(), dt, nullptr);
             const Tensor a = da.download(nullptr).to(DType::F32);
             Tensor sum = Tensor::empty(x.shape(), DType::F32);
             for (int64_t i = 0; i < x.numel(); ++i) sum.data<float>()[i] = x.data<float>()[i] + r.data<float>()[i];
@@ -256,7 +258,7 @@ TEST(CudaVaeKernels, UpsampleAddTransposeAreExact) {
             const Tensor t = random_tensor({B, M, N}, 12);
             const DTensor dt_in = DTensor::upload(t, MemKind::Activation, nullptr);
             DTensor dtr = DTensor::empty({B, N, M}, dt);
-            cuda::vae::transpose(dt_in.raw(), DType::F32, dtr.raw(), dt, B, M, N, nullptr);
+            cuda::transpose(dt_in.raw(), DType::F32, dtr.raw(), dt, B, M, N, nullptr);
             const Tensor tr = dtr.download(nullptr).to(DType::F32);
             const Tensor tr_ref = rounded(t, dt);
             for (int64_t b = 0; b < B; ++b)
@@ -313,8 +315,8 @@ TEST(CudaVaeKernels, AttentionMatchesCpu) {
             DTensor o = DTensor::empty({L, d}, dt);
             const size_t es = dtype_size(dt);
             const uint8_t* base = static_cast<const uint8_t*>(dq.raw());
-            cuda::vae::attention_one_head(base, base + d * es, base + 2 * d * es, 3 * d, o.raw(), d, L, d, dt, nullptr,
-                                          40 * size_t(L) * (4 + es));
+            cuda::attention_one_head(base, base + d * es, base + 2 * d * es, 3 * d, o.raw(), d, L, d, dt, nullptr,
+                                     40 * size_t(L) * (4 + es));
             const Tensor got = o.download(nullptr).to(DType::F32);
             Err e = compare(got, ref.view({L, d}));
             std::printf("[ attention %s d=%lld ] max|err| %.3g, rel L2 %.3g vs CPU\n", dtype_name(dt), (long long)d,

@@ -4,6 +4,7 @@
 // guidance run there, as on the CPU).
 // With opt.gpus > 1 the transformer runs tensor- or sequence-parallel over NCCL on GPUs 0..gpus-1
 // (zimage::ZImageTransformerParallel, no CUDA graphs); the text encoder and the VAE stay on GPU 0.
+#ifdef QDIT_WITH_CUDA  // a CUDA build: this file is empty without the CUDA backend
 #include <filesystem>
 #include <numeric>
 
@@ -104,3 +105,5 @@ std::unique_ptr<ZImageComponents> make_zimage_cuda_components(const std::string&
 }
 
 }  // namespace qdit
+
+#endif  // QDIT_WITH_CUDA

@@ -13,7 +13,7 @@
 namespace qdit::cuda {
 
 // GroupNorm over channels-last x [B, L, C] (groups runs of C / groups channels, normalised over
-// all L positions), as cpu::GroupNorm: mean and biased variance in double, scale = f32(rstd·w),
+// all L positions), as cpu::group_norm: mean and biased variance in double, scale = f32(rstd·w),
 // shift = f32(b − mean·rstd·w), y = dt(x·scale + shift); with silu, y = dt(v / (1 + exp(−v)))
 // where v = dt(x·scale + shift). weight, bias F32 [C]. y may alias x.
 void group_norm(const void* x, void* y, DType dt, int64_t B, int64_t L, int64_t C, int64_t groups,

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 
 #include <nlohmann/json.hpp>
 
@@ -265,9 +266,22 @@ const TensorInfo& Checkpoint::info(const std::string& name) const {
     return f.info(name);
 }
 
+namespace {
+std::mutex g_observer_mu;
+std::function<void(uint64_t)> g_observer;
+}  // namespace
+
+void set_checkpoint_read_observer(std::function<void(uint64_t bytes)> observer) {
+    std::lock_guard<std::mutex> lk(g_observer_mu);
+    g_observer = std::move(observer);
+}
+
 Tensor Checkpoint::get(const std::string& name) const {
     info(name);  // validates the index entry
-    return shard(file_of(name)).get(name);
+    Tensor t = shard(file_of(name)).get(name);
+    std::lock_guard<std::mutex> lk(g_observer_mu);
+    if (g_observer) g_observer(t.nbytes());
+    return t;
 }
 
 Tensor Checkpoint::get_as(const std::string& name, DType dtype) const {

@@ -5,6 +5,7 @@
 // {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}},
 // then the data region; offsets are relative to its start.
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -62,6 +63,10 @@ private:
     std::map<std::string, TensorInfo> index_;
     std::map<std::string, std::string> metadata_;
 };
+
+// Called (under a lock) with each tensor's byte count as Checkpoint::get hands it to a loader: what
+// a front end counts to show load progress. Process-wide; empty (the default) calls nothing.
+void set_checkpoint_read_observer(std::function<void(uint64_t bytes)> observer);
 
 // A checkpoint: one .safetensors file, or the shards listed by a
 // *.safetensors.index.json ("weight_map": {tensor: shard file}).

@@ -58,34 +58,56 @@ LinearGroup::LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<
 
 Tensor LinearGroup::forward(const ops::Activation& in) const {
     const Tensor& x = in.x.defined() ? in.x : in.q;
+    if (!ctx_.cuda() && cpu_.size() == 1 && in.x.defined() && in.x.dim() == 2 && in.x.size(1) == spec_.k)
+        return cpu_[0].forward(in.x);
+    Tensor y = ops::empty({x.defined() && x.dim() == 2 ? x.size(0) : 0, width_}, compute_, ctx_);
+    forward_into(in, y);
+    return y;
+}
+
+void LinearGroup::forward_into(const ops::Activation& in, Tensor& out) const {
+    const Tensor& x = in.x.defined() ? in.x : in.q;
+    const char* name = cpu_.empty() ? "cuda" : cpu_[0].name().c_str();
     if (!x.defined() || x.dim() != 2 || (in.x.defined() && in.x.size(1) != spec_.k))
-        raise<ShapeError>("Linear group ({}): input {} (need [m, {}])", cpu_.empty() ? "cuda" : cpu_[0].name(),
-                          x.defined() ? shape_str(x.shape()) : "none", spec_.k);
+        raise<ShapeError>("Linear group ({}): input {} (need [m, {}])", name, x.defined() ? shape_str(x.shape()) : "none",
+                          spec_.k);
     const int64_t m = x.size(0);
+    if (out.shape() != Shape{m, width_} || out.dtype() != compute_ || !(out.device() == ctx_.device))
+        raise<ShapeError>("Linear group ({}): output {} {} on {} (need {} [{}, {}] on {})", name, dtype_name(out.dtype()),
+                          shape_str(out.shape()), out.device().str(), dtype_name(compute_), m, width_,
+                          ctx_.device.str());
     if (!ctx_.cuda()) {
-        if (!in.x.defined()) raise<ShapeError>("Linear group ({}): the CPU reads the dense rows, none given", cpu_[0].name());
-        if (cpu_.size() == 1) return cpu_[0].forward(in.x);
-        Tensor y = Tensor::empty({m, width_}, compute_);
-        for (size_t i = 0; i < cpu_.size(); ++i) cpu::put_columns(y, cols_[i], cpu_[i].forward(in.x));
-        return y;
+        if (!in.x.defined()) raise<ShapeError>("Linear group ({}): the CPU reads the dense rows, none given", name);
+        for (size_t i = 0; i < cpu_.size(); ++i) cpu::put_columns(out, cols_[i], cpu_[i].forward(in.x));
+        return;
     }
 #ifdef QDIT_WITH_CUDA
+    // The GEMMs read and write 16-byte aligned rows: a row block of a larger tensor (slice_rows)
+    // may start elsewhere, and is then copied to (or from) a fresh buffer.
+    auto aligned = [](const Tensor& t) { return !t.defined() || reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; };
+    auto own = [&](const Tensor& t) {
+        if (aligned(t)) return t;
+        Tensor c = ops::empty(t.shape(), t.dtype(), ctx_);
+        const Tensor src = t.dim() == 1 ? t.view({t.size(0), 1}) : t;
+        Tensor dst = t.dim() == 1 ? c.view({t.size(0), 1}) : c;
+        ops::copy_rows(dst, 0, src, 0, m, ctx_);
+        return c;
+    };
     const auto& g = *static_cast<const gpu::Group*>(gpu_.get());
-    const cudaStream_t s = static_cast<cudaStream_t>(ctx_.stream);
     gpu::Input gi;
     if (in.x.defined()) {
-        gi.x = cuda::DTensor::of(in.x);
+        gi.x = cuda::DTensor::of(own(in.x));
         gi.ldx = spec_.k;
     }
     if (in.q.defined()) {
-        gi.q = cuda::DTensor::of(in.q);
-        gi.qs = cuda::DTensor::of(in.qs);
+        gi.q = cuda::DTensor::of(own(in.q));
+        gi.qs = cuda::DTensor::of(own(in.qs));
     }
     if ((spec_.dense || !gi.q.defined()) && !gi.x.defined())
         raise<ShapeError>("Linear group: the input lacks the bf16 rows its layers read");
-    Tensor y = ops::empty({m, width_}, DType::BF16, ctx_);
-    gpu::run_group(g, gi, m, y.raw(), width_, s);
-    return y;
+    Tensor y = aligned(out) ? out : ops::empty(out.shape(), out.dtype(), ctx_);
+    gpu::run_group(g, gi, m, y.raw(), width_, static_cast<cudaStream_t>(ctx_.stream));
+    if (y.raw() != out.raw()) ops::copy_rows(out, 0, y, 0, m, ctx_);
 #else
     raise<UsageError>("Linear group: this build of qdit has no CUDA backend");
 #endif

@@ -44,6 +44,9 @@ public:
     // y [m, width()] in the compute dtype on ctx's device. An input without the int8 rows an int8
     // part needs is quantized here (per token, quant/int8.h).
     Tensor forward(const ops::Activation& in) const;
+    // The same into out [m, width()] in the compute dtype on the group's device, whose rows are
+    // width() apart (e.g. a row block of a larger tensor: Tensor::slice_rows).
+    void forward_into(const ops::Activation& in, Tensor& out) const;
 
 private:
     ops::Context ctx_;

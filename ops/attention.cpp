@@ -9,17 +9,27 @@
 
 namespace qdit::ops {
 
-Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim, bool causal,
-                 const Tensor& key_mask, const Context& ctx) {
-    const char* op = "attention";
+namespace {
+
+// Checks a fused q|k|v of `batch` items on ctx's device; returns the rows of an item.
+int64_t item_rows(const char* op, const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_heads, int64_t hd,
+                  const Context& ctx) {
     detail::check_device(qkv, ctx, op, "qkv");
-    const int64_t hd = head_dim, rows = qkv.dim() == 2 ? qkv.size(0) : -1;
+    const int64_t rows = qkv.dim() == 2 ? qkv.size(0) : -1;
     if (rows < 0 || batch < 1 || rows % batch || heads < 1 || kv_heads < 1 || heads % kv_heads || hd < 1 ||
         qkv.size(1) != (heads + 2 * kv_heads) * hd)
         raise<ShapeError>("{}: qkv {} for a batch of {} with {} heads, {} kv heads of {} dims (need [batch·L, "
                           "(heads + 2·kv_heads)·head_dim], heads a multiple of kv heads)",
-                          op, shape_str(qkv.shape()), batch, heads, kv_heads, hd);
-    const int64_t L = rows / batch;
+                          op, qkv.defined() ? shape_str(qkv.shape()) : "none", batch, heads, kv_heads, hd);
+    return rows / batch;
+}
+
+}  // namespace
+
+Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim, bool causal,
+                 const Tensor& key_mask, const Context& ctx) {
+    const char* op = "attention";
+    const int64_t hd = head_dim, L = item_rows(op, qkv, batch, heads, kv_heads, hd, ctx), rows = batch * L;
     if (key_mask.defined() && (key_mask.device().type != DeviceType::CPU || key_mask.dtype() != DType::U8 ||
                                key_mask.shape() != Shape{batch, L}))
         raise<ShapeError>("{}: key_mask must be a host U8 [{}, {}], got {} {}", op, batch, L,
@@ -45,6 +55,48 @@ Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_hea
                         static_cast<uint8_t*>(o.raw()) + size_t(b * L * heads * hd * es), heads * hd, L, heads, hd,
                         detail::stream(ctx), impl, kv_heads, causal);
     }
+    return o;
+#else
+    detail::no_cuda(op);
+#endif
+}
+
+Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads,
+                        int64_t head_dim, const Context& ctx) {
+    const char* op = "attention_padded";
+    const int64_t batch = int64_t(lengths.size()), hd = head_dim, L = item_rows(op, qkv, batch, heads, kv_heads, hd, ctx),
+                  rows = batch * L;
+    for (int64_t b = 0; b < batch; ++b)
+        if (lengths[size_t(b)] < 1 || lengths[size_t(b)] > L)
+            raise<ShapeError>("{}: item {} has length {} (need 1 to the {} rows an item holds)", op, b,
+                              lengths[size_t(b)], L);
+    const int64_t width = heads * hd;
+    if (!ctx.cuda() || ctx.attention == AttentionImpl::Simple) {
+        // Each item's tokens alone, then zero rows for the padding.
+        Tensor o = zeros({rows, width}, qkv.dtype(), ctx);
+        for (int64_t b = 0; b < batch; ++b) {
+            const int64_t n = lengths[size_t(b)];
+            copy_rows(o, b * L, attention(qkv.slice_rows(b * L, b * L + n), 1, heads, kv_heads, hd, false, Tensor(), ctx),
+                      0, n, ctx);
+        }
+        return o;
+    }
+#ifdef QDIT_WITH_CUDA
+    if (qkv.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(qkv.dtype()));
+    const cudaStream_t s = detail::stream(ctx);
+    std::vector<int32_t> len(lengths.begin(), lengths.end());
+    Tensor dlen = empty({batch}, DType::I32, ctx);
+    cuda::set_i32(static_cast<int32_t*>(dlen.raw()), len.data(), batch, s);
+    Tensor o = empty({rows, width}, DType::BF16, ctx);
+    const int64_t ld = qkv.size(1), es = 2;
+    const uint8_t* q = static_cast<const uint8_t*>(qkv.raw());
+    cuda::attention_padded(q, ld, q + heads * hd * es, ld, q + (heads + kv_heads) * hd * es, ld, o.raw(), width, batch,
+                           L, static_cast<const int32_t*>(dlen.raw()), heads, kv_heads, hd, s);
+    for (int64_t b = 0; b < batch; ++b)
+        if (len[size_t(b)] < L)
+            cuda::check(cudaMemsetAsync(static_cast<uint8_t*>(o.raw()) + size_t((b * L + len[size_t(b)]) * width * es), 0,
+                                        size_t((L - len[size_t(b)]) * width * es), s),
+                        "attention_padded: zero the padding rows");
     return o;
 #else
     detail::no_cuda(op);

@@ -13,6 +13,13 @@ namespace qdit::ops {
 Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim, bool causal,
                  const Tensor& key_mask, const Context& ctx);
 
+// A batch of items of different lengths in one call: qkv as above with L = rows / batch; item b's
+// tokens are rows [b·L, b·L + lengths[b]) (1 <= lengths[b] <= L), the rows past it are padding:
+// neither keys nor queries, zero in the output. Not causal. Results equal attention() over each
+// item's tokens alone (on CUDA: cuDNN's padding mask, one call).
+Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads,
+                        int64_t head_dim, const Context& ctx);
+
 // Single-head attention over the positions of an image (the VAE mid blocks): qkv [batch·L, 3·C]
 // (F32 or BF16; columns q | k | v, item b's positions are rows [b·L, (b + 1)·L)) → [batch·L, C]:
 // softmax(q·kᵀ / sqrt(C))·v per item, no mask, any C (the head is the whole channel vector).

@@ -67,6 +67,16 @@ size_t device_peak_bytes(const Context& ctx) {
 #endif
 }
 
+DeviceMemory device_memory(const Context& ctx) {
+    if (!ctx.cuda()) return {};
+#ifdef QDIT_WITH_CUDA
+    const cuda::MemStats st = cuda::Allocator::instance().stats();
+    return {st.weight, st.peak_activation, st.peak};
+#else
+    no_cuda("device_memory");
+#endif
+}
+
 Tensor zeros(Shape shape, DType dtype, const Context& ctx) {
     if (!ctx.cuda()) return Tensor::zeros(std::move(shape), dtype);
 #ifdef QDIT_WITH_CUDA

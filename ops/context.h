@@ -35,6 +35,12 @@ Tensor to_host(const Tensor& t, const Context& ctx);
 Tensor empty(Shape shape, DType dtype, const Context& ctx, Memory kind = Memory::Activation);
 // Peak bytes held on ctx's device so far (weights and activations; 0 on the CPU).
 size_t device_peak_bytes(const Context& ctx);
+// What the device's allocator holds (all zero on the CPU): weights in use now, the peak of the
+// activations (and workspaces) and the peak of both together since the process started.
+struct DeviceMemory {
+    size_t weights = 0, peak_activations = 0, peak = 0;
+};
+DeviceMemory device_memory(const Context& ctx);
 // A new tensor on ctx's device, all zero bytes.
 Tensor zeros(Shape shape, DType dtype, const Context& ctx);
 // Rows [dst_row, dst_row + n) of dst [*, c] ← rows [src_row, src_row + n) of src [*, c] (same dtype
@@ -47,6 +53,11 @@ void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row,
 // x itself, so only x is set there.
 struct Activation {
     Tensor x, q, qs;
+    // Rows [begin, end) of each part present (views).
+    Activation slice_rows(int64_t begin, int64_t end) const {
+        auto cut = [&](const Tensor& t) { return t.defined() ? t.slice_rows(begin, end) : Tensor(); };
+        return {cut(x), cut(q), cut(qs)};
+    }
 };
 // What a group asks of its producer: the dense rows, their int8 quantization, or both; k columns
 // (kp: the int8 rows' stride).

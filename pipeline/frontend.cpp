@@ -1,8 +1,13 @@
 #include "pipeline/frontend.h"
 
+#include <algorithm>
+#include <filesystem>
+
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "io/safetensors.h"
+#include "ops/context.h"
 #include "pipeline/tiny_model.h"
 
 namespace qdit {
@@ -16,9 +21,38 @@ Device parse_device(const std::string& s, const std::string& field) {
     raise<UsageError>("{} {}: allowed values are cpu, cuda, cuda:N", field, s);
 }
 
-std::string resolve_model_dir(const std::string& model, bool* tiny) {
+std::string default_device_name(DType dtype) {
+    return dtype == DType::BF16 && ops::cuda_devices() > 0 ? "cuda" : "cpu";
+}
+
+std::string resolve_model_dir(const std::string& model, bool* tiny, TinyPipeline builtin) {
     if (tiny) *tiny = model.empty();
-    return model.empty() ? ensure_tiny_zimage(default_cache_dir()) : model;
+    return model.empty() ? ensure_tiny_pipeline(default_cache_dir(), builtin) : model;
+}
+
+LoadProgress::LoadProgress(const std::string& dir, bool enabled, uint64_t min_bytes, std::FILE* out) : out_(out) {
+    namespace fs = std::filesystem;
+    if (!enabled) return;
+    std::error_code ec;
+    for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+        if (it->path().extension() == ".safetensors" && it->is_regular_file(ec)) total_ += it->file_size(ec);
+    if (total_ == 0 || total_ < min_bytes) return;
+    t0_ = std::chrono::steady_clock::now();
+    set_checkpoint_read_observer([this](uint64_t bytes) {
+        read_ += bytes;
+        const int tenth = int(std::min<uint64_t>(10, read_ * 10 / total_));
+        if (tenth <= shown_) return;
+        shown_ = tenth;
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+        fmt::print(out_, "loading weights: {:3d}% ({:.1f} of {:.1f} GB, {:.2f} GB/s)\n", tenth * 10,
+                   double(read_) / 1e9, double(total_) / 1e9, s > 0 ? double(read_) / 1e9 / s : 0.0);
+        std::fflush(out_);
+    });
+    active_ = true;
+}
+
+LoadProgress::~LoadProgress() {
+    if (active_) set_checkpoint_read_observer({});
 }
 
 std::string rename_flags(std::string message,

@@ -14,7 +14,6 @@
 #include "models/text/tokenizer.h"
 #include "models/vae/autoencoder_kl.h"
 #include "models/vae/autoencoder_kl_qwenimage.h"
-#include "ops/context.h"
 #include "pipeline/qwen_image_prompt.h"
 #include "pipeline/scheduler.h"
 
@@ -151,6 +150,25 @@ struct QwenImagePipeline::Parts {
     }
 
     int64_t scale() const { return vae_cfg.spatial_scale(); }
+
+    // The text encoder and the transformer, loaded when absent (offload_text_encoder); *seconds
+    // gets the time spent loading.
+    const text::Qwen25VLTextModel& text_encoder(double* seconds = nullptr) {
+        if (!text) {
+            const auto t0 = std::chrono::steady_clock::now();
+            text = std::make_unique<text::Qwen25VLTextModel>(text_prepared, opt.dtype, ctx);
+            if (seconds) *seconds += seconds_since(t0);
+        }
+        return *text;
+    }
+    const qwen_image::QwenImageTransformer& dit_model(double* seconds) {
+        if (!transformer) {
+            const auto t0 = std::chrono::steady_clock::now();
+            transformer = std::make_unique<qwen_image::QwenImageTransformer>(transformer_prepared, opt.dtype, ctx);
+            *seconds += seconds_since(t0);
+        }
+        return *transformer;
+    }
 };
 
 QwenImagePipeline::QwenImagePipeline(const std::string& dir, const PipelineOptions& opt) {
@@ -224,10 +242,17 @@ void QwenImagePipeline::load() {
                                format_bytes(text_bytes), format_bytes(dit_bytes), format_bytes(vae_bytes),
                                dtype_name(opt.dtype)),
                    budget_name);
-    p_->text = std::make_unique<text::Qwen25VLTextModel>(p_->text_prepared, opt.dtype, p_->ctx);
-    p_->transformer = std::make_unique<qwen_image::QwenImageTransformer>(p_->transformer_prepared, opt.dtype, p_->ctx);
+    // With offload_text_encoder the text encoder and the transformer wait for generate: the encoder
+    // first, freed before the transformer comes.
+    if (!opt.offload_text_encoder) {
+        p_->text_encoder();
+        double unused = 0;
+        p_->dit_model(&unused);
+    }
     p_->vae = std::make_unique<vae::AutoencoderKLQwenImage>(p_->vae_prepared, opt.dtype, p_->ctx);
 }
+
+bool QwenImagePipeline::text_encoder_loaded() const { return p_->text != nullptr; }
 
 int QwenImagePipeline::transformer_int8_layers() const { return p_->transformer_prepared.plan.quantized_count(); }
 int QwenImagePipeline::text_encoder_int8_layers() const { return p_->text_prepared.plan.quantized_count(); }
@@ -285,7 +310,8 @@ int64_t QwenImagePipeline::prompt_tokens(const std::string& prompt) const {
 }
 
 Tensor QwenImagePipeline::encode_prompt(const std::string& prompt, int max_sequence_length) const {
-    QwenImagePromptEmbeds e = encode_qwen_image_prompts(*p_->text, p_->tokenizer, {prompt}, max_sequence_length);
+    QwenImagePromptEmbeds e =
+        encode_qwen_image_prompts(p_->text_encoder(), p_->tokenizer, {prompt}, max_sequence_length);
     return e.embeds;  // one prompt: never padded, so no mask
 }
 
@@ -297,9 +323,12 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
     const bool cfg = o.true_cfg();
 
     auto t0 = std::chrono::steady_clock::now();
+    p_->text_encoder(&r.load_seconds);
     const Tensor pos = encode_prompt(o.prompt, o.max_sequence_length);
     const Tensor neg = cfg ? encode_prompt(*o.negative_prompt, o.max_sequence_length) : Tensor();
-    r.text_seconds = seconds_since(t0);
+    if (p_->opt.offload_text_encoder) p_->text.reset();  // the embeddings are on the host
+    r.text_seconds = seconds_since(t0) - r.load_seconds;
+    const qwen_image::QwenImageTransformer& transformer = p_->dit_model(&r.load_seconds);
 
     const int64_t s = p_->scale(), C = latent_channels(), h = o.height / s, w = o.width / s;
     const int64_t hp = h / kPack, wp = w / kPack, L = hp * wp, F = C * kPack * kPack;
@@ -318,10 +347,10 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
         // timestep = t.expand(B).to(latents.dtype) / 1000, in that dtype.
         Tensor sigma = Tensor::empty({1}, DType::F32);
         sigma.data<float>()[0] = round_to(dt, round_to(dt, sched.timesteps()[size_t(i)]) / 1000.0f);
-        Tensor v = p_->transformer->forward(latents, pos, Tensor(), sigma, grid).to(DType::F32);
+        Tensor v = transformer.forward(latents, pos, Tensor(), sigma, grid).to(DType::F32);
         float* vp = v.data<float>();
         if (cfg) {
-            const Tensor n = p_->transformer->forward(latents, neg, Tensor(), sigma, grid).to(DType::F32);
+            const Tensor n = transformer.forward(latents, neg, Tensor(), sigma, grid).to(DType::F32);
             const float* np = n.data<float>();
             for (int64_t tok = 0; tok < L; ++tok) {
                 float* c = vp + tok * F;
@@ -350,10 +379,13 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
 
     t0 = std::chrono::steady_clock::now();
     const Tensor z = p_->vae->denormalize_latents(unpack_qwen_image_latents(latents, h, w));
-    Tensor image = vae::postprocess_to_u8(p_->vae->decode(z));
+    Tensor image = vae::postprocess_to_u8(p_->opt.vae_tiling ? p_->vae->decode_tiled(z) : p_->vae->decode(z));
     r.image = image.view({image.size(1), image.size(2), image.size(3)});
     r.vae_seconds = seconds_since(t0);
-    r.device_peak_bytes = ops::device_peak_bytes(p_->ctx);
+    const ops::DeviceMemory mem = ops::device_memory(p_->ctx);
+    r.device_peak_bytes = mem.peak;
+    r.device_weight_bytes = mem.weights;
+    r.device_activation_peak_bytes = mem.peak_activations;
     return r;
 }
 

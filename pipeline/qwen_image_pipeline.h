@@ -75,6 +75,9 @@ public:
     // The prompt's embeddings as the transformer receives them: [1, L, hidden] in the pipeline's dtype.
     Tensor encode_prompt(const std::string& prompt, int max_sequence_length) const;
 
+    // Whether the text encoder's weights are loaded now (with offload_text_encoder: only while encoding).
+    bool text_encoder_loaded() const;
+
     int transformer_int8_layers() const;
     int text_encoder_int8_layers() const;
     int64_t latent_channels() const;  // C

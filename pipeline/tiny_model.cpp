@@ -52,6 +52,41 @@ const json kScheduler = {{"_class_name", "FlowMatchEulerDiscreteScheduler"},
                          {"shift", 3.0},
                          {"use_dynamic_shifting", false}};
 
+// The tiny Qwen-Image pipeline: the shapes of the test fixtures, the vocabulary of the byte
+// tokenizer above, Qwen-Image's scheduler config.
+const json kQwenTransformer = {
+    {"_class_name", "QwenImageTransformer2DModel"}, {"attention_head_dim", 16}, {"axes_dims_rope", {4, 6, 6}},
+    {"guidance_embeds", false}, {"in_channels", 64}, {"joint_attention_dim", 64}, {"num_attention_heads", 2},
+    {"num_layers", 2}, {"out_channels", 16}, {"patch_size", 2}};
+
+const json kQwenTextEncoder = {
+    {"architectures", {"Qwen2_5_VLForConditionalGeneration"}}, {"model_type", "qwen2_5_vl"},
+    {"vocab_size", kVocab}, {"hidden_size", 64}, {"intermediate_size", 128}, {"num_hidden_layers", 2},
+    {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0},
+    {"rope_scaling", {{"type", "mrope"}, {"mrope_section", {2, 3, 3}}}}, {"max_position_embeddings", 4096},
+    {"tie_word_embeddings", false}, {"hidden_act", "silu"}};
+
+const json kQwenVae = {
+    {"_class_name", "AutoencoderKLQwenImage"}, {"attn_scales", json::array()}, {"base_dim", 8},
+    {"dim_mult", {1, 2, 4, 4}}, {"dropout", 0.0}, {"input_channels", 3}, {"num_res_blocks", 2},
+    {"temperal_downsample", {false, true, true}}, {"z_dim", 16},
+    // Qwen-Image's per-channel latent statistics.
+    {"latents_mean", {-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715,
+                      0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921}},
+    {"latents_std", {2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652,
+                     1.5579, 1.6382, 1.1253, 2.8251, 1.916}}};
+
+const json kQwenScheduler = {{"_class_name", "FlowMatchEulerDiscreteScheduler"},
+                             {"num_train_timesteps", 1000},
+                             {"shift", 1.0},
+                             {"use_dynamic_shifting", true},
+                             {"base_shift", 0.5},
+                             {"max_shift", 0.9},
+                             {"base_image_seq_len", 256},
+                             {"max_image_seq_len", 8192},
+                             {"shift_terminal", 0.02},
+                             {"time_shift_type", "exponential"}};
+
 // GPT-2's byte → printable character table, as UTF-8.
 std::string byte_char(int b) {
     int cp = b;
@@ -129,8 +164,12 @@ void write_weights(const fs::path& dir, const std::string& stem, const std::vect
     std::vector<std::pair<std::string, Tensor>> ts;
     for (const ParamSpec& p : params) {
         Tensor t = Tensor::empty(p.shape, DType::F32);
-        const bool norm = p.name.find("norm") != std::string::npos && p.shape.size() == 1 &&
-                          p.name.size() > 7 && p.name.compare(p.name.size() - 7, 7, ".weight") == 0;
+        auto ends_with = [&](const std::string& end) {
+            return p.name.size() > end.size() && p.name.compare(p.name.size() - end.size(), end.size(), end) == 0;
+        };
+        // RMS / layer norm weights, and the Qwen-Image VAE's RMS norm gammas [C, 1, ...].
+        const bool norm = (p.name.find("norm") != std::string::npos && p.shape.size() == 1 && ends_with(".weight")) ||
+                          ends_with(".gamma");
         int64_t fan_in = 1;
         for (size_t d = 1; d < p.shape.size(); ++d) fan_in *= p.shape[d];
         const float scale = p.shape.size() >= 2 ? 1.0f / std::sqrt(float(fan_in)) : 0.1f;
@@ -148,6 +187,32 @@ void write_component(const fs::path& dir, const json& config, const std::string&
     write_weights(dir, stem, params, seed);
 }
 
+// A pipeline folder: model_index.json naming `pipeline` and the models' classes, the scheduler config,
+// the byte tokenizer, and the transformer, text encoder and VAE with random weights (seeds seed,
+// seed + 1, seed + 2).
+void write_pipeline(const std::string& dir_str, const std::string& pipeline, const json& scheduler,
+                    const json& text_encoder, const json& transformer, const json& vae,
+                    const std::vector<ParamSpec>& vae_params, uint64_t seed) {
+    const fs::path dir(dir_str);
+    fs::create_directories(dir);
+    json index = {{"_class_name", pipeline},
+                  {"_diffusers_version", "0.42.1"},
+                  {"scheduler", {"diffusers", "FlowMatchEulerDiscreteScheduler"}},
+                  {"text_encoder", {"transformers", text_encoder["architectures"][0]}},
+                  {"tokenizer", {"transformers", "Qwen2Tokenizer"}},
+                  {"transformer", {"diffusers", transformer["_class_name"]}},
+                  {"vae", {"diffusers", vae["_class_name"]}}};
+    write_file_atomic((dir / "model_index.json").string(), index.dump(2));
+    fs::create_directories(dir / "scheduler");
+    write_file_atomic((dir / "scheduler" / "scheduler_config.json").string(), scheduler.dump(2));
+    write_tokenizer(dir / "tokenizer");
+    write_component(dir / "transformer", transformer, "diffusion_pytorch_model",
+                    model_spec_from_config(transformer, "built-in transformer").params, seed);
+    write_component(dir / "text_encoder", text_encoder, "model",
+                    model_spec_from_config(text_encoder, "built-in text encoder").params, seed + 1);
+    write_component(dir / "vae", vae, "diffusion_pytorch_model", vae_params, seed + 2);
+}
+
 }  // namespace
 
 std::string default_cache_dir() {
@@ -157,38 +222,38 @@ std::string default_cache_dir() {
     raise<IoError>("no cache folder: set QDIT_CACHE_DIR or HOME");
 }
 
-void write_tiny_zimage(const std::string& dir_str) {
-    const fs::path dir(dir_str);
-    fs::create_directories(dir);
-    json index = {{"_class_name", "ZImagePipeline"},
-                  {"_diffusers_version", "0.42.1"},
-                  {"scheduler", {"diffusers", "FlowMatchEulerDiscreteScheduler"}},
-                  {"text_encoder", {"transformers", "Qwen3Model"}},
-                  {"tokenizer", {"transformers", "Qwen2Tokenizer"}},
-                  {"transformer", {"diffusers", "ZImageTransformer2DModel"}},
-                  {"vae", {"diffusers", "AutoencoderKL"}}};
-    write_file_atomic((dir / "model_index.json").string(), index.dump(2));
-    fs::create_directories(dir / "scheduler");
-    write_file_atomic((dir / "scheduler" / "scheduler_config.json").string(), kScheduler.dump(2));
-    write_tokenizer(dir / "tokenizer");
-    write_component(dir / "transformer", kTransformer, "diffusion_pytorch_model",
-                    model_spec_from_config(kTransformer, "built-in transformer").params, 1);
-    write_component(dir / "text_encoder", kTextEncoder, "model",
-                    model_spec_from_config(kTextEncoder, "built-in text encoder").params, 2);
-    write_component(dir / "vae", kVae, "diffusion_pytorch_model",
-                    vae::decoder_params(vae::Config::from_json(kVae, "built-in vae")), 3);
+void write_tiny_zimage(const std::string& dir) {
+    write_pipeline(dir, "ZImagePipeline", kScheduler, kTextEncoder, kTransformer, kVae,
+                   vae::decoder_params(vae::Config::from_json(kVae, "built-in vae")), 1);
 }
 
-std::string ensure_tiny_zimage(const std::string& cache_dir) {
-    const fs::path dir = fs::path(cache_dir) / "tiny-zimage-v1";
+void write_tiny_qwen_image(const std::string& dir) {
+    write_pipeline(dir, "QwenImagePipeline", kQwenScheduler, kQwenTextEncoder, kQwenTransformer, kQwenVae,
+                   model_spec_from_config(kQwenVae, "built-in vae").params, 4);
+}
+
+TinyPipeline parse_tiny_pipeline(const std::string& name, const std::string& field) {
+    if (name == "zimage") return TinyPipeline::ZImage;
+    if (name == "qwen-image") return TinyPipeline::QwenImage;
+    raise<UsageError>("{} {}: allowed values are {}", field, name, kTinyPipelineNames);
+}
+
+const char* tiny_pipeline_title(TinyPipeline p) { return p == TinyPipeline::ZImage ? "Z-Image" : "Qwen-Image"; }
+
+std::string ensure_tiny_pipeline(const std::string& cache_dir, TinyPipeline p) {
+    const std::string name = p == TinyPipeline::ZImage ? "tiny-zimage-v1" : "tiny-qwen-image-v1";
+    const fs::path dir = fs::path(cache_dir) / name;
     if (fs::exists(dir / "model_index.json")) return dir.string();
     std::error_code ec;
     fs::create_directories(cache_dir, ec);
     if (ec) raise<IoError>("cannot create the cache folder {}: {}", cache_dir, ec.message());
-    const fs::path tmp = fs::path(cache_dir) / ("tiny-zimage-v1.partial-" + std::to_string(::getpid()));
+    const fs::path tmp = fs::path(cache_dir) / (name + ".partial-" + std::to_string(::getpid()));
     fs::remove_all(tmp, ec);
     try {
-        write_tiny_zimage(tmp.string());
+        if (p == TinyPipeline::ZImage)
+            write_tiny_zimage(tmp.string());
+        else
+            write_tiny_qwen_image(tmp.string());
         fs::rename(tmp, dir, ec);
         // Another process may have finished first: its copy is identical.
         if (ec && !fs::exists(dir / "model_index.json"))

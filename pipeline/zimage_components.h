@@ -2,9 +2,12 @@
 // the pipeline's denoising loop calls them. Tensors cross this interface on the host; what stays
 // on the device in between (weights, CUDA graphs) is the implementation's business.
 #pragma once
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -14,9 +17,37 @@ namespace qdit {
 
 struct PipelineOptions;
 
+// A model made when first asked for (timed into *seconds) and freed by release(); asked for again, it
+// is made again.
+template <class M>
+class Lazy {
+public:
+    explicit Lazy(std::function<std::unique_ptr<M>()> make) : make_(std::move(make)) {}
+    const M& get(double* seconds = nullptr) const {
+        if (!m_) {
+            const auto t0 = std::chrono::steady_clock::now();
+            m_ = make_();
+            if (seconds) *seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
+        return *m_;
+    }
+    void release() const { m_.reset(); }
+
+private:
+    std::function<std::unique_ptr<M>()> make_;
+    mutable std::unique_ptr<M> m_;
+};
+
 class ZImageComponents {
 public:
+    // offload (PipelineOptions::offload_text_encoder): the text encoder is loaded by encode and freed
+    // by release_text_encoder; the transformer is loaded by load_transformer (or its first call).
+    explicit ZImageComponents(bool offload = false) : offload_(offload) {}
     virtual ~ZImageComponents() = default;
+    virtual void release_text_encoder() const = 0;
+    virtual void load_transformer() const = 0;
+    // Seconds spent loading weights since the last call (offload).
+    double take_load_seconds() const { return std::exchange(load_seconds_, 0.0); }
     // hidden_states[-2] of the prompt's valid tokens (Qwen3TextModel::encode): [n_valid, hidden].
     virtual Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask) const = 0;
     // The transformer's velocity per item: x[b] [C, 1, h, w], t F32 [B], caps[b] [L_b, hidden].
@@ -24,8 +55,10 @@ public:
                                             const std::vector<Tensor>& caps) const = 0;
     // The final latents [1, C, h, w] (F32) → unscaled, decoded, post-processed: U8 [H, W, 3].
     virtual Tensor decode(const Tensor& latents) const = 0;
-    // Peak bytes held on the accelerator so far (0 on the CPU).
-    virtual size_t device_peak_bytes() const { return 0; }
+
+protected:
+    const bool offload_;
+    mutable double load_seconds_ = 0;
 };
 
 // Components on the CPU (oneDNN / our int8 kernels), activations in opt.dtype.

@@ -51,12 +51,21 @@ struct Stream {
 
 class CudaComponents final : public ZImageComponents {
 public:
-    CudaComponents(const std::string& dir, int index, int gpus, bool sequence_parallel, const PreparedModel& text,
-                   const PreparedModel& transformer)
-        : stream_(index, gpus),
+    CudaComponents(const std::string& dir, int index, int gpus, bool sequence_parallel, bool offload,
+                   const PreparedModel& text, const PreparedModel& transformer)
+        : ZImageComponents(offload),
+          stream_(index, gpus),
           vae_((std::filesystem::path(dir) / "vae").string(), DType::BF16,
                ops::Context{{DeviceType::CUDA, index}, stream_.s}),
-          text_(text, DType::BF16, ops::Context{{DeviceType::CUDA, index}, stream_.s}) {
+          text_([&text, ctx = ops::Context{{DeviceType::CUDA, index}, stream_.s}] {
+              return std::make_unique<text::Qwen3TextModel>(text, DType::BF16, ctx);
+          }),
+          transformer_([&transformer, ctx = ops::Context{{DeviceType::CUDA, index}, stream_.s}] {
+              auto t = std::make_unique<zimage::ZImageTransformer>(transformer, DType::BF16, ctx);
+              t->set_cuda_graph(true);
+              return t;
+          }) {
+        if (!offload) text_.get();
         if (gpus > 1) {
             std::vector<int> devices(static_cast<size_t>(gpus));
             std::iota(devices.begin(), devices.end(), 0);
@@ -64,19 +73,21 @@ public:
             parallel_ = std::make_unique<zimage::ZImageTransformerParallel>(
                 transformer, *group_, sequence_parallel ? zimage::ParallelMode::Sequence : zimage::ParallelMode::Tensor);
             cuda::check(cudaSetDevice(index), "selecting the CUDA device");
-        } else {
-            transformer_ = std::make_unique<zimage::ZImageTransformer>(
-                transformer, DType::BF16, ops::Context{{DeviceType::CUDA, index}, stream_.s});
-            transformer_->set_cuda_graph(true);
+        } else if (!offload) {
+            transformer_.get();
         }
     }
 
     Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask) const override {
-        return text_.encode(ids, mask);
+        return text_.get(&load_seconds_).encode(ids, mask);
+    }
+    void release_text_encoder() const override { text_.release(); }
+    void load_transformer() const override {
+        if (!parallel_) transformer_.get(&load_seconds_);
     }
     std::vector<Tensor> transformer(const std::vector<Tensor>& x, const Tensor& t,
                                     const std::vector<Tensor>& caps) const override {
-        return parallel_ ? parallel_->forward(x, t, caps) : transformer_->forward(x, t, caps);
+        return parallel_ ? parallel_->forward(x, t, caps) : transformer_.get(&load_seconds_).forward(x, t, caps);
     }
     Tensor decode(const Tensor& latents) const override {
         const ops::Context& ctx = vae_.context();
@@ -84,13 +95,12 @@ public:
         const Tensor image = ops::to_host(vae_.decode_to_u8(vae_.unscale_latents(z)), ctx);
         return image.view({image.size(1), image.size(2), image.size(3)});
     }
-    size_t device_peak_bytes() const override { return cuda::Allocator::instance().stats().peak; }
 
 private:
     Stream stream_;
     vae::AutoencoderKL vae_;
-    text::Qwen3TextModel text_;
-    std::unique_ptr<zimage::ZImageTransformer> transformer_;           // one GPU
+    Lazy<text::Qwen3TextModel> text_;
+    Lazy<zimage::ZImageTransformer> transformer_;                      // one GPU
     std::unique_ptr<parallel::RankGroup> group_;                       // --gpus N > 1: the ranks,
     std::unique_ptr<zimage::ZImageTransformerParallel> parallel_;      // and the shards on them
 };
@@ -100,8 +110,8 @@ private:
 std::unique_ptr<ZImageComponents> make_zimage_cuda_components(const std::string& dir, const PipelineOptions& opt,
                                                               const PreparedModel& text_encoder,
                                                               const PreparedModel& transformer) {
-    return std::make_unique<CudaComponents>(dir, opt.device.index, opt.gpus, opt.sequence_parallel, text_encoder,
-                                            transformer);
+    return std::make_unique<CudaComponents>(dir, opt.device.index, opt.gpus, opt.sequence_parallel,
+                                            opt.offload_text_encoder, text_encoder, transformer);
 }
 
 }  // namespace qdit

@@ -14,6 +14,7 @@
 #include "pipeline/chat_template.h"
 #include "pipeline/zimage_components.h"
 #include "models/loader.h"
+#include "ops/context.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -57,16 +58,26 @@ class CpuComponents final : public ZImageComponents {
 public:
     CpuComponents(const std::string& dir, const PipelineOptions& opt, const PreparedModel& text,
                   const PreparedModel& transformer)
-        : vae_((fs::path(dir) / "vae").string(), opt.dtype),
-          text_(text, opt.dtype),
-          transformer_(transformer, opt.dtype) {}
+        : ZImageComponents(opt.offload_text_encoder),
+          vae_((fs::path(dir) / "vae").string(), opt.dtype),
+          text_([&text, dt = opt.dtype] { return std::make_unique<text::Qwen3TextModel>(text, dt); }),
+          transformer_([&transformer, dt = opt.dtype] {
+              return std::make_unique<zimage::ZImageTransformer>(transformer, dt);
+          }) {
+        if (!offload_) {
+            text_.get();
+            transformer_.get();
+        }
+    }
 
     Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask) const override {
-        return text_.encode(ids, mask);
+        return text_.get(&load_seconds_).encode(ids, mask);
     }
+    void release_text_encoder() const override { text_.release(); }
+    void load_transformer() const override { transformer_.get(&load_seconds_); }
     std::vector<Tensor> transformer(const std::vector<Tensor>& x, const Tensor& t,
                                     const std::vector<Tensor>& caps) const override {
-        return transformer_.forward(x, t, caps);
+        return transformer_.get(&load_seconds_).forward(x, t, caps);
     }
     Tensor decode(const Tensor& latents) const override {
         Tensor image = vae::postprocess_to_u8(vae_.decode(vae_.unscale_latents(latents)));
@@ -75,8 +86,8 @@ public:
 
 private:
     vae::AutoencoderKL vae_;
-    text::Qwen3TextModel text_;
-    zimage::ZImageTransformer transformer_;
+    Lazy<text::Qwen3TextModel> text_;
+    Lazy<zimage::ZImageTransformer> transformer_;
 };
 
 }  // namespace
@@ -156,6 +167,8 @@ void ZImagePipeline::open(const std::string& dir, const PipelineOptions& opt) {
         raise<UsageError>("--gpus {} runs on CUDA GPUs 0..{} (choose them with CUDA_VISIBLE_DEVICES), not on {}",
                           opt.gpus, opt.gpus - 1,
                           opt.device.type == DeviceType::CUDA ? fmt::format("cuda:{}", opt.device.index) : "the CPU");
+    if (opt.vae_tiling)
+        raise<UsageError>("--vae-tiling: tiled VAE decoding is Qwen-Image's; the Z-Image pipeline decodes whole");
     check_pipeline_folder(dir);
     p_ = std::make_unique<Parts>(dir, opt);
     // Validate every component (configs, keys, shapes, quantization plans)
@@ -295,7 +308,11 @@ GenerateResult ZImagePipeline::generate(const GenerateOptions& o,
     auto t0 = std::chrono::steady_clock::now();
     Tensor pos = encode_prompt(o.prompt, o.max_sequence_length);
     Tensor neg = cfg ? encode_prompt(o.negative_prompt, o.max_sequence_length) : Tensor();
-    r.text_seconds = seconds_since(t0);
+    if (p_->opt.offload_text_encoder) p_->models->release_text_encoder();  // the embeddings are on the host
+    r.load_seconds = p_->models->take_load_seconds();
+    r.text_seconds = seconds_since(t0) - r.load_seconds;
+    p_->models->load_transformer();
+    r.load_seconds += p_->models->take_load_seconds();
 
     const int64_t s = p_->vae.spatial_scale();
     const int64_t C = latent_channels(), h = o.height / s, w = o.width / s;
@@ -336,7 +353,10 @@ GenerateResult ZImagePipeline::generate(const GenerateOptions& o,
     t0 = std::chrono::steady_clock::now();
     r.image = p_->models->decode(latents);
     r.vae_seconds = seconds_since(t0);
-    r.device_peak_bytes = p_->models->device_peak_bytes();
+    const ops::DeviceMemory mem = ops::device_memory(ops::Context{p_->opt.device});
+    r.device_peak_bytes = mem.peak;
+    r.device_weight_bytes = mem.weights;
+    r.device_activation_peak_bytes = mem.peak_activations;
     return r;
 }
 

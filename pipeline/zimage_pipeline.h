@@ -33,6 +33,11 @@ struct PipelineOptions {
     bool sequence_parallel = false;   // how (gpus > 1): tensor parallel, or sequence parallel (Ulysses)
     uint64_t memory_budget = 0;       // bytes the weights may take; 0: the machine's physical
                                       // memory on the CPU (on CUDA: not checked yet)
+    bool offload_text_encoder = false;  // the text encoder is loaded for each encoding and freed right
+                                        // after; the transformer is loaded after the first encoding, so
+                                        // the two never share the device's memory in a one-image run
+    bool vae_tiling = false;          // Qwen-Image: decode in tiles (AutoencoderKLQwenImage::decode_tiled);
+                                      // Z-Image refuses it
 };
 
 struct GenerateOptions {
@@ -50,7 +55,10 @@ struct GenerateResult {
     Tensor image;    // U8 [H, W, 3]
     Tensor latents;  // F32 [1, C, h, w], the final latents
     double text_seconds = 0, denoise_seconds = 0, vae_seconds = 0;
+    double load_seconds = 0;       // weights loaded during generate (offload_text_encoder), not in the above
     size_t device_peak_bytes = 0;  // peak bytes held on the GPU (0 on the CPU)
+    size_t device_weight_bytes = 0;           // weights held on the GPU at the end (0 on the CPU)
+    size_t device_activation_peak_bytes = 0;  // peak of the GPU's activations and workspaces (0 on the CPU)
 };
 
 class ZImagePipeline {

@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "pipeline/qwen_image_prompt.h"
+
 namespace qdit::server {
 
 using nlohmann::json;
@@ -92,7 +94,21 @@ const char* const kKnownFields[] = {"prompt", "model", "n", "size", "response_fo
 
 }  // namespace
 
-ImageRequest parse_image_request(const json& body, const Limits& lim, const std::string& model_id) {
+QwenImageGenerateOptions ImageRequest::qwen() const {
+    QwenImageGenerateOptions o;
+    o.prompt = gen.prompt;
+    if (negative_prompt) o.negative_prompt = gen.negative_prompt;
+    o.steps = gen.steps;
+    o.width = gen.width;
+    o.height = gen.height;
+    o.seed = gen.seed;
+    o.true_cfg_scale = true_cfg_scale;
+    o.max_sequence_length = gen.max_sequence_length;
+    return o;
+}
+
+ImageRequest parse_image_request(const json& body, const Limits& lim, const std::string& model_id, Family family) {
+    const bool qwen = family == Family::QwenImage;
     if (!body.is_object()) throw ApiError{400, "the request body must be a JSON object", ""};
     for (auto it = body.begin(); it != body.end(); ++it) {
         bool known = false;
@@ -104,6 +120,7 @@ ImageRequest parse_image_request(const json& body, const Limits& lim, const std:
     r.gen.prompt = string_field(body, "prompt", lim.max_prompt_bytes);
     if (r.gen.prompt.empty()) bad_field("prompt", "'prompt' must not be empty");
     r.gen.negative_prompt = string_field(body, "negative_prompt", lim.max_prompt_bytes);
+    r.negative_prompt = field(body, "negative_prompt") != nullptr;
     std::string model = string_field(body, "model", 256);
     if (!model.empty() && model != model_id)
         throw ApiError{404, fmt::format("model '{}' does not exist; this server serves '{}'", model, model_id),
@@ -120,18 +137,31 @@ ImageRequest parse_image_request(const json& body, const Limits& lim, const std:
     std::string size = string_field(body, "size", 64);
     if (size.empty() || size == "auto") size = "1024x1024";
     parse_size(size, kSizeMultiple, lim.max_side, &r.gen.width, &r.gen.height);
-    // The default (Z-Image-Turbo's 9) never exceeds the server's own limit.
+    // The default (Z-Image-Turbo's 9, Qwen-Image's 50) never exceeds the server's own limit.
     const int max_steps = std::min(lim.max_steps, kMaxSteps);
-    r.gen.steps = int(int_field(body, "num_inference_steps", 1, max_steps, std::min(9, max_steps)));
-    r.gen.max_sequence_length = int(int_field(body, "max_sequence_length", 1, kMaxSequenceLength, 512));
-    double g = number_field(body, "guidance_scale", 0.0);
-    if (!std::isfinite(g) || g < 0 || g > 100) bad_field("guidance_scale", "'guidance_scale' must be from 0 to 100");
-    r.gen.guidance = float(g);
-    // Qwen-Image's true CFG scale; Z-Image has none (its CFG is guidance_scale).
-    double t = number_field(body, "true_cfg_scale", 1.0);
-    if (t != 1.0)
-        bad_field("true_cfg_scale", "'true_cfg_scale' applies to Qwen-Image only; Z-Image's classifier-free "
-                                    "guidance is 'guidance_scale'");
+    r.gen.steps = int(int_field(body, "num_inference_steps", 1, max_steps, std::min(qwen ? 50 : 9, max_steps)));
+    r.gen.max_sequence_length = int(int_field(body, "max_sequence_length", 1,
+                                              qwen ? kQwenImageMaxSequenceLength : kMaxSequenceLength, 512));
+    if (qwen) {
+        // Qwen-Image's guidance is true CFG; guidance_scale is Z-Image's.
+        if (field(body, "guidance_scale"))
+            bad_field("guidance_scale", "'guidance_scale' applies to Z-Image only; Qwen-Image's guidance is "
+                                        "'true_cfg_scale' (with 'negative_prompt')");
+        const double t = number_field(body, "true_cfg_scale", 4.0);
+        if (!std::isfinite(t) || t < 0 || t > 100)
+            bad_field("true_cfg_scale", "'true_cfg_scale' must be from 0 to 100");
+        r.true_cfg_scale = float(t);
+    } else {
+        double g = number_field(body, "guidance_scale", 0.0);
+        if (!std::isfinite(g) || g < 0 || g > 100)
+            bad_field("guidance_scale", "'guidance_scale' must be from 0 to 100");
+        r.gen.guidance = float(g);
+        // Qwen-Image's true CFG scale; Z-Image has none (its CFG is guidance_scale).
+        double t = number_field(body, "true_cfg_scale", 1.0);
+        if (t != 1.0)
+            bad_field("true_cfg_scale", "'true_cfg_scale' applies to Qwen-Image only; Z-Image's classifier-free "
+                                        "guidance is 'guidance_scale'");
+    }
     if (field(body, "seed")) {
         r.gen.seed = uint64_t(int_field(body, "seed", 0, INT64_MAX, 0));
     } else {

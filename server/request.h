@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pipeline/qwen_image_pipeline.h"
 #include "pipeline/zimage_pipeline.h"
 
 namespace qdit::server {
@@ -53,10 +54,19 @@ std::string to_text(const nlohmann::json& j);
 // A 400 naming the request field.
 [[noreturn]] void bad_field(const std::string& field, const std::string& message);
 
+// Which pipeline the server runs: what a request may ask for depends on it.
+enum class Family { ZImage, QwenImage };
+
 // One image request, validated: `gen` holds the first image's seed; image i uses seed + i.
+// For Qwen-Image, gen.guidance is 0 and the two fields below say how true CFG runs.
 struct ImageRequest {
     GenerateOptions gen;
     int n = 1;
+    float true_cfg_scale = 4.0f;    // Qwen-Image: 'true_cfg_scale' (default 4.0)
+    bool negative_prompt = false;   // Qwen-Image: whether 'negative_prompt' was given (even empty)
+
+    // The Qwen-Image options of this request (the first image's seed).
+    QwenImageGenerateOptions qwen() const;
 };
 
 // The request body as JSON; anything that is not JSON is a 400.
@@ -67,9 +77,14 @@ nlohmann::json parse_request_body(const std::string& body);
 // for a model other than `model_id`); a request it returns has a non-empty
 // prompt and each prompt within max_prompt_bytes, 1 <= n <= max_n, width and
 // height multiples of kSizeMultiple from kSizeMultiple to max_side, 1 <= steps
-// <= min(max_steps, kMaxSteps), 1 <= max_sequence_length <=
-// kMaxSequenceLength, a guidance from 0 to 100, a seed from 0 to INT64_MAX
-// and n × steps × width × height <= max_work.
-ImageRequest parse_image_request(const nlohmann::json& body, const Limits& lim, const std::string& model_id);
+// <= min(max_steps, kMaxSteps), a seed from 0 to INT64_MAX and
+// n × steps × width × height <= max_work; and, by family:
+//   - Z-Image: 1 <= max_sequence_length <= kMaxSequenceLength, a guidance from
+//     0 to 100, no 'true_cfg_scale' other than 1 (a 400 naming it); 9 steps by default;
+//   - Qwen-Image: 1 <= max_sequence_length <= kQwenImageMaxSequenceLength, a
+//     true_cfg_scale from 0 to 100 (default 4), no 'guidance_scale' (a 400
+//     naming it); 50 steps by default (at most max_steps).
+ImageRequest parse_image_request(const nlohmann::json& body, const Limits& lim, const std::string& model_id,
+                                 Family family = Family::ZImage);
 
 }  // namespace qdit::server

@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -139,7 +140,9 @@ struct Server::Impl {
     httplib::Server http;
     int listen_fd = -1;
     std::thread http_thread, worker;
-    std::unique_ptr<ZImagePipeline> pipe;
+    Family family = Family::ZImage;          // from model_index.json
+    std::unique_ptr<ZImagePipeline> pipe;      // Z-Image
+    std::unique_ptr<QwenImagePipeline> qwen;   // Qwen-Image
 
     mutable std::mutex mu;
     std::condition_variable cv;  // any job or queue change
@@ -235,9 +238,8 @@ struct Server::Impl {
                 std::lock_guard<std::mutex> lock(mu);
                 job->image = i;
             }
-            GenerateOptions go = rq.gen;
-            go.seed = rq.gen.seed + uint64_t(i);
-            GenerateResult r = pipe->generate(go, [&](int step, int, double secs) {
+            const uint64_t seed = rq.gen.seed + uint64_t(i);
+            auto progress = [&](int step, int, double secs) {
                 std::lock_guard<std::mutex> lock(mu);
                 job->step = i * rq.gen.steps + step;
                 step_seconds.add(secs);
@@ -245,10 +247,22 @@ struct Server::Impl {
                           {{"status", "running"}, {"image", i}, {"step", job->step},
                            {"total_steps", job->total_steps()}, {"seconds", secs}});
                 if (job->cancel) throw Cancelled{};
-            });
-            pngs.push_back(encode_png(r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)),
-                                      image_metadata(go, model_dir, quant_name, opt.device)));
-            seeds.push_back(go.seed);
+            };
+            GenerateResult r;
+            std::vector<std::pair<std::string, std::string>> meta;
+            if (qwen) {
+                QwenImageGenerateOptions go = rq.qwen();
+                go.seed = seed;
+                r = qwen->generate(go, progress);
+                meta = image_metadata(go, model_dir, quant_name, opt.device);
+            } else {
+                GenerateOptions go = rq.gen;
+                go.seed = seed;
+                r = pipe->generate(go, progress);
+                meta = image_metadata(go, model_dir, quant_name, opt.device);
+            }
+            pngs.push_back(encode_png(r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)), meta));
+            seeds.push_back(seed);
             std::lock_guard<std::mutex> lock(mu);
             device_peak_bytes = std::max(device_peak_bytes, r.device_peak_bytes);
             ++images;
@@ -298,13 +312,13 @@ struct Server::Impl {
     std::shared_ptr<Job> submit(const httplib::Request& req, bool async) {
         json body = parse_request_body(req.body);
         auto job = std::make_shared<Job>();
-        job->req = parse_image_request(body, opt.limits, model_id);
+        job->req = parse_image_request(body, opt.limits, model_id, family);
         job->async = async;
         job->created = unix_seconds();
         std::lock_guard<std::mutex> lock(mu);
         if (!loaded) throw ApiError{503, "the model is still loading", "", "server_error", "model_loading"};
         if (draining) throw ApiError{503, "the server is shutting down", "", "server_error", "shutting_down"};
-        check_against_model(job->req.gen);
+        check_against_model(job->req);
         if (int(queue.size()) >= opt.max_queue)
             throw ApiError{429, fmt::format("the queue is full ({} jobs waiting); retry later", queue.size()), "",
                            "rate_limit_error", "queue_full"};
@@ -320,15 +334,19 @@ struct Server::Impl {
     // The checks qdit generate makes before reading any weight (ZImagePipeline::check: the
     // bounds, the size against the VAE scale x patch and the RoPE table, the prompts' tokens
     // against the RoPE table), as a 400 naming the request's field. Needs the model (mu held).
-    void check_against_model(const GenerateOptions& gen) const {
+    void check_against_model(const ImageRequest& rq) const {
         try {
-            pipe->check(gen);
+            if (qwen)
+                qwen->check(rq.qwen());
+            else
+                pipe->check(rq.gen);
         } catch (const Error& e) {
             const std::string msg = e.what();
             const char* param = msg.rfind("the negative prompt", 0) == 0     ? "negative_prompt"
                                 : msg.rfind("the prompt", 0) == 0            ? "prompt"
                                 : msg.rfind("--steps", 0) == 0               ? "num_inference_steps"
                                 : msg.rfind("--guidance", 0) == 0            ? "guidance_scale"
+                                : msg.rfind("--true-cfg-scale", 0) == 0      ? "true_cfg_scale"
                                 : msg.rfind("--max-sequence-length", 0) == 0 ? "max_sequence_length"
                                                                              : "size";
             bad_field(param, fmt::format("'{}': {}", param,
@@ -336,6 +354,7 @@ struct Server::Impl {
                                                             {"--height", "height"},
                                                             {"--steps", "'num_inference_steps'"},
                                                             {"--guidance", "'guidance_scale'"},
+                                                            {"--true-cfg-scale", "'true_cfg_scale'"},
                                                             {"--max-sequence-length", "'max_sequence_length'"}})));
         }
     }
@@ -542,6 +561,12 @@ Server::Server(ServerOptions opt, std::function<void(const std::string&)> log) :
     p_->log = std::move(log);
     if (p_->opt.max_queue < 1) raise<UsageError>("--max-queue {}: must be 1 or more", p_->opt.max_queue);
     p_->model_dir = resolve_model_dir(p_->opt.model);
+    // model_index.json picks the pipeline; a folder whose index cannot be read goes the Z-Image way,
+    // which reports what is wrong with it when it loads.
+    try {
+        if (pipeline_class(p_->model_dir) == "QwenImagePipeline") p_->family = Family::QwenImage;
+    } catch (const Error&) {
+    }
     p_->model_id = std::filesystem::path(p_->model_dir).filename().string();
     if (p_->model_id.empty()) p_->model_id = std::filesystem::path(p_->model_dir).parent_path().filename().string();
     p_->quant_name = quant_method_name(p_->opt.pipeline.transformer_quant.method);
@@ -586,15 +611,23 @@ void Server::load() {
                                             s.model_dir)
                               : fmt::format("loading {}", s.model_dir));
     auto t0 = Clock::now();
-    auto pipe = std::make_unique<ZImagePipeline>(s.model_dir, s.opt.pipeline);
+    const LoadProgress progress(s.model_dir, ::isatty(2));
+    std::unique_ptr<ZImagePipeline> pipe;
+    std::unique_ptr<QwenImagePipeline> qwen;
+    if (s.family == Family::QwenImage)
+        qwen = std::make_unique<QwenImagePipeline>(s.model_dir, s.opt.pipeline);
+    else
+        pipe = std::make_unique<ZImagePipeline>(s.model_dir, s.opt.pipeline);
     {
         std::lock_guard<std::mutex> lock(s.mu);
         s.pipe = std::move(pipe);
+        s.qwen = std::move(qwen);
         s.loaded = true;
         s.idle_since = Clock::now();
     }
     s.worker = std::thread([&s] { s.work(); });
-    s.say(fmt::format("model '{}' loaded in {:.2f} s ({}, {}); ready", s.model_id,
+    s.say(fmt::format("model '{}' ({}) loaded in {:.2f} s ({}, {}); ready", s.model_id,
+                      s.family == Family::QwenImage ? "Qwen-Image" : "Z-Image",
                       std::chrono::duration<double>(Clock::now() - t0).count(), s.opt.device, s.quant_name));
 }
 

@@ -1,6 +1,7 @@
 // qdit's HTTP server: an OpenAI-style image endpoint and async jobs over one
-// ZImagePipeline, loaded once, run by one worker thread per device through a
-// bounded queue. See docs/usage.md ("qdit serve") for the protocol.
+// ZImagePipeline or QwenImagePipeline (model_index.json picks it), loaded once,
+// run by one worker thread per device through a bounded queue. See
+// docs/usage.md ("qdit serve") for the protocol.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -4,6 +4,7 @@
 // without true CFG; packing, the sigma schedule, the CFG rule, int8, and the checks before loading.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -17,6 +18,7 @@
 #include "io/png.h"
 #include "io/safetensors.h"
 #include "pipeline/qwen_image_pipeline.h"
+#include "pipeline/tiny_model.h"
 #include "expect_error.h"
 
 namespace fs = std::filesystem;
@@ -290,4 +292,151 @@ TEST(QwenImageGenerate, CliPicksThePipelineAndMatchesDiffusers) {
         EXPECT_NE(e.err.find(needle), std::string::npos) << args << ": " << e.err;
         EXPECT_TRUE(fs::is_empty(bad)) << args;
     }
+}
+
+// The built-in tiny Qwen-Image pipeline is written the same every time and is a pipeline folder
+// that loads and runs, with and without true CFG, to an image that is not flat.
+TEST(QwenImageTinyModel, IsDeterministicAndRuns) {
+    const fs::path a = testutil::fresh_dir("qwen_tiny_a") / "m", b = testutil::fresh_dir("qwen_tiny_b") / "m";
+    write_tiny_qwen_image(a.string());
+    write_tiny_qwen_image(b.string());
+    for (const auto& e : fs::recursive_directory_iterator(a)) {
+        if (!e.is_regular_file()) continue;
+        const fs::path rel = fs::relative(e.path(), a);
+        EXPECT_EQ(read_text_file(e.path().string()), read_text_file((b / rel).string())) << rel;
+    }
+    EXPECT_EQ(pipeline_class(a.string()), "QwenImagePipeline");
+    QwenImagePipeline pipe(a.string(), options(DType::F32));
+    QwenImageGenerateOptions o;
+    o.prompt = "a red fox";
+    o.steps = 2;
+    o.width = o.height = 32;
+    const GenerateResult plain = pipe.generate(o);
+    ASSERT_EQ(plain.image.shape(), (Shape{32, 32, 3}));
+    o.negative_prompt = " ";
+    const GenerateResult cfg = pipe.generate(o);
+    EXPECT_GT(image_diff(plain.image, cfg.image).second, 0) << "true CFG changed nothing";
+    const uint8_t* px = plain.image.data<uint8_t>();
+    const auto [lo, hi] = std::minmax_element(px, px + plain.image.numel());
+    EXPECT_GT(int(*hi) - int(*lo), 16) << "a flat image: the random weights give no signal";
+    for (int64_t i = 0; i < plain.latents.numel(); ++i) ASSERT_TRUE(std::isfinite(plain.latents.data<float>()[i]));
+}
+
+// `qdit generate --pipeline qwen-image` without --model writes the tiny Qwen-Image pipeline into the
+// cache and runs it; the default stays the tiny Z-Image one; --pipeline with --model, or an unknown
+// name, is refused before any work.
+TEST(QwenImageGenerate, BuiltInTinyPipelineFromTheCommandLine) {
+    const fs::path cache = testutil::fresh_dir("qwen_tiny_cache"), dir = testutil::fresh_dir("qwen_tiny_cli");
+    ASSERT_EQ(setenv("QDIT_CACHE_DIR", cache.c_str(), 1), 0);
+    const std::string common = " --prompt 'a red fox' --width 32 --height 32 --steps 2 --seed 5";
+    const fs::path q1 = dir / "q1.png", q2 = dir / "q2.png", z = dir / "z.png";
+    testutil::CliResult r = testutil::run_qdit("generate --pipeline qwen-image" + common + " -o " + q1.string());
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.err.find("built-in tiny Qwen-Image pipeline"), std::string::npos) << r.err;
+    EXPECT_EQ(pipeline_class((cache / "tiny-qwen-image-v1").string()), "QwenImagePipeline");
+    EXPECT_NE(r.out.find("true CFG off"), std::string::npos) << r.out;
+    r = testutil::run_qdit("generate --pipeline qwen-image" + common + " -o " + q2.string());
+    ASSERT_EQ(r.status, 0) << r.err;
+    const PngImage a = read_png(q1.string()), b = read_png(q2.string());
+    EXPECT_EQ(a.width, 32);
+    EXPECT_EQ(a.rgb, b.rgb) << "the same seed gave another image";
+    std::map<std::string, std::string> text(a.text.begin(), a.text.end());
+    EXPECT_EQ(text["seed"], "5");
+    EXPECT_EQ(text["model"], (cache / "tiny-qwen-image-v1").string());
+    EXPECT_EQ(text.count("guidance"), 0u);
+
+    r = testutil::run_qdit("generate" + common + " -o " + z.string());
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.err.find("built-in tiny Z-Image pipeline"), std::string::npos) << r.err;
+    EXPECT_EQ(pipeline_class((cache / "tiny-zimage-v1").string()), "ZImagePipeline");
+
+    const fs::path bad = testutil::fresh_dir("qwen_tiny_bad");
+    for (const auto& [args, needle] : std::vector<std::pair<std::string, std::string>>{
+             {"generate --pipeline flux" + common, "--pipeline flux: allowed values are zimage, qwen-image"},
+             {"generate --pipeline qwen-image --model " + kPipe + common, "cannot go with --model"},
+             {"generate --pipeline qwen-image --guidance 2" + common, "--guidance"}}) {
+        const testutil::CliResult e = testutil::run_qdit(args + " -o " + (bad / "x.png").string());
+        EXPECT_EQ(e.status, 2) << args;
+        EXPECT_EQ(e.err.rfind("error: ", 0), 0u) << args << ": " << e.err;
+        EXPECT_NE(e.err.find(needle), std::string::npos) << args << ": " << e.err;
+        EXPECT_TRUE(fs::is_empty(bad)) << args;
+    }
+    unsetenv("QDIT_CACHE_DIR");
+}
+
+// offload_text_encoder: the encoder is loaded for each encoding and freed right after; the transformer
+// comes after it. The image is the same, and a pipeline used again loads the encoder again.
+TEST(QwenImagePipeline, OffloadTextEncoderGivesTheSameImage) {
+    QwenImageGenerateOptions o;
+    o.prompt = "a red fox";
+    o.negative_prompt = " ";
+    o.steps = 2;
+    o.width = o.height = 64;
+    PipelineOptions off = options(DType::F32);
+    off.offload_text_encoder = true;
+    QwenImagePipeline resident(kPipe, options(DType::F32)), offloaded(kPipe, off);
+    EXPECT_TRUE(resident.text_encoder_loaded());
+    EXPECT_FALSE(offloaded.text_encoder_loaded());
+    const GenerateResult want = resident.generate(o);
+    EXPECT_EQ(want.load_seconds, 0.0);
+    for (int run = 0; run < 2; ++run) {
+        const GenerateResult got = offloaded.generate(o);
+        EXPECT_FALSE(offloaded.text_encoder_loaded()) << "run " << run;
+        EXPECT_GT(got.load_seconds, 0.0) << "run " << run;
+        EXPECT_EQ(max_diff(got.latents, want.latents), 0.0) << "run " << run;
+        EXPECT_EQ(image_diff(got.image, want.image).first, 0) << "run " << run;
+    }
+    EXPECT_TRUE(resident.text_encoder_loaded());
+}
+
+// `--offload text-encoder` runs both pipelines on the CPU (where it frees host memory) with the same
+// image as without; another value is refused.
+TEST(QwenImageGenerate, OffloadFlag) {
+    const fs::path dir = testutil::fresh_dir("qwen_offload");
+    const std::vector<std::string> models = {kPipe, std::string(QDIT_TEST_DATA) + "/pipeline"};
+    for (const std::string& m : models) {
+        const std::string common = "generate --model " + m + " --prompt 'a red fox' --width 32 --height 32 --steps 2 "
+                                   "--device cpu";
+        const fs::path a = dir / "a.png", b = dir / "b.png";
+        testutil::CliResult r = testutil::run_qdit(common + " -o " + a.string());
+        ASSERT_EQ(r.status, 0) << r.err;
+        r = testutil::run_qdit(common + " --offload text-encoder -o " + b.string());
+        ASSERT_EQ(r.status, 0) << r.err;
+        EXPECT_NE(r.out.find("peak memory"), std::string::npos) << r.out;
+        EXPECT_EQ(r.out.find("GPU"), std::string::npos) << "no GPU line on the CPU: " << r.out;
+        EXPECT_EQ(read_png(a.string()).rgb, read_png(b.string()).rgb) << m;
+        fs::remove(a);
+        fs::remove(b);
+    }
+    const testutil::CliResult e = testutil::run_qdit("generate --model " + kPipe +
+                                                     " --prompt p --width 32 --height 32 --offload vae -o " +
+                                                     (dir / "x.png").string());
+    EXPECT_EQ(e.status, 2);
+    EXPECT_NE(e.err.find("--offload vae: allowed values are text-encoder"), std::string::npos) << e.err;
+    EXPECT_TRUE(fs::is_empty(dir));
+}
+
+// --vae-tiling decodes in tiles (AutoencoderKLQwenImage::decode_tiled, checked against diffusers in
+// test_qwen_image_vae): an image within one 256-pixel tile is the untiled one, a wider one is decoded in tiles (so it
+// differs); Z-Image refuses the flag before any work.
+TEST(QwenImageGenerate, VaeTilingFlag) {
+    const fs::path dir = testutil::fresh_dir("qwen_tiling");
+    auto run = [&](const std::string& size, bool tiling) {
+        const fs::path out = dir / "x.png";
+        const testutil::CliResult r = testutil::run_qdit("generate --model " + kPipe + " --prompt 'a red fox' " + size +
+                                                         " --steps 2 --device cpu" +
+                                                         (tiling ? " --vae-tiling" : "") + " -o " + out.string());
+        EXPECT_EQ(r.status, 0) << r.err;
+        const PngImage img = read_png(out.string());
+        fs::remove(out);
+        return img.rgb;
+    };
+    EXPECT_EQ(run("--width 64 --height 64", true), run("--width 64 --height 64", false));
+    EXPECT_NE(run("--width 320 --height 32", true), run("--width 320 --height 32", false));
+    const testutil::CliResult e = testutil::run_qdit("generate --model " + std::string(QDIT_TEST_DATA) +
+                                                     "/pipeline --prompt p --width 32 --height 32 --vae-tiling -o " +
+                                                     (dir / "z.png").string());
+    EXPECT_EQ(e.status, 2);
+    EXPECT_NE(e.err.find("--vae-tiling"), std::string::npos) << e.err;
+    EXPECT_TRUE(fs::is_empty(dir));
 }

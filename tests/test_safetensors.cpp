@@ -251,3 +251,27 @@ TEST(Safetensors, CorruptFilesRaiseClearErrors) {
     }
     EXPECT_THROW(SafetensorsFile((d / "nope.safetensors").string()), IoError);
 }
+
+// The load-progress hook: Checkpoint::get reports each tensor's bytes to the observer while one is
+// set, and nothing once it is cleared.
+TEST(Safetensors, ReadObserverCountsTheBytesHandedOut) {
+    fs::path d = temp_dir("observer");
+    std::vector<std::pair<std::string, Tensor>> ts;
+    for (int i = 0; i < 4; ++i)
+        ts.emplace_back("w" + std::to_string(i), random_tensor({8, 4 + i}, DType::BF16, uint32_t(i)));
+    write_checkpoint(d.string(), "model", ts, 300);
+    Checkpoint ck(d.string());
+    uint64_t seen = 0, calls = 0, want = 0;
+    set_checkpoint_read_observer([&](uint64_t b) {
+        seen += b;
+        ++calls;
+    });
+    for (auto& [name, t] : ts) {
+        ck.get(name);
+        want += t.nbytes();
+    }
+    set_checkpoint_read_observer({});
+    ck.get("w0");
+    EXPECT_EQ(seen, want);
+    EXPECT_EQ(calls, ts.size());
+}

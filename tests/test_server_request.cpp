@@ -94,3 +94,49 @@ TEST(ServerRequest, DefaultStepsStayWithinTheLimit) {
     EXPECT_EQ(parse(R"({"prompt": "a cat", "size": "16x64"})", lim).gen.steps, 4);
     EXPECT_EQ(parse(R"({"prompt": "a cat", "size": "16x64"})").gen.steps, 9);
 }
+
+// A Qwen-Image server: true_cfg_scale (default 4, 0 to 100) and whether a negative prompt was given
+// (even empty) make its true CFG; guidance_scale is refused naming it; 50 steps by default and a
+// max_sequence_length up to 1024.
+TEST(ServerRequest, QwenImageFields) {
+    auto qwen = [](const std::string& body, const Limits& lim = {}) {
+        return parse_image_request(parse_request_body(body), lim, kModel, Family::QwenImage);
+    };
+    ImageRequest r = qwen(R"({"prompt": "a cat", "size": "64x64", "seed": 3})");
+    EXPECT_EQ(r.gen.steps, 50);
+    EXPECT_EQ(r.true_cfg_scale, 4.0f);
+    EXPECT_FALSE(r.negative_prompt);
+    EXPECT_FALSE(r.qwen().negative_prompt.has_value());
+    EXPECT_FALSE(r.qwen().true_cfg());
+    r = qwen(R"({"prompt": "a cat", "negative_prompt": "", "true_cfg_scale": 2.5, "num_inference_steps": 3,
+                 "max_sequence_length": 1024, "seed": 9, "size": "32x48"})");
+    const QwenImageGenerateOptions o = r.qwen();
+    EXPECT_EQ(o.negative_prompt, std::optional<std::string>(""));
+    EXPECT_TRUE(o.true_cfg());
+    EXPECT_EQ(o.true_cfg_scale, 2.5f);
+    EXPECT_EQ(o.steps, 3);
+    EXPECT_EQ(o.max_sequence_length, 1024);
+    EXPECT_EQ(o.seed, 9u);
+    EXPECT_EQ(o.width, 32);
+    EXPECT_EQ(o.height, 48);
+    Limits small;
+    small.max_steps = 20;
+    EXPECT_EQ(qwen(R"({"prompt": "x"})", small).gen.steps, 20);
+    for (const auto& [body, field] : std::vector<std::pair<std::string, std::string>>{
+             {R"({"prompt": "x", "guidance_scale": 0})", "guidance_scale"},
+             {R"({"prompt": "x", "true_cfg_scale": -1})", "true_cfg_scale"},
+             {R"({"prompt": "x", "true_cfg_scale": 101})", "true_cfg_scale"},
+             {R"({"prompt": "x", "true_cfg_scale": "4"})", "true_cfg_scale"},
+             {R"({"prompt": "x", "max_sequence_length": 1025})", "max_sequence_length"}}) {
+        try {
+            qwen(body);
+            ADD_FAILURE() << body << " was accepted";
+        } catch (const ApiError& e) {
+            EXPECT_EQ(e.status, 400) << body;
+            EXPECT_EQ(e.param, field) << body;
+            EXPECT_NE(e.message.find("'" + field + "'"), std::string::npos) << e.message;
+        }
+    }
+    // And the Z-Image rule stays: true_cfg_scale other than 1 is refused there.
+    EXPECT_TRUE(starts_with(refusal(R"({"prompt": "x", "true_cfg_scale": 4})"), "400 true_cfg_scale:"));
+}

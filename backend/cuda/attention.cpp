@@ -1,5 +1,6 @@
 #include "backend/cuda/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -24,15 +25,18 @@ namespace {
 namespace fe = cudnn_frontend;
 
 // One built SDPA graph per (device, shape, strides); its tensors are bound by uid at execution.
-enum : int64_t { kQ = 1, kK, kV, kO };
+enum : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv };
 
+// batch > 0: a padded batch of `batch` items s rows apart with device lengths (attention_padded);
+// batch 0: one item of s tokens.
 struct Key {
     int device;
     int64_t s, heads, kv_heads, hd, ldq, ldk, ldv, ldo;
     bool causal;
+    int64_t batch = 0;
     bool operator<(const Key& o) const {
-        return std::tie(device, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, causal) <
-               std::tie(o.device, o.s, o.heads, o.kv_heads, o.hd, o.ldq, o.ldk, o.ldv, o.ldo, o.causal);
+        return std::tie(device, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, causal, batch) <
+               std::tie(o.device, o.s, o.heads, o.kv_heads, o.hd, o.ldq, o.ldk, o.ldv, o.ldo, o.causal, o.batch);
     }
 };
 
@@ -55,8 +59,9 @@ State& state() {
 
 void fe_check(fe::error_t e, const char* step, const Key& k) {
     if (e.is_bad())
-        raise<Error>("cuDNN SDPA ({} tokens, {} heads, {} kv heads, head_dim {}{}): {} failed: {}", k.s, k.heads,
-                     k.kv_heads, k.hd, k.causal ? ", causal" : "", step, e.get_message());
+        raise<Error>("cuDNN SDPA ({} tokens, {} heads, {} kv heads, head_dim {}{}{}): {} failed: {}", k.s, k.heads,
+                     k.kv_heads, k.hd, k.causal ? ", causal" : "",
+                     k.batch ? fmt::format(", a padded batch of {}", k.batch) : std::string(), step, e.get_message());
 }
 
 // [b, h, s, d] view of a row-major [s, ld] matrix whose head h < heads occupies columns
@@ -66,7 +71,7 @@ std::shared_ptr<fe::graph::Tensor_attributes> bhsd(fe::graph::Graph& g, const ch
     return g.tensor(fe::graph::Tensor_attributes()
                         .set_name(name)
                         .set_uid(uid)
-                        .set_dim({1, heads, k.s, k.hd})
+                        .set_dim({std::max<int64_t>(k.batch, 1), heads, k.s, k.hd})
                         .set_stride({k.s * ld, k.hd, ld, 1}));
 }
 
@@ -85,9 +90,20 @@ Plan build(cudnnHandle_t handle, const Key& k) {
     // Causal, top-left aligned (s_q == s_kv here): key j is masked for query i when j > i.
     if (k.causal)
         opts.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
+    if (k.batch > 0) {
+        auto len = [&](const char* name, int64_t uid) {
+            return g->tensor(fe::graph::Tensor_attributes()
+                                 .set_name(name)
+                                 .set_uid(uid)
+                                 .set_dim({k.batch, 1, 1, 1})
+                                 .set_stride({1, 1, 1, 1})
+                                 .set_data_type(fe::DataType_t::INT32));
+        };
+        opts.set_padding_mask(true).set_seq_len_q(len("seq_q", kSeqQ)).set_seq_len_kv(len("seq_kv", kSeqKv));
+    }
     auto [o, stats] = g->sdpa(q, kk, v, opts);
     (void)stats;
-    o->set_output(true).set_uid(kO).set_dim({1, k.heads, k.s, k.hd}).set_stride({k.s * k.ldo, k.hd, k.ldo, 1});
+    o->set_output(true).set_uid(kO).set_dim({std::max<int64_t>(k.batch, 1), k.heads, k.s, k.hd}).set_stride({k.s * k.ldo, k.hd, k.ldo, 1});
     fe_check(g->validate(), "validate", k);
     fe_check(g->build_operation_graph(handle), "build_operation_graph", k);
     fe_check(g->create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans", k);
@@ -112,24 +128,21 @@ const char* attention_impl_name() {
     return name.c_str();
 }
 
-// Runs cuDNN's SDPA; returns false without launching anything when cuDNN cannot build a plan for
-// the shape and `fallback` is set (else that throws).
-static bool attention_cudnn(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv,
-                            void* o, int64_t ldo, int64_t s, int64_t heads, int64_t kv_heads, int64_t hd, bool causal,
+// Runs cuDNN's SDPA for `key` (its device filled in here); returns false without launching anything
+// when cuDNN cannot build a plan for the shape and `fallback` is set (else that throws).
+static bool attention_cudnn(Key key, const void* q, const void* k, const void* v, void* o, const int32_t* len,
                             cudaStream_t stream, bool fallback) {
-    int dev = 0;
-    check(cudaGetDevice(&dev), "attention");
-    const Key key{dev, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, causal};
+    check(cudaGetDevice(&key.device), "attention");
     State& st = state();
     cudnnHandle_t handle;
     const Plan* plan;
     {
         std::lock_guard<std::mutex> lk(st.mu);
-        auto h = st.handles.find(dev);
+        auto h = st.handles.find(key.device);
         if (h == st.handles.end()) {
             cudnnHandle_t nh;
-            if (cudnnCreate(&nh) != CUDNN_STATUS_SUCCESS) raise<Error>("cudnnCreate failed on device {}", dev);
-            h = st.handles.emplace(dev, nh).first;
+            if (cudnnCreate(&nh) != CUDNN_STATUS_SUCCESS) raise<Error>("cudnnCreate failed on device {}", key.device);
+            h = st.handles.emplace(key.device, nh).first;
         }
         handle = h->second;
         auto it = st.plans.find(key);
@@ -155,6 +168,7 @@ static bool attention_cudnn(const void* q, int64_t ldq, const void* k, int64_t l
     if (plan->workspace > 0) ws = DTensor::empty({plan->workspace}, DType::U8);
     std::unordered_map<int64_t, void*> ptrs{
         {kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)}, {kV, const_cast<void*>(v)}, {kO, o}};
+    if (len) ptrs[kSeqQ] = ptrs[kSeqKv] = const_cast<int32_t*>(len);
     fe_check(plan->graph->execute(handle, ptrs, ws.defined() ? ws.raw() : nullptr), "execute", key);
     return true;
 }
@@ -178,11 +192,32 @@ void attention(const void* q, int64_t ldq, const void* k, int64_t ldk, const voi
         return attention_simple(q, ldq, k, ldk, v, ldv, o, ldo, s, heads, hd, stream, kv_heads, causal);
 #if QDIT_WITH_CUDNN
     if (!cudnn_attention_available()) raise<Error>("attention: cuDNN 9 is not available here");
-    if (!attention_cudnn(q, ldq, k, ldk, v, ldv, o, ldo, s, heads, kv_heads, hd, causal, stream, fallback))
+    if (!attention_cudnn({0, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, causal}, q, k, v, o, nullptr, stream,
+                         fallback))
         attention_simple(q, ldq, k, ldk, v, ldv, o, ldo, s, heads, hd, stream, kv_heads, causal);
 #else
     (void)fallback;
     raise<Error>("attention: this build has no cuDNN (configure with the cuDNN frontend headers)");
+#endif
+}
+
+void attention_padded(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv, void* o,
+                      int64_t ldo, int64_t batch, int64_t s, const int32_t* len, int64_t heads, int64_t kv_heads,
+                      int64_t hd, cudaStream_t stream) {
+    if (batch <= 0 || s <= 0) return;
+    if (!len || heads <= 0 || hd <= 0 || kv_heads <= 0 || heads % kv_heads || ldq < heads * hd ||
+        ldk < kv_heads * hd || ldv < kv_heads * hd || ldo < heads * hd)
+        raise<ShapeError>("attention_padded: {} query heads and {} kv heads (a divisor) of {} with row strides {}, {}, "
+                          "{}, {}{}",
+                          heads, kv_heads, hd, ldq, ldk, ldv, ldo, len ? "" : ", no lengths");
+#if QDIT_WITH_CUDNN
+    if (!cudnn_attention_available()) raise<Error>("attention_padded: cuDNN 9 is not available here");
+    Key key{0, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, false};
+    key.batch = batch;
+    attention_cudnn(key, q, k, v, o, len, stream, /*fallback=*/false);
+#else
+    (void)q, (void)k, (void)v, (void)o, (void)stream;
+    raise<Error>("attention_padded: this build has no cuDNN (configure with the cuDNN frontend headers)");
 #endif
 }
 

@@ -55,4 +55,17 @@ void attention_simple(const void* q, int64_t ldq, const void* k, int64_t ldk, co
 void attention_one_head(const void* q, const void* k, const void* v, int64_t ld, void* o, int64_t ldo, int64_t L,
                         int64_t d, DType dt, cudaStream_t stream, size_t max_scratch_bytes = size_t(1) << 30);
 
+// A padded batch in one call (cuDNN's padding mask): item b's tokens are rows [b·s, b·s + len[b]) of
+// q, k, v and o (row strides as above, items s rows apart); the rows past len[b] are neither keys
+// nor queries, and their output rows are unspecified. len: device int32 [batch], values in [1, s]
+// (not checked here), read when the work runs. Not causal. Throws qdit::Error when cuDNN is not
+// available or cannot build a plan for the shape (no fallback).
+void attention_padded(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv, void* o,
+                      int64_t ldo, int64_t batch, int64_t s, const int32_t* len, int64_t heads, int64_t kv_heads,
+                      int64_t hd, cudaStream_t stream);
+
+// dst[i] = values[i] for i < n, issued on `stream` as a kernel whose arguments carry the values (so
+// a CUDA graph captures them, unlike a copy from pageable host memory).
+void set_i32(int32_t* dst, const int32_t* values, int64_t n, cudaStream_t stream);
+
 }  // namespace qdit::cuda

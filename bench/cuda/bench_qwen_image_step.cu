@@ -6,7 +6,11 @@
 // after warm-up, CUDA events; the host tensors' upload and the output's download included, about
 // 5 MB), the allocator's weight / activation / peak bytes and a hash of the output.
 //
-//   bench_qwen_image_step [--steps N] [--mode bf16|int8|int8-keep-img-mlp|all] [--layers N]
+// The blocks run as one CUDA graph (--graph 1, the default; 0: eager). --profile 1 times the
+// model's regions (ops/profile.h: GPU time per region summed over the timed steps, graph off).
+//
+//   bench_qwen_image_step [--steps N] [--mode bf16|int8|int8-keep-img-mlp|all] [--layers N] [--graph 0|1]
+//                         [--profile 0|1]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +22,7 @@
 #include "backend/cuda/device_tensor.h"
 #include "bench/cuda/output_stats.h"
 #include "models/qwen_image/transformer.h"
+#include "ops/profile.h"
 
 using namespace qdit;
 
@@ -36,7 +41,7 @@ Tensor inputs(Shape shape, uint32_t seed) {
     return t;
 }
 
-void run(const std::string& mode, int steps, int64_t layers) {
+void run(const std::string& mode, int steps, int64_t layers, bool graph, bool profile) {
     qwen_image::Config cfg;  // defaults are the published Qwen-Image config
     cfg.num_layers = layers;
     auto& alloc = cuda::Allocator::instance();
@@ -47,7 +52,8 @@ void run(const std::string& mode, int steps, int64_t layers) {
     cudaStream_t s;
     cuda::check(cudaStreamCreate(&s), "stream");
     {
-        const auto model = qwen_image::QwenImageTransformer::random(cfg, q, 42, ops::Context{{DeviceType::CUDA, 0}, s});
+        auto model = qwen_image::QwenImageTransformer::random(cfg, q, 42, ops::Context{{DeviceType::CUDA, 0}, s});
+        model.set_cuda_graph(graph);
         const size_t wbytes = alloc.stats().weight;
         const int64_t B = 2, L = 64 * 64, T = 256;
         const Tensor hs = inputs({B, L, cfg.in_channels}, 1), enc = inputs({B, T, cfg.joint_attention_dim}, 2);
@@ -58,6 +64,8 @@ void run(const std::string& mode, int steps, int64_t layers) {
         for (int i = 0; i < 2; ++i) model.forward(hs, enc, mask, t, {1, 64, 64});
         cuda::check(cudaStreamSynchronize(s), "warm-up");
         alloc.reset_peak();
+        ops::Profile::enable(profile);
+        ops::Profile::reset();
         cudaEvent_t e0, e1;
         cudaEventCreate(&e0);
         cudaEventCreate(&e1);
@@ -73,14 +81,17 @@ void run(const std::string& mode, int steps, int64_t layers) {
             ms.push_back(v);
         }
         std::sort(ms.begin(), ms.end());
+        const std::string regions = ops::Profile::report();
+        ops::Profile::enable(false);
         const cuda::MemStats m = alloc.stats();
         const bench::OutputStats st = bench::output_stats(out);
         std::printf("%-17s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d; weights %.2f "
-                    "GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB; output rms %.4g%s, "
-                    "hash %016llx\n",
+                    "GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB; graph %s; output "
+                    "rms %.4g%s, hash %016llx\n",
                     mode.c_str(), (long long)layers, ms[ms.size() / 2], steps, ms.front(), ms.back(),
                     model.int8_layers(), gib(wbytes), gib(model.weight_bytes()), gib(m.peak_activation), gib(m.peak),
-                    st.rms, st.finite ? "" : " NON-FINITE", (unsigned long long)st.hash);
+                    graph && !profile ? "on" : "off", st.rms, st.finite ? "" : " NON-FINITE", (unsigned long long)st.hash);
+        if (profile) std::printf("%s regions, %d steps:\n%s", mode.c_str(), steps, regions.c_str());
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
     }
@@ -93,14 +104,17 @@ int main(int argc, char** argv) {
     int steps = 5;
     int64_t layers = 60;
     std::string mode = "all";
+    bool graph = true, profile = false;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--steps")) steps = std::max(1, std::atoi(argv[i + 1]));
         else if (!std::strcmp(argv[i], "--mode")) mode = argv[i + 1];
         else if (!std::strcmp(argv[i], "--layers")) layers = std::atoll(argv[i + 1]);
+        else if (!std::strcmp(argv[i], "--graph")) graph = std::atoi(argv[i + 1]) != 0;
+        else if (!std::strcmp(argv[i], "--profile")) profile = std::atoi(argv[i + 1]) != 0;
     }
     try {
         for (const char* m : {"bf16", "int8", "int8-keep-img-mlp"})
-            if (mode == "all" || mode == m) run(m, steps, layers);
+            if (mode == "all" || mode == m) run(m, steps, layers, graph, profile);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_qwen_image_step: %s\n", e.what());
         return 1;

@@ -9,6 +9,7 @@
 #include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/glu.h"
+#include "ops/profile.h"
 #include "ops/rope.h"
 #include "ops/row.h"
 
@@ -191,22 +192,35 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         raise<ShapeError>("Qwen-Image: a {}×{}×{} token grid with {} text tokens needs RoPE positions past the "
                           "reference's {} (fewer tokens, or a smaller image)",
                           Fg, Hg, Wg, T, lim);
-    std::vector<int64_t> img_pos, txt_pos;
+    // Which text tokens are real, as runs [begin, end) of consecutive ones per item.
+    std::vector<std::vector<std::pair<int64_t, int64_t>>> runs(static_cast<size_t>(B));
+    {
+        const Tensor m = mask.defined() ? mask.to(DType::F32) : Tensor();
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t k = 0; k < T; ++k)
+                if (!m.defined() || m.data<float>()[b * T + k] != 0.f) {
+                    auto& r = runs[size_t(b)];
+                    if (r.empty() || r.back().second != k) r.push_back({k, k});
+                    r.back().second = k + 1;
+                }
+    }
+    // The joint attention's rows: item b holds S = L + (most real text tokens of an item) rows,
+    // [its image tokens, its real text tokens, padding]; a masked text token is never a key, so
+    // leaving it out is the reference's masked attention (keys in another order: the same sums up
+    // to rounding).
+    std::vector<int64_t> n_real(static_cast<size_t>(B), 0);
+    std::string key = fmt::format("{}x{}x{}/{}/{}", Fg, Hg, Wg, B, T);
     for (int64_t b = 0; b < B; ++b) {
-        for (int64_t f = 0; f < Fg; ++f)
-            for (int64_t i = 0; i < Hg; ++i)
-                for (int64_t j = 0; j < Wg; ++j) img_pos.insert(img_pos.end(), {f, i - (Hg - Hg / 2), j - (Wg - Wg / 2)});
-        for (int64_t k = 0; k < T; ++k) txt_pos.insert(txt_pos.end(), {txt0 + k, txt0 + k, txt0 + k});
+        key += ";";
+        for (auto [s, e] : runs[size_t(b)]) {
+            n_real[size_t(b)] += e - s;
+            key += fmt::format("{}-{},", s, e);
+        }
     }
-    const Tensor img_freqs = ops::to_device(ops::rope_table(Config::kRopeTheta, cfg_.axes_dims_rope, img_pos), ctx_);
-    const Tensor txt_freqs = ops::to_device(ops::rope_table(Config::kRopeTheta, cfg_.axes_dims_rope, txt_pos), ctx_);
-    // Which text tokens are real.
-    std::vector<uint8_t> real(size_t(B * T), 1);
-    if (mask.defined()) {
-        const Tensor m = mask.to(DType::F32);
-        for (size_t i = 0; i < real.size(); ++i) real[i] = m.data<float>()[i] != 0.f;
-    }
-    const bool all_real = std::all_of(real.begin(), real.end(), [](uint8_t v) { return v != 0; });
+    const bool all_real = std::all_of(n_real.begin(), n_real.end(), [&](int64_t n) { return n == T; });
+    const int64_t S = L + *std::max_element(n_real.begin(), n_real.end());
+    std::vector<int64_t> lengths(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) lengths[size_t(b)] = L + n_real[size_t(b)];
 
     // Timestep: t rounded to the compute dtype; time_proj's frequencies exp(−ln(10000)·k/128) in f32
     // rounded to it too; the angle 1000·(t·f_k) in f32; [cos, sin], cast to the compute dtype.
@@ -220,88 +234,155 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             tf.data<float>()[b * C + k] = std::cos(arg);
             tf.data<float>()[b * C + half + k] = std::sin(arg);
         }
-    const Tensor temb =
-        t_linear_2_.forward({ops::silu(t_linear_1_.forward({ops::to_device(tf.to(dt_), ctx_), {}, {}}), ctx_), {}, {}});
-    const ops::Activation cond{ops::silu(temb, ctx_), {}, {}};  // SiLU(temb): what every modulation reads
 
-    // Embeddings: img_in; txt_in(RMSNorm(text)).
-    Tensor img = img_in_.forward({ops::to_device(hs.to(dt_).view({B * L, cfg_.in_channels}), ctx_), {}, {}});
-    Tensor txt;
-    {
-        Tensor e = ops::to_device(enc.to(dt_).view({B * T, cfg_.joint_attention_dim}), ctx_);
-        txt = txt_in_.forward(ops::row(e, {}, {ops::Norm::Rms, txt_norm_, eps, {}, {}}, txt_in_.input_spec(), ctx_));
-    }
-
-    // Each stream's MLP residual, x += gate · y, is applied by the next row op on its stream.
-    struct Pending {
-        Tensor y, gate;
+    // With a CUDA graph the blocks read the streams, SiLU(temb) and the RoPE tables at the fixed
+    // addresses of this shape's slots (the tables depend on the shape only: made once) and write
+    // the output to a slot.
+    ops::GraphCache::Entry* G =
+        use_graph_ && ops::GraphCache::usable(ctx_) && !ops::Profile::enabled() ? &graphs_.entry(key) : nullptr;
+    auto buffer = [&](const char* name, Shape shape, DType dt, bool* fresh = nullptr) {
+        if (fresh) *fresh = true;
+        return G ? G->slot(name, shape, dt, ctx_, fresh) : ops::empty(std::move(shape), dt, ctx_);
     };
-    Pending p_img, p_txt;
-    auto chunk = [&](const Tensor& m, int64_t c) { return ops::modulation_chunk(m, c, B); };
-    for (const Block& blk : blocks_) {
-        const Tensor m_img = ops::modulation(blk.img.mod.forward(cond), kBlockMods, ctx_);
-        const Tensor m_txt = ops::modulation(blk.txt.mod.forward(cond), kBlockMods, ctx_);
-        // Attention half: (the last MLP residual, then) LayerNorm · (1 + scale) + shift → q|k|v →
-        // q/k RMSNorm + RoPE, per stream.
-        Tensor qkv_img = blk.img.qkv.forward(
-            ops::row(img, {p_img.y, {}, eps, p_img.gate},
-                     {ops::Norm::LayerNorm, {}, eps, chunk(m_img, 1), chunk(m_img, 0)}, blk.img.qkv.input_spec(), ctx_));
-        Tensor qkv_txt = blk.txt.qkv.forward(
-            ops::row(txt, {p_txt.y, {}, eps, p_txt.gate},
-                     {ops::Norm::LayerNorm, {}, eps, chunk(m_txt, 1), chunk(m_txt, 0)}, blk.txt.qkv.input_spec(), ctx_));
-        ops::qk_rms_norm_rope(qkv_img, H, H, hd, blk.img.norm_q, blk.img.norm_k, eps, img_freqs,
-                              ops::RopeLayout::Interleaved, ctx_);
-        ops::qk_rms_norm_rope(qkv_txt, H, H, hd, blk.txt.norm_q, blk.txt.norm_k, eps, txt_freqs,
-                              ops::RopeLayout::Interleaved, ctx_);
-        // Joint attention per item over [its real text tokens, its image tokens]: a masked text
-        // token is never a key, so leaving it out is the reference's masked attention. Its own row
-        // (which only ever reaches the discarded text output) is zero.
-        Tensor attn_img = ops::empty({B * L, D}, dt_, ctx_);
-        Tensor attn_txt = all_real ? ops::empty({B * T, D}, dt_, ctx_) : ops::zeros({B * T, D}, dt_, ctx_);
-        for (int64_t b = 0; b < B; ++b) {
-            // Runs of consecutive real text tokens: [begin, end) within the item.
-            std::vector<std::pair<int64_t, int64_t>> runs;
-            for (int64_t k = 0; k < T; ++k)
-                if (real[size_t(b * T + k)]) {
-                    if (runs.empty() || runs.back().second != k) runs.push_back({k, k});
-                    runs.back().second = k + 1;
-                }
-            int64_t nt = 0;
-            for (auto [s, e] : runs) nt += e - s;
-            Tensor joint = ops::empty({nt + L, 3 * D}, dt_, ctx_);
-            int64_t row = 0;
-            for (auto [s, e] : runs) {
-                ops::copy_rows(joint, row, qkv_txt, b * T + s, e - s, ctx_);
-                row += e - s;
-            }
-            ops::copy_rows(joint, nt, qkv_img, b * L, L, ctx_);
-            const Tensor o = ops::attention(joint, 1, H, H, hd, /*causal=*/false, Tensor(), ctx_);
-            row = 0;
-            for (auto [s, e] : runs) {
-                ops::copy_rows(attn_txt, b * T + s, o, row, e - s, ctx_);
-                row += e - s;
-            }
-            ops::copy_rows(attn_img, b * L, o, nt, L, ctx_);
-        }
-        qkv_img = qkv_txt = Tensor();
-        // x += gate · out(attention); LayerNorm · (1 + scale) + shift → MLP (GELU-tanh), per stream.
-        auto mlp = [&](const Stream& st, Tensor& x, const Tensor& attn, const Tensor& m, Pending& p) {
-            const Tensor y = st.out.forward({attn, {}, {}});
-            const Tensor h = st.mlp_in.forward(ops::row(x, {y, {}, eps, chunk(m, 2)},
-                                                        {ops::Norm::LayerNorm, {}, eps, chunk(m, 4), chunk(m, 3)},
-                                                        st.mlp_in.input_spec(), ctx_));
-            p = {st.mlp_out.forward(ops::gelu_tanh(h, st.mlp_out.input_spec(), ctx_)), chunk(m, 5)};
+    // Positions: image token (f, i, j) at (f, i − ceil(H/2), j − ceil(W/2)) (centred); text token k
+    // at max(H/2, W/2) + k on all three axes. Every item has the same positions.
+    bool fresh = true;
+    Tensor img_freqs = buffer("img_freqs", {L, hd / 2, 2}, DType::F32, &fresh);
+    Tensor txt_freqs = buffer("txt_freqs", {B * T, hd / 2, 2}, DType::F32);
+    if (fresh) {
+        std::vector<int64_t> img_pos, txt_pos;
+        for (int64_t f = 0; f < Fg; ++f)
+            for (int64_t i = 0; i < Hg; ++i)
+                for (int64_t j = 0; j < Wg; ++j) img_pos.insert(img_pos.end(), {f, i - (Hg - Hg / 2), j - (Wg - Wg / 2)});
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t k = 0; k < T; ++k) txt_pos.insert(txt_pos.end(), {txt0 + k, txt0 + k, txt0 + k});
+        auto put = [&](Tensor& dst, const std::vector<int64_t>& pos) {
+            Tensor d2 = dst.view({dst.size(0), hd});
+            ops::copy_rows(d2, 0, ops::to_device(ops::rope_table(Config::kRopeTheta, cfg_.axes_dims_rope, pos), ctx_).view({dst.size(0), hd}), 0,
+                           dst.size(0), ctx_);
         };
-        mlp(blk.img, img, attn_img, m_img, p_img);
-        if (&blk != &blocks_.back()) mlp(blk.txt, txt, attn_txt, m_txt, p_txt);  // the last one's is unused
+        put(img_freqs, img_pos);
+        put(txt_freqs, txt_pos);
     }
-    // norm_out: LayerNorm · (1 + scale) + shift from SiLU(temb), then proj_out. The text stream ends
-    // with the last block.
-    const Tensor m_out = ops::modulation(norm_out_.forward(cond), kOutMods, ctx_);
-    const Tensor out = proj_out_.forward(ops::row(img, {p_img.y, {}, eps, p_img.gate},
-                                                  {ops::Norm::LayerNorm, {}, eps, chunk(m_out, 0), chunk(m_out, 1)},
-                                                  proj_out_.input_spec(), ctx_));
+
+    // SiLU(temb): what every modulation reads. Embeddings: img_in; txt_in(RMSNorm(text)).
+    Tensor cond = buffer("cond", {B, D}, dt_);
+    Tensor img = buffer("img", {B * L, D}, dt_), txt = buffer("txt", {B * T, D}, dt_);
+    {
+        ops::Region r("embeddings", ctx_);
+        const Tensor temb = t_linear_2_.forward(
+            {ops::silu(t_linear_1_.forward({ops::to_device(tf.to(dt_), ctx_), {}, {}}), ctx_), {}, {}});
+        ops::copy_rows(cond, 0, ops::silu(temb, ctx_), 0, B, ctx_);
+        img_in_.forward_into({ops::to_device(hs.to(dt_).view({B * L, cfg_.in_channels}), ctx_), {}, {}}, img);
+        Tensor e = ops::to_device(enc.to(dt_).view({B * T, cfg_.joint_attention_dim}), ctx_);
+        txt_in_.forward_into(ops::row(e, {}, {ops::Norm::Rms, txt_norm_, eps, {}, {}}, txt_in_.input_spec(), ctx_), txt);
+    }
+    Tensor out = buffer("out", {B * L, cfg_.out_features()}, dt_);
+
+    auto body = [&] {
+        const ops::Activation c{cond, {}, {}};
+        // Each stream's MLP residual, x += gate · y, is applied by the next row op on its stream.
+        struct Pending {
+            Tensor y, gate;
+        };
+        Pending p_img, p_txt;
+        auto chunk = [&](const Tensor& m, int64_t i) { return ops::modulation_chunk(m, i, B); };
+        for (const Block& blk : blocks_) {
+            Tensor m_img, m_txt;
+            {
+                ops::Region r("modulation", ctx_);
+                m_img = ops::modulation(blk.img.mod.forward(c), kBlockMods, ctx_);
+                m_txt = ops::modulation(blk.txt.mod.forward(c), kBlockMods, ctx_);
+            }
+            // Attention half: (the last MLP residual, then) LayerNorm · (1 + scale) + shift → q|k|v
+            // → q/k RMSNorm + RoPE, per stream, the image's written into the joint rows.
+            Tensor joint = ops::empty({B * S, 3 * D}, dt_, ctx_);
+            {
+                ops::Region r("image q|k|v", ctx_);
+                const ops::Activation a = ops::row(img, {p_img.y, {}, eps, p_img.gate},
+                                                   {ops::Norm::LayerNorm, {}, eps, chunk(m_img, 1), chunk(m_img, 0)},
+                                                   blk.img.qkv.input_spec(), ctx_);
+                for (int64_t b = 0; b < B; ++b) {
+                    Tensor rows = joint.slice_rows(b * S, b * S + L);
+                    blk.img.qkv.forward_into(a.slice_rows(b * L, (b + 1) * L), rows);
+                    ops::qk_rms_norm_rope(rows, H, H, hd, blk.img.norm_q, blk.img.norm_k, eps, img_freqs,
+                                          ops::RopeLayout::Interleaved, ctx_);
+                }
+            }
+            {
+                ops::Region r("text q|k|v", ctx_);
+                Tensor qkv_txt = blk.txt.qkv.forward(ops::row(
+                    txt, {p_txt.y, {}, eps, p_txt.gate},
+                    {ops::Norm::LayerNorm, {}, eps, chunk(m_txt, 1), chunk(m_txt, 0)}, blk.txt.qkv.input_spec(), ctx_));
+                ops::qk_rms_norm_rope(qkv_txt, H, H, hd, blk.txt.norm_q, blk.txt.norm_k, eps, txt_freqs,
+                                      ops::RopeLayout::Interleaved, ctx_);
+                for (int64_t b = 0; b < B; ++b) {
+                    int64_t row = b * S + L;
+                    for (auto [s, e] : runs[size_t(b)]) {
+                        ops::copy_rows(joint, row, qkv_txt, b * T + s, e - s, ctx_);
+                        row += e - s;
+                    }
+                }
+            }
+            Tensor o;
+            {
+                ops::Region r("attention", ctx_);
+                o = ops::attention_padded(joint, lengths, H, H, hd, ctx_);
+            }
+            joint = Tensor();
+            // x += gate · out(attention); LayerNorm · (1 + scale) + shift → MLP (GELU-tanh), per stream.
+            auto mlp = [&](const char* name, const Stream& st, Tensor& x, const Tensor& y, const Tensor& m, Pending& p) {
+                ops::Region r(name, ctx_);
+                const Tensor h = st.mlp_in.forward(ops::row(x, {y, {}, eps, chunk(m, 2)},
+                                                            {ops::Norm::LayerNorm, {}, eps, chunk(m, 4), chunk(m, 3)},
+                                                            st.mlp_in.input_spec(), ctx_));
+                p = {st.mlp_out.forward(ops::gelu_tanh(h, st.mlp_out.input_spec(), ctx_)), chunk(m, 5)};
+            };
+            Tensor y_img = ops::empty({B * L, D}, dt_, ctx_);
+            {
+                ops::Region r("image attention out", ctx_);
+                for (int64_t b = 0; b < B; ++b) {
+                    Tensor rows = y_img.slice_rows(b * L, (b + 1) * L);
+                    blk.img.out.forward_into({o.slice_rows(b * S, b * S + L), {}, {}}, rows);
+                }
+            }
+            mlp("image MLP", blk.img, img, y_img, m_img, p_img);
+            if (&blk == &blocks_.back()) break;  // the last block's text stream is unused
+            Tensor y_txt;
+            {
+                ops::Region r("text attention out", ctx_);
+                // A masked text token's attention row is zero (it reaches only the discarded text output).
+                Tensor attn_txt = all_real ? ops::empty({B * T, D}, dt_, ctx_) : ops::zeros({B * T, D}, dt_, ctx_);
+                for (int64_t b = 0; b < B; ++b) {
+                    int64_t row = b * S + L;
+                    for (auto [s, e] : runs[size_t(b)]) {
+                        ops::copy_rows(attn_txt, b * T + s, o, row, e - s, ctx_);
+                        row += e - s;
+                    }
+                }
+                y_txt = blk.txt.out.forward({attn_txt, {}, {}});
+            }
+            mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt);
+        }
+        // norm_out: LayerNorm · (1 + scale) + shift from SiLU(temb), then proj_out. The text stream
+        // ends with the last block.
+        ops::Region r("norm_out, proj_out", ctx_);
+        const Tensor m_out = ops::modulation(norm_out_.forward(c), kOutMods, ctx_);
+        proj_out_.forward_into(ops::row(img, {p_img.y, {}, eps, p_img.gate},
+                                        {ops::Norm::LayerNorm, {}, eps, chunk(m_out, 0), chunk(m_out, 1)},
+                                        proj_out_.input_spec(), ctx_),
+                               out);
+    };
+    if (G)
+        graphs_.run(*G, ctx_, body);
+    else
+        body();
     return ops::to_host(out, ctx_).view({B, L, cfg_.out_features()});
+}
+
+void QwenImageTransformer::set_cuda_graph(bool on) {
+    use_graph_ = on;
+    if (!on) graphs_.clear();
 }
 
 }  // namespace qdit::qwen_image

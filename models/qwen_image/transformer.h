@@ -11,6 +11,7 @@
 #include "models/loader.h"
 #include "models/model_spec.h"
 #include "nn/linear_group.h"
+#include "ops/graph.h"
 #include "ops/context.h"
 
 namespace qdit::qwen_image {
@@ -65,6 +66,11 @@ public:
     Tensor forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states, const Tensor& mask,
                    const Tensor& timestep, const std::array<int64_t, 3>& grid) const;
 
+    // On a GPU context with its own stream: run the blocks (and norm_out, proj_out) as one CUDA
+    // graph per shape and text mask (ops/graph.h; the two most recent are kept). The same kernels
+    // in the same order: results are unchanged. Off while ops::Profile is on.
+    void set_cuda_graph(bool on);
+
 private:
     QwenImageTransformer(Config cfg, const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute,
                          const ops::Context& ctx, std::string where);
@@ -86,6 +92,8 @@ private:
     std::vector<Block> blocks_;
     size_t bytes_ = 0;
     int n_int8_ = 0;
+    bool use_graph_ = false;
+    mutable ops::GraphCache graphs_;
 };
 
 }  // namespace qdit::qwen_image

@@ -1,6 +1,8 @@
 #include "models/vae/autoencoder_kl_qwenimage.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
 #include "io/files.h"
@@ -227,7 +229,97 @@ Tensor AutoencoderKLQwenImage::denormalize_latents(const Tensor& latents) const 
     return y.to(dt_);
 }
 
+namespace {
+
+// torch.clamp(out, -1, 1) in place: exact in any dtype; NaN stays NaN.
+void clamp_unit(Tensor& image) {
+    auto clamp = [](float v) { return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; };
+    if (image.dtype() == DType::F32) {
+        float* p = image.data<float>();
+        for (int64_t i = 0; i < image.numel(); ++i) p[i] = clamp(p[i]);
+    } else {
+        uint16_t* p = image.data<uint16_t>();
+        for (int64_t i = 0; i < image.numel(); ++i) p[i] = f32_to_bf16(clamp(bf16_to_f32(p[i])));
+    }
+}
+
+}  // namespace
+
 Tensor AutoencoderKLQwenImage::decode(const Tensor& z) const {
+    Tensor image = decode_unclamped(z);
+    clamp_unit(image);
+    return image;
+}
+
+Tensor AutoencoderKLQwenImage::decode_tiled(const Tensor& z, const Tiling& t) const {
+    const int64_t s = cfg_.spatial_scale();
+    if (t.tile_sample <= 0 || t.stride_sample <= 0 || t.stride_sample > t.tile_sample || t.tile_sample % s ||
+        t.stride_sample % s)
+        raise<UsageError>("VAE tiling: tile {} and stride {} pixels must be multiples of {} with 0 < stride <= tile",
+                          t.tile_sample, t.stride_sample, s);
+    if (!z.defined() || z.dim() != 4) return decode(z);  // decode names what is wrong
+    const int64_t B = z.size(0), C = z.size(1), h = z.size(2), w = z.size(3);
+    const int64_t tile = t.tile_sample / s, stride = t.stride_sample / s;
+    if (h <= tile && w <= tile) return decode(z);
+    const Tensor zf = z.to(DType::F32);
+    // Tile (i, j): its decoded pixels as F32 holding values of the compute dtype, [B, 3, th, tw].
+    struct Tile {
+        Tensor px;
+        int64_t th = 0, tw = 0;
+    };
+    std::vector<std::vector<Tile>> rows;
+    for (int64_t i = 0; i < h; i += stride) {
+        rows.emplace_back();
+        for (int64_t j = 0; j < w; j += stride) {
+            const int64_t lh = std::min(tile, h - i), lw = std::min(tile, w - j);
+            Tensor zt = Tensor::empty({B, C, lh, lw}, DType::F32);
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t y = 0; y < lh; ++y)
+                        std::copy_n(zf.data<float>() + ((b * C + c) * h + i + y) * w + j, lw,
+                                    zt.data<float>() + ((b * C + c) * lh + y) * lw);
+            Tile td{decode_unclamped(zt).to(DType::F32), lh * s, lw * s};
+            rows.back().push_back(std::move(td));
+        }
+    }
+    const int64_t out_c = rows[0][0].px.size(1);
+    auto round = [&](float v) { return dt_ == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : v; };
+    // b = a·(1 − k/e) + b·(k/e) over the first e rows (vertical) or columns of b, a's last e.
+    auto blend = [&](const Tile& a, Tile& b, int64_t extent, bool vertical) {
+        const int64_t e = std::min({vertical ? a.th : a.tw, vertical ? b.th : b.tw, extent});
+        for (int64_t bc = 0; bc < B * out_c; ++bc)
+            for (int64_t k = 0; k < e; ++k) {
+                const float wa = float(1.0 - double(k) / double(e)), wb = float(double(k) / double(e));
+                const int64_t n = vertical ? b.tw : b.th;
+                for (int64_t m = 0; m < n; ++m) {
+                    float& dst = vertical ? b.px.data<float>()[(bc * b.th + k) * b.tw + m]
+                                          : b.px.data<float>()[(bc * b.th + m) * b.tw + k];
+                    const float src = vertical ? a.px.data<float>()[(bc * a.th + a.th - e + k) * a.tw + m]
+                                               : a.px.data<float>()[(bc * a.th + m) * a.tw + a.tw - e + k];
+                    dst = round(round(src * wa) + round(dst * wb));
+                }
+            }
+    };
+    const int64_t H = h * s, W = w * s, blend_px = t.tile_sample - t.stride_sample, keep = t.stride_sample;
+    Tensor out = Tensor::empty({B, out_c, H, W}, DType::F32);
+    for (size_t i = 0; i < rows.size(); ++i)
+        for (size_t j = 0; j < rows[i].size(); ++j) {
+            Tile& tl = rows[i][j];
+            if (i > 0) blend(rows[i - 1][j], tl, blend_px, true);
+            if (j > 0) blend(rows[i][j - 1], tl, blend_px, false);
+            const int64_t y0 = int64_t(i) * keep, x0 = int64_t(j) * keep;
+            const int64_t nh = std::min({keep, tl.th, H - y0}), nw = std::min({keep, tl.tw, W - x0});
+            for (int64_t bc = 0; bc < B * out_c; ++bc)
+                for (int64_t y = 0; y < nh; ++y)
+                    std::copy_n(tl.px.data<float>() + (bc * tl.th + y) * tl.tw, nw,
+                                out.data<float>() + (bc * H + y0 + y) * W + x0);
+        }
+    Tensor image = out.to(dt_);
+    clamp_unit(image);
+    return image;
+}
+
+Tensor AutoencoderKLQwenImage::decode_unclamped(const Tensor& z) const {
     if (!z.defined() || z.device().type != DeviceType::CPU || !is_float(z.dtype()) || z.dim() != 4 ||
         z.size(1) != cfg_.z_dim || z.size(0) < 1 || z.size(2) < 1 || z.size(3) < 1)
         raise<ShapeError>("AutoencoderKLQwenImage::decode: expects host float latents [B, {}, h, w], got {}",
@@ -243,17 +335,7 @@ Tensor AutoencoderKLQwenImage::decode(const Tensor& z) const {
         if (ub.upsampler.defined()) x = ub.upsampler.forward(ops::upsample_nearest_2x(x, ctx_), ctx_);
     }
     x = conv_out_.forward(ops::channel_rms_norm(x, norm_out_, QwenImageVaeConfig::kEps, true, ctx_), ctx_);
-    Tensor image = ops::to_host(ops::to_channels_first(x, ctx_), ctx_);
-    // torch.clamp(out, -1, 1): exact in any dtype; NaN stays NaN.
-    auto clamp = [](float v) { return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; };
-    if (image.dtype() == DType::F32) {
-        float* p = image.data<float>();
-        for (int64_t i = 0; i < image.numel(); ++i) p[i] = clamp(p[i]);
-    } else {
-        uint16_t* p = image.data<uint16_t>();
-        for (int64_t i = 0; i < image.numel(); ++i) p[i] = f32_to_bf16(clamp(bf16_to_f32(p[i])));
-    }
-    return image;
+    return ops::to_host(ops::to_channels_first(x, ctx_), ctx_);
 }
 
 }  // namespace qdit::vae

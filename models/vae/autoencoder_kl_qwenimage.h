@@ -93,7 +93,24 @@ public:
     // where torch does (vae::postprocess_to_u8) can follow.
     Tensor decode(const Tensor& z) const;
 
+    // Tiled decoding (diffusers' enable_tiling / tiled_decode, 0.42.1): a latent wider or taller than
+    // one tile (tile_sample / 8 latent pixels) is cut into tiles of that size every stride_sample / 8
+    // latent pixels (the last ones shorter), each decoded alone, then each tile's first
+    // tile − stride pixels are blended linearly with the tile above and the tile to the left
+    // (b = a·(1 − y/e) + b·(y/e), in place, above first, rounded to the compute dtype as torch
+    // does) and the tiles' first stride × stride pixels laid side by side. diffusers does not
+    // clamp this path; here the result is clamped to [−1, 1] like decode's (the postprocess
+    // clamps anyway, so the image is the same). A latent within one tile is decode(z). The
+    // memory of the decode is that of one tile. tile_sample and stride_sample: multiples of
+    // 8, 0 < stride_sample <= tile_sample.
+    struct Tiling {
+        int64_t tile_sample = 256, stride_sample = 192;  // diffusers' defaults
+    };
+    Tensor decode_tiled(const Tensor& z, const Tiling& tiling) const;
+    Tensor decode_tiled(const Tensor& z) const { return decode_tiled(z, Tiling{}); }
+
 private:
+    Tensor decode_unclamped(const Tensor& z) const;  // decode without the clamp, checks included
     struct ResBlock {
         Tensor norm1, norm2;  // gammas, F32 [C] on the device
         ops::Conv2d conv1, conv2, shortcut;

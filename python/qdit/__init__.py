@@ -16,26 +16,29 @@ __all__ = ["Pipeline", "png_info"]
 
 
 class Pipeline:
-    """A Z-Image pipeline loaded once (text encoder, transformer, VAE).
+    """A Z-Image or Qwen-Image pipeline loaded once (text encoder, transformer, VAE).
 
-    model: a diffusers ZImagePipeline folder, or None for the built-in tiny
+    model: a diffusers ZImagePipeline or QwenImagePipeline folder (its
+        model_index.json picks the pipeline), or None for the built-in tiny Z-Image
         random-weight model (written once into the cache, ~/.cache/qdit or
         $QDIT_CACHE_DIR).
     quantization: None / "none" or "int8": the transformer's Linear layers.
     quantization_config: a dict such as {"method": "int8", "ignored_layers":
         ["layers.0"], "activation_scheme": "dynamic"}; its method wins over
         `quantization`.
-    device: "cpu", "cuda" or "cuda:N" (CUDA needs a build with the CUDA backend).
+    device: "cpu", "cuda" or "cuda:N" (CUDA needs a build with the CUDA
+        backend); None: "cuda" when the build has the CUDA backend and a GPU
+        is visible, else "cpu".
 
     A bad argument raises ValueError naming it; a missing or unreadable model
     folder raises OSError.
     """
 
-    def __init__(self, model=None, quantization=None, quantization_config=None, device="cpu"):
+    def __init__(self, model=None, quantization=None, quantization_config=None, device=None):
         if quantization_config is not None and not isinstance(quantization_config, dict):
             raise TypeError("quantization_config must be a dict")
         config = json.dumps(quantization_config) if quantization_config is not None else ""
-        self._pipe = _qdit.Pipeline(model or "", quantization or "", config, device)
+        self._pipe = _qdit.Pipeline(model or "", quantization or "", config, device or "")
         for w in self._pipe.warnings:
             warnings.warn(w, stacklevel=2)
 
@@ -54,14 +57,27 @@ class Pipeline:
         """How many of the transformer's Linear layers run in int8."""
         return self._pipe.transformer_int8_layers
 
-    def generate(self, prompt, negative_prompt=None, width=1024, height=1024, steps=9, guidance=0.0,
+    @property
+    def pipeline(self):
+        """The pipeline model_index.json names: "ZImagePipeline" or "QwenImagePipeline"."""
+        return self._pipe.pipeline
+
+    @property
+    def device(self):
+        """The device the models run on: "cpu", "cuda" or "cuda:N"."""
+        return self._pipe.device
+
+    def generate(self, prompt, negative_prompt=None, width=1024, height=1024, steps=None, guidance=0.0,
                  true_cfg_scale=None, seed=0, max_sequence_length=512, progress=None):
         """Generates one image and returns it as an RGB PIL image.
 
         width, height: multiples of 16, at most 16384 (and within the transformer's
-            RoPE table). steps: denoising steps, 1 to 1000 (Z-Image-Turbo: 8-9).
-        guidance: classifier-free guidance, run when > 0 (uses negative_prompt).
-        true_cfg_scale: Qwen-Image's true CFG; Z-Image has none, so only None or 1.0.
+            RoPE table). steps: denoising steps, 1 to 1000; None: 9 for Z-Image
+            (Turbo: 8-9), 50 for Qwen-Image.
+        guidance: Z-Image's classifier-free guidance, run when > 0 (uses
+            negative_prompt); a Qwen-Image pipeline takes only 0.
+        true_cfg_scale: Qwen-Image's true CFG (None: 4.0), run when > 1 and a
+            negative_prompt is given (even ""); Z-Image has none, so only None or 1.0.
         seed: the initial noise's seed (the same seed gives the same image as
             `qdit generate --seed`).
         max_sequence_length: prompt tokens kept after the chat template, 1 to 4096
@@ -73,15 +89,23 @@ class Pipeline:
         The GIL is released while the image is made. image.info holds the
         metadata `qdit generate` writes into its PNG (see png_info).
         """
-        if true_cfg_scale is not None and true_cfg_scale != 1.0:
+        qwen = self.pipeline == "QwenImagePipeline"
+        if qwen and guidance not in (None, 0):
+            raise ValueError("guidance is Z-Image's classifier-free guidance; a Qwen-Image pipeline takes "
+                             "true_cfg_scale (with negative_prompt)")
+        if not qwen and true_cfg_scale is not None and true_cfg_scale != 1.0:
             raise ValueError("true_cfg_scale applies to Qwen-Image only; Z-Image's classifier-free guidance "
                              "is 'guidance'")
+        if steps is None:
+            steps = 50 if qwen else 9
+        scale = (4.0 if true_cfg_scale is None else true_cfg_scale) if qwen else 1.0
         if progress is not None and not callable(progress):
             raise TypeError("progress must be callable")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
-        rgb, w, h, meta = self._pipe.generate(prompt, negative_prompt or "", width, height, steps,
-                                              float(guidance), seed, max_sequence_length, progress)
+        rgb, w, h, meta = self._pipe.generate(prompt, negative_prompt, width, height, steps,
+                                              float(guidance or 0), float(scale), seed, max_sequence_length,
+                                              progress)
         image = Image.frombytes("RGB", (w, h), rgb)
         image.info.update(meta)
         return image

@@ -217,13 +217,14 @@ TEST(CudaQwen3Kernels, PlainResidualThenRmsNormMatchesCpu) {
         EXPECT_TRUE(bits_equal(dx.download(nullptr), xr.view({m, k}))) << "residual k=" << k;
         expect_close_bf16(out.download(nullptr), ref, fmt::format("add + rmsnorm k={}", k).c_str());
     }
-    // A gate needs the normalized residual.
+    // A shift belongs to the LayerNorm only (refused before any launch: the pointers are host ones).
     cuda::RowOp bad;
     float g = 1.f;
     bad.x = &g;
-    bad.y = &g;
-    bad.ldx = bad.ldy = 1;
-    bad.gate = &g;
+    bad.ldx = 1;
+    bad.norm = cuda::RowNorm::Rms;
+    bad.w = &g;
+    bad.shift = &g;
     bad.m = bad.k = 1;
     EXPECT_THROW(cuda::row_op(bad, nullptr), ShapeError);
 }

@@ -1,7 +1,7 @@
 // Fuzz target: the HTTP body of POST /v1/images/generations (and /v1/jobs) of
 // `qdit serve` as arbitrary bytes, through the server's request parser
 // (server/request.h: the JSON body, then parse_image_request), with the default
-// limits and with small ones. A body either gives a request within the limits
+// limits and with small ones, for a Z-Image and for a Qwen-Image server. A body either gives a request within the limits
 // the parser promises, matching the fields it was given, or an ApiError with a
 // 4xx status, a message and an error body that serializes; any other exception
 // (a qdit::Error included) is a bug.
@@ -14,11 +14,13 @@
 #include <fmt/format.h>
 
 #include "fuzz_util.h"
+#include "pipeline/qwen_image_prompt.h"
 #include "server/request.h"
 
 using namespace qdit;
 using nlohmann::json;
 using server::ApiError;
+using server::Family;
 using server::ImageRequest;
 using server::Limits;
 
@@ -32,8 +34,9 @@ const json* given(const json& body, const char* key) {
     return it == body.end() || it->is_null() ? nullptr : &*it;
 }
 
-void check_request(const ImageRequest& r, const json& body, const Limits& lim) {
+void check_request(const ImageRequest& r, const json& body, const Limits& lim, Family family) {
     const GenerateOptions& g = r.gen;
+    const bool qwen = family == Family::QwenImage;
     if (!body.is_object()) fuzz::property_failed("a request from a body that is not an object");
     static const std::set<std::string> known = {"prompt", "model", "n", "size", "response_format",
                                                 "output_format", "user", "negative_prompt", "num_inference_steps",
@@ -67,10 +70,26 @@ void check_request(const ImageRequest& r, const json& body, const Limits& lim) {
         fuzz::property_failed("the default size is not 1024x1024");
     }
     if (g.steps < 1 || g.steps > std::min(lim.max_steps, kMaxSteps)) fuzz::property_failed(fmt::format("steps = {}", g.steps));
-    if (g.max_sequence_length < 1 || g.max_sequence_length > kMaxSequenceLength)
+    if (!given(body, "num_inference_steps") && g.steps != std::min(lim.max_steps, qwen ? 50 : 9))
+        fuzz::property_failed(fmt::format("default steps = {}", g.steps));
+    if (g.max_sequence_length < 1 ||
+        g.max_sequence_length > (qwen ? int(kQwenImageMaxSequenceLength) : kMaxSequenceLength))
         fuzz::property_failed(fmt::format("max_sequence_length = {}", g.max_sequence_length));
     if (!std::isfinite(g.guidance) || g.guidance < 0 || g.guidance > 100)
         fuzz::property_failed(fmt::format("guidance = {}", g.guidance));
+    if (qwen) {
+        if (given(body, "guidance_scale") || g.guidance != 0)
+            fuzz::property_failed("a Qwen-Image request with a guidance_scale");
+        if (!std::isfinite(r.true_cfg_scale) || r.true_cfg_scale < 0 || r.true_cfg_scale > 100)
+            fuzz::property_failed(fmt::format("true_cfg_scale = {}", r.true_cfg_scale));
+        if (const json* p = given(body, "true_cfg_scale"); p ? float(p->get<double>()) != r.true_cfg_scale
+                                                              : r.true_cfg_scale != 4.0f)
+            fuzz::property_failed("the true_cfg_scale is not the body's");
+        if (r.negative_prompt != (given(body, "negative_prompt") != nullptr))
+            fuzz::property_failed("whether a negative prompt was given is not the body's");
+    } else if (const json* p = given(body, "true_cfg_scale"); p && p->get<double>() != 1.0) {
+        fuzz::property_failed("a Z-Image request with a true_cfg_scale other than 1");
+    }
     if (g.seed > uint64_t(INT64_MAX)) fuzz::property_failed(fmt::format("seed = {}", g.seed));
     if (const json* p = given(body, "seed"); p && *p != g.seed) fuzz::property_failed("the seed is not the body's");
     const int64_t work = int64_t(r.n) * g.steps * g.width * g.height;
@@ -86,11 +105,11 @@ void check_error(const ApiError& e) {
         fuzz::property_failed("the error body does not read back");
 }
 
-void run(const std::string& text, const json* body, const Limits& lim) {
+void run(const std::string& text, const json* body, const Limits& lim, Family family) {
     try {
         const json parsed = body ? json() : server::parse_request_body(text);
         const json& b = body ? *body : parsed;
-        check_request(server::parse_image_request(b, lim, kModelId), b, lim);
+        check_request(server::parse_image_request(b, lim, kModelId, family), b, lim, family);
     } catch (const ApiError& e) {
         check_error(e);
     } catch (const std::exception& e) {
@@ -104,7 +123,7 @@ void run(const std::string& text, const json* body, const Limits& lim) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string text(reinterpret_cast<const char*>(data), size);
-    run(text, nullptr, Limits{});
+    for (Family f : {Family::ZImage, Family::QwenImage}) run(text, nullptr, Limits{}, f);
     // The same body against small limits, so that the fuzzer reaches each bound.
     json body;
     try {
@@ -118,6 +137,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     small.max_steps = 4;
     small.max_side = 64;
     small.max_work = int64_t(2) * 4 * 32 * 64;
-    run(text, &body, small);
+    for (Family f : {Family::ZImage, Family::QwenImage}) run(text, &body, small, f);
     return 0;
 }

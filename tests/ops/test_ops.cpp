@@ -370,6 +370,48 @@ TEST(Ops, Attention) {
         }
 }
 
+// A padded batch in one call: each item's tokens alone (its prefix of rows), the padding rows zero.
+TEST(Ops, AttentionPadded) {
+    for (auto [L, H, Hkv, hd, lengths] :
+         {std::tuple<int64_t, int64_t, int64_t, int64_t, std::vector<int64_t>>{12, 2, 2, 16, {12, 5}},
+          {9, 4, 2, 64, {1, 9, 4}},
+          {40, 3, 3, 128, {33, 40}}}) {
+        const int64_t B = int64_t(lengths.size()), W = (H + 2 * Hkv) * hd;
+        const Tensor qkv = randn({B * L, W}, 9, 0.f, 1.f, DType::BF16);
+        Case c{fmt::format("attention_padded B{} L{} h{}/{} d{}", B, L, H, Hkv, hd), DType::BF16,
+               [&](const ops::Context& ctx) {
+                   return std::vector<Tensor>{ops::to_host(
+                       ops::attention_padded(ops::to_device(qkv, ctx), lengths, H, Hkv, hd, ctx), ctx)};
+               },
+               false, 2e-2};
+        for (const ops::Context& ctx : contexts()) {
+            SCOPED_TRACE(ctx.device.str());
+            const Tensor o = c.run(ctx)[0];
+            for (int64_t b = 0; b < B; ++b) {
+                const int64_t n = lengths[size_t(b)];
+                // The item's rows equal attention over its tokens alone (bitwise on the CPU, which
+                // runs exactly that; within the bound on a GPU's one padded call).
+                const Tensor alone = ops::to_host(
+                    ops::attention(ops::to_device(qkv.slice_rows(b * L, b * L + n), ctx), 1, H, Hkv, hd, false, Tensor(), ctx),
+                    ctx);
+                if (!ctx.cuda())
+                    EXPECT_TRUE(same_bits(o.slice_rows(b * L, b * L + n).to(DType::BF16), alone)) << c.name << " item " << b;
+                else
+                    EXPECT_LE(rel_max(o.slice_rows(b * L, b * L + n), values(alone)), 2e-2) << c.name << " item " << b;
+                const std::vector<double> pad = values(o.slice_rows(b * L + n, (b + 1) * L));
+                EXPECT_TRUE(std::all_of(pad.begin(), pad.end(), [](double v) { return v == 0.0; }))
+                    << c.name << " item " << b << ": padding rows not zero";
+            }
+        }
+        check_backends(c);
+    }
+    // Lengths outside [1, L] are refused before any work.
+    const Tensor qkv = randn({8, 3 * 16}, 3, 0.f, 1.f, DType::BF16);
+    EXPECT_THROW(ops::attention_padded(qkv, {4, 0}, 1, 1, 16, ops::Context{}), ShapeError);
+    EXPECT_THROW(ops::attention_padded(qkv, {5, 1}, 1, 1, 16, ops::Context{}), ShapeError);
+    EXPECT_THROW(ops::attention_padded(qkv, {2, 2, 2}, 1, 1, 16, ops::Context{}), ShapeError);
+}
+
 // silu(gate) · up over column blocks of a fused projection.
 TEST(Ops, Swiglu) {
     for (DType dt : kDtypes)

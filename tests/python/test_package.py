@@ -1,12 +1,13 @@
 """The Python package (pip install .): qdit.Pipeline against `qdit generate`."""
 import json
+import subprocess
 import threading
 
 import pytest
 from PIL import Image
 
 import qdit
-from conftest import cli_image
+from conftest import QDIT, ROOT, cli_image
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,47 @@ def test_gil_is_released_while_generating(pipe):
     assert result and result[0].size == (256, 256)
     # Holding the GIL, the generation would let this loop run only between its own bytecodes.
     assert spins > 10000
+
+
+QWEN = str(ROOT / "tests" / "data" / "qwen_image_pipeline")
+
+
+@pytest.fixture(scope="module")
+def qwen_pipe():
+    return qdit.Pipeline(model=QWEN, device="cpu")
+
+
+def test_device_defaults_to_the_cpu_without_a_gpu(pipe):
+    assert pipe.device == "cpu"  # the wheel is built without the CUDA backend
+    assert pipe.pipeline == "ZImagePipeline"
+
+
+def test_qwen_image_folder_gives_the_cli_images(qwen_pipe, tmp_path):
+    """model_index.json picks the Qwen-Image pipeline; true_cfg_scale and negative_prompt reach it."""
+    assert qwen_pipe.pipeline == "QwenImagePipeline"
+    for kwargs, cli in [({"negative_prompt": " ", "true_cfg_scale": 3.0}, ["--negative-prompt", " ", "--true-cfg-scale", "3"]),
+                        ({"negative_prompt": ""}, ["--negative-prompt", ""]),
+                        ({}, [])]:
+        img = qwen_pipe.generate("a red fox", width=64, height=64, steps=2, seed=5, **kwargs)
+        out = tmp_path / "cli.png"
+        subprocess.run([QDIT, "generate", "--model", QWEN, "--device", "cpu", "--prompt", "a red fox", "--width",
+                        "64", "--height", "64", "--steps", "2", "--seed", "5", "-o", str(out), *cli],
+                       check=True, capture_output=True, timeout=300)
+        ref = Image.open(out)
+        assert img.tobytes() == ref.tobytes(), kwargs
+        assert img.info["true_cfg_scale"] == ref.text["true_cfg_scale"]
+        assert img.info.get("negative_prompt") == ref.text.get("negative_prompt")
+        assert "guidance" not in img.info
+    assert img.info["true_cfg_scale"] == "4 (off)"
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"guidance": 2.0}, "guidance"),
+    ({"true_cfg_scale": -1.0}, "true_cfg_scale"),
+    ({"max_sequence_length": 1025}, "max_sequence_length"),
+    ({"width": 72}, "width"),
+])
+def test_bad_qwen_image_arguments_raise_value_error(qwen_pipe, kwargs, field):
+    with pytest.raises(ValueError, match=field) as e:
+        qwen_pipe.generate("x", **{"width": 64, "height": 64, "steps": 1, **kwargs})
+    assert "--" not in str(e.value)

@@ -7,7 +7,9 @@ import time
 import openai
 import pytest
 
-from conftest import QDIT, TINY, Server, cli_image, decode_png
+from PIL import Image
+
+from conftest import QDIT, ROOT, TINY, Server, cli_image, decode_png
 
 # A job long enough to cancel, queue behind or interrupt (several seconds on the tiny model).
 SLOW = {"prompt": "slow", "size": "512x512", "num_inference_steps": 200, "seed": 1}
@@ -304,3 +306,50 @@ def test_second_signal_cancels_the_accepted_jobs():
     assert s.wait_job(queued["id"], timeout=60)["status"] == "cancelled"
     assert s.proc.wait(60) == 0
     assert any("second signal" in line for line in s.lines)
+
+
+# A Qwen-Image folder (the committed tiny fixture): model_index.json makes the server a Qwen-Image one.
+QWEN = str(ROOT / "tests" / "data" / "qwen_image_pipeline")
+
+
+@pytest.fixture(scope="module")
+def qwen_server():
+    s = Server("--model", QWEN, "--device", "cpu", "--dtype", "f32")
+    yield s
+    assert s.stop() == 0, "".join(s.lines)
+
+
+def test_qwen_image_server_gives_the_cli_images(qwen_server, tmp_path):
+    """true_cfg_scale and negative_prompt reach the Qwen-Image pipeline: the server's image is the CLI's."""
+    assert "Qwen-Image" in "".join(qwen_server.lines)
+    status, _, body = qwen_server.request("GET", "/v1/models")
+    assert status == 200 and [m["id"] for m in body["data"]] == ["qwen_image_pipeline"]
+    for extra, cli in [({"negative_prompt": " ", "true_cfg_scale": 3.0}, ["--negative-prompt", " ", "--true-cfg-scale", "3"]),
+                       ({}, [])]:
+        r = client(qwen_server).images.generate(prompt="a red fox", size="64x64", response_format="b64_json",
+                                                extra_body={"num_inference_steps": 2, "seed": 5, **extra})
+        img = decode_png(r.data[0].b64_json)
+        out = tmp_path / "cli.png"
+        subprocess.run([QDIT, "generate", "--model", QWEN, "--device", "cpu", "--dtype", "f32", "--prompt",
+                        "a red fox", "--width", "64", "--height", "64", "--steps", "2", "--seed", "5", "-o",
+                        str(out), *cli], check=True, capture_output=True, timeout=300)
+        ref = Image.open(out)
+        assert img.tobytes() == ref.tobytes(), extra
+        assert img.text["true_cfg_scale"] == ref.text["true_cfg_scale"]
+        assert img.text.get("negative_prompt") == ref.text.get("negative_prompt")
+        assert "guidance" not in img.text
+    assert img.text["true_cfg_scale"] == "4 (off)"  # the default scale, no negative prompt: no true CFG
+
+
+@pytest.mark.parametrize("change,param", [
+    ({"guidance_scale": 2.0}, "guidance_scale"),
+    ({"true_cfg_scale": -1}, "true_cfg_scale"),
+    ({"true_cfg_scale": "high"}, "true_cfg_scale"),
+    ({"max_sequence_length": 1025}, "max_sequence_length"),
+    ({"size": "72x64"}, "size"),
+])
+def test_qwen_image_bad_fields_are_400_naming_the_field(qwen_server, change, param):
+    status, _, reply = qwen_server.request("POST", "/v1/images/generations",
+                                           {"prompt": "x", "size": "64x64", "num_inference_steps": 1, **change})
+    assert status == 400, reply
+    assert reply["error"]["param"] == param and param in reply["error"]["message"], reply

@@ -109,7 +109,7 @@ int cmd_quantize(const std::string& dir, const std::string& out, const QuantFlag
 // --model, --device, --dtype, --quantize-text-encoder and the quantization flags: how
 // generate and serve load the pipeline.
 struct ModelFlags {
-    std::string model, dtype = "bf16", device = "cpu";
+    std::string model, dtype = "bf16", device;  // device empty: default_device_name
     bool quantize_text_encoder = false;
     QuantFlags q;
     CLI::Option* device_opt = nullptr;
@@ -118,13 +118,13 @@ struct ModelFlags {
         cmd->add_option("--model", model,
                         "Diffusers pipeline folder (model_index.json, scheduler/, text_encoder/, tokenizer/, "
                         "transformer/, vae/); model_index.json's _class_name picks the pipeline: ZImagePipeline "
-                        "or QwenImagePipeline (generate only); default: the built-in tiny random-weight Z-Image "
-                        "model");
+                        "or QwenImagePipeline; default: a built-in tiny random-weight model "
+                        "(generate: the one --pipeline names; serve: Z-Image)");
         cmd->add_option("--dtype", dtype, "Activation precision: bf16 or f32 (cuda: bf16)")->capture_default_str();
         device_opt = cmd->add_option("--device", device,
                                      "Where the text encoder, transformer and VAE run: cpu, cuda (GPU 0) or "
-                                     "cuda:N (needs a build with the CUDA backend)")
-                         ->capture_default_str();
+                                     "cuda:N (needs a build with the CUDA backend); default: cuda when this build "
+                                     "has the CUDA backend, a GPU is visible and --dtype is bf16, else cpu");
         cmd->add_flag("--quantize-text-encoder", quantize_text_encoder,
                       "Also quantize the text encoder's Linear layers with the chosen method");
         q.add(cmd);
@@ -135,6 +135,7 @@ struct ModelFlags {
         if (dtype != "bf16" && dtype != "f32")
             throw UsageError(fmt::format("--dtype {}: allowed values are bf16, f32", dtype));
         PipelineOptions po;
+        if (device.empty()) device = default_device_name(dtype == "bf16" ? DType::BF16 : DType::F32);
         po.device = parse_device(device);
         if (gpus < 1) throw UsageError(fmt::format("--gpus {}: the number of GPUs must be 1 or more", gpus));
         if (gpus > 1) {
@@ -160,15 +161,25 @@ struct ModelFlags {
 };
 
 struct GenerateArgs {
-    std::string prompt, negative_prompt, latents, output = "qdit.png", parallel = "tensor";
+    std::string prompt, negative_prompt, latents, output = "qdit.png", parallel = "tensor", pipeline = "zimage",
+                offload;
+    bool vae_tiling = false;
     int steps = 9, width = 1024, height = 1024, max_sequence_length = 512, gpus = 1;
     uint64_t seed = 0;
     float guidance = 0.0f, true_cfg_scale = 4.0f;
     ModelFlags m;
     // Flags whose default or meaning depends on the pipeline: whether they were given.
     CLI::Option *steps_opt = nullptr, *guidance_opt = nullptr, *true_cfg_opt = nullptr, *negative_opt = nullptr,
-                *parallel_opt = nullptr;
+                *parallel_opt = nullptr, *pipeline_opt = nullptr;
 };
+
+// The note that the built-in tiny model runs.
+void note_tiny_model(TinyPipeline p, const std::string& dir) {
+    fmt::print(stderr,
+               "note: no --model given: using the built-in tiny {} pipeline at {}; its weights are random, so the "
+               "image is noise\n",
+               tiny_pipeline_title(p), dir);
+}
 
 double peak_rss_gib() {
     struct rusage ru {};
@@ -185,6 +196,19 @@ std::function<void(int, int, double)> progress_bar() {
         fmt::print(stderr, "{}denoise [{}] {}/{} {:.2f} s/it{}", tty ? "\r" : "", bar, step, total, secs,
                    tty && step < total ? "" : "\n");
     };
+}
+
+std::string gib(size_t bytes) { return fmt::format("{:.2f} GiB", double(bytes) / double(1ull << 30)); }
+
+// The summary's memory part: the host's peak and, on a GPU, the weights held at the end, the
+// activations' peak and the peak of both (summed over the GPUs when there are several).
+std::string memory_summary(const GenerateResult& r, const PipelineOptions& po) {
+    std::string s = fmt::format("peak memory {:.2f} GiB", peak_rss_gib());
+    if (po.device.type == DeviceType::CUDA)
+        s += fmt::format("; GPU{}: weights {}, activations {} (peak), peak {}",
+                         po.gpus > 1 ? fmt::format(" (sum over {} GPUs)", po.gpus) : std::string(),
+                         gib(r.device_weight_bytes), gib(r.device_activation_peak_bytes), gib(r.device_peak_bytes));
+    return s;
 }
 
 // generate with a QwenImagePipeline folder: --true-cfg-scale instead of --guidance, 50 steps by
@@ -207,8 +231,12 @@ int generate_qwen_image(const GenerateArgs& a, const PipelineOptions& po, const 
     go.max_sequence_length = a.max_sequence_length;
     go.latents = latents;
     QwenImagePipeline::check_limits(go);
+    bool tiny = false;
+    const std::string model = resolve_model_dir(a.m.model, &tiny, TinyPipeline::QwenImage);
+    if (tiny) note_tiny_model(TinyPipeline::QwenImage, model);
+    const LoadProgress load_progress(model, ::isatty(2));
     auto t0 = std::chrono::steady_clock::now();
-    QwenImagePipeline pipe(a.m.model, po, go);  // checks go before reading any weight
+    QwenImagePipeline pipe(model, po, go);  // checks go before reading any weight
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (a.true_cfg_opt->count() > 0 && go.true_cfg_scale > 1 && !go.negative_prompt)
         fmt::print(stderr, "warning: --true-cfg-scale {} has no effect without --negative-prompt (as in diffusers, "
@@ -227,18 +255,16 @@ int generate_qwen_image(const GenerateArgs& a, const PipelineOptions& po, const 
     const GenerateResult r = pipe.generate(go, progress_bar());
     const std::string quant = quant_method_name(po.transformer_quant.method);
     write_png(a.output, r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)),
-              image_metadata(go, a.m.model, quant, a.m.device));
+              image_metadata(go, model, quant, a.m.device));
     const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     fmt::print("wrote {} ({}x{}, {} steps, seed {}, true CFG {})\n", a.output, go.width, go.height, go.steps, go.seed,
                go.true_cfg() ? fmt::format("{}", go.true_cfg_scale) : std::string("off"));
     fmt::print("time: load {:.2f} s, text encoder {:.2f} s, denoise {:.2f} s ({:.2f} s/step), vae {:.2f} s, total "
                "{:.2f} s\n",
-               load_s, r.text_seconds, r.denoise_seconds, r.denoise_seconds / go.steps, r.vae_seconds, total_s);
-    fmt::print("quantization: transformer {} ({} int8 Linear layers), text encoder {} int8 Linear layers; peak "
-               "memory {:.2f} GiB{}\n",
-               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), peak_rss_gib(),
-               r.device_peak_bytes ? fmt::format(", GPU {:.2f} GiB", double(r.device_peak_bytes) / double(1ull << 30))
-                                   : std::string());
+               load_s + r.load_seconds, r.text_seconds, r.denoise_seconds, r.denoise_seconds / go.steps,
+               r.vae_seconds, total_s);
+    fmt::print("quantization: transformer {} ({} int8 Linear layers), text encoder {} int8 Linear layers; {}\n",
+               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), memory_summary(r, po));
     return 0;
 }
 
@@ -251,8 +277,12 @@ int cmd_generate(GenerateArgs a) {
         throw UsageError(fmt::format("-o {}: the output must be a .png file", a.output));
     if (a.parallel != "tensor" && a.parallel != "sequence")
         throw UsageError(fmt::format("--parallel {}: allowed values are tensor, sequence", a.parallel));
+    if (!a.offload.empty() && a.offload != "text-encoder")
+        throw UsageError(fmt::format("--offload {}: allowed values are text-encoder", a.offload));
     PipelineOptions po = a.m.resolve(a.gpus);
     po.sequence_parallel = a.parallel == "sequence";
+    po.offload_text_encoder = !a.offload.empty();
+    po.vae_tiling = a.vae_tiling;
     GenerateOptions go;
     go.prompt = a.prompt;
     go.negative_prompt = a.negative_prompt;
@@ -269,7 +299,12 @@ int cmd_generate(GenerateArgs a) {
                                          a.latents, f.keys().size()));
         go.latents = f.get(f.contains("latents") ? "latents" : f.keys()[0]);
     }
+    const TinyPipeline builtin = parse_tiny_pipeline(a.pipeline);
     if (!a.m.model.empty()) {
+        if (a.pipeline_opt->count() > 0)
+            throw UsageError(fmt::format("--pipeline {} picks a built-in tiny model and cannot go with --model: the "
+                                         "folder's model_index.json picks its pipeline",
+                                         a.pipeline));
         // model_index.json's _class_name picks the pipeline; a folder whose index cannot be read goes
         // the Z-Image way, which reports what is wrong with it.
         std::string cls;
@@ -278,18 +313,16 @@ int cmd_generate(GenerateArgs a) {
         } catch (const Error&) {
         }
         if (cls == "QwenImagePipeline") return generate_qwen_image(a, po, go.latents, t_start);
+    } else if (builtin == TinyPipeline::QwenImage) {
+        return generate_qwen_image(a, po, go.latents, t_start);
     }
     if (a.true_cfg_opt->count() > 0)
         throw UsageError("--true-cfg-scale is Qwen-Image's true CFG; a Z-Image pipeline takes --guidance");
     ZImagePipeline::check_limits(go);
     bool tiny = false;
     const std::string model = resolve_model_dir(a.m.model, &tiny);
-    if (tiny) {
-        fmt::print(stderr,
-                   "note: no --model given: using the built-in tiny Z-Image pipeline at {}; its "
-                   "weights are random, so the image is noise\n",
-                   model);
-    }
+    if (tiny) note_tiny_model(TinyPipeline::ZImage, model);
+    const LoadProgress load_progress(model, ::isatty(2));
     auto t0 = std::chrono::steady_clock::now();
     ZImagePipeline pipe(model, po, go);  // checks go before reading any weight
     double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -313,15 +346,10 @@ int cmd_generate(GenerateArgs a) {
     fmt::print("wrote {} ({}x{}, {} steps, seed {})\n", a.output, a.width, a.height, a.steps, a.seed);
     fmt::print("time: load {:.2f} s, text encoder {:.2f} s, denoise {:.2f} s ({:.2f} s/step), "
                "vae {:.2f} s, total {:.2f} s\n",
-               load_s, r.text_seconds, r.denoise_seconds, r.denoise_seconds / a.steps, r.vae_seconds,
-               total_s);
-    fmt::print("quantization: transformer {} ({} int8 Linear layers), text encoder {} int8 Linear "
-               "layers; peak memory {:.2f} GiB{}\n",
-               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), peak_rss_gib(),
-               po.device.type == DeviceType::CUDA
-                   ? fmt::format(", GPU {:.2f} GiB{}", double(r.device_peak_bytes) / double(1ull << 30),
-                                 a.gpus > 1 ? fmt::format(" (sum over the {} GPUs)", a.gpus) : std::string())
-                   : std::string());
+               load_s + r.load_seconds, r.text_seconds, r.denoise_seconds, r.denoise_seconds / a.steps,
+               r.vae_seconds, total_s);
+    fmt::print("quantization: transformer {} ({} int8 Linear layers), text encoder {} int8 Linear layers; {}\n",
+               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), memory_summary(r, po));
     return 0;
 }
 
@@ -376,7 +404,7 @@ int main(int argc, char** argv) {
     GenerateArgs gen;
     CLI::App* generate = app.add_subcommand(
         "generate", "Generate an image from a prompt with a diffusers ZImagePipeline or QwenImagePipeline "
-                    "folder (the built-in tiny random-weight Z-Image model when no --model is given)");
+                    "folder (a built-in tiny random-weight model when no --model is given, see --pipeline)");
     generate->add_option("--prompt", gen.prompt, "The prompt")->required();
     gen.negative_opt = generate->add_option(
         "--negative-prompt", gen.negative_prompt,
@@ -429,6 +457,19 @@ int main(int argc, char** argv) {
                          "Output PNG (written atomically; its folder must exist and be writable, "
                          "checked before any work)")
         ->capture_default_str();
+    generate->add_flag("--vae-tiling", gen.vae_tiling,
+                       "Qwen-Image only: decode the latents in tiles of 256x256 pixels every 192 (diffusers' "
+                       "enable_tiling), so the VAE's memory is that of one tile; seams blended over 64 pixels "
+                       "(docs/qwen_image_vae.md gives the error)");
+    generate->add_option("--offload", gen.offload,
+                         "text-encoder: the text encoder is loaded, encodes the prompt and is freed before the "
+                         "transformer is loaded, so the two never share the device's memory (on the CPU the same, "
+                         "for host memory)");
+    gen.pipeline_opt = generate->add_option("--pipeline", gen.pipeline,
+                                            fmt::format("Without --model: the built-in tiny random-weight pipeline "
+                                                        "to run, {} (with --model, model_index.json picks it)",
+                                                        kTinyPipelineNames))
+                           ->capture_default_str();
     gen.m.add(generate);
 
     ServeArgs srv;

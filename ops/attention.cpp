@@ -5,7 +5,6 @@
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/attention.h"
-#include "backend/cuda/vae_kernels.h"
 #endif
 
 namespace qdit::ops {
@@ -123,9 +122,9 @@ Tensor spatial_attention(const Tensor& qkv, int64_t batch, const Context& ctx) {
     const size_t es = dtype_size(qkv.dtype());
     for (int64_t b = 0; b < batch; ++b) {
         const uint8_t* q = static_cast<const uint8_t*>(qkv.raw()) + size_t(b * L * 3 * C) * es;
-        cuda::vae::attention_one_head(q, q + size_t(C) * es, q + size_t(2 * C) * es, 3 * C,
-                                      static_cast<uint8_t*>(o.raw()) + size_t(b * L * C) * es, C, L, C, qkv.dtype(),
-                                      detail::stream(ctx));
+        cuda::attention_one_head(q, q + size_t(C) * es, q + size_t(2 * C) * es, 3 * C,
+                                 static_cast<uint8_t*>(o.raw()) + size_t(b * L * C) * es, C, L, C, qkv.dtype(),
+                                 detail::stream(ctx));
     }
     return o;
 #else

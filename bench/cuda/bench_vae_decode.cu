@@ -19,7 +19,8 @@
 #include "backend/cuda/device_tensor.h"
 #include "bench/cuda/output_stats.h"
 #include "io/files.h"
-#include "models/vae/autoencoder_kl_cuda.h"
+#include "models/vae/autoencoder_kl.h"
+#include "ops/context.h"
 
 using namespace qdit;
 using cuda::DTensor;
@@ -59,16 +60,16 @@ int main(int argc, char** argv) {
         cuda::check(cudaStreamCreate(&s), "stream");
         {
             auto& alloc = cuda::Allocator::instance();
-            vae::AutoencoderKLCuda m = vae::AutoencoderKLCuda::random(cfg, DType::BF16, 1, s);
+            const ops::Context ctx{{DeviceType::CUDA, 0}, s};
+            const vae::AutoencoderKL m = vae::AutoencoderKL::random(cfg, DType::BF16, 1, ctx);
             const int64_t h = 128, w = 128;
-            const DTensor z = DTensor::upload(random_tensor({1, cfg.latent_channels, h, w}, 3).to(DType::BF16),
-                                              MemKind::Activation, s);
+            const Tensor z = ops::to_device(random_tensor({1, cfg.latent_channels, h, w}, 3).to(DType::BF16), ctx);
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0);
             cudaEventCreate(&e1);
             auto decode_ms = [&] {
                 cudaEventRecord(e0, s);
-                const DTensor u8 = m.decode_to_u8(z);
+                const Tensor u8 = m.decode_to_u8(z);
                 cudaEventRecord(e1, s);
                 cuda::check(cudaEventSynchronize(e1), "decode");
                 float ms = 0;
@@ -97,7 +98,7 @@ int main(int argc, char** argv) {
                         "%.1f MiB (activations %.1f MiB); reserved %.1f MiB\n",
                         best, sum / 5, mib(m.weight_bytes()), mib(st.peak), mib(st.peak_activation), mib(st.reserved));
             {
-                const bench::OutputStats os = bench::output_stats(m.decode(z).download(s));
+                const bench::OutputStats os = bench::output_stats(ops::to_host(m.decode(z), ctx));
                 std::printf("vae decode output (bf16 image before postprocess): hash %016llx rms %.6f%s\n",
                             (unsigned long long)os.hash, os.rms, os.finite ? "" : " NON-FINITE");
             }

@@ -1,28 +1,15 @@
 #include "nn/linear.h"
 
-#include <map>
-#include <mutex>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
-#include <oneapi/dnnl/dnnl.hpp>
-
+#include "backend/cpu/dense.h"
 #include "backend/cpu/int8_gemm.h"
 #include "backend/cpu/int8_weight_only.h"
 
 namespace qdit::nn {
 
 namespace {
-
-dnnl::engine& cpu_engine() {
-    static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-    return engine;
-}
-
-dnnl::memory::data_type dnnl_type(DType t) {
-    return t == DType::BF16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
-}
 
 Tensor bias_f32(const std::string& name, const Tensor& bias, int64_t n) {
     if (!bias.defined()) return Tensor();
@@ -38,12 +25,8 @@ struct Linear::Impl {
     bool int8 = false;
     Tensor bias;  // F32 [N] or undefined
 
-    // Dense: the weight as given, plus a lazily made copy in the other dtype
-    // for inputs whose dtype differs; matmul primitives cached by (M, dtype).
-    Tensor weight;
-    mutable std::mutex mu;
-    mutable Tensor weight_other;
-    mutable std::map<std::pair<int64_t, DType>, dnnl::matmul> matmuls;
+    // Dense: the weight as given (oneDNN; the other dtype converted on first use).
+    cpu::Dense dense;
 
     // int8: the packed weight with its scales.
     cpu::PackedInt8Weight packed;
@@ -62,8 +45,8 @@ Linear Linear::dense(std::string name, Tensor weight, Tensor bias) {
     l.out_ = weight.size(0);
     l.in_ = weight.size(1);
     l.impl_ = std::make_shared<Impl>();
-    l.impl_->weight = std::move(weight);
     l.impl_->bias = bias_f32(l.name_, bias, l.out_);
+    l.impl_->dense = cpu::Dense(std::move(weight), l.impl_->bias);
     return l;
 }
 
@@ -101,7 +84,7 @@ Linear Linear::int8_weight_only(std::string name, Tensor q, Tensor scale, Tensor
 bool Linear::quantized() const { return impl_->int8; }
 
 size_t Linear::weight_bytes() const {
-    if (!impl_->int8) return impl_->weight.nbytes();
+    if (!impl_->int8) return impl_->dense.weight().nbytes();
     if (impl_->weight_only) return impl_->q.nbytes() + impl_->scale.nbytes();
     return size_t(out_ * in_) + impl_->packed.scale.nbytes();
 }
@@ -136,38 +119,7 @@ Tensor Linear::forward(const Tensor& x) const {
         return y;
     }
 
-    using md = dnnl::memory::desc;
-    using tag = dnnl::memory::format_tag;
-    const auto t = dnnl_type(dt);
-    const md src_md({m, in_}, t, tag::ab), wei_md({in_, out_}, t, tag::ba),
-        bias_md({1, out_}, dnnl::memory::data_type::f32, tag::ab), dst_md({m, out_}, t, tag::ab);
-    dnnl::matmul mm;
-    const Tensor* w = &impl_->weight;
-    {
-        std::lock_guard<std::mutex> lk(impl_->mu);
-        if (w->dtype() != dt) {
-            if (!impl_->weight_other.defined()) impl_->weight_other = w->to(dt);
-            w = &impl_->weight_other;
-        }
-        auto it = impl_->matmuls.find({m, dt});
-        if (it == impl_->matmuls.end()) {
-            dnnl::matmul::desc d = bias ? dnnl::matmul::desc(src_md, wei_md, bias_md, dst_md)
-                                        : dnnl::matmul::desc(src_md, wei_md, dst_md);
-            it = impl_->matmuls.emplace(std::make_pair(m, dt),
-                                        dnnl::matmul(dnnl::matmul::primitive_desc(d, cpu_engine())))
-                     .first;
-        }
-        mm = it->second;
-    }
-    auto& eng = cpu_engine();
-    std::unordered_map<int, dnnl::memory> args{
-        {DNNL_ARG_SRC, dnnl::memory(src_md, eng, const_cast<void*>(x.raw()))},
-        {DNNL_ARG_WEIGHTS, dnnl::memory(wei_md, eng, const_cast<void*>(w->raw()))},
-        {DNNL_ARG_DST, dnnl::memory(dst_md, eng, y.raw())}};
-    if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_md, eng, const_cast<float*>(bias)));
-    dnnl::stream stream(eng);
-    mm.execute(stream, args);
-    stream.wait();
+    impl_->dense.forward(x.raw(), dt, m, y.raw());
     return y;
 }
 

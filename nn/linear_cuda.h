@@ -13,7 +13,7 @@
 #include <cuda_runtime.h>
 
 #include "backend/cuda/device_tensor.h"
-#include "backend/cuda/zimage_kernels.h"
+#include "backend/cuda/row.h"
 #include "io/safetensors.h"
 #include "quant/plan.h"
 

@@ -5,22 +5,31 @@
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/attention.h"
-#include "backend/cuda/vae_kernels.h"
 #endif
 
 namespace qdit::ops {
 
-Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim, bool causal,
-                 const Tensor& key_mask, const Context& ctx) {
-    const char* op = "attention";
+namespace {
+
+// Checks a fused q|k|v of `batch` items on ctx's device; returns the rows of an item.
+int64_t item_rows(const char* op, const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_heads, int64_t hd,
+                  const Context& ctx) {
     detail::check_device(qkv, ctx, op, "qkv");
-    const int64_t hd = head_dim, rows = qkv.dim() == 2 ? qkv.size(0) : -1;
+    const int64_t rows = qkv.dim() == 2 ? qkv.size(0) : -1;
     if (rows < 0 || batch < 1 || rows % batch || heads < 1 || kv_heads < 1 || heads % kv_heads || hd < 1 ||
         qkv.size(1) != (heads + 2 * kv_heads) * hd)
         raise<ShapeError>("{}: qkv {} for a batch of {} with {} heads, {} kv heads of {} dims (need [batch·L, "
                           "(heads + 2·kv_heads)·head_dim], heads a multiple of kv heads)",
-                          op, shape_str(qkv.shape()), batch, heads, kv_heads, hd);
-    const int64_t L = rows / batch;
+                          op, qkv.defined() ? shape_str(qkv.shape()) : "none", batch, heads, kv_heads, hd);
+    return rows / batch;
+}
+
+}  // namespace
+
+Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim, bool causal,
+                 const Tensor& key_mask, const Context& ctx) {
+    const char* op = "attention";
+    const int64_t hd = head_dim, L = item_rows(op, qkv, batch, heads, kv_heads, hd, ctx), rows = batch * L;
     if (key_mask.defined() && (key_mask.device().type != DeviceType::CPU || key_mask.dtype() != DType::U8 ||
                                key_mask.shape() != Shape{batch, L}))
         raise<ShapeError>("{}: key_mask must be a host U8 [{}, {}], got {} {}", op, batch, L,
@@ -55,14 +64,8 @@ Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_hea
 Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads,
                         int64_t head_dim, const Context& ctx) {
     const char* op = "attention_padded";
-    detail::check_device(qkv, ctx, op, "qkv");
-    const int64_t batch = int64_t(lengths.size()), hd = head_dim, rows = qkv.dim() == 2 ? qkv.size(0) : -1;
-    if (rows < 0 || batch < 1 || rows % batch || heads < 1 || kv_heads < 1 || heads % kv_heads || hd < 1 ||
-        qkv.size(1) != (heads + 2 * kv_heads) * hd)
-        raise<ShapeError>("{}: qkv {} for a batch of {} with {} heads, {} kv heads of {} dims (need [batch·L, "
-                          "(heads + 2·kv_heads)·head_dim], heads a multiple of kv heads)",
-                          op, shape_str(qkv.shape()), batch, heads, kv_heads, hd);
-    const int64_t L = rows / batch;
+    const int64_t batch = int64_t(lengths.size()), hd = head_dim, L = item_rows(op, qkv, batch, heads, kv_heads, hd, ctx),
+                  rows = batch * L;
     for (int64_t b = 0; b < batch; ++b)
         if (lengths[size_t(b)] < 1 || lengths[size_t(b)] > L)
             raise<ShapeError>("{}: item {} has length {} (need 1 to the {} rows an item holds)", op, b,
@@ -119,9 +122,9 @@ Tensor spatial_attention(const Tensor& qkv, int64_t batch, const Context& ctx) {
     const size_t es = dtype_size(qkv.dtype());
     for (int64_t b = 0; b < batch; ++b) {
         const uint8_t* q = static_cast<const uint8_t*>(qkv.raw()) + size_t(b * L * 3 * C) * es;
-        cuda::vae::attention_one_head(q, q + size_t(C) * es, q + size_t(2 * C) * es, 3 * C,
-                                      static_cast<uint8_t*>(o.raw()) + size_t(b * L * C) * es, C, L, C, qkv.dtype(),
-                                      detail::stream(ctx));
+        cuda::attention_one_head(q, q + size_t(C) * es, q + size_t(2 * C) * es, 3 * C,
+                                 static_cast<uint8_t*>(o.raw()) + size_t(b * L * C) * es, C, L, C, qkv.dtype(),
+                                 detail::stream(ctx));
     }
     return o;
 #else

@@ -23,7 +23,7 @@ Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, 
 // Single-head attention over the positions of an image (the VAE mid blocks): qkv [batch·L, 3·C]
 // (F32 or BF16; columns q | k | v, item b's positions are rows [b·L, (b + 1)·L)) → [batch·L, C]:
 // softmax(q·kᵀ / sqrt(C))·v per item, no mask, any C (the head is the whole channel vector).
-// Numerics: backend/cpu/attention.h; on a GPU backend/cuda/vae_kernels.h's attention_one_head
+// Numerics: backend/cpu/attention.h; on a GPU backend/cuda/attention.h's attention_one_head
 // (same rounding points, f32 GEMMs in another order).
 Tensor spatial_attention(const Tensor& qkv, int64_t batch, const Context& ctx);
 

@@ -7,7 +7,7 @@
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/conv.h"
-#include "backend/cuda/vae_kernels.h"
+#include "backend/cuda/elementwise.h"
 #endif
 
 namespace qdit::ops {
@@ -125,7 +125,7 @@ void Conv2d::forward_add(const Tensor& x, Tensor& acc, const Context& ctx) const
     }
 #ifdef QDIT_WITH_CUDA
     const Tensor y = impl_->gpu.forward(detail::dev(x), detail::stream(ctx)).as_tensor();
-    cuda::vae::add_inplace(acc.raw(), y.raw(), acc.numel(), acc.dtype(), detail::stream(ctx));
+    cuda::add_inplace(acc.raw(), y.raw(), acc.numel(), acc.dtype(), detail::stream(ctx));
 #else
     detail::no_cuda(op);
 #endif

@@ -8,8 +8,7 @@
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/random.h"
-#include "backend/cuda/vae_kernels.h"
-#include "backend/cuda/zimage_kernels.h"
+#include "backend/cuda/elementwise.h"
 #endif
 
 namespace qdit::ops {
@@ -51,7 +50,24 @@ void add_inplace(Tensor& x, const Tensor& y, const Context& ctx) {
                           y.defined() ? dtype_name(y.dtype()) : "none", y.defined() ? shape_str(y.shape()) : "");
     if (!ctx.cuda()) return cpu::add_inplace(x, y);
 #ifdef QDIT_WITH_CUDA
-    cuda::vae::add_inplace(x.raw(), y.raw(), x.numel(), x.dtype(), detail::stream(ctx));
+    cuda::add_inplace(x.raw(), y.raw(), x.numel(), x.dtype(), detail::stream(ctx));
+#else
+    detail::no_cuda(op);
+#endif
+}
+
+Tensor div_add(const Tensor& x, float divisor, float addend, DType dt, const Context& ctx) {
+    const char* op = "div_add";
+    detail::check_device(x, ctx, op, "x");
+    if (!x.defined() || !is_float(x.dtype()) || (dt != DType::F32 && dt != DType::BF16) ||
+        (ctx.cuda() && x.dtype() != DType::F32 && x.dtype() != DType::BF16))
+        raise<ShapeError>("{}: x {} to {} (need a float x, F32 or BF16 on a GPU, to F32 or BF16)", op,
+                          x.defined() ? dtype_name(x.dtype()) : "none", dtype_name(dt));
+    if (!ctx.cuda()) return cpu::div_add(x, divisor, addend, dt);
+#ifdef QDIT_WITH_CUDA
+    Tensor y = empty(x.shape(), dt, ctx);
+    cuda::div_add(x.raw(), x.dtype(), y.raw(), dt, x.numel(), divisor, addend, detail::stream(ctx));
+    return y;
 #else
     detail::no_cuda(op);
 #endif

@@ -13,6 +13,11 @@ Tensor silu(const Tensor& x, const Context& ctx);
 // residual adds of the VAE decoders).
 void add_inplace(Tensor& x, const Tensor& y, const Context& ctx);
 
+// y = dt(dt(dt(x) / divisor) + addend) elementwise: x (any float dtype on the CPU, F32 or BF16 on a
+// GPU) → y in dt (F32 or BF16), each operation rounded to dt as torch does on a tensor of that dtype
+// (the VAE's latents / scaling_factor + shift_factor). Bit-identical on every backend.
+Tensor div_add(const Tensor& x, float divisor, float addend, DType dt, const Context& ctx);
+
 // The sinusoidal timestep features of diffusers' Z-Image t_embedder, on the host: t F32 [B] → F32
 // [B, dim] of [cos(t·f_k), sin(t·f_k)], f_k = exp(−ln(max_period)·k / (dim/2)) in f32.
 Tensor timestep_embedding(const Tensor& t, int64_t dim, double max_period = 10000.0);

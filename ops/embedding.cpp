@@ -4,7 +4,7 @@
 
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
-#include "backend/cuda/zimage_kernels.h"
+#include "backend/cuda/elementwise.h"
 #endif
 
 namespace qdit::ops {

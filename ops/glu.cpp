@@ -4,7 +4,7 @@
 #include "backend/cpu/layout.h"
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
-#include "backend/cuda/zimage_kernels.h"
+#include "backend/cuda/row.h"
 #endif
 
 namespace qdit::ops {

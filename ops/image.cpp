@@ -4,7 +4,7 @@
 #include "backend/cpu/upsample.h"
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
-#include "backend/cuda/vae_kernels.h"
+#include "backend/cuda/image.h"
 #endif
 
 namespace qdit::ops {
@@ -27,7 +27,7 @@ Tensor to_channels_last(const Tensor& x, DType dt, const Context& ctx) {
 #ifdef QDIT_WITH_CUDA
     const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
     Tensor y = empty({B, H, W, C}, dt, ctx);
-    cuda::vae::transpose(x.raw(), x.dtype(), y.raw(), dt, B, C, H * W, detail::stream(ctx));
+    cuda::transpose(x.raw(), x.dtype(), y.raw(), dt, B, C, H * W, detail::stream(ctx));
     return y;
 #else
     detail::no_cuda(op);
@@ -44,7 +44,7 @@ Tensor to_channels_first(const Tensor& x, const Context& ctx) {
 #ifdef QDIT_WITH_CUDA
     const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
     Tensor y = empty({B, C, H, W}, x.dtype(), ctx);
-    cuda::vae::transpose(x.raw(), x.dtype(), y.raw(), x.dtype(), B, H * W, C, detail::stream(ctx));
+    cuda::transpose(x.raw(), x.dtype(), y.raw(), x.dtype(), B, H * W, C, detail::stream(ctx));
     return y;
 #else
     detail::no_cuda(op);
@@ -61,8 +61,26 @@ Tensor upsample_nearest_2x(const Tensor& x, const Context& ctx) {
 #ifdef QDIT_WITH_CUDA
     const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
     Tensor y = empty({B, 2 * H, 2 * W, C}, x.dtype(), ctx);
-    cuda::vae::upsample_nearest_2x(x.raw(), y.raw(), x.dtype(), B, H, W, C, detail::stream(ctx));
+    cuda::upsample_nearest_2x(x.raw(), y.raw(), x.dtype(), B, H, W, C, detail::stream(ctx));
     return y;
+#else
+    detail::no_cuda(op);
+#endif
+}
+
+Tensor image_to_u8(const Tensor& image, const Context& ctx) {
+    const char* op = "image_to_u8";
+    detail::check_device(image, ctx, op, "image");
+    if (!image.defined() || image.dim() != 4 || !activation_dtype(image.dtype()))
+        raise<ShapeError>("{}: image {} {} (need F32 or BF16 [B, C, H, W])", op,
+                          image.defined() ? dtype_name(image.dtype()) : "none",
+                          image.defined() ? shape_str(image.shape()) : "");
+    if (!ctx.cuda()) return cpu::image_to_u8(image);
+#ifdef QDIT_WITH_CUDA
+    const int64_t B = image.size(0), C = image.size(1), H = image.size(2), W = image.size(3);
+    Tensor out = empty({B, H, W, C}, DType::U8, ctx);
+    cuda::image_to_u8(image.raw(), image.dtype(), out.data<uint8_t>(), B, C, H, W, detail::stream(ctx));
+    return out;
 #else
     detail::no_cuda(op);
 #endif

@@ -16,4 +16,10 @@ Tensor to_channels_first(const Tensor& x, const Context& ctx);
 // torch's "nearest" and "nearest-exact" modes give the same pixels at an integer scale of 2.
 Tensor upsample_nearest_2x(const Tensor& x, const Context& ctx);
 
+// VaeImageProcessor.postprocess(output_type="pil") as uint8: image [B, C, H, W] F32 or BF16 → U8
+// [B, H, W, C] = round_half_even(clamp(v, 0, 1) · 255) with v = x·0.5 + 0.5 rounded to the image's
+// dtype (torch does it in that dtype), the ·255 and rounding in f32 (numpy); NaN → 0. Bit-identical
+// on every backend.
+Tensor image_to_u8(const Tensor& image, const Context& ctx);
+
 }  // namespace qdit::ops

@@ -8,7 +8,7 @@
 #include "backend/cpu/rope_half.h"
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
-#include "backend/cuda/zimage_kernels.h"
+#include "backend/cuda/rope.h"
 #endif
 
 namespace qdit::ops {

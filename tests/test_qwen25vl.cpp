@@ -225,7 +225,7 @@ TEST(Qwen25VLEncoder, PublishedSpec) {
         text::Qwen25VLConfig c = text::Qwen25VLConfig::from_json(cfg, file);
         EXPECT_EQ(c.nested, std::string(file) != "config.json");
         EXPECT_EQ(c.hidden_size, 3584);
-        EXPECT_EQ(c.head_dim(), 128);
+        EXPECT_EQ(c.head_dim, 128);
         EXPECT_EQ(c.num_key_value_heads, 4);
         EXPECT_EQ(c.intermediate_size, 18944);
         EXPECT_EQ(c.vocab_size, 152064);

@@ -9,33 +9,12 @@
 
 namespace qdit::cpu {
 
-GroupNorm::GroupNorm(std::string name, const Tensor& weight, const Tensor& bias, int64_t groups,
-                     float eps)
-    : name_(std::move(name)), groups_(groups), eps_(eps) {
-    if (!weight.defined() || !bias.defined() || weight.dim() != 1 || !is_float(weight.dtype()) ||
-        !is_float(bias.dtype()) || bias.shape() != weight.shape())
-        raise<ShapeError>("{}: GroupNorm needs float weight and bias [C] of one shape, got {} and {}",
-                          name_, weight.defined() ? shape_str(weight.shape()) : "none",
-                          bias.defined() ? shape_str(bias.shape()) : "none");
-    channels_ = weight.size(0);
-    if (groups <= 0 || channels_ % groups != 0)
-        raise<ShapeError>("{}: {} channels do not split into {} groups", name_, channels_, groups);
-    weight_ = weight.to(DType::F32);
-    bias_ = bias.to(DType::F32);
-}
-
-Tensor GroupNorm::forward(const Tensor& x) const { return run(x, false); }
-Tensor GroupNorm::forward_silu(const Tensor& x) const { return run(x, true); }
-
-Tensor GroupNorm::run(const Tensor& x, bool silu) const {
-    check_activation(x, name_.c_str());
-    const int64_t C = channels_;
-    if (x.dim() < 2 || x.size(-1) != C)
-        raise<ShapeError>("{}: GroupNorm expects [B, ..., {}], got {}", name_, C,
-                          shape_str(x.shape()));
-    const int64_t B = x.size(0), L = x.numel() / (B * C), G = groups_, cg = C / G;
+Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,
+                  bool silu) {
+    check_activation(x, "group_norm");
     Tensor y = Tensor::empty(x.shape(), x.dtype());
     if (x.numel() == 0) return y;
+    const int64_t C = x.size(-1), B = x.size(0), L = x.numel() / (B * C), G = groups, cg = C / G;
 
     // Statistics: every task sums a run of rows of one batch item per
     // channel (contiguous, so it vectorises); the channels fold into groups
@@ -64,8 +43,8 @@ Tensor GroupNorm::run(const Tensor& x, bool silu) const {
                 }
             }
         });
-        const float* w = weight_.data<float>();
-        const float* bi = bias_.data<float>();
+        const float* w = weight.data<float>();
+        const float* bi = bias.data<float>();
         const double n = double(L * cg);
         for (int64_t b = 0; b < B; ++b)
             for (int64_t g = 0; g < G; ++g) {
@@ -76,7 +55,7 @@ Tensor GroupNorm::run(const Tensor& x, bool silu) const {
                         ss += sumsq[size_t((b * chunks + k) * C + c)];
                     }
                 const double mean = s / n, var = std::max(0.0, ss / n - mean * mean);
-                const double rstd = 1.0 / std::sqrt(var + double(eps_));
+                const double rstd = 1.0 / std::sqrt(var + double(eps));
                 for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
                     scale[size_t(b * C + c)] = float(rstd * w[c]);
                     shift[size_t(b * C + c)] = float(bi[c] - mean * rstd * w[c]);

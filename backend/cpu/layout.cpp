@@ -1,5 +1,7 @@
 #include "backend/cpu/layout.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "backend/cpu/elementwise.h"
@@ -115,6 +117,42 @@ Tensor nhwc_to_nchw(const Tensor& x) {
                x.defined() ? shape_str(x.shape()) : "none");
     const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
     return transposed(x, B, H * W, C, {B, C, H, W});
+}
+
+Tensor div_add(const Tensor& x, float divisor, float addend, DType dt) {
+    Tensor y = x.to(dt);
+    dispatch_float(dt, [&](auto tag) {
+        using T = decltype(tag);
+        T* p = y.data<T>();
+        parallel_for(y.numel(), 1 << 14, [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) store(p, i, round_as<T>(load(p, i) / divisor) + addend);
+        });
+    });
+    return y;
+}
+
+Tensor image_to_u8(const Tensor& image) {
+    const int64_t B = image.size(0), C = image.size(1), H = image.size(2), W = image.size(3);
+    Tensor out = Tensor::empty({B, H, W, C}, DType::U8);
+    uint8_t* o = out.data<uint8_t>();
+    dispatch_float(image.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* x = image.data<T>();
+        parallel_for(B * H, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t r = begin; r < end; ++r) {
+                const int64_t b = r / H, y = r % H;
+                for (int64_t c = 0; c < C; ++c) {
+                    const T* row = x + ((b * C + c) * H + y) * W;
+                    for (int64_t i = 0; i < W; ++i) {
+                        const float v = round_as<T>(load(row, i) * 0.5f + 0.5f);
+                        const float u = std::isnan(v) ? 0.0f : std::min(1.0f, std::max(0.0f, v));
+                        o[(r * W + i) * C + c] = uint8_t(std::nearbyint(u * 255.0f));
+                    }
+                }
+            }
+        });
+    });
+    return out;
 }
 
 }  // namespace qdit::cpu

@@ -20,4 +20,12 @@ Tensor nchw_to_nhwc(const Tensor& x, DType dt);
 // Channels-last [B, H, W, C] → [B, C, H, W], same dtype (4- or 2-byte elements).
 Tensor nhwc_to_nchw(const Tensor& x);
 
+// y = dt(dt(dt(x) / divisor) + addend) elementwise, x any float dtype, y in dt (F32 or BF16): each
+// operation rounded to dt as torch does it on a tensor of that dtype (ops::div_add).
+Tensor div_add(const Tensor& x, float divisor, float addend, DType dt);
+
+// image [B, C, H, W] F32 or BF16 → U8 [B, H, W, C] = round_half_even(clamp(v, 0, 1) · 255) with
+// v = x·0.5 + 0.5 rounded to the image's dtype, the ·255 in f32; NaN → 0 (ops::image_to_u8).
+Tensor image_to_u8(const Tensor& image);
+
 }  // namespace qdit::cpu

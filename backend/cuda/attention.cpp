@@ -10,7 +10,6 @@
 #include <tuple>
 
 #include "backend/cuda/device_tensor.h"
-#include "backend/cuda/zimage_kernels.h"
 #include "core/error.h"
 
 #if QDIT_WITH_CUDNN

@@ -8,14 +8,18 @@
 #pragma once
 #include <cstdint>
 
+#include <cstddef>
+
 #include <cuda_runtime.h>
+
+#include "core/dtype.h"
 
 namespace qdit::cuda {
 
 enum class AttentionImpl {
     Auto,    // cuDNN's fused flash attention when available and it supports the shape, else Simple
     Cudnn,   // cuDNN SDPA through the cuDNN frontend graph API (throws when unavailable)
-    Simple,  // attention_simple (zimage_kernels.h): slow, for checks and as the fallback
+    Simple,  // attention_simple (below): slow, for checks and as the fallback
 };
 
 // Whether this build has cuDNN and it runs here (the library loads and reports a version).
@@ -31,6 +35,25 @@ const char* attention_impl_name();
 void attention(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv, void* o,
                int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream,
                AttentionImpl impl = AttentionImpl::Auto, int64_t kv_heads = 0, bool causal = false);
+
+// Scaled dot-product attention, batch 1, simple kernel (one warp per query and head, online
+// softmax in f32, probabilities rounded to bf16 before P·V as the CPU op does).
+// q, o: token t's head h at ptr[t·ld + h·hd]; k, v: token t's head g at ptr[t·ld + g·hd] for
+// g < kv_heads (0: kv_heads = heads), query head h reading kv head h / (heads / kv_heads)
+// (grouped-query attention; heads a multiple of kv_heads). causal: query t sees keys j <= t
+// (torch's is_causal, top-left). o may not alias q, k or v. hd ≤ 256.
+void attention_simple(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv,
+                      void* o, int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream,
+                      int64_t kv_heads = 0, bool causal = false);
+
+// Single-head attention without mask over L tokens of dim d (the VAE mid blocks, any d), as
+// cpu::scaled_dot_product_attention: scores q·kᵀ in f32 (cuBLASLt), s·(1/√d) in f32, p =
+// exp(s − max) with the sum in double, p rounded to dt before P·V (f32 accumulation), the output
+// o = dt(acc · (1/sum)). q, k, v: token t at ptr[t·ld] (columns of one fused projection); o [L,
+// ldo]; dt F32 or BF16. Queries run in chunks whose f32 scores and dt probabilities fit
+// `max_scratch_bytes` (from the caching allocator). Kernels: spatial_attention.cu.
+void attention_one_head(const void* q, const void* k, const void* v, int64_t ld, void* o, int64_t ldo, int64_t L,
+                        int64_t d, DType dt, cudaStream_t stream, size_t max_scratch_bytes = size_t(1) << 30);
 
 // A padded batch in one call (cuDNN's padding mask): item b's tokens are rows [b·s, b·s + len[b]) of
 // q, k, v and o (row strides as above, items s rows apart); the rows past len[b] are neither keys

@@ -9,7 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "backend/cuda/vae_kernels.h"
+#include "backend/cuda/image.h"
 #include "core/error.h"
 #include "io/cache.h"
 
@@ -422,7 +422,7 @@ DTensor Conv2d::forward(const DTensor& x, cudaStream_t stream) const {
     DTensor xin = x;
     if (m.in_p != m.in) {
         xin = DTensor::empty({B, H, W, m.in_p}, m.dt);
-        vae::copy_channels(x.raw(), m.in, xin.raw(), m.in_p, B * H * W, m.in, m.dt, stream);
+        copy_channels(x.raw(), m.in, xin.raw(), m.in_p, B * H * W, m.in, m.dt, stream);
     }
     // The graph writes y directly when it applies the bias (or there is none) and O needs no padding.
     const bool direct = (plan->mode == Mode::FusedBias || plan->mode == Mode::NoBias) && m.out_p == m.out;
@@ -440,10 +440,10 @@ DTensor Conv2d::forward(const DTensor& x, cudaStream_t stream) const {
     if (!direct) {
         const bool add = plan->mode == Mode::F32Out || plan->mode == Mode::DtOut;
         if (add)
-            vae::add_bias_rows(yg.raw(), plan->out_dt, m.out_p, m.bias.data<float>(), y.raw(), m.dt, m.out, B * ho * wo,
-                               m.out, stream);
+            add_bias_rows(yg.raw(), plan->out_dt, m.out_p, m.bias.data<float>(), y.raw(), m.dt, m.out, B * ho * wo,
+                          m.out, stream);
         else
-            vae::copy_channels(yg.raw(), m.out_p, y.raw(), m.out, B * ho * wo, m.out, m.dt, stream);
+            copy_channels(yg.raw(), m.out_p, y.raw(), m.out, B * ho * wo, m.out, m.dt, stream);
     }
     return y;
 #else

@@ -2,7 +2,7 @@
 
 #include <cuda_bf16.h>
 
-#include "backend/cuda/bf16_gemm.h"
+#include "backend/cuda/lt_gemm.h"
 #include "backend/cuda/block_reduce.cuh"
 #include "core/error.h"
 

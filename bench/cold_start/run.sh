@@ -16,7 +16,7 @@
 #   QDIT_LIBS folder with the shared libraries the binary needs that the machine lacks
 #             (libdnnl.so.2 or libdnnl.so.2.gz, libOpenCL.so.1; default .cold)
 #   WHEELS    folder of wheels missing there (diffusers and what it needs beyond the image's
-#             packages; default .whl), installed into /tmp/cold-site
+#             packages; default .whl), installed as bench/peers/setup_env.sh does
 #   PIPE_DIR  where the pipeline folder is written or reused (default /tmp/zimage_full; 20 GB)
 # QDIT_LOAD_THREADS (qdit's file-reading threads, default 4) is passed on to the qdit processes.
 # SMOKE=1 writes and runs a reduced pipeline (2 + 1 transformer layers, 2 text-encoder layers,
@@ -31,25 +31,9 @@ D="${PIPE_DIR:-/tmp/zimage_full}"
 WHEELS="${WHEELS:-.whl}"
 QDIT_BIN="${QDIT_BIN:-.cold/qdit}"
 QDIT_LIBS="${QDIT_LIBS:-.cold}"
-mkdir -p "$O"
-export PYTHONUNBUFFERED=1
-
-if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/cold-site \
-    "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/cold-site${PYTHONPATH:+:$PYTHONPATH}
-fi
-mkdir -p /tmp/cold-lib
-[ -f "$QDIT_LIBS/libdnnl.so.2.gz" ] && gunzip -c "$QDIT_LIBS/libdnnl.so.2.gz" > /tmp/cold-lib/libdnnl.so.2
-[ -f "$QDIT_LIBS/libdnnl.so.2" ] && cp "$QDIT_LIBS/libdnnl.so.2" /tmp/cold-lib/
-[ -f "$QDIT_LIBS/libOpenCL.so.1" ] && cp "$QDIT_LIBS/libOpenCL.so.1" /tmp/cold-lib/
-export LD_LIBRARY_PATH=/tmp/cold-lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+. bench/peers/setup_env.sh  # wheels, qdit's libraries, $O/env.txt (the peers' set-up)
 chmod +x "$QDIT_BIN" 2>/dev/null
-
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  nproc; free -g | head -2; df -h "$(dirname "$D")" | tail -1; date -u
-  ldd "$QDIT_BIN" | grep -i "not found"; } > "$O/env.txt" 2>&1
-cat "$O/env.txt"
+{ nproc; free -g | head -2; df -h "$(dirname "$D")" | tail -1; } >> "$O/env.txt" 2>&1
 
 echo "[$(date +%T)] pipeline folder $D"
 python3 bench/cold_start/cold_start.py write "$D" 2>&1 | tee "$O/write.log" || exit 1

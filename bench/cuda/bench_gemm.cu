@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "backend/cuda/bf16_gemm.h"
+#include "backend/cuda/lt_gemm.h"
 #include "backend/cuda/int8_gemm.h"
 #include "backend/cuda/quantize.h"
 

@@ -1,7 +1,8 @@
 // The FLUX AutoencoderKL decoder of Z-Image on the GPU at full size: the config of
 // tests/data/vae/published/config.json with random weights, 16 x 128 x 128 latents → a 1024 x 1024
 // uint8 image, bf16. Prints cuDNN's start-up, the first decode (which builds the convolution plans),
-// the best and mean of 5 decodes after it (CUDA events), the allocator's memory figures and the
+// the best and mean of 5 decodes after it (CUDA events), a hash of the decoded bf16 image (equal
+// hashes: bit-identical outputs, bench/cuda/output_stats.h), the allocator's memory figures and the
 // plans the largest convolutions got. Run from the repository root.
 //
 //   bench_vae_decode [--config PATH]
@@ -16,8 +17,10 @@
 #include "backend/cuda/allocator.h"
 #include "backend/cuda/conv.h"
 #include "backend/cuda/device_tensor.h"
+#include "bench/cuda/output_stats.h"
 #include "io/files.h"
-#include "models/vae/autoencoder_kl_cuda.h"
+#include "models/vae/autoencoder_kl.h"
+#include "ops/context.h"
 
 using namespace qdit;
 using cuda::DTensor;
@@ -57,16 +60,16 @@ int main(int argc, char** argv) {
         cuda::check(cudaStreamCreate(&s), "stream");
         {
             auto& alloc = cuda::Allocator::instance();
-            vae::AutoencoderKLCuda m = vae::AutoencoderKLCuda::random(cfg, DType::BF16, 1, s);
+            const ops::Context ctx{{DeviceType::CUDA, 0}, s};
+            const vae::AutoencoderKL m = vae::AutoencoderKL::random(cfg, DType::BF16, 1, ctx);
             const int64_t h = 128, w = 128;
-            const DTensor z = DTensor::upload(random_tensor({1, cfg.latent_channels, h, w}, 3).to(DType::BF16),
-                                              MemKind::Activation, s);
+            const Tensor z = ops::to_device(random_tensor({1, cfg.latent_channels, h, w}, 3).to(DType::BF16), ctx);
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0);
             cudaEventCreate(&e1);
             auto decode_ms = [&] {
                 cudaEventRecord(e0, s);
-                const DTensor u8 = m.decode_to_u8(z);
+                const Tensor u8 = m.decode_to_u8(z);
                 cudaEventRecord(e1, s);
                 cuda::check(cudaEventSynchronize(e1), "decode");
                 float ms = 0;
@@ -94,6 +97,11 @@ int main(int argc, char** argv) {
             std::printf("vae decode bf16 1024x1024: best %.2f ms, mean %.2f ms of 5; weights %.1f MiB; peak in use "
                         "%.1f MiB (activations %.1f MiB); reserved %.1f MiB\n",
                         best, sum / 5, mib(m.weight_bytes()), mib(st.peak), mib(st.peak_activation), mib(st.reserved));
+            {
+                const bench::OutputStats os = bench::output_stats(ops::to_host(m.decode(z), ctx));
+                std::printf("vae decode output (bf16 image before postprocess): hash %016llx rms %.6f%s\n",
+                            (unsigned long long)os.hash, os.rms, os.finite ? "" : " NON-FINITE");
+            }
             // The plans the largest layers got.
             for (auto [cin, cout, res] : {std::tuple<int64_t, int64_t, int64_t>{128, 128, 1024}, {256, 256, 512},
                                           {512, 512, 256}, {512, 512, 128}, {128, 3, 1024}, {16, 512, 128}}) {

@@ -29,12 +29,13 @@ import time
 
 import torch
 
+from peer_timing import GIB, time_call
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "..", "..", "tests", "data", "qwen_image", "published", "config.json")
 SMOKE = os.environ.get("SMOKE") == "1"
 WARMUP, STEPS = (2, 3) if SMOKE else (3, 10)
 SEED = 1234
-GIB = float(1 << 30)
 TXT, NEG, GRID = 256, 40, (1, 64, 64)
 
 # qdit's default int8 plan on the blocks: W8A8 for attention and MLP, weight-only for modulation.
@@ -104,27 +105,6 @@ def masked_batch(model, d):
                          timestep=d["t2"], img_shapes=[[GRID]] * 2, return_dict=False)[0]
 
 
-def time_it(call):
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        for _ in range(WARMUP):
-            call()
-        torch.cuda.synchronize()
-        warm = time.perf_counter() - t0
-        torch.cuda.reset_peak_memory_stats()
-        ms = []
-        for _ in range(STEPS):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            call()
-            e1.record()
-            e1.synchronize()
-            ms.append(e0.elapsed_time(e1))
-    ms.sort()
-    return dict(ms=ms[len(ms) // 2], ms_min=ms[0], ms_max=ms[-1], warmup_s=warm,
-                peak_gib=torch.cuda.max_memory_allocated() / GIB, reserved_gib=torch.cuda.max_memory_reserved() / GIB)
-
-
 def run(dirname, deadline):
     import diffusers
 
@@ -136,7 +116,7 @@ def run(dirname, deadline):
     def record(name, call, w, note=""):
         log(f"timing {name}")
         try:
-            r = time_it(call)
+            r, _ = time_call(call, WARMUP, STEPS)
         except Exception as e:  # keep the other rows
             log(f"{name} FAILED: {type(e).__name__}: {e}")
             r = dict(failed=f"{type(e).__name__}: {e}"[:300])

@@ -18,22 +18,8 @@ D="${PEERS_DIR:-/tmp/qwen_image_peers}"
 WHEELS="${WHEELS:-.whl}"
 QDIT_BIN="${QDIT_BIN:-.peers/bench_qwen_image_step}"
 QDIT_LIBS="${QDIT_LIBS:-.peers}"
-mkdir -p "$O" "$D"
-export PYTHONUNBUFFERED=1
-
-if [ -d "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/peers-site \
-    "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/peers-site${PYTHONPATH:+:$PYTHONPATH}
-fi
-mkdir -p /tmp/peers-lib
-for f in "$QDIT_LIBS"/*.gz; do [ -f "$f" ] && gunzip -c "$f" > "/tmp/peers-lib/$(basename "$f" .gz)"; done
-for f in libdnnl.so.2 libOpenCL.so.1; do [ -f "$QDIT_LIBS/$f" ] && cp "$QDIT_LIBS/$f" /tmp/peers-lib/; done
-export LD_LIBRARY_PATH=/tmp/peers-lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-
-{ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
-  date -u; ldd "$QDIT_BIN" | grep -i "not found"; } > "$O/env.txt" 2>&1
-cat "$O/env.txt"
+mkdir -p "$D"
+. bench/peers/setup_env.sh
 
 steps=10; layers=60
 [ "${SMOKE:-0}" = 1 ] && steps=3 && layers=2

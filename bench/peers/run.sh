@@ -17,23 +17,8 @@ D="${PEERS_DIR:-/tmp/zimage_peers}"
 WHEELS="${WHEELS:-.whl}"
 QDIT_BIN="${QDIT_BIN:-.peers/bench_zimage_peer}"
 QDIT_LIBS="${QDIT_LIBS:-.peers}"
-mkdir -p "$O" "$D"
-export PYTHONUNBUFFERED=1
-
-if [ -d "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/peers-site \
-    "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/peers-site${PYTHONPATH:+:$PYTHONPATH}
-fi
-mkdir -p /tmp/peers-lib
-[ -f "$QDIT_LIBS/libdnnl.so.2.gz" ] && gunzip -c "$QDIT_LIBS/libdnnl.so.2.gz" > /tmp/peers-lib/libdnnl.so.2
-[ -f "$QDIT_LIBS/libdnnl.so.2" ] && cp "$QDIT_LIBS/libdnnl.so.2" /tmp/peers-lib/
-[ -f "$QDIT_LIBS/libOpenCL.so.1" ] && cp "$QDIT_LIBS/libOpenCL.so.1" /tmp/peers-lib/
-export LD_LIBRARY_PATH=/tmp/peers-lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-
-{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv
-  nvcc --version | tail -2; date -u; ldd "$QDIT_BIN" | grep -i "not found"; } > "$O/env.txt" 2>&1
-cat "$O/env.txt"
+mkdir -p "$D"
+. bench/peers/setup_env.sh
 
 python3 bench/peers/zimage_peers.py base "$D" 2>&1 | tee "$O/base.log" || exit 1
 steps=10; [ "${SMOKE:-0}" = 1 ] && steps=3

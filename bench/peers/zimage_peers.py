@@ -28,12 +28,13 @@ import time
 import torch
 from safetensors.torch import load_file, save_file
 
+from peer_timing import GIB, time_call
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "..", "..", "tests", "data", "zimage", "published", "config.json")
 SMOKE = os.environ.get("SMOKE") == "1"
 WARMUP, STEPS = (2, 3) if SMOKE else (3, 10)
 SEED = 1234
-GIB = float(1 << 30)
 
 # The Linear layers qdit's default int8 plan quantizes: attention and FFN of every block.
 # t_embedder, cap_embedder, all_x_embedder, all_final_layer and adaLN_modulation stay bf16.
@@ -95,26 +96,8 @@ def weight_gib():
 def time_step(model, inputs):
     """Median ms of one forward over STEPS (after WARMUP), peak memory during them, the output."""
     x, t, cap = inputs
-    call = lambda: model([x], t, [cap], return_dict=False)[0][0]
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        for _ in range(WARMUP):
-            call()
-        torch.cuda.synchronize()
-        warm_s = time.perf_counter() - t0
-        torch.cuda.reset_peak_memory_stats()
-        ms = []
-        for _ in range(STEPS):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            out = call()
-            e1.record()
-            e1.synchronize()
-            ms.append(e0.elapsed_time(e1))
-    ms.sort()
-    return dict(ms=ms[len(ms) // 2], ms_min=ms[0], ms_max=ms[-1], warmup_s=warm_s,
-                peak_gib=torch.cuda.max_memory_allocated() / GIB,
-                reserved_gib=torch.cuda.max_memory_reserved() / GIB), out.float().cpu()
+    r, out = time_call(lambda: model([x], t, [cap], return_dict=False)[0][0], WARMUP, STEPS)
+    return r, out.float().cpu()
 
 
 def errors(out, ref):

@@ -257,9 +257,10 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         for (int64_t b = 0; b < B; ++b)
             for (int64_t k = 0; k < T; ++k) txt_pos.insert(txt_pos.end(), {txt0 + k, txt0 + k, txt0 + k});
         auto put = [&](Tensor& dst, const std::vector<int64_t>& pos) {
-            Tensor d2 = dst.view({dst.size(0), hd});
-            ops::copy_rows(d2, 0, ops::to_device(ops::rope_table(Config::kRopeTheta, cfg_.axes_dims_rope, pos), ctx_).view({dst.size(0), hd}), 0,
-                           dst.size(0), ctx_);
+            const int64_t n = dst.size(0);
+            const Tensor table = ops::to_device(ops::rope_table(Config::kRopeTheta, cfg_.axes_dims_rope, pos), ctx_);
+            Tensor d2 = dst.view({n, hd});
+            ops::copy_rows(d2, 0, table.view({n, hd}), 0, n, ctx_);
         };
         put(img_freqs, img_pos);
         put(txt_freqs, txt_pos);

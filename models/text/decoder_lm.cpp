@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "io/files.h"
 #include "ops/attention.h"
 #include "ops/embedding.h"
 #include "ops/glu.h"
@@ -13,7 +14,46 @@
 namespace qdit::text {
 
 // ---------------------------------------------------------------------------
-// Parameter layout
+// Config and parameter layout
+
+void read_decoder_lm_fields(const nlohmann::json& t, const std::string& where, DecoderLmConfig& c) {
+    using namespace config_limits;
+    read_config_field(t, where, "vocab_size", &c.vocab_size, {1, kVocab});
+    read_config_field(t, where, "hidden_size", &c.hidden_size, {1, kWidth});
+    read_config_field(t, where, "intermediate_size", &c.intermediate_size, {1, kFfnWidth});
+    read_config_field(t, where, "num_hidden_layers", &c.num_hidden_layers, {1, kLayers});
+    read_config_field(t, where, "num_attention_heads", &c.num_attention_heads, {1, kHeads});
+    if (t.contains("num_key_value_heads") && t["num_key_value_heads"].is_null())
+        c.num_key_value_heads = c.num_attention_heads;
+    read_config_field(t, where, "num_key_value_heads", &c.num_key_value_heads, {1, kHeads});
+    read_config_field(t, where, "rms_norm_eps", &c.rms_norm_eps, {1e-12, 1.0});
+
+    std::string act = "silu";
+    read_config_field(t, where, "hidden_act", &act);
+    require_config(act == "silu", where, fmt::format("field 'hidden_act' is '{}'; only 'silu' (SwiGLU) is supported", act));
+    bool sliding = false;
+    read_config_field(t, where, "use_sliding_window", &sliding);
+    require_config(!sliding, where,
+                   "field 'use_sliding_window' is true; sliding-window attention is not supported (set it to false)");
+    if (t.contains("layer_types") && !t["layer_types"].is_null()) {
+        std::vector<std::string> types;
+        read_config_field(t, where, "layer_types", &types);
+        for (const std::string& type : types)
+            require_config(type == "full_attention", where,
+                           fmt::format("field 'layer_types' has '{}'; only 'full_attention' is supported", type));
+    }
+}
+
+void check_decoder_lm_heads(const DecoderLmConfig& c, const std::string& where) {
+    require_config(c.num_attention_heads % c.num_key_value_heads == 0, where,
+                   fmt::format("num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                               c.num_attention_heads, c.num_key_value_heads));
+    require_config(c.head_dim % 2 == 0, where, fmt::format("head_dim ({}) must be even", c.head_dim));
+}
+
+void add_lm_head_param(const DecoderLmConfig& c, bool tied, ModelSpec& s) {
+    (tied ? s.optional_params : s.params).push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
+}
 
 void add_decoder_lm_params(const DecoderLmConfig& c, ModelSpec& s) {
     const std::string& p = c.prefix;

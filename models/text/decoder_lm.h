@@ -10,6 +10,8 @@
 #pragma once
 #include <cstdint>
 #include <string>
+
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "core/tensor.h"
@@ -30,6 +32,20 @@ struct DecoderLmConfig {
     bool o_bias = false;    // o_proj
     bool qk_norm = false;   // per-head q_norm / k_norm RMSNorm before RoPE (Qwen3)
 };
+
+// Reads the fields every decoder LM config shares, under transformers' names, from `t` (named
+// `where` in errors) into c: vocab_size, hidden_size, intermediate_size, num_hidden_layers,
+// num_attention_heads, num_key_value_heads (null: num_attention_heads, as transformers reads None),
+// rms_norm_eps; and refuses what the decoder LM does not run: a hidden_act other than 'silu', a
+// sliding window, a layer type other than full attention. Absent fields keep c's values.
+void read_decoder_lm_fields(const nlohmann::json& t, const std::string& where, DecoderLmConfig& c);
+// Checks the head layout read: num_attention_heads a multiple of num_key_value_heads, an even
+// head_dim.
+void check_decoder_lm_heads(const DecoderLmConfig& c, const std::string& where);
+
+// Appends lm_head.weight [vocab, hidden] to s: required, or optional when the embeddings are tied
+// (some exports still write the unused copy). It is never read and is not a Linear of the plan.
+void add_lm_head_param(const DecoderLmConfig& c, bool tied, ModelSpec& s);
 
 // Appends the language model's parameters (embed_tokens, layers.*, norm under the prefix) and its
 // Linear layers (7 per layer) to s.

@@ -28,26 +28,17 @@
 
 namespace qdit::text {
 
-struct Qwen25VLConfig {
-    // Language model (text_config, or the top level); transformers' Qwen2_5_VLTextConfig defaults.
-    int64_t vocab_size = 152064;
-    int64_t hidden_size = 8192;
-    int64_t intermediate_size = 29568;
-    int64_t num_hidden_layers = 80;
-    int64_t num_attention_heads = 64;
-    int64_t num_key_value_heads = 8;
-    double rms_norm_eps = 1e-5;
-    double rope_theta = 1000000.0;
+struct Qwen25VLConfig : DecoderLmConfig {
     std::vector<int64_t> mrope_section = {16, 24, 24};
     bool tie_word_embeddings = false;
     bool nested = false;  // the config had a "text_config"
-
-    // Key layout: prefix of the language model's keys and of the vision tower's.
-    std::string prefix = "model.";
+    // Prefix of the vision tower's keys (the language model's: DecoderLmConfig::prefix).
     std::string visual_prefix = "visual.";
 
-    int64_t head_dim() const { return hidden_size / num_attention_heads; }
-    DecoderLmConfig lm() const;
+    // The language model (text_config, or the top level) as transformers' Qwen2_5_VLTextConfig
+    // defaults it: q/k/v biases, no o bias, no q/k norm, head_dim = hidden_size / heads.
+    Qwen25VLConfig();
+    const DecoderLmConfig& lm() const { return *this; }
     // Picks the key layout the checkpoint holds ("model.language_model.embed_tokens.weight":
     // the in-memory names; else transformers' saved names).
     void detect_key_layout(const HasKey& has_key);

@@ -19,24 +19,14 @@ namespace qdit::text {
 // config.json of a Qwen3 checkpoint (transformers 4 or 5 layout). Missing
 // fields take transformers' Qwen3Config defaults; anything this port does not
 // implement (rope scaling, sliding windows, another activation) is refused.
-struct Qwen3Config {
+struct Qwen3Config : DecoderLmConfig {
     std::string architecture = "Qwen3Model";  // "architectures"[0]: Qwen3Model or Qwen3ForCausalLM
-    int64_t vocab_size = 151936;
-    int64_t hidden_size = 4096;
-    int64_t intermediate_size = 22016;
-    int64_t num_hidden_layers = 32;
-    int64_t num_attention_heads = 32;
-    int64_t num_key_value_heads = 32;
-    int64_t head_dim = 128;
-    double rms_norm_eps = 1e-6;
-    double rope_theta = 10000.0;
-    bool attention_bias = false;
+    bool attention_bias = false;              // q/k/v and o biases
     bool tie_word_embeddings = false;
 
-    // Prefix of every key of the base model: "model." for Qwen3ForCausalLM.
-    std::string prefix() const { return architecture == "Qwen3ForCausalLM" ? "model." : ""; }
-    // The shared decoder LM's view of it: q/k RMSNorm, attention_bias on q/k/v and o.
-    DecoderLmConfig lm() const;
+    Qwen3Config();  // transformers' Qwen3Config defaults; q/k RMSNorm; keys "model." prefixed for
+                    // Qwen3ForCausalLM (from_json sets the prefix from the architecture)
+    const DecoderLmConfig& lm() const { return *this; }
 
     static Qwen3Config from_json(const nlohmann::json& j, const std::string& where);
 };

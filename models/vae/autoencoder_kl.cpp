@@ -1,17 +1,17 @@
 #include "models/vae/autoencoder_kl.h"
 
-#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
+#include <random>
 
 #include "core/error.h"
-#include "core/threads.h"
 #include "io/files.h"
 #include "io/safetensors.h"
-#include "backend/cpu/attention.h"
-#include "backend/cpu/elementwise.h"
-#include "backend/cpu/layout.h"
-#include "backend/cpu/upsample.h"
+#include "ops/attention.h"
+#include "ops/elementwise.h"
+#include "ops/image.h"
+#include "ops/norm.h"
 
 using nlohmann::json;
 
@@ -23,10 +23,6 @@ void require(bool ok, const std::string& where, const char* field, const std::st
     if (!ok) raise<ConfigError>("{}: field '{}' {}", where, field, what);
 }
 
-// [B, C, H, W] (any float dtype) → [B, H, W, C] in `dt`, and back.
-Tensor to_channels_last(const Tensor& x, DType dt) { return cpu::nchw_to_nhwc(x, dt); }
-Tensor to_channels_first(const Tensor& x) { return cpu::nhwc_to_nchw(x); }
-
 // The decoder's channel plan: conv_in and the mid block work at the widest
 // channel count, up block i turns rev[i−1] (rev[0] for i = 0) into rev[i].
 std::vector<int64_t> reversed_channels(const Config& c) {
@@ -34,40 +30,13 @@ std::vector<int64_t> reversed_channels(const Config& c) {
 }
 int64_t up_block_in(const std::vector<int64_t>& rev, size_t i) { return rev[i == 0 ? 0 : i - 1]; }
 
-// Reads tensors already checked against decoder_params().
-class Loader {
-public:
-    Loader(const Checkpoint& ck, DType dt) : ck_(ck), dt_(dt) {}
+void check_compute(DType compute) {
+    if (compute != DType::F32 && compute != DType::BF16)
+        raise<ConfigError>("AutoencoderKL: compute dtype must be F32 or BF16, not {}", dtype_name(compute));
+}
 
-    // In the compute dtype, as from_pretrained(torch_dtype=...) rounds every
-    // parameter (biases and norm weights included); modules widen them exactly.
-    Tensor get(const std::string& name) const { return ck_.get_as(name, dt_); }
-
-    cpu::Conv2d conv(const std::string& name, int64_t k) const {
-        return cpu::Conv2d(name, get(name + ".weight"), get(name + ".bias"), k / 2);
-    }
-    cpu::GroupNorm norm(const std::string& name, int64_t groups) const {
-        return cpu::GroupNorm(name, get(name + ".weight"), get(name + ".bias"), groups,
-                             Config::kEps);
-    }
-    nn::Linear linear(const std::string& name) const {
-        return nn::Linear::dense(name, get(name + ".weight"), get(name + ".bias"));
-    }
-    ResnetBlock resnet(const std::string& name, bool shortcut, int64_t groups) const {
-        ResnetBlock r;
-        r.norm1 = norm(name + ".norm1", groups);
-        r.conv1 = conv(name + ".conv1", 3);
-        r.norm2 = norm(name + ".norm2", groups);
-        r.conv2 = conv(name + ".conv2", 3);
-        r.has_shortcut = shortcut;
-        if (shortcut) r.conv_shortcut = conv(name + ".conv_shortcut", 1);
-        return r;
-    }
-
-private:
-    const Checkpoint& ck_;
-    DType dt_;
-};
+// The value a store of v into dtype dt keeps (F32 or BF16).
+float round_to(float v, DType dt) { return dt == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : v; }
 
 }  // namespace
 
@@ -107,31 +76,6 @@ Config Config::from_json(const json& j, const std::string& where) {
             "must be a finite non-zero number");
     require(std::isfinite(c.shift_factor), where, "shift_factor", "must be finite or null");
     return c;
-}
-
-Tensor ResnetBlock::forward(Tensor x) const {
-    Tensor h = conv1.forward(norm1.forward_silu(x));
-    h = norm2.forward_silu(h);  // dropout is the identity at inference
-    Tensor out = has_shortcut ? conv_shortcut.forward(x) : std::move(x);
-    // f32: the add is fused into conv2. bf16: torch rounds conv2's output
-    // before the add, and the fused sum would round only once.
-    if (out.dtype() == DType::BF16)
-        cpu::add_inplace(out, conv2.forward(h));
-    else
-        conv2.forward_add(h, out);
-    return out;
-}
-
-Tensor AttentionBlock::forward(const Tensor& x) const {
-    const int64_t B = x.size(0), L = x.size(1) * x.size(2), C = x.size(3);
-    const Tensor h = group_norm.forward(x).view({B, L, C});
-    const Tensor q = to_q.forward(h).view({B, L, 1, C});
-    const Tensor k = to_k.forward(h).view({B, L, 1, C});
-    const Tensor v = to_v.forward(h).view({B, L, 1, C});
-    Tensor y = to_out.forward(cpu::scaled_dot_product_attention(q, k, v).view({B, L, C}));
-    y = y.view(x.shape());
-    cpu::add_inplace(y, x);
-    return y;
 }
 
 std::vector<ParamSpec> decoder_params(const Config& c) {
@@ -175,10 +119,11 @@ std::vector<ParamSpec> decoder_params(const Config& c) {
     return ps;
 }
 
-AutoencoderKL::AutoencoderKL(const std::string& dir, DType compute) : dt_(compute) {
-    if (compute != DType::F32 && compute != DType::BF16)
-        raise<ConfigError>("AutoencoderKL: compute dtype must be F32 or BF16, not {}",
-                           dtype_name(compute));
+AutoencoderKL::AutoencoderKL(Config cfg, DType compute, const ops::Context& ctx)
+    : cfg_(std::move(cfg)), dt_(compute), ctx_(ctx) {}
+
+AutoencoderKL::AutoencoderKL(const std::string& dir, DType compute, const ops::Context& ctx) : dt_(compute), ctx_(ctx) {
+    check_compute(compute);
     const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
     cfg_ = Config::from_json(read_json_file(config_path), config_path);
     const Checkpoint ck(dir);
@@ -193,99 +138,176 @@ AutoencoderKL::AutoencoderKL(const std::string& dir, DType compute) : dt_(comput
                               ck.path(), p.name, dtype_name(info.dtype), shape_str(info.shape),
                               shape_str(p.shape));
     }
+    // As from_pretrained(torch_dtype=...): every parameter rounded to the compute dtype.
+    load([&](const std::string& name) { return ck.get_as(name, dt_); });
+}
 
-    const Loader ld(ck, dt_);
-    const int64_t G = cfg_.norm_num_groups;
+AutoencoderKL AutoencoderKL::random(const Config& cfg, DType compute, uint64_t seed, const ops::Context& ctx) {
+    check_compute(compute);
+    std::map<std::string, Shape> shapes;
+    for (const ParamSpec& p : decoder_params(cfg)) shapes[p.name] = p.shape;
+    std::mt19937_64 rng(seed);
+    AutoencoderKL m(cfg, compute, ctx);
+    m.load([&](const std::string& name) {
+        const auto it = shapes.find(name);
+        if (it == shapes.end()) raise<Error>("AutoencoderKL::random: no parameter '{}'", name);
+        const Shape& shape = it->second;
+        Tensor t = Tensor::empty(shape, DType::F32);
+        const bool is_weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
+        float mean = 0.f, stddev = 0.02f;
+        if (is_weight && shape.size() >= 2) {
+            stddev = float(1.0 / std::sqrt(double(shape_numel(shape) / shape[0])));  // 1 / sqrt(fan_in)
+        } else if (is_weight) {
+            mean = 1.f;  // a norm's scale
+        }
+        std::normal_distribution<float> dist(mean, stddev);
+        float* p = t.data<float>();
+        for (int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
+        return t.to(compute);
+    });
+    return m;
+}
+
+// Reads the parameters in a fixed order, which random() draws them in (a convolution's bias before
+// its weight: the order of the GPU class this decoder replaced, so benchmarks keep their weights).
+void AutoencoderKL::load(const Getter& get) {
+    auto conv = [&](const std::string& name, int64_t k) {
+        const Tensor b = get(name + ".bias");
+        ops::Conv2d c(name, get(name + ".weight"), b, k / 2, dt_, ctx_);
+        bytes_ += c.weight_bytes();
+        return c;
+    };
+    auto norm = [&](const std::string& name) {
+        Norm n;
+        n.weight = ops::to_device(get(name + ".weight").to(DType::F32), ctx_, ops::Memory::Weight);
+        n.bias = ops::to_device(get(name + ".bias").to(DType::F32), ctx_, ops::Memory::Weight);
+        bytes_ += n.weight.nbytes() + n.bias.nbytes();
+        return n;
+    };
+    auto resnet = [&](const std::string& name, bool shortcut) {
+        Resnet r;
+        r.norm1 = norm(name + ".norm1");
+        r.conv1 = conv(name + ".conv1", 3);
+        r.norm2 = norm(name + ".norm2");
+        r.conv2 = conv(name + ".conv2", 3);
+        if (shortcut) r.conv_shortcut = conv(name + ".conv_shortcut", 1);
+        return r;
+    };
+    auto dense = [&](const std::string& name, const Tensor& w, const Tensor& b) {
+        ops::Dense d(name, w, b, dt_, ctx_);
+        bytes_ += d.weight_bytes();
+        return d;
+    };
     const std::vector<int64_t> rev = reversed_channels(cfg_);
-    if (cfg_.use_post_quant_conv) post_quant_conv_ = ld.conv("post_quant_conv", 1);
-    conv_in_ = ld.conv("decoder.conv_in", 3);
-    mid_resnet0_ = ld.resnet("decoder.mid_block.resnets.0", false, G);
+    if (cfg_.use_post_quant_conv) post_quant_conv_ = conv("post_quant_conv", 1);
+    conv_in_ = conv("decoder.conv_in", 3);
+    mid_resnet0_ = resnet("decoder.mid_block.resnets.0", false);
     if (cfg_.mid_block_add_attention) {
         const std::string a = "decoder.mid_block.attentions.0";
-        mid_attention_.group_norm = ld.norm(a + ".group_norm", G);
-        mid_attention_.to_q = ld.linear(a + ".to_q");
-        mid_attention_.to_k = ld.linear(a + ".to_k");
-        mid_attention_.to_v = ld.linear(a + ".to_v");
-        mid_attention_.to_out = ld.linear(a + ".to_out.0");
+        const int64_t C = rev[0];
+        attn_norm_ = norm(a + ".group_norm");
+        // to_q | to_k | to_v as one [3C, C] weight (values already in the compute dtype:
+        // concatenating is exact, and each output column is its own layer's).
+        Tensor w = Tensor::empty({3 * C, C}, DType::F32), b = Tensor::empty({3 * C}, DType::F32);
+        const char* parts[] = {".to_q", ".to_k", ".to_v"};
+        for (int i = 0; i < 3; ++i) {
+            const Tensor wi = get(a + parts[i] + ".weight").to(DType::F32);
+            const Tensor bi = get(a + parts[i] + ".bias").to(DType::F32);
+            std::copy(wi.data<float>(), wi.data<float>() + C * C, w.data<float>() + i * C * C);
+            std::copy(bi.data<float>(), bi.data<float>() + C, b.data<float>() + i * C);
+        }
+        to_qkv_ = dense(a + ".to_q|to_k|to_v", w, b);
+        const Tensor wo = get(a + ".to_out.0.weight");
+        to_out_ = dense(a + ".to_out.0", wo, get(a + ".to_out.0.bias"));
     }
-    mid_resnet1_ = ld.resnet("decoder.mid_block.resnets.1", false, G);
+    mid_resnet1_ = resnet("decoder.mid_block.resnets.1", false);
     for (size_t i = 0; i < rev.size(); ++i) {
         const std::string p = fmt::format("decoder.up_blocks.{}", i);
         UpBlock ub;
         for (int64_t j = 0; j <= cfg_.layers_per_block; ++j)
-            ub.resnets.push_back(ld.resnet(fmt::format("{}.resnets.{}", p, j),
-                                           j == 0 && up_block_in(rev, i) != rev[i], G));
-        ub.has_upsampler = i + 1 != rev.size();
-        if (ub.has_upsampler) ub.upsampler = ld.conv(p + ".upsamplers.0.conv", 3);
+            ub.resnets.push_back(resnet(fmt::format("{}.resnets.{}", p, j), j == 0 && up_block_in(rev, i) != rev[i]));
+        if (i + 1 != rev.size()) ub.upsampler = conv(p + ".upsamplers.0.conv", 3);
         up_blocks_.push_back(std::move(ub));
     }
-    conv_norm_out_ = ld.norm("decoder.conv_norm_out", G);
-    conv_out_ = ld.conv("decoder.conv_out", 3);
+    conv_norm_out_ = norm("decoder.conv_norm_out");
+    conv_out_ = conv("decoder.conv_out", 3);
 }
 
-Tensor AutoencoderKL::unscale_latents(const Tensor& latents) const {
-    if (!latents.defined() || !is_float(latents.dtype()))
-        raise<ShapeError>("AutoencoderKL::unscale_latents: expects a float tensor");
-    Tensor y = latents.to(dt_);
-    const float scale = float(cfg_.scaling_factor);
-    const float shift = dt_ == DType::BF16 ? cpu::round_as<cpu::bf16_t>(float(cfg_.shift_factor))
-                                           : float(cfg_.shift_factor);
-    cpu::dispatch_float(dt_, [&](auto tag) {
-        using T = decltype(tag);
-        T* p = y.data<T>();
-        parallel_for(y.numel(), 1 << 14, [&](int64_t b, int64_t e) {
-            for (int64_t i = b; i < e; ++i)
-                cpu::store(p, i, cpu::round_as<T>(cpu::load(p, i) / scale) + shift);
-        });
-    });
+Tensor AutoencoderKL::norm(const Norm& n, const Tensor& x, bool silu) const {
+    return ops::group_norm(x, n.weight, n.bias, cfg_.norm_num_groups, Config::kEps, silu, ctx_);
+}
+
+// Consumes x: without a shortcut the sum is accumulated into x's buffer, so x must not be shared.
+Tensor AutoencoderKL::resnet(const Resnet& r, Tensor x) const {
+    Tensor h = r.conv1.forward(norm(r.norm1, x, true), ctx_);
+    h = norm(r.norm2, h, true);  // dropout is the identity at inference
+    Tensor out = r.conv_shortcut.defined() ? r.conv_shortcut.forward(x, ctx_) : std::move(x);
+    r.conv2.forward_add(h, out, ctx_);  // BF16: conv2's output rounded before the add, as torch
+    return out;
+}
+
+Tensor AutoencoderKL::attention(const Tensor& x) const {
+    const int64_t B = x.size(0), L = x.size(1) * x.size(2), C = x.size(3);
+    const Tensor qkv = to_qkv_.forward(norm(attn_norm_, x, false).view({B * L, C}), ctx_);
+    Tensor y = to_out_.forward(ops::spatial_attention(qkv, B, ctx_), ctx_).view(x.shape());
+    ops::add_inplace(y, x, ctx_);
     return y;
 }
 
-Tensor AutoencoderKL::decode(const Tensor& z) const {
-    if (!z.defined() || z.device().type != DeviceType::CPU || !is_float(z.dtype()) ||
-        z.dim() != 4 || z.size(1) != cfg_.latent_channels || z.size(2) == 0 || z.size(3) == 0)
-        raise<ShapeError>("AutoencoderKL::decode: expects CPU float latents [B, {}, h, w], got {}",
-                          cfg_.latent_channels, z.defined() ? shape_str(z.shape()) : "none");
-    Tensor h = to_channels_last(z, dt_);
-    if (cfg_.use_post_quant_conv) h = post_quant_conv_.forward(h);
-    h = conv_in_.forward(h);
-    h = mid_resnet0_.forward(std::move(h));
-    if (cfg_.mid_block_add_attention) h = mid_attention_.forward(h);
-    h = mid_resnet1_.forward(std::move(h));
+Tensor AutoencoderKL::decode_on_device(const Tensor& z) const {
+    Tensor x = ops::to_channels_last(z, dt_, ctx_);
+    if (post_quant_conv_.defined()) x = post_quant_conv_.forward(x, ctx_);
+    x = conv_in_.forward(x, ctx_);
+    x = resnet(mid_resnet0_, std::move(x));
+    if (to_qkv_.defined()) x = attention(x);
+    x = resnet(mid_resnet1_, std::move(x));
     for (const UpBlock& ub : up_blocks_) {
-        for (const ResnetBlock& r : ub.resnets) h = r.forward(std::move(h));
-        if (ub.has_upsampler) h = ub.upsampler.forward(cpu::upsample_nearest_2x(h));
+        for (const Resnet& r : ub.resnets) x = resnet(r, std::move(x));
+        if (ub.upsampler.defined()) {
+            const Tensor u = ops::upsample_nearest_2x(x, ctx_);
+            x = Tensor();  // freed before the convolution allocates
+            x = ub.upsampler.forward(u, ctx_);
+        }
     }
-    h = conv_out_.forward(conv_norm_out_.forward_silu(h));
-    return to_channels_first(h);
+    x = conv_out_.forward(norm(conv_norm_out_, x, true), ctx_);
+    return ops::to_channels_first(x, ctx_);
 }
 
-Tensor postprocess_to_u8(const Tensor& image) {
-    if (!image.defined() || image.device().type != DeviceType::CPU || image.dim() != 4 ||
-        (image.dtype() != DType::F32 && image.dtype() != DType::BF16))
-        raise<ShapeError>("postprocess_to_u8: expects a CPU F32 or BF16 image [B, C, H, W], got {}",
-                          image.defined() ? shape_str(image.shape()) : "none");
-    const int64_t B = image.size(0), C = image.size(1), H = image.size(2), W = image.size(3);
-    Tensor out = Tensor::empty({B, H, W, C}, DType::U8);
-    uint8_t* o = out.data<uint8_t>();
-    cpu::dispatch_float(image.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const T* x = image.data<T>();
-        parallel_for(B * H, 1, [&](int64_t begin, int64_t end) {
-            for (int64_t r = begin; r < end; ++r) {
-                const int64_t b = r / H, y = r % H;
-                for (int64_t c = 0; c < C; ++c) {
-                    const T* row = x + ((b * C + c) * H + y) * W;
-                    for (int64_t i = 0; i < W; ++i) {
-                        const float v = cpu::round_as<T>(cpu::load(row, i) * 0.5f + 0.5f);
-                        const float u = std::isnan(v) ? 0.0f : std::min(1.0f, std::max(0.0f, v));
-                        o[(r * W + i) * C + c] = uint8_t(std::nearbyint(u * 255.0f));
-                    }
-                }
-            }
-        });
-    });
-    return out;
+// Whether t is a host tensor (else it must be on the context's device, F32 or BF16); ShapeError
+// naming `where` for anything else.
+bool AutoencoderKL::on_host(const Tensor& t, const char* where) const {
+    const bool host = t.defined() && t.device().type == DeviceType::CPU;
+    if (!t.defined() || !is_float(t.dtype()) || (!host && !(t.device() == ctx_.device)) ||
+        (!host && t.dtype() != DType::F32 && t.dtype() != DType::BF16))
+        raise<ShapeError>("AutoencoderKL::{}: expects float latents on the host or F32 / BF16 ones on {}, got {} {}{}",
+                          where, ctx_.device.str(), t.defined() ? dtype_name(t.dtype()) : "none",
+                          t.defined() ? shape_str(t.shape()) : "", t.defined() ? " on " + t.device().str() : "");
+    return host;
 }
+
+Tensor AutoencoderKL::unscale_latents(const Tensor& latents) const {
+    const bool host = on_host(latents, "unscale_latents");
+    // For BF16 torch adds the shift rounded to bf16.
+    const float scale = float(cfg_.scaling_factor), shift = round_to(float(cfg_.shift_factor), dt_);
+    return ops::div_add(latents, scale, shift, dt_, host ? ops::Context{} : ctx_);
+}
+
+Tensor AutoencoderKL::decode(const Tensor& z) const {
+    const bool host = on_host(z, "decode");
+    if (z.dim() != 4 || z.size(1) != cfg_.latent_channels || z.size(0) == 0 || z.size(2) == 0 || z.size(3) == 0)
+        raise<ShapeError>("AutoencoderKL::decode: expects latents [B, {}, h, w], got {}", cfg_.latent_channels,
+                          shape_str(z.shape()));
+    // Host latents are converted on the host, as the CPU decoder always did.
+    if (!host) return decode_on_device(z);
+    return ops::to_host(decode_on_device(ops::to_device(z.to(dt_), ctx_)), ctx_);
+}
+
+Tensor AutoencoderKL::decode_to_u8(const Tensor& z) const {
+    const bool host = on_host(z, "decode_to_u8");
+    const Tensor image = ops::image_to_u8(decode(host ? ops::to_device(z.to(dt_), ctx_) : z), ctx_);
+    return host ? ops::to_host(image, ctx_) : image;
+}
+
+Tensor postprocess_to_u8(const Tensor& image, const ops::Context& ctx) { return ops::image_to_u8(image, ctx); }
 
 }  // namespace qdit::vae

@@ -15,7 +15,7 @@
 #include <random>
 #include <vector>
 
-#include "backend/cuda/bf16_gemm.h"
+#include "backend/cuda/lt_gemm.h"
 #include "backend/cuda/int8_gemm.h"
 #include "backend/cuda/quantize.h"
 #include "core/dtype.h"

@@ -1,6 +1,6 @@
-// The AutoencoderKL decoder on CUDA (models/vae/autoencoder_kl_cuda.h) against diffusers' outputs
-// on the committed fixture (tests/data/vae/) and against the CPU decoder, plus its kernels
-// (backend/cuda/conv.h, backend/cuda/vae_kernels.h) against host references.
+// The AutoencoderKL decoder (models/vae/autoencoder_kl.h) on a CUDA context against diffusers'
+// outputs on the committed fixture (tests/data/vae/) and against the same decoder on the CPU, plus
+// its kernels (backend/cuda/conv.h, image.h, group_norm.h, attention.h) and ops against host references.
 //
 // Bounds (all derived from what the arithmetic allows, none fitted to a measurement):
 //   conv       F32: |y − ref| ≤ 1e-5·Σ|x·w| (f32 accumulation of K ≤ 600 terms in any order stays
@@ -27,13 +27,15 @@
 
 #include "backend/cuda/conv.h"
 #include "backend/cuda/quantize.h"
-#include "backend/cuda/vae_kernels.h"
+#include "backend/cuda/elementwise.h"
+#include "backend/cuda/attention.h"
+#include "backend/cuda/image.h"
 #include "io/files.h"
 #include "io/safetensors.h"
 #include "models/vae/autoencoder_kl.h"
-#include "models/vae/autoencoder_kl_cuda.h"
+#include "ops/image.h"
+#include "ops/norm.h"
 #include "backend/cpu/attention.h"
-#include "backend/cpu/group_norm.h"
 #include "tests/expect_error.h"
 #include "tests/vae_fixture.h"
 
@@ -55,6 +57,8 @@ using testutil::vae_reference;
 
 #define SKIP_WITHOUT_GPU() \
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"
+
+const ops::Context kGpu{{DeviceType::CUDA, 0}};
 
 // The tensor's values as f32 after rounding to dt.
 Tensor rounded(const Tensor& t, DType dt) { return t.to(dt).to(DType::F32); }
@@ -171,15 +175,10 @@ TEST(CudaGroupNorm, MatchesHostReference) {
                 Tensor x = random_tensor({c.B, c.L, c.C}, 7, 2.0f, 3.0f);  // a non-zero mean
                 x = rounded(x, dt);
                 const Tensor w = random_tensor({c.C}, 8, 0.5f, 1.0f), bias = random_tensor({c.C}, 9);
-                const DTensor dw = DTensor::upload(w, MemKind::Weight, nullptr);
-                const DTensor db = DTensor::upload(bias, MemKind::Weight, nullptr);
-                DTensor dx = DTensor::upload(x.to(dt), MemKind::Activation, nullptr);
-                DTensor dy = DTensor::empty(dx.shape(), dt);
-                const bool in_place = c.C == 96;  // y aliasing x is allowed
-                if (in_place) dy = dx;
-                cuda::vae::group_norm(dx.raw(), dy.raw(), dt, c.B, c.L, c.C, c.G, dw.data<float>(),
-                                      db.data<float>(), 1e-6f, silu, nullptr);
-                const Tensor y = dy.download(nullptr).to(DType::F32);
+                const Tensor y = ops::to_host(ops::group_norm(ops::to_device(x.to(dt), kGpu), ops::to_device(w, kGpu),
+                                                              ops::to_device(bias, kGpu), c.G, 1e-6f, silu, kGpu),
+                                              kGpu)
+                                     .to(DType::F32);
                 if (dt == DType::F32) {
                     const int64_t cg = c.C / c.G;
                     const float* xp = x.data<float>();
@@ -207,9 +206,8 @@ TEST(CudaGroupNorm, MatchesHostReference) {
                         }
                     EXPECT_EQ(bad, 0);
                 } else {
-                    const cpu::GroupNorm gn("gn", w, bias, c.G, 1e-6f);
                     const Tensor xb = x.to(DType::BF16).view({c.B, c.L, c.C});
-                    const Tensor ref = (silu ? gn.forward_silu(xb) : gn.forward(xb)).to(DType::F32);
+                    const Tensor ref = ops::group_norm(xb, w, bias, c.G, 1e-6f, silu, ops::Context{}).to(DType::F32);
                     int64_t equal = 0;
                     int bad = 0;
                     for (int64_t i = 0; i < ref.numel(); ++i) {
@@ -235,7 +233,7 @@ TEST(CudaVaeKernels, UpsampleAddTransposeAreExact) {
             const Tensor x = rounded(random_tensor({B, H, W, C}, 10), dt);
             const DTensor dx = DTensor::upload(x.to(dt), MemKind::Activation, nullptr);
             DTensor dy = DTensor::empty({B, 2 * H, 2 * W, C}, dt);
-            cuda::vae::upsample_nearest_2x(dx.raw(), dy.raw(), dt, B, H, W, C, nullptr);
+            cuda::upsample_nearest_2x(dx.raw(), dy.raw(), dt, B, H, W, C, nullptr);
             const Tensor y = dy.download(nullptr).to(DType::F32);
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t i = 0; i < 2 * H; ++i)
@@ -248,7 +246,7 @@ TEST(CudaVaeKernels, UpsampleAddTransposeAreExact) {
             const Tensor r = rounded(random_tensor({B, H, W, C}, 11), dt);
             DTensor da = DTensor::upload(x.to(dt), MemKind::Activation, nullptr);
             const DTensor dr = DTensor::upload(r.to(dt), MemKind::Activation, nullptr);
-            cuda::vae::add_inplace(da.raw(), dr.raw(), da.numel(), dt, nullptr);
+            cuda::add_inplace(da.raw(), dr.raw(), da.numel(), dt, nullptr);
             const Tensor a = da.download(nullptr).to(DType::F32);
             Tensor sum = Tensor::empty(x.shape(), DType::F32);
             for (int64_t i = 0; i < x.numel(); ++i) sum.data<float>()[i] = x.data<float>()[i] + r.data<float>()[i];
@@ -260,7 +258,7 @@ TEST(CudaVaeKernels, UpsampleAddTransposeAreExact) {
             const Tensor t = random_tensor({B, M, N}, 12);
             const DTensor dt_in = DTensor::upload(t, MemKind::Activation, nullptr);
             DTensor dtr = DTensor::empty({B, N, M}, dt);
-            cuda::vae::transpose(dt_in.raw(), DType::F32, dtr.raw(), dt, B, M, N, nullptr);
+            cuda::transpose(dt_in.raw(), DType::F32, dtr.raw(), dt, B, M, N, nullptr);
             const Tensor tr = dtr.download(nullptr).to(DType::F32);
             const Tensor tr_ref = rounded(t, dt);
             for (int64_t b = 0; b < B; ++b)
@@ -287,10 +285,10 @@ TEST(CudaVaeKernels, PostprocessMatchesCpuExactly) {
         for (int k = 0; k < 20; ++k) p[6 + k] = (2.0f * (float(k) + 0.5f) / 255.0f) - 1.0f;  // x·127.5 + 127.5 = k + .5
         const Tensor host = img.to(dt);
         const Tensor ref = vae::postprocess_to_u8(host);
-        const DTensor d = vae::postprocess_to_u8(DTensor::upload(host, MemKind::Activation, nullptr), nullptr);
+        const Tensor d = vae::postprocess_to_u8(ops::to_device(host, kGpu), kGpu);
         ASSERT_EQ(d.dtype(), DType::U8);
         ASSERT_EQ(d.shape(), ref.shape());
-        const Tensor got = d.download(nullptr);
+        const Tensor got = ops::to_host(d, kGpu);
         for (int64_t i = 0; i < ref.numel(); ++i)
             ASSERT_EQ(int(got.data<uint8_t>()[i]), int(ref.data<uint8_t>()[i])) << "value " << i;
     }
@@ -317,8 +315,8 @@ TEST(CudaVaeKernels, AttentionMatchesCpu) {
             DTensor o = DTensor::empty({L, d}, dt);
             const size_t es = dtype_size(dt);
             const uint8_t* base = static_cast<const uint8_t*>(dq.raw());
-            cuda::vae::attention_one_head(base, base + d * es, base + 2 * d * es, 3 * d, o.raw(), d, L, d, dt, nullptr,
-                                          40 * size_t(L) * (4 + es));
+            cuda::attention_one_head(base, base + d * es, base + 2 * d * es, 3 * d, o.raw(), d, L, d, dt, nullptr,
+                                     40 * size_t(L) * (4 + es));
             const Tensor got = o.download(nullptr).to(DType::F32);
             Err e = compare(got, ref.view({L, d}));
             std::printf("[ attention %s d=%lld ] max|err| %.3g, rel L2 %.3g vs CPU\n", dtype_name(dt), (long long)d,
@@ -341,23 +339,24 @@ TEST(CudaVae, BadConfigAndWeightsAreRefusedByName) {
     json j = read_json_file((dir / "config.json").string());
     j["act_fn"] = "mish";
     write_file_atomic((dir / "config.json").string(), j.dump(2));
-    expect_error_mentioning([&] { vae::AutoencoderKLCuda m(dir.string()); }, "act_fn");
-    EXPECT_THROW(vae::AutoencoderKLCuda m(dir.string()), ConfigError);
-    EXPECT_THROW(vae::AutoencoderKLCuda m(kVaeDir, DType::F16), ConfigError);
+    expect_error_mentioning([&] { vae::AutoencoderKL m(dir.string(), DType::BF16, kGpu); }, "act_fn");
+    EXPECT_THROW(vae::AutoencoderKL m(dir.string(), DType::BF16, kGpu), ConfigError);
+    EXPECT_THROW(vae::AutoencoderKL m(kVaeDir, DType::F16, kGpu), ConfigError);
 
     j["act_fn"] = "silu";
     j["use_post_quant_conv"] = true;  // the checkpoint has none
     write_file_atomic((dir / "config.json").string(), j.dump(2));
-    expect_error_mentioning([&] { vae::AutoencoderKLCuda m(dir.string()); }, "post_quant_conv.weight");
-    EXPECT_THROW(vae::AutoencoderKLCuda m(dir.string()), ShapeError);
+    expect_error_mentioning([&] { vae::AutoencoderKL m(dir.string(), DType::BF16, kGpu); }, "post_quant_conv.weight");
+    EXPECT_THROW(vae::AutoencoderKL m(dir.string(), DType::BF16, kGpu), ShapeError);
     fs::remove_all(dir);
 }
 
 TEST(CudaVae, UnscaleMatchesThePipelineExactly) {
     SKIP_WITHOUT_GPU();
     for (DType dt : {DType::F32, DType::BF16}) {
-        vae::AutoencoderKLCuda m(kVaeDir, dt);
-        const Tensor z = m.unscale_latents(vae_latents());
+        vae::AutoencoderKL m(kVaeDir, dt, kGpu);
+        // On the device (the pipeline's path): the same bits as the pipeline's host arithmetic.
+        const Tensor z = ops::to_host(m.unscale_latents(ops::to_device(vae_latents(), kGpu)), kGpu);
         const Tensor ref = vae_reference(dt == DType::F32 ? "z" : "bf16.z");
         ASSERT_EQ(z.dtype(), ref.dtype());
         ASSERT_EQ(z.shape(), ref.shape());
@@ -368,7 +367,7 @@ TEST(CudaVae, UnscaleMatchesThePipelineExactly) {
 
 TEST(CudaVae, Fp32MatchesDiffusersAndTheCpuDecoder) {
     SKIP_WITHOUT_GPU();
-    vae::AutoencoderKLCuda m(kVaeDir, DType::F32);
+    vae::AutoencoderKL m(kVaeDir, DType::F32, kGpu);
     const Tensor image = m.decode(vae_reference("z"));
     ASSERT_EQ(image.dtype(), DType::F32);
     const Err e = compare(image, vae_reference("image"));
@@ -394,7 +393,7 @@ TEST(CudaVae, Fp32MatchesDiffusersAndTheCpuDecoder) {
 
 TEST(CudaVae, Bf16MatchesDiffusersAndTheCpuDecoder) {
     SKIP_WITHOUT_GPU();
-    vae::AutoencoderKLCuda m(kVaeDir, DType::BF16);
+    vae::AutoencoderKL m(kVaeDir, DType::BF16, kGpu);
     EXPECT_EQ(m.compute_dtype(), DType::BF16);
     const Tensor image = m.decode(vae_reference("bf16.z"));
     ASSERT_EQ(image.dtype(), DType::BF16);
@@ -419,18 +418,19 @@ TEST(CudaVae, Bf16MatchesDiffusersAndTheCpuDecoder) {
     EXPECT_GE(ours, bf16_ref);
 }
 
-// The device path (DTensor latents, uint8 image on the device) gives the host path's image.
+// The device path (latents on the GPU, uint8 image on the GPU) gives the host path's image.
 TEST(CudaVae, DeviceDecodeToU8MatchesHostPath) {
     SKIP_WITHOUT_GPU();
     for (DType dt : {DType::F32, DType::BF16}) {
         SCOPED_TRACE(dtype_name(dt));
-        vae::AutoencoderKLCuda m(kVaeDir, dt);
+        vae::AutoencoderKL m(kVaeDir, dt, kGpu);
         const Tensor lat = vae_latents();
         const Tensor host_u8 = vae::postprocess_to_u8(m.decode(m.unscale_latents(lat)));
-        const DTensor z = m.unscale_latents(DTensor::upload(lat.to(DType::F32), MemKind::Activation, m.stream()));
-        const DTensor d = m.decode_to_u8(z);
+        const Tensor z = m.unscale_latents(ops::to_device(lat.to(DType::F32), kGpu));
+        const Tensor d = m.decode_to_u8(z);
         ASSERT_EQ(d.dtype(), DType::U8);
-        const Tensor got = d.download(m.stream());
+        ASSERT_EQ(d.device(), kGpu.device);
+        const Tensor got = ops::to_host(d, kGpu);
         ASSERT_EQ(got.shape(), host_u8.shape());
         for (int64_t i = 0; i < got.numel(); ++i)
             ASSERT_EQ(got.data<uint8_t>()[i], host_u8.data<uint8_t>()[i]) << "value " << i;
@@ -439,8 +439,8 @@ TEST(CudaVae, DeviceDecodeToU8MatchesHostPath) {
 
 TEST(CudaVae, RejectsWrongLatents) {
     SKIP_WITHOUT_GPU();
-    vae::AutoencoderKLCuda m(kVaeDir, DType::BF16);
+    vae::AutoencoderKL m(kVaeDir, DType::BF16, kGpu);
     EXPECT_THROW(m.decode(Tensor::zeros({1, 4, 6, 10}, DType::F32)), ShapeError);
     EXPECT_THROW(m.decode(Tensor::zeros({16, 6, 10}, DType::F32)), ShapeError);
-    EXPECT_THROW(m.decode(DTensor::zeros({1, 16, 6, 10}, DType::I32, MemKind::Activation, nullptr)), ShapeError);
+    EXPECT_THROW(m.decode(ops::zeros({1, 16, 6, 10}, DType::I32, kGpu)), ShapeError);
 }

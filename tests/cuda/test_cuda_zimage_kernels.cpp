@@ -1,5 +1,5 @@
-// The Z-Image block kernels (backend/cuda/zimage_kernels.h, attention.h) against the CPU nn ops on
-// fixed-seed random bf16 data. Runs only where a CUDA device is present.
+// The transformers' row, rope and elementwise kernels (backend/cuda/row.h, rope.h, elementwise.h,
+// attention.h) against the CPU nn ops on fixed-seed random bf16 data. Runs only where a CUDA device is present.
 //
 // Bounds: the kernels follow the CPU ops' rounding points and sum squares in double, so bf16
 // outputs differ only where a different f32 evaluation order (block reductions, expf/tanhf vs libm
@@ -17,7 +17,9 @@
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_tensor.h"
 #include "backend/cuda/quantize.h"
-#include "backend/cuda/zimage_kernels.h"
+#include "backend/cuda/row.h"
+#include "backend/cuda/rope.h"
+#include "backend/cuda/elementwise.h"
 #include "backend/cpu/activation.h"
 #include "backend/cpu/attention.h"
 #include "backend/cpu/norm.h"

@@ -24,6 +24,7 @@
 #include "nn/linear_group.h"
 #include "ops/attention.h"
 #include "ops/conv.h"
+#include "ops/dense.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/glu.h"
@@ -584,6 +585,135 @@ TEST(Ops, ChannelRmsNorm) {
         ADD_FAILURE() << "gamma [15] accepted for 16 channels";
     } catch (const ShapeError& e) {
         EXPECT_NE(std::string(e.what()).find("channel_rms_norm"), std::string::npos) << e.what();
+    }
+}
+
+// GroupNorm (+ SiLU) over channels-last rows: the statistics of each item's channel group over all
+// its positions, in double.
+TEST(Ops, GroupNorm) {
+    for (DType dt : kDtypes)
+        for (auto [B, L, C, G] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{2, 13, 12, 3}, {1, 70, 64, 32},
+                                  {3, 5, 40, 4}})
+            for (bool silu : {false, true}) {
+                const Tensor x = randn({B, L, C}, 54, 3.f, 2.f, dt);  // a non-zero mean
+                const Tensor w = randn({C}, 55, 1.f, 0.5f, dt).to(DType::F32), b = randn({C}, 56, 0.f, 1.f, dt).to(DType::F32);
+                Case c{fmt::format("group_norm [{}, {}, {}] G{}{} {}", B, L, C, G, silu ? " silu" : "", dtype_name(dt)),
+                       dt, [&](const ops::Context& ctx) {
+                           return std::vector<Tensor>{ops::to_host(
+                               ops::group_norm(ops::to_device(x, ctx), ops::to_device(w, ctx), ops::to_device(b, ctx),
+                                               G, 1e-6f, silu, ctx),
+                               ctx)};
+                       }};
+                const std::vector<Tensor> cpu = c.run(ops::Context{});
+                const std::vector<double> xs = values(x), ws = values(w), bs = values(b);
+                std::vector<double> ref(xs.size());
+                const int64_t cg = C / G;
+                for (int64_t n = 0; n < B; ++n)
+                    for (int64_t g = 0; g < G; ++g) {
+                        double sum = 0, ss = 0;
+                        for (int64_t l = 0; l < L; ++l)
+                            for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) sum += xs[size_t((n * L + l) * C + ch)];
+                        const double mean = sum / double(L * cg);
+                        for (int64_t l = 0; l < L; ++l)
+                            for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) {
+                                const double d = xs[size_t((n * L + l) * C + ch)] - mean;
+                                ss += d * d;
+                            }
+                        const double rstd = 1.0 / std::sqrt(ss / double(L * cg) + 1e-6);
+                        for (int64_t l = 0; l < L; ++l)
+                            for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) {
+                                const size_t at = size_t((n * L + l) * C + ch);
+                                const double y = (xs[at] - mean) * rstd * ws[size_t(ch)] + bs[size_t(ch)];
+                                ref[at] = silu ? y / (1 + std::exp(-y)) : y;
+                            }
+                    }
+                EXPECT_LE(rel_max(cpu[0], ref), cpu_bound(dt)) << c.name;
+                // The GPU sums in double in another order and uses CUDA's expf: a last-bit change can
+                // move a bf16 rounding, one ulp of the largest value at most.
+                c.exact = false;
+                c.bound = 1.0 / 128;
+                check_backends(c);
+            }
+    try {
+        ops::group_norm(randn({1, 4, 12}, 57, 0.f, 1.f, DType::F32), Tensor::zeros({12}, DType::F32),
+                        Tensor::zeros({12}, DType::F32), 5, 1e-6f, false, ops::Context{});
+        ADD_FAILURE() << "12 channels accepted in 5 groups";
+    } catch (const ShapeError& e) {
+        EXPECT_NE(std::string(e.what()).find("group_norm"), std::string::npos) << e.what();
+    }
+}
+
+// A dense Linear (x · Wᵀ + b) with and without a bias, against the f64 sums.
+TEST(Ops, Dense) {
+    for (DType dt : kDtypes)
+        for (auto [m, k, n, bias] : {std::tuple<int64_t, int64_t, int64_t, bool>{5, 16, 24, true}, {33, 64, 8, false},
+                                     {64, 96, 288, true}}) {
+            const Tensor x = randn({m, k}, 58, 0.f, 1.f, dt), w = randn({n, k}, 59, 0.f, 1.f / std::sqrt(float(k)), dt);
+            const Tensor b = bias ? randn({n}, 66, 0.f, 0.1f, dt) : Tensor();
+            Case c{fmt::format("dense {}x{} -> {}{} {}", m, k, n, bias ? " +bias" : "", dtype_name(dt)), dt,
+                   [&](const ops::Context& ctx) {
+                       const ops::Dense d("d", w, b, dt, ctx);
+                       return std::vector<Tensor>{ops::to_host(d.forward(ops::to_device(x, ctx), ctx), ctx)};
+                   },
+                   false, 1.0 / 128};  // bf16 GEMMs in another order: one output rounding apart
+            const std::vector<Tensor> cpu = c.run(ops::Context{});
+            const std::vector<double> xs = values(x), ws = values(w), bs = bias ? values(b) : std::vector<double>();
+            std::vector<double> ref(size_t(m * n));
+            for (int64_t i = 0; i < m; ++i)
+                for (int64_t j = 0; j < n; ++j) {
+                    double acc = bias ? bs[size_t(j)] : 0.0;
+                    for (int64_t e = 0; e < k; ++e) acc += xs[size_t(i * k + e)] * ws[size_t(j * k + e)];
+                    ref[size_t(i * n + j)] = acc;
+                }
+            EXPECT_LE(rel_max(cpu[0], ref), cpu_bound(dt)) << c.name;
+            check_backends(c);
+        }
+    const ops::Dense d("layer.d", randn({4, 8}, 67, 0.f, 1.f, DType::F32), Tensor(), DType::F32, ops::Context{});
+    try {
+        d.forward(randn({2, 6}, 68, 0.f, 1.f, DType::F32), ops::Context{});
+        ADD_FAILURE() << "6 features accepted by an 8-feature layer";
+    } catch (const ShapeError& e) {
+        EXPECT_NE(std::string(e.what()).find("dense layer.d"), std::string::npos) << e.what();
+    }
+}
+
+// Exact elementwise ops of the VAE's ends: latents / scale + shift (each step rounded to the output
+// dtype) and the uint8 image (values on rounding boundaries, out of range and NaN included).
+TEST(Ops, DivAddAndImageToU8) {
+    for (DType dt : kDtypes) {
+        const Tensor lat = randn({2, 4, 3, 5}, 69, 0.f, 2.f, DType::F32);
+        Tensor img = randn({2, 3, 7, 13}, 72, 0.f, 0.8f, DType::F32);
+        float* p = img.data<float>();
+        p[0] = -1.0f;
+        p[1] = 1.0f;
+        p[2] = 3.5f;
+        p[3] = -2.0f;
+        p[4] = std::nanf("");
+        for (int i = 0; i < 20; ++i) p[5 + i] = 2.0f * (float(i) + 0.5f) / 255.0f - 1.0f;  // x·127.5 + 127.5 = i + .5
+        const Tensor image = img.to(dt);
+        const float scale = 0.3611f, shift = float(round_to(0.1159, dt));
+        Case c{fmt::format("div_add, image_to_u8 {}", dtype_name(dt)), dt, [&](const ops::Context& ctx) {
+                   return std::vector<Tensor>{
+                       ops::to_host(ops::div_add(ops::to_device(lat, ctx), scale, shift, dt, ctx), ctx),
+                       ops::to_host(ops::image_to_u8(ops::to_device(image, ctx), ctx), ctx)};
+               }};
+        const std::vector<Tensor> cpu = c.run(ops::Context{});
+        const std::vector<double> ls = values(lat), is = values(image);
+        std::vector<double> ref(ls.size()), u8(is.size());
+        for (size_t i = 0; i < ls.size(); ++i)
+            ref[i] = round_to(round_to(float(round_to(ls[i], dt)) / scale, dt) + shift, dt);
+        const int64_t B = 2, C = 3, H = 7, W = 13;
+        for (int64_t n = 0; n < B; ++n)
+            for (int64_t ch = 0; ch < C; ++ch)
+                for (int64_t i = 0; i < H * W; ++i) {
+                    const double v = round_to(float(is[size_t((n * C + ch) * H * W + i)]) * 0.5f + 0.5f, dt);
+                    const float u = std::isnan(v) ? 0.0f : float(std::min(1.0, std::max(0.0, v)));
+                    u8[size_t(((n * H * W) + i) * C + ch)] = std::nearbyint(u * 255.0f);
+                }
+        EXPECT_EQ(rel_max(cpu[0], ref), 0.0);
+        ASSERT_EQ(cpu[1].dtype(), DType::U8);
+        for (size_t i = 0; i < u8.size(); ++i) ASSERT_EQ(double(cpu[1].data<uint8_t>()[i]), u8[i]) << "value " << i;
+        check_backends(c);
     }
 }
 

@@ -1,4 +1,4 @@
-#include "backend/cuda/zimage_kernels.h"
+#include "backend/cuda/row.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,30 +7,14 @@
 
 #include "backend/cuda/bf16_math.cuh"
 #include "backend/cuda/block_reduce.cuh"
+#include "backend/cuda/kernel_util.cuh"
 #include "core/error.h"
 
 namespace qdit::cuda {
 
 namespace {
 
-using bf16 = __nv_bfloat16;
-
-__device__ __forceinline__ float rbf(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
-// cpu::silu in f32: x / (1 + e^-x), IEEE division.
-__device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
-
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ __forceinline__ double warp_sum(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_sumf(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
+using namespace kern;
 
 constexpr int kRowWarps = 8;  // every kernel here launches at most 256 threads
 
@@ -391,8 +375,6 @@ RowLaunch row_launch(int64_t k, bool vec) {
     raise<ShapeError>("row kernel: rows of {} elements are too long (at most {})", k, vec ? 16384 : 2048);
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 template <typename F>
 void dispatch_row(const RowLaunch& l, F&& f) {
 #define QDIT_ROW_CASE(V, N) \
@@ -400,11 +382,6 @@ void dispatch_row(const RowLaunch& l, F&& f) {
     QDIT_ROW_CASE(8, 1) QDIT_ROW_CASE(8, 2) QDIT_ROW_CASE(8, 4) QDIT_ROW_CASE(8, 8)
     QDIT_ROW_CASE(1, 1) QDIT_ROW_CASE(1, 2) QDIT_ROW_CASE(1, 4) QDIT_ROW_CASE(1, 8)
 #undef QDIT_ROW_CASE
-}
-
-void check_launch(const char* what) {
-    const cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) raise<Error>("CUDA launch of {} failed: {}", what, cudaGetErrorString(e));
 }
 
 }  // namespace
@@ -468,316 +445,6 @@ void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t
 void gelu_tanh(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs,
                int64_t ldq, cudaStream_t stream) {
     glu<Glu::GeluTanh>(h, ldh, m, k, out, ldo, q, qs, ldq, stream);
-}
-
-// ---------------------------------------------------------------------------
-// q/k RMSNorm + RoPE: a block per token with 16-byte vectors for the Interleaved layout when the
-// head fits (hd / 8 a power of two <= 32, aligned rows), else one warp per (token, head) where lane
-// l owns the pairs l + 32·j.
-
-namespace {
-
-constexpr int kMaxPairsPerLane = 4;  // head_dim <= 256
-
-// One head of hd = 2·half values at p; lane l owns the rotation pairs l + 32·j: (2i, 2i + 1) when
-// Interleaved, (i, i + half) when Half. f: the token's (cos, sin) per pair.
-template <RopeLayout LAYOUT>
-__device__ void norm_rope_head(bf16* p, int half, const bf16* w, float eps, const float* f) {
-    constexpr bool kHalf = LAYOUT == RopeLayout::Half;
-    const int lane = int(threadIdx.x & 31);
-    // Element offsets of the two members of pair pi.
-    auto ia = [&](int pi) { return kHalf ? pi : 2 * pi; };
-    auto ib = [&](int pi) { return kHalf ? pi + half : 2 * pi + 1; };
-    float a[kMaxPairsPerLane], b[kMaxPairsPerLane];
-    double ss = 0;
-#pragma unroll
-    for (int j = 0; j < kMaxPairsPerLane; ++j) {
-        const int pi = lane + 32 * j;
-        a[j] = b[j] = 0.f;
-        if (pi < half) {
-            if constexpr (kHalf) {
-                a[j] = __bfloat162float(p[pi]);
-                b[j] = __bfloat162float(p[pi + half]);
-            } else {
-                const float2 v = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(p)[pi]);
-                a[j] = v.x;
-                b[j] = v.y;
-            }
-            ss += double(a[j] * a[j]) + double(b[j] * b[j]);
-        }
-    }
-    if (w) {
-        const float inv = 1.0f / sqrtf(float(warp_sum(ss)) / float(2 * half) + eps);
-#pragma unroll
-        for (int j = 0; j < kMaxPairsPerLane; ++j) {
-            const int pi = lane + 32 * j;
-            if (pi < half) {
-                a[j] = rbf(rbf(a[j] * inv) * __bfloat162float(w[ia(pi)]));
-                b[j] = rbf(rbf(b[j] * inv) * __bfloat162float(w[ib(pi)]));
-            }
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < kMaxPairsPerLane; ++j) {
-        const int pi = lane + 32 * j;
-        if (pi >= half) continue;
-        if constexpr (kHalf) {
-            // x1·c − x2·s and x2·c + x1·s with bf16 cos / sin and every product rounded to bf16.
-            const float c = rbf(f[2 * pi]), s = rbf(f[2 * pi + 1]);
-            const float re = __fadd_rn(rbf(__fmul_rn(a[j], c)), rbf(__fmul_rn(-b[j], s)));
-            const float im = __fadd_rn(rbf(__fmul_rn(b[j], c)), rbf(__fmul_rn(a[j], s)));
-            p[pi] = __float2bfloat16_rn(re);
-            p[pi + half] = __float2bfloat16_rn(im);
-        } else {
-            const float c = f[2 * pi], s = f[2 * pi + 1];
-            // Separate roundings (no fma), as the CPU computes a·c − b·s.
-            const float re = __fsub_rn(__fmul_rn(a[j], c), __fmul_rn(b[j], s));
-            const float im = __fadd_rn(__fmul_rn(a[j], s), __fmul_rn(b[j], c));
-            reinterpret_cast<__nv_bfloat162*>(p)[pi] = __floats2bfloat162_rn(re, im);
-        }
-    }
-}
-
-// Interleaved RoPE with 16-byte vectors: one block per token; each head's hd/8 vectors go to
-// consecutive lanes (hd/8 a power of two <= 32), which reduce the head's sum of squares among
-// themselves; a lane's vector index is the same for every head it visits, so it loads its
-// (cos, sin) pairs once. Same per-element arithmetic as norm_rope_head<Interleaved>.
-constexpr int kQkVecThreads = 256;
-
-__global__ void __launch_bounds__(kQkVecThreads)
-qk_norm_rope_vec_kernel(bf16* qkv, int64_t ld, int64_t k_off, int heads, int kv_heads, int hd, const bf16* wq,
-                        const bf16* wk, float eps, const float* freqs) {
-    const int64_t t = blockIdx.x;
-    const int V = hd / 8;                    // vectors (lanes) per head
-    const int j = int(threadIdx.x) & (V - 1);  // this lane's vector in every head it visits
-    float c[4], sn[4];
-    {
-        const float4* f = reinterpret_cast<const float4*>(freqs + t * hd + 8 * j);
-        const float4 f0 = f[0], f1 = f[1];
-        c[0] = f0.x, sn[0] = f0.y, c[1] = f0.z, sn[1] = f0.w, c[2] = f1.x, sn[2] = f1.y, c[3] = f1.z, sn[3] = f1.w;
-    }
-    const int total = (heads + kv_heads) * V;
-    for (int s0 = 0; s0 < total; s0 += kQkVecThreads) {
-        const int s = s0 + int(threadIdx.x);
-        const bool valid = s < total;
-        const int head = s / V;
-        const bool is_k = head >= heads;
-        bf16* p = qkv + t * ld + (is_k ? k_off + int64_t(head - heads) * hd : int64_t(head) * hd) + 8 * j;
-        float a[4], b[4];
-        double ss = 0;
-        if (valid) {
-            const uint4 raw = *reinterpret_cast<const uint4*>(p);
-            const uint32_t w2[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                a[i] = bf16_lo(w2[i]);
-                b[i] = bf16_hi(w2[i]);
-                ss += sq2(w2[i]);  // double(a²) + double(b²), as norm_rope_head sums a pair
-            }
-        }
-        const bf16* w = is_k ? wk : wq;
-        if (w) {
-            for (int o = V / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-            if (valid) {
-                const float inv = 1.0f / sqrtf(float(ss * kSumSqUnscale) / float(hd) + eps);
-                const uint4 wraw = *reinterpret_cast<const uint4*>(w + 8 * j);
-                const uint32_t ww[4] = {wraw.x, wraw.y, wraw.z, wraw.w};
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const uint32_t n = mul_bf16x2(pack_bf16x2(a[i] * inv, b[i] * inv), ww[i]);
-                    a[i] = bf16_lo(n), b[i] = bf16_hi(n);
-                }
-            }
-        }
-        if (!valid) continue;
-        uint32_t o[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float re = __fsub_rn(__fmul_rn(a[i], c[i]), __fmul_rn(b[i], sn[i]));
-            const float im = __fadd_rn(__fmul_rn(a[i], sn[i]), __fmul_rn(b[i], c[i]));
-            o[i] = pack_bf16x2(re, im);
-        }
-        *reinterpret_cast<uint4*>(p) = make_uint4(o[0], o[1], o[2], o[3]);
-    }
-}
-
-// One warp per (token, q head); the warps of heads h < kv_heads also do k head h.
-template <RopeLayout LAYOUT>
-__global__ void qk_norm_rope_kernel(bf16* qkv, int64_t ld, int64_t k_off, int64_t m, int heads, int kv_heads, int hd,
-                                    const bf16* wq, const bf16* wk, float eps, const float* freqs) {
-    const int64_t wid = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-    if (wid >= m * heads) return;
-    const int64_t t = wid / heads;
-    const int h = int(wid % heads);
-    const float* f = freqs + t * hd;
-    bf16* row = qkv + t * ld + int64_t(h) * hd;
-    norm_rope_head<LAYOUT>(row, hd / 2, wq, eps, f);
-    if (h < kv_heads) norm_rope_head<LAYOUT>(row + k_off, hd / 2, wk, eps, f);
-}
-
-__global__ void embedding_rows_kernel(const bf16* table, int64_t vocab, int64_t d, const int32_t* ids, bf16* out,
-                                      int64_t ldo) {
-    const int64_t row = blockIdx.x;
-    const int32_t id = ids[row];
-    const bool ok = id >= 0 && id < vocab;
-    const bf16* src = table + int64_t(ok ? id : 0) * d;
-    bf16* dst = out + row * ldo;
-    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = ok ? src[i] : __float2bfloat16_rn(0.f);
-}
-
-__global__ void modulation_kernel(const bf16* mod, int64_t items, int64_t chunks, int64_t d, unsigned tanh_mask,
-                                  unsigned plain_mask, float* out) {
-    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= items * chunks * d) return;
-    const float v = __bfloat162float(mod[i]);
-    const int64_t b = i / (chunks * d), c = (i / d) % chunks;
-    out[(c * items + b) * d + i % d] =
-        (plain_mask >> c) & 1u ? v : (tanh_mask >> c) & 1u ? rbf(tanhf(v)) : rbf(1.0f + v);
-}
-
-__global__ void silu_kernel(const bf16* x, int64_t n, bf16* y) {
-    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const float v = __bfloat162float(x[i]);
-    y[i] = __float2bfloat16_rn(v / (1.0f + expf(-v)));
-}
-
-// One warp per (query, head). Keys go 32 at a time: lane j scores key kb + j against q (held in
-// shared memory), then the warp rescales its running output (lane l owns dims l + 32·i) and adds
-// the 32 values weighted by their bf16-rounded probabilities. Query head h reads kv head h / group;
-// a causal query t stops after key t.
-constexpr int kAttnWarps = 4;
-constexpr int kMaxDimPerLane = 8;  // head_dim <= 256
-
-__global__ void __launch_bounds__(kAttnWarps * 32)
-attention_simple_kernel(const bf16* q, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v, int64_t ldv,
-                        bf16* o, int64_t ldo, int s, int heads, int group, bool causal, int hd, float scale) {
-    __shared__ float qs[kAttnWarps][256];
-    const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
-    const int64_t wid = int64_t(blockIdx.x) * kAttnWarps + warp;
-    if (wid >= int64_t(s) * heads) return;
-    const int t = int(wid / heads), h = int(wid % heads);
-    const int64_t kvo = int64_t(h / group) * hd;  // the kv head's column offset
-    const int n = causal ? t + 1 : s;             // keys this query sees
-    for (int d = lane; d < hd; d += 32) qs[warp][d] = __bfloat162float(q[t * ldq + int64_t(h) * hd + d]);
-    __syncwarp();
-    float acc[kMaxDimPerLane];
-#pragma unroll
-    for (int i = 0; i < kMaxDimPerLane; ++i) acc[i] = 0.f;
-    float mx = -INFINITY, denom = 0.f;
-    for (int kb = 0; kb < n; kb += 32) {
-        const int key = kb + lane;
-        float sc = -INFINITY;
-        if (key < n) {
-            const bf16* kr = k + int64_t(key) * ldk + kvo;
-            float dot = 0.f;
-            for (int d = 0; d < hd; ++d) dot += qs[warp][d] * __bfloat162float(kr[d]);
-            sc = dot * scale;
-        }
-        const float mnew = fmaxf(mx, warp_max(sc));
-        const float corr = expf(mx - mnew);  // 0 on the first block (mx = -inf)
-        const float p = key < n ? expf(sc - mnew) : 0.f;
-        denom = denom * corr + warp_sumf(p);
-        const float pr = rbf(p);
-#pragma unroll
-        for (int i = 0; i < kMaxDimPerLane; ++i) acc[i] *= corr;
-        const int nk = min(32, n - kb);
-        for (int j = 0; j < nk; ++j) {
-            const float pj = __shfl_sync(0xffffffffu, pr, j);
-            const bf16* vr = v + int64_t(kb + j) * ldv + kvo;
-#pragma unroll
-            for (int i = 0; i < kMaxDimPerLane; ++i) {
-                const int d = lane + 32 * i;
-                if (d < hd) acc[i] += pj * __bfloat162float(vr[d]);
-            }
-        }
-        mx = mnew;
-    }
-#pragma unroll
-    for (int i = 0; i < kMaxDimPerLane; ++i) {
-        const int d = lane + 32 * i;
-        if (d < hd) o[int64_t(t) * ldo + int64_t(h) * hd + d] = __float2bfloat16_rn(acc[i] / denom);
-    }
-}
-
-}  // namespace
-
-void qk_norm_rope(void* qkv, int64_t ld, int64_t k_offset, int64_t m, int64_t heads, int64_t hd, const void* wq,
-                  const void* wk, float eps, const float* freqs, cudaStream_t stream, RopeLayout layout,
-                  int64_t kv_heads) {
-    if (m <= 0) return;
-    if (kv_heads == 0) kv_heads = heads;
-    if (hd <= 0 || hd % 2 || hd > 2 * 32 * kMaxPairsPerLane || ld % 2 || k_offset % 2 || (!wq != !wk) ||
-        heads <= 0 || kv_heads < 1 || kv_heads > heads)
-        raise<ShapeError>("qk_norm_rope: head_dim {} (even, <= 256), ld {}, k offset {}, {} q heads, {} k heads "
-                          "(1 <= k heads <= q heads)",
-                          hd, ld, k_offset, heads, kv_heads);
-    auto* p = static_cast<bf16*>(qkv);
-    auto* wqp = static_cast<const bf16*>(wq);
-    auto* wkp = static_cast<const bf16*>(wk);
-    const int64_t vecs = hd / 8;  // 16-byte vectors per head
-    if (layout == RopeLayout::Interleaved && hd % 8 == 0 && vecs <= 32 && (vecs & (vecs - 1)) == 0 && ld % 8 == 0 &&
-        k_offset % 8 == 0 && aligned16(qkv) && aligned16(freqs) && (!wq || (aligned16(wq) && aligned16(wk)))) {
-        qk_norm_rope_vec_kernel<<<unsigned(m), kQkVecThreads, 0, stream>>>(p, ld, k_offset, int(heads), int(kv_heads),
-                                                                            int(hd), wqp, wkp, eps, freqs);
-        check_launch("qk_norm_rope");
-        return;
-    }
-    const int64_t warps = m * heads, threads = 256;
-    const unsigned blocks = unsigned((warps * 32 + threads - 1) / threads);
-    if (layout == RopeLayout::Half)
-        qk_norm_rope_kernel<RopeLayout::Half><<<blocks, unsigned(threads), 0, stream>>>(
-            p, ld, k_offset, m, int(heads), int(kv_heads), int(hd), wqp, wkp, eps, freqs);
-    else
-        qk_norm_rope_kernel<RopeLayout::Interleaved><<<blocks, unsigned(threads), 0, stream>>>(
-            p, ld, k_offset, m, int(heads), int(kv_heads), int(hd), wqp, wkp, eps, freqs);
-    check_launch("qk_norm_rope");
-}
-
-void embedding_rows(const void* table, int64_t vocab, int64_t d, const int32_t* ids, int64_t n, void* out,
-                    int64_t ldo, cudaStream_t stream) {
-    if (n <= 0) return;
-    if (vocab <= 0 || d <= 0 || ldo < d || !table || !ids || !out)
-        raise<ShapeError>("embedding_rows: table [{}, {}], {} ids, output row stride {}", vocab, d, n, ldo);
-    const int threads = int(std::min<int64_t>(256, (d + 31) / 32 * 32));
-    embedding_rows_kernel<<<unsigned(n), unsigned(threads), 0, stream>>>(static_cast<const bf16*>(table), vocab, d,
-                                                                         ids, static_cast<bf16*>(out), ldo);
-    check_launch("embedding_rows");
-}
-
-void modulation(const void* mod, int64_t chunks, int64_t d, unsigned tanh_mask, float* out, cudaStream_t stream,
-                unsigned plain_mask, int64_t items) {
-    const int64_t n = items * chunks * d;
-    if (n <= 0) return;
-    if (chunks > 32) raise<ShapeError>("modulation: {} chunks (at most 32)", chunks);
-    modulation_kernel<<<unsigned((n + 255) / 256), 256, 0, stream>>>(static_cast<const bf16*>(mod), items, chunks, d,
-                                                                       tanh_mask, plain_mask, out);
-    check_launch("modulation");
-}
-
-void silu(const void* x, int64_t n, void* y, cudaStream_t stream) {
-    if (n <= 0) return;
-    silu_kernel<<<unsigned((n + 255) / 256), 256, 0, stream>>>(static_cast<const bf16*>(x), n,
-                                                                 static_cast<bf16*>(y));
-    check_launch("silu");
-}
-
-void attention_simple(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv,
-                      void* o, int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream,
-                      int64_t kv_heads, bool causal) {
-    if (s <= 0) return;
-    if (kv_heads == 0) kv_heads = heads;
-    if (hd <= 0 || hd > 32 * kMaxDimPerLane)
-        raise<ShapeError>("attention_simple: head_dim {} (at most {})", hd, 32 * kMaxDimPerLane);
-    if (heads <= 0 || kv_heads <= 0 || heads % kv_heads)
-        raise<ShapeError>("attention_simple: {} query heads is not a multiple of {} kv heads", heads, kv_heads);
-    const int64_t warps = s * heads;
-    // torch's default scale, 1 / sqrt(head_dim), as the f32 the CPU op uses.
-    const float scale = float(1.0 / std::sqrt(double(hd)));
-    attention_simple_kernel<<<unsigned((warps + kAttnWarps - 1) / kAttnWarps), kAttnWarps * 32, 0, stream>>>(
-        static_cast<const bf16*>(q), ldq, static_cast<const bf16*>(k), ldk, static_cast<const bf16*>(v), ldv,
-        static_cast<bf16*>(o), ldo, int(s), int(heads), int(heads / kv_heads), causal, int(hd), scale);
-    check_launch("attention_simple");
 }
 
 }  // namespace qdit::cuda

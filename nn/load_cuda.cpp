@@ -1,3 +1,4 @@
+#ifdef QDIT_WITH_CUDA  // a CUDA build: this file is empty without the CUDA backend
 #include "nn/load_cuda.h"
 
 #include <chrono>
@@ -82,3 +83,5 @@ DTensor CheckpointReader::tensor(const std::string& name, DType dtype) {
 }
 
 }  // namespace qdit::nn::gpu
+
+#endif  // QDIT_WITH_CUDA

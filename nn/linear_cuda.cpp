@@ -1,3 +1,4 @@
+#ifdef QDIT_WITH_CUDA  // a CUDA build: this file is empty without the CUDA backend
 #include "nn/linear_cuda.h"
 
 #include <algorithm>
@@ -6,7 +7,7 @@
 
 #include <cuda_bf16.h>
 
-#include "backend/cuda/bf16_gemm.h"
+#include "backend/cuda/lt_gemm.h"
 #include "backend/cuda/int8_gemm.h"
 #include "backend/cuda/int8_weight_only.h"
 #include "backend/cuda/random.h"
@@ -313,3 +314,5 @@ void fill_normal(DTensor& t, uint64_t seed, float mean, float std, cudaStream_t 
 }
 
 }  // namespace qdit::nn::gpu
+
+#endif  // QDIT_WITH_CUDA

@@ -1,3 +1,4 @@
+#ifdef QDIT_WITH_CUDA  // a CUDA build: this file is empty without the CUDA backend
 #include "nn/row_split_cuda.h"
 
 #include <cuda_bf16.h>
@@ -47,3 +48,5 @@ void run_row_split(const nn::gpu::Group& g, const nn::gpu::Input& in, int64_t m,
 }
 
 }  // namespace qdit::nn::gpu
+
+#endif  // QDIT_WITH_CUDA

@@ -1,3 +1,4 @@
+#ifdef QDIT_WITH_CUDA  // a CUDA build: this file is empty without the CUDA backend
 #include "models/zimage/transformer_parallel.h"
 
 #include <set>
@@ -43,3 +44,5 @@ std::vector<Tensor> ZImageTransformerParallel::forward(const std::vector<Tensor>
 }
 
 }  // namespace qdit::zimage
+
+#endif  // QDIT_WITH_CUDA

@@ -1,3 +1,4 @@
+#ifdef QDIT_WITH_CUDA  // a CUDA build: this file is empty without the CUDA backend
 #include "models/zimage/transformer_cuda.h"
 
 #include <algorithm>
@@ -10,7 +11,9 @@
 #include <cuda_bf16.h>
 #include <fmt/format.h>
 
-#include "backend/cuda/zimage_kernels.h"
+#include "backend/cuda/row.h"
+#include "backend/cuda/rope.h"
+#include "backend/cuda/elementwise.h"
 #include "backend/cpu/activation.h"
 #include "nn/linear_cuda.h"
 #include "backend/cpu/rope.h"
@@ -728,3 +731,5 @@ std::vector<Tensor> ZImageTransformerCuda::forward(const std::vector<Tensor>& xs
 }
 
 }  // namespace qdit::zimage
+
+#endif  // QDIT_WITH_CUDA

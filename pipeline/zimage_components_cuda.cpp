@@ -4,15 +4,15 @@
 // guidance run there, as on the CPU).
 // With opt.gpus > 1 the transformer runs tensor- or sequence-parallel over NCCL on GPUs 0..gpus-1
 // (zimage::ZImageTransformerParallel, no CUDA graphs); the text encoder and the VAE stay on GPU 0.
+#ifdef QDIT_WITH_CUDA  // a CUDA build: this file is empty without the CUDA backend
 #include <filesystem>
 #include <numeric>
 
 #include "backend/cuda/allocator.h"
-#include "backend/cuda/device_tensor.h"
 #include "backend/cuda/quantize.h"
 #include "core/error.h"
 #include "models/text/qwen3.h"
-#include "models/vae/autoencoder_kl_cuda.h"
+#include "models/vae/autoencoder_kl.h"
 #include "models/zimage/transformer.h"
 #include "models/zimage/transformer_parallel.h"
 #include "parallel/communicator.h"
@@ -55,7 +55,8 @@ public:
                    const PreparedModel& text, const PreparedModel& transformer)
         : ZImageComponents(offload),
           stream_(index, gpus),
-          vae_((std::filesystem::path(dir) / "vae").string(), DType::BF16, stream_.s),
+          vae_((std::filesystem::path(dir) / "vae").string(), DType::BF16,
+               ops::Context{{DeviceType::CUDA, index}, stream_.s}),
           text_([&text, ctx = ops::Context{{DeviceType::CUDA, index}, stream_.s}] {
               return std::make_unique<text::Qwen3TextModel>(text, DType::BF16, ctx);
           }),
@@ -89,14 +90,15 @@ public:
         return parallel_ ? parallel_->forward(x, t, caps) : transformer_.get(&load_seconds_).forward(x, t, caps);
     }
     Tensor decode(const Tensor& latents) const override {
-        cuda::DTensor z = cuda::DTensor::upload(latents.to(DType::F32), cuda::MemKind::Activation, stream_.s);
-        Tensor image = vae_.decode_to_u8(vae_.unscale_latents(z)).download(stream_.s);
+        const ops::Context& ctx = vae_.context();
+        const Tensor z = ops::to_device(latents.to(DType::F32), ctx);
+        const Tensor image = ops::to_host(vae_.decode_to_u8(vae_.unscale_latents(z)), ctx);
         return image.view({image.size(1), image.size(2), image.size(3)});
     }
 
 private:
     Stream stream_;
-    vae::AutoencoderKLCuda vae_;
+    vae::AutoencoderKL vae_;
     Lazy<text::Qwen3TextModel> text_;
     Lazy<zimage::ZImageTransformer> transformer_;                      // one GPU
     std::unique_ptr<parallel::RankGroup> group_;                       // --gpus N > 1: the ranks,
@@ -113,3 +115,5 @@ std::unique_ptr<ZImageComponents> make_zimage_cuda_components(const std::string&
 }
 
 }  // namespace qdit
+
+#endif  // QDIT_WITH_CUDA

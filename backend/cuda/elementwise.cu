@@ -1,0 +1,137 @@
+#include "backend/cuda/elementwise.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <cuda_bf16.h>
+
+#include "backend/cuda/bf16_math.cuh"
+#include "backend/cuda/block_reduce.cuh"
+#include "backend/cuda/kernel_util.cuh"
+#include "core/error.h"
+
+namespace qdit::cuda {
+
+namespace {
+
+using namespace kern;
+
+__global__ void embedding_rows_kernel(const bf16* table, int64_t vocab, int64_t d, const int32_t* ids, bf16* out,
+                                      int64_t ldo) {
+    const int64_t row = blockIdx.x;
+    const int32_t id = ids[row];
+    const bool ok = id >= 0 && id < vocab;
+    const bf16* src = table + int64_t(ok ? id : 0) * d;
+    bf16* dst = out + row * ldo;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = ok ? src[i] : __float2bfloat16_rn(0.f);
+}
+
+__global__ void modulation_kernel(const bf16* mod, int64_t items, int64_t chunks, int64_t d, unsigned tanh_mask,
+                                  unsigned plain_mask, float* out) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= items * chunks * d) return;
+    const float v = __bfloat162float(mod[i]);
+    const int64_t b = i / (chunks * d), c = (i / d) % chunks;
+    out[(c * items + b) * d + i % d] =
+        (plain_mask >> c) & 1u ? v : (tanh_mask >> c) & 1u ? rbf(tanhf(v)) : rbf(1.0f + v);
+}
+
+__global__ void silu_kernel(const bf16* x, int64_t n, bf16* y) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float v = __bfloat162float(x[i]);
+    y[i] = __float2bfloat16_rn(v / (1.0f + expf(-v)));
+}
+
+// One warp per (query, head). Keys go 32 at a time: lane j scores key kb + j against q (held in
+// shared memory), then the warp rescales its running output (lane l owns dims l + 32·i) and adds
+// the 32 values weighted by their bf16-rounded probabilities. Query head h reads kv head h / group;
+// a causal query t stops after key t.
+
+template <typename T>
+__global__ void add_vec_k(Vec<T>* x, const Vec<T>* r, int64_t n_vec) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n_vec; i += int64_t(gridDim.x) * blockDim.x) {
+        Vec<T> a = x[i];
+        const Vec<T> b = r[i];
+#pragma unroll
+        for (int e = 0; e < Vec<T>::N; ++e) a.v[e] = from_f<T>(__fadd_rn(to_f(a.v[e]), to_f(b.v[e])));
+        x[i] = a;
+    }
+}
+
+template <typename T>
+__global__ void add_k(T* x, const T* r, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        x[i] = from_f<T>(__fadd_rn(to_f(x[i]), to_f(r[i])));
+}
+
+// [B, M, N] → [B, N, M] through 32x32 tiles in shared memory; block (32, 8).
+
+template <typename S, typename T>
+__global__ void unscale_k(const S* x, T* y, int64_t n, float scale, float shift) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        const float xt = round_to<T>(to_f(x[i]));  // latents.to(dtype)
+        y[i] = from_f<T>(__fadd_rn(round_to<T>(__fdiv_rn(xt, scale)), shift));
+    }
+}
+
+}  // namespace
+
+void embedding_rows(const void* table, int64_t vocab, int64_t d, const int32_t* ids, int64_t n, void* out,
+                    int64_t ldo, cudaStream_t stream) {
+    if (n <= 0) return;
+    if (vocab <= 0 || d <= 0 || ldo < d || !table || !ids || !out)
+        raise<ShapeError>("embedding_rows: table [{}, {}], {} ids, output row stride {}", vocab, d, n, ldo);
+    const int threads = int(std::min<int64_t>(256, (d + 31) / 32 * 32));
+    embedding_rows_kernel<<<unsigned(n), unsigned(threads), 0, stream>>>(static_cast<const bf16*>(table), vocab, d,
+                                                                         ids, static_cast<bf16*>(out), ldo);
+    check_launch("embedding_rows");
+}
+
+void modulation(const void* mod, int64_t chunks, int64_t d, unsigned tanh_mask, float* out, cudaStream_t stream,
+                unsigned plain_mask, int64_t items) {
+    const int64_t n = items * chunks * d;
+    if (n <= 0) return;
+    if (chunks > 32) raise<ShapeError>("modulation: {} chunks (at most 32)", chunks);
+    modulation_kernel<<<unsigned((n + 255) / 256), 256, 0, stream>>>(static_cast<const bf16*>(mod), items, chunks, d,
+                                                                       tanh_mask, plain_mask, out);
+    check_launch("modulation");
+}
+
+void silu(const void* x, int64_t n, void* y, cudaStream_t stream) {
+    if (n <= 0) return;
+    silu_kernel<<<unsigned((n + 255) / 256), 256, 0, stream>>>(static_cast<const bf16*>(x), n,
+                                                                 static_cast<bf16*>(y));
+    check_launch("silu");
+}
+
+void add_inplace(void* x, const void* r, int64_t n, DType dt, cudaStream_t stream) {
+    if (n <= 0) return;
+    dispatch(dt, "add_inplace", [&](auto tag) {
+        using T = decltype(tag);
+        if (n % Vec<T>::N == 0 && aligned16(x) && aligned16(r)) {
+            const int64_t nv = n / Vec<T>::N;
+            add_vec_k<<<blocks_for(nv), kThreads, 0, stream>>>(static_cast<Vec<T>*>(x), static_cast<const Vec<T>*>(r),
+                                                               nv);
+        } else {
+            add_k<<<blocks_for(n), kThreads, 0, stream>>>(static_cast<T*>(x), static_cast<const T*>(r), n);
+        }
+    });
+    launched("add_inplace");
+}
+
+void div_add(const void* x, DType src_dt, void* y, DType dt, int64_t n, float scale, float shift,
+             cudaStream_t stream) {
+    if (n <= 0) return;
+    dispatch(src_dt, "div_add", [&](auto s) {
+        using S = decltype(s);
+        dispatch(dt, "div_add", [&](auto t) {
+            using T = decltype(t);
+            unscale_k<<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const S*>(x), static_cast<T*>(y), n, scale,
+                                                              shift);
+        });
+    });
+    launched("div_add");
+}
+
+}  // namespace qdit::cuda

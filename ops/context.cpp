@@ -26,6 +26,31 @@ int cuda_devices() {
 #endif
 }
 
+OwnedStream::OwnedStream(const Device& device) {
+    if (device.type != DeviceType::CUDA) return;
+#ifdef QDIT_WITH_CUDA
+    const int n = cuda::device_count();
+    if (n == 0) raise<Error>("no CUDA device is visible (check the driver and CUDA_VISIBLE_DEVICES)");
+    if (device.index < 0 || device.index >= n)
+        raise<UsageError>("CUDA device {} does not exist ({} visible: 0..{})", device.index, n, n - 1);
+    cuda::check(cudaSetDevice(device.index), "selecting the CUDA device");
+    cuda::require_code_for_device(device.index);
+    cudaStream_t s = nullptr;
+    cuda::check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "creating a stream");
+    stream_ = s;
+#else
+    no_cuda("a CUDA stream");
+#endif
+}
+
+OwnedStream::~OwnedStream() {
+#ifdef QDIT_WITH_CUDA
+    if (!stream_) return;
+    cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+    cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+#endif
+}
+
 Tensor to_device(const Tensor& host, const Context& ctx, Memory kind) {
     QDIT_CHECK(host.device().type == DeviceType::CPU, "to_device takes a host tensor, not one on {}",
                host.device().str());

@@ -24,6 +24,21 @@ struct Context {
 // CUDA devices this build can use here (0 without the CUDA backend or a GPU).
 int cuda_devices();
 
+// A stream of its own on a GPU device (checked to exist and to be one this build has code for;
+// made the current device), synchronized and destroyed with this object; nothing on the CPU.
+// What a model's CUDA graphs need (the legacy default stream cannot be captured).
+class OwnedStream {
+public:
+    explicit OwnedStream(const Device& device);
+    ~OwnedStream();
+    OwnedStream(const OwnedStream&) = delete;
+    OwnedStream& operator=(const OwnedStream&) = delete;
+    void* get() const { return stream_; }  // the cudaStream_t, or null on the CPU
+
+private:
+    void* stream_ = nullptr;
+};
+
 // What a tensor's memory is for, on a device that accounts for it (weights or activations).
 enum class Memory { Activation, Weight };
 

@@ -56,8 +56,8 @@ GIB = float(1 << 30)
 PROMPT = "a lighthouse on a cliff at dusk, waves below, oil painting"
 NEGATIVE = " "  # Qwen-Image: true CFG runs only with a negative prompt (as in diffusers)
 MODELS = {
-    "qwen-image": dict(title="Qwen-Image", steps=50, true_cfg=4.0, kept="img_mlp", need_gb=62, row_s=200),
-    "zimage": dict(title="Z-Image-Turbo", steps=9, true_cfg=None, kept="feed_forward", need_gb=23, row_s=60),
+    "qwen-image": dict(title="Qwen-Image", steps=50, true_cfg=4.0, kept="img_mlp", need_gb=58.5, row_s=200),
+    "zimage": dict(title="Z-Image-Turbo", steps=9, true_cfg=None, kept="feed_forward", need_gb=21.5, row_s=60),
 }
 SIZE = 256 if SMOKE else 1024
 
@@ -364,31 +364,41 @@ def psnr(a_png, b_png):
 
 
 def environment():
+    """Versions and the device's name, without starting CUDA in this process (its memory is the rows')."""
     env = dict(device=DEVICE, size=SIZE, smoke=SMOKE)
     try:
         import diffusers
         import torch
-        env.update(torch=torch.__version__, diffusers=diffusers.__version__,
-                   gpu=torch.cuda.get_device_name(0) if DEVICE == "cuda" else "CPU")
+        env.update(torch=torch.__version__, diffusers=diffusers.__version__)
     except Exception as e:  # the qdit rows still run
         env["import_error"] = str(e)
-    if env.get("gpu") == "CPU":
-        try:
+    try:
+        if DEVICE == "cuda":
+            env["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+                                        capture_output=True, text=True, check=True).stdout.strip()
+        else:
             env["gpu"] = "CPU: " + re.search(r"model name\s*:\s*(.*)", open("/proc/cpuinfo").read()).group(1)
-        except (OSError, AttributeError):
-            pass
+    except (OSError, AttributeError, subprocess.CalledProcessError):
+        pass
     return env
 
 
 def run(model, root, binary, out):
     d = os.path.join(root, model)
+    os.makedirs(root, exist_ok=True)
     for other in MODELS:
         if other != model and os.path.exists(os.path.join(root, other)):
             log(f"deleting {os.path.join(root, other)} (the disk holds one pipeline folder)")
             shutil.rmtree(os.path.join(root, other))
-    write(model, d)
     deadline = float(os.environ.get("DEADLINE_EPOCH", time.time() + 7 * 86400))
     row_s = float(os.environ.get("ROW_S", 0 if SMOKE else MODELS[model]["row_s"]))
+    if not os.path.exists(os.path.join(d, ".complete")):
+        # A child process, so that the GPU memory the writer used is returned before qdit runs.
+        rc, _ = watch([sys.executable, os.path.abspath(__file__), "write", model, d], d + ".write.log",
+                      deadline - time.time())
+        if rc != 0:
+            log(f"writing {d} failed ({rc}; see {d}.write.log)")
+            return 1
     res_path = os.path.join(root, f"results-{model}.json")
     res = json.load(open(res_path)) if os.path.exists(res_path) else dict(rows={})
     res["env"] = environment()

@@ -11,7 +11,7 @@
 #   WHEELS    folder of wheels missing there (diffusers, importlib_metadata, lazy_importer): .whl
 #   QDIT_BIN  the qdit CLI built with CUDA for sm_90a: .peers/qdit
 #   QDIT_LIBS folder with libdnnl.so.2(.gz) and libOpenCL.so.1, which the binary links: .peers
-#   ROOT      where the pipeline folders, images and results go (needs ~62 GB free for Qwen-Image): /tmp/e2e
+#   ROOT      where the pipeline folders, images and results go (Qwen-Image needs 58.5 GB free there, Z-Image 21.5 GB): /tmp/e2e
 #   DEADLINE  seconds since the start after which no row starts and running ones are stopped (optional)
 #   ROW_S     seconds a row needs at least to be started (default 200 Qwen-Image, 60 Z-Image)
 # SMOKE=1: the committed tiny pipelines' configs, 256x256, 2 steps; with DEVICE=cpu it runs without a
@@ -24,14 +24,14 @@ MODEL="${MODEL:-all}"
 WHEELS="${WHEELS:-.whl}"
 QDIT_BIN="${QDIT_BIN:-.peers/qdit}"
 QDIT_LIBS="${QDIT_LIBS:-.peers}"
+case "$MODEL" in all) models="zimage qwen-image" ;; qwen-image|zimage) models="$MODEL" ;;
+  *) echo "error: MODEL=$MODEL: allowed values are qwen-image, zimage, all" >&2; exit 2 ;; esac
 if [ "${DEVICE:-cuda}" = cpu ]; then
   mkdir -p "$O"; export PYTHONUNBUFFERED=1
 else
   . bench/peers/setup_env.sh
 fi
 [ -n "${DEADLINE:-}" ] && export DEADLINE_EPOCH=$(( $(date +%s) + DEADLINE - SECONDS ))
-case "$MODEL" in all) models="zimage qwen-image" ;; qwen-image|zimage) models="$MODEL" ;;
-  *) echo "error: MODEL=$MODEL: allowed values are qwen-image, zimage, all" >&2; exit 2 ;; esac
 rc=0
 for m in $models; do
   echo "[$(date +%T)] $m"

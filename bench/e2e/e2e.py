@@ -287,7 +287,10 @@ def qdit_serve(binary, model, d, log_path, q, timeout):
             if status != 200:
                 error = f"request {i + 1}: HTTP {status} {reply[:200]!r}"
                 break
-    p.terminate()  # SIGTERM: the server finishes what it accepted and exits
+    if error:
+        p.kill()  # a request may still run (stopped at the deadline)
+    else:
+        p.terminate()  # SIGTERM: nothing left to finish, the server exits
     try:
         p.wait(timeout=30)
     except subprocess.TimeoutExpired:

@@ -150,4 +150,26 @@ void check_output_file(const std::string& path);
 // A temporary path beside `path` (same folder, so rename is atomic).
 std::string temp_path_for(const std::string& path);
 
+// Reads byte ranges of files into the caller's memory with pread (nothing is mapped, so the bytes
+// live only in the page cache and the caller's buffer); a range of at least 2 × `min_piece` bytes
+// is split over up to `threads` threads. Files stay open until the reader is destroyed.
+class RangeReader {
+public:
+    explicit RangeReader(int threads = 4, size_t min_piece = size_t(4) << 20);
+    ~RangeReader();
+    RangeReader(const RangeReader&) = delete;
+    RangeReader& operator=(const RangeReader&) = delete;
+
+    // n bytes of `path` from `offset` into dst; IoError naming the file when it cannot be read or
+    // ends before offset + n.
+    void read(const std::string& path, uint64_t offset, size_t n, void* dst);
+
+private:
+    int fd(const std::string& path);
+
+    int threads_;
+    size_t min_piece_;
+    std::vector<std::pair<std::string, int>> fds_;
+};
+
 }  // namespace qdit

@@ -183,6 +183,11 @@ Tensor SafetensorsFile::get(const std::string& name) const {
     return copy;
 }
 
+TensorBytes SafetensorsFile::bytes_of(const std::string& name) const {
+    const TensorInfo& i = info(name);
+    return {path(), uint64_t(data_start_ + i.begin), i.end - i.begin};
+}
+
 // ---------------------------------------------------------------- Checkpoint
 
 namespace {
@@ -282,6 +287,11 @@ Tensor Checkpoint::get(const std::string& name) const {
     std::lock_guard<std::mutex> lk(g_observer_mu);
     if (g_observer) g_observer(t.nbytes());
     return t;
+}
+
+TensorBytes Checkpoint::bytes_of(const std::string& name) const {
+    info(name);  // validates the index entry
+    return shard(file_of(name)).bytes_of(name);
 }
 
 Tensor Checkpoint::get_as(const std::string& name, DType dtype) const {

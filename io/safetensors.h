@@ -22,6 +22,14 @@ struct TensorInfo {
     size_t begin = 0, end = 0;  // byte offsets into the data region
 };
 
+// Where a tensor's bytes lie in its file, for readers that do not go through the mapping
+// (io/files.h's RangeReader).
+struct TensorBytes {
+    std::string file;
+    uint64_t offset = 0;  // from the start of the file
+    size_t nbytes = 0;
+};
+
 // A read-only mapping of a whole file.
 class MappedFile : public Storage {
 public:
@@ -55,6 +63,7 @@ public:
     // A zero-copy view of the tensor's bytes (kept alive by the view); a copy when
     // the file places them where their element type cannot be read in place.
     Tensor get(const std::string& name) const;
+    TensorBytes bytes_of(const std::string& name) const;
 
 private:
     std::shared_ptr<MappedFile> map_;
@@ -85,6 +94,8 @@ public:
     Tensor get(const std::string& name) const;  // zero-copy view
     // The tensor converted to `dtype` (a copy unless already that dtype).
     Tensor get_as(const std::string& name, DType dtype) const;
+    // Where the tensor's bytes lie (validates the index entry as get does).
+    TensorBytes bytes_of(const std::string& name) const;
     // Which file holds a tensor.
     const std::string& file_of(const std::string& name) const;
     std::vector<std::string> files() const;

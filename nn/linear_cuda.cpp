@@ -11,7 +11,9 @@
 #include "backend/cuda/int8_gemm.h"
 #include "backend/cuda/int8_weight_only.h"
 #include "backend/cuda/random.h"
+#include "backend/cuda/weight_load.h"
 #include "nn/load.h"
+#include "nn/load_cuda.h"
 
 namespace qdit::nn::gpu {
 
@@ -32,6 +34,77 @@ void copy_block(const Tensor& src, Tensor& dst, int64_t r0, int64_t kdst, int64_
                     static_cast<const uint8_t*>(src.raw()) + size_t((sr0 + r) * K + sc0) * es, size_t(cols) * es);
 }
 
+// make_part from the checkpoint through the reader: the members' stored tensors go to the device
+// and are cut (window), converted and quantized there into the part's zero-padded buffers, exactly
+// as the host path below does it (scales of padded rows 1, biases of padded rows 0).
+void read_part(Part& p, const std::vector<Member>& ms, int64_t k, int64_t kp, bool any_bias, CheckpointReader& rd) {
+    const cudaStream_t s = rd.stream();
+    const int64_t kw = p.int8 ? kp : k;
+    DTensor w = DTensor::zeros({p.n, kw}, p.int8 ? DType::I8 : DType::BF16, MemKind::Weight, s);
+    DTensor scale, bias;
+    if (p.int8) {
+        scale = DTensor::empty({p.n}, DType::F32, MemKind::Weight);
+        cuda::check(cuda::fill_f32(scale.data<float>(), p.n, 1.f, s), "weight load");
+    }
+    if (any_bias) bias = DTensor::zeros({p.n}, p.int8 ? DType::F32 : DType::BF16, MemKind::Weight, s);
+    const size_t wes = dtype_size(w.dtype()), bes = any_bias ? dtype_size(bias.dtype()) : 0;
+    int64_t r0 = 0;
+    for (const Member& m : ms) {
+        const LinearSpec& spec = m.plan->spec;
+        const std::string& name = spec.name;
+        const TensorInfo& wi = rd.checkpoint().info(name + ".weight");
+        if (wi.shape != Shape{spec.out_features, spec.in_features})
+            raise<ShapeError>("{}: weight is {}, expected [{}, {}]", name, shape_str(wi.shape), spec.out_features,
+                              spec.in_features);
+        if (m.plan->prequantized && !p.int8)
+            raise<ShapeError>("{}: stored as int8, but planned in high precision", name);
+        const int64_t N = spec.out_features, K = spec.in_features;
+        const int64_t rows = std::max<int64_t>(0, std::min(m.n_pad, N - m.r0)),
+                      cols = std::max<int64_t>(0, std::min(k, K - m.c0));
+        char* wdst = static_cast<char*>(w.raw()) + size_t(r0 * kw) * wes;
+        if (rows > 0 && cols > 0 && !p.int8 && wi.dtype == DType::BF16 && m.r0 == 0 && m.c0 == 0 && K == kw) {
+            // Stored as used: the rows go straight into place.
+            const TensorBytes b = rd.checkpoint().bytes_of(name + ".weight");
+            rd.copy_bytes(b, size_t(rows * K) * wes, wdst);
+        } else if (rows > 0) {
+            const DTensor raw = rd.stored(name + ".weight");
+            rd.begin_convert();
+            if (m.plan->prequantized) {
+                if (cols > 0)
+                    cuda::check(cudaMemcpy2DAsync(wdst, size_t(kw), raw.data<int8_t>() + m.r0 * K + m.c0, size_t(K),
+                                                  size_t(cols), size_t(rows), cudaMemcpyDeviceToDevice, s),
+                                "weight load");
+            } else if (p.int8) {
+                cuda::check(cuda::quantize_window_int8(raw.raw(), raw.dtype(), K, m.r0, m.c0, rows, cols,
+                                                       reinterpret_cast<int8_t*>(wdst), kw, scale.data<float>() + r0, s),
+                            "weight quantization");
+            } else {
+                cuda::check(cuda::convert_window(raw.raw(), raw.dtype(), K, m.r0, m.c0, rows, cols, wdst, DType::BF16,
+                                                 kw, s),
+                            "weight conversion");
+            }
+            rd.end_convert();
+        }
+        // Per-row vectors: the stored scale of a pre-quantized weight, the bias.
+        auto vector = [&](const std::string& key, void* dst, DType dt) {
+            if (rows == 0) return;
+            const DTensor raw = rd.stored(key);
+            if (raw.numel() != N)
+                raise<ShapeError>("{}: '{}' has {} values, expected {}", name, key, raw.numel(), N);
+            rd.begin_convert();
+            cuda::check(cuda::convert_window(raw.raw(), raw.dtype(), 1, m.r0, 0, rows, 1, dst, dt, 1, s),
+                        "weight conversion");
+            rd.end_convert();
+        };
+        if (m.plan->prequantized) vector(name + ".weight_scale", scale.data<float>() + r0, DType::F32);
+        if (spec.bias) vector(name + ".bias", static_cast<char*>(bias.raw()) + size_t(r0) * bes, bias.dtype());
+        r0 += m.n_pad;
+    }
+    (p.int8 ? p.q : p.w) = w;
+    p.wscale = scale;
+    p.bias = bias;
+}
+
 Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, int64_t col, const WeightSource& src) {
     Part p;
     p.int8 = int8;
@@ -39,6 +112,10 @@ Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, 
     for (const Member& m : ms) p.n += m.n_pad;
     const bool any_bias = std::any_of(ms.begin(), ms.end(), [](const Member& m) { return m.plan->spec.bias; });
     cudaStream_t s = src.stream;
+    if (src.checkpoint && src.reader) {
+        read_part(p, ms, k, kp, any_bias, *src.reader);
+        return p;
+    }
     if (src.checkpoint) {
         // Concatenate on the host, zero-padded; scales of padded rows are 1.
         Tensor wcat = Tensor::zeros({p.n, int8 ? kp : k}, int8 ? DType::I8 : DType::BF16);

@@ -68,16 +68,23 @@ struct Member {
     int64_t r0 = 0, c0 = 0;
 };
 
+class CheckpointReader;
+
 // Where weights come from: the checkpoint (int8 as stored, or quantized from the stored weight as
 // load_linear does; bf16 rounded), or, without one, random N(0, 0.02) weights and biases made on
-// the device from `seed` (benchmarks at the real size).
+// the device from `seed` (benchmarks at the real size). With a `reader` (of that checkpoint, on
+// `stream`), the stored bytes go to the device as they are and are converted and quantized there
+// (nn/load_cuda.h); without, host_weights prepares them on the host and they are uploaded. Both
+// give the same bytes.
 struct WeightSource {
     const Checkpoint* checkpoint = nullptr;
     uint64_t seed = 0;
     cudaStream_t stream = nullptr;
+    CheckpointReader* reader = nullptr;
 };
 
-// The group of `ms`, every member read with input width k. Uploads synchronously.
+// The group of `ms`, every member read with input width k. Without a reader, uploads synchronously;
+// with one, the work is queued on the stream.
 Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& src);
 
 // t (bf16) ← N(mean, std) from a counter-based hash of (seed, index). Asynchronous.

@@ -6,7 +6,9 @@
 #include "nn/load.h"
 #include "ops/elementwise.h"
 #ifdef QDIT_WITH_CUDA
+#include "backend/cuda/device_tensor.h"
 #include "nn/linear_cuda.h"
+#include "nn/load_cuda.h"
 #endif
 
 namespace qdit::nn {
@@ -16,7 +18,7 @@ LinearGroup::LinearGroup(const Checkpoint& ck, const std::vector<Member>& member
     : LinearGroup(&ck, 0, members, compute, ctx) {}
 
 LinearGroup::LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<Member>& members, DType compute,
-                         const ops::Context& ctx)
+                         const ops::Context& ctx, gpu::CheckpointReader* reader)
     : ctx_(ctx), compute_(compute) {
     if (members.empty()) raise<ShapeError>("a Linear group needs at least one layer");
     for (const Member& m : members)
@@ -46,12 +48,13 @@ LinearGroup::LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<
         width_ += ms.back().n_pad;
     }
     auto g = std::make_shared<gpu::Group>(
-        gpu::make_group(ms, ms[0].k_pad, gpu::WeightSource{ck, seed, static_cast<cudaStream_t>(ctx.stream)}));
+        gpu::make_group(ms, ms[0].k_pad, gpu::WeightSource{ck, seed, static_cast<cudaStream_t>(ctx.stream), reader}));
     spec_ = {g->needs_bf16(), g->needs_int8(), g->k, g->kp};
     bytes_ = g->bytes();
     gpu_ = g;
 #else
     (void)seed;
+    (void)reader;
     raise<UsageError>("{}: this build of qdit has no CUDA backend", members[0].plan->spec.name);
 #endif
 }
@@ -117,6 +120,11 @@ WeightLoader::WeightLoader(const QuantPlan& plan, const Checkpoint* ck, uint64_t
                            const ops::Context& ctx, std::string where)
     : ck_(ck), seed_(seed), compute_(compute), ctx_(ctx), where_(std::move(where)) {
     for (const LayerPlan& l : plan.layers) plans_[l.spec.name] = &l;
+#ifdef QDIT_WITH_CUDA
+    if (ck_ && ctx_.cuda())
+        reader_ = std::make_shared<gpu::CheckpointReader>(*ck_, static_cast<cudaStream_t>(ctx_.stream),
+                                                          load_threads());
+#endif
 }
 
 const LayerPlan& WeightLoader::plan(const std::string& name) const {
@@ -126,7 +134,7 @@ const LayerPlan& WeightLoader::plan(const std::string& name) const {
 }
 
 LinearGroup WeightLoader::group(const std::vector<LinearGroup::Member>& members) {
-    LinearGroup g(ck_, seed_, members, compute_, ctx_);
+    LinearGroup g(ck_, seed_, members, compute_, ctx_, reader_.get());
     bytes_ += g.weight_bytes();
     n_int8_ += g.int8_members();
     return g;
@@ -134,7 +142,13 @@ LinearGroup WeightLoader::group(const std::vector<LinearGroup::Member>& members)
 
 Tensor WeightLoader::tensor(const std::string& name, Shape shape, bool norm) {
     Tensor t;
-    if (ck_) {
+    if (ck_ && reader_) {
+#ifdef QDIT_WITH_CUDA
+        const cuda::DTensor d = reader_->tensor(name, compute_);
+        t = d.as_tensor();
+        if (!shape.empty()) t = t.view(std::move(shape));
+#endif
+    } else if (ck_) {
         t = ck_->get_as(name, compute_);
         t = ops::to_device(shape.empty() ? t : t.view(std::move(shape)), ctx_, ops::Memory::Weight);
     } else {

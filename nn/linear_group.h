@@ -18,6 +18,10 @@
 
 namespace qdit::nn {
 
+namespace gpu {
+class CheckpointReader;  // nn/load_cuda.h
+}
+
 class LinearGroup {
 public:
     struct Member {
@@ -30,9 +34,11 @@ public:
     // F32 or BF16; a GPU: BF16).
     LinearGroup(const Checkpoint& ck, const std::vector<Member>& members, DType compute, const ops::Context& ctx);
     // Without a checkpoint: random N(0, 0.02) weights made on the GPU from `seed` (benchmarks at the
-    // real size; nn/linear_cuda.h), quantized there as the plans say. A GPU context only.
+    // real size; nn/linear_cuda.h), quantized there as the plans say. A GPU context only. On a GPU,
+    // `reader` (of ck) reads the checkpoint straight to the device, where the weights are converted
+    // and quantized; without it they are prepared on the host (the same bytes).
     LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<Member>& members, DType compute,
-                const ops::Context& ctx);
+                const ops::Context& ctx, gpu::CheckpointReader* reader = nullptr);
 
     int64_t width() const { return width_; }               // output columns
     int64_t column(size_t i) const { return cols_.at(i); }  // where member i's block starts
@@ -64,7 +70,9 @@ private:
 // quantization plan says, and the other tensors (norm weights, embeddings, pad tokens) in the
 // compute dtype; counts the device bytes and the int8 Linears. Without a checkpoint, weights are
 // random, made on the GPU from `seed` (LinearGroup's random constructor; a tensor whose name holds
-// "norm" ~ N(1, 0.02), others ~ N(0, 0.02)).
+// "norm" ~ N(1, 0.02), others ~ N(0, 0.02)). On a GPU the checkpoint is read straight to the device
+// through pinned staging buffers and converted / quantized there (nn/load_cuda.h); the times go to
+// nn::load_stats() when the loader is destroyed.
 class WeightLoader {
 public:
     WeightLoader(const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute, const ops::Context& ctx,
@@ -93,6 +101,7 @@ private:
     std::string where_;
     size_t bytes_ = 0;
     int n_int8_ = 0;
+    std::shared_ptr<gpu::CheckpointReader> reader_;  // a GPU context with a checkpoint
 };
 
 }  // namespace qdit::nn

@@ -215,13 +215,6 @@ void write_pipeline(const std::string& dir_str, const std::string& pipeline, con
 
 }  // namespace
 
-std::string default_cache_dir() {
-    if (const char* d = std::getenv("QDIT_CACHE_DIR"); d && *d) return d;
-    if (const char* d = std::getenv("XDG_CACHE_HOME"); d && *d) return (fs::path(d) / "qdit").string();
-    if (const char* h = std::getenv("HOME"); h && *h) return (fs::path(h) / ".cache" / "qdit").string();
-    raise<IoError>("no cache folder: set QDIT_CACHE_DIR or HOME");
-}
-
 void write_tiny_zimage(const std::string& dir) {
     write_pipeline(dir, "ZImagePipeline", kScheduler, kTextEncoder, kTransformer, kVae,
                    vae::decoder_params(vae::Config::from_json(kVae, "built-in vae")), 1);

@@ -5,10 +5,9 @@
 #pragma once
 #include <string>
 
-namespace qdit {
+#include "io/cache.h"  // default_cache_dir
 
-// $QDIT_CACHE_DIR, else $XDG_CACHE_HOME/qdit, else ~/.cache/qdit.
-std::string default_cache_dir();
+namespace qdit {
 
 // The built-in pipelines, by the name `qdit generate --pipeline` takes.
 enum class TinyPipeline { ZImage, QwenImage };

@@ -2,10 +2,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <random>
 #include <vector>
 
 #include "nn/linear.h"
+#include "nn/load.h"
 #include "backend/cpu/quantize.h"
 #include "quant/int8.h"
 
@@ -154,4 +157,30 @@ TEST(Linear, RejectsBadInputs) {
     EXPECT_THROW(nn::Linear::int8("x", p.w, Tensor::zeros({3}, DType::F32), Tensor()), ShapeError);
     Tensor y = lin.forward(Tensor::empty({0, 4}, DType::F32));
     EXPECT_EQ(y.shape(), (Shape{0, 3}));
+}
+
+// QDIT_LOAD_THREADS: the GPU load's reading threads, 4 by default, 1 to 64, anything else refused
+// naming the variable.
+TEST(LoadThreads, FromTheEnvironment) {
+    const char* old = std::getenv("QDIT_LOAD_THREADS");
+    const std::string saved = old ? old : "";
+    ::unsetenv("QDIT_LOAD_THREADS");
+    EXPECT_EQ(nn::load_threads(), 4);
+    ::setenv("QDIT_LOAD_THREADS", "8", 1);
+    EXPECT_EQ(nn::load_threads(), 8);
+    ::setenv("QDIT_LOAD_THREADS", "64", 1);
+    EXPECT_EQ(nn::load_threads(), 64);
+    for (const char* bad : {"0", "65", "4x", "-2", "many"}) {
+        ::setenv("QDIT_LOAD_THREADS", bad, 1);
+        try {
+            nn::load_threads();
+            ADD_FAILURE() << bad << " accepted";
+        } catch (const UsageError& e) {
+            EXPECT_NE(std::string(e.what()).find("QDIT_LOAD_THREADS"), std::string::npos) << e.what();
+        }
+    }
+    if (old)
+        ::setenv("QDIT_LOAD_THREADS", saved.c_str(), 1);
+    else
+        ::unsetenv("QDIT_LOAD_THREADS");
 }

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <filesystem>
 
+#include <fmt/format.h>
+
 #include "io/files.h"
 #include "io/png.h"
 #include "io/safetensors.h"
@@ -120,6 +122,28 @@ TEST(Generate, WritesAPngWithItsSettings) {
     EXPECT_EQ(text["steps"], "2");
     EXPECT_EQ(text["quantization"], "int8");
     EXPECT_EQ(text["device"], "cpu");
+}
+
+// --verbose: the report's lines, one per denoising step, before the unchanged summary.
+TEST(Generate, VerboseSaysWhereTheTimeWent) {
+    fs::path out = testutil::fresh_dir("gen_verbose") / "out.png";
+    CliResult r = run_qdit("generate --model " + kPipe + " --prompt 'a cat' --width 32 --height 32 --steps 3 "
+                           "--verbose -o " + out.string());
+    ASSERT_EQ(r.status, 0) << r.err;
+    const size_t load = r.out.find("\nload: "), text = r.out.find("\ntext encoder: "),
+                 vae = r.out.find("\nvae: "), summary = r.out.find("\ntime: load ");
+    for (size_t at : {load, text, vae, summary}) ASSERT_NE(at, std::string::npos) << r.out;
+    EXPECT_LT(load, text);
+    EXPECT_LT(vae, summary);
+    for (int step = 1; step <= 3; ++step)
+        EXPECT_NE(r.out.find(fmt::format("\ndenoise step {}: ", step)), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("denoise step 4"), std::string::npos) << r.out;
+    // Nothing of the GPU load path on the CPU.
+    EXPECT_EQ(r.out.find("GPU weights"), std::string::npos) << r.out;
+    r = run_qdit("generate --model " + kPipe + " --prompt 'a cat' --width 32 --height 32 --steps 1 -o " + out.string());
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out.find("denoise step"), std::string::npos) << r.out;  // only with --verbose
+    EXPECT_NE(r.out.find("time: load "), std::string::npos) << r.out;
 }
 
 TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {

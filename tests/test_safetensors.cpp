@@ -120,6 +120,41 @@ TEST(Safetensors, ShardedCheckpointRoundTrip) {
     EXPECT_EQ(Checkpoint(d2.string()).keys().size(), ts.size());
 }
 
+// bytes_of + RangeReader give the same bytes as the mapping, from every shard, with the read split
+// over threads or not; a range past the end of the file is an IoError naming it.
+TEST(Safetensors, RangeReaderReadsTheTensorBytes) {
+    fs::path d = temp_dir("ranges");
+    std::vector<std::pair<std::string, Tensor>> ts;
+    for (int i = 0; i < 4; ++i)
+        ts.emplace_back("t" + std::to_string(i), random_tensor({64, 37 + i}, i % 2 ? DType::F32 : DType::BF16,
+                                                               uint32_t(40 + i)));
+    write_checkpoint(d.string(), "model", ts, 12000);
+    Checkpoint ck(d.string());
+    ASSERT_GT(ck.files().size(), 1u);
+    for (size_t piece : {size_t(1), size_t(64), size_t(1) << 20}) {
+        RangeReader rr(3, piece);
+        for (auto& [name, t] : ts) {
+            const TensorBytes b = ck.bytes_of(name);
+            EXPECT_EQ(b.file, ck.file_of(name));
+            ASSERT_EQ(b.nbytes, t.nbytes());
+            std::vector<uint8_t> got(b.nbytes);
+            rr.read(b.file, b.offset, b.nbytes, got.data());
+            EXPECT_EQ(std::memcmp(got.data(), t.raw(), b.nbytes), 0) << name << " piece " << piece;
+        }
+    }
+    RangeReader rr(2, 16);
+    const TensorBytes b = ck.bytes_of("t3");
+    std::vector<uint8_t> buf(4096);
+    try {
+        rr.read(b.file, b.offset + b.nbytes - 8, 100, buf.data());
+        FAIL() << "read past the end";
+    } catch (const IoError& e) {
+        EXPECT_NE(std::string(e.what()).find(b.file), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("ends"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(rr.read((d / "absent.safetensors").string(), 0, 1, buf.data()), IoError);
+}
+
 TEST(Safetensors, IndexErrorsNameTheShard) {
     fs::path d = temp_dir("badindex");
     write_file_atomic((d / "model.safetensors.index.json").string(),

@@ -6,16 +6,15 @@
     python3 e2e.py table ROOT OUT                  # the tables again from ROOT/results-*.json
 
 Pipeline folder (ROOT/MODEL, written once, marked by .complete): seeded random weights made on DEVICE
-and saved in bf16 with save_pretrained, at the published configs (tests/data): Qwen-Image =
-QwenImageTransformer2DModel (qwen_image/published, 60 blocks), Qwen2_5_VLForConditionalGeneration
-(qwen25vl/published, vision tower included: diffusers loads it, qdit skips it unread),
-AutoencoderKLQwenImage (qwen_image_vae/published); Z-Image-Turbo = ZImageTransformer2DModel,
-Qwen3ForCausalLM, AutoencoderKL (zimage/, qwen3/, vae/ published). Transformer Linear weights and
-biases ~ N(0, 0.02), its other parameters ~ N(1, 0.02) (as bench/peers); the text encoder and VAE
-keep their libraries' own initialization. Tokenizer (the committed test tokenizer, not the real
-one: prompt token counts differ), scheduler config and model_index.json come from the committed
-tiny pipelines. The folder of the other model is deleted first (the disk holds one: Qwen-Image's is
-~58 GB), and free space is checked before writing.
+and saved in bf16 with save_pretrained, at the published configs (tests/data). Qwen-Image (here):
+QwenImageTransformer2DModel (qwen_image/published, 60 blocks; Linear weights and biases ~ N(0, 0.02),
+its other parameters ~ N(1, 0.02), as bench/peers), Qwen2_5_VLForConditionalGeneration
+(qwen25vl/published, vision tower included: diffusers loads it, qdit skips it unread) and
+AutoencoderKLQwenImage (qwen_image_vae/published) with their libraries' own initialization.
+Z-Image-Turbo: bench/cold_start's writer (the same scheme). Tokenizer (the committed test tokenizer,
+not the real one: prompt token counts differ), scheduler config and model_index.json come from the
+committed tiny pipelines. The folder of the other model is deleted first (the disk holds one:
+Qwen-Image's is ~58 GB), and free space is checked before writing.
 
 Rows (each resumable: ROOT/results-MODEL.json keeps the finished ones, a rerun does the rest):
   qdit bf16, int8, int8 with img_mlp (Qwen-Image) / feed_forward (Z-Image) kept:
@@ -30,8 +29,8 @@ Rows (each resumable: ROOT/results-MODEL.json keeps the finished ones, a rerun d
 PSNR: each image against qdit bf16's, all made from the same initial noise (NOISE: torch.randn at
 SEED, rounded to bf16, given to qdit by --latents and to diffusers by latents=, packed for Qwen-Image).
 
-Environment: SMOKE=1 builds the committed tiny pipelines' configs (2 blocks, small widths) and runs
-256x256, 2 steps; DEVICE (default cuda; cpu for the smoke check without a GPU); DEADLINE_EPOCH (unix
+Environment: SMOKE=1 builds reduced models (Qwen-Image: the committed tiny pipeline's configs, 2 blocks,
+small widths; Z-Image: cold_start's 2 + 1 layers at the published widths) and runs 256x256, 2 steps; DEVICE (default cuda; cpu for the smoke check without a GPU); DEADLINE_EPOCH (unix
 time) after which no row starts, and ROW_S (seconds, default 200 Qwen-Image / 60 Z-Image, 0 with
 SMOKE) that a row needs at least: a row is started only when that much time is left, and its
 processes are stopped at the deadline (such a row is not recorded, so a rerun does it).
@@ -48,6 +47,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "..", "tests", "data")
+sys.path.insert(0, os.path.join(HERE, "..", "cold_start"))
+from cold_start import log, num, published, write as write_zimage  # noqa: E402  (the Z-Image folder writer)
 SMOKE = os.environ.get("SMOKE") == "1"
 DEVICE = os.environ.get("DEVICE", "cuda")
 SEED = 1234
@@ -66,19 +67,10 @@ def steps(model):
     return 2 if SMOKE else MODELS[model]["steps"]
 
 
-def log(*a):
-    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
-
-
-def read_config(*parts):
-    with open(os.path.join(DATA, *parts)) as f:
-        return {k: v for k, v in json.load(f).items() if not k.startswith("_")}
-
-
 # ---------------------------------------------------------------------------------------- write
 
 def check_disk(d, model):
-    need = 1 if SMOKE else MODELS[model]["need_gb"]
+    need = 3 if SMOKE else MODELS[model]["need_gb"]
     parent = os.path.dirname(os.path.abspath(d))
     os.makedirs(parent, exist_ok=True)
     free = shutil.disk_usage(parent).free / 1e9
@@ -87,72 +79,49 @@ def check_disk(d, model):
                  f"about {need} GB (delete other folders there, or set ROOT to a larger disk)")
 
 
-def random_transformer(cls, cfg, out):
-    """cls(**cfg) in bf16 on DEVICE, Linear weights/biases ~ N(0, 0.02), the rest ~ N(1, 0.02), saved."""
+def save_model(make, out, redraw=False):
+    """make() built in bf16 on DEVICE and saved with save_pretrained. redraw: its Linear weights and biases
+    ~ N(0, 0.02), its other parameters ~ N(1, 0.02) (as bench/peers); else its library's initialization."""
     import torch
     torch.set_default_dtype(torch.bfloat16)  # 20.4 B parameters in f32 would not fit an 80 GB card
     with torch.device(DEVICE):
-        model = cls(**cfg).eval()
+        model = make().eval()
     torch.set_default_dtype(torch.float32)
-    g = torch.Generator(DEVICE).manual_seed(SEED)
-    linear = {f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-              for p, _ in m.named_parameters(recurse=False)}
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            p.normal_(0.0 if name in linear or name.endswith("pad_token") else 1.0, 0.02, generator=g)
+    if redraw:
+        g = torch.Generator(DEVICE).manual_seed(SEED)
+        linear = {f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                  for p, _ in m.named_parameters(recurse=False)}
+        with torch.no_grad():
+            for name, p in sorted(model.named_parameters()):
+                p.normal_(0.0 if name in linear else 1.0, 0.02, generator=g)
     model.save_pretrained(out, safe_serialization=True)
-
-
-def default_init(make, out):
-    """make() built in bf16 on DEVICE with its library's own initialization, saved."""
-    import torch
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(DEVICE):
-        m = make().eval()
-    torch.set_default_dtype(torch.float32)
-    m.save_pretrained(out, safe_serialization=True)
 
 
 def write(model, d):
     if os.path.exists(os.path.join(d, ".complete")):
         log(f"reusing {d}")
         return
-    import torch
     check_disk(d, model)
+    if model == "zimage":
+        return write_zimage(d)  # bench/cold_start's writer (SMOKE: 2 + 1 layers at the published widths)
+    import torch
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     t0 = time.time()
     torch.manual_seed(SEED)
-    if model == "qwen-image":
-        from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
-        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-        tiny = "qwen_image_pipeline"
-        tcfg = read_config(tiny, "transformer", "config.json") if SMOKE else read_config("qwen_image", "published",
-                                                                                          "config.json")
-        ecfg = read_config(tiny, "text_encoder", "config.json") if SMOKE else read_config("qwen25vl", "published",
-                                                                                           "config.json")
-        vcfg = read_config(tiny, "vae", "config.json") if SMOKE else read_config("qwen_image_vae", "published",
-                                                                                  "config.json")
-        random_transformer(QwenImageTransformer2DModel, tcfg, os.path.join(d, "transformer"))
-        log(f"transformer written ({time.time() - t0:.0f} s)")
-        default_init(lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**ecfg)),
-                     os.path.join(d, "text_encoder"))
-        log(f"text encoder written ({time.time() - t0:.0f} s)")
-        default_init(lambda: AutoencoderKLQwenImage(**vcfg), os.path.join(d, "vae"))
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    tiny = "qwen_image_pipeline"
+    if SMOKE:
+        tcfg, ecfg, vcfg = (published(tiny, sub, "config.json") for sub in ("transformer", "text_encoder", "vae"))
     else:
-        from diffusers import AutoencoderKL, ZImageTransformer2DModel
-        from transformers import Qwen3Config, Qwen3ForCausalLM
-        tiny = "pipeline"
-        tcfg = read_config(tiny, "transformer", "config.json") if SMOKE else read_config("zimage", "published",
-                                                                                          "config.json")
-        ecfg = read_config(tiny, "text_encoder", "config.json") if SMOKE else read_config("qwen3", "published",
-                                                                                           "config.json")
-        vcfg = read_config(tiny, "vae", "config.json") if SMOKE else read_config("vae", "published", "config.json")
-        random_transformer(ZImageTransformer2DModel, tcfg, os.path.join(d, "transformer"))
-        log(f"transformer written ({time.time() - t0:.0f} s)")
-        default_init(lambda: Qwen3ForCausalLM(Qwen3Config(**ecfg)), os.path.join(d, "text_encoder"))
-        log(f"text encoder written ({time.time() - t0:.0f} s)")
-        default_init(lambda: AutoencoderKL(**vcfg), os.path.join(d, "vae"))
+        tcfg, ecfg, vcfg = (published(sub, "published", "config.json")
+                            for sub in ("qwen_image", "qwen25vl", "qwen_image_vae"))
+    save_model(lambda: QwenImageTransformer2DModel(**tcfg), os.path.join(d, "transformer"), redraw=True)
+    log(f"transformer written ({time.time() - t0:.0f} s)")
+    save_model(lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**ecfg)), os.path.join(d, "text_encoder"))
+    log(f"text encoder written ({time.time() - t0:.0f} s)")
+    save_model(lambda: AutoencoderKLQwenImage(**vcfg), os.path.join(d, "vae"))
     pipe = os.path.join(DATA, tiny)
     for sub in ("tokenizer", "scheduler"):
         shutil.copytree(os.path.join(pipe, sub), os.path.join(d, sub))
@@ -204,11 +173,6 @@ def watch(cmd, log_path, timeout):
     with open(log_path, "w") as f:
         f.write(" ".join(cmd) + "\n" + "".join(out))
     return rc, "".join(out)
-
-
-def num(pattern, text):
-    m = re.search(pattern, text)
-    return float(m.group(1)) if m else None
 
 
 def quant_flags(q, model):
@@ -469,7 +433,7 @@ def model_table(res):
     lines = [f"### {title}, {env['size']}x{env['size']}, {env['steps']} steps{cfg}",
              "",
              f"{env.get('gpu', '?')}; torch {env.get('torch', '?')}, diffusers {env.get('diffusers', '?')}; pipeline "
-             f"folder {env['folder_gb']:.1f} GB of random bf16 weights{' (SMOKE: tiny configs)' if env['smoke'] else ''}.",
+             f"folder {env['folder_gb']:.1f} GB of random bf16 weights{' (SMOKE: reduced models)' if env['smoke'] else ''}.",
              "",
              "| run | time / image s (warm) | speedup vs diffusers compiled | load s | weights GiB | activations GiB "
              "| peak GPU GiB | peak vs diffusers bf16 | PSNR vs qdit bf16 dB |",

@@ -9,6 +9,7 @@
 #include <functional>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -16,6 +17,7 @@
 #include <sys/resource.h>
 
 #include "core/error.h"
+#include "core/memory.h"
 #include "io/files.h"
 #include "io/png.h"
 #include "io/safetensors.h"
@@ -25,6 +27,10 @@
 #include "pipeline/zimage_pipeline.h"
 #include "quant/config.h"
 #include "models/loader.h"
+#include "nn/load.h"
+#ifdef QDIT_WITH_CUDA
+#include "backend/cuda/conv.h"
+#endif
 #include "server/server.h"
 
 namespace {
@@ -167,6 +173,7 @@ struct GenerateArgs {
     int steps = 9, width = 1024, height = 1024, max_sequence_length = 512, gpus = 1;
     uint64_t seed = 0;
     float guidance = 0.0f, true_cfg_scale = 4.0f;
+    bool verbose = false;
     ModelFlags m;
     // Flags whose default or meaning depends on the pipeline: whether they were given.
     CLI::Option *steps_opt = nullptr, *guidance_opt = nullptr, *true_cfg_opt = nullptr, *negative_opt = nullptr,
@@ -187,15 +194,39 @@ double peak_rss_gib() {
     return double(ru.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
 }
 
-// The progress bar on stderr, one update per denoising step.
-std::function<void(int, int, double)> progress_bar() {
+// The progress bar on stderr, one update per denoising step; each step's seconds go to *steps.
+std::function<void(int, int, double)> progress_bar(std::vector<double>* steps = nullptr) {
     const bool tty = ::isatty(2);
-    return [tty](int step, int total, double secs) {
+    return [tty, steps](int step, int total, double secs) {
+        if (steps) steps->push_back(secs);
         const int width = 30, filled = width * step / total;
         std::string bar = std::string(size_t(filled), '#') + std::string(size_t(width - filled), '.');
         fmt::print(stderr, "{}denoise [{}] {}/{} {:.2f} s/it{}", tty ? "\r" : "", bar, step, total, secs,
                    tty && step < total ? "" : "\n");
     };
+}
+
+// generate --verbose: where the time went, on stdout before the summary lines.
+void print_time_report(double load_s, const GenerateResult& r, const std::vector<double>& steps) {
+    const nn::LoadStats ls = nn::load_stats();
+    fmt::print("load: {:.2f} s\n", load_s);
+    if (ls.bytes > 0)
+        fmt::print("  GPU weights: {:.2f} GB in {:.2f} s ({:.2f} GB/s): read {:.2f} s, waiting for uploads {:.2f} s, "
+                   "convert / quantize on the GPU {:.2f} s; {} pinned staging\n",
+                   double(ls.bytes) / 1e9, ls.wall_s, ls.wall_s > 0 ? double(ls.bytes) / 1e9 / ls.wall_s : 0.0,
+                   ls.read_s, ls.wait_s, ls.convert_s, format_bytes(ls.staging_bytes));
+#ifdef QDIT_WITH_CUDA
+    const cuda::ConvPlanStats ps = cuda::conv_plan_stats();
+    if (ps.built + ps.cached + ps.rejected > 0)
+        fmt::print("plans: {} cuDNN convolution plans built in {:.2f} s, {} read from the plan cache in {:.2f} s{}{}\n",
+                   ps.built, ps.build_s, ps.cached, ps.load_s,
+                   ps.rejected ? fmt::format("; {} cache entries unusable", ps.rejected) : std::string(),
+                   ps.unstored ? fmt::format("; {} built plans not stored", ps.unstored) : std::string());
+#endif
+    fmt::print("text encoder: {:.2f} s\n", r.text_seconds);
+    for (size_t i = 0; i < steps.size(); ++i) fmt::print("denoise step {}: {:.3f} s\n", i + 1, steps[i]);
+    fmt::print("denoise: {:.2f} s\n", r.denoise_seconds);
+    fmt::print("vae: {:.2f} s\n", r.vae_seconds);
 }
 
 std::string gib(size_t bytes) { return fmt::format("{:.2f} GiB", double(bytes) / double(1ull << 30)); }
@@ -252,13 +283,15 @@ int generate_qwen_image(const GenerateArgs& a, const PipelineOptions& po, const 
                        "(--max-sequence-length)\n",
                        negative ? "negative prompt" : "prompt", n, kQwenImageDropTokens, go.max_sequence_length);
     }
-    const GenerateResult r = pipe.generate(go, progress_bar());
+    std::vector<double> steps;
+    const GenerateResult r = pipe.generate(go, progress_bar(&steps));
     const std::string quant = quant_method_name(po.transformer_quant.method);
     write_png(a.output, r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)),
               image_metadata(go, model, quant, a.m.device));
     const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     fmt::print("wrote {} ({}x{}, {} steps, seed {}, true CFG {})\n", a.output, go.width, go.height, go.steps, go.seed,
                go.true_cfg() ? fmt::format("{}", go.true_cfg_scale) : std::string("off"));
+    if (a.verbose) print_time_report(load_s + r.load_seconds, r, steps);
     fmt::print("time: load {:.2f} s, text encoder {:.2f} s, denoise {:.2f} s ({:.2f} s/step), vae {:.2f} s, total "
                "{:.2f} s\n",
                load_s + r.load_seconds, r.text_seconds, r.denoise_seconds, r.denoise_seconds / go.steps,
@@ -336,7 +369,8 @@ int cmd_generate(GenerateArgs a) {
                        negative ? "negative prompt" : "prompt", n, go.max_sequence_length);
     }
 
-    GenerateResult r = pipe.generate(go, progress_bar());
+    std::vector<double> steps;
+    GenerateResult r = pipe.generate(go, progress_bar(&steps));
 
     std::string quant = quant_method_name(po.transformer_quant.method);
     write_png(a.output, r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)),
@@ -344,6 +378,7 @@ int cmd_generate(GenerateArgs a) {
                              a.gpus > 1 ? fmt::format("cuda x {} ({} parallel)", a.gpus, a.parallel) : a.m.device));
     double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     fmt::print("wrote {} ({}x{}, {} steps, seed {})\n", a.output, a.width, a.height, a.steps, a.seed);
+    if (a.verbose) print_time_report(load_s + r.load_seconds, r, steps);
     fmt::print("time: load {:.2f} s, text encoder {:.2f} s, denoise {:.2f} s ({:.2f} s/step), "
                "vae {:.2f} s, total {:.2f} s\n",
                load_s + r.load_seconds, r.text_seconds, r.denoise_seconds, r.denoise_seconds / a.steps,
@@ -457,6 +492,10 @@ int main(int argc, char** argv) {
                          "Output PNG (written atomically; its folder must exist and be writable, "
                          "checked before any work)")
         ->capture_default_str();
+    generate->add_flag("-v,--verbose", gen.verbose,
+                       "Say where the time went: the load (GPU weights: read, waiting for uploads, convert / "
+                       "quantize), cuDNN plans built or read from the plan cache, the text encoder, each "
+                       "denoising step, the VAE");
     generate->add_flag("--vae-tiling", gen.vae_tiling,
                        "Qwen-Image only: decode the latents in tiles of 256x256 pixels every 192 (diffusers' "
                        "enable_tiling), so the VAE's memory is that of one tile; seams blended over 64 pixels "

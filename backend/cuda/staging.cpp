@@ -1,0 +1,57 @@
+#include "backend/cuda/staging.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "backend/cuda/device_tensor.h"
+
+namespace qdit::cuda {
+
+namespace {
+double since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+StagedUpload::StagedUpload(cudaStream_t stream, int buffers, size_t bytes)
+    : stream_(stream), n_buffers_(std::max(1, buffers)), bytes_(std::max<size_t>(bytes, 4096)) {}
+
+StagedUpload::~StagedUpload() {
+    for (size_t i = 0; i < host_.size(); ++i) {
+        if (used_[i]) cudaEventSynchronize(done_[i]);
+        cudaEventDestroy(done_[i]);
+        cudaFreeHost(host_[i]);
+    }
+}
+
+void StagedUpload::copy(void* dst, size_t n, const Fill& fill) {
+    if (host_.empty()) {
+        host_.resize(size_t(n_buffers_), nullptr);
+        done_.resize(size_t(n_buffers_), nullptr);
+        used_.assign(size_t(n_buffers_), false);
+        for (int i = 0; i < n_buffers_; ++i) {
+            check(cudaHostAlloc(&host_[size_t(i)], bytes_, cudaHostAllocDefault), "pinned staging buffer");
+            check(cudaEventCreateWithFlags(&done_[size_t(i)], cudaEventDisableTiming), "staging event");
+        }
+    }
+    for (size_t off = 0; off < n; off += bytes_) {
+        const size_t len = std::min(bytes_, n - off);
+        const size_t b = size_t(next_);
+        next_ = (next_ + 1) % n_buffers_;
+        if (used_[b]) {
+            const auto t0 = std::chrono::steady_clock::now();
+            check(cudaEventSynchronize(done_[b]), "staging copy");
+            wait_s_ += since(t0);
+        }
+        const auto t0 = std::chrono::steady_clock::now();
+        fill(off, len, host_[b]);
+        fill_s_ += since(t0);
+        check(cudaMemcpyAsync(static_cast<char*>(dst) + off, host_[b], len, cudaMemcpyHostToDevice, stream_),
+              "staging copy");
+        check(cudaEventRecord(done_[b], stream_), "staging copy");
+        used_[b] = true;
+        bytes_done_ += len;
+    }
+}
+
+}  // namespace qdit::cuda

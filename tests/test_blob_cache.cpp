@@ -1,0 +1,114 @@
+// io/cache.h: the cache folder's environment variables, and cache entries read back as written,
+// absent when missing, and ignored with a reason (never an exception) when corrupt, truncated,
+// foreign or written for another key; a failed write reports instead of throwing.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+
+#include "io/cache.h"
+#include "io/files.h"
+
+namespace fs = std::filesystem;
+using namespace qdit;
+
+namespace {
+
+fs::path temp_dir(const std::string& name) {
+    fs::path d = fs::temp_directory_path() / ("qdit_test_" + name + "_" + std::to_string(::getpid()));
+    fs::remove_all(d);
+    return d;
+}
+
+// Sets an environment variable for the scope (unset when `value` is null), restoring it after.
+struct EnvVar {
+    std::string name;
+    std::optional<std::string> old;
+    EnvVar(const char* n, const char* value) : name(n) {
+        if (const char* o = std::getenv(n)) old = o;
+        if (value)
+            ::setenv(n, value, 1);
+        else
+            ::unsetenv(n);
+    }
+    ~EnvVar() {
+        if (old)
+            ::setenv(name.c_str(), old->c_str(), 1);
+        else
+            ::unsetenv(name.c_str());
+    }
+};
+
+std::string read_all(const std::string& path) { return read_text_file(path); }
+void write_all(const std::string& path, const std::string& s) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << s;
+}
+
+}  // namespace
+
+TEST(BlobCache, CacheFolderFromTheEnvironment) {
+    EnvVar a("QDIT_CACHE_DIR", "/x/qdit-cache"), b("XDG_CACHE_HOME", "/y"), c("HOME", "/home/z");
+    EXPECT_EQ(default_cache_dir(), "/x/qdit-cache");
+    {
+        EnvVar a2("QDIT_CACHE_DIR", nullptr);
+        EXPECT_EQ(default_cache_dir(), "/y/qdit");
+        EnvVar b2("XDG_CACHE_HOME", "");
+        EXPECT_EQ(default_cache_dir(), "/home/z/.cache/qdit");
+        EnvVar c2("HOME", nullptr);
+        EXPECT_THROW(default_cache_dir(), IoError);
+    }
+}
+
+TEST(BlobCache, RoundTripMissingAndUnusableEntries) {
+    const fs::path d = temp_dir("blob_cache");
+    const BlobCache cache((d / "plans").string());  // the folder is made by the first put
+    const std::vector<uint8_t> payload{1, 2, 3, 0, 255, 42};
+    std::string problem;
+    EXPECT_FALSE(cache.get("gpu=A|shape=1", &problem).has_value());
+    EXPECT_TRUE(problem.empty()) << problem;  // absent is not a problem
+
+    ASSERT_TRUE(cache.put("gpu=A|shape=1", payload, &problem)) << problem;
+    auto got = cache.get("gpu=A|shape=1", &problem);
+    ASSERT_TRUE(got.has_value()) << problem;
+    EXPECT_EQ(*got, payload);
+    EXPECT_FALSE(cache.get("gpu=B|shape=1", &problem).has_value());  // another key, another file
+    ASSERT_TRUE(cache.put("empty", {}, &problem));
+    ASSERT_TRUE(cache.get("empty").has_value());
+    EXPECT_TRUE(cache.get("empty")->empty());
+
+    const std::string path = cache.path_of("gpu=A|shape=1"), good = read_all(path);
+    auto expect_unusable = [&](const std::string& bytes, const char* reason) {
+        write_all(path, bytes);
+        std::string why;
+        EXPECT_FALSE(cache.get("gpu=A|shape=1", &why).has_value()) << reason;
+        EXPECT_NE(why.find(reason), std::string::npos) << why;
+        EXPECT_NE(why.find(path), std::string::npos) << why;
+    };
+    std::string flipped = good;
+    flipped[flipped.size() - 12] ^= 0x20;  // a payload byte
+    expect_unusable(flipped, "checksum");
+    expect_unusable(good.substr(0, good.size() - 3), "truncated");
+    expect_unusable(good.substr(0, 15), "truncated");
+    expect_unusable(good + "x", "trailing");
+    expect_unusable("garbage that is long enough", "not a qdit cache entry");
+    expect_unusable("", "not a qdit cache entry");
+    // An entry of another key at this key's file (a hash collision, a renamed file).
+    ASSERT_TRUE(cache.put("other", payload));
+    expect_unusable(read_all(cache.path_of("other")), "another key");
+    // A rewrite repairs the entry.
+    ASSERT_TRUE(cache.put("gpu=A|shape=1", payload));
+    EXPECT_EQ(cache.get("gpu=A|shape=1").value(), payload);
+
+    // A folder that cannot be made: put says why and does not throw.
+    write_all((d / "file").string(), "x");
+    const BlobCache bad((d / "file" / "sub").string());
+    std::string why;
+    EXPECT_FALSE(bad.put("k", payload, &why));
+    EXPECT_FALSE(why.empty());
+    EXPECT_FALSE(bad.get("k", &why).has_value());
+    fs::remove_all(d);
+}

@@ -23,44 +23,31 @@ namespace qdit {
 
 namespace {
 
-// Makes GPU `index` current and holds the components' stream, destroyed after the models (declared
-// first).
-// With gpus > 1 it first checks that GPUs 0..gpus-1 exist and NCCL loads, so a run that cannot
-// start fails before any weight is read.
-struct Stream {
-    cudaStream_t s = nullptr;
-    Stream(int index, int gpus) {
+// GPU `index`, after checking, when gpus > 1, that GPUs 0..gpus-1 exist and NCCL loads, so a run
+// that cannot start fails before any weight is read (ops::OwnedStream checks the device itself).
+Device checked_device(int index, int gpus) {
+    if (gpus > 1) {
         const int n = cuda::device_count();
         if (n == 0) raise<Error>("no CUDA device is visible (check the driver and CUDA_VISIBLE_DEVICES)");
-        if (index < 0 || index >= n)
-            raise<UsageError>("CUDA device {} does not exist ({} visible: 0..{})", index, n, n - 1);
         if (gpus > n) raise<UsageError>("--gpus {}: only {} CUDA device(s) visible", gpus, n);
-        if (gpus > 1) {
-            std::string why;
-            if (!parallel::nccl_available(&why)) raise<Error>("--gpus {} needs NCCL: {}", gpus, why);
-        }
-        cuda::check(cudaSetDevice(index), "selecting the CUDA device");
-        cuda::require_code_for_device(index);
-        cuda::check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "pipeline stream");
+        std::string why;
+        if (!parallel::nccl_available(&why)) raise<Error>("--gpus {} needs NCCL: {}", gpus, why);
     }
-    ~Stream() {
-        cudaStreamSynchronize(s);
-        cudaStreamDestroy(s);
-    }
-};
+    return {DeviceType::CUDA, index};
+}
 
 class CudaComponents final : public ZImageComponents {
 public:
     CudaComponents(const std::string& dir, int index, int gpus, bool sequence_parallel, bool offload,
                    const PreparedModel& text, const PreparedModel& transformer)
         : ZImageComponents(offload),
-          stream_(index, gpus),
+          stream_(checked_device(index, gpus)),
           vae_((std::filesystem::path(dir) / "vae").string(), DType::BF16,
-               ops::Context{{DeviceType::CUDA, index}, stream_.s}),
-          text_([&text, ctx = ops::Context{{DeviceType::CUDA, index}, stream_.s}] {
+               ops::Context{{DeviceType::CUDA, index}, stream_.get()}),
+          text_([&text, ctx = ops::Context{{DeviceType::CUDA, index}, stream_.get()}] {
               return std::make_unique<text::Qwen3TextModel>(text, DType::BF16, ctx);
           }),
-          transformer_([&transformer, ctx = ops::Context{{DeviceType::CUDA, index}, stream_.s}] {
+          transformer_([&transformer, ctx = ops::Context{{DeviceType::CUDA, index}, stream_.get()}] {
               auto t = std::make_unique<zimage::ZImageTransformer>(transformer, DType::BF16, ctx);
               t->set_cuda_graph(true);
               return t;
@@ -97,7 +84,7 @@ public:
     }
 
 private:
-    Stream stream_;
+    ops::OwnedStream stream_;  // GPU `index` made current; destroyed after the models (declared first)
     vae::AutoencoderKL vae_;
     Lazy<text::Qwen3TextModel> text_;
     Lazy<zimage::ZImageTransformer> transformer_;                      // one GPU

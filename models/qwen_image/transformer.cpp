@@ -117,19 +117,14 @@ QwenImageTransformer::QwenImageTransformer(const PreparedModel& m, DType compute
 
 QwenImageTransformer QwenImageTransformer::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
                                                   const ops::Context& ctx) {
-    const ModelSpec spec = model_spec(cfg);
-    const QuantPlan plan = make_quant_plan(spec, quant, std::vector<DType>(spec.linears.size(), DType::BF16),
-                                           std::vector<bool>(spec.linears.size(), false));
+    const QuantPlan plan = make_quant_plan(model_spec(cfg), quant);
     return QwenImageTransformer(cfg, plan, nullptr, seed, DType::BF16, ctx, "random Qwen-Image");
 }
 
 QwenImageTransformer::QwenImageTransformer(Config cfg, const QuantPlan& plan, const Checkpoint* ck, uint64_t seed,
                                            DType compute, const ops::Context& ctx, std::string where)
     : cfg_(std::move(cfg)), dt_(compute), ctx_(ctx), where_(std::move(where)) {
-    if (compute != DType::F32 && compute != DType::BF16)
-        raise<ConfigError>("Qwen-Image runs in F32 or BF16, not {}", dtype_name(compute));
-    if (ctx.cuda() && compute != DType::BF16)
-        raise<ConfigError>("Qwen-Image runs in BF16 on {}, not {}", ctx.device.str(), dtype_name(compute));
+    nn::check_compute("Qwen-Image", compute, ctx);
     nn::WeightLoader w(plan, ck, seed, dt_, ctx_, where_);
     // The MLP's hidden width padded to 16 columns for the GPU's int8 GEMM (zeros change nothing).
     const int64_t Fp = round_up(Config::kMlpMult * cfg_.dim(), 16);

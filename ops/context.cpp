@@ -19,21 +19,13 @@ cuda::MemKind mem_kind(Memory kind) { return kind == Memory::Weight ? cuda::MemK
 }  // namespace
 #endif
 
-int Context::world() const {
 #ifdef QDIT_WITH_CUDA
-    return comm ? comm->world() : 1;
+int Context::world() const { return comm ? comm->world() : 1; }
+int Context::rank() const { return comm ? comm->rank() : 0; }
 #else
-    return 1;
+int Context::world() const { return 1; }  // a communicator needs the CUDA backend
+int Context::rank() const { return 0; }
 #endif
-}
-
-int Context::rank() const {
-#ifdef QDIT_WITH_CUDA
-    return comm ? comm->rank() : 0;
-#else
-    return 0;
-#endif
-}
 
 int cuda_devices() {
 #ifdef QDIT_WITH_CUDA

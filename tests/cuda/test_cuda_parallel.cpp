@@ -39,12 +39,9 @@
 #include "quant/int8.h"
 #include "models/loader.h"
 #include "tests/random_tensor.h"
+#include "tests/zimage_fixture.h"
 
-#ifndef QDIT_TEST_DATA
-#define QDIT_TEST_DATA "tests/data"
-#endif
 
-namespace fs = std::filesystem;
 using namespace qdit;
 using cuda::DTensor;
 using cuda::MemKind;
@@ -162,46 +159,12 @@ TEST(CudaSplitLinear, Int8RowSplitEqualsOneDeviceBitForBit) {
 
 // ---- tensor-parallel Z-Image ------------------------------------------------------------------
 
-fs::path dir(const std::string& name) { return fs::path(QDIT_TEST_DATA) / "zimage" / name; }
-
-struct Inputs {
-    std::vector<Tensor> x, cap;
-    Tensor t;
-};
-
-Inputs load_inputs(const std::string& name) {
-    SafetensorsFile in((dir(name) / "inputs.safetensors").string());
-    Inputs f;
-    f.t = in.get("t");
-    for (int i = 0; in.contains(fmt::format("x.{}", i)); ++i) {
-        f.x.push_back(in.get(fmt::format("x.{}", i)));
-        f.cap.push_back(in.get(fmt::format("cap_feats.{}", i)));
-    }
-    return f;
-}
-
-std::vector<Tensor> load_refs(const std::string& name, const char* tag) {
-    SafetensorsFile ref((dir(name) / "reference.safetensors").string());
-    std::vector<Tensor> r;
-    for (int i = 0; ref.contains(fmt::format("{}.{}", tag, i)); ++i) r.push_back(ref.get(fmt::format("{}.{}", tag, i)));
-    return r;
-}
+using testutil::kZImageFixtures;
+using testutil::ZImageInputs;
+using Inputs = ZImageInputs;
 
 // sqrt(sum |a - r|² / sum |r|²) over all items.
-double rel_l2(const std::vector<Tensor>& a, const std::vector<Tensor>& r) {
-    EXPECT_EQ(a.size(), r.size());
-    double e2 = 0, r2 = 0;
-    for (size_t b = 0; b < std::min(a.size(), r.size()); ++b) {
-        Tensor x = a[b].to(DType::F32), y = r[b].to(DType::F32);
-        EXPECT_EQ(x.shape(), y.shape());
-        for (int64_t i = 0; i < std::min(x.numel(), y.numel()); ++i) {
-            const double d = double(x.data<float>()[i]) - y.data<float>()[i];
-            e2 += d * d;
-            r2 += double(y.data<float>()[i]) * y.data<float>()[i];
-        }
-    }
-    return std::sqrt(e2 / r2);
-}
+double rel_l2(const std::vector<Tensor>& a, const std::vector<Tensor>& r) { return testutil::compare(a, r).rel_l2(); }
 
 bool bit_equal(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
     if (a.size() != b.size()) return false;
@@ -233,31 +196,29 @@ std::vector<Tensor> split_forward(const PreparedModel& m, const Inputs& f, Paral
     return model.forward(f.x, f.t, f.cap);
 }
 
-const char* const kFixtures[] = {"h3_b1", "h5_b2", "h2_l3_sharded"};
 
 // A fixture's transformer with the default int8 plan, and in bf16 (its bf16 copy where it has one).
 PreparedModel int8_model(const std::string& name) {
-    return prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
+    return prepare_model(testutil::zimage_transformer(name), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
 }
 PreparedModel bf16_model(const std::string& name) {
-    const fs::path d16 = dir(name) / "transformer-bf16";
-    return prepare_model(fs::exists(d16) ? d16.string() : (dir(name) / "transformer").string(), QuantConfig{});
+    return prepare_model(testutil::zimage_transformer_bf16(name), QuantConfig{});
 }
 
 // Bounds on a split's distance to the one-GPU output: int8 a quarter of the one-GPU output's
 // distance to the W8A8 reference, bf16 half the bf16 reference's distance to fp32.
 double int8_bound(const std::string& name, const std::vector<Tensor>& one) {
-    return 0.25 * rel_l2(one, load_refs(name, "w8a8"));
+    return 0.25 * rel_l2(one, testutil::zimage_reference(name, "w8a8"));
 }
-double bf16_bound(const std::string& name) { return 0.5 * rel_l2(load_refs(name, "bf16"), load_refs(name, "fp32")); }
+double bf16_bound(const std::string& name) { return 0.5 * rel_l2(testutil::zimage_reference(name, "bf16"), testutil::zimage_reference(name, "fp32")); }
 
 // TP over 2 and 3 ranks (3 splits 3 and 5 heads unevenly), SP over 2 and 4 ranks (5 heads over 4:
 // padded all-to-all blocks), wherever the model has enough heads.
 TEST(CudaZImageParallel, Int8SplitEqualsOneGpuBitForBit) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    for (const char* name : kFixtures) {
+    for (const char* name : kZImageFixtures) {
         SCOPED_TRACE(name);
-        const Inputs f = load_inputs(name);
+        const Inputs f = testutil::zimage_inputs(name);
         const PreparedModel m = int8_model(name);
         const std::vector<Tensor> one = one_gpu(m, f, ops::AttentionImpl::Simple);
         const int heads = int(m.folder.config.at("n_heads").get<int64_t>());
@@ -274,9 +235,9 @@ TEST(CudaZImageParallel, Int8SplitEqualsOneGpuBitForBit) {
 
 TEST(CudaZImageParallel, Int8SplitCloseToOneGpuWithDefaultAttention) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    for (const char* name : kFixtures) {
+    for (const char* name : kZImageFixtures) {
         SCOPED_TRACE(name);
-        const Inputs f = load_inputs(name);
+        const Inputs f = testutil::zimage_inputs(name);
         const PreparedModel m = int8_model(name);
         const std::vector<Tensor> one = one_gpu(m, f, ops::AttentionImpl::Auto);
         const double bound = int8_bound(name, one);
@@ -292,9 +253,9 @@ TEST(CudaZImageParallel, Int8SplitCloseToOneGpuWithDefaultAttention) {
 
 TEST(CudaZImageParallel, Bf16SplitCloseToOneGpu) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    for (const char* name : kFixtures) {
+    for (const char* name : kZImageFixtures) {
         SCOPED_TRACE(name);
-        const Inputs f = load_inputs(name);
+        const Inputs f = testutil::zimage_inputs(name);
         const PreparedModel m = bf16_model(name);
         const std::vector<Tensor> one = one_gpu(m, f, ops::AttentionImpl::Auto);
         const double bound = bf16_bound(name);
@@ -313,9 +274,9 @@ TEST(CudaZImageParallel, Bf16SplitCloseToOneGpu) {
 // bounds with the default attention; bf16 within its bound.
 TEST(CudaZImageParallel, TwoGpusOverNcclMatchOneGpu) {
     if (cuda::device_count() < 2) GTEST_SKIP() << "needs 2 CUDA devices";
-    for (const char* name : kFixtures) {
+    for (const char* name : kZImageFixtures) {
         SCOPED_TRACE(name);
-        const Inputs f = load_inputs(name);
+        const Inputs f = testutil::zimage_inputs(name);
         const PreparedModel m8 = int8_model(name), m16 = bf16_model(name);
         const std::vector<Tensor> one8s = one_gpu(m8, f, ops::AttentionImpl::Simple),
                                   one8 = one_gpu(m8, f, ops::AttentionImpl::Auto),
@@ -341,7 +302,7 @@ TEST(CudaZImageParallel, TwoGpusOverNcclMatchOneGpu) {
 // with messages naming the counts.
 TEST(CudaZImageParallel, RefusesSplitsThatDoNotFit) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    const PreparedModel m = prepare_model((dir("h2_l3_sharded") / "transformer").string(), QuantConfig{});
+    const PreparedModel m = prepare_model(testutil::zimage_transformer("h2_l3_sharded"), QuantConfig{});
     for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
         auto g = parallel::RankGroup::local(3, 0);
         try {
@@ -352,8 +313,8 @@ TEST(CudaZImageParallel, RefusesSplitsThatDoNotFit) {
             EXPECT_NE(std::string(e.what()).find("2 heads"), std::string::npos) << e.what();
         }
     }
-    const PreparedModel m3 = prepare_model((dir("h3_b1") / "transformer").string(), QuantConfig{});
-    const Inputs f = load_inputs("h3_b1");
+    const PreparedModel m3 = prepare_model(testutil::zimage_transformer("h3_b1"), QuantConfig{});
+    const Inputs f = testutil::zimage_inputs("h3_b1");
     auto g = parallel::RankGroup::local(3, 0);
     zimage::ZImageTransformerParallel model(m3, *g, ParallelMode::Sequence);
     try {

@@ -34,6 +34,9 @@ inline uint16_t f32_to_bf16(float f) {
 }
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);  // round-to-nearest-even, overflow to inf
+// The value a store of v into a tensor of compute dtype dt keeps: rounded to nearest even for BF16,
+// v itself for F32.
+inline float round_to_dtype(float v, DType dt) { return dt == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : v; }
 float f8e4m3_to_f32(uint8_t v);
 
 }  // namespace qdit

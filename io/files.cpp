@@ -43,6 +43,14 @@ bool path_exists(const std::string& path) {
     return exists;
 }
 
+void require_config_class(const nlohmann::json& j, const std::string& where, const std::string& class_name) {
+    if (!j.is_object()) raise<ConfigError>("{}: expected a JSON object", where);
+    std::string cls = class_name;
+    read_config_field(j, where, "_class_name", &cls);
+    require_config_field(cls == class_name, where, "_class_name",
+                         fmt::format("is '{}'; expected '{}'", cls, class_name));
+}
+
 namespace config_detail {
 
 void wrong_type(const std::string& where, const std::string& field, const char* want,

@@ -35,6 +35,14 @@ bool path_exists(const std::string& path);
 inline void require_config(bool ok, const std::string& where, const std::string& what) {
     if (!ok) raise<ConfigError>("{}: {}", where, what);
 }
+// The same for one field's value: ConfigError "<where>: field '<field>' <what>".
+inline void require_config_field(bool ok, const std::string& where, const std::string& field,
+                                 const std::string& what) {
+    if (!ok) raise<ConfigError>("{}: field '{}' {}", where, field, what);
+}
+// A diffusers config.json `j` (named `where`) of the class `class_name`: a JSON object whose
+// "_class_name", when present, is that class; ConfigError naming the field otherwise.
+void require_config_class(const nlohmann::json& j, const std::string& where, const std::string& class_name);
 
 // Inclusive range of a numeric config field.
 template <typename T>

@@ -2,77 +2,35 @@
 
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 
 #include "core/error.h"
-#include "core/memory.h"
-#include "io/files.h"
-#include "models/loader.h"
 #include "models/qwen_image/transformer.h"
 #include "models/text/qwen25vl.h"
-#include "ops/context.h"
-#include "models/text/tokenizer.h"
-#include "models/vae/autoencoder_kl.h"
+#include "models/vae/autoencoder_kl.h"  // postprocess_to_u8
 #include "models/vae/autoencoder_kl_qwenimage.h"
 #include "pipeline/qwen_image_prompt.h"
-#include "pipeline/scheduler.h"
-
-namespace fs = std::filesystem;
-using nlohmann::json;
 
 namespace qdit {
 
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 constexpr int64_t kPack = 2;  // QwenImagePipeline packs 2x2 latent pixels into one token
 
-// Rounds to the pipeline's dtype (the identity for F32).
-inline float round_to(DType dt, float x) { return dt == DType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : x; }
-
-json read_model_index(const std::string& dir, std::string* index_path) {
-    std::error_code ec;
-    if (!fs::is_directory(dir, ec)) raise<IoError>("model folder {} does not exist", dir);
-    std::string index = (fs::path(dir) / "model_index.json").string();
-    if (!fs::exists(index)) raise<IoError>("{} is missing: {} is not a diffusers pipeline folder", index, dir);
-    json j = read_json_file(index);
-    if (!j.is_object()) raise<ConfigError>("{}: expected a JSON object", index);
-    if (index_path) *index_path = index;
-    return j;
-}
-
-// model_index.json must name a QwenImagePipeline and every component must exist.
-void check_pipeline_folder(const std::string& dir) {
-    std::string index;
-    const json j = read_model_index(dir, &index);
-    std::string cls;
-    read_config_field(j, index, "_class_name", &cls);
-    if (cls != "QwenImagePipeline")
-        raise<ConfigError>("{}: pipeline class '{}' is not a QwenImagePipeline", index, cls);
-    for (const char* part : {"scheduler", "text_encoder", "tokenizer", "transformer", "vae"}) {
-        std::vector<std::string> library_and_class;  // e.g. ["diffusers", "AutoencoderKLQwenImage"]
-        read_config_field(j, index, part, &library_and_class);
-        if (library_and_class.size() != 2)
-            raise<ConfigError>("{}: field '{}' must name the component's library and class, as "
-                               "[\"diffusers\", \"AutoencoderKLQwenImage\"] (got {})",
-                               index, part, j.contains(part) ? j[part].dump() : "nothing");
-        if (!fs::is_directory(fs::path(dir) / part))
-            raise<IoError>("{}: component folder {}/ is missing", dir, part);
-    }
+// Calls f(packed, unpacked) with the flat index of each element of a [1, C, h, w] latent in its packed
+// [1, (h/2)(w/2), 4C] form and in its unpacked form.
+template <typename F>
+void for_each_packed(int64_t C, int64_t h, int64_t w, F f) {
+    const int64_t hp = h / kPack, wp = w / kPack;
+    for (int64_t i = 0; i < hp; ++i)
+        for (int64_t j = 0; j < wp; ++j)
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t dy = 0; dy < kPack; ++dy)
+                    for (int64_t dx = 0; dx < kPack; ++dx)
+                        f(((i * wp + j) * C + c) * kPack * kPack + dy * kPack + dx,
+                          (c * h + i * kPack + dy) * w + j * kPack + dx);
 }
 
 }  // namespace
-
-std::string pipeline_class(const std::string& dir) {
-    std::string index;
-    const json j = read_model_index(dir, &index);
-    std::string cls;
-    read_config_field(j, index, "_class_name", &cls);
-    return cls;
-}
 
 std::vector<float> qwen_image_default_sigmas(int steps) {
     if (steps <= 0) raise<UsageError>("the number of steps must be positive (got {})", steps);
@@ -90,18 +48,12 @@ Tensor pack_qwen_image_latents(const Tensor& latents) {
     if (s.size() != 4 || s[0] != 1 || s[2] % kPack || s[3] % kPack || !is_float(latents.dtype()))
         raise<ShapeError>("Qwen-Image packing needs float latents [1, C, h, w] with even h and w, got {} {}",
                           dtype_name(latents.dtype()), shape_str(s));
-    const int64_t C = s[1], h = s[2], w = s[3], hp = h / kPack, wp = w / kPack;
+    const int64_t C = s[1], h = s[2], w = s[3];
     const Tensor src = latents.to(DType::F32);
-    Tensor out = Tensor::empty({1, hp * wp, C * kPack * kPack}, DType::F32);
+    Tensor out = Tensor::empty({1, (h / kPack) * (w / kPack), C * kPack * kPack}, DType::F32);
     const float* x = src.data<float>();
     float* y = out.data<float>();
-    for (int64_t i = 0; i < hp; ++i)
-        for (int64_t j = 0; j < wp; ++j)
-            for (int64_t c = 0; c < C; ++c)
-                for (int64_t dy = 0; dy < kPack; ++dy)
-                    for (int64_t dx = 0; dx < kPack; ++dx)
-                        y[((i * wp + j) * C + c) * kPack * kPack + dy * kPack + dx] =
-                            x[(c * h + i * kPack + dy) * w + j * kPack + dx];
+    for_each_packed(C, h, w, [&](int64_t packed, int64_t unpacked) { y[packed] = x[unpacked]; });
     return out;
 }
 
@@ -111,66 +63,39 @@ Tensor unpack_qwen_image_latents(const Tensor& packed, int64_t h, int64_t w) {
         s[2] % (kPack * kPack) || !is_float(packed.dtype()))
         raise<ShapeError>("Qwen-Image unpacking needs float latents [1, {}, 4C] for a {}x{} latent, got {} {}",
                           (h / kPack) * (w / kPack), h, w, dtype_name(packed.dtype()), shape_str(s));
-    const int64_t C = s[2] / (kPack * kPack), hp = h / kPack, wp = w / kPack;
+    const int64_t C = s[2] / (kPack * kPack);
     const Tensor src = packed.to(DType::F32);
     Tensor out = Tensor::empty({1, C, h, w}, DType::F32);
     const float* x = src.data<float>();
     float* y = out.data<float>();
-    for (int64_t i = 0; i < hp; ++i)
-        for (int64_t j = 0; j < wp; ++j)
-            for (int64_t c = 0; c < C; ++c)
-                for (int64_t dy = 0; dy < kPack; ++dy)
-                    for (int64_t dx = 0; dx < kPack; ++dx)
-                        y[(c * h + i * kPack + dy) * w + j * kPack + dx] =
-                            x[((i * wp + j) * C + c) * kPack * kPack + dy * kPack + dx];
+    for_each_packed(C, h, w, [&](int64_t packed, int64_t unpacked) { y[unpacked] = x[packed]; });
     return out;
 }
 
-struct QwenImagePipeline::Parts {
-    std::string dir;
-    PipelineOptions opt;
+struct QwenImagePipeline::Parts : PipelineFolder {
     ops::OwnedStream stream;  // a GPU's own stream (its CUDA graphs); destroyed after the models
     ops::Context ctx;
-    FlowMatchConfig scheduler;
-    text::BpeTokenizer tokenizer;
-    PreparedModel text_prepared, transformer_prepared, vae_prepared;
+    PreparedModel vae_prepared;
     qwen_image::Config dit;
     vae::QwenImageVaeConfig vae_cfg;
-    std::unique_ptr<text::Qwen25VLTextModel> text;
-    std::unique_ptr<qwen_image::QwenImageTransformer> transformer;
+    // The text encoder and the transformer, loaded when first asked for (offload_text_encoder:
+    // in generate); get(&seconds) adds the time spent loading.
+    Lazy<text::Qwen25VLTextModel> text;
+    Lazy<qwen_image::QwenImageTransformer> transformer;
     std::unique_ptr<vae::AutoencoderKLQwenImage> vae;
 
     Parts(const std::string& d, const PipelineOptions& o)
-        : dir(d),
-          opt(o),
+        : PipelineFolder(d, o, "QwenImagePipeline", "AutoencoderKLQwenImage"),
           stream(o.device),
           ctx{o.device, stream.get()},
-          scheduler(FlowMatchConfig::from_json(
-              read_json_file((fs::path(d) / "scheduler" / "scheduler_config.json").string()),
-              (fs::path(d) / "scheduler" / "scheduler_config.json").string())),
-          tokenizer(text::BpeTokenizer::from_dir((fs::path(d) / "tokenizer").string())) {}
+          text([this] { return std::make_unique<text::Qwen25VLTextModel>(text_prepared, opt.dtype, ctx); }),
+          transformer([this] {
+              auto t = std::make_unique<qwen_image::QwenImageTransformer>(transformer_prepared, opt.dtype, ctx);
+              t->set_cuda_graph(true);  // a no-op on the CPU
+              return t;
+          }) {}
 
     int64_t scale() const { return vae_cfg.spatial_scale(); }
-
-    // The text encoder and the transformer, loaded when absent (offload_text_encoder); *seconds
-    // gets the time spent loading.
-    const text::Qwen25VLTextModel& text_encoder(double* seconds = nullptr) {
-        if (!text) {
-            const auto t0 = std::chrono::steady_clock::now();
-            text = std::make_unique<text::Qwen25VLTextModel>(text_prepared, opt.dtype, ctx);
-            if (seconds) *seconds += seconds_since(t0);
-        }
-        return *text;
-    }
-    const qwen_image::QwenImageTransformer& dit_model(double* seconds) {
-        if (!transformer) {
-            const auto t0 = std::chrono::steady_clock::now();
-            transformer = std::make_unique<qwen_image::QwenImageTransformer>(transformer_prepared, opt.dtype, ctx);
-            transformer->set_cuda_graph(true);  // a no-op on the CPU
-            *seconds += seconds_since(t0);
-        }
-        return *transformer;
-    }
 };
 
 QwenImagePipeline::QwenImagePipeline(const std::string& dir, const PipelineOptions& opt) {
@@ -189,10 +114,7 @@ QwenImagePipeline::QwenImagePipeline(const std::string& dir, const PipelineOptio
 QwenImagePipeline::~QwenImagePipeline() = default;
 
 void QwenImagePipeline::open(const std::string& dir, const PipelineOptions& opt) {
-    if (opt.dtype != DType::F32 && opt.dtype != DType::BF16)
-        raise<UsageError>("the pipeline runs in f32 or bf16, not {}", dtype_name(opt.dtype));
-    if (opt.device.type == DeviceType::CUDA && opt.dtype != DType::BF16)
-        raise<UsageError>("on CUDA the pipeline runs in bf16 (got {})", dtype_name(opt.dtype));
+    check_pipeline_dtype(opt);
     if (opt.gpus != 1)
         raise<UsageError>("--gpus {}: the Qwen-Image pipeline runs on one device (split runs are Z-Image's)",
                           opt.gpus);
@@ -202,12 +124,9 @@ void QwenImagePipeline::open(const std::string& dir, const PipelineOptions& opt)
                               ? std::string("no CUDA GPU is usable here (or this qdit was built without the "
                                             "CUDA backend: configure with -DQDIT_CUDA=ON)")
                               : fmt::format("only {} CUDA GPU(s) are usable here", ops::cuda_devices()));
-    check_pipeline_folder(dir);
-    p_ = std::make_unique<Parts>(dir, opt);
     // Every component's config, keys and shapes (and the quantization plans) before any weight is read.
-    p_->text_prepared = prepare_model((fs::path(dir) / "text_encoder").string(), opt.text_encoder_quant);
-    p_->transformer_prepared = prepare_model((fs::path(dir) / "transformer").string(), opt.transformer_quant);
-    p_->vae_prepared = prepare_model((fs::path(dir) / "vae").string(), QuantConfig{});
+    p_ = std::make_unique<Parts>(dir, opt);
+    p_->vae_prepared = prepare_model(p_->path("vae"), QuantConfig{});
     const auto text_cfg = text::Qwen25VLConfig::from_json(p_->text_prepared.folder.config,
                                                           p_->text_prepared.folder.config_path);
     p_->dit = qwen_image::Config::from_json(p_->transformer_prepared.folder.config,
@@ -230,31 +149,17 @@ void QwenImagePipeline::open(const std::string& dir, const PipelineOptions& opt)
 
 void QwenImagePipeline::load() {
     const PipelineOptions& opt = p_->opt;
-    const uint64_t text_bytes = weight_bytes(p_->text_prepared, opt.dtype),
-                   dit_bytes = weight_bytes(p_->transformer_prepared, opt.dtype),
-                   vae_bytes = weight_bytes(p_->vae_prepared, opt.dtype);
-    uint64_t budget = opt.memory_budget;
-    std::string budget_name = "the memory budget";
-    if (budget == 0 && opt.device.type == DeviceType::CPU) {
-        budget = physical_memory_bytes();
-        budget_name = "the machine's physical memory";
-    }
-    require_memory(text_bytes + dit_bytes + vae_bytes, budget,
-                   fmt::format("the weights of {} (text encoder {}, transformer {}, VAE {}, in {})", p_->dir,
-                               format_bytes(text_bytes), format_bytes(dit_bytes), format_bytes(vae_bytes),
-                               dtype_name(opt.dtype)),
-                   budget_name);
+    p_->require_weight_memory(weight_bytes(p_->vae_prepared, opt.dtype));
     // With offload_text_encoder the text encoder and the transformer wait for generate: the encoder
     // first, freed before the transformer comes.
     if (!opt.offload_text_encoder) {
-        p_->text_encoder();
-        double unused = 0;
-        p_->dit_model(&unused);
+        p_->text.get();
+        p_->transformer.get();
     }
     p_->vae = std::make_unique<vae::AutoencoderKLQwenImage>(p_->vae_prepared, opt.dtype, p_->ctx);
 }
 
-bool QwenImagePipeline::text_encoder_loaded() const { return p_->text != nullptr; }
+bool QwenImagePipeline::text_encoder_loaded() const { return p_->text.loaded(); }
 
 int QwenImagePipeline::transformer_int8_layers() const { return p_->transformer_prepared.plan.quantized_count(); }
 int QwenImagePipeline::text_encoder_int8_layers() const { return p_->text_prepared.plan.quantized_count(); }
@@ -262,19 +167,13 @@ int64_t QwenImagePipeline::latent_channels() const { return p_->vae_cfg.z_dim; }
 DType QwenImagePipeline::dtype() const { return p_->opt.dtype; }
 
 void QwenImagePipeline::check_limits(const QwenImageGenerateOptions& o) {
-    if (o.width <= 0 || o.height <= 0 || o.width > kMaxImageSide || o.height > kMaxImageSide)
-        raise<UsageError>("--width and --height must be between 1 and {} (got {}x{})", kMaxImageSide, o.width,
-                          o.height);
-    if (o.steps <= 0 || o.steps > kMaxSteps)
-        raise<UsageError>("--steps must be between 1 and {} (got {})", kMaxSteps, o.steps);
+    check_size_and_steps(o.width, o.height, o.steps);
     if (o.max_sequence_length <= 0 || o.max_sequence_length > kQwenImageMaxSequenceLength)
         raise<UsageError>("--max-sequence-length must be between 1 and {} for Qwen-Image (got {})",
                           kQwenImageMaxSequenceLength, o.max_sequence_length);
     if (!std::isfinite(o.true_cfg_scale) || o.true_cfg_scale < 0)
         raise<UsageError>("--true-cfg-scale must be a number >= 0 (got {})", o.true_cfg_scale);
-    if (o.latents.defined() && !is_float(o.latents.dtype()))
-        raise<ShapeError>("the initial latents are {}; they must be floating point (f32, bf16 or f16)",
-                          dtype_name(o.latents.dtype()));
+    check_latents_dtype(o.latents);
 }
 
 namespace {
@@ -313,7 +212,7 @@ int64_t QwenImagePipeline::prompt_tokens(const std::string& prompt) const {
 
 Tensor QwenImagePipeline::encode_prompt(const std::string& prompt, int max_sequence_length) const {
     QwenImagePromptEmbeds e =
-        encode_qwen_image_prompts(p_->text_encoder(), p_->tokenizer, {prompt}, max_sequence_length);
+        encode_qwen_image_prompts(p_->text.get(), p_->tokenizer, {prompt}, max_sequence_length);
     return e.embeds;  // one prompt: never padded, so no mask
 }
 
@@ -325,12 +224,12 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
     const bool cfg = o.true_cfg();
 
     auto t0 = std::chrono::steady_clock::now();
-    p_->text_encoder(&r.load_seconds);
+    p_->text.get(&r.load_seconds);
     const Tensor pos = encode_prompt(o.prompt, o.max_sequence_length);
     const Tensor neg = cfg ? encode_prompt(*o.negative_prompt, o.max_sequence_length) : Tensor();
-    if (p_->opt.offload_text_encoder) p_->text.reset();  // the embeddings are on the host
+    if (p_->opt.offload_text_encoder) p_->text.release();  // the embeddings are on the host
     r.text_seconds = seconds_since(t0) - r.load_seconds;
-    const qwen_image::QwenImageTransformer& transformer = p_->dit_model(&r.load_seconds);
+    const qwen_image::QwenImageTransformer& transformer = p_->transformer.get(&r.load_seconds);
 
     const int64_t s = p_->scale(), C = latent_channels(), h = o.height / s, w = o.width / s;
     const int64_t hp = h / kPack, wp = w / kPack, L = hp * wp, F = C * kPack * kPack;
@@ -338,7 +237,7 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
     Tensor latents = pack_qwen_image_latents(o.latents.defined() ? unpacked_latents(o.latents, C, h, w)
                                                                  : seeded_noise({1, C, h, w}, o.seed));
     float* x = latents.data<float>();
-    for (int64_t k = 0; k < latents.numel(); ++k) x[k] = round_to(dt, x[k]);
+    for (int64_t k = 0; k < latents.numel(); ++k) x[k] = round_to_dtype(x[k], dt);
 
     FlowMatchEulerScheduler sched(p_->scheduler, qwen_image_default_sigmas(o.steps), calculate_shift(L, p_->scheduler));
     const std::array<int64_t, 3> grid{1, hp, wp};
@@ -348,7 +247,7 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
         auto ts = std::chrono::steady_clock::now();
         // timestep = t.expand(B).to(latents.dtype) / 1000, in that dtype.
         Tensor sigma = Tensor::empty({1}, DType::F32);
-        sigma.data<float>()[0] = round_to(dt, round_to(dt, sched.timesteps()[size_t(i)]) / 1000.0f);
+        sigma.data<float>()[0] = round_to_dtype(round_to_dtype(sched.timesteps()[size_t(i)], dt) / 1000.0f, dt);
         Tensor v = transformer.forward(latents, pos, Tensor(), sigma, grid).to(DType::F32);
         float* vp = v.data<float>();
         if (cfg) {
@@ -360,20 +259,21 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
                 std::vector<float> comb(static_cast<size_t>(F));
                 double cond_sq = 0, comb_sq = 0;
                 for (int64_t f = 0; f < F; ++f) {
-                    const float d = round_to(dt, c[f] - u[f]);
-                    comb[size_t(f)] = round_to(dt, u[f] + round_to(dt, scale * d));
+                    const float d = round_to_dtype(c[f] - u[f], dt);
+                    comb[size_t(f)] = round_to_dtype(u[f] + round_to_dtype(scale * d, dt), dt);
                     cond_sq += double(c[f]) * double(c[f]);
                     comb_sq += double(comb[size_t(f)]) * double(comb[size_t(f)]);
                 }
-                const float cond_norm = round_to(dt, float(std::sqrt(cond_sq))),
-                            comb_norm = round_to(dt, float(std::sqrt(comb_sq)));
-                const float ratio = round_to(dt, cond_norm / comb_norm);
-                for (int64_t f = 0; f < F; ++f) c[f] = round_to(dt, comb[size_t(f)] * ratio);
+                const float cond_norm = round_to_dtype(float(std::sqrt(cond_sq)), dt),
+                            comb_norm = round_to_dtype(float(std::sqrt(comb_sq)), dt);
+                const float ratio = round_to_dtype(cond_norm / comb_norm, dt);
+                for (int64_t f = 0; f < F; ++f) c[f] = round_to_dtype(comb[size_t(f)] * ratio, dt);
             }
         }
         // scheduler.step: the sample upcast to f32, dt·v in the velocity's dtype, the sum back to it.
         const float step = sched.sigmas()[size_t(i) + 1] - sched.sigmas()[size_t(i)];
-        for (int64_t k = 0; k < latents.numel(); ++k) x[k] = round_to(dt, x[k] + round_to(dt, step * vp[k]));
+        for (int64_t k = 0; k < latents.numel(); ++k)
+            x[k] = round_to_dtype(x[k] + round_to_dtype(step * vp[k], dt), dt);
         if (progress) progress(i + 1, sched.steps(), seconds_since(ts));
     }
     r.denoise_seconds = seconds_since(t0);
@@ -384,10 +284,7 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
     Tensor image = vae::postprocess_to_u8(p_->opt.vae_tiling ? p_->vae->decode_tiled(z) : p_->vae->decode(z));
     r.image = image.view({image.size(1), image.size(2), image.size(3)});
     r.vae_seconds = seconds_since(t0);
-    const ops::DeviceMemory mem = ops::device_memory(p_->ctx);
-    r.device_peak_bytes = mem.peak;
-    r.device_weight_bytes = mem.weights;
-    r.device_activation_peak_bytes = mem.peak_activations;
+    r.record_device_memory(p_->ctx);
     return r;
 }
 

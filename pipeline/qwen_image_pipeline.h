@@ -26,7 +26,7 @@
 #include <string>
 
 #include "core/tensor.h"
-#include "pipeline/zimage_pipeline.h"  // PipelineOptions, GenerateResult, kMaxSteps, kMaxImageSide
+#include "pipeline/pipeline_common.h"
 
 namespace qdit {
 
@@ -98,9 +98,5 @@ std::vector<float> qwen_image_default_sigmas(int steps);
 // with feature c·4 + dy·2 + dx, and back.
 Tensor pack_qwen_image_latents(const Tensor& latents);
 Tensor unpack_qwen_image_latents(const Tensor& packed, int64_t h, int64_t w);
-
-// The _class_name of a diffusers pipeline folder's model_index.json ("ZImagePipeline",
-// "QwenImagePipeline", ...): IoError / ConfigError when the folder or its index is unreadable.
-std::string pipeline_class(const std::string& dir);
 
 }  // namespace qdit

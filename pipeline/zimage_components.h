@@ -2,9 +2,7 @@
 // the pipeline's denoising loop calls them. Tensors cross this interface on the host; what stays
 // on the device in between (weights, CUDA graphs) is the implementation's business.
 #pragma once
-#include <chrono>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -12,31 +10,9 @@
 
 #include "core/tensor.h"
 #include "models/loader.h"
+#include "pipeline/pipeline_common.h"  // PipelineOptions, Lazy
 
 namespace qdit {
-
-struct PipelineOptions;
-
-// A model made when first asked for (timed into *seconds) and freed by release(); asked for again, it
-// is made again.
-template <class M>
-class Lazy {
-public:
-    explicit Lazy(std::function<std::unique_ptr<M>()> make) : make_(std::move(make)) {}
-    const M& get(double* seconds = nullptr) const {
-        if (!m_) {
-            const auto t0 = std::chrono::steady_clock::now();
-            m_ = make_();
-            if (seconds) *seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        }
-        return *m_;
-    }
-    void release() const { m_.reset(); }
-
-private:
-    std::function<std::unique_ptr<M>()> make_;
-    mutable std::unique_ptr<M> m_;
-};
 
 class ZImageComponents {
 public:

@@ -3,55 +3,20 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <random>
 
 #include "core/error.h"
-#include "core/memory.h"
 #include "io/files.h"
 #include "models/text/qwen3.h"
 #include "models/vae/autoencoder_kl.h"
 #include "models/zimage/transformer.h"
 #include "pipeline/chat_template.h"
 #include "pipeline/zimage_components.h"
-#include "models/loader.h"
-#include "ops/context.h"
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 
 namespace qdit {
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// model_index.json must name a ZImagePipeline and every component must exist.
-void check_pipeline_folder(const std::string& dir) {
-    std::error_code ec;
-    if (!fs::is_directory(dir, ec)) raise<IoError>("model folder {} does not exist", dir);
-    std::string index = (fs::path(dir) / "model_index.json").string();
-    if (!fs::exists(index))
-        raise<IoError>("{} is missing: {} is not a diffusers pipeline folder", index, dir);
-    json j = read_json_file(index);
-    if (!j.is_object()) raise<ConfigError>("{}: expected a JSON object", index);
-    std::string cls;
-    read_config_field(j, index, "_class_name", &cls);
-    if (cls != "ZImagePipeline")
-        raise<ConfigError>("{}: pipeline class '{}' is not supported (supported: ZImagePipeline)",
-                           index, cls);
-    for (const char* part : {"scheduler", "text_encoder", "tokenizer", "transformer", "vae"}) {
-        std::vector<std::string> library_and_class;  // e.g. ["diffusers", "AutoencoderKL"]
-        read_config_field(j, index, part, &library_and_class);
-        if (library_and_class.size() != 2)
-            raise<ConfigError>("{}: field '{}' must name the component's library and class, as "
-                               "[\"diffusers\", \"AutoencoderKL\"] (got {})",
-                               index, part, j.contains(part) ? j[part].dump() : "nothing");
-        if (!fs::is_directory(fs::path(dir) / part))
-            raise<IoError>("{}: component folder {}/ is missing", dir, part);
-    }
-}
 
 // The three models on the CPU.
 class CpuComponents final : public ZImageComponents {
@@ -106,41 +71,18 @@ std::unique_ptr<ZImageComponents> make_zimage_cuda_components(const std::string&
 }
 #endif
 
-// Bytes a model's weights take once loaded: every parameter in the compute
-// dtype, except int8 Linear weights (one byte each plus an f32 scale per row).
-uint64_t weight_bytes(const PreparedModel& m, DType compute) {
-    const uint64_t c = dtype_size(compute);
-    uint64_t b = uint64_t(m.spec.parameter_count()) * c;
-    for (const LayerPlan& l : m.plan.layers)
-        if (int8_weights(l.precision)) {
-            const uint64_t w = uint64_t(l.spec.out_features) * uint64_t(l.spec.in_features);
-            b = b - w * c + w + uint64_t(l.spec.out_features) * sizeof(float);
-        }
-    return b;
-}
-
-struct ZImagePipeline::Parts {
-    std::string dir;
-    PipelineOptions opt;
-    FlowMatchConfig scheduler;
-    text::BpeTokenizer tokenizer;
-    PreparedModel text_prepared, transformer_prepared;
+struct ZImagePipeline::Parts : PipelineFolder {
     vae::Config vae;
     zimage::Config dit;
     std::unique_ptr<ZImageComponents> models;
 
     Parts(const std::string& d, const PipelineOptions& o)
-        : dir(d),
-          opt(o),
-          scheduler(FlowMatchConfig::from_json(
-              read_json_file((fs::path(d) / "scheduler" / "scheduler_config.json").string()),
-              (fs::path(d) / "scheduler" / "scheduler_config.json").string())),
-          tokenizer(text::BpeTokenizer::from_dir((fs::path(d) / "tokenizer").string())) {}
+        : PipelineFolder(d, o, "ZImagePipeline", "AutoencoderKL") {}
 
     std::string apply_chat_template(const std::string& prompt) const {
-        const std::string& path = tokenizer.chat_template_path();
+        const std::string& template_path = tokenizer.chat_template_path();
         return render_zimage_prompt(tokenizer.chat_template(),
-                                    path.empty() ? (fs::path(dir) / "tokenizer").string() : path, prompt);
+                                    template_path.empty() ? path("tokenizer") : template_path, prompt);
     }
 };
 
@@ -158,10 +100,7 @@ ZImagePipeline::ZImagePipeline(const std::string& dir, const PipelineOptions& op
 }
 
 void ZImagePipeline::open(const std::string& dir, const PipelineOptions& opt) {
-    if (opt.dtype != DType::F32 && opt.dtype != DType::BF16)
-        raise<UsageError>("the pipeline runs in f32 or bf16, not {}", dtype_name(opt.dtype));
-    if (opt.device.type == DeviceType::CUDA && opt.dtype != DType::BF16)
-        raise<UsageError>("on CUDA the pipeline runs in bf16 (got {})", dtype_name(opt.dtype));
+    check_pipeline_dtype(opt);
     if (opt.gpus < 1) raise<UsageError>("--gpus {}: the number of GPUs must be 1 or more", opt.gpus);
     if (opt.gpus > 1 && (opt.device.type != DeviceType::CUDA || opt.device.index != 0))
         raise<UsageError>("--gpus {} runs on CUDA GPUs 0..{} (choose them with CUDA_VISIBLE_DEVICES), not on {}",
@@ -169,13 +108,9 @@ void ZImagePipeline::open(const std::string& dir, const PipelineOptions& opt) {
                           opt.device.type == DeviceType::CUDA ? fmt::format("cuda:{}", opt.device.index) : "the CPU");
     if (opt.vae_tiling)
         raise<UsageError>("--vae-tiling: tiled VAE decoding is Qwen-Image's; the Z-Image pipeline decodes whole");
-    check_pipeline_folder(dir);
+    // Every component (configs, keys, shapes, quantization plans) before the first weight is read.
     p_ = std::make_unique<Parts>(dir, opt);
-    // Validate every component (configs, keys, shapes, quantization plans)
-    // before the first weight is read.
-    p_->text_prepared = prepare_model((fs::path(dir) / "text_encoder").string(), opt.text_encoder_quant);
-    p_->transformer_prepared = prepare_model((fs::path(dir) / "transformer").string(), opt.transformer_quant);
-    const std::string vae_config = (fs::path(dir) / "vae" / "config.json").string();
+    const std::string vae_config = p_->path("vae/config.json");
     p_->vae = vae::Config::from_json(read_json_file(vae_config), vae_config);
     const auto text_cfg = text::Qwen3Config::from_json(p_->text_prepared.folder.config,
                                                        p_->text_prepared.folder.config_path);
@@ -195,19 +130,7 @@ void ZImagePipeline::load() {
     uint64_t vae_bytes = 0;
     for (const ParamSpec& ps : vae::decoder_params(p_->vae))
         vae_bytes += uint64_t(shape_numel(ps.shape)) * dtype_size(opt.dtype);
-    const uint64_t text_bytes = weight_bytes(p_->text_prepared, opt.dtype),
-                   dit_bytes = weight_bytes(p_->transformer_prepared, opt.dtype);
-    uint64_t budget = opt.memory_budget;
-    std::string budget_name = "the memory budget";
-    if (budget == 0 && opt.device.type == DeviceType::CPU) {
-        budget = physical_memory_bytes();
-        budget_name = "the machine's physical memory";
-    }
-    require_memory(text_bytes + dit_bytes + vae_bytes, budget,
-                   fmt::format("the weights of {} (text encoder {}, transformer {}, VAE {}, in {})",
-                               p_->dir, format_bytes(text_bytes), format_bytes(dit_bytes),
-                               format_bytes(vae_bytes), dtype_name(opt.dtype)),
-                   budget_name);
+    p_->require_weight_memory(vae_bytes);
     p_->models = opt.device.type == DeviceType::CUDA
                      ? make_zimage_cuda_components(p_->dir, opt, p_->text_prepared, p_->transformer_prepared)
                      : make_zimage_cpu_components(p_->dir, opt, p_->text_prepared, p_->transformer_prepared);
@@ -224,19 +147,13 @@ int ZImagePipeline::text_encoder_int8_layers() const {
 int64_t ZImagePipeline::latent_channels() const { return p_->dit.in_channels; }
 
 void ZImagePipeline::check_limits(const GenerateOptions& o) {
-    if (o.width <= 0 || o.height <= 0 || o.width > kMaxImageSide || o.height > kMaxImageSide)
-        raise<UsageError>("--width and --height must be between 1 and {} (got {}x{})", kMaxImageSide,
-                          o.width, o.height);
-    if (o.steps <= 0 || o.steps > kMaxSteps)
-        raise<UsageError>("--steps must be between 1 and {} (got {})", kMaxSteps, o.steps);
+    check_size_and_steps(o.width, o.height, o.steps);
     if (o.max_sequence_length <= 0 || o.max_sequence_length > kMaxSequenceLength)
         raise<UsageError>("--max-sequence-length must be between 1 and {} (got {})", kMaxSequenceLength,
                           o.max_sequence_length);
     if (!std::isfinite(o.guidance) || o.guidance < 0)
         raise<UsageError>("--guidance must be >= 0 (got {})", o.guidance);
-    if (o.latents.defined() && !is_float(o.latents.dtype()))
-        raise<ShapeError>("the initial latents are {}; they must be floating point (f32, bf16 or f16)",
-                          dtype_name(o.latents.dtype()));
+    check_latents_dtype(o.latents);
 }
 
 int64_t ZImagePipeline::prompt_tokens(const std::string& prompt) const {
@@ -353,26 +270,8 @@ GenerateResult ZImagePipeline::generate(const GenerateOptions& o,
     t0 = std::chrono::steady_clock::now();
     r.image = p_->models->decode(latents);
     r.vae_seconds = seconds_since(t0);
-    const ops::DeviceMemory mem = ops::device_memory(ops::Context{p_->opt.device});
-    r.device_peak_bytes = mem.peak;
-    r.device_weight_bytes = mem.weights;
-    r.device_activation_peak_bytes = mem.peak_activations;
+    r.record_device_memory(ops::Context{p_->opt.device});
     return r;
-}
-
-Tensor seeded_noise(const Shape& shape, uint64_t seed) {
-    Tensor t = Tensor::empty(shape, DType::F32);
-    std::mt19937_64 rng(seed);
-    float* p = t.data<float>();
-    const double two_pi = 6.283185307179586;
-    for (int64_t i = 0; i < t.numel(); i += 2) {
-        // Box-Muller on two uniforms in (0, 1].
-        double u1 = (double(rng() >> 11) + 1.0) * 0x1.0p-53, u2 = double(rng() >> 11) * 0x1.0p-53;
-        double r = std::sqrt(-2.0 * std::log(u1));
-        p[i] = float(r * std::cos(two_pi * u2));
-        if (i + 1 < t.numel()) p[i + 1] = float(r * std::sin(two_pi * u2));
-    }
-    return t;
 }
 
 }  // namespace qdit

@@ -10,35 +10,14 @@
 #include <string>
 
 #include "core/tensor.h"
-#include "models/text/tokenizer.h"
-#include "pipeline/scheduler.h"
-#include "quant/config.h"
+#include "pipeline/pipeline_common.h"
 
 namespace qdit {
 
-// Bounds of generate's inputs, checked before any weight is read
-// (docs/usage.md). Width and height are also bounded by the transformer's
-// RoPE table (axes_lens) and must be multiples of the VAE scale x the patch.
-inline constexpr int kMaxSteps = 1000;
-inline constexpr int kMaxImageSide = 16384;
+// Z-Image's bound on the sequence length (the shared bounds: pipeline/pipeline_common.h). Width and
+// height are also bounded by the transformer's RoPE table (axes_lens) and must be multiples of the
+// VAE scale x the patch.
 inline constexpr int kMaxSequenceLength = 4096;  // diffusers' default is 512
-
-struct PipelineOptions {
-    DType dtype = DType::BF16;        // activations of every component (F32 or BF16; BF16 on CUDA)
-    QuantConfig transformer_quant;    // the transformer's Linear layers
-    QuantConfig text_encoder_quant;   // the text encoder's (off unless asked for)
-    Device device;                    // where the three models run (CPU, or CUDA GPU `index` in bf16)
-    int gpus = 1;                     // CUDA only: > 1 splits the transformer over NCCL on GPUs
-                                      // 0..gpus-1 (text encoder and VAE on GPU 0; device.index 0)
-    bool sequence_parallel = false;   // how (gpus > 1): tensor parallel, or sequence parallel (Ulysses)
-    uint64_t memory_budget = 0;       // bytes the weights may take; 0: the machine's physical
-                                      // memory on the CPU (on CUDA: not checked yet)
-    bool offload_text_encoder = false;  // the text encoder is loaded for each encoding and freed right
-                                        // after; the transformer is loaded after the first encoding, so
-                                        // the two never share the device's memory in a one-image run
-    bool vae_tiling = false;          // Qwen-Image: decode in tiles (AutoencoderKLQwenImage::decode_tiled);
-                                      // Z-Image refuses it
-};
 
 struct GenerateOptions {
     std::string prompt;
@@ -49,16 +28,6 @@ struct GenerateOptions {
     float guidance = 0.0f;        // CFG when > 0, as ZImagePipeline does
     int max_sequence_length = 512;
     Tensor latents;               // optional initial noise [1, C, H/8, W/8] (or [C, H/8, W/8])
-};
-
-struct GenerateResult {
-    Tensor image;    // U8 [H, W, 3]
-    Tensor latents;  // F32 [1, C, h, w], the final latents
-    double text_seconds = 0, denoise_seconds = 0, vae_seconds = 0;
-    double load_seconds = 0;       // weights loaded during generate (offload_text_encoder), not in the above
-    size_t device_peak_bytes = 0;  // peak bytes held on the GPU (0 on the CPU)
-    size_t device_weight_bytes = 0;           // weights held on the GPU at the end (0 on the CPU)
-    size_t device_activation_peak_bytes = 0;  // peak of the GPU's activations and workspaces (0 on the CPU)
 };
 
 class ZImagePipeline {
@@ -105,16 +74,5 @@ private:
     struct Parts;
     std::unique_ptr<Parts> p_;
 };
-
-// Seeded standard-normal noise (mt19937_64 + Box-Muller), the same for the
-// same seed and shape on every machine. Not torch's generator: pass the
-// reference's noise with GenerateOptions::latents to compare implementations.
-Tensor seeded_noise(const Shape& shape, uint64_t seed);
-
-struct PreparedModel;
-// Bytes a model's weights take once loaded: every parameter in the compute dtype, except int8
-// Linear weights (one byte each plus an f32 scale per row). The pipelines check the sum against
-// the memory budget before loading.
-uint64_t weight_bytes(const PreparedModel& m, DType compute);
 
 }  // namespace qdit

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "io/files.h"
 #include "ops/attention.h"
@@ -15,6 +16,22 @@ namespace qdit::text {
 
 // ---------------------------------------------------------------------------
 // Config and parameter layout
+
+std::string read_architecture(const nlohmann::json& j, const std::string& where, const std::string& family,
+                              const std::vector<std::string>& allowed) {
+    require_config(j.is_object(), where, "config must be a JSON object");
+    std::string arch = allowed.at(0);
+    if (j.contains("architectures")) {
+        const nlohmann::json& a = j["architectures"];
+        require_config(a.is_array() && !a.empty() && a[0].is_string(), where,
+                       "field 'architectures' must be a non-empty list of class names");
+        arch = a[0].get<std::string>();
+    }
+    require_config(std::find(allowed.begin(), allowed.end(), arch) != allowed.end(), where,
+                   fmt::format("field 'architectures' names '{}'; a {} text encoder is {}", arch, family,
+                               fmt::join(allowed, " or ")));
+    return arch;
+}
 
 void read_decoder_lm_fields(const nlohmann::json& t, const std::string& where, DecoderLmConfig& c) {
     using namespace config_limits;

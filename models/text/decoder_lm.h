@@ -10,9 +10,10 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
-#include <vector>
 
 #include "core/tensor.h"
 #include "models/loader.h"
@@ -31,7 +32,15 @@ struct DecoderLmConfig {
     bool qkv_bias = false;  // q_proj, k_proj, v_proj
     bool o_bias = false;    // o_proj
     bool qk_norm = false;   // per-head q_norm / k_norm RMSNorm before RoPE (Qwen3)
+
+    const DecoderLmConfig& lm() const { return *this; }  // the part a family's config shares
 };
+
+// The model class a transformers config.json names ("architectures"[0]; allowed[0] when the field
+// is absent), which must be one of `allowed`. ConfigError naming `where` and the field otherwise,
+// or when the config is not a JSON object; `family` names the text encoder in the message.
+std::string read_architecture(const nlohmann::json& j, const std::string& where, const std::string& family,
+                              const std::vector<std::string>& allowed);
 
 // Reads the fields every decoder LM config shares, under transformers' names, from `t` (named
 // `where` in errors) into c: vocab_size, hidden_size, intermediate_size, num_hidden_layers,
@@ -107,6 +116,38 @@ private:
     Tensor norm_;
     int n_int8_ = 0;
     size_t bytes_ = 0;
+};
+
+// A text encoder that runs the decoder LM: its family's config `Config` (a DecoderLmConfig;
+// Config::from_model reads it from a prepared text_encoder/ folder) and the hidden state its
+// pipeline takes, hidden_states[-kFromEnd], as the default of every call.
+template <class Config, int kFromEnd>
+class DecoderTextEncoder : public DecoderLM {
+public:
+    // Loads every module of `m` (a text_encoder/ folder opened with prepare_model) onto ctx's
+    // device with activations in `compute` (the CPU: F32 or BF16; a GPU: BF16).
+    DecoderTextEncoder(const PreparedModel& m, DType compute, const ops::Context& ctx = {})
+        : DecoderTextEncoder(Config::from_model(m), m, compute, ctx) {}
+
+    const Config& config() const { return cfg_; }
+
+    // DecoderLM::hidden_states, encode and encode_device with from_end kFromEnd by default.
+    Tensor hidden_states(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask, int64_t batch,
+                         int from_end = kFromEnd) const {
+        return DecoderLM::hidden_states(ids, mask, batch, from_end);
+    }
+    Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask, int from_end = kFromEnd) const {
+        return DecoderLM::encode(ids, mask, from_end);
+    }
+    Tensor encode_device(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
+                         int from_end = kFromEnd) const {
+        return DecoderLM::encode_device(ids, mask, from_end);
+    }
+
+private:
+    DecoderTextEncoder(Config c, const PreparedModel& m, DType compute, const ops::Context& ctx)
+        : DecoderLM(c.lm(), m, compute, ctx), cfg_(std::move(c)) {}
+    Config cfg_;
 };
 
 }  // namespace qdit::text

@@ -13,7 +13,6 @@ namespace qdit::text {
 
 namespace {
 
-
 // A rope type this port runs: transformers reads "mrope" as "default" (text-only positions make
 // the sections equal), and writes both spellings.
 void check_rope_type(const json& rope, const std::string& where) {
@@ -44,17 +43,7 @@ Qwen25VLConfig::Qwen25VLConfig() {
 
 Qwen25VLConfig Qwen25VLConfig::from_json(const json& j, const std::string& where) {
     Qwen25VLConfig c;
-    require_config(j.is_object(), where, "config must be a JSON object");
-    if (j.contains("architectures")) {
-        const json& a = j["architectures"];
-        require_config(a.is_array() && !a.empty() && a[0].is_string(), where,
-                       "field 'architectures' must be a non-empty list of class names");
-        const std::string arch = a[0].get<std::string>();
-        require_config(arch == "Qwen2_5_VLForConditionalGeneration", where,
-                       fmt::format("field 'architectures' names '{}'; a Qwen2.5-VL text encoder is "
-                                   "Qwen2_5_VLForConditionalGeneration",
-                                   arch));
-    }
+    read_architecture(j, where, c.family, {"Qwen2_5_VLForConditionalGeneration"});
     std::string model_type = "qwen2_5_vl";
     read_config_field(j, where, "model_type", &model_type);
     require_config(model_type == "qwen2_5_vl", where,
@@ -127,13 +116,10 @@ ModelSpec model_spec(const Qwen25VLConfig& c) {
     return s;
 }
 
-Qwen25VLTextModel::Qwen25VLTextModel(const PreparedModel& m, DType compute, const ops::Context& ctx)
-    : Qwen25VLTextModel(Qwen25VLConfig::from_json(m.folder.config, m.folder.config_path), m, compute, ctx) {}
-
-Qwen25VLTextModel::Qwen25VLTextModel(Qwen25VLConfig c, const PreparedModel& m, DType compute,
-                                     const ops::Context& ctx)
-    : DecoderLM((c.detect_key_layout([&](const std::string& k) { return m.checkpoint->contains(k); }), c.lm()),
-                m, compute, ctx),
-      cfg_(std::move(c)) {}
+Qwen25VLConfig Qwen25VLConfig::from_model(const PreparedModel& m) {
+    Qwen25VLConfig c = from_json(m.folder.config, m.folder.config_path);
+    c.detect_key_layout([&](const std::string& k) { return m.checkpoint->contains(k); });
+    return c;
+}
 
 }  // namespace qdit::text

@@ -38,12 +38,14 @@ struct Qwen25VLConfig : DecoderLmConfig {
     // The language model (text_config, or the top level) as transformers' Qwen2_5_VLTextConfig
     // defaults it: q/k/v biases, no o bias, no q/k norm, head_dim = hidden_size / heads.
     Qwen25VLConfig();
-    const DecoderLmConfig& lm() const { return *this; }
     // Picks the key layout the checkpoint holds ("model.language_model.embed_tokens.weight":
     // the in-memory names; else transformers' saved names).
     void detect_key_layout(const HasKey& has_key);
 
     static Qwen25VLConfig from_json(const nlohmann::json& j, const std::string& where);
+    // The config of a text_encoder/ folder opened with prepare_model, with the key layout its
+    // checkpoint holds.
+    static Qwen25VLConfig from_model(const PreparedModel& m);
 };
 
 // The language model's tensors and lm_head.weight (required unless tied; never read, not a
@@ -51,33 +53,8 @@ struct Qwen25VLConfig : DecoderLmConfig {
 // default: quantizing the text encoder at all is the caller's choice.
 ModelSpec model_spec(const Qwen25VLConfig& c);
 
-class Qwen25VLTextModel : public DecoderLM {
-public:
-    // Loads the language model of `m` (a text_encoder/ folder opened with prepare_model) onto
-    // ctx's device with activations in `compute` (the CPU: F32 or BF16; a GPU: BF16).
-    Qwen25VLTextModel(const PreparedModel& m, DType compute, const ops::Context& ctx = {});
-
-    const Qwen25VLConfig& config() const { return cfg_; }
-
-    // DecoderLM::hidden_states; from_end 1 (the final norm's output, QwenImagePipeline's
-    // hidden_states[-1]) by default.
-    Tensor hidden_states(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
-                         int64_t batch, int from_end = 1) const {
-        return DecoderLM::hidden_states(ids, mask, batch, from_end);
-    }
-    // hidden_states[-1] of the rows where mask is nonzero → [n_valid, hidden] on the host.
-    Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask, int from_end = 1) const {
-        return DecoderLM::encode(ids, mask, from_end);
-    }
-    // The same, left on the model's device.
-    Tensor encode_device(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
-                         int from_end = 1) const {
-        return DecoderLM::encode_device(ids, mask, from_end);
-    }
-
-private:
-    Qwen25VLTextModel(Qwen25VLConfig c, const PreparedModel& m, DType compute, const ops::Context& ctx);
-    Qwen25VLConfig cfg_;
-};
+// The text encoder; hidden_states and encode give hidden_states[-1] (the final norm's output,
+// QwenImagePipeline's) by default.
+using Qwen25VLTextModel = DecoderTextEncoder<Qwen25VLConfig, 1>;
 
 }  // namespace qdit::text

@@ -26,17 +26,7 @@ Qwen3Config::Qwen3Config() {
 
 Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
     Qwen3Config c;
-    require_config(j.is_object(), where, "config must be a JSON object");
-    if (j.contains("architectures")) {
-        const json& a = j["architectures"];
-        require_config(a.is_array() && !a.empty() && a[0].is_string(), where,
-                       "field 'architectures' must be a non-empty list of class names");
-        c.architecture = a[0].get<std::string>();
-    }
-    require_config(c.architecture == "Qwen3Model" || c.architecture == "Qwen3ForCausalLM", where,
-                   fmt::format("field 'architectures' names '{}'; a Qwen3 text encoder is Qwen3Model or "
-                               "Qwen3ForCausalLM",
-                               c.architecture));
+    c.architecture = read_architecture(j, where, c.family, {"Qwen3Model", "Qwen3ForCausalLM"});
     c.prefix = c.architecture == "Qwen3ForCausalLM" ? "model." : "";
     read_decoder_lm_fields(j, where, c);
     read_config_field(j, where, "head_dim", &c.head_dim, {2, config_limits::kWidth});
@@ -75,10 +65,8 @@ ModelSpec model_spec(const Qwen3Config& c) {
     return s;
 }
 
-Qwen3TextModel::Qwen3TextModel(const PreparedModel& m, DType compute, const ops::Context& ctx)
-    : Qwen3TextModel(Qwen3Config::from_json(m.folder.config, m.folder.config_path), m, compute, ctx) {}
-
-Qwen3TextModel::Qwen3TextModel(Qwen3Config c, const PreparedModel& m, DType compute, const ops::Context& ctx)
-    : DecoderLM(c.lm(), m, compute, ctx), cfg_(std::move(c)) {}
+Qwen3Config Qwen3Config::from_model(const PreparedModel& m) {
+    return from_json(m.folder.config, m.folder.config_path);
+}
 
 }  // namespace qdit::text

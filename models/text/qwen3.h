@@ -26,9 +26,10 @@ struct Qwen3Config : DecoderLmConfig {
 
     Qwen3Config();  // transformers' Qwen3Config defaults; q/k RMSNorm; keys "model." prefixed for
                     // Qwen3ForCausalLM (from_json sets the prefix from the architecture)
-    const DecoderLmConfig& lm() const { return *this; }
 
     static Qwen3Config from_json(const nlohmann::json& j, const std::string& where);
+    // The config of a text_encoder/ folder opened with prepare_model.
+    static Qwen3Config from_model(const PreparedModel& m);
 };
 
 // Every tensor of the checkpoint; an untied Qwen3ForCausalLM also has
@@ -37,33 +38,8 @@ struct Qwen3Config : DecoderLmConfig {
 // text encoder at all is the caller's choice.
 ModelSpec model_spec(const Qwen3Config& c);
 
-class Qwen3TextModel : public DecoderLM {
-public:
-    // Loads every module of `m` (a text_encoder/ folder opened with prepare_model) onto ctx's
-    // device with activations in `compute` (the CPU: F32 or BF16; a GPU: BF16).
-    Qwen3TextModel(const PreparedModel& m, DType compute, const ops::Context& ctx = {});
-
-    const Qwen3Config& config() const { return cfg_; }
-
-    // DecoderLM::hidden_states; from_end 2 (ZImagePipeline's hidden_states[-2]) by default.
-    Tensor hidden_states(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
-                         int64_t batch, int from_end = 2) const {
-        return DecoderLM::hidden_states(ids, mask, batch, from_end);
-    }
-    // ZImagePipeline._encode_prompt for one tokenized prompt: hidden_states[-2] of the rows where
-    // mask is nonzero → [n_valid, hidden] on the host (DecoderLM::encode).
-    Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask, int from_end = 2) const {
-        return DecoderLM::encode(ids, mask, from_end);
-    }
-    // The same, left on the model's device.
-    Tensor encode_device(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
-                         int from_end = 2) const {
-        return DecoderLM::encode_device(ids, mask, from_end);
-    }
-
-private:
-    Qwen3TextModel(Qwen3Config c, const PreparedModel& m, DType compute, const ops::Context& ctx);
-    Qwen3Config cfg_;
-};
+// The text encoder; encode gives hidden_states[-2] by default (ZImagePipeline._encode_prompt: the
+// rows of the prompt's valid tokens, [n_valid, hidden]).
+using Qwen3TextModel = DecoderTextEncoder<Qwen3Config, 2>;
 
 }  // namespace qdit::text

@@ -19,10 +19,6 @@ namespace qdit::vae {
 
 namespace {
 
-void require(bool ok, const std::string& where, const char* field, const std::string& what) {
-    if (!ok) raise<ConfigError>("{}: field '{}' {}", where, field, what);
-}
-
 // The decoder's channel plan: conv_in and the mid block work at the widest
 // channel count, up block i turns rev[i−1] (rev[0] for i = 0) into rev[i].
 std::vector<int64_t> reversed_channels(const Config& c) {
@@ -35,17 +31,10 @@ void check_compute(DType compute) {
         raise<ConfigError>("AutoencoderKL: compute dtype must be F32 or BF16, not {}", dtype_name(compute));
 }
 
-// The value a store of v into dtype dt keeps (F32 or BF16).
-float round_to(float v, DType dt) { return dt == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : v; }
-
 }  // namespace
 
 Config Config::from_json(const json& j, const std::string& where) {
-    if (!j.is_object()) raise<ConfigError>("{}: expected a JSON object", where);
-    std::string class_name = "AutoencoderKL";
-    read_config_field(j, where, "_class_name", &class_name);
-    require(class_name == "AutoencoderKL", where, "_class_name",
-            fmt::format("is '{}'; this decoder reads AutoencoderKL only", class_name));
+    require_config_class(j, where, "AutoencoderKL");
     using namespace config_limits;
     Config c;
     read_config_field(j, where, "out_channels", &c.out_channels, {1, 1024});
@@ -61,20 +50,20 @@ Config Config::from_json(const json& j, const std::string& where) {
     read_config_field(j, where, "mid_block_add_attention", &c.mid_block_add_attention);
 
     for (int64_t ch : c.block_out_channels)  // 1 to 16 of them: the scale 2^(n−1) fits
-        require(ch % c.norm_num_groups == 0, where, "block_out_channels",
-                fmt::format("has {}, which is not a multiple of norm_num_groups ({})", ch,
-                            c.norm_num_groups));
-    require(c.up_block_types.size() == c.block_out_channels.size(), where, "up_block_types",
-            fmt::format("has {} entries but block_out_channels has {}", c.up_block_types.size(),
-                        c.block_out_channels.size()));
+        require_config_field(ch % c.norm_num_groups == 0, where, "block_out_channels",
+                             fmt::format("has {}, which is not a multiple of norm_num_groups ({})", ch,
+                                         c.norm_num_groups));
+    require_config_field(c.up_block_types.size() == c.block_out_channels.size(), where, "up_block_types",
+                         fmt::format("has {} entries but block_out_channels has {}", c.up_block_types.size(),
+                                     c.block_out_channels.size()));
     for (const std::string& t : c.up_block_types)
-        require(t == "UpDecoderBlock2D", where, "up_block_types",
-                fmt::format("has '{}'; only UpDecoderBlock2D is supported", t));
-    require(c.act_fn == "silu" || c.act_fn == "swish", where, "act_fn",
-            fmt::format("is '{}'; only silu (or its alias swish) is supported", c.act_fn));
-    require(std::isfinite(c.scaling_factor) && c.scaling_factor != 0, where, "scaling_factor",
-            "must be a finite non-zero number");
-    require(std::isfinite(c.shift_factor), where, "shift_factor", "must be finite or null");
+        require_config_field(t == "UpDecoderBlock2D", where, "up_block_types",
+                             fmt::format("has '{}'; only UpDecoderBlock2D is supported", t));
+    require_config_field(c.act_fn == "silu" || c.act_fn == "swish", where, "act_fn",
+                         fmt::format("is '{}'; only silu (or its alias swish) is supported", c.act_fn));
+    require_config_field(std::isfinite(c.scaling_factor) && c.scaling_factor != 0, where, "scaling_factor",
+                         "must be a finite non-zero number");
+    require_config_field(std::isfinite(c.shift_factor), where, "shift_factor", "must be finite or null");
     return c;
 }
 
@@ -288,7 +277,7 @@ bool AutoencoderKL::on_host(const Tensor& t, const char* where) const {
 Tensor AutoencoderKL::unscale_latents(const Tensor& latents) const {
     const bool host = on_host(latents, "unscale_latents");
     // For BF16 torch adds the shift rounded to bf16.
-    const float scale = float(cfg_.scaling_factor), shift = round_to(float(cfg_.shift_factor), dt_);
+    const float scale = float(cfg_.scaling_factor), shift = round_to_dtype(float(cfg_.shift_factor), dt_);
     return ops::div_add(latents, scale, shift, dt_, host ? ops::Context{} : ctx_);
 }
 

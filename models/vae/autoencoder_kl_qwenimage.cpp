@@ -15,17 +15,6 @@ using nlohmann::json;
 
 namespace qdit::vae {
 
-namespace {
-
-void require(bool ok, const std::string& where, const char* field, const std::string& what) {
-    if (!ok) raise<ConfigError>("{}: field '{}' {}", where, field, what);
-}
-
-// The value a store of v into dtype dt keeps (F32 or BF16).
-float round_to(float v, DType dt) { return dt == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : v; }
-
-}  // namespace
-
 std::vector<int64_t> QwenImageVaeConfig::dims() const {
     std::vector<int64_t> d{base_dim * dim_mult.back()};
     for (auto it = dim_mult.rbegin(); it != dim_mult.rend(); ++it) d.push_back(base_dim * *it);
@@ -38,11 +27,7 @@ int64_t QwenImageVaeConfig::up_in_dim(size_t i) const {
 }
 
 QwenImageVaeConfig QwenImageVaeConfig::from_json(const json& j, const std::string& where) {
-    if (!j.is_object()) raise<ConfigError>("{}: expected a JSON object", where);
-    std::string class_name = "AutoencoderKLQwenImage";
-    read_config_field(j, where, "_class_name", &class_name);
-    require(class_name == "AutoencoderKLQwenImage", where, "_class_name",
-            fmt::format("is '{}'; this decoder reads AutoencoderKLQwenImage only", class_name));
+    require_config_class(j, where, "AutoencoderKLQwenImage");
     using namespace config_limits;
     QwenImageVaeConfig c;
     read_config_field(j, where, "base_dim", &c.base_dim, {1, kWidth});
@@ -57,22 +42,24 @@ QwenImageVaeConfig QwenImageVaeConfig::from_json(const json& j, const std::strin
     read_config_field(j, where, "latents_std", &c.latents_std, {-1e6, 1e6}, 1024);
 
     for (int64_t m : c.dim_mult)
-        require(c.base_dim * m <= kWidth, where, "dim_mult",
-                fmt::format("gives {} channels (base_dim {} x {}), more than {}", c.base_dim * m, c.base_dim, m,
-                            kWidth));
-    require(c.temperal_downsample.size() + 1 == c.dim_mult.size(), where, "temperal_downsample",
-            fmt::format("has {} entries; the decoder needs one per upsampler, len(dim_mult) - 1 = {}",
-                        c.temperal_downsample.size(), c.dim_mult.size() - 1));
+        require_config_field(c.base_dim * m <= kWidth, where, "dim_mult",
+                             fmt::format("gives {} channels (base_dim {} x {}), more than {}", c.base_dim * m,
+                                         c.base_dim, m, kWidth));
+    require_config_field(c.temperal_downsample.size() + 1 == c.dim_mult.size(), where, "temperal_downsample",
+                         fmt::format("has {} entries; the decoder needs one per upsampler, len(dim_mult) - 1 = {}",
+                                     c.temperal_downsample.size(), c.dim_mult.size() - 1));
     for (size_t i = 1; i < c.dim_mult.size(); ++i)
-        require(c.base_dim * c.dim_mult[c.dim_mult.size() - i] >= 2, where, "dim_mult",
-                "leaves an upsampler with fewer than 2 channels to halve");
-    require(c.latents_mean.size() == size_t(c.z_dim), where, "latents_mean",
-            fmt::format("has {} entries, z_dim is {}", c.latents_mean.size(), c.z_dim));
-    require(c.latents_std.size() == size_t(c.z_dim), where, "latents_std",
-            fmt::format("has {} entries, z_dim is {}", c.latents_std.size(), c.z_dim));
+        require_config_field(c.base_dim * c.dim_mult[c.dim_mult.size() - i] >= 2, where, "dim_mult",
+                             "leaves an upsampler with fewer than 2 channels to halve");
+    require_config_field(c.latents_mean.size() == size_t(c.z_dim), where, "latents_mean",
+                         fmt::format("has {} entries, z_dim is {}", c.latents_mean.size(), c.z_dim));
+    require_config_field(c.latents_std.size() == size_t(c.z_dim), where, "latents_std",
+                         fmt::format("has {} entries, z_dim is {}", c.latents_std.size(), c.z_dim));
     for (double s : c.latents_std)
-        require(s != 0 && std::isfinite(1.0f / float(s)), where, "latents_std",
-                fmt::format("has {}; every entry must be a non-zero number (latents are divided by 1 / std)", s));
+        require_config_field(s != 0 && std::isfinite(1.0f / float(s)), where, "latents_std",
+                             fmt::format("has {}; every entry must be a non-zero number (latents are divided "
+                                         "by 1 / std)",
+                                         s));
     return c;
 }
 
@@ -218,12 +205,13 @@ Tensor AutoencoderKLQwenImage::denormalize_latents(const Tensor& latents) const 
     Tensor y = Tensor::empty(z.shape(), DType::F32);
     const int64_t B = z.size(0), C = z.size(1), hw = z.size(2) * z.size(3);
     for (int64_t c = 0; c < C; ++c) {
-        const float inv = round_to(1.0f / round_to(float(cfg_.latents_std[size_t(c)]), dt_), dt_);
-        const float mean = round_to(float(cfg_.latents_mean[size_t(c)]), dt_);
+        const float inv = round_to_dtype(1.0f / round_to_dtype(float(cfg_.latents_std[size_t(c)]), dt_), dt_);
+        const float mean = round_to_dtype(float(cfg_.latents_mean[size_t(c)]), dt_);
         for (int64_t b = 0; b < B; ++b) {
             const float* src = z.data<float>() + (b * C + c) * hw;
             float* dst = y.data<float>() + (b * C + c) * hw;
-            for (int64_t i = 0; i < hw; ++i) dst[i] = round_to(round_to(round_to(src[i], dt_) / inv, dt_) + mean, dt_);
+            for (int64_t i = 0; i < hw; ++i)
+                dst[i] = round_to_dtype(round_to_dtype(round_to_dtype(src[i], dt_) / inv, dt_) + mean, dt_);
         }
     }
     return y.to(dt_);

@@ -618,6 +618,11 @@ void Server::load() {
         qwen = std::make_unique<QwenImagePipeline>(s.model_dir, s.opt.pipeline);
     else
         pipe = std::make_unique<ZImagePipeline>(s.model_dir, s.opt.pipeline);
+    // The "ready" line is written before /health reports ok, so a client that waited for that
+    // sees the line in the log.
+    s.say(fmt::format("model '{}' ({}) loaded in {:.2f} s ({}, {}); ready", s.model_id,
+                      s.family == Family::QwenImage ? "Qwen-Image" : "Z-Image",
+                      std::chrono::duration<double>(Clock::now() - t0).count(), s.opt.device, s.quant_name));
     {
         std::lock_guard<std::mutex> lock(s.mu);
         s.pipe = std::move(pipe);
@@ -626,9 +631,6 @@ void Server::load() {
         s.idle_since = Clock::now();
     }
     s.worker = std::thread([&s] { s.work(); });
-    s.say(fmt::format("model '{}' ({}) loaded in {:.2f} s ({}, {}); ready", s.model_id,
-                      s.family == Family::QwenImage ? "Qwen-Image" : "Z-Image",
-                      std::chrono::duration<double>(Clock::now() - t0).count(), s.opt.device, s.quant_name));
 }
 
 void Server::drain() {

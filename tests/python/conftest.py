@@ -68,6 +68,15 @@ class Server:
             assert time.time() < deadline and self.proc.poll() is None, "".join(self.lines)
             time.sleep(0.05)
 
+    def wait_for_line(self, text, timeout=10):
+        """Whether a line of the server's log holds `text` within `timeout` s (the log is read by a thread)."""
+        deadline = time.time() + timeout
+        while not any(text in line for line in self.lines):
+            if time.time() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def request(self, method, path, body=None, headers=None, timeout=120):
         """(status, headers, parsed JSON or raw bytes); `headers` default to the API key's."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)

@@ -321,7 +321,7 @@ def qwen_server():
 
 def test_qwen_image_server_gives_the_cli_images(qwen_server, tmp_path):
     """true_cfg_scale and negative_prompt reach the Qwen-Image pipeline: the server's image is the CLI's."""
-    assert "Qwen-Image" in "".join(qwen_server.lines)
+    assert qwen_server.wait_for_line("(Qwen-Image) loaded"), "".join(qwen_server.lines)
     status, _, body = qwen_server.request("GET", "/v1/models")
     assert status == 200 and [m["id"] for m in body["data"]] == ["qwen_image_pipeline"]
     for extra, cli in [({"negative_prompt": " ", "true_cfg_scale": 3.0}, ["--negative-prompt", " ", "--true-cfg-scale", "3"]),

@@ -16,9 +16,11 @@
 
 #include "io/cache.h"
 #include "io/files.h"
+#include "tests/env_var.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
+using testutil::EnvVar;
 
 namespace {
 
@@ -27,25 +29,6 @@ fs::path temp_dir(const std::string& name) {
     fs::remove_all(d);
     return d;
 }
-
-// Sets an environment variable for the scope (unset when `value` is null), restoring it after.
-struct EnvVar {
-    std::string name;
-    std::optional<std::string> old;
-    EnvVar(const char* n, const char* value) : name(n) {
-        if (const char* o = std::getenv(n)) old = o;
-        if (value)
-            ::setenv(n, value, 1);
-        else
-            ::unsetenv(n);
-    }
-    ~EnvVar() {
-        if (old)
-            ::setenv(name.c_str(), old->c_str(), 1);
-        else
-            ::unsetenv(name.c_str());
-    }
-};
 
 std::string read_all(const std::string& path) { return read_text_file(path); }
 void write_all(const std::string& path, const std::string& s) {

@@ -117,7 +117,6 @@ Plan build(cudnnHandle_t handle, const Key& k) {
     return p;
 }
 
-
 // ---- the plan cache on disk (plan_cache.h) ----
 // Bumped whenever the graph built above changes, so that plans of an older qdit are not reused.
 constexpr int kPlanFormat = 1;

@@ -30,31 +30,16 @@
 #include "backend/cuda/quantize.h"
 #include "io/cache.h"
 #include "io/files.h"
+#include "tests/env_var.h"
 #include "tests/random_tensor.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
+using testutil::EnvVar;
 using cuda::DTensor;
 using cuda::MemKind;
 
 namespace {
-
-// Sets an environment variable for the scope (unset when `value` is null), restoring it after.
-struct EnvVar {
-    std::string name;
-    std::optional<std::string> old;
-    EnvVar(const char* n, const char* value) : name(n) {
-        if (const char* o = std::getenv(n)) old = o;
-        set(value);
-    }
-    void set(const char* value) const {
-        if (value)
-            ::setenv(name.c_str(), value, 1);
-        else
-            ::unsetenv(name.c_str());
-    }
-    ~EnvVar() { set(old ? old->c_str() : nullptr); }
-};
 
 std::set<std::string> entries(const fs::path& dir) {
     std::set<std::string> s;

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "backend/cuda/image.h"
-#include "core/error.h"
 #include "backend/cuda/plan_cache.h"
+#include "core/error.h"
 
 #if QDIT_WITH_CUDNN
 #include <cudnn.h>

@@ -116,6 +116,7 @@ struct Runner {
     std::vector<uint8_t> run_in_graph() const {
         DTensor o = DTensor::empty({c.items() * c.s, D}, DType::BF16);
         cuda::check(cudaMemset(o.raw(), 0xff, o.nbytes()), "poison");
+        cuda::check(cudaDeviceSynchronize(), "poison");  // the stream below does not wait for the default one
         cudaStream_t s = nullptr;
         cuda::check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "stream");
         auto& alloc = cuda::Allocator::instance();

@@ -253,8 +253,15 @@ bool cudnn_conv_available() {
     return ok;
 }
 
+void forget_conv_plans() {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mu);
+    st.plans.clear();
+}
+
 #else
 bool cudnn_conv_available() { return false; }
+void forget_conv_plans() {}
 #endif
 
 // ---- Conv2d --------------------------------------------------------------------------------------

@@ -45,6 +45,10 @@ namespace qdit::cuda {
 // Whether this build has cuDNN and it runs here (version 9 or later).
 bool cudnn_conv_available();
 
+// Forgets this process's convolution plans, so that the next use of each shape reads the plan
+// cache or builds its plan again (for the plan cache's tests).
+void forget_conv_plans();
+
 class Conv2d {
 public:
     Conv2d() = default;

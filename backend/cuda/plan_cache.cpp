@@ -90,8 +90,14 @@ std::string key(Kind kind, int format, int device, const std::string& shape) {
         cudaGetLastError();
         return {};
     }
-    const PlanEnvironment env{prop.name,          prop.major,     prop.minor,         driver, int64_t(cudnnGetVersion()),
-                              CUDNN_FRONTEND_VERSION, QDIT_VERSION_STRING};
+    PlanEnvironment env;
+    env.gpu = prop.name;
+    env.cc_major = prop.major;
+    env.cc_minor = prop.minor;
+    env.driver = driver;
+    env.library = int64_t(cudnnGetVersion());
+    env.frontend = CUDNN_FRONTEND_VERSION;
+    env.qdit = QDIT_VERSION_STRING;
     return plan_cache_key(fmt::format("cudnn {} plan", kind_name(kind)), format, env, shape);
 }
 

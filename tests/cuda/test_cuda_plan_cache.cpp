@@ -1,11 +1,12 @@
-// The cuDNN plan cache on disk (backend/cuda/plan_cache.h) with attention plans (attention.h):
-// for one item, one causal grouped-query item and padded batches of 2 and 3 items (the same
-// sizes otherwise, so the batch must be part of the key), a plan built with an empty cache folder
-// is stored in its own file; after the process forgets its plans the next call reads it from disk
-// (counted as read, nothing built) and gives the built plan's output bit for bit, also when the
-// first execution of the read plan is captured in a CUDA graph (as the transformers' steps are);
-// a corrupt entry, an entry whose payload is not a plan and one whose payload is a JSON object
-// without the plan's fields are each counted as unusable, rebuilt (same bits) and stored again;
+// The cuDNN plan cache on disk (backend/cuda/plan_cache.h). Attention plans (attention.h) for one
+// item, one causal grouped-query item and padded batches of 2 and 3 items (the same sizes
+// otherwise, so the batch must be part of the key), and convolution plans (conv.h; bf16 with a
+// fused bias, f32 without bias): a plan built with an empty cache folder is stored in a file of its
+// own; after the process forgets its plans the next call reads it from disk (counted as read,
+// nothing built) and gives the built plan's output bit for bit, for attention also when the read
+// plan's first execution is captured in a CUDA graph (as the transformers' steps are); a corrupt
+// entry, an entry whose payload is not a plan and one whose payload is a JSON object without the
+// plan's fields are each counted as unusable, rebuilt (same bits) and stored again;
 // QDIT_PLAN_CACHE=0 builds without reading or writing. Runs where a CUDA device and cuDNN are present.
 #include <gtest/gtest.h>
 
@@ -25,6 +26,7 @@
 
 #include "backend/cuda/allocator.h"
 #include "backend/cuda/attention.h"
+#include "backend/cuda/conv.h"
 #include "backend/cuda/device_tensor.h"
 #include "backend/cuda/plan_cache.h"
 #include "backend/cuda/quantize.h"
@@ -144,12 +146,21 @@ struct Runner {
     }
 };
 
-// The attention counts gained while `f` runs, with this process's plans forgotten first.
-cuda::PlanCounts fresh(const std::function<void()>& f) {
-    cuda::forget_attention_plans();
-    const cuda::PlanCounts a = cuda::cudnn_plan_stats().attention;
+enum class Kind { Conv, Attention };
+
+// The counts of `kind` gained while `f` runs, with this process's plans of that kind forgotten first.
+cuda::PlanCounts fresh(Kind kind, const std::function<void()>& f) {
+    auto of = [kind] {
+        const cuda::CudnnPlanStats s = cuda::cudnn_plan_stats();
+        return kind == Kind::Conv ? s.conv : s.attention;
+    };
+    if (kind == Kind::Conv)
+        cuda::forget_conv_plans();
+    else
+        cuda::forget_attention_plans();
+    const cuda::PlanCounts a = of();
     f();
-    const cuda::PlanCounts b = cuda::cudnn_plan_stats().attention;
+    const cuda::PlanCounts b = of();
     cuda::PlanCounts d;
     d.built = b.built - a.built;
     d.cached = b.cached - a.cached;
@@ -158,17 +169,101 @@ cuda::PlanCounts fresh(const std::function<void()>& f) {
     return d;
 }
 
+// A plan cache folder of its own for the test, QDIT_PLAN_CACHE unset.
+struct TempCache {
+    fs::path dir = fs::temp_directory_path() / ("qdit_test_plan_cache_" + std::to_string(::getpid()));
+    fs::path plans = dir / "cudnn-plans";
+    EnvVar cache_dir{"QDIT_CACHE_DIR", dir.string().c_str()}, on{"QDIT_PLAN_CACHE", nullptr};
+    TempCache() { fs::remove_all(dir); }
+    ~TempCache() {
+        cuda::forget_conv_plans();
+        cuda::forget_attention_plans();
+        fs::remove_all(dir);
+    }
+};
+
+// Everything above for one shape whose plan is in neither this process nor the folder yet: `run`
+// issues the work and returns its output's bytes; `run_in_graph` (if any) does the same captured
+// in a CUDA graph.
+void check_cached(Kind kind, TempCache& tc, const std::function<std::vector<uint8_t>()>& run,
+                  const std::function<std::vector<uint8_t>()>& run_in_graph) {
+    // Built with no entry, and stored in a file of its own.
+    const auto before = entries(tc.plans);
+    std::vector<uint8_t> built;
+    cuda::PlanCounts n = fresh(kind, [&] { built = run(); });
+    ASSERT_EQ(n.built, 1);
+    EXPECT_EQ(n.cached, 0);
+    EXPECT_EQ(n.rejected, 0);
+    ASSERT_EQ(n.unstored, 0) << "cuDNN could not serialize the plan, or the folder could not be written";
+    std::vector<std::string> added;
+    for (const std::string& e : entries(tc.plans))
+        if (!before.count(e)) added.push_back(e);
+    ASSERT_EQ(added.size(), 1u) << "each shape has its own entry";
+    const std::string file = added[0], key = stored_key(file);
+    EXPECT_NE(key.find(kind == Kind::Conv ? "convolution" : "attention"), std::string::npos) << key;
+
+    // Read back by a process that has no plan yet: nothing built, the same bits.
+    std::vector<uint8_t> read;
+    n = fresh(kind, [&] { read = run(); });
+    EXPECT_EQ(n.cached, 1);
+    EXPECT_EQ(n.built, 0);
+    EXPECT_EQ(n.rejected, 0);
+    EXPECT_TRUE(read == built) << "the plan read from disk gives other bits than the built one";
+    if (run_in_graph) {  // read, and first executed inside a CUDA graph capture
+        n = fresh(kind, [&] { read = run_in_graph(); });
+        EXPECT_EQ(n.cached, 1);
+        EXPECT_EQ(n.built, 0);
+        EXPECT_TRUE(read == built) << "the plan read from disk, captured in a graph, gives other bits";
+    }
+
+    // Unusable entries: counted, rebuilt with the same bits, stored again.
+    ASSERT_FALSE(key.empty());
+    auto expect_rebuilt = [&](const char* what) {
+        SCOPED_TRACE(what);
+        std::vector<uint8_t> again;
+        cuda::PlanCounts m = fresh(kind, [&] { again = run(); });
+        EXPECT_EQ(m.rejected, 1);
+        EXPECT_EQ(m.built, 1);
+        EXPECT_EQ(m.cached, 0);
+        EXPECT_TRUE(again == built);
+        m = fresh(kind, [&] { again = run(); });  // stored again by the rebuild
+        EXPECT_EQ(m.cached, 1);
+        EXPECT_EQ(m.built, 0);
+    };
+    std::string flipped = read_text_file(file);
+    flipped[flipped.size() / 2] ^= 0x10;
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << flipped;
+    expect_rebuilt("a corrupt file");
+    const BlobCache blobs(tc.plans.string());
+    const std::string text = "not a plan";
+    ASSERT_TRUE(blobs.put(key, std::vector<uint8_t>(text.begin(), text.end())));
+    expect_rebuilt("a payload that is not a plan");
+    ASSERT_TRUE(blobs.put(key, nlohmann::json::to_ubjson(nlohmann::json{{"json_version", "1.0"}})));
+    expect_rebuilt("a JSON object without the plan's fields");
+
+    // QDIT_PLAN_CACHE=0: built, the entry neither read nor written.
+    tc.on.set("0");
+    const std::string stored = read_text_file(file);
+    fs::remove(file);
+    n = fresh(kind, [&] { read = run(); });
+    EXPECT_EQ(n.built, 1);
+    EXPECT_EQ(n.cached, 0);
+    EXPECT_FALSE(fs::exists(file));
+    EXPECT_TRUE(read == built);
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << stored;
+    n = fresh(kind, [&] { read = run(); });
+    EXPECT_EQ(n.built, 1);
+    EXPECT_EQ(n.cached, 0);
+    tc.on.set(nullptr);
+}
+
 }  // namespace
 
 TEST(CudaPlanCache, AttentionPlansStoredReadAndRebuilt) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
     if (!cuda::cudnn_attention_available()) GTEST_SKIP() << "no cuDNN";
-    const fs::path dir = fs::temp_directory_path() / ("qdit_test_plan_cache_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    EnvVar cache_dir("QDIT_CACHE_DIR", dir.string().c_str()), switch_("QDIT_PLAN_CACHE", nullptr);
-    const fs::path plans = dir / "cudnn-plans";
-    ASSERT_EQ(plan_cache_dir(), plans.string());
-
+    TempCache tc;
+    ASSERT_EQ(plan_cache_dir(), tc.plans.string());
     const std::vector<Case> cases{{"one item", 256, 4, 4, 128, false, {}},
                                   {"causal, grouped-query", 200, 4, 2, 64, true, {}},
                                   {"padded batch of 2", 128, 4, 4, 64, false, {128, 77}},
@@ -176,77 +271,33 @@ TEST(CudaPlanCache, AttentionPlansStoredReadAndRebuilt) {
     for (const Case& c : cases) {
         SCOPED_TRACE(c.name);
         const Runner r(c);
-
-        // Built with no entry, and stored in a file of its own.
-        const auto before = entries(plans);
-        std::vector<uint8_t> built;
-        cuda::PlanCounts n = fresh([&] { built = r.run(); });
-        ASSERT_EQ(n.built, 1);
-        EXPECT_EQ(n.cached, 0);
-        EXPECT_EQ(n.rejected, 0);
-        ASSERT_EQ(n.unstored, 0) << "cuDNN could not serialize the plan, or the folder could not be written";
-        std::vector<std::string> added;
-        for (const std::string& e : entries(plans))
-            if (!before.count(e)) added.push_back(e);
-        ASSERT_EQ(added.size(), 1u) << "each shape has its own entry";
-        const std::string file = added[0];
-        EXPECT_NE(stored_key(file).find("attention"), std::string::npos) << stored_key(file);
-
-        // Read back by a process that has no plan yet: nothing built, the same bits.
-        std::vector<uint8_t> read;
-        n = fresh([&] { read = r.run(); });
-        EXPECT_EQ(n.cached, 1);
-        EXPECT_EQ(n.built, 0);
-        EXPECT_EQ(n.rejected, 0);
-        EXPECT_TRUE(read == built) << "the plan read from disk gives other bits than the built one";
-
-        // Read, and first executed inside a CUDA graph capture.
-        n = fresh([&] { read = r.run_in_graph(); });
-        EXPECT_EQ(n.cached, 1);
-        EXPECT_EQ(n.built, 0);
-        EXPECT_TRUE(read == built) << "the plan read from disk, captured in a graph, gives other bits";
-
-        // Unusable entries: counted, rebuilt with the same bits, stored again.
-        const std::string key = stored_key(file), good = read_text_file(file);
-        ASSERT_FALSE(key.empty());
-        auto expect_rebuilt = [&](const char* what) {
-            SCOPED_TRACE(what);
-            std::vector<uint8_t> again;
-            cuda::PlanCounts m = fresh([&] { again = r.run(); });
-            EXPECT_EQ(m.rejected, 1);
-            EXPECT_EQ(m.built, 1);
-            EXPECT_EQ(m.cached, 0);
-            EXPECT_TRUE(again == built);
-            m = fresh([&] { again = r.run(); });  // stored again by the rebuild
-            EXPECT_EQ(m.cached, 1);
-            EXPECT_EQ(m.built, 0);
-        };
-        std::string flipped = good;
-        flipped[flipped.size() / 2] ^= 0x10;
-        std::ofstream(file, std::ios::binary | std::ios::trunc) << flipped;
-        expect_rebuilt("a corrupt file");
-        const BlobCache blobs(plans.string());
-        const std::string text = "not a plan";
-        ASSERT_TRUE(blobs.put(key, std::vector<uint8_t>(text.begin(), text.end())));
-        expect_rebuilt("a payload that is not a plan");
-        ASSERT_TRUE(blobs.put(key, nlohmann::json::to_ubjson(nlohmann::json{{"json_version", "1.0"}})));
-        expect_rebuilt("a JSON object without the plan's fields");
-
-        // QDIT_PLAN_CACHE=0: built, the entry neither read nor written.
-        switch_.set("0");
-        const std::string stored = read_text_file(file);
-        fs::remove(file);
-        n = fresh([&] { read = r.run(); });
-        EXPECT_EQ(n.built, 1);
-        EXPECT_EQ(n.cached, 0);
-        EXPECT_FALSE(fs::exists(file));
-        EXPECT_TRUE(read == built);
-        std::ofstream(file, std::ios::binary | std::ios::trunc) << stored;
-        n = fresh([&] { read = r.run(); });
-        EXPECT_EQ(n.built, 1);
-        EXPECT_EQ(n.cached, 0);
-        switch_.set(nullptr);
+        check_cached(Kind::Attention, tc, [&] { return r.run(); }, [&] { return r.run_in_graph(); });
     }
-    cuda::forget_attention_plans();
-    fs::remove_all(dir);
+}
+
+TEST(CudaPlanCache, ConvolutionPlansStoredReadAndRebuilt) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    if (!cuda::cudnn_conv_available()) GTEST_SKIP() << "no cuDNN";
+    TempCache tc;
+    struct ConvCase {
+        DType dt;
+        int64_t in, out, k, pad, H, W;
+        bool bias;
+    };
+    for (const ConvCase& c : {ConvCase{DType::BF16, 16, 24, 3, 1, 12, 10, true},
+                              ConvCase{DType::F32, 8, 16, 1, 0, 7, 9, false}}) {
+        SCOPED_TRACE(fmt::format("{} {}->{} k{}", dtype_name(c.dt), c.in, c.out, c.k));
+        const Tensor w = testutil::randn({c.out, c.in, c.k, c.k}, 31, 0.f, 0.3f, DType::F32);
+        const Tensor b = c.bias ? testutil::randn({c.out}, 32, 0.f, 1.f, DType::F32) : Tensor();
+        const cuda::Conv2d conv("test.conv", w, b, c.pad, c.dt);
+        const DTensor x =
+            DTensor::upload(testutil::randn({1, c.H, c.W, c.in}, 33, 0.f, 1.f, c.dt), MemKind::Activation, nullptr);
+        auto run = [&] {
+            const DTensor y = conv.forward(x, nullptr);
+            const Tensor h = y.download(nullptr);
+            const auto* p = static_cast<const uint8_t*>(h.raw());
+            return std::vector<uint8_t>(p, p + h.nbytes());
+        };
+        check_cached(Kind::Conv, tc, run, nullptr);
+    }
 }

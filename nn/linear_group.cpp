@@ -9,6 +9,7 @@
 #include "backend/cuda/device_tensor.h"
 #include "nn/linear_cuda.h"
 #include "nn/load_cuda.h"
+#include "nn/row_split_cuda.h"
 #endif
 
 namespace qdit::nn {
@@ -18,9 +19,14 @@ LinearGroup::LinearGroup(const Checkpoint& ck, const std::vector<Member>& member
     : LinearGroup(&ck, 0, members, compute, ctx) {}
 
 LinearGroup::LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<Member>& members, DType compute,
-                         const ops::Context& ctx, gpu::CheckpointReader* reader)
-    : ctx_(ctx), compute_(compute) {
+                         const ops::Context& ctx, gpu::CheckpointReader* reader, bool row_split)
+    : ctx_(ctx), compute_(compute), row_split_(row_split) {
     if (members.empty()) raise<ShapeError>("a Linear group needs at least one layer");
+    for (const Member& m : members)
+        if (m.window && !ctx.cuda())
+            raise<UsageError>("{}: weight windows (tensor parallelism) are made on a GPU only", m.plan->spec.name);
+    if (row_split && !ctx.comm)
+        raise<UsageError>("{}: a row-split Linear needs a context with a communicator", members[0].plan->spec.name);
     for (const Member& m : members)
         if (int8_weights(m.plan->precision)) ++n_int8_;
     if (!ctx.cuda()) {
@@ -43,13 +49,18 @@ LinearGroup::LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<
     std::vector<gpu::Member> ms;
     for (const Member& m : members) {
         const LinearSpec& s = m.plan->spec;
-        ms.push_back({m.plan, std::max(m.n_pad, s.out_features), std::max(m.k_pad, s.in_features)});
+        if (m.window)
+            ms.push_back({m.plan, m.n_pad, m.k_pad, true, m.r0, m.c0});
+        else
+            ms.push_back({m.plan, std::max(m.n_pad, s.out_features), std::max(m.k_pad, s.in_features)});
         cols_.push_back(width_);
         width_ += ms.back().n_pad;
     }
     auto g = std::make_shared<gpu::Group>(
         gpu::make_group(ms, ms[0].k_pad, gpu::WeightSource{ck, seed, static_cast<cudaStream_t>(ctx.stream), reader}));
-    spec_ = {g->needs_bf16(), g->needs_int8(), g->k, g->kp};
+    // A row split quantizes its input itself, with the whole token's absmax: it reads dense rows.
+    spec_ = row_split ? ops::ActivationSpec{true, false, g->k, g->kp}
+                      : ops::ActivationSpec{g->needs_bf16(), g->needs_int8(), g->k, g->kp};
     bytes_ = g->bytes();
     gpu_ = g;
 #else
@@ -109,11 +120,21 @@ void LinearGroup::forward_into(const ops::Activation& in, Tensor& out) const {
     if ((spec_.dense || !gi.q.defined()) && !gi.x.defined())
         raise<ShapeError>("Linear group: the input lacks the bf16 rows its layers read");
     Tensor y = aligned(out) ? out : ops::empty(out.shape(), out.dtype(), ctx_);
-    gpu::run_group(g, gi, m, y.raw(), width_, static_cast<cudaStream_t>(ctx_.stream));
+    if (row_split_)
+        gpu::run_row_split(g, gi, m, y.raw(), width_, *ctx_.comm, static_cast<cudaStream_t>(ctx_.stream));
+    else
+        gpu::run_group(g, gi, m, y.raw(), width_, static_cast<cudaStream_t>(ctx_.stream));
     if (y.raw() != out.raw()) ops::copy_rows(out, 0, y, 0, m, ctx_);
 #else
     raise<UsageError>("Linear group: this build of qdit has no CUDA backend");
 #endif
+}
+
+void check_compute(const std::string& model, DType compute, const ops::Context& ctx) {
+    if (compute != DType::F32 && compute != DType::BF16)
+        raise<ConfigError>("{} runs in F32 or BF16, not {}", model, dtype_name(compute));
+    if (ctx.cuda() && compute != DType::BF16)
+        raise<ConfigError>("{} runs in BF16 on {}, not {}", model, ctx.device.str(), dtype_name(compute));
 }
 
 WeightLoader::WeightLoader(const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute,
@@ -133,8 +154,8 @@ const LayerPlan& WeightLoader::plan(const std::string& name) const {
     return *it->second;
 }
 
-LinearGroup WeightLoader::group(const std::vector<LinearGroup::Member>& members) {
-    LinearGroup g(ck_, seed_, members, compute_, ctx_, reader_.get());
+LinearGroup WeightLoader::group(const std::vector<LinearGroup::Member>& members, bool row_split) {
+    LinearGroup g(ck_, seed_, members, compute_, ctx_, reader_.get(), row_split);
     bytes_ += g.weight_bytes();
     n_int8_ += g.int8_members();
     return g;

@@ -27,6 +27,10 @@ public:
     struct Member {
         const LayerPlan* plan = nullptr;
         int64_t n_pad = 0, k_pad = 0;  // on a GPU: rows and input width to pad to (0: none)
+        // A GPU rank's window of the weight (tensor parallelism): rows [r0, r0 + n_pad) and input
+        // columns [c0, c0 + k_pad), zeros past the weight's edge (nn/linear_cuda.h's Member).
+        bool window = false;
+        int64_t r0 = 0, c0 = 0;
     };
 
     LinearGroup() = default;
@@ -37,8 +41,11 @@ public:
     // real size; nn/linear_cuda.h), quantized there as the plans say. A GPU context only. On a GPU,
     // `reader` (of ck) reads the checkpoint straight to the device, where the weights are converted
     // and quantized; without it they are prepared on the host (the same bytes).
+    // `row_split` (a GPU context with a communicator, members that are input-column windows): each
+    // rank multiplies its columns of the input and the partial products are summed over the ranks
+    // (nn/row_split_cuda.h), so every rank gets the whole output; forward is then collective.
     LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<Member>& members, DType compute,
-                const ops::Context& ctx, gpu::CheckpointReader* reader = nullptr);
+                const ops::Context& ctx, gpu::CheckpointReader* reader = nullptr, bool row_split = false);
 
     int64_t width() const { return width_; }               // output columns
     int64_t column(size_t i) const { return cols_.at(i); }  // where member i's block starts
@@ -60,11 +67,16 @@ private:
     int64_t width_ = 0;
     std::vector<int64_t> cols_;
     ops::ActivationSpec spec_;
+    bool row_split_ = false;
     int n_int8_ = 0;
     size_t bytes_ = 0;
     std::vector<Linear> cpu_;    // the CPU's members
     std::shared_ptr<void> gpu_;  // a GPU's nn::gpu::Group
 };
+
+// A model's activation dtype on ctx's device: F32 or BF16 on the CPU, BF16 on a GPU (ConfigError
+// "<model> runs in ..." otherwise).
+void check_compute(const std::string& model, DType compute, const ops::Context& ctx);
 
 // How a model loads its modules onto its context's device: Linear groups by layer name, as the
 // quantization plan says, and the other tensors (norm weights, embeddings, pad tokens) in the
@@ -83,7 +95,11 @@ public:
     LinearGroup::Member member(const std::string& name, int64_t n_pad = 0, int64_t k_pad = 0) const {
         return {&plan(name), n_pad, k_pad};
     }
-    LinearGroup group(const std::vector<LinearGroup::Member>& members);
+    // A rank's window of Linear `name` (tensor parallelism): n rows from r0, k input columns from c0.
+    LinearGroup::Member window(const std::string& name, int64_t n, int64_t k, int64_t r0, int64_t c0) const {
+        return {&plan(name), n, k, true, r0, c0};
+    }
+    LinearGroup group(const std::vector<LinearGroup::Member>& members, bool row_split = false);
     LinearGroup one(const std::string& name) { return group({member(name)}); }
     // Tensor `name` in the compute dtype on the device, viewed as `shape` (its own when empty);
     // `norm`: a norm's weight (random ~ N(1, 0.02)) whose name does not say so.

@@ -5,6 +5,8 @@
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/attention.h"
+#include "parallel/communicator.h"
+#include "parallel/tensor_parallel.h"
 #endif
 
 namespace qdit::ops {
@@ -23,6 +25,51 @@ int64_t item_rows(const char* op, const Tensor& qkv, int64_t batch, int64_t head
                           op, qkv.defined() ? shape_str(qkv.shape()) : "none", batch, heads, kv_heads, hd);
     return rows / batch;
 }
+
+#ifdef QDIT_WITH_CUDA
+// Sequence parallelism (Ulysses): qkv [Lr, 3·H·hd] holds this rank's block of the sequence's tokens
+// (rank j holds tokens [j·Lr, (j + 1)·Lr)). Every rank sends each rank j the q|k|v of its tokens for
+// j's heads split(H, j) and receives every token for its own heads; attention runs on those; the
+// second all-to-all returns each rank its tokens with every head. Blocks are padded to the largest
+// head count (heads need not divide evenly): the padding is zeros and never read. The received
+// rows are in global token order, so attention sees the keys in the one-device order.
+Tensor ulysses_attention(const Tensor& qkv, int64_t H, int64_t hd, const Context& ctx) {
+    const cudaStream_t s = detail::stream(ctx);
+    const int world = ctx.world(), rank = ctx.rank();
+    const int64_t Lr = qkv.size(0), D = H * hd, L = Lr * world, es = 2;
+    const int64_t Hm = parallel::split(H, 0, world).size(), wq = 3 * Hm * hd;  // a received row: q|k|v, Hm heads each
+    auto base = [](const Tensor& t) { return static_cast<uint8_t*>(const_cast<void*>(t.raw())); };
+    Tensor send = empty({world * Lr, wq}, DType::BF16, ctx), recv = empty({L, wq}, DType::BF16, ctx);
+    if (Hm * world != H) cuda::check(cudaMemsetAsync(send.raw(), 0, send.nbytes(), s), "sequence parallel: padding");
+    for (int j = 0; j < world; ++j) {
+        const parallel::Range h = parallel::split(H, j, world);
+        for (int part = 0; part < 3; ++part)
+            cuda::check(cudaMemcpy2DAsync(base(send) + size_t((j * Lr * wq + part * Hm * hd) * es), size_t(wq * es),
+                                          base(qkv) + size_t((part * D + h.begin * hd) * es), size_t(3 * D * es),
+                                          size_t(h.size() * hd * es), size_t(Lr), cudaMemcpyDeviceToDevice, s),
+                        "sequence parallel: packing q|k|v");
+    }
+    ctx.comm->all_to_all(send.raw(), recv.raw(), Lr * wq, DType::BF16, s);
+    send = Tensor();
+    const int64_t Hr = parallel::split(H, rank, world).size();
+    Tensor o = empty({L, Hm * hd}, DType::BF16, ctx), back = empty({world * Lr, Hm * hd}, DType::BF16, ctx);
+    if (Hr < Hm) cuda::check(cudaMemsetAsync(o.raw(), 0, o.nbytes(), s), "sequence parallel: padding");
+    const uint8_t* q = base(recv);
+    cuda::attention(q, wq, q + Hm * hd * es, wq, q + 2 * Hm * hd * es, wq, o.raw(), Hm * hd, L, Hr, hd, s,
+                    ctx.attention == AttentionImpl::Simple ? cuda::AttentionImpl::Simple : cuda::AttentionImpl::Auto);
+    recv = Tensor();
+    ctx.comm->all_to_all(o.raw(), back.raw(), Lr * Hm * hd, DType::BF16, s);  // o's rows are the ranks' blocks
+    Tensor out = empty({Lr, D}, DType::BF16, ctx);
+    for (int j = 0; j < world; ++j) {
+        const parallel::Range h = parallel::split(H, j, world);
+        cuda::check(cudaMemcpy2DAsync(base(out) + size_t(h.begin * hd * es), size_t(D * es),
+                                      base(back) + size_t(j * Lr * Hm * hd * es), size_t(Hm * hd * es),
+                                      size_t(h.size() * hd * es), size_t(Lr), cudaMemcpyDeviceToDevice, s),
+                    "sequence parallel: unpacking the attention output");
+    }
+    return out;
+}
+#endif
 
 }  // namespace
 
@@ -46,6 +93,13 @@ Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_hea
     if (key_mask.defined())
         raise<UsageError>("{}: a key mask (a padded batch) is not implemented on CUDA; run the items unpadded", op);
     if (qkv.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(qkv.dtype()));
+    if (ctx.sequence_parallel()) {
+        if (batch != 1 || causal || kv_heads != heads)
+            raise<UsageError>("{}: sequence parallelism runs one item, not causal, with as many kv heads as heads "
+                              "(got a batch of {}, {}, {} heads, {} kv heads)",
+                              op, batch, causal ? "causal" : "not causal", heads, kv_heads);
+        return ulysses_attention(qkv, heads, hd, ctx);
+    }
     const int64_t ld = qkv.size(1), es = 2;
     Tensor o = empty({rows, heads * hd}, DType::BF16, ctx);
     const auto impl = ctx.attention == AttentionImpl::Simple ? cuda::AttentionImpl::Simple : cuda::AttentionImpl::Auto;

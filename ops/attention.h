@@ -10,6 +10,10 @@ namespace qdit::ops {
 // j <= i of its item; key_mask U8 [batch, L] (host), nonzero on keys that may be seen, or undefined
 // (a query that sees no key gets zeros). Numerics: backend/cpu/attention.h.
 // On CUDA the key mask is not implemented: a masked batch is refused (run its items unpadded).
+// Sequence parallelism (ctx.sequence_parallel()): qkv is this rank's block of one item's tokens
+// (rank j holds tokens [j·L, (j + 1)·L) of world·L), and the result is attention over all of the
+// item's tokens for this rank's rows (Ulysses: two all-to-alls through ctx.comm; collective). One
+// item, not causal, no mask, as many kv heads as heads.
 Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim, bool causal,
                  const Tensor& key_mask, const Context& ctx);
 

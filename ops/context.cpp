@@ -6,6 +6,7 @@
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/allocator.h"
 #include "backend/cuda/quantize.h"  // device_count
+#include "parallel/communicator.h"
 #endif
 
 namespace qdit::ops {
@@ -16,6 +17,14 @@ using detail::no_cuda;
 namespace {
 cuda::MemKind mem_kind(Memory kind) { return kind == Memory::Weight ? cuda::MemKind::Weight : cuda::MemKind::Activation; }
 }  // namespace
+#endif
+
+#ifdef QDIT_WITH_CUDA
+int Context::world() const { return comm ? comm->world() : 1; }
+int Context::rank() const { return comm ? comm->rank() : 0; }
+#else
+int Context::world() const { return 1; }  // a communicator needs the CUDA backend
+int Context::rank() const { return 0; }
 #endif
 
 int cuda_devices() {
@@ -132,6 +141,19 @@ void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row,
     cuda::check(cudaMemcpyAsync(d, s, size_t(n) * row, cudaMemcpyDeviceToDevice, detail::stream(ctx)), "copy_rows");
 #else
     no_cuda("copy_rows");
+#endif
+}
+
+void gather_rows(Tensor& x, const Context& ctx) {
+    detail::check_device(x, ctx, "gather_rows", "x");
+    const int world = ctx.world();
+    if (world == 1) return;
+    if (x.dim() != 2 || x.size(0) % world)
+        raise<ShapeError>("gather_rows: {} over {} ranks (need [world·n, c])", shape_str(x.shape()), world);
+#ifdef QDIT_WITH_CUDA
+    const int64_t count = x.numel() / world;
+    const uint8_t* mine = static_cast<const uint8_t*>(x.raw()) + size_t(ctx.rank() * count) * dtype_size(x.dtype());
+    ctx.comm->all_gather(mine, x.raw(), count, x.dtype(), detail::stream(ctx));
 #endif
 }
 

@@ -8,17 +8,36 @@
 
 #include "core/tensor.h"
 
+namespace qdit::parallel {
+class Communicator;  // parallel/communicator.h (CUDA builds)
+}
+
 namespace qdit::ops {
 
 // Which attention kernel a CUDA context uses: cuDNN's fused attention where it takes the shape
 // (else the simple kernel), or always the simple kernel (for checks). The CPU has one.
 enum class AttentionImpl { Auto, Simple };
 
+// How a model is split over the ranks of a group (a Context with a communicator):
+//   Tensor: weights are split (column- and row-split Linears, nn::WeightLoader::window /
+//     row_split); every rank holds whole activations.
+//   Sequence (Ulysses): weights are whole; a rank holds its block of the tokens, and attention()
+//     gathers every token for its share of the heads by all-to-all.
+enum class ParallelMode { Tensor, Sequence };
+
 struct Context {
     Device device;           // CPU, or CUDA:i
     void* stream = nullptr;  // the cudaStream_t that CUDA work is issued on (null: the default stream)
     AttentionImpl attention = AttentionImpl::Auto;
+    // Several GPUs: this rank's communicator (its device and stream are the two fields above) and
+    // how the model is split; null on one device.
+    parallel::Communicator* comm = nullptr;
+    ParallelMode parallel = ParallelMode::Tensor;
     bool cuda() const { return device.type == DeviceType::CUDA; }
+    int world() const;  // ranks of the group (1 without a communicator)
+    int rank() const;   // this rank (0 without a communicator)
+    bool sequence_parallel() const { return world() > 1 && parallel == ParallelMode::Sequence; }
+    bool tensor_parallel() const { return world() > 1 && parallel == ParallelMode::Tensor; }
 };
 
 // CUDA devices this build can use here (0 without the CUDA backend or a GPU).
@@ -61,6 +80,10 @@ Tensor zeros(Shape shape, DType dtype, const Context& ctx);
 // Rows [dst_row, dst_row + n) of dst [*, c] ← rows [src_row, src_row + n) of src [*, c] (same dtype
 // and width, both on ctx's device, not overlapping).
 void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row, int64_t n, const Context& ctx);
+// x [world·n, c] on ctx's device, of which this rank holds rows [rank·n, (rank + 1)·n): afterwards
+// every rank holds all rows (an all-gather through ctx.comm; nothing to do on one device).
+// Collective: every rank calls it with the same shape.
+void gather_rows(Tensor& x, const Context& ctx);
 
 // What a Linear group reads, as its producer writes it: x [m, k] in the compute dtype and, for a
 // group with int8 parts on a GPU, the per-token int8 quantization of the same rows (quant/int8.h):

@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "backend/cuda/allocator.h"
+#include "backend/cuda/device_tensor.h"
 #include "backend/cuda/quantize.h"
 #include "core/error.h"
 #include "models/text/qwen3.h"

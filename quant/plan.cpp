@@ -136,4 +136,9 @@ std::string format_plan(const QuantPlan& plan) {
     return out;
 }
 
+QuantPlan make_quant_plan(const ModelSpec& model, const QuantConfig& config) {
+    return make_quant_plan(model, config, std::vector<DType>(model.linears.size(), DType::BF16),
+                           std::vector<bool>(model.linears.size(), false));
+}
+
 }  // namespace qdit

@@ -50,6 +50,8 @@ struct QuantPlan {
 QuantPlan make_quant_plan(const ModelSpec& model, const QuantConfig& config,
                           const std::vector<DType>& stored_dtypes,
                           const std::vector<bool>& prequantized);
+// The same for bf16 weights, none pre-quantized (the random weights of benchmarks).
+QuantPlan make_quant_plan(const ModelSpec& model, const QuantConfig& config);
 
 // The per-layer table and totals line printed by `qdit inspect`.
 std::string format_plan(const QuantPlan& plan);

@@ -95,4 +95,19 @@ __device__ __forceinline__ uint32_t pack_bytes4(uint32_t a, uint32_t b, uint32_t
     return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
 }
 
+// Eight values (one 16-byte vector of bf16) by the rule above with scale s and inv_s = 1 / s
+// rounded, as eight int8 bytes (f[0] in byte 0): the fast path, or the exact division for all
+// eight when one lies near a tie.
+__device__ __forceinline__ uint2 quantize8(const float (&f)[8], float s, float inv_s) {
+    uint32_t r[8];
+    bool tie = false;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) r[e] = quant_fast(f[e], inv_s, tie);
+    if (tie) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) r[e] = quant_exact(f[e], s);
+    }
+    return make_uint2(pack_bytes4(r[0], r[1], r[2], r[3]), pack_bytes4(r[4], r[5], r[6], r[7]));
+}
+
 }  // namespace qdit::cuda

@@ -75,16 +75,7 @@ __device__ __forceinline__ void store_row(const uint4 (&v)[NV], float s, int8_t*
             float f[8];
 #pragma unroll
             for (int e = 0; e < 4; ++e) f[2 * e] = bf16_lo(w[e]), f[2 * e + 1] = bf16_hi(w[e]);
-            // quantize_one without a division per element (bf16_math.cuh): bit-identical.
-            uint32_t r[8];
-            bool tie = false;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) r[e] = quant_fast(f[e], inv_s, tie);
-            if (tie) {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) r[e] = quant_exact(f[e], s);
-            }
-            qr[i] = make_uint2(pack_bytes4(r[0], r[1], r[2], r[3]), pack_bytes4(r[4], r[5], r[6], r[7]));
+            qr[i] = quantize8(f, s, inv_s);  // quantize_one without a division per element: bit-identical
         }
     }
 }

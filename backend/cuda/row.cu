@@ -121,27 +121,20 @@ struct RowRegs {
         for (int j = 0; j < NV; ++j) {
             const int b = base(j);
             if (b >= k) continue;
-            uint32_t r[NE];
-            bool tie = false;
-#pragma unroll
-            for (int p = 0; p < NP; ++p) {
-                const float2 f = pair(j, p);
-                r[2 * p] = quant_fast(f.x, inv_s, tie);
-                r[2 * p + 1] = quant_fast(f.y, inv_s, tie);
-            }
-            if (tie) {
+            if constexpr (VEC == 8) {
+                float f[8];
 #pragma unroll
                 for (int p = 0; p < NP; ++p) {
-                    const float2 f = pair(j, p);
-                    r[2 * p] = quant_exact(f.x, s);
-                    r[2 * p + 1] = quant_exact(f.y, s);
+                    const float2 e = pair(j, p);
+                    f[2 * p] = e.x, f[2 * p + 1] = e.y;
                 }
+                *reinterpret_cast<uint2*>(q + b) = quantize8(f, s, inv_s);
+            } else {
+                bool tie = false;
+                uint32_t r = quant_fast(pair(j, 0).x, inv_s, tie);
+                if (tie) r = quant_exact(pair(j, 0).x, s);
+                q[b] = int8_t(r & 0xffu);
             }
-            if constexpr (VEC == 8)
-                *reinterpret_cast<uint2*>(q + b) =
-                    make_uint2(pack_bytes4(r[0], r[1], r[2], r[3]), pack_bytes4(r[4], r[5], r[6], r[7]));
-            else
-                q[b] = int8_t(r[0] & 0xffu);
         }
         for (int i = k + int(threadIdx.x); i < ldq; i += int(blockDim.x)) q[i] = 0;
     }
@@ -347,16 +340,7 @@ glu_smem_kernel(const bf16* h, int64_t ldh, int k, bf16* out, int64_t ldo, int8_
         const uint4 ug = g_row[v];
         const float f[8] = {bf16_lo(ug.x), bf16_hi(ug.x), bf16_lo(ug.y), bf16_hi(ug.y),
                             bf16_lo(ug.z), bf16_hi(ug.z), bf16_lo(ug.w), bf16_hi(ug.w)};
-        uint32_t r[8];
-        bool tie = false;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) r[e] = quant_fast(f[e], inv_s, tie);
-        if (tie) {
-#pragma unroll
-            for (int e = 0; e < 8; ++e) r[e] = quant_exact(f[e], s);
-        }
-        *reinterpret_cast<uint2*>(qr + 8 * v) =
-            make_uint2(pack_bytes4(r[0], r[1], r[2], r[3]), pack_bytes4(r[4], r[5], r[6], r[7]));
+        *reinterpret_cast<uint2*>(qr + 8 * v) = quantize8(f, s, inv_s);
     }
     for (int c = k + tid; c < ldq; c += nt) qr[c] = 0;
 }

@@ -26,7 +26,7 @@
 #include "backend/cuda/device_tensor.h"
 #include "backend/cuda/quantize.h"
 #include "bench/cuda/zimage_step_inputs.h"
-#include "models/zimage/transformer_cuda.h"
+#include "models/zimage/transformer_parallel.h"
 #include "parallel/communicator.h"
 
 using namespace qdit;
@@ -50,7 +50,7 @@ void run(parallel::RankGroup& group, zimage::ParallelMode mode, const std::strin
     group.run([&](parallel::Communicator& comm) {
         const int r = comm.rank();
         cudaStream_t s = comm.stream();
-        auto model = zimage::ZImageTransformerCuda::random(cfg, q, 42, comm, mode);
+        auto model = zimage::ZImageTransformer::random(cfg, q, 42, zimage::ZImageTransformerParallel::rank_context(comm, mode));
         weights[size_t(r)] = model.weight_bytes();
         if (r == 0) {
             int8_layers = model.int8_layers();
@@ -58,19 +58,19 @@ void run(parallel::RankGroup& group, zimage::ParallelMode mode, const std::strin
         }
         cuda::DTensor dp = cuda::DTensor::upload(p, cuda::MemKind::Activation, s);
         cuda::DTensor dc = cuda::DTensor::upload(c, cuda::MemKind::Activation, s);
-        cuda::DTensor out;
-        for (int i = 0; i < 2; ++i) out = model.forward_tokens(dp, {1, 64, 64}, dc, 0.5f);
+        Tensor out;
+        for (int i = 0; i < 2; ++i) out = model.forward_tokens(dp.as_tensor(), {1, 64, 64}, dc.as_tensor(), 0.5f);
         for (int i = 0; i < steps; ++i) {
             comm.barrier(s);
             const auto t0 = std::chrono::steady_clock::now();
-            out = model.forward_tokens(dp, {1, 64, 64}, dc, 0.5f);
+            out = model.forward_tokens(dp.as_tensor(), {1, 64, 64}, dc.as_tensor(), 0.5f);
             comm.barrier(s);
             if (r == 0) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
         }
         size_t free_b = 0, total_b = 0;
         cuda::check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
         used[size_t(r)] = total_b - free_b;
-        Tensor o = out.download(s).to(DType::F32);
+        Tensor o = cuda::DTensor::of(out).download(s).to(DType::F32);
         double ss = 0;
         for (int64_t i = 0; i < o.numel(); ++i) ss += double(o.data<float>()[i]) * o.data<float>()[i];
         rms[size_t(r)] = std::sqrt(ss / double(o.numel()));

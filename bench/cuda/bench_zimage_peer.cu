@@ -21,7 +21,7 @@
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_tensor.h"
 #include "io/safetensors.h"
-#include "models/zimage/transformer_cuda.h"
+#include "models/zimage/transformer.h"
 #include "models/loader.h"
 
 using namespace qdit;
@@ -57,7 +57,7 @@ Tensor run(const std::string& mode, const std::string& dir, const Tensor& x, con
     {
         const PreparedModel m = prepare_model(dir, q);
         const size_t w0 = alloc.stats().weight;
-        zimage::ZImageTransformerCuda model(m, s);
+        zimage::ZImageTransformer model(m, DType::BF16, ops::Context{{DeviceType::CUDA, 0}, s});
         model.set_cuda_graph(graph);  // forward() below captures; the timed steps replay
         cuda::check(cudaStreamSynchronize(s), "load");
         const size_t wbytes = alloc.stats().weight - w0;
@@ -68,7 +68,7 @@ Tensor run(const std::string& mode, const std::string& dir, const Tensor& x, con
         cuda::DTensor dp = cuda::DTensor::upload(patchify(x, 2), cuda::MemKind::Activation, s);
         cuda::DTensor dc = cuda::DTensor::upload(cap.to(DType::BF16), cuda::MemKind::Activation, s);
         const float tv = t.data<float>()[0];
-        for (int i = 0; i < warmup; ++i) model.forward_tokens(dp, grid, dc, tv);
+        for (int i = 0; i < warmup; ++i) model.forward_tokens(dp.as_tensor(), grid, dc.as_tensor(), tv);
         cuda::check(cudaStreamSynchronize(s), "warm-up");
         alloc.reset_peak();
         cudaEvent_t e0, e1;
@@ -77,7 +77,7 @@ Tensor run(const std::string& mode, const std::string& dir, const Tensor& x, con
         std::vector<float> ms;
         for (int i = 0; i < steps; ++i) {
             cudaEventRecord(e0, s);
-            cuda::DTensor out = model.forward_tokens(dp, grid, dc, tv);
+            Tensor out = model.forward_tokens(dp.as_tensor(), grid, dc.as_tensor(), tv);
             cudaEventRecord(e1, s);
             cuda::check(cudaEventSynchronize(e1), "step");
             float v = 0;

@@ -4,12 +4,10 @@
 // --steps after warm-up, CUDA events) and the allocator's weight / activation / peak bytes.
 //
 //   bench_zimage_step [--steps N] [--mode bf16|int8|both] [--layers N] [--profile 1] [--graph 0|1]
-//                     [--impl cuda|ops]
 //
-// --graph 1 (default) runs the blocks as one CUDA graph (set_cuda_graph), captured in the warm-up.
-// --impl picks the model: `cuda` (default) the CUDA class ZImageTransformerCuda, `ops` the model
-// written on the op layer (zimage::ZImageTransformer on a CUDA context). The same seed gives both
-// the same weights, so equal output hashes mean bit-identical outputs.
+// The model is zimage::ZImageTransformer (written on the op layer) on a CUDA context. --graph 1
+// (default) runs the blocks as one CUDA graph (set_cuda_graph), captured in the warm-up. The output
+// hash (bench/cuda/output_stats.h) identifies the output bit for bit across builds.
 //
 // --profile 1 brackets the timed steps with cudaProfilerStart / Stop, so that
 // `ncu --profile-from-start off` sees only those kernels (bench/cuda/NOTES.md, "profile").
@@ -23,8 +21,6 @@
 
 #include <cuda_profiler_api.h>
 
-#include <functional>
-#include <memory>
 #include <stdexcept>
 
 #include "backend/cuda/attention.h"
@@ -32,7 +28,6 @@
 #include "bench/cuda/output_stats.h"
 #include "bench/cuda/zimage_step_inputs.h"
 #include "models/zimage/transformer.h"
-#include "models/zimage/transformer_cuda.h"
 
 using namespace qdit;
 
@@ -40,14 +35,7 @@ namespace {
 
 double gib(size_t b) { return double(b) / double(size_t(1) << 30); }
 
-// The two implementations behind one interface.
-struct Step {
-    std::function<Tensor(const cuda::DTensor&, const cuda::DTensor&)> forward;  // → the output on the device
-    int int8 = 0, linear = 0;
-    size_t weight_bytes = 0;
-};
-
-void run(const std::string& mode, int steps, int64_t layers, bool profile, bool graph, const std::string& impl) {
+void run(const std::string& mode, int steps, int64_t layers, bool profile, bool graph) {
     zimage::Config cfg;  // defaults are Z-Image-Turbo's
     cfg.n_layers = layers;
     auto& alloc = cuda::Allocator::instance();
@@ -56,36 +44,19 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile, bool 
     cudaStream_t s;
     cuda::check(cudaStreamCreate(&s), "stream");
     {
-        std::unique_ptr<zimage::ZImageTransformerCuda> cuda_model;
-        std::unique_ptr<zimage::ZImageTransformer> ops_model;
-        Step model;
-        if (impl == "ops") {
-            ops_model = std::make_unique<zimage::ZImageTransformer>(
-                zimage::ZImageTransformer::random(cfg, q, 42, ops::Context{{DeviceType::CUDA, 0}, s}));
-            ops_model->set_cuda_graph(graph);
-            model.forward = [&](const cuda::DTensor& p, const cuda::DTensor& c) {
-                return ops_model->forward_tokens(p.as_tensor(), {1, 64, 64}, c.as_tensor(), 0.5f);
-            };
-            model.int8 = ops_model->int8_layers();
-            model.linear = int(zimage::model_spec(cfg).linears.size());
-            model.weight_bytes = ops_model->weight_bytes();
-        } else {
-            cuda_model = std::make_unique<zimage::ZImageTransformerCuda>(zimage::ZImageTransformerCuda::random(cfg, q, 42, s));
-            cuda_model->set_cuda_graph(graph);
-            model.forward = [&](const cuda::DTensor& p, const cuda::DTensor& c) {
-                return cuda_model->forward_tokens(p, {1, 64, 64}, c, 0.5f).as_tensor();
-            };
-            model.int8 = cuda_model->int8_layers();
-            model.linear = cuda_model->linear_layers();
-            model.weight_bytes = cuda_model->weight_bytes();
-        }
+        zimage::ZImageTransformer model =
+            zimage::ZImageTransformer::random(cfg, q, 42, ops::Context{{DeviceType::CUDA, 0}, s});
+        model.set_cuda_graph(graph);
+        auto forward = [&](const cuda::DTensor& p, const cuda::DTensor& c) {
+            return model.forward_tokens(p.as_tensor(), {1, 64, 64}, c.as_tensor(), 0.5f);
+        };
         const size_t wbytes = alloc.stats().weight;
         const bench::ZImageStepInputs in = bench::zimage_step_inputs(cfg);
         const Tensor &p = in.patches, &c = in.caption;
         cuda::DTensor dp = cuda::DTensor::upload(p, cuda::MemKind::Activation, s);
         cuda::DTensor dc = cuda::DTensor::upload(c, cuda::MemKind::Activation, s);
 
-        for (int i = 0; i < 3; ++i) model.forward(dp, dc);
+        for (int i = 0; i < 3; ++i) forward(dp, dc);
         cuda::check(cudaStreamSynchronize(s), "warm-up");
         alloc.reset_peak();
         cudaEvent_t e0, e1;
@@ -98,7 +69,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile, bool 
         for (int i = 0; i < steps; ++i) {
             cudaEventRecord(e0, s);
             const auto h0 = std::chrono::steady_clock::now();
-            out = model.forward(dp, dc);
+            out = forward(dp, dc);
             host_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count());
             cudaEventRecord(e1, s);
             cuda::check(cudaEventSynchronize(e1), "step");
@@ -113,11 +84,10 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile, bool 
         const bench::OutputStats st = bench::output_stats(cuda::DTensor::of(out).download(s));
         std::printf("%-5s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d of %d; "
                     "weights %.2f GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB, "
-                    "reserved peak %.2f GiB; attention %s, graph %s, impl %s; output rms %.4g%s, hash %016llx; host enqueue %.2f ms/step (median)\n",
+                    "reserved peak %.2f GiB; attention %s, graph %s; output rms %.4g%s, hash %016llx; host enqueue %.2f ms/step (median)\n",
                     mode.c_str(), (long long)layers, ms[ms.size() / 2], steps, ms.front(), ms.back(),
-                    model.int8, model.linear, gib(wbytes), gib(model.weight_bytes),
+                    model.int8_layers(), model.linear_layers(), gib(wbytes), gib(model.weight_bytes()),
                     gib(m.peak_activation), gib(m.peak), gib(m.peak_reserved), cuda::attention_impl_name(), graph ? "on" : "off",
-                    impl.c_str(),
                     st.rms, st.finite ? "" : " NON-FINITE", (unsigned long long)st.hash, host_ms[host_ms.size() / 2]);
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
@@ -132,19 +102,16 @@ int main(int argc, char** argv) {
     int64_t layers = 30;
     std::string mode = "both";
     bool profile = false, graph = true;
-    std::string impl = "cuda";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--steps")) steps = std::max(1, std::atoi(argv[i + 1]));
         else if (!std::strcmp(argv[i], "--mode")) mode = argv[i + 1];
         else if (!std::strcmp(argv[i], "--layers")) layers = std::atoll(argv[i + 1]);
         else if (!std::strcmp(argv[i], "--profile")) profile = std::atoi(argv[i + 1]) != 0;
         else if (!std::strcmp(argv[i], "--graph")) graph = std::atoi(argv[i + 1]) != 0;
-        else if (!std::strcmp(argv[i], "--impl")) impl = argv[i + 1];
     }
     try {
-        if (impl != "cuda" && impl != "ops") throw std::runtime_error("--impl is cuda or ops, not " + impl);
-        if (mode == "both" || mode == "bf16") run("bf16", steps, layers, profile, graph, impl);
-        if (mode == "both" || mode == "int8") run("int8", steps, layers, profile, graph, impl);
+        if (mode == "both" || mode == "bf16") run("bf16", steps, layers, profile, graph);
+        if (mode == "both" || mode == "int8") run("int8", steps, layers, profile, graph);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_zimage_step: %s\n", e.what());
         return 1;

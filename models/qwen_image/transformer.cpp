@@ -117,19 +117,14 @@ QwenImageTransformer::QwenImageTransformer(const PreparedModel& m, DType compute
 
 QwenImageTransformer QwenImageTransformer::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
                                                   const ops::Context& ctx) {
-    const ModelSpec spec = model_spec(cfg);
-    const QuantPlan plan = make_quant_plan(spec, quant, std::vector<DType>(spec.linears.size(), DType::BF16),
-                                           std::vector<bool>(spec.linears.size(), false));
+    const QuantPlan plan = make_quant_plan(model_spec(cfg), quant);
     return QwenImageTransformer(cfg, plan, nullptr, seed, DType::BF16, ctx, "random Qwen-Image");
 }
 
 QwenImageTransformer::QwenImageTransformer(Config cfg, const QuantPlan& plan, const Checkpoint* ck, uint64_t seed,
                                            DType compute, const ops::Context& ctx, std::string where)
     : cfg_(std::move(cfg)), dt_(compute), ctx_(ctx), where_(std::move(where)) {
-    if (compute != DType::F32 && compute != DType::BF16)
-        raise<ConfigError>("Qwen-Image runs in F32 or BF16, not {}", dtype_name(compute));
-    if (ctx.cuda() && compute != DType::BF16)
-        raise<ConfigError>("Qwen-Image runs in BF16 on {}, not {}", ctx.device.str(), dtype_name(compute));
+    nn::check_compute("Qwen-Image", compute, ctx);
     nn::WeightLoader w(plan, ck, seed, dt_, ctx_, where_);
     // The MLP's hidden width padded to 16 columns for the GPU's int8 GEMM (zeros change nothing).
     const int64_t Fp = round_up(Config::kMlpMult * cfg_.dim(), 16);
@@ -221,6 +216,17 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
     const int64_t S = L + *std::max_element(n_real.begin(), n_real.end());
     std::vector<int64_t> lengths(static_cast<size_t>(B));
     for (int64_t b = 0; b < B; ++b) lengths[size_t(b)] = L + n_real[size_t(b)];
+    // f(text row, joint row, n) for each run of real text tokens: where it sits in the text stream
+    // [B·T, ·] and in the joint rows.
+    auto text_runs = [&](auto&& f) {
+        for (int64_t b = 0; b < B; ++b) {
+            int64_t row = b * S + L;
+            for (auto [s, e] : runs[size_t(b)]) {
+                f(b * T + s, row, e - s);
+                row += e - s;
+            }
+        }
+    };
 
     // Timestep: t rounded to the compute dtype; time_proj's frequencies exp(−ln(10000)·k/128) in f32
     // rounded to it too; the angle 1000·(t·f_k) in f32; [cos, sin], cast to the compute dtype.
@@ -317,13 +323,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                     {ops::Norm::LayerNorm, {}, eps, chunk(m_txt, 1), chunk(m_txt, 0)}, blk.txt.qkv.input_spec(), ctx_));
                 ops::qk_rms_norm_rope(qkv_txt, H, H, hd, blk.txt.norm_q, blk.txt.norm_k, eps, txt_freqs,
                                       ops::RopeLayout::Interleaved, ctx_);
-                for (int64_t b = 0; b < B; ++b) {
-                    int64_t row = b * S + L;
-                    for (auto [s, e] : runs[size_t(b)]) {
-                        ops::copy_rows(joint, row, qkv_txt, b * T + s, e - s, ctx_);
-                        row += e - s;
-                    }
-                }
+                text_runs([&](int64_t t, int64_t j, int64_t n) { ops::copy_rows(joint, j, qkv_txt, t, n, ctx_); });
             }
             Tensor o;
             {
@@ -354,13 +354,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                 ops::Region r("text attention out", ctx_);
                 // A masked text token's attention row is zero (it reaches only the discarded text output).
                 Tensor attn_txt = all_real ? ops::empty({B * T, D}, dt_, ctx_) : ops::zeros({B * T, D}, dt_, ctx_);
-                for (int64_t b = 0; b < B; ++b) {
-                    int64_t row = b * S + L;
-                    for (auto [s, e] : runs[size_t(b)]) {
-                        ops::copy_rows(attn_txt, b * T + s, o, row, e - s, ctx_);
-                        row += e - s;
-                    }
-                }
+                text_runs([&](int64_t t, int64_t j, int64_t n) { ops::copy_rows(attn_txt, t, o, j, n, ctx_); });
                 y_txt = blk.txt.out.forward({attn_txt, {}, {}});
             }
             mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt);

@@ -89,11 +89,7 @@ void add_decoder_lm_params(const DecoderLmConfig& c, ModelSpec& s) {
 
 DecoderLM::DecoderLM(const DecoderLmConfig& c, const PreparedModel& m, DType compute, const ops::Context& ctx)
     : lm_(c), dt_(compute), ctx_(ctx), where_(m.folder.root) {
-    if (compute != DType::F32 && compute != DType::BF16)
-        raise<ConfigError>("the {} text encoder runs in F32 or BF16, not {}", lm_.family, dtype_name(compute));
-    if (ctx.cuda() && compute != DType::BF16)
-        raise<ConfigError>("the {} text encoder runs in BF16 on {}, not {}", lm_.family, ctx.device.str(),
-                           dtype_name(compute));
+    nn::check_compute("the " + lm_.family + " text encoder", compute, ctx);
     nn::WeightLoader w(m.plan, m.checkpoint.get(), 0, dt_, ctx_, where_);
     const int64_t Ip = round_up(lm_.intermediate_size, 16);
     const std::string& p = lm_.prefix;

@@ -9,6 +9,7 @@
 #include "ops/elementwise.h"
 #include "ops/glu.h"
 #include "ops/row.h"
+#include "parallel/tensor_parallel.h"
 
 namespace qdit::zimage {
 
@@ -43,19 +44,20 @@ ZImageTransformer::ZImageTransformer(const PreparedModel& m, DType compute, cons
 
 ZImageTransformer ZImageTransformer::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
                                             const ops::Context& ctx) {
-    const ModelSpec spec = model_spec(cfg);
-    const QuantPlan plan = make_quant_plan(spec, quant, std::vector<DType>(spec.linears.size(), DType::BF16),
-                                           std::vector<bool>(spec.linears.size(), false));
+    const QuantPlan plan = make_quant_plan(model_spec(cfg), quant);
     return ZImageTransformer(cfg, plan, nullptr, seed, DType::BF16, ctx, "random Z-Image");
 }
 
 ZImageTransformer::ZImageTransformer(Config cfg, const QuantPlan& qplan, const Checkpoint* ck, uint64_t seed,
                                      DType compute, const ops::Context& ctx, std::string where)
     : cfg_(std::move(cfg)), dt_(compute), ctx_(ctx), where_(std::move(where)) {
-    if (compute != DType::F32 && compute != DType::BF16)
-        raise<ConfigError>("Z-Image runs in F32 or BF16, not {}", dtype_name(compute));
-    if (ctx.cuda() && compute != DType::BF16)
-        raise<ConfigError>("Z-Image runs in BF16 on {}, not {}", ctx.device.str(), dtype_name(compute));
+    nn::check_compute("Z-Image", compute, ctx);
+    const int world = ctx_.world();
+    if (world > 1 && (cfg_.n_heads < world || cfg_.n_kv_heads != cfg_.n_heads))
+        raise<UsageError>("{}: {} parallelism over {} GPUs needs at least {} attention heads with as many key/value "
+                          "heads; this model has {} heads, {} key/value heads",
+                          where_, ctx_.tensor_parallel() ? "tensor" : "sequence", world, world, cfg_.n_heads,
+                          cfg_.n_kv_heads);
     nn::WeightLoader w(qplan, ck, seed, dt_, ctx_, where_);
     const int64_t D = cfg_.dim, hd = cfg_.head_dim();
     auto block = [&](const std::string& p, bool modulated) {
@@ -63,10 +65,27 @@ ZImageTransformer::ZImageTransformer(Config cfg, const QuantPlan& qplan, const C
         b.modulated = modulated;
         // The FFN's hidden width padded to 16 for the GPU's int8 GEMM (zero rows / columns).
         const int64_t hidden_p = round_up(w.plan(p + ".feed_forward.w1").spec.out_features, 16);
-        b.qkv = w.group({w.member(p + ".attention.to_q"), w.member(p + ".attention.to_k"), w.member(p + ".attention.to_v")});
-        b.out = w.one(p + ".attention.to_out.0");
-        b.w13 = w.group({w.member(p + ".feed_forward.w1", hidden_p), w.member(p + ".feed_forward.w3", hidden_p)});
-        b.w2 = w.group({w.member(p + ".feed_forward.w2", 0, hidden_p)});
+        if (!ctx_.tensor_parallel()) {
+            b.heads = cfg_.n_heads;
+            b.qkv = w.group({w.member(p + ".attention.to_q"), w.member(p + ".attention.to_k"),
+                             w.member(p + ".attention.to_v")});
+            b.out = w.one(p + ".attention.to_out.0");
+            b.w13 = w.group({w.member(p + ".feed_forward.w1", hidden_p), w.member(p + ".feed_forward.w3", hidden_p)});
+            b.w2 = w.group({w.member(p + ".feed_forward.w2", 0, hidden_p)});
+        } else {
+            // This rank's whole heads of q/k/v and block of the padded hidden width of w1/w3 (column
+            // split); to_out and w2 take the matching input columns and sum over the ranks (row split).
+            const parallel::Range h = parallel::split(cfg_.n_heads, ctx_.rank(), world);
+            const parallel::Range f = parallel::split(hidden_p, ctx_.rank(), world, 16);
+            const int64_t dq = h.size() * hd, q0 = h.begin * hd;
+            b.heads = h.size();
+            b.qkv = w.group({w.window(p + ".attention.to_q", dq, D, q0, 0), w.window(p + ".attention.to_k", dq, D, q0, 0),
+                             w.window(p + ".attention.to_v", dq, D, q0, 0)});
+            b.out = w.group({w.window(p + ".attention.to_out.0", D, dq, 0, q0)}, /*row_split=*/true);
+            b.w13 = w.group({w.window(p + ".feed_forward.w1", f.size(), D, f.begin, 0),
+                             w.window(p + ".feed_forward.w3", f.size(), D, f.begin, 0)});
+            b.w2 = w.group({w.window(p + ".feed_forward.w2", D, f.size(), 0, f.begin)}, /*row_split=*/true);
+        }
         if (cfg_.qk_norm) {
             b.norm_q = w.tensor(p + ".attention.norm_q.weight", {hd});
             b.norm_k = w.tensor(p + ".attention.norm_k.weight", {hd});
@@ -98,6 +117,7 @@ ZImageTransformer::ZImageTransformer(Config cfg, const QuantPlan& qplan, const C
     rope_ = ops::AxesRope(cfg_.rope_theta, cfg_.axes_dims, cfg_.axes_lens);
     bytes_ = w.bytes();
     n_int8_ = w.int8_members();
+    n_linear_ = int(qplan.layers.size());
 }
 
 // ---------------------------------------------------------------------------
@@ -108,7 +128,7 @@ ZImageTransformer::ZImageTransformer(Config cfg, const QuantPlan& qplan, const C
 // last residual is left in it.
 void ZImageTransformer::block_forward(const Block& b, Tensor& x, const Tensor& freqs, const ops::Activation& adaln,
                                       Pending& pending) const {
-    const int64_t H = cfg_.n_heads, hd = cfg_.head_dim();
+    const int64_t H = b.heads, hd = cfg_.head_dim();
     const float eps = float(cfg_.norm_eps);
     // Modulated: [1 + scale_msa, tanh(gate_msa), 1 + scale_mlp, tanh(gate_mlp)].
     Tensor mod;
@@ -167,7 +187,7 @@ Tensor ZImageTransformer::forward_tokens(const Tensor& patches, const std::array
 
     // With a graph, the blocks read u, the RoPE table and adaln at the fixed addresses of this
     // shape's slots; the table depends on the shape only, so it is made once.
-    ops::GraphCache::Entry* G = use_graph_ && ops::GraphCache::usable(ctx_)
+    ops::GraphCache::Entry* G = use_graph_ && ops::GraphCache::usable(ctx_) && ctx_.world() == 1
                                     ? &graphs_.entry(fmt::format("{}x{}x{}+{}", grid[0], grid[1], grid[2], Lc))
                                     : nullptr;
     if (G) {
@@ -208,16 +228,27 @@ Tensor ZImageTransformer::forward_tokens(const Tensor& patches, const std::array
     for (int64_t r = Lx + n_cap; r < Lu; ++r) ops::copy_rows(u, r, cap_pad_token_, 0, 1, ctx_);
 
     // The noise refiner on the image rows, the context refiner on the caption rows, then the main
-    // layers on both.
-    auto blocks = [&] {
-        Tensor xs = u.slice_rows(0, Lx), cs = u.slice_rows(Lx, Lu);
+    // layers on both. Under sequence parallelism u is whole on every rank between these stages: a
+    // stage runs on this rank's 1/R of its rows, which are then gathered.
+    const int R = ctx_.sequence_parallel() ? ctx_.world() : 1, r = ctx_.rank();
+    if (Lx % R || Lc % R)
+        raise<UsageError>("{}: sequence parallelism over {} GPUs needs token counts divisible by {}; this image has {} "
+                          "and the caption {} (both padded to multiples of {})",
+                          where_, R, R, Lx, Lc, kSeqMultiple);
+    auto stage = [&](const std::vector<Block>& stage_blocks, int64_t begin, int64_t end) {
+        const int64_t n = (end - begin) / R, b0 = begin + r * n;
+        Tensor rows = u.slice_rows(b0, b0 + n);
+        const Tensor f = freqs.slice_rows(b0, b0 + n);
         Pending pending;
-        for (const Block& b : noise_refiner_) block_forward(b, xs, freqs.slice_rows(0, Lx), adaln, pending);
-        flush(xs, pending);
-        for (const Block& b : context_refiner_) block_forward(b, cs, freqs.slice_rows(Lx, Lu), adaln, pending);
-        flush(cs, pending);
-        for (const Block& b : layers_) block_forward(b, u, freqs, adaln, pending);
-        flush(u, pending);
+        for (const Block& b : stage_blocks) block_forward(b, rows, f, adaln, pending);
+        flush(rows, pending);
+        Tensor all = u.slice_rows(begin, end);
+        if (R > 1) ops::gather_rows(all, ctx_);
+    };
+    auto blocks = [&] {
+        stage(noise_refiner_, 0, Lx);
+        stage(context_refiner_, Lx, Lu);
+        stage(layers_, 0, Lu);
     };
     if (G)
         graphs_.run(*G, ctx_, blocks);

@@ -16,20 +16,38 @@
 
 namespace qdit::zimage {
 
+using ParallelMode = ops::ParallelMode;
+
 class ZImageTransformer {
 public:
     // Loads every module of `m` onto ctx's device with activations in `compute` (the CPU: F32 or
     // BF16; a GPU: BF16). The first (patch, frame patch) pair of the config is the one used.
+    // With a communicator in ctx (one rank of a group, models/zimage/transformer_parallel.h) the
+    // model is this rank's part, split as ctx.parallel says; forward / forward_tokens are then
+    // collective (every rank calls them with the same inputs and gets the whole output), CUDA
+    // graphs are not used, and the model needs n_heads >= world (with as many kv heads):
+    //   Tensor (parallel/tensor_parallel.h's Megatron layout): q/k/v by whole heads and w1/w3 by
+    //     16-wide blocks of the padded hidden width (column split), to_out and w2 by the matching
+    //     input columns (row split); the embedders, adaLN layers, norms and the final layer are
+    //     whole on every rank, as is the residual stream. Two all-reduces of [tokens, dim] per block.
+    //   Sequence (Ulysses): whole weights; each block runs on 1/world of the tokens and attention
+    //     gathers every token for 1/world of the heads by all-to-all (two per block). The padded
+    //     image and caption token counts (multiples of 32) must divide by world: 2, 4, 8 GPUs.
     ZImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx = {});
     // Random weights ~ N(0, 0.02) (norm weights ~ N(1, 0.02)) made on ctx's GPU from `seed`, with the
-    // default plan of `quant`: the real size for benchmarks. The same seed gives the weights
-    // ZImageTransformerCuda::random gives.
+    // default plan of `quant`: the real size for benchmarks. With a communicator each rank draws its
+    // own part, so the values differ from the one-GPU model's; shapes, plans and the work are the
+    // real ones.
     static ZImageTransformer random(const Config& cfg, const QuantConfig& quant, uint64_t seed, const ops::Context& ctx);
 
     const Config& config() const { return cfg_; }
     DType compute_dtype() const { return dt_; }
     int int8_layers() const { return n_int8_; }
-    size_t weight_bytes() const { return bytes_; }  // on the device
+    int linear_layers() const { return n_linear_; }
+    size_t weight_bytes() const { return bytes_; }  // on the device (this rank's part)
+    const ops::Context& context() const { return ctx_; }
+    // The attention kernel of a GPU context (ops::AttentionImpl::Simple for checks).
+    void set_attention(ops::AttentionImpl impl) { ctx_.attention = impl; }
 
     // diffusers' forward(x, t, cap_feats) in basic mode, on host tensors:
     //   x[i] [C, F, H, W] (any float dtype, cast to the compute dtype),
@@ -63,6 +81,7 @@ private:
         Tensor norm_q, norm_k;                   // undefined without qk_norm
         Tensor attention_norm1, attention_norm2, ffn_norm1, ffn_norm2;
         bool modulated = false;
+        int64_t heads = 0;  // q/k/v heads here: all, or this rank's under tensor parallelism
     };
     // A block's last residual, x += gate · ffn_norm2(y), left for the next row op on the same rows.
     struct Pending {
@@ -83,7 +102,7 @@ private:
     ops::AxesRope rope_;
     bool use_graph_ = false;
     mutable ops::GraphCache graphs_;
-    int n_int8_ = 0;
+    int n_int8_ = 0, n_linear_ = 0;
     size_t bytes_ = 0;
 };
 

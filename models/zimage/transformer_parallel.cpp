@@ -5,6 +5,10 @@
 
 namespace qdit::zimage {
 
+ops::Context ZImageTransformerParallel::rank_context(parallel::Communicator& comm, ParallelMode mode) {
+    return {{DeviceType::CUDA, comm.device()}, comm.stream(), ops::AttentionImpl::Auto, &comm, mode};
+}
+
 ZImageTransformerParallel::ZImageTransformerParallel(const PreparedModel& m, parallel::RankGroup& group,
                                                      ParallelMode mode)
     : group_(&group), shards_(size_t(group.world())) {
@@ -15,21 +19,13 @@ ZImageTransformerParallel::ZImageTransformerParallel(const PreparedModel& m, par
     for (const std::string& k : ck.keys())
         if (files.insert(ck.file_of(k)).second) (void)ck.get(k);
     group.run([&](parallel::Communicator& comm) {
-        shards_[size_t(comm.rank())] = std::make_unique<ZImageTransformerCuda>(m, comm, mode);
+        shards_[size_t(comm.rank())] = std::make_unique<ZImageTransformer>(m, DType::BF16, rank_context(comm, mode));
     });
 }
 
 ZImageTransformerParallel::~ZImageTransformerParallel() = default;
 
-int ZImageTransformerParallel::world() const { return int(shards_.size()); }
-const Config& ZImageTransformerParallel::config() const { return shards_[0]->config(); }
-ParallelMode ZImageTransformerParallel::mode() const { return shards_[0]->parallel_mode(); }
-int ZImageTransformerParallel::int8_layers() const { return shards_[0]->int8_layers(); }
-int ZImageTransformerParallel::linear_layers() const { return shards_[0]->linear_layers(); }
-size_t ZImageTransformerParallel::weight_bytes(int rank) const { return shards_.at(size_t(rank))->weight_bytes(); }
-ZImageTransformerCuda& ZImageTransformerParallel::shard(int rank) { return *shards_.at(size_t(rank)); }
-
-void ZImageTransformerParallel::set_attention(cuda::AttentionImpl impl) {
+void ZImageTransformerParallel::set_attention(ops::AttentionImpl impl) {
     for (auto& s : shards_) s->set_attention(impl);
 }
 

@@ -1,42 +1,45 @@
-// The Z-Image transformer over several ranks (tensor or sequence parallelism, ParallelMode): one
-// ZImageTransformerCuda per rank of a parallel::RankGroup (NCCL over GPUs, or the local test group
-// on one GPU), driven from one host thread per rank. The caller sees the one-GPU interface: host
-// tensors in, the velocity out (rank 0's copy; every rank computes the whole output).
+// The Z-Image transformer over several ranks (tensor or sequence parallelism, ops::ParallelMode):
+// one ZImageTransformer per rank of a parallel::RankGroup (NCCL over GPUs, or the local test group
+// on one GPU), each with its rank's communicator in its op context, driven from one host thread per
+// rank. The caller sees the one-device interface: host tensors in, the velocity out (rank 0's copy;
+// every rank computes the whole output).
 #pragma once
 #include <memory>
 #include <vector>
 
-#include "backend/cuda/attention.h"
 #include "core/tensor.h"
-#include "models/zimage/transformer_cuda.h"
-#include "parallel/communicator.h"
 #include "models/loader.h"
+#include "models/zimage/transformer.h"
+#include "parallel/communicator.h"
 
 namespace qdit::zimage {
 
 class ZImageTransformerParallel {
 public:
-    // Loads every rank's shard on its device (in parallel, one thread per rank). `group` must
+    // Loads every rank's part on its device (in parallel, one thread per rank). `group` must
     // outlive the model.
     ZImageTransformerParallel(const PreparedModel& m, parallel::RankGroup& group,
                               ParallelMode mode = ParallelMode::Tensor);
     ~ZImageTransformerParallel();
 
-    int world() const;
-    const Config& config() const;
-    int int8_layers() const;
-    int linear_layers() const;
-    ParallelMode mode() const;
-    size_t weight_bytes(int rank) const;  // device bytes of rank's part
-    void set_attention(cuda::AttentionImpl impl);
-    ZImageTransformerCuda& shard(int rank);
+    int world() const { return int(shards_.size()); }
+    const Config& config() const { return shards_[0]->config(); }
+    int int8_layers() const { return shards_[0]->int8_layers(); }
+    int linear_layers() const { return shards_[0]->linear_layers(); }
+    ParallelMode mode() const { return shards_[0]->context().parallel; }
+    size_t weight_bytes(int rank) const { return shards_.at(size_t(rank))->weight_bytes(); }
+    void set_attention(ops::AttentionImpl impl);
+    ZImageTransformer& shard(int rank) { return *shards_.at(size_t(rank)); }
 
-    // ZImageTransformerCuda::forward on every rank; returns rank 0's result.
+    // ZImageTransformer::forward on every rank; returns rank 0's result.
     std::vector<Tensor> forward(const std::vector<Tensor>& x, const Tensor& t, const std::vector<Tensor>& caps) const;
+
+    // The op context of `comm`'s rank: its device and stream, the communicator and the split.
+    static ops::Context rank_context(parallel::Communicator& comm, ParallelMode mode);
 
 private:
     parallel::RankGroup* group_;
-    std::vector<std::unique_ptr<ZImageTransformerCuda>> shards_;
+    std::vector<std::unique_ptr<ZImageTransformer>> shards_;
 };
 
 }  // namespace qdit::zimage

@@ -30,9 +30,9 @@
 #include "backend/cuda/device_tensor.h"
 #include "backend/cuda/int8_gemm.h"
 #include "backend/cuda/quantize.h"
+#include "backend/cuda/attention.h"
 #include "backend/cuda/split_linear.h"
 #include "io/safetensors.h"
-#include "models/zimage/transformer_cuda.h"
 #include "models/zimage/transformer_parallel.h"
 #include "parallel/communicator.h"
 #include "backend/cpu/quantize.h"
@@ -210,8 +210,8 @@ bool bit_equal(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
     return true;
 }
 
-std::vector<Tensor> one_gpu(const PreparedModel& m, const Inputs& f, cuda::AttentionImpl impl) {
-    zimage::ZImageTransformerCuda model(m);
+std::vector<Tensor> one_gpu(const PreparedModel& m, const Inputs& f, ops::AttentionImpl impl) {
+    zimage::ZImageTransformer model(m, DType::BF16, ops::Context{{DeviceType::CUDA, 0}});
     model.set_attention(impl);
     return model.forward(f.x, f.t, f.cap);
 }
@@ -222,7 +222,7 @@ const char* mode_name(ParallelMode m) { return m == ParallelMode::Tensor ? "TP" 
 
 // world ranks on GPU 0 (the local group), or with `nccl` on GPUs 0 .. world-1 through NCCL.
 std::vector<Tensor> split_forward(const PreparedModel& m, const Inputs& f, ParallelMode mode, int world,
-                                  cuda::AttentionImpl impl, bool nccl = false) {
+                                  ops::AttentionImpl impl, bool nccl = false) {
     std::vector<int> devices(static_cast<size_t>(world));
     std::iota(devices.begin(), devices.end(), 0);
     auto g = nccl ? parallel::RankGroup::nccl(devices) : parallel::RankGroup::local(world, 0);
@@ -259,12 +259,12 @@ TEST(CudaZImageParallel, Int8SplitEqualsOneGpuBitForBit) {
         SCOPED_TRACE(name);
         const Inputs f = load_inputs(name);
         const PreparedModel m = int8_model(name);
-        const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Simple);
+        const std::vector<Tensor> one = one_gpu(m, f, ops::AttentionImpl::Simple);
         const int heads = int(m.folder.config.at("n_heads").get<int64_t>());
         for (auto [mode, world] : {std::pair{ParallelMode::Tensor, 2}, {ParallelMode::Tensor, 3},
                                    {ParallelMode::Sequence, 2}, {ParallelMode::Sequence, 4}}) {
             if (world > heads) continue;
-            const std::vector<Tensor> out = split_forward(m, f, mode, world, cuda::AttentionImpl::Simple);
+            const std::vector<Tensor> out = split_forward(m, f, mode, world, ops::AttentionImpl::Simple);
             std::printf("[ %-13s ] int8 %s=%d vs one GPU (simple attention): %s, rel L2 %.3g\n", name,
                         mode_name(mode), world, bit_equal(out, one) ? "bit-identical" : "DIFFERENT", rel_l2(out, one));
             EXPECT_TRUE(bit_equal(out, one)) << mode_name(mode) << "=" << world;
@@ -278,10 +278,10 @@ TEST(CudaZImageParallel, Int8SplitCloseToOneGpuWithDefaultAttention) {
         SCOPED_TRACE(name);
         const Inputs f = load_inputs(name);
         const PreparedModel m = int8_model(name);
-        const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Auto);
+        const std::vector<Tensor> one = one_gpu(m, f, ops::AttentionImpl::Auto);
         const double bound = int8_bound(name, one);
         for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
-            const std::vector<Tensor> out = split_forward(m, f, mode, 2, cuda::AttentionImpl::Auto);
+            const std::vector<Tensor> out = split_forward(m, f, mode, 2, ops::AttentionImpl::Auto);
             const double d = rel_l2(out, one);
             std::printf("[ %-13s ] int8 %s=2 vs one GPU (%s attention): rel L2 %.3g (bound %.3g)%s\n", name,
                         mode_name(mode), cuda::attention_impl_name(), d, bound, bit_equal(out, one) ? ", bit-identical" : "");
@@ -296,10 +296,10 @@ TEST(CudaZImageParallel, Bf16SplitCloseToOneGpu) {
         SCOPED_TRACE(name);
         const Inputs f = load_inputs(name);
         const PreparedModel m = bf16_model(name);
-        const std::vector<Tensor> one = one_gpu(m, f, cuda::AttentionImpl::Auto);
+        const std::vector<Tensor> one = one_gpu(m, f, ops::AttentionImpl::Auto);
         const double bound = bf16_bound(name);
         for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
-            const std::vector<Tensor> out = split_forward(m, f, mode, 2, cuda::AttentionImpl::Auto);
+            const std::vector<Tensor> out = split_forward(m, f, mode, 2, ops::AttentionImpl::Auto);
             const double d = rel_l2(out, one);
             std::printf("[ %-13s ] bf16 %s=2 vs one GPU: rel L2 %.3g (bound %.3g)%s\n", name, mode_name(mode), d, bound,
                         bit_equal(out, one) ? ", bit-identical" : "");
@@ -317,14 +317,14 @@ TEST(CudaZImageParallel, TwoGpusOverNcclMatchOneGpu) {
         SCOPED_TRACE(name);
         const Inputs f = load_inputs(name);
         const PreparedModel m8 = int8_model(name), m16 = bf16_model(name);
-        const std::vector<Tensor> one8s = one_gpu(m8, f, cuda::AttentionImpl::Simple),
-                                  one8 = one_gpu(m8, f, cuda::AttentionImpl::Auto),
-                                  one16 = one_gpu(m16, f, cuda::AttentionImpl::Auto);
+        const std::vector<Tensor> one8s = one_gpu(m8, f, ops::AttentionImpl::Simple),
+                                  one8 = one_gpu(m8, f, ops::AttentionImpl::Auto),
+                                  one16 = one_gpu(m16, f, ops::AttentionImpl::Auto);
         const double bound8 = int8_bound(name, one8), bound16 = bf16_bound(name);
         for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
-            const std::vector<Tensor> s8 = split_forward(m8, f, mode, 2, cuda::AttentionImpl::Simple, true),
-                                      a8 = split_forward(m8, f, mode, 2, cuda::AttentionImpl::Auto, true),
-                                      a16 = split_forward(m16, f, mode, 2, cuda::AttentionImpl::Auto, true);
+            const std::vector<Tensor> s8 = split_forward(m8, f, mode, 2, ops::AttentionImpl::Simple, true),
+                                      a8 = split_forward(m8, f, mode, 2, ops::AttentionImpl::Auto, true),
+                                      a16 = split_forward(m16, f, mode, 2, ops::AttentionImpl::Auto, true);
             std::printf("[ %-13s ] 2 GPUs, NCCL, %s=2 vs one GPU: int8 (simple attention) %s; int8 rel L2 %.3g "
                         "(bound %.3g)%s; bf16 rel L2 %.3g (bound %.3g)%s\n",
                         name, mode_name(mode), bit_equal(s8, one8s) ? "bit-identical" : "DIFFERENT", rel_l2(a8, one8),

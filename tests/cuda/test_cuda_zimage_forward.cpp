@@ -1,4 +1,4 @@
-// The Z-Image forward on CUDA (models/zimage/transformer_cuda.h) against diffusers' outputs on the
+// The Z-Image forward (models/zimage/transformer.h) on a CUDA context against diffusers' outputs on the
 // fixtures (h5_b2: a batch of two with different caption lengths), with the bounds the CPU forward's test uses (tests/test_zimage_forward.cpp).
 //   bf16: distance to diffusers' bf16 output <= 0.8 × that output's own distance from fp32, and
 //         SQNR vs fp32 no worse than the bf16 reference's by more than 0.5 dB. The GPU attention
@@ -21,7 +21,6 @@
 #include "backend/cuda/quantize.h"
 #include "io/safetensors.h"
 #include "models/zimage/transformer.h"
-#include "models/zimage/transformer_cuda.h"
 #include "models/loader.h"
 
 // qdit_cuda_tests (the GPU machine's binary) has no QDIT_TEST_DATA: it runs from the repository root.
@@ -86,8 +85,10 @@ Err compare(const std::vector<Tensor>& a, const std::vector<Tensor>& r) {
     return e;
 }
 
+const ops::Context kGpu{{DeviceType::CUDA, 0}};
+
 std::vector<Tensor> run(const std::string& path, const QuantConfig& qc, const Fixture& f) {
-    zimage::ZImageTransformerCuda model(prepare_model(path, qc));
+    zimage::ZImageTransformer model(prepare_model(path, qc), DType::BF16, kGpu);
     return model.forward(f.x, f.t, f.cap);
 }
 
@@ -141,7 +142,7 @@ TEST(CudaZImageForward, Int8EveryLayerRunsAsOnTheCpu) {
             ++forced;
         }
     ASSERT_GT(forced, 0) << "the default plan should keep some layers in bf16";
-    zimage::ZImageTransformerCuda gpu(m);
+    zimage::ZImageTransformer gpu(m, DType::BF16, kGpu);
     zimage::ZImageTransformer cpu(m, DType::BF16);
     const std::vector<Tensor> out = gpu.forward(f.x, f.t, f.cap), want = cpu.forward(f.x, f.t, f.cap);
     const Err vs_cpu = compare(out, want), cpu32 = compare(want, f.fp32);
@@ -150,58 +151,10 @@ TEST(CudaZImageForward, Int8EveryLayerRunsAsOnTheCpu) {
     EXPECT_LE(vs_cpu.rel(), 0.5 * cpu32.rel());
 }
 
-// set_cuda_graph: the captured call and a replay give the eager forward's output bit for bit, also
-// for a batch whose items alternate two sequence shapes (h5_b2: captions of 7 and 40 tokens), which
-// keeps one graph per shape.
+// set_cuda_graph (ops/graph.h): the captured call and a replay give the eager forward's output bit
+// for bit, also for a batch whose items alternate two sequence shapes (h5_b2: captions of 7 and 40
+// tokens), which keeps one graph per shape; and eager again after it is turned off.
 TEST(CudaZImageForward, CudaGraphMatchesEagerBitForBit) {
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    cudaStream_t s;
-    ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
-    for (const char* name : {"h3_b1", "h5_b2"}) {
-        SCOPED_TRACE(name);
-        Fixture f = load(name);
-        zimage::ZImageTransformerCuda model(
-            prepare_model((dir(name) / "transformer").string(), QuantConfig{QuantMethod::Int8, {}, "dynamic"}), s);
-        const std::vector<Tensor> eager = model.forward(f.x, f.t, f.cap);
-        model.set_cuda_graph(true);
-        const std::vector<Tensor> captured = model.forward(f.x, f.t, f.cap);
-        const std::vector<Tensor> replayed = model.forward(f.x, f.t, f.cap);
-        model.set_cuda_graph(false);
-        const std::vector<Tensor> again = model.forward(f.x, f.t, f.cap);
-        for (size_t i = 0; i < eager.size(); ++i) {
-            for (const std::vector<Tensor>* o : {&captured, &replayed, &again}) {
-                ASSERT_EQ(eager[i].nbytes(), (*o)[i].nbytes());
-                EXPECT_EQ(std::memcmp(eager[i].raw(), (*o)[i].raw(), eager[i].nbytes()), 0) << "item " << i;
-            }
-        }
-    }
-    cudaStreamDestroy(s);
-}
-
-// The model written on ops/, run on a CUDA context, gives the CUDA class's output bit for bit (the
-// same kernels in the same order): bf16 and the default int8 plan, every fixture (h5_b2: two items
-// with different caption lengths).
-TEST(CudaZImageForward, OpsModelMatchesCudaClassBitForBit) {
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    for (const char* name : {"h3_b1", "h5_b2", "h2_l3_sharded"})
-        for (const QuantConfig& qc : {QuantConfig{}, QuantConfig{QuantMethod::Int8, {}, "dynamic"}}) {
-            SCOPED_TRACE(fmt::format("{} {}", name, qc.enabled() ? "int8" : "bf16"));
-            Fixture f = load(name);
-            const PreparedModel m = prepare_model((dir(name) / "transformer").string(), qc);
-            const std::vector<Tensor> want = zimage::ZImageTransformerCuda(m).forward(f.x, f.t, f.cap),
-                                      got = zimage::ZImageTransformer(m, DType::BF16, ops::Context{{DeviceType::CUDA, 0}})
-                                                .forward(f.x, f.t, f.cap);
-            ASSERT_EQ(got.size(), want.size());
-            for (size_t i = 0; i < got.size(); ++i) {
-                ASSERT_EQ(got[i].nbytes(), want[i].nbytes());
-                EXPECT_EQ(std::memcmp(got[i].raw(), want[i].raw(), got[i].nbytes()), 0) << "item " << i;
-            }
-        }
-}
-
-// The ops model's graph service: captured and replayed calls give the eager forward's output bit
-// for bit, also for items that alternate two sequence shapes (h5_b2).
-TEST(CudaZImageForward, OpsModelCudaGraphMatchesEagerBitForBit) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
     cudaStream_t s;
     ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
@@ -215,8 +168,10 @@ TEST(CudaZImageForward, OpsModelCudaGraphMatchesEagerBitForBit) {
         model.set_cuda_graph(true);
         const std::vector<Tensor> captured = model.forward(f.x, f.t, f.cap);
         const std::vector<Tensor> replayed = model.forward(f.x, f.t, f.cap);
+        model.set_cuda_graph(false);
+        const std::vector<Tensor> again = model.forward(f.x, f.t, f.cap);
         for (size_t i = 0; i < eager.size(); ++i)
-            for (const std::vector<Tensor>* o : {&captured, &replayed}) {
+            for (const std::vector<Tensor>* o : {&captured, &replayed, &again}) {
                 ASSERT_EQ(eager[i].nbytes(), (*o)[i].nbytes());
                 EXPECT_EQ(std::memcmp(eager[i].raw(), (*o)[i].raw(), eager[i].nbytes()), 0) << "item " << i;
             }

@@ -14,6 +14,13 @@ struct Err {
     double max_abs = 0, max_ref = 0, sum_ref2 = 0, sum_err2 = 0;
     double rel_l2() const { return std::sqrt(sum_err2 / sum_ref2); }
     double sqnr_db() const { return 10.0 * std::log10(sum_ref2 / sum_err2); }
+    // Pools another comparison's statistics into this one.
+    void add(const Err& o) {
+        max_abs = std::max(max_abs, o.max_abs);
+        max_ref = std::max(max_ref, o.max_ref);
+        sum_ref2 += o.sum_ref2;
+        sum_err2 += o.sum_err2;
+    }
 };
 
 // Element-wise error of `test` against `ref` (same shape; every value of test finite).

@@ -2,6 +2,7 @@
 // scripts/fixtures/), shared by the CPU and CUDA encoder tests.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -36,6 +37,19 @@ struct Qwen3Inputs {
     std::vector<int32_t> ids_of(int64_t b) const { return {ids.begin() + b * len, ids.begin() + (b + 1) * len}; }
     std::vector<uint8_t> mask_of(int64_t b) const { return {mask.begin() + b * len, mask.begin() + (b + 1) * len}; }
 };
+
+// Rows of item b of a [B, L, D] reference (F32) where the mask keeps the token → [n_valid, D]: what
+// encode() of that item gives.
+inline Tensor valid_rows(const Tensor& ref, const Qwen3Inputs& in, int64_t b) {
+    const int64_t L = ref.size(1), D = ref.size(2);
+    std::vector<int64_t> keep;
+    for (int64_t j = 0; j < L; ++j)
+        if (in.mask[size_t(b * L + j)]) keep.push_back(j);
+    Tensor out = Tensor::empty({int64_t(keep.size()), D}, DType::F32);
+    for (size_t i = 0; i < keep.size(); ++i)
+        std::memcpy(out.data<float>() + i * size_t(D), ref.data<float>() + (b * L + keep[i]) * D, size_t(D) * 4);
+    return out;
+}
 
 inline Qwen3Inputs qwen3_inputs(const std::string& name) {
     SafetensorsFile f((qwen3_fixture_dir(name) / "inputs.safetensors").string());

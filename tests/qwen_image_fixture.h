@@ -3,6 +3,7 @@
 #pragma once
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <string>
 
@@ -61,6 +62,20 @@ inline Tensor run_qwen_image(const PreparedModel& m, DType dt, const QwenImageIn
         .forward(in.hidden_states, in.encoder_hidden_states, in.mask, bf16_timestep ? in.timestep_bf16 : in.timestep,
                  in.grid)
         .to(DType::F32);
+}
+
+// W8A8 runs against the simulated references with the same layer sets: the int8 arithmetic is the
+// reference's, so we reproduce its quantization noise (distance ≤ 0.25 × its distance to fp32)
+// and its SQNR (within 0.25 dB), as the Z-Image test argues. `tag` names the
+// reference of out's layer sets.
+inline void expect_reproduces_w8a8(const Tensor& out, const std::string& name, const std::string& tag) {
+    const Tensor ref = qwen_image_reference(name, tag), ref32 = qwen_image_reference(name, "fp32");
+    const Err e = compare(out, ref), vs32 = compare(out, ref32), ref_vs32 = compare(ref, ref32);
+    std::printf("[ %-10s ] %s: rel L2 %.3g (%.3f of the quantization noise); SQNR vs fp32 %.2f dB, reference %.2f dB\n",
+                name.c_str(), tag.c_str(), e.rel_l2(), e.rel_l2() / ref_vs32.rel_l2(), vs32.sqnr_db(),
+                ref_vs32.sqnr_db());
+    EXPECT_LE(e.rel_l2(), 0.25 * ref_vs32.rel_l2());
+    EXPECT_NEAR(vs32.sqnr_db(), ref_vs32.sqnr_db(), 0.25);
 }
 
 }  // namespace qdit::testutil

@@ -97,4 +97,18 @@ bool BlobCache::put(const std::string& key, const std::vector<uint8_t>& payload,
     }
 }
 
+std::string plan_cache_dir() {
+    if (const char* v = std::getenv("QDIT_PLAN_CACHE"); v && std::string(v) == "0") return {};
+    try {
+        return (fs::path(default_cache_dir()) / "cudnn-plans").string();
+    } catch (const IoError&) {
+        return {};
+    }
+}
+
+std::string plan_cache_key(const std::string& kind, int format, const PlanEnvironment& env, const std::string& shape) {
+    return fmt::format("{} {}|qdit {}|gpu {}|cc {}.{}|driver {}|cudnn {}|frontend {}|{}", kind, format, env.qdit,
+                       env.gpu, env.cc_major, env.cc_minor, env.driver, env.library, env.frontend, shape);
+}
+
 }  // namespace qdit

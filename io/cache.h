@@ -1,5 +1,5 @@
 // The qdit cache folder and a small on-disk store of blobs kept between processes (e.g. compiled
-// cuDNN execution plans, backend/cuda/conv.h). An entry that cannot be used (truncated, corrupt,
+// cuDNN execution plans, backend/cuda/plan_cache.h). An entry that cannot be used (truncated, corrupt,
 // written for another key) reads as absent with the reason given, never as an error: the caller
 // warns, rebuilds and writes it again.
 #pragma once
@@ -33,5 +33,25 @@ public:
 private:
     std::string dir_;
 };
+
+// The folder of compiled GPU plans, <default_cache_dir()>/cudnn-plans, or "" when the plan cache is
+// off (QDIT_PLAN_CACHE=0) or there is no cache folder. Read from the environment at each call.
+std::string plan_cache_dir();
+
+// What a compiled plan depends on beside its own shape: a plan made for another GPU, driver or
+// library version is never reused.
+struct PlanEnvironment {
+    std::string gpu;                 // the device's name
+    int cc_major = 0, cc_minor = 0;  // its compute capability
+    int driver = 0;                  // the CUDA driver's version
+    int64_t library = 0;             // cuDNN's version
+    int64_t frontend = 0;            // cudnn-frontend's version
+    std::string qdit;                // qdit's version
+};
+
+// The cache key of a plan: its kind and format (a number bumped whenever the code that builds
+// plans of that kind changes), the environment and `shape`, which describes everything else the
+// plan was built for.
+std::string plan_cache_key(const std::string& kind, int format, const PlanEnvironment& env, const std::string& shape);
 
 }  // namespace qdit

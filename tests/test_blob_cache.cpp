@@ -1,6 +1,8 @@
 // io/cache.h: the cache folder's environment variables, and cache entries read back as written,
 // absent when missing, and ignored with a reason (never an exception) when corrupt, truncated,
-// foreign or written for another key; a failed write reports instead of throwing.
+// foreign or written for another key; a failed write reports instead of throwing. The plan cache's
+// folder and switch (QDIT_PLAN_CACHE), and its keys: a plan is never read for another GPU, driver,
+// library, qdit version, kind, format or shape.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -9,12 +11,16 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "io/cache.h"
 #include "io/files.h"
+#include "tests/env_var.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
+using testutil::EnvVar;
 
 namespace {
 
@@ -23,25 +29,6 @@ fs::path temp_dir(const std::string& name) {
     fs::remove_all(d);
     return d;
 }
-
-// Sets an environment variable for the scope (unset when `value` is null), restoring it after.
-struct EnvVar {
-    std::string name;
-    std::optional<std::string> old;
-    EnvVar(const char* n, const char* value) : name(n) {
-        if (const char* o = std::getenv(n)) old = o;
-        if (value)
-            ::setenv(n, value, 1);
-        else
-            ::unsetenv(n);
-    }
-    ~EnvVar() {
-        if (old)
-            ::setenv(name.c_str(), old->c_str(), 1);
-        else
-            ::unsetenv(name.c_str());
-    }
-};
 
 std::string read_all(const std::string& path) { return read_text_file(path); }
 void write_all(const std::string& path, const std::string& s) {
@@ -110,5 +97,60 @@ TEST(BlobCache, RoundTripMissingAndUnusableEntries) {
     EXPECT_FALSE(bad.put("k", payload, &why));
     EXPECT_FALSE(why.empty());
     EXPECT_FALSE(bad.get("k", &why).has_value());
+    fs::remove_all(d);
+}
+
+TEST(PlanCache, FolderAndSwitch) {
+    EnvVar a("QDIT_CACHE_DIR", "/x/qdit-cache"), p("QDIT_PLAN_CACHE", nullptr);
+    EXPECT_EQ(plan_cache_dir(), "/x/qdit-cache/cudnn-plans");
+    {
+        EnvVar off("QDIT_PLAN_CACHE", "0");
+        EXPECT_EQ(plan_cache_dir(), "");
+    }
+    {
+        EnvVar on("QDIT_PLAN_CACHE", "1");
+        EXPECT_EQ(plan_cache_dir(), "/x/qdit-cache/cudnn-plans");
+    }
+    EnvVar a2("QDIT_CACHE_DIR", nullptr), b("XDG_CACHE_HOME", nullptr), c("HOME", nullptr);
+    EXPECT_EQ(plan_cache_dir(), "");  // no cache folder: off, not an error
+}
+
+TEST(PlanCache, KeyNamesEverythingThePlanDependsOn) {
+    const PlanEnvironment env{"NVIDIA H100 80GB HBM3", 9, 0, 12080, 91000, 13200, "0.1.0"};
+    const std::string shape = "bf16 sdpa s 4096 heads 30 kv_heads 30 hd 128 padded batch 2";
+    const std::string base = plan_cache_key("cudnn attention plan", 1, env, shape);
+    std::vector<std::string> others{plan_cache_key("cudnn convolution plan", 1, env, shape),
+                                    plan_cache_key("cudnn attention plan", 2, env, shape),
+                                    plan_cache_key("cudnn attention plan", 1, env, shape + "x")};
+    auto changed = [&](auto edit) {
+        PlanEnvironment e = env;
+        edit(e);
+        others.push_back(plan_cache_key("cudnn attention plan", 1, e, shape));
+    };
+    changed([](PlanEnvironment& e) { e.gpu = "NVIDIA H200"; });
+    changed([](PlanEnvironment& e) { e.cc_major = 8; });
+    changed([](PlanEnvironment& e) { e.cc_minor = 9; });
+    changed([](PlanEnvironment& e) { e.driver = 12090; });
+    changed([](PlanEnvironment& e) { e.library = 91100; });
+    changed([](PlanEnvironment& e) { e.frontend = 13300; });
+    changed([](PlanEnvironment& e) { e.qdit = "0.1.1"; });
+    for (const std::string& o : others) EXPECT_NE(o, base);
+    EXPECT_EQ(plan_cache_key("cudnn attention plan", 1, env, shape), base);
+
+    // A plan stored under one key is not read under another (another driver, another batch).
+    const fs::path d = temp_dir("plan_key");
+    const BlobCache cache(d.string());
+    ASSERT_TRUE(cache.put(base, {7, 7, 7}));
+    std::string problem;
+    EXPECT_TRUE(cache.get(base, &problem).has_value()) << problem;
+    for (const std::string& o : others) {
+        EXPECT_FALSE(cache.get(o, &problem).has_value()) << o;
+        EXPECT_TRUE(problem.empty()) << problem;
+        // Even at the other key's file name (a renamed file, a hash collision): refused.
+        fs::copy_file(cache.path_of(base), cache.path_of(o), fs::copy_options::overwrite_existing);
+        EXPECT_FALSE(cache.get(o, &problem).has_value()) << o;
+        EXPECT_NE(problem.find("another key"), std::string::npos) << problem;
+        problem.clear();
+    }
     fs::remove_all(d);
 }

@@ -1,6 +1,7 @@
 #include "backend/cuda/attention.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -10,6 +11,7 @@
 #include <tuple>
 
 #include "backend/cuda/device_tensor.h"
+#include "backend/cuda/plan_cache.h"
 #include "core/error.h"
 
 #if QDIT_WITH_CUDNN
@@ -49,7 +51,7 @@ struct Plan {
 struct State {
     std::mutex mu;
     std::map<int, cudnnHandle_t> handles;
-    std::map<Key, Plan> plans;
+    std::map<Key, std::shared_ptr<const Plan>> plans;
 };
 
 State& state() {
@@ -115,6 +117,36 @@ Plan build(cudnnHandle_t handle, const Key& k) {
     return p;
 }
 
+// ---- the plan cache on disk (plan_cache.h) ----
+// Bumped whenever the graph built above changes, so that plans of an older qdit are not reused.
+constexpr int kPlanFormat = 1;
+
+// The whole shape: sizes, row strides, mask and, for a padded batch, the number of items (s rows
+// apart, lengths bound at execution).
+std::string cache_key(const Key& k) {
+    return plan_cache::key(plan_cache::Kind::Attention, kPlanFormat, k.device,
+                           fmt::format("bf16 sdpa s {} heads {} kv_heads {} hd {} ld q {} k {} v {} o {} causal {} "
+                                       "padded batch {}",
+                                       k.s, k.heads, k.kv_heads, k.hd, k.ldq, k.ldk, k.ldv, k.ldo, k.causal, k.batch));
+}
+
+// The plan for `k`: read from the plan cache, else built (and stored).
+Plan get_plan(cudnnHandle_t handle, const Key& k) {
+    const std::string key = cache_key(k);
+    if (auto stored = plan_cache::load(plan_cache::Kind::Attention, handle, key, 0,
+                                       [](const std::vector<uint8_t>&) { return true; })) {
+        Plan p;
+        p.graph = stored->graph;
+        p.workspace = stored->workspace;
+        return p;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    Plan p = build(handle, k);
+    plan_cache::built(plan_cache::Kind::Attention, key, *p.graph, {},
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return p;
+}
+
 }  // namespace
 
 bool cudnn_attention_available() {
@@ -135,7 +167,7 @@ static bool attention_cudnn(Key key, const void* q, const void* k, const void* v
     check(cudaGetDevice(&key.device), "attention");
     State& st = state();
     cudnnHandle_t handle;
-    const Plan* plan;
+    std::shared_ptr<const Plan> plan;
     {
         std::lock_guard<std::mutex> lk(st.mu);
         auto h = st.handles.find(key.device);
@@ -147,17 +179,17 @@ static bool attention_cudnn(Key key, const void* q, const void* k, const void* v
         handle = h->second;
         auto it = st.plans.find(key);
         if (it == st.plans.end()) {
-            Plan p;
+            auto p = std::make_shared<Plan>();
             try {
-                p = build(handle, key);
+                *p = get_plan(handle, key);
             } catch (const Error& e) {
-                p.error = e.what();
+                p->error = e.what();
                 if (fallback)
                     std::fprintf(stderr, "qdit: %s; this shape runs on the simple attention kernel\n", e.what());
             }
             it = st.plans.emplace(key, std::move(p)).first;
         }
-        plan = &it->second;
+        plan = it->second;
     }
     if (!plan->graph) {
         if (fallback) return false;
@@ -172,9 +204,16 @@ static bool attention_cudnn(Key key, const void* q, const void* k, const void* v
     fe_check(plan->graph->execute(handle, ptrs, ws.defined() ? ws.raw() : nullptr), "execute", key);
     return true;
 }
+
+void forget_attention_plans() {
+    State& st = state();
+    std::lock_guard<std::mutex> lk(st.mu);
+    st.plans.clear();
+}
 #else
 bool cudnn_attention_available() { return false; }
 const char* attention_impl_name() { return "simple"; }
+void forget_attention_plans() {}
 #endif
 
 void attention(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv, void* o,

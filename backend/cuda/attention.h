@@ -28,6 +28,12 @@ bool cudnn_attention_available();
 // The implementation Auto resolves to, for reports: "cudnn <version>" or "simple".
 const char* attention_impl_name();
 
+// cuDNN's attention plans: one per shape (sizes, row strides, mask, padded batch), made on first
+// use: read from the plan cache on disk where an earlier process stored it (plan_cache.h), else
+// built and stored there. This forgets the plans of this process, so that the next call of each
+// shape reads the plan cache or builds again (for the plan cache's tests).
+void forget_attention_plans();
+
 // kv_heads 0 means kv_heads = heads; heads must be a multiple of kv_heads. Throws qdit::ShapeError
 // on bad arguments, qdit::Error when cuDNN fails (cuDNN needs hd % 8 == 0, hd <= 256, lds % 8 == 0
 // and 16-byte aligned pointers). Under Auto a shape for which cuDNN cannot build a plan runs on the

@@ -1,8 +1,6 @@
 #include "backend/cuda/conv.h"
 
 #include <chrono>
-#include <cstdlib>
-#include <filesystem>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -10,8 +8,8 @@
 #include <vector>
 
 #include "backend/cuda/image.h"
+#include "backend/cuda/plan_cache.h"
 #include "core/error.h"
-#include "io/cache.h"
 
 #if QDIT_WITH_CUDNN
 #include <cudnn.h>
@@ -70,7 +68,6 @@ struct State {
     std::mutex mu;
     std::map<int, cudnnHandle_t> handles;
     std::map<Key, std::shared_ptr<Plan>> plans;
-    ConvPlanStats stats;
 };
 
 State& state() {
@@ -176,79 +173,27 @@ std::shared_ptr<Plan> try_build(cudnnHandle_t handle, const Key& k, Mode mode, b
     return p;
 }
 
-// ---- the plan cache on disk (io/cache.h) ----
+// ---- the plan cache on disk (plan_cache.h) ----
 // Bumped whenever the graphs built above change, so that plans of an older qdit are not reused.
 constexpr int kPlanFormat = 1;
 
-// Everything a built plan depends on: the GPU, its driver, cuDNN, the frontend, qdit and the
-// convolution's shape. Empty when the cache is off (QDIT_PLAN_CACHE=0) or the device not known.
 std::string cache_key(const Key& k) {
-    if (const char* v = std::getenv("QDIT_PLAN_CACHE"); v && std::string(v) == "0") return {};
-    cudaDeviceProp prop{};
-    int driver = 0;
-    if (cudaGetDeviceProperties(&prop, k.device) != cudaSuccess || cudaDriverGetVersion(&driver) != cudaSuccess) {
-        cudaGetLastError();
-        return {};
-    }
-    return fmt::format("cudnn conv plan {}|qdit {}|gpu {}|cc {}.{}|driver {}|cudnn {}|frontend {}|{} x [{}, {}, {}, "
-                       "{}] w [{}, {}, {}] pad {} bias {}",
-                       kPlanFormat, QDIT_VERSION_STRING, prop.name, prop.major, prop.minor, driver, cudnnGetVersion(),
-                       CUDNN_FRONTEND_VERSION, dtype_name(k.dt), k.B, k.H, k.W, k.in_p, k.out_p, k.kh, k.kw, k.pad,
-                       k.bias);
+    return plan_cache::key(plan_cache::Kind::Conv, kPlanFormat, k.device,
+                           fmt::format("{} x [{}, {}, {}, {}] w [{}, {}, {}] pad {} bias {}", dtype_name(k.dt), k.B,
+                                       k.H, k.W, k.in_p, k.out_p, k.kh, k.kw, k.pad, k.bias));
 }
 
-BlobCache& plan_cache() {
-    static BlobCache* c = nullptr;
-    if (!c) {
-        std::string dir;
-        try {
-            dir = default_cache_dir() + "/cudnn-plans";
-        } catch (const Error&) {
-        }
-        c = new BlobCache(dir);  // an empty folder: nothing is found, writes fail quietly
-    }
-    return *c;
-}
-
-void warn_once(const std::string& what) {
-    static bool said = false;
-    if (said) return;
-    said = true;
-    fmt::print(stderr, "warning: cuDNN plan cache: {}; building the plan instead (later problems are not repeated)\n",
-               what);
-}
-
-// The plan stored under `key`, or null (after a warning when the entry is unusable).
+// The plan stored for `k`, or null. Its entry holds the mode and `strict` before the graph.
 std::shared_ptr<Plan> load_cached(cudnnHandle_t handle, const Key& k, const std::string& key) {
-    if (key.empty() || plan_cache().dir().empty()) return nullptr;
     const auto t0 = std::chrono::steady_clock::now();
-    std::string problem;
-    const auto blob = plan_cache().get(key, &problem);
-    if (!blob) {
-        if (!problem.empty()) warn_once(problem);
-        return nullptr;
-    }
-    // Payload: mode, strict, then the frontend's serialized graph.
-    if (blob->size() < 3 || (*blob)[0] > uint8_t(Mode::NoBias) || (*blob)[1] > 1) {
-        warn_once(plan_cache().path_of(key) + ": not a convolution plan");
-        return nullptr;
-    }
+    auto valid = [](const std::vector<uint8_t>& x) { return x[0] <= uint8_t(Mode::NoBias) && x[1] <= 1; };
+    auto stored = plan_cache::load(plan_cache::Kind::Conv, handle, key, 2, valid);
+    if (!stored) return nullptr;
     auto p = std::make_shared<Plan>();
-    p->mode = Mode((*blob)[0]);
-    const bool strict = (*blob)[1] != 0;
-    p->graph = std::make_shared<fe::graph::Graph>();
-    const std::vector<uint8_t> data(blob->begin() + 2, blob->end());
-    fe::error_t e;
-    try {
-        e = p->graph->deserialize(handle, data, false, /*run_warmup=*/false);
-        if (e.is_good()) e = p->graph->get_workspace_size(p->workspace);
-    } catch (const std::exception& ex) {
-        e = {fe::error_code_t::INVALID_VALUE, ex.what()};
-    }
-    if (e.is_bad()) {
-        warn_once(fmt::format("{}: cuDNN cannot use it ({})", plan_cache().path_of(key), e.get_message()));
-        return nullptr;
-    }
+    p->graph = stored->graph;
+    p->workspace = stored->workspace;
+    p->mode = Mode(stored->extra[0]);
+    const bool strict = stored->extra[1] != 0;
     p->out_dt = p->mode == Mode::F32Out ? DType::F32 : k.dt;
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     p->info = fmt::format("{}{}, read from the plan cache in {:.0f} ms", mode_name(p->mode),
@@ -256,38 +201,9 @@ std::shared_ptr<Plan> load_cached(cudnnHandle_t handle, const Key& k, const std:
     return p;
 }
 
-void store(const std::string& key, const Plan& p, bool strict, ConvPlanStats& stats) {
-    if (key.empty() || plan_cache().dir().empty()) return;
-    std::vector<uint8_t> data;
-    fe::error_t e;
-    try {
-        e = p.graph->serialize(data, /*serialize_structure=*/false);
-    } catch (const std::exception& ex) {
-        e = {fe::error_code_t::INVALID_VALUE, ex.what()};
-    }
-    if (e.is_bad()) {  // a graph cuDNN cannot serialize is rebuilt next time
-        ++stats.unstored;
-        return;
-    }
-    data.insert(data.begin(), {uint8_t(p.mode), uint8_t(strict)});
-    std::string problem;
-    if (!plan_cache().put(key, data, &problem)) {
-        ++stats.unstored;
-        warn_once("cannot store a plan: " + problem);
-    }
-}
-
-std::shared_ptr<Plan> build(cudnnHandle_t handle, const Key& k, const std::string& layer, ConvPlanStats& stats) {
+std::shared_ptr<Plan> build(cudnnHandle_t handle, const Key& k, const std::string& layer) {
     const std::string key = cache_key(k);
-    {
-        const auto t0 = std::chrono::steady_clock::now();
-        if (auto p = load_cached(handle, k, key)) {
-            ++stats.cached;
-            stats.load_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            return p;
-        }
-        if (!key.empty() && std::filesystem::exists(plan_cache().path_of(key))) ++stats.rejected;
-    }
+    if (auto p = load_cached(handle, k, key)) return p;
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<Mode> modes;
     if (!k.bias)
@@ -300,9 +216,8 @@ std::shared_ptr<Plan> build(cudnnHandle_t handle, const Key& k, const std::strin
     for (bool strict : {true, false})
         for (Mode m : modes)
             if (auto p = try_build(handle, k, m, strict, &why)) {
-                ++stats.built;
-                stats.build_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-                store(key, *p, strict, stats);
+                plan_cache::built(plan_cache::Kind::Conv, key, *p->graph, {uint8_t(p->mode), uint8_t(strict)},
+                                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
                 return p;
             }
     raise<Error>("{}: cuDNN has no {} convolution plan for input [{}, {}, {}, {}] with {}x{} kernel, {} outputs, "
@@ -321,7 +236,7 @@ std::pair<cudnnHandle_t, std::shared_ptr<Plan>> get_plan(State& st, const Key& k
         h = st.handles.emplace(k.device, nh).first;
     }
     auto it = st.plans.find(k);
-    if (it == st.plans.end()) it = st.plans.emplace(k, build(h->second, k, layer, st.stats)).first;
+    if (it == st.plans.end()) it = st.plans.emplace(k, build(h->second, k, layer)).first;
     return {h->second, it->second};
 }
 
@@ -337,15 +252,16 @@ bool cudnn_conv_available() {
     static const bool ok = cudnnGetVersion() >= 90000;
     return ok;
 }
-ConvPlanStats conv_plan_stats() {
+
+void forget_conv_plans() {
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mu);
-    return st.stats;
+    st.plans.clear();
 }
 
 #else
 bool cudnn_conv_available() { return false; }
-ConvPlanStats conv_plan_stats() { return {}; }
+void forget_conv_plans() {}
 #endif
 
 // ---- Conv2d --------------------------------------------------------------------------------------

@@ -26,14 +26,8 @@
 // Building a plan takes 0.1 to 0.9 s for the fused bf16 graphs (cuDNN compiles those kernels at
 // run time), so the first decode of a new image size pays for about fifteen of them: 3.5 to 7.3 s
 // for the FLUX VAE at 1024x1024 on a fresh H100 machine (three runs). Trying the engines without
-// runtime compilation first did not help (5.1 s in one run). So built plans are kept on disk
-// (cudnn-frontend's serialized execution plan) in <qdit cache folder>/cudnn-plans (io/cache.h:
-// $QDIT_CACHE_DIR, else $XDG_CACHE_HOME/qdit, else ~/.cache/qdit), one file per plan, keyed by the
-// GPU's name and compute capability, the driver, cuDNN, cudnn-frontend and qdit versions (and the
-// plan format) and the convolution's shape, and read back by the next process instead of being
-// built (without cuDNN's warm-up run). An entry that cannot be used (corrupt, truncated, refused by
-// cuDNN) is ignored with one warning on stderr and the plan is built and stored again; a cache
-// folder that cannot be written only costs the rebuild. QDIT_PLAN_CACHE=0 turns the cache off.
+// runtime compilation first did not help (5.1 s in one run). So built plans are kept on disk and
+// read back by the next process instead of being built (plan_cache.h, which also counts them).
 //
 // Without cuDNN in the build every call throws qdit::Error.
 #pragma once
@@ -51,15 +45,9 @@ namespace qdit::cuda {
 // Whether this build has cuDNN and it runs here (version 9 or later).
 bool cudnn_conv_available();
 
-// The plans of this process so far: built (and their build time), read from the plan cache (and
-// the time that took), cache entries found but unusable, built plans that could not be stored
-// (cuDNN cannot serialize them, or the folder cannot be written).
-struct ConvPlanStats {
-    int built = 0, cached = 0, rejected = 0, unstored = 0;
-    double build_s = 0, load_s = 0;
-};
-ConvPlanStats conv_plan_stats();
-
+// Forgets this process's convolution plans, so that the next use of each shape reads the plan
+// cache or builds its plan again (for the plan cache's tests).
+void forget_conv_plans();
 
 class Conv2d {
 public:

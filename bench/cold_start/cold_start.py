@@ -172,7 +172,7 @@ def run_qdit(binary, d, out_dir, label, quant, cache_dir):
                total_s=num(r"total ([\d.]+) s", text),
                gpu_peak_gib=num(r"GPU[^:]*: weights .*, peak ([\d.]+) GiB", text),
                read_gbs=num(r"\(([\d.]+) GB/s\)", text),
-               plans_built=num(r"(\d+) cuDNN convolution plans built", text, 0),
+               plans_built=num(r"(\d+) cuDNN plans built", text, 0),
                plans_read=num(r"(\d+) read from the plan cache", text, 0))
     return row
 

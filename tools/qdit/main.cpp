@@ -29,7 +29,7 @@
 #include "models/loader.h"
 #include "nn/load.h"
 #ifdef QDIT_WITH_CUDA
-#include "backend/cuda/conv.h"
+#include "backend/cuda/plan_cache.h"
 #endif
 #include "server/server.h"
 
@@ -216,10 +216,13 @@ void print_time_report(double load_s, const GenerateResult& r, const std::vector
                    double(ls.bytes) / 1e9, ls.wall_s, ls.wall_s > 0 ? double(ls.bytes) / 1e9 / ls.wall_s : 0.0,
                    ls.read_s, ls.wait_s, ls.convert_s, format_bytes(ls.staging_bytes));
 #ifdef QDIT_WITH_CUDA
-    const cuda::ConvPlanStats ps = cuda::conv_plan_stats();
+    const cuda::CudnnPlanStats stats = cuda::cudnn_plan_stats();
+    const cuda::PlanCounts ps = stats.total();
     if (ps.built + ps.cached + ps.rejected > 0)
-        fmt::print("plans: {} cuDNN convolution plans built in {:.2f} s, {} read from the plan cache in {:.2f} s{}{}\n",
-                   ps.built, ps.build_s, ps.cached, ps.load_s,
+        fmt::print("plans: {} cuDNN plans built in {:.2f} s, {} read from the plan cache in {:.2f} s (convolution {} "
+                   "built / {} read, attention {} built / {} read){}{}\n",
+                   ps.built, ps.build_s, ps.cached, ps.load_s, stats.conv.built, stats.conv.cached,
+                   stats.attention.built, stats.attention.cached,
                    ps.rejected ? fmt::format("; {} cache entries unusable", ps.rejected) : std::string(),
                    ps.unstored ? fmt::format("; {} built plans not stored", ps.unstored) : std::string());
 #endif

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 
+#include "tests/test_data.h"
 #include "io/safetensors.h"
 #include "tests/qwen3_fixture.h"
 
@@ -16,13 +17,7 @@ namespace qdit::testutil {
 // under model.language_model.* / model.visual.* keys (nested_fp32's references apply).
 inline const char* const kQwen25VLFixtures[] = {"nested_fp32", "flat_bf16"};
 
-inline std::filesystem::path qwen25vl_dir(const std::string& name) {
-    std::filesystem::path root = "tests/data";
-#ifdef QDIT_TEST_DATA
-    if (std::filesystem::exists(std::filesystem::path(QDIT_TEST_DATA) / "qwen25vl")) root = QDIT_TEST_DATA;
-#endif
-    return root / "qwen25vl" / name;
-}
+inline std::filesystem::path qwen25vl_dir(const std::string& name) { return fixture_dir("qwen25vl", name); }
 inline std::string qwen25vl_encoder_dir(const std::string& name) {
     return (qwen25vl_dir(name) / "text_encoder").string();
 }

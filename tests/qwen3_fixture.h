@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/test_data.h"
 #include "core/tensor.h"
 #include "io/safetensors.h"
 
@@ -14,15 +15,7 @@ namespace qdit::testutil {
 
 inline const char* const kQwen3Fixtures[] = {"causal_lm", "model_bias_bf16"};
 
-// QDIT_TEST_DATA when that folder exists here, else tests/data (a test binary run from the
-// repository root of a copy of the tree).
-inline std::filesystem::path qwen3_fixture_dir(const std::string& name) {
-    std::filesystem::path root = "tests/data";
-#ifdef QDIT_TEST_DATA
-    if (std::filesystem::exists(std::filesystem::path(QDIT_TEST_DATA) / "qwen3")) root = QDIT_TEST_DATA;
-#endif
-    return root / "qwen3" / name;
-}
+inline std::filesystem::path qwen3_fixture_dir(const std::string& name) { return fixture_dir("qwen3", name); }
 inline std::string qwen3_encoder_dir(const std::string& name) {
     return (qwen3_fixture_dir(name) / "text_encoder").string();
 }

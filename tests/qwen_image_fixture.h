@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/test_data.h"
 #include "io/safetensors.h"
 #include "tests/error_stats.h"
 #include "models/loader.h"
@@ -18,22 +19,12 @@ namespace qdit::testutil {
 
 inline const char* const kQwenImageFixtures[] = {"h3_b1", "h2_b2_mask", "h2_sharded"};
 
-// QDIT_TEST_DATA when that folder exists here, else tests/data (a test binary run from the
-// repository root of a copy of the tree).
-inline std::filesystem::path qwen_image_fixture_dir(const std::string& name) {
-    std::filesystem::path root = "tests/data";
-#ifdef QDIT_TEST_DATA
-    if (std::filesystem::exists(std::filesystem::path(QDIT_TEST_DATA) / "qwen_image")) root = QDIT_TEST_DATA;
-#endif
-    return root / "qwen_image" / name;
-}
+inline std::filesystem::path qwen_image_fixture_dir(const std::string& name) { return fixture_dir("qwen_image", name); }
 inline std::string qwen_image_transformer(const std::string& name) {
     return (qwen_image_fixture_dir(name) / "transformer").string();
 }
-// The bf16 checkpoint where the fixture has one, else the f32 one (loaded as bf16: the same rounding).
 inline std::string qwen_image_transformer_bf16(const std::string& name) {
-    const std::filesystem::path d16 = qwen_image_fixture_dir(name) / "transformer-bf16";
-    return std::filesystem::exists(d16) ? d16.string() : qwen_image_transformer(name);
+    return transformer_bf16(qwen_image_fixture_dir(name));
 }
 
 struct QwenImageInputs {

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "tests/test_data.h"
 #include "io/safetensors.h"
 #include "models/loader.h"
 #include "models/zimage/transformer.h"
@@ -18,23 +19,11 @@ namespace qdit::testutil {
 // h5_b2: a batch of two with different caption lengths; h2_l3_sharded: a sharded checkpoint.
 inline const char* const kZImageFixtures[] = {"h3_b1", "h5_b2", "h2_l3_sharded"};
 
-// QDIT_TEST_DATA when that folder exists here, else tests/data (a test binary run from the
-// repository root of a copy of the tree).
-inline std::filesystem::path zimage_fixture_dir(const std::string& name) {
-    std::filesystem::path root = "tests/data";
-#ifdef QDIT_TEST_DATA
-    if (std::filesystem::exists(std::filesystem::path(QDIT_TEST_DATA) / "zimage")) root = QDIT_TEST_DATA;
-#endif
-    return root / "zimage" / name;
-}
+inline std::filesystem::path zimage_fixture_dir(const std::string& name) { return fixture_dir("zimage", name); }
 inline std::string zimage_transformer(const std::string& name) {
     return (zimage_fixture_dir(name) / "transformer").string();
 }
-// The bf16 checkpoint where the fixture has one, else the f32 one (loaded as bf16: the same rounding).
-inline std::string zimage_transformer_bf16(const std::string& name) {
-    const std::filesystem::path d16 = zimage_fixture_dir(name) / "transformer-bf16";
-    return std::filesystem::exists(d16) ? d16.string() : zimage_transformer(name);
-}
+inline std::string zimage_transformer_bf16(const std::string& name) { return transformer_bf16(zimage_fixture_dir(name)); }
 
 // Every batch item's latent and caption features, and the timesteps.
 struct ZImageInputs {

@@ -230,7 +230,7 @@ Tensor ZImageTransformer::forward_tokens(const Tensor& patches, const std::array
     // The noise refiner on the image rows, the context refiner on the caption rows, then the main
     // layers on both. Under sequence parallelism u is whole on every rank between these stages: a
     // stage runs on this rank's 1/R of its rows, which are then gathered.
-    const int R = ctx_.sequence_parallel() ? ctx_.world() : 1, r = ctx_.rank();
+    const int R = ctx_.sequence_parallel() ? ctx_.world() : 1, r = R > 1 ? ctx_.rank() : 0;
     if (Lx % R || Lc % R)
         raise<UsageError>("{}: sequence parallelism over {} GPUs needs token counts divisible by {}; this image has {} "
                           "and the caption {} (both padded to multiples of {})",

@@ -197,7 +197,7 @@ TEST_F(CudaWeightLoad, GroupsEqualTheHostPathBitForBit) {
 
 // The fixture models, every Linear layer as the int8 and the bf16 plans load it.
 TEST_F(CudaWeightLoad, FixtureModelsLoadAsOnTheHost) {
-    for (const char* model : {"/zimage/h2_l3_sharded", "/pipeline"})
+    for (const char* model : {"/zimage/h2_l3_sharded/transformer", "/pipeline"})
         for (QuantMethod method : {QuantMethod::Int8, QuantMethod::None}) {
             QuantConfig qc;
             qc.method = method;

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "ops/context.h"
@@ -43,7 +44,7 @@ LoadProgress::LoadProgress(const std::string& dir, bool enabled, uint64_t min_by
         const int tenth = int(std::min<uint64_t>(10, read_ * 10 / total_));
         if (tenth <= shown_) return;
         shown_ = tenth;
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+        const double s = seconds_since(t0_);
         fmt::print(out_, "loading weights: {:3d}% ({:.1f} of {:.1f} GB, {:.2f} GB/s)\n", tenth * 10,
                    double(read_) / 1e9, double(total_) / 1e9, s > 0 ? double(read_) / 1e9 / s : 0.0);
         std::fflush(out_);

@@ -146,8 +146,5 @@ Tensor seeded_noise(const Shape& shape, uint64_t seed) {
     return t;
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 }  // namespace qdit

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "core/clock.h"
 #include "core/tensor.h"
 #include "models/loader.h"
 #include "models/text/tokenizer.h"
@@ -98,8 +99,6 @@ uint64_t weight_bytes(const PreparedModel& m, DType compute);
 // every machine. Not torch's generator: pass the reference's noise as the request's latents to
 // compare implementations.
 Tensor seeded_noise(const Shape& shape, uint64_t seed);
-
-double seconds_since(std::chrono::steady_clock::time_point t0);
 
 // A model made when first asked for (timed into *seconds) and freed by release(); asked for again, it
 // is made again.

@@ -12,6 +12,7 @@
 
 #include "backend/cuda/device_tensor.h"
 #include "backend/cuda/plan_cache.h"
+#include "core/clock.h"
 #include "core/error.h"
 
 #if QDIT_WITH_CUDNN
@@ -142,8 +143,7 @@ Plan get_plan(cudnnHandle_t handle, const Key& k) {
     }
     const auto t0 = std::chrono::steady_clock::now();
     Plan p = build(handle, k);
-    plan_cache::built(plan_cache::Kind::Attention, key, *p.graph, {},
-                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    plan_cache::built(plan_cache::Kind::Attention, key, *p.graph, {}, seconds_since(t0));
     return p;
 }
 

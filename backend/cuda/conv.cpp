@@ -9,6 +9,7 @@
 
 #include "backend/cuda/image.h"
 #include "backend/cuda/plan_cache.h"
+#include "core/clock.h"
 #include "core/error.h"
 
 #if QDIT_WITH_CUDNN
@@ -217,7 +218,7 @@ std::shared_ptr<Plan> build(cudnnHandle_t handle, const Key& k, const std::strin
         for (Mode m : modes)
             if (auto p = try_build(handle, k, m, strict, &why)) {
                 plan_cache::built(plan_cache::Kind::Conv, key, *p->graph, {uint8_t(p->mode), uint8_t(strict)},
-                                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                                  seconds_since(t0));
                 return p;
             }
     raise<Error>("{}: cuDNN has no {} convolution plan for input [{}, {}, {}, {}] with {}x{} kernel, {} outputs, "

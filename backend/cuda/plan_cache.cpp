@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include "core/clock.h"
 #include "io/cache.h"
 #endif
 
@@ -74,10 +75,6 @@ void warn_once(const std::string& what) {
     }
     fmt::print(stderr, "warning: cuDNN plan cache: {}; building the plan instead (later problems are not repeated)\n",
                what);
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace

@@ -4,14 +4,9 @@
 #include <chrono>
 
 #include "backend/cuda/device_tensor.h"
+#include "core/clock.h"
 
 namespace qdit::cuda {
-
-namespace {
-double since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-}  // namespace
 
 StagedUpload::StagedUpload(cudaStream_t stream, int buffers, size_t bytes)
     : stream_(stream), n_buffers_(std::max(1, buffers)), bytes_(std::max<size_t>(bytes, 4096)) {}
@@ -41,11 +36,11 @@ void StagedUpload::copy(void* dst, size_t n, const Fill& fill) {
         if (used_[b]) {
             const auto t0 = std::chrono::steady_clock::now();
             check(cudaEventSynchronize(done_[b]), "staging copy");
-            wait_s_ += since(t0);
+            wait_s_ += seconds_since(t0);
         }
         const auto t0 = std::chrono::steady_clock::now();
         fill(off, len, host_[b]);
-        fill_s_ += since(t0);
+        fill_s_ += seconds_since(t0);
         check(cudaMemcpyAsync(static_cast<char*>(dst) + off, host_[b], len, cudaMemcpyHostToDevice, stream_),
               "staging copy");
         check(cudaEventRecord(done_[b], stream_), "staging copy");

@@ -26,6 +26,10 @@ int64_t item_rows(const char* op, const Tensor& qkv, int64_t batch, int64_t head
     return rows / batch;
 }
 
+[[noreturn]] void no_fp8_on_cpu(const char* op) {
+    raise<UsageError>("{}: FP8 attention runs on a GPU (Hopper or Blackwell), not on the CPU", op);
+}
+
 #ifdef QDIT_WITH_CUDA
 // Sequence parallelism (Ulysses): qkv [Lr, 3·H·hd] holds this rank's block of the sequence's tokens
 // (rank j holds tokens [j·Lr, (j + 1)·Lr)). Every rank sends each rank j the q|k|v of its tokens for
@@ -82,6 +86,7 @@ Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_hea
         raise<ShapeError>("{}: key_mask must be a host U8 [{}, {}], got {} {}", op, batch, L,
                           dtype_name(key_mask.dtype()), shape_str(key_mask.shape()));
     if (!ctx.cuda()) {
+        if (ctx.attention == AttentionImpl::Fp8) no_fp8_on_cpu(op);
         auto part = [&](int64_t col, int64_t h) {
             return cpu::take_columns(qkv, col * hd, h * hd).view({batch, L, h, hd});
         };
@@ -102,6 +107,13 @@ Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_hea
     }
     const int64_t ld = qkv.size(1), es = 2;
     Tensor o = empty({rows, heads * hd}, DType::BF16, ctx);
+    if (ctx.attention == AttentionImpl::Fp8 && !causal) {
+        for (int64_t b = 0; b < batch; ++b)
+            cuda::attention_fp8(static_cast<const uint8_t*>(qkv.raw()) + size_t(b * L * ld * es), ld,
+                                static_cast<uint8_t*>(o.raw()) + size_t(b * L * heads * hd * es), heads * hd, 1, L,
+                                nullptr, heads, kv_heads, hd, detail::stream(ctx));
+        return o;
+    }
     const auto impl = ctx.attention == AttentionImpl::Simple ? cuda::AttentionImpl::Simple : cuda::AttentionImpl::Auto;
     for (int64_t b = 0; b < batch; ++b) {
         const uint8_t* q = static_cast<const uint8_t*>(qkv.raw()) + size_t(b * L * ld * es);
@@ -125,6 +137,7 @@ Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, 
             raise<ShapeError>("{}: item {} has length {} (need 1 to the {} rows an item holds)", op, b,
                               lengths[size_t(b)], L);
     const int64_t width = heads * hd;
+    if (!ctx.cuda() && ctx.attention == AttentionImpl::Fp8) no_fp8_on_cpu(op);
     if (!ctx.cuda() || ctx.attention == AttentionImpl::Simple) {
         // Each item's tokens alone, then zero rows for the padding.
         Tensor o = zeros({rows, width}, qkv.dtype(), ctx);
@@ -144,8 +157,12 @@ Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, 
     Tensor o = empty({rows, width}, DType::BF16, ctx);
     const int64_t ld = qkv.size(1), es = 2;
     const uint8_t* q = static_cast<const uint8_t*>(qkv.raw());
-    cuda::attention_padded(q, ld, q + heads * hd * es, ld, q + (heads + kv_heads) * hd * es, ld, o.raw(), width, batch,
-                           L, static_cast<const int32_t*>(dlen.raw()), heads, kv_heads, hd, s);
+    if (ctx.attention == AttentionImpl::Fp8)
+        cuda::attention_fp8(q, ld, o.raw(), width, batch, L, static_cast<const int32_t*>(dlen.raw()), heads, kv_heads,
+                            hd, s);
+    else
+        cuda::attention_padded(q, ld, q + heads * hd * es, ld, q + (heads + kv_heads) * hd * es, ld, o.raw(), width,
+                               batch, L, static_cast<const int32_t*>(dlen.raw()), heads, kv_heads, hd, s);
     for (int64_t b = 0; b < batch; ++b)
         if (len[size_t(b)] < L)
             cuda::check(cudaMemsetAsync(static_cast<uint8_t*>(o.raw()) + size_t((b * L + len[size_t(b)]) * width * es), 0,
@@ -154,6 +171,15 @@ Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, 
     return o;
 #else
     detail::no_cuda(op);
+#endif
+}
+
+bool fp8_attention_available(const Context& ctx) {
+#ifdef QDIT_WITH_CUDA
+    return ctx.cuda() && cuda::fp8_attention_supported(ctx.device.index);
+#else
+    (void)ctx;
+    return false;
 #endif
 }
 

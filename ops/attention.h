@@ -24,6 +24,10 @@ Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_hea
 Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads,
                         int64_t head_dim, const Context& ctx);
 
+// Whether ctx runs AttentionImpl::Fp8 (ops/context.h): a GPU of compute capability 9.x or 10.x
+// with cuDNN 9; never the CPU.
+bool fp8_attention_available(const Context& ctx);
+
 // Single-head attention over the positions of an image (the VAE mid blocks): qkv [batch·L, 3·C]
 // (F32 or BF16; columns q | k | v, item b's positions are rows [b·L, (b + 1)·L)) → [batch·L, C]:
 // softmax(q·kᵀ / sqrt(C))·v per item, no mask, any C (the head is the whole channel vector).

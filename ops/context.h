@@ -15,8 +15,11 @@ class Communicator;  // parallel/communicator.h (CUDA builds)
 namespace qdit::ops {
 
 // Which attention kernel a CUDA context uses: cuDNN's fused attention where it takes the shape
-// (else the simple kernel), or always the simple kernel (for checks). The CPU has one.
-enum class AttentionImpl { Auto, Simple };
+// (else the simple kernel), always the simple kernel (for checks), or cuDNN's FP8 attention for
+// the attention that is not causal and not sequence-parallel (the transformers'; q, k, v and the
+// probabilities in E4M3: backend/cuda/attention.h, attention_fp8; Hopper or Blackwell, else the
+// op throws), the rest as under Auto. The CPU has one (it refuses Fp8).
+enum class AttentionImpl { Auto, Simple, Fp8 };
 
 // How a model is split over the ranks of a group (a Context with a communicator):
 //   Tensor: weights are split (column- and row-split Linears, nn::WeightLoader::window /

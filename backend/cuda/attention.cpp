@@ -28,7 +28,10 @@ namespace {
 namespace fe = cudnn_frontend;
 
 // One built SDPA graph per (device, shape, strides); its tensors are bound by uid at execution.
-enum : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv };
+enum : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv, kScalar0 };  // kScalar0 + Fp8Scalar: FP8's scalars
+
+// What the graph computes in: bf16, or FP8 (E4M3) with the output in bf16 or in E4M3.
+enum class Precision : int { Bf16, Fp8, Fp8Out8 };
 
 // batch > 0: a padded batch of `batch` items s rows apart with device lengths (attention_padded);
 // batch 0: one item of s tokens.
@@ -37,9 +40,11 @@ struct Key {
     int64_t s, heads, kv_heads, hd, ldq, ldk, ldv, ldo;
     bool causal;
     int64_t batch = 0;
+    Precision precision = Precision::Bf16;
     bool operator<(const Key& o) const {
-        return std::tie(device, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, causal, batch) <
-               std::tie(o.device, o.s, o.heads, o.kv_heads, o.hd, o.ldq, o.ldk, o.ldv, o.ldo, o.causal, o.batch);
+        return std::tie(device, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, causal, batch, precision) <
+               std::tie(o.device, o.s, o.heads, o.kv_heads, o.hd, o.ldq, o.ldk, o.ldv, o.ldo, o.causal, o.batch,
+                        o.precision);
     }
 };
 
@@ -62,8 +67,9 @@ State& state() {
 
 void fe_check(fe::error_t e, const char* step, const Key& k) {
     if (e.is_bad())
-        raise<Error>("cuDNN SDPA ({} tokens, {} heads, {} kv heads, head_dim {}{}{}): {} failed: {}", k.s, k.heads,
-                     k.kv_heads, k.hd, k.causal ? ", causal" : "",
+        raise<Error>("cuDNN {}SDPA ({} tokens, {} heads, {} kv heads, head_dim {}{}{}): {} failed: {}",
+                     k.precision == Precision::Bf16 ? "" : k.precision == Precision::Fp8 ? "FP8 " : "FP8-output ", k.s,
+                     k.heads, k.kv_heads, k.hd, k.causal ? ", causal" : "",
                      k.batch ? fmt::format(", a padded batch of {}", k.batch) : std::string(), step, e.get_message());
 }
 
@@ -79,8 +85,9 @@ std::shared_ptr<fe::graph::Tensor_attributes> bhsd(fe::graph::Graph& g, const ch
 }
 
 Plan build(cudnnHandle_t handle, const Key& k) {
+    const bool fp8 = k.precision != Precision::Bf16;
     auto g = std::make_shared<fe::graph::Graph>();
-    g->set_io_data_type(fe::DataType_t::BFLOAT16)
+    g->set_io_data_type(fp8 ? fe::DataType_t::FP8_E4M3 : fe::DataType_t::BFLOAT16)
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
         .set_compute_data_type(fe::DataType_t::FLOAT);
     // Grouped-query attention: K and V have kv_heads heads, which cuDNN maps to groups of queries.
@@ -104,8 +111,26 @@ Plan build(cudnnHandle_t handle, const Key& k) {
         };
         opts.set_padding_mask(true).set_seq_len_q(len("seq_q", kSeqQ)).set_seq_len_kv(len("seq_kv", kSeqKv));
     }
-    auto [o, stats] = g->sdpa(q, kk, v, opts);
-    (void)stats;
+    std::shared_ptr<fe::graph::Tensor_attributes> o;
+    if (fp8) {
+        auto scalar = [&](Fp8Scalar i) {
+            return g->tensor(fe::graph::Tensor_attributes()
+                                 .set_name(fmt::format("fp8_scalar_{}", int(i)))
+                                 .set_uid(kScalar0 + i)
+                                 .set_dim({1, 1, 1, 1})
+                                 .set_stride({1, 1, 1, 1})
+                                 .set_data_type(fe::DataType_t::FLOAT));
+        };
+        auto out = g->sdpa_fp8(q, kk, v, scalar(kDescaleQ), scalar(kDescaleK), scalar(kDescaleV), scalar(kDescaleS),
+                               scalar(kScaleS), scalar(k.precision == Precision::Fp8 ? kScaleO : kScaleOFp8), opts);
+        o = out[0];
+        o->set_data_type(k.precision == Precision::Fp8 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::FP8_E4M3);
+        for (auto [t, uid] : {std::pair{out[2], kScalar0 + kAmaxS}, std::pair{out[3], kScalar0 + kAmaxO}})
+            t->set_output(true).set_uid(uid).set_dim({1, 1, 1, 1}).set_stride({1, 1, 1, 1}).set_data_type(
+                fe::DataType_t::FLOAT);
+    } else {
+        o = g->sdpa(q, kk, v, opts)[0];
+    }
     o->set_output(true).set_uid(kO).set_dim({std::max<int64_t>(k.batch, 1), k.heads, k.s, k.hd}).set_stride({k.s * k.ldo, k.hd, k.ldo, 1});
     fe_check(g->validate(), "validate", k);
     fe_check(g->build_operation_graph(handle), "build_operation_graph", k);
@@ -126,8 +151,9 @@ constexpr int kPlanFormat = 1;
 // apart, lengths bound at execution).
 std::string cache_key(const Key& k) {
     return plan_cache::key(plan_cache::Kind::Attention, kPlanFormat, k.device,
-                           fmt::format("bf16 sdpa s {} heads {} kv_heads {} hd {} ld q {} k {} v {} o {} causal {} "
+                           fmt::format("{} sdpa s {} heads {} kv_heads {} hd {} ld q {} k {} v {} o {} causal {} "
                                        "padded batch {}",
+                                       k.precision == Precision::Bf16 ? "bf16" : k.precision == Precision::Fp8 ? "fp8" : "fp8 out fp8",
                                        k.s, k.heads, k.kv_heads, k.hd, k.ldq, k.ldk, k.ldv, k.ldo, k.causal, k.batch));
 }
 
@@ -160,48 +186,56 @@ const char* attention_impl_name() {
     return name.c_str();
 }
 
-// Runs cuDNN's SDPA for `key` (its device filled in here); returns false without launching anything
-// when cuDNN cannot build a plan for the shape and `fallback` is set (else that throws).
-static bool attention_cudnn(Key key, const void* q, const void* k, const void* v, void* o, const int32_t* len,
-                            cudaStream_t stream, bool fallback) {
+// The plan for `key` (its device filled in here) with the device's cuDNN handle; a plan whose
+// graph is null could not be built (its error says why; with `report`, printed once on stderr).
+static std::shared_ptr<const Plan> find_plan(Key& key, cudnnHandle_t* handle, bool report) {
     check(cudaGetDevice(&key.device), "attention");
     State& st = state();
-    cudnnHandle_t handle;
-    std::shared_ptr<const Plan> plan;
-    {
-        std::lock_guard<std::mutex> lk(st.mu);
-        auto h = st.handles.find(key.device);
-        if (h == st.handles.end()) {
-            cudnnHandle_t nh;
-            if (cudnnCreate(&nh) != CUDNN_STATUS_SUCCESS) raise<Error>("cudnnCreate failed on device {}", key.device);
-            h = st.handles.emplace(key.device, nh).first;
-        }
-        handle = h->second;
-        auto it = st.plans.find(key);
-        if (it == st.plans.end()) {
-            auto p = std::make_shared<Plan>();
-            try {
-                *p = get_plan(handle, key);
-            } catch (const Error& e) {
-                p->error = e.what();
-                if (fallback)
-                    std::fprintf(stderr, "qdit: %s; this shape runs on the simple attention kernel\n", e.what());
-            }
-            it = st.plans.emplace(key, std::move(p)).first;
-        }
-        plan = it->second;
+    std::lock_guard<std::mutex> lk(st.mu);
+    auto h = st.handles.find(key.device);
+    if (h == st.handles.end()) {
+        cudnnHandle_t nh;
+        if (cudnnCreate(&nh) != CUDNN_STATUS_SUCCESS) raise<Error>("cudnnCreate failed on device {}", key.device);
+        h = st.handles.emplace(key.device, nh).first;
     }
+    *handle = h->second;
+    auto it = st.plans.find(key);
+    if (it == st.plans.end()) {
+        auto p = std::make_shared<Plan>();
+        try {
+            *p = get_plan(*handle, key);
+        } catch (const Error& e) {
+            p->error = e.what();
+            if (report) std::fprintf(stderr, "qdit: %s; this shape runs on the simple attention kernel\n", e.what());
+        }
+        it = st.plans.emplace(key, std::move(p)).first;
+    }
+    return it->second;
+}
+
+// Runs a built plan with its tensors bound by uid (kSeqQ / kSeqKv from len where given).
+static void execute(const Plan& plan, cudnnHandle_t handle, std::unordered_map<int64_t, void*> ptrs,
+                    const int32_t* len, cudaStream_t stream, const Key& key) {
+    if (cudnnSetStream(handle, stream) != CUDNN_STATUS_SUCCESS) raise<Error>("cudnnSetStream failed");
+    DTensor ws;
+    if (plan.workspace > 0) ws = DTensor::empty({plan.workspace}, DType::U8);
+    if (len) ptrs[kSeqQ] = ptrs[kSeqKv] = const_cast<int32_t*>(len);
+    fe_check(plan.graph->execute(handle, ptrs, ws.defined() ? ws.raw() : nullptr), "execute", key);
+}
+
+// Runs cuDNN's bf16 SDPA for `key`; returns false without launching anything when cuDNN cannot
+// build a plan for the shape and `fallback` is set (else that throws).
+static bool attention_cudnn(Key key, const void* q, const void* k, const void* v, void* o, const int32_t* len,
+                            cudaStream_t stream, bool fallback) {
+    cudnnHandle_t handle;
+    const std::shared_ptr<const Plan> plan = find_plan(key, &handle, fallback);
     if (!plan->graph) {
         if (fallback) return false;
         raise<Error>("{}", plan->error);
     }
-    if (cudnnSetStream(handle, stream) != CUDNN_STATUS_SUCCESS) raise<Error>("cudnnSetStream failed");
-    DTensor ws;
-    if (plan->workspace > 0) ws = DTensor::empty({plan->workspace}, DType::U8);
-    std::unordered_map<int64_t, void*> ptrs{
-        {kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)}, {kV, const_cast<void*>(v)}, {kO, o}};
-    if (len) ptrs[kSeqQ] = ptrs[kSeqKv] = const_cast<int32_t*>(len);
-    fe_check(plan->graph->execute(handle, ptrs, ws.defined() ? ws.raw() : nullptr), "execute", key);
+    execute(*plan, handle,
+            {{kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)}, {kV, const_cast<void*>(v)}, {kO, o}}, len, stream,
+            key);
     return true;
 }
 
@@ -210,6 +244,34 @@ void forget_attention_plans() {
     std::lock_guard<std::mutex> lk(st.mu);
     st.plans.clear();
 }
+// FP8: the plan with a bf16 output where cuDNN builds one, else with an E4M3 output (converted).
+static void attention_fp8_cudnn(Key key, const uint8_t* y, void* o, int64_t rows, const int32_t* len, float* scalars,
+                                cudaStream_t stream) {
+    std::unordered_map<int64_t, void*> ptrs{{kQ, const_cast<uint8_t*>(y)},
+                                            {kK, const_cast<uint8_t*>(y + key.heads * key.hd)},
+                                            {kV, const_cast<uint8_t*>(y + (key.heads + key.kv_heads) * key.hd)}};
+    for (Fp8Scalar i : {kDescaleQ, kDescaleK, kDescaleV, kDescaleS, kScaleS, kAmaxS, kAmaxO})
+        ptrs[kScalar0 + i] = scalars + i;
+    cudnnHandle_t handle;
+    key.precision = Precision::Fp8;
+    const std::shared_ptr<const Plan> plan = find_plan(key, &handle, false);
+    if (plan->graph) {
+        ptrs[kO] = o;
+        ptrs[kScalar0 + kScaleO] = scalars + kScaleO;
+        return execute(*plan, handle, std::move(ptrs), len, stream, key);
+    }
+    const int64_t ldo = key.ldo, width = key.heads * key.hd;
+    key.precision = Precision::Fp8Out8;
+    key.ldo = width;
+    const std::shared_ptr<const Plan> plan8 = find_plan(key, &handle, false);
+    if (!plan8->graph) raise<Error>("{}; {}", plan->error, plan8->error);
+    DTensor o8 = DTensor::empty({rows * width}, DType::U8);
+    ptrs[kO] = o8.raw();
+    ptrs[kScalar0 + kScaleOFp8] = scalars + kScaleOFp8;
+    execute(*plan8, handle, std::move(ptrs), len, stream, key);
+    fp8_dequantize_output(o8.raw(), width, o, ldo, rows, width, scalars, stream);
+}
+
 #else
 bool cudnn_attention_available() { return false; }
 const char* attention_impl_name() { return "simple"; }
@@ -257,6 +319,47 @@ void attention_padded(const void* q, int64_t ldq, const void* k, int64_t ldk, co
 #else
     (void)q, (void)k, (void)v, (void)o, (void)stream;
     raise<Error>("attention_padded: this build has no cuDNN (configure with the cuDNN frontend headers)");
+#endif
+}
+
+bool fp8_attention_supported(int device) {
+#if QDIT_WITH_CUDNN
+    int major = 0;
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "fp8 attention");
+    return cudnn_attention_available() && (major == 9 || major == 10);
+#else
+    (void)device;
+    return false;
+#endif
+}
+
+void attention_fp8(const void* qkv, int64_t ld, void* o, int64_t ldo, int64_t batch, int64_t s, const int32_t* len,
+                   int64_t heads, int64_t kv_heads, int64_t hd, cudaStream_t stream) {
+    if (batch <= 0 || s <= 0) return;
+    if (kv_heads == 0) kv_heads = heads;
+    if (heads <= 0 || hd <= 0 || kv_heads <= 0 || heads % kv_heads || ld < (heads + 2 * kv_heads) * hd ||
+        ldo < heads * hd || ld % 8 || ldo % 8 || hd % 8 || (batch > 1 && !len))
+        raise<ShapeError>("attention_fp8: {} query heads and {} kv heads (a divisor) of {} with row strides {} and {} "
+                          "(multiples of 8), a batch of {}{}",
+                          heads, kv_heads, hd, ld, ldo, batch, batch > 1 && !len ? " without lengths" : "");
+    int device = 0;
+    check(cudaGetDevice(&device), "attention_fp8");
+    if (!fp8_attention_supported(device))
+        raise<Error>("FP8 attention needs cuDNN 9 and a GPU of compute capability 9.x or 10.x (Hopper or "
+                     "Blackwell); device {} is not one",
+                     device);
+#if QDIT_WITH_CUDNN
+    const int64_t rows = batch * s;
+    DTensor y = DTensor::empty({rows * ld}, DType::U8);
+    DTensor sc = DTensor::empty({kFp8Scalars + 4}, DType::F32);  // the scalars, then 3 amax words
+    float* scalars = static_cast<float*>(sc.raw());
+    fp8_quantize_qkv(qkv, ld, y.raw(), rows, s, len, heads * hd, (heads + kv_heads) * hd, (heads + 2 * kv_heads) * hd,
+                     reinterpret_cast<unsigned*>(scalars + kFp8Scalars), scalars, stream);
+    Key key{0, s, heads, kv_heads, hd, ld, ld, ld, ldo, false};
+    key.batch = len ? batch : 0;
+    attention_fp8_cudnn(key, static_cast<const uint8_t*>(y.raw()), o, rows, len, scalars, stream);
+#else
+    (void)qkv, (void)o, (void)len, (void)stream;
 #endif
 }
 

@@ -70,6 +70,33 @@ void attention_padded(const void* q, int64_t ldq, const void* k, int64_t ldk, co
                       int64_t ldo, int64_t batch, int64_t s, const int32_t* len, int64_t heads, int64_t kv_heads,
                       int64_t hd, cudaStream_t stream);
 
+// FP8 attention (Hopper; cuDNN's FP8 SDPA): q, k and v are scaled per tensor into E4M3 (x · 448 /
+// max |x| over the token rows, saturating), the scores are computed from them in f32, the softmax
+// probabilities are stored as E4M3 (· 448) for P·V, and the output is written in bf16 (or, where
+// cuDNN does not offer that, in E4M3 scaled by max |v| and converted). Faster than the bf16
+// attention at the cost of E4M3's 3 mantissa bits on q, k, v and the probabilities
+// (docs/quantization.md has the measured error). qkv: a fused bf16 q|k|v, rows ld elements apart
+// (q at column 0, k at heads·hd, v at (heads + kv_heads)·hd); o [batch·s, ldo] bf16. batch items s
+// rows apart; len: device int32 [batch] (each in [1, s]) or null (every row a token). Rows past an
+// item's length are neither keys nor queries; their output rows are unspecified. Not causal.
+// Throws qdit::Error where cuDNN cannot build the plan (no fallback); ld, hd and ldo multiples of 8.
+void attention_fp8(const void* qkv, int64_t ld, void* o, int64_t ldo, int64_t batch, int64_t s, const int32_t* len,
+                   int64_t heads, int64_t kv_heads, int64_t hd, cudaStream_t stream);
+
+// Whether this GPU and this cuDNN run attention_fp8 (compute capability 9.x or 10.x, cuDNN 9).
+bool fp8_attention_supported(int device);
+
+// The device scalars attention_fp8 hands cuDNN, by index (attention_fp8.cu writes them).
+enum Fp8Scalar : int { kDescaleQ = 0, kDescaleK, kDescaleV, kDescaleS, kScaleS, kScaleO, kScaleOFp8, kAmaxS, kAmaxO, kFp8Scalars };
+// y (E4M3, same layout as qkv) ← qkv [rows, ld] bf16 with per-part scales: columns [0, c1) q,
+// [c1, c2) k, [c2, width) v; rows r with len and r % s >= len[r / s] are zeroed. amax: 3 device
+// words of scratch; scalars: kFp8Scalars device floats, filled.
+void fp8_quantize_qkv(const void* qkv, int64_t ld, void* y, int64_t rows, int64_t s, const int32_t* len, int64_t c1,
+                      int64_t c2, int64_t width, unsigned* amax, float* scalars, cudaStream_t stream);
+// o (bf16, row stride ldo elements) ← y (E4M3 [rows, width], row stride ldy bytes) / scalars[kScaleOFp8].
+void fp8_dequantize_output(const void* y, int64_t ldy, void* o, int64_t ldo, int64_t rows, int64_t width,
+                           const float* scalars, cudaStream_t stream);
+
 // dst[i] = values[i] for i < n, issued on `stream` as a kernel whose arguments carry the values (so
 // a CUDA graph captures them, unlike a copy from pageable host memory).
 void set_i32(int32_t* dst, const int32_t* values, int64_t n, cudaStream_t stream);

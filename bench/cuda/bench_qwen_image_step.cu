@@ -4,13 +4,15 @@
 // prompt; the negative one's text padded, masked), bf16 / int8 (default plan: attention and MLP
 // W8A8, img_mod / txt_mod weight-only) / int8 with img_mlp kept. Prints ms/step (median of --steps
 // after warm-up, CUDA events; the host tensors' upload and the output's download included, about
-// 5 MB), the allocator's weight / activation / peak bytes and a hash of the output.
+// 5 MB), the allocator's weight / activation / peak bytes, a hash of the output and, after the bf16
+// mode, each mode's SQNR against the bf16 output (same seed: the same weights before quantization).
+// The modes ending in -fp8-attention run the joint attention in FP8 (ops::AttentionImpl::Fp8).
 //
 // The blocks run as one CUDA graph (--graph 1, the default; 0: eager). --profile 1 times the
 // model's regions (ops/profile.h: GPU time per region summed over the timed steps, graph off).
 //
-//   bench_qwen_image_step [--steps N] [--mode bf16|int8|int8-keep-img-mlp|all] [--layers N] [--graph 0|1]
-//                         [--profile 0|1]
+//   bench_qwen_image_step [--steps N] [--layers N] [--graph 0|1] [--profile 0|1]
+//       [--mode bf16|int8|int8-keep-img-mlp|int8-fp8-attention|bf16-fp8-attention|all]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -41,19 +43,38 @@ Tensor inputs(Shape shape, uint32_t seed) {
     return t;
 }
 
+// The output of the bf16 run, which the later modes' SQNR is measured against (the same seed, so
+// the same weights before quantization).
+Tensor g_bf16_out;
+
+double sqnr_db(const Tensor& ref, const Tensor& x) {
+    const Tensor a = ref.to(DType::F32), b = x.to(DType::F32);
+    double s = 0, n = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) {
+        const double r = a.data<float>()[i], d = double(b.data<float>()[i]) - r;
+        s += r * r;
+        n += d * d;
+    }
+    return n > 0 ? 10 * std::log10(s / n) : INFINITY;
+}
+
 void run(const std::string& mode, int steps, int64_t layers, bool graph, bool profile) {
     qwen_image::Config cfg;  // defaults are the published Qwen-Image config
     cfg.num_layers = layers;
     auto& alloc = cuda::Allocator::instance();
     alloc.empty_cache();
+    const std::string fp8_suffix = "-fp8-attention";
+    const bool fp8 = mode.size() > fp8_suffix.size() && mode.compare(mode.size() - fp8_suffix.size(), std::string::npos, fp8_suffix) == 0;
+    const std::string base = fp8 ? mode.substr(0, mode.size() - fp8_suffix.size()) : mode;
     QuantConfig q;
-    if (mode != "bf16") q = QuantConfig{QuantMethod::Int8, {}, "dynamic"};
-    if (mode == "int8-keep-img-mlp") q.ignored_layers = {"img_mlp"};
+    if (base != "bf16") q = QuantConfig{QuantMethod::Int8, {}, "dynamic"};
+    if (base == "int8-keep-img-mlp") q.ignored_layers = {"img_mlp"};
     cudaStream_t s;
     cuda::check(cudaStreamCreate(&s), "stream");
     {
         auto model = qwen_image::QwenImageTransformer::random(cfg, q, 42, ops::Context{{DeviceType::CUDA, 0}, s});
         model.set_cuda_graph(graph);
+        if (fp8) model.set_attention(ops::AttentionImpl::Fp8);
         const size_t wbytes = alloc.stats().weight;
         const int64_t B = 2, L = 64 * 64, T = 256;
         const Tensor hs = inputs({B, L, cfg.in_channels}, 1), enc = inputs({B, T, cfg.joint_attention_dim}, 2);
@@ -85,12 +106,16 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
         ops::Profile::enable(false);
         const cuda::MemStats m = alloc.stats();
         const bench::OutputStats st = bench::output_stats(out);
+        if (mode == "bf16") g_bf16_out = out;
+        const std::string vs_bf16 =
+            mode != "bf16" && g_bf16_out.defined() ? fmt::format(", SQNR vs bf16 {:.2f} dB", sqnr_db(g_bf16_out, out)) : "";
         std::printf("%-17s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d; weights %.2f "
                     "GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB; graph %s; output "
-                    "rms %.4g%s, hash %016llx\n",
+                    "rms %.4g%s, hash %016llx%s\n",
                     mode.c_str(), (long long)layers, ms[ms.size() / 2], steps, ms.front(), ms.back(),
                     model.int8_layers(), gib(wbytes), gib(model.weight_bytes()), gib(m.peak_activation), gib(m.peak),
-                    graph && !profile ? "on" : "off", st.rms, st.finite ? "" : " NON-FINITE", (unsigned long long)st.hash);
+                    graph && !profile ? "on" : "off", st.rms, st.finite ? "" : " NON-FINITE", (unsigned long long)st.hash,
+                    vs_bf16.c_str());
         if (profile) std::printf("%s regions, %d steps:\n%s", mode.c_str(), steps, regions.c_str());
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
@@ -113,7 +138,7 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--profile")) profile = std::atoi(argv[i + 1]) != 0;
     }
     try {
-        for (const char* m : {"bf16", "int8", "int8-keep-img-mlp"})
+        for (const char* m : {"bf16", "int8", "int8-keep-img-mlp", "int8-fp8-attention", "bf16-fp8-attention"})
             if (mode == "all" || mode == m) run(m, steps, layers, graph, profile);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_qwen_image_step: %s\n", e.what());

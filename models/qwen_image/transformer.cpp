@@ -375,6 +375,11 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
     return ops::to_host(out, ctx_).view({B, L, cfg_.out_features()});
 }
 
+void QwenImageTransformer::set_attention(ops::AttentionImpl impl) {
+    ctx_.attention = impl;
+    graphs_.clear();
+}
+
 void QwenImageTransformer::set_cuda_graph(bool on) {
     use_graph_ = on;
     if (!on) graphs_.clear();

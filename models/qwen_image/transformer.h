@@ -70,6 +70,9 @@ public:
     // graph per shape and text mask (ops/graph.h; the two most recent are kept). The same kernels
     // in the same order: results are unchanged. Off while ops::Profile is on.
     void set_cuda_graph(bool on);
+    // The attention kernel of a GPU context (ops/context.h: Simple for checks, Fp8 for cuDNN's FP8
+    // joint attention); the CUDA graphs captured so far are dropped.
+    void set_attention(ops::AttentionImpl impl);
 
 private:
     QwenImageTransformer(Config cfg, const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute,

@@ -33,6 +33,7 @@
 #include "ops/rope.h"
 #include "ops/row.h"
 #include "quant/int8.h"
+#include "tests/error_stats.h"
 #include "tests/random_tensor.h"
 
 using namespace qdit;
@@ -410,6 +411,52 @@ TEST(Ops, AttentionPadded) {
     EXPECT_THROW(ops::attention_padded(qkv, {4, 0}, 1, 1, 16, ops::Context{}), ShapeError);
     EXPECT_THROW(ops::attention_padded(qkv, {5, 1}, 1, 1, 16, ops::Context{}), ShapeError);
     EXPECT_THROW(ops::attention_padded(qkv, {2, 2, 2}, 1, 1, 16, ops::Context{}), ShapeError);
+}
+
+// FP8 attention (AttentionImpl::Fp8) against the exact attention of the CPU: q, k, v and the
+// probabilities carry E4M3's 3 mantissa bits (a relative rounding error of at most 2^-4, about 3.6 %
+// rms), so with the four roundings the expected SQNR on these inputs is about 25 dB; 20 dB is the
+// bound, while a wrong scale or a misread part gives less than 10. The bf16 attention on the same
+// inputs must be closer (so the FP8 path is what ran). A padded batch keeps its padding rows zero.
+// The CPU refuses Fp8.
+TEST(Ops, AttentionFp8) {
+    ops::Context cpu_fp8{};
+    cpu_fp8.attention = ops::AttentionImpl::Fp8;
+    EXPECT_FALSE(ops::fp8_attention_available(cpu_fp8));
+    const Tensor small = randn({8, 3 * 16}, 3, 0.f, 1.f, DType::BF16);
+    EXPECT_THROW(ops::attention(small, 1, 1, 1, 16, false, Tensor(), cpu_fp8), UsageError);
+    EXPECT_THROW(ops::attention_padded(small, {8}, 1, 1, 16, cpu_fp8), UsageError);
+    for (ops::Context ctx : contexts()) {
+        if (!ops::fp8_attention_available(ctx)) continue;  // a GPU before Hopper, or the CPU
+        for (auto [L, H, hd, lengths, scale] : {std::tuple<int64_t, int64_t, int64_t, std::vector<int64_t>, float>{
+                                                    200, 4, 128, {200, 77}, 1.f},
+                                                {64, 2, 64, {64}, 30.f},
+                                                {96, 3, 128, {96}, 0.01f}}) {
+            const int64_t B = int64_t(lengths.size()), W = 3 * H * hd;
+            const Tensor qkv = randn({B * L, W}, 21, 0.f, scale, DType::BF16);
+            const std::string name = fmt::format("fp8 attention B{} L{} h{} d{} scale {}", B, L, H, hd, scale);
+            ops::Context f = ctx;
+            f.attention = ops::AttentionImpl::Fp8;
+            const Tensor dq = ops::to_device(qkv, ctx);
+            const Tensor o8 = ops::to_host(B > 1 ? ops::attention_padded(dq, lengths, H, H, hd, f)
+                                                 : ops::attention(dq, 1, H, H, hd, false, Tensor(), f),
+                                           ctx);
+            const Tensor o16 = ops::to_host(ops::attention_padded(dq, lengths, H, H, hd, ctx), ctx);
+            for (int64_t b = 0; b < B; ++b) {
+                const int64_t n = lengths[size_t(b)];
+                const Tensor ref = ops::attention(qkv.slice_rows(b * L, b * L + n).to(DType::F32), 1, H, H, hd, false,
+                                                  Tensor(), ops::Context{});
+                const testutil::Err e8 = testutil::compare(o8.slice_rows(b * L, b * L + n), ref),
+                                    e16 = testutil::compare(o16.slice_rows(b * L, b * L + n), ref);
+                std::printf("%s item %lld: SQNR fp8 %.2f dB, bf16 %.2f dB\n", name.c_str(), (long long)b, e8.sqnr_db(),
+                            e16.sqnr_db());
+                EXPECT_GE(e8.sqnr_db(), 20.0) << name << " item " << b;
+                EXPECT_LT(e8.sqnr_db(), e16.sqnr_db()) << name << " item " << b;
+                const std::vector<double> pad = values(o8.slice_rows(b * L + n, (b + 1) * L));
+                EXPECT_TRUE(std::all_of(pad.begin(), pad.end(), [](double v) { return v == 0.0; })) << name;
+            }
+        }
+    }
 }
 
 // silu(gate) · up over column blocks of a fused projection.

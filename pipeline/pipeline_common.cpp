@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/memory.h"
 #include "io/files.h"
+#include "ops/attention.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -83,10 +84,19 @@ void check_latents_dtype(const Tensor& latents) {
                           dtype_name(latents.dtype()));
 }
 
+// Options that the device cannot run are refused before any weight is read.
+static const PipelineOptions& checked_options(const PipelineOptions& o) {
+    if (o.fp8_attention && !ops::fp8_attention_available(ops::Context{o.device}))
+        raise<UsageError>("FP8 attention runs on a GPU of compute capability 9.x or 10.x (Hopper or Blackwell) with "
+                          "cuDNN 9; {} is not one",
+                          o.device.str());
+    return o;
+}
+
 PipelineFolder::PipelineFolder(const std::string& d, const PipelineOptions& o, const std::string& pipeline,
                                const std::string& vae_class)
     : dir(checked_pipeline_folder(d, pipeline, vae_class)),
-      opt(o),
+      opt(checked_options(o)),
       scheduler(FlowMatchConfig::from_json(read_json_file(path("scheduler/scheduler_config.json")),
                                            path("scheduler/scheduler_config.json"))),
       tokenizer(text::BpeTokenizer::from_dir(path("tokenizer"))),

@@ -40,6 +40,8 @@ struct PipelineOptions {
                                         // the two never share the device's memory in a one-image run
     bool vae_tiling = false;          // Qwen-Image: decode in tiles (AutoencoderKLQwenImage::decode_tiled);
                                       // Z-Image refuses it
+    bool fp8_attention = false;       // the transformer's attention in FP8 (ops::AttentionImpl::Fp8): a
+                                      // Hopper or Blackwell GPU, else the pipeline refuses to open
 };
 
 struct GenerateResult {

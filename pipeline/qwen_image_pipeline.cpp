@@ -92,6 +92,7 @@ struct QwenImagePipeline::Parts : PipelineFolder {
           transformer([this] {
               auto t = std::make_unique<qwen_image::QwenImageTransformer>(transformer_prepared, opt.dtype, ctx);
               t->set_cuda_graph(true);  // a no-op on the CPU
+              if (opt.fp8_attention) t->set_attention(ops::AttentionImpl::Fp8);
               return t;
           }) {}
 

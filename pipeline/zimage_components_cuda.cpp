@@ -39,7 +39,7 @@ Device checked_device(int index, int gpus) {
 
 class CudaComponents final : public ZImageComponents {
 public:
-    CudaComponents(const std::string& dir, int index, int gpus, bool sequence_parallel, bool offload,
+    CudaComponents(const std::string& dir, int index, int gpus, bool sequence_parallel, bool offload, bool fp8_attention,
                    const PreparedModel& text, const PreparedModel& transformer)
         : ZImageComponents(offload),
           stream_(checked_device(index, gpus)),
@@ -48,9 +48,10 @@ public:
           text_([&text, ctx = ops::Context{{DeviceType::CUDA, index}, stream_.get()}] {
               return std::make_unique<text::Qwen3TextModel>(text, DType::BF16, ctx);
           }),
-          transformer_([&transformer, ctx = ops::Context{{DeviceType::CUDA, index}, stream_.get()}] {
+          transformer_([&transformer, fp8_attention, ctx = ops::Context{{DeviceType::CUDA, index}, stream_.get()}] {
               auto t = std::make_unique<zimage::ZImageTransformer>(transformer, DType::BF16, ctx);
               t->set_cuda_graph(true);
+              if (fp8_attention) t->set_attention(ops::AttentionImpl::Fp8);
               return t;
           }) {
         if (!offload) text_.get();
@@ -60,6 +61,7 @@ public:
             group_ = parallel::RankGroup::nccl(devices);
             parallel_ = std::make_unique<zimage::ZImageTransformerParallel>(
                 transformer, *group_, sequence_parallel ? zimage::ParallelMode::Sequence : zimage::ParallelMode::Tensor);
+            if (fp8_attention) parallel_->set_attention(ops::AttentionImpl::Fp8);
             cuda::check(cudaSetDevice(index), "selecting the CUDA device");
         } else if (!offload) {
             transformer_.get();
@@ -99,7 +101,7 @@ std::unique_ptr<ZImageComponents> make_zimage_cuda_components(const std::string&
                                                               const PreparedModel& text_encoder,
                                                               const PreparedModel& transformer) {
     return std::make_unique<CudaComponents>(dir, opt.device.index, opt.gpus, opt.sequence_parallel,
-                                            opt.offload_text_encoder, text_encoder, transformer);
+                                            opt.offload_text_encoder, opt.fp8_attention, text_encoder, transformer);
 }
 
 }  // namespace qdit

@@ -416,6 +416,24 @@ TEST(QwenImageGenerate, OffloadFlag) {
     EXPECT_TRUE(fs::is_empty(dir));
 }
 
+// --fp8-attention runs on a Hopper or Blackwell GPU only: on the CPU both pipelines refuse it, naming
+// the flag, before any work (generate and serve).
+TEST(QwenImageGenerate, Fp8AttentionRefusedOnCpu) {
+    const fs::path dir = testutil::fresh_dir("qwen_fp8_attention");
+    for (const std::string& m : {kPipe, std::string(QDIT_TEST_DATA) + "/pipeline"}) {
+        const testutil::CliResult e = testutil::run_qdit("generate --model " + m +
+                                                         " --prompt p --width 32 --height 32 --device cpu "
+                                                         "--fp8-attention -o " + (dir / "x.png").string());
+        EXPECT_EQ(e.status, 2) << m;
+        EXPECT_NE(e.err.find("--fp8-attention runs on a GPU"), std::string::npos) << e.err;
+    }
+    const testutil::CliResult s =
+        testutil::run_qdit("serve --model " + kPipe + " --device cpu --fp8-attention --port 1");
+    EXPECT_EQ(s.status, 2);
+    EXPECT_NE(s.err.find("--fp8-attention runs on a GPU"), std::string::npos) << s.err;
+    EXPECT_TRUE(fs::is_empty(dir));
+}
+
 // --vae-tiling decodes in tiles (AutoencoderKLQwenImage::decode_tiled, checked against diffusers in
 // test_qwen_image_vae): an image within one 256-pixel tile is the untiled one, a wider one is decoded in tiles (so it
 // differs); Z-Image refuses the flag before any work.

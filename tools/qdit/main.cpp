@@ -21,6 +21,7 @@
 #include "io/files.h"
 #include "io/png.h"
 #include "io/safetensors.h"
+#include "ops/attention.h"
 #include "pipeline/frontend.h"
 #include "pipeline/qwen_image_pipeline.h"
 #include "pipeline/qwen_image_prompt.h"
@@ -116,7 +117,7 @@ int cmd_quantize(const std::string& dir, const std::string& out, const QuantFlag
 // generate and serve load the pipeline.
 struct ModelFlags {
     std::string model, dtype = "bf16", device;  // device empty: default_device_name
-    bool quantize_text_encoder = false;
+    bool quantize_text_encoder = false, fp8_attention = false;
     QuantFlags q;
     CLI::Option* device_opt = nullptr;
 
@@ -133,6 +134,10 @@ struct ModelFlags {
                                      "has the CUDA backend, a GPU is visible and --dtype is bf16, else cpu");
         cmd->add_flag("--quantize-text-encoder", quantize_text_encoder,
                       "Also quantize the text encoder's Linear layers with the chosen method");
+        cmd->add_flag("--fp8-attention", fp8_attention,
+                      "Run the transformer's attention in FP8 (E4M3 q, k, v and probabilities; cuDNN) on a Hopper or "
+                      "Blackwell GPU: faster, at the accuracy cost measured in docs/quantization.md; sequence-"
+                      "parallel runs keep bf16 attention");
         q.add(cmd);
     }
 
@@ -156,6 +161,11 @@ struct ModelFlags {
         if (po.device.type == DeviceType::CUDA && dtype != "bf16")
             throw UsageError(fmt::format("--device {} runs in bf16 (got --dtype {})", device, dtype));
         po.dtype = dtype == "bf16" ? DType::BF16 : DType::F32;
+        po.fp8_attention = fp8_attention;
+        if (fp8_attention && !ops::fp8_attention_available(ops::Context{po.device}))
+            throw UsageError(fmt::format("--fp8-attention runs on a GPU of compute capability 9.x or 10.x (Hopper or "
+                                         "Blackwell) with cuDNN 9, not on --device {}",
+                                         device));
         po.transformer_quant = q.resolve();
         if (quantize_text_encoder) {
             if (!po.transformer_quant.enabled())
@@ -299,8 +309,9 @@ int generate_qwen_image(const GenerateArgs& a, const PipelineOptions& po, const 
                "{:.2f} s\n",
                load_s + r.load_seconds, r.text_seconds, r.denoise_seconds, r.denoise_seconds / go.steps,
                r.vae_seconds, total_s);
-    fmt::print("quantization: transformer {} ({} int8 Linear layers), text encoder {} int8 Linear layers; {}\n",
-               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), memory_summary(r, po));
+    fmt::print("quantization: transformer {} ({} int8 Linear layers{}), text encoder {} int8 Linear layers; {}\n",
+               quant, pipe.transformer_int8_layers(), po.fp8_attention ? ", FP8 attention" : "",
+               pipe.text_encoder_int8_layers(), memory_summary(r, po));
     return 0;
 }
 
@@ -386,8 +397,9 @@ int cmd_generate(GenerateArgs a) {
                "vae {:.2f} s, total {:.2f} s\n",
                load_s + r.load_seconds, r.text_seconds, r.denoise_seconds, r.denoise_seconds / a.steps,
                r.vae_seconds, total_s);
-    fmt::print("quantization: transformer {} ({} int8 Linear layers), text encoder {} int8 Linear layers; {}\n",
-               quant, pipe.transformer_int8_layers(), pipe.text_encoder_int8_layers(), memory_summary(r, po));
+    fmt::print("quantization: transformer {} ({} int8 Linear layers{}), text encoder {} int8 Linear layers; {}\n",
+               quant, pipe.transformer_int8_layers(), po.fp8_attention ? ", FP8 attention" : "",
+               pipe.text_encoder_int8_layers(), memory_summary(r, po));
     return 0;
 }
 

@@ -177,7 +177,12 @@ def watch(cmd, log_path, timeout):
 
 def quant_flags(q, model):
     return {"bf16": [], "int8": ["--quantization", "int8"],
-            "int8-kept": ["--quantization", "int8", "--ignored-layers", MODELS[model]["kept"]]}[q]
+            "int8-kept": ["--quantization", "int8", "--ignored-layers", MODELS[model]["kept"]],
+            "int8-fp8": ["--quantization", "int8", "--fp8-attention"]}[q]
+
+
+# Rows of generate only (a flag that `serve` does not take): one image, no warm time.
+GENERATE_ONLY = {"int8-offload": ["--quantization", "int8", "--offload", "text-encoder"]}
 
 
 def sampling_flags(model):
@@ -189,7 +194,7 @@ def sampling_flags(model):
 def qdit_generate(binary, model, d, noise, png, q, timeout):
     cmd = [binary, "generate", "--model", d, "--device", DEVICE, "--prompt", PROMPT, "--width", str(SIZE),
            "--height", str(SIZE), "--steps", str(steps(model)), "--latents", noise, "-o", png]
-    cmd += sampling_flags(model) + quant_flags(q, model)
+    cmd += sampling_flags(model) + (GENERATE_ONLY[q] if q in GENERATE_ONLY else quant_flags(q, model))
     rc, text = watch(cmd, png[:-4] + ".generate.log", timeout)
     if rc != 0:
         return dict(rc=rc)
@@ -242,6 +247,16 @@ def qdit_serve(binary, model, d, log_path, q, timeout):
         error = "the server did not become ready"
     else:
         port = int(re.search(r"listening on http://127\.0\.0\.1:(\d+)", "".join(out)).group(1))
+        # The "ready" line comes just before /health reports ok: wait for that too.
+        while time.time() < end and p.poll() is None:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.05)
         for i in range(2):
             try:
                 status, reply = post(port, body, max(end - time.time(), 1))
@@ -377,7 +392,8 @@ def run(model, root, binary, out):
         write_noise(model, d, noise)
     kept = MODELS[model]["kept"]
     plan = [("qdit bf16", "qdit", "bf16"), ("qdit int8", "qdit", "int8"), (f"qdit int8, {kept} kept", "qdit", "int8-kept"),
-            ("diffusers bf16 eager", "diffusers", False), ("diffusers bf16 compiled", "diffusers", True)]
+            ("diffusers bf16 eager", "diffusers", False), ("diffusers bf16 compiled", "diffusers", True),
+            ("qdit int8, FP8 attention", "qdit", "int8-fp8"), ("qdit int8, text encoder offloaded", "qdit", "int8-offload")]
     failed = False
     for name, engine, arg in plan:
         if name in res["rows"]:
@@ -387,12 +403,15 @@ def run(model, root, binary, out):
         if left < row_s:
             log(f"{name}: not started ({left:.0f} s left before the deadline, a row needs {row_s:.0f} s)")
             continue
+        if arg == "int8-fp8" and DEVICE == "cpu":
+            log(f"{name}: skipped (FP8 attention runs on a GPU)")
+            continue
         log(name)
         tag = re.sub(r"[^a-z0-9]+", "_", name)
         png = os.path.join(imgs, tag + ".png")
         if engine == "qdit":
             row = qdit_generate(binary, model, d, noise, png, arg, deadline - time.time())
-            if row["rc"] == 0:
+            if row["rc"] == 0 and arg not in GENERATE_ONLY:
                 row["image_s"], row["serve_load_s"] = qdit_serve(binary, model, d, os.path.join(imgs, tag + ".serve.log"),
                                                                  arg, deadline - time.time())
                 if row["image_s"] is None:
@@ -438,8 +457,8 @@ def model_table(res):
              "| run | time / image s (warm) | speedup vs diffusers compiled | load s | weights GiB | activations GiB "
              "| peak GPU GiB | peak vs diffusers bf16 | PSNR vs qdit bf16 dB |",
              "|---|---|---|---|---|---|---|---|---|"]
-    order = ["qdit bf16", "qdit int8", f"qdit int8, {MODELS[env['model']]['kept']} kept", "diffusers bf16 eager",
-             "diffusers bf16 compiled"]
+    order = ["qdit bf16", "qdit int8", f"qdit int8, {MODELS[env['model']]['kept']} kept", "qdit int8, FP8 attention",
+             "qdit int8, text encoder offloaded", "diffusers bf16 eager", "diffusers bf16 compiled"]
     for name in order:
         r = rows.get(name)
         if r is None:
@@ -463,7 +482,9 @@ NOTES = ("Time per image: qdit = the second request to one `qdit serve` process 
          "max_memory_allocated during the timed image. Peak vs diffusers bf16: the row's peak over diffusers' eager "
          "peak. PSNR: the image against qdit bf16's, every row made from the same injected initial noise (qdit "
          "--latents, diffusers latents=), same prompt and steps; random weights, so the images are noise and the "
-         "PSNR measures how far each path's arithmetic drifts from qdit bf16's.")
+         "PSNR measures how far each path's arithmetic drifts from qdit bf16's. FP8 attention: `--fp8-attention`. Text "
+         "encoder offloaded: `--offload text-encoder`, a `generate` flag only, so that row has no warm time (its "
+         "memory is the one-image run's).")
 
 
 def table(root, out):

@@ -12,7 +12,7 @@
 // model's regions (ops/profile.h: GPU time per region summed over the timed steps, graph off).
 //
 //   bench_qwen_image_step [--steps N] [--layers N] [--graph 0|1] [--profile 0|1]
-//       [--mode bf16|int8|int8-keep-img-mlp|int8-fp8-attention|bf16-fp8-attention|all]
+//       [--mode bf16|int8|int8-keep-img-mlp|int8-fp8-attention|bf16-fp8-attention|all or a comma-separated list]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -138,8 +138,11 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--profile")) profile = std::atoi(argv[i + 1]) != 0;
     }
     try {
+        // --mode: one mode, a comma-separated list of them (run in this order), or all.
+        const std::string list = "," + mode + ",";
         for (const char* m : {"bf16", "int8", "int8-keep-img-mlp", "int8-fp8-attention", "bf16-fp8-attention"})
-            if (mode == "all" || mode == m) run(m, steps, layers, graph, profile);
+            if (mode == "all" || list.find("," + std::string(m) + ",") != std::string::npos)
+                run(m, steps, layers, graph, profile);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_qwen_image_step: %s\n", e.what());
         return 1;

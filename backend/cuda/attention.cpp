@@ -204,7 +204,7 @@ static std::shared_ptr<const Plan> find_plan(Key& key, cudnnHandle_t* handle, bo
         auto p = std::make_shared<Plan>();
         try {
             *p = get_plan(*handle, key);
-        } catch (const Error& e) {
+        } catch (const std::exception& e) {  // qdit::Error from fe_check, or the frontend's own
             p->error = e.what();
             if (report) std::fprintf(stderr, "qdit: %s; this shape runs on the simple attention kernel\n", e.what());
         }

@@ -1,6 +1,7 @@
 #include "ops/elementwise.h"
 
 #include <cmath>
+#include <utility>
 
 #include "backend/cpu/activation.h"
 #include "backend/cpu/elementwise.h"
@@ -68,6 +69,51 @@ Tensor div_add(const Tensor& x, float divisor, float addend, DType dt, const Con
     Tensor y = empty(x.shape(), dt, ctx);
     cuda::div_add(x.raw(), x.dtype(), y.raw(), dt, x.numel(), divisor, addend, detail::stream(ctx));
     return y;
+#else
+    detail::no_cuda(op);
+#endif
+}
+
+void euler_step(Tensor& x, const Tensor& pos, const Tensor& neg, float guidance, float dt, Tensor* x_in,
+                const Context& ctx) {
+    const char* op = "euler_step";
+    for (const auto& [t, what] : {std::pair<const Tensor*, const char*>{&x, "x"}, {&pos, "pos"}, {&neg, "neg"}})
+        detail::check_device(*t, ctx, op, what);
+    if (x_in) detail::check_device(*x_in, ctx, op, "x_in");
+    auto desc = [](const Tensor* t) {
+        return t && t->defined() ? fmt::format("{} {}", dtype_name(t->dtype()), shape_str(t->shape())) : std::string("none");
+    };
+    auto f32_or_bf16 = [](const Tensor& t) { return t.dtype() == DType::F32 || t.dtype() == DType::BF16; };
+    if (!x.defined() || x.dtype() != DType::F32 || !pos.defined() || pos.shape() != x.shape() || !f32_or_bf16(pos) ||
+        (neg.defined() && (neg.shape() != x.shape() || neg.dtype() != pos.dtype())) ||
+        (x_in && (!x_in->defined() || x_in->shape() != x.shape() || !f32_or_bf16(*x_in))))
+        raise<ShapeError>("{}: x {}, pos {}, neg {}, x_in {} (need F32 x; pos, neg and x_in of its shape, F32 or "
+                          "BF16, neg of pos's dtype)",
+                          op, desc(&x), desc(&pos), desc(&neg), desc(x_in));
+    const int64_t n = x.numel();
+    if (!ctx.cuda()) {
+        float* xs = x.data<float>();
+        cpu::dispatch_float(pos.dtype(), [&](auto tag) {
+            using V = decltype(tag);
+            const V* p = pos.data<V>();
+            const V* q = neg.defined() ? neg.data<V>() : nullptr;
+            for (int64_t i = 0; i < n; ++i) {
+                float v = cpu::load(p, i);
+                if (q) v = v + guidance * (v - cpu::load(q, i));
+                xs[i] = xs[i] + dt * -v;
+            }
+        });
+        if (x_in)
+            cpu::dispatch_float(x_in->dtype(), [&](auto tag) {
+                using I = decltype(tag);
+                I* y = x_in->data<I>();
+                for (int64_t i = 0; i < n; ++i) cpu::store(y, i, xs[i]);
+            });
+        return;
+    }
+#ifdef QDIT_WITH_CUDA
+    cuda::euler_step(x.data<float>(), pos.raw(), neg.defined() ? neg.raw() : nullptr, pos.dtype(), guidance, dt,
+                     x_in ? x_in->raw() : nullptr, x_in ? x_in->dtype() : DType::F32, n, detail::stream(ctx));
 #else
     detail::no_cuda(op);
 #endif

@@ -75,6 +75,30 @@ __global__ void unscale_k(const S* x, T* y, int64_t n, float scale, float shift)
     }
 }
 
+// The host's f32_to_bf16 (core/dtype.h) bit for bit, NaN included: round to nearest even, a NaN
+// kept quiet with its upper payload.
+__device__ __forceinline__ bf16 bf16_as_host(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __ushort_as_bfloat16(uint16_t((u >> 16) | 0x40));
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return __ushort_as_bfloat16(uint16_t(u >> 16));
+}
+__device__ __forceinline__ void store_as_host(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void store_as_host(bf16* p, int64_t i, float v) { p[i] = bf16_as_host(v); }
+
+// The explicit _rn intrinsics keep nvcc from fusing the multiply and the add, so every operation
+// rounds as the host's does.
+template <typename V, typename I>
+__global__ void euler_step_k(float* x, const V* pos, const V* neg, float guidance, float dt, I* x_in, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        const float p = to_f(pos[i]);
+        const float v = neg ? __fadd_rn(p, __fmul_rn(guidance, __fsub_rn(p, to_f(neg[i])))) : p;
+        const float y = __fadd_rn(x[i], __fmul_rn(dt, -v));
+        x[i] = y;
+        if (x_in) store_as_host(x_in, i, y);
+    }
+}
+
 }  // namespace
 
 void embedding_rows(const void* table, int64_t vocab, int64_t d, const int32_t* ids, int64_t n, void* out,
@@ -132,6 +156,21 @@ void div_add(const void* x, DType src_dt, void* y, DType dt, int64_t n, float sc
         });
     });
     launched("div_add");
+}
+
+void euler_step(float* x, const void* pos, const void* neg, DType v_dt, float guidance, float dt, void* x_in,
+                DType in_dt, int64_t n, cudaStream_t stream) {
+    if (n <= 0) return;
+    dispatch(v_dt, "euler_step", [&](auto v) {
+        using V = decltype(v);
+        dispatch(in_dt, "euler_step", [&](auto t) {
+            using I = decltype(t);
+            euler_step_k<<<blocks_for(n), kThreads, 0, stream>>>(x, static_cast<const V*>(pos),
+                                                                 static_cast<const V*>(neg), guidance, dt,
+                                                                 static_cast<I*>(x_in), n);
+        });
+    });
+    launched("euler_step");
 }
 
 }  // namespace qdit::cuda

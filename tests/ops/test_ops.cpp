@@ -764,6 +764,52 @@ TEST(Ops, DivAddAndImageToU8) {
     }
 }
 
+// The denoising loops' Euler step, with and without guidance, the velocity F32 or BF16, the next
+// input F32 or BF16: on the CPU exactly the f32 expression the Z-Image pipeline evaluated on the
+// host (v = pos + g·(pos − neg), v = −v, x + dt·v, each operation rounded once); on a GPU the
+// CPU's bits (a fused multiply-add would change many of them).
+TEST(Ops, EulerStep) {
+    const float guidance = 2.5f, dt = -0.1364f;
+    const Shape shape{37, 64};
+    const Tensor x0 = randn(shape, 81, 0.f, 1.f, DType::F32);
+    for (DType vdt : kDtypes)
+        for (bool guided : {false, true})
+            for (DType in_dt : kDtypes) {
+                const Tensor pos = randn(shape, 82, 0.f, 1.5f, vdt);
+                const Tensor neg = guided ? randn(shape, 83, 0.f, 1.5f, vdt) : Tensor();
+                Case c{fmt::format("euler_step v {} {} x_in {}", dtype_name(vdt), guided ? "guided" : "plain",
+                                   dtype_name(in_dt)),
+                       DType::BF16, [&](const ops::Context& ctx) {
+                           Tensor x = ops::to_device(x0.to(DType::F32), ctx);  // a copy: the step writes it
+                           Tensor x_in = ops::empty(shape, in_dt, ctx);
+                           ops::euler_step(x, ops::to_device(pos, ctx),
+                                           guided ? ops::to_device(neg, ctx) : Tensor(), guidance, dt, &x_in, ctx);
+                           return std::vector<Tensor>{ops::to_host(x, ctx), ops::to_host(x_in, ctx)};
+                       }};
+                SCOPED_TRACE(c.name);
+                const std::vector<Tensor> cpu = c.run(ops::Context{});
+                const Tensor p = pos.to(DType::F32), n = guided ? neg.to(DType::F32) : Tensor();
+                Tensor want = x0.to(DType::F32);
+                for (int64_t i = 0; i < want.numel(); ++i) {
+                    float v = p.data<float>()[i];
+                    if (guided) v = v + guidance * (v - n.data<float>()[i]);
+                    v = -v;
+                    want.data<float>()[i] = want.data<float>()[i] + dt * v;
+                }
+                EXPECT_TRUE(same_bits(cpu[0], want)) << bits_report(cpu[0], want);
+                EXPECT_TRUE(same_bits(cpu[1], want.to(in_dt))) << bits_report(cpu[1], want.to(in_dt));
+                check_backends(c);
+            }
+    // Without x_in, and the shape and dtype checks.
+    Tensor x = x0.to(DType::F32);
+    ops::euler_step(x, x0, Tensor(), 0.f, 0.5f, nullptr, ops::Context{});
+    EXPECT_EQ(x.data<float>()[3], x0.data<float>()[3] + 0.5f * -x0.data<float>()[3]);
+    Tensor bf = x0.to(DType::BF16);
+    EXPECT_THROW(ops::euler_step(bf, x0, Tensor(), 0.f, 0.5f, nullptr, ops::Context{}), ShapeError);  // x not F32
+    EXPECT_THROW(ops::euler_step(x, randn({37, 32}, 84), Tensor(), 0.f, 0.5f, nullptr, ops::Context{}), ShapeError);
+    EXPECT_THROW(ops::euler_step(x, x0, bf, 1.f, 0.5f, nullptr, ops::Context{}), ShapeError);  // neg's dtype
+}
+
 // A 2-D convolution, and a causal 3-D one on a single frame (the frame behind kt − 1 zero frames),
 // against the f64 sums; forward_add adds to an accumulator.
 TEST(Ops, Conv2d) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 
@@ -99,6 +100,38 @@ __global__ void euler_step_k(float* x, const V* pos, const V* neg, float guidanc
     }
 }
 
+// One thread per token row, its values in column order as the host sums them. R rounds to the
+// pipeline's dtype (bf16 as the host's f32_to_bf16, or f32 itself).
+template <typename V, typename I, bool Bf16>
+__global__ void true_cfg_euler_step_k(float* x, const V* pos, const V* neg, int64_t L, int64_t F, float scale,
+                                      float delta, I* x_in) {
+    const int64_t tok = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+    if (tok >= L) return;
+    auto R = [](float v) { return Bf16 ? __bfloat162float(bf16_as_host(v)) : v; };
+    const int64_t o = tok * F;
+    float ratio = 1.0f;
+    if (neg) {
+        double cond_sq = 0, comb_sq = 0;
+        for (int64_t f = 0; f < F; ++f) {
+            const float c = to_f(pos[o + f]), u = to_f(neg[o + f]);
+            const float comb = R(__fadd_rn(u, R(__fmul_rn(scale, R(__fsub_rn(c, u))))));
+            cond_sq = __dadd_rn(cond_sq, __dmul_rn(double(c), double(c)));
+            comb_sq = __dadd_rn(comb_sq, __dmul_rn(double(comb), double(comb)));
+        }
+        ratio = R(__fdiv_rn(R(float(__dsqrt_rn(cond_sq))), R(float(__dsqrt_rn(comb_sq)))));
+    }
+    for (int64_t f = 0; f < F; ++f) {
+        float v = to_f(pos[o + f]);
+        if (neg) {
+            const float u = to_f(neg[o + f]);
+            v = R(__fmul_rn(R(__fadd_rn(u, R(__fmul_rn(scale, R(__fsub_rn(v, u)))))), ratio));
+        }
+        const float y = R(__fadd_rn(x[o + f], R(__fmul_rn(delta, v))));
+        x[o + f] = y;
+        if (x_in) store_as_host(x_in, o + f, y);
+    }
+}
+
 }  // namespace
 
 void embedding_rows(const void* table, int64_t vocab, int64_t d, const int32_t* ids, int64_t n, void* out,
@@ -171,6 +204,24 @@ void euler_step(float* x, const void* pos, const void* neg, DType v_dt, float gu
         });
     });
     launched("euler_step");
+}
+
+void true_cfg_euler_step(float* x, const void* pos, const void* neg, DType v_dt, int64_t L, int64_t F, float scale,
+                         float delta, DType dt, void* x_in, DType in_dt, cudaStream_t stream) {
+    if (L <= 0 || F <= 0) return;
+    dispatch(v_dt, "true_cfg_euler_step", [&](auto v) {
+        using V = decltype(v);
+        dispatch(in_dt, "true_cfg_euler_step", [&](auto t) {
+            using I = decltype(t);
+            dispatch(dt, "true_cfg_euler_step", [&](auto r) {
+                constexpr bool kBf16 = !std::is_same_v<decltype(r), float>;
+                true_cfg_euler_step_k<V, I, kBf16><<<blocks_for(L, 128), 128, 0, stream>>>(
+                    x, static_cast<const V*>(pos), static_cast<const V*>(neg), L, F, scale, delta,
+                    static_cast<I*>(x_in));
+            });
+        });
+    });
+    launched("true_cfg_euler_step");
 }
 
 }  // namespace qdit::cuda

@@ -41,4 +41,10 @@ void div_add(const void* x, DType src_dt, void* y, DType dt, int64_t n, float sc
 void euler_step(float* x, const void* pos, const void* neg, DType v_dt, float guidance, float dt, void* x_in,
                 DType in_dt, int64_t n, cudaStream_t stream);
 
+// ops::true_cfg_euler_step over L rows of F values: x F32, pos and neg (null: no CFG) in v_dt, every
+// operation rounded to dt as the host's round_to_dtype does, the norms summed in f64 in column order;
+// x_in as for euler_step.
+void true_cfg_euler_step(float* x, const void* pos, const void* neg, DType v_dt, int64_t L, int64_t F, float scale,
+                         float delta, DType dt, void* x_in, DType in_dt, cudaStream_t stream);
+
 }  // namespace qdit::cuda

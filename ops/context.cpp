@@ -82,6 +82,15 @@ Tensor to_host(const Tensor& t, const Context& ctx) {
 #endif
 }
 
+void synchronize(const Context& ctx) {
+    if (!ctx.cuda()) return;
+#ifdef QDIT_WITH_CUDA
+    cuda::check(cudaStreamSynchronize(detail::stream(ctx)), "waiting for the stream");
+#else
+    no_cuda("synchronize");
+#endif
+}
+
 Tensor empty(Shape shape, DType dtype, const Context& ctx, Memory kind) {
     if (!ctx.cuda()) return Tensor::empty(std::move(shape), dtype);
 #ifdef QDIT_WITH_CUDA

@@ -68,6 +68,8 @@ enum class Memory { Activation, Weight };
 Tensor to_device(const Tensor& host, const Context& ctx, Memory kind = Memory::Activation);
 // A tensor of ctx's device on the host: itself on the CPU, a copy from a GPU (waits for the work).
 Tensor to_host(const Tensor& t, const Context& ctx);
+// Waits for the work issued on ctx's stream (nothing to wait for on the CPU).
+void synchronize(const Context& ctx);
 // A new tensor on ctx's device, contents uninitialised.
 Tensor empty(Shape shape, DType dtype, const Context& ctx, Memory kind = Memory::Activation);
 // Peak bytes held on ctx's device so far (weights and activations; 0 on the CPU).

@@ -1,6 +1,8 @@
 #include "ops/elementwise.h"
 
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "backend/cpu/activation.h"
 #include "backend/cpu/elementwise.h"
@@ -68,6 +70,113 @@ Tensor div_add(const Tensor& x, float divisor, float addend, DType dt, const Con
     Tensor y = empty(x.shape(), dt, ctx);
     cuda::div_add(x.raw(), x.dtype(), y.raw(), dt, x.numel(), divisor, addend, detail::stream(ctx));
     return y;
+#else
+    detail::no_cuda(op);
+#endif
+}
+
+namespace {
+
+// The arguments of a denoising step (euler_step, true_cfg_euler_step).
+void check_step(const char* op, const Tensor& x, const Tensor& pos, const Tensor& neg, const Tensor* x_in,
+                const Context& ctx) {
+    for (const auto& [t, what] : {std::pair<const Tensor*, const char*>{&x, "x"}, {&pos, "pos"}, {&neg, "neg"}})
+        detail::check_device(*t, ctx, op, what);
+    if (x_in) detail::check_device(*x_in, ctx, op, "x_in");
+    auto desc = [](const Tensor* t) {
+        return t && t->defined() ? fmt::format("{} {}", dtype_name(t->dtype()), shape_str(t->shape())) : std::string("none");
+    };
+    auto f32_or_bf16 = [](const Tensor& t) { return t.dtype() == DType::F32 || t.dtype() == DType::BF16; };
+    if (!x.defined() || x.dtype() != DType::F32 || !pos.defined() || pos.shape() != x.shape() || !f32_or_bf16(pos) ||
+        (neg.defined() && (neg.shape() != x.shape() || neg.dtype() != pos.dtype())) ||
+        (x_in && (!x_in->defined() || x_in->shape() != x.shape() || !f32_or_bf16(*x_in))))
+        raise<ShapeError>("{}: x {}, pos {}, neg {}, x_in {} (need F32 x; pos, neg and x_in of its shape, F32 or "
+                          "BF16, neg of pos's dtype)",
+                          op, desc(&x), desc(&pos), desc(&neg), desc(x_in));
+}
+
+// x_in ← x in x_in's dtype (the CPU steps).
+void store_input(const Tensor& x, Tensor* x_in) {
+    if (!x_in) return;
+    const float* xs = x.data<float>();
+    cpu::dispatch_float(x_in->dtype(), [&](auto tag) {
+        using I = decltype(tag);
+        I* y = x_in->data<I>();
+        for (int64_t i = 0; i < x.numel(); ++i) cpu::store(y, i, xs[i]);
+    });
+}
+
+}  // namespace
+
+void euler_step(Tensor& x, const Tensor& pos, const Tensor& neg, float guidance, float dt, Tensor* x_in,
+                const Context& ctx) {
+    const char* op = "euler_step";
+    check_step(op, x, pos, neg, x_in, ctx);
+    const int64_t n = x.numel();
+    if (!ctx.cuda()) {
+        float* xs = x.data<float>();
+        cpu::dispatch_float(pos.dtype(), [&](auto tag) {
+            using V = decltype(tag);
+            const V* p = pos.data<V>();
+            const V* q = neg.defined() ? neg.data<V>() : nullptr;
+            for (int64_t i = 0; i < n; ++i) {
+                float v = cpu::load(p, i);
+                if (q) v = v + guidance * (v - cpu::load(q, i));
+                xs[i] = xs[i] + dt * -v;
+            }
+        });
+        store_input(x, x_in);
+        return;
+    }
+#ifdef QDIT_WITH_CUDA
+    cuda::euler_step(x.data<float>(), pos.raw(), neg.defined() ? neg.raw() : nullptr, pos.dtype(), guidance, dt,
+                     x_in ? x_in->raw() : nullptr, x_in ? x_in->dtype() : DType::F32, n, detail::stream(ctx));
+#else
+    detail::no_cuda(op);
+#endif
+}
+
+void true_cfg_euler_step(Tensor& x, const Tensor& pos, const Tensor& neg, float scale, float delta, DType dt,
+                         Tensor* x_in, const Context& ctx) {
+    const char* op = "true_cfg_euler_step";
+    check_step(op, x, pos, neg, x_in, ctx);
+    if (x.dim() != 2 || (dt != DType::F32 && dt != DType::BF16))
+        raise<ShapeError>("{}: x {} rounded to {} (need [tokens, values], F32 or BF16)", op, shape_str(x.shape()),
+                          dtype_name(dt));
+    const int64_t L = x.size(0), F = x.size(1);
+    if (!ctx.cuda()) {
+        float* xs = x.data<float>();
+        auto r = [dt](float v) { return round_to_dtype(v, dt); };
+        cpu::dispatch_float(pos.dtype(), [&](auto tag) {
+            using V = decltype(tag);
+            const V* p = pos.data<V>();
+            const V* q = neg.defined() ? neg.data<V>() : nullptr;
+            std::vector<float> v(static_cast<size_t>(F));
+            for (int64_t tok = 0; tok < L; ++tok) {
+                const int64_t o = tok * F;
+                for (int64_t f = 0; f < F; ++f) v[size_t(f)] = cpu::load(p, o + f);
+                if (q) {
+                    double cond_sq = 0, comb_sq = 0;
+                    for (int64_t f = 0; f < F; ++f) {
+                        const float c = v[size_t(f)], u = cpu::load(q, o + f);
+                        const float comb = r(u + r(scale * r(c - u)));
+                        cond_sq += double(c) * double(c);
+                        comb_sq += double(comb) * double(comb);
+                        v[size_t(f)] = comb;
+                    }
+                    const float ratio = r(r(float(std::sqrt(cond_sq))) / r(float(std::sqrt(comb_sq))));
+                    for (float& e : v) e = r(e * ratio);
+                }
+                for (int64_t f = 0; f < F; ++f) xs[o + f] = r(xs[o + f] + r(delta * v[size_t(f)]));
+            }
+        });
+        store_input(x, x_in);
+        return;
+    }
+#ifdef QDIT_WITH_CUDA
+    cuda::true_cfg_euler_step(x.data<float>(), pos.raw(), neg.defined() ? neg.raw() : nullptr, pos.dtype(), L, F,
+                              scale, delta, dt, x_in ? x_in->raw() : nullptr, x_in ? x_in->dtype() : DType::F32,
+                              detail::stream(ctx));
 #else
     detail::no_cuda(op);
 #endif

@@ -1,4 +1,5 @@
-// Elementwise ops on activations: SiLU and the adaLN modulation vectors.
+// Elementwise ops on activations: SiLU, the adaLN modulation vectors, and the denoising loops' Euler
+// step.
 #pragma once
 #include <vector>
 
@@ -17,6 +18,27 @@ void add_inplace(Tensor& x, const Tensor& y, const Context& ctx);
 // GPU) → y in dt (F32 or BF16), each operation rounded to dt as torch does on a tensor of that dtype
 // (the VAE's latents / scaling_factor + shift_factor). Bit-identical on every backend.
 Tensor div_add(const Tensor& x, float divisor, float addend, DType dt, const Context& ctx);
+
+// One flow-matching Euler step of a denoising loop (diffusers' FlowMatchEulerDiscreteScheduler.step
+// on the negated velocity, as the Z-Image pipeline calls it), elementwise on the F32 latents x:
+//   v = pos + guidance·(pos − neg)  (classifier-free guidance; v = pos when neg is undefined),
+//   x ← x + dt·(−v),
+// in f32 with each operation rounded once (no fused multiply-add); pos and neg (x's shape, both F32
+// or both BF16) are upcast exactly. When x_in is given (x's shape, F32 or BF16) it receives the new x
+// in its dtype (round to nearest even): the transformer's next input. Bit-identical on every backend
+// (NaN payloads aside).
+void euler_step(Tensor& x, const Tensor& pos, const Tensor& neg, float guidance, float dt, Tensor* x_in,
+                const Context& ctx);
+
+// QwenImagePipeline's step on the F32 latents x [L, F] (L tokens of F values, each holding a value of
+// dt, F32 or BF16), every operation in f32 rounded to dt as torch does on dt tensors (no fused
+// multiply-add): with neg, true CFG with the norm rescale of each token's row,
+//   comb = dt(neg + dt(scale·dt(pos − neg))),
+//   v = dt(comb · dt(dt(‖pos‖) / dt(‖comb‖)))  (each norm summed in f64 in column order),
+// else v = pos; then x ← dt(x + dt(delta·v)). pos and neg [L, F] (both F32 or both BF16); x_in as
+// for euler_step. Bit-identical on every backend (NaN payloads aside).
+void true_cfg_euler_step(Tensor& x, const Tensor& pos, const Tensor& neg, float scale, float delta, DType dt,
+                         Tensor* x_in, const Context& ctx);
 
 // The sinusoidal timestep features of diffusers' Z-Image t_embedder, on the host: t F32 [B] → F32
 // [B, dim] of [cos(t·f_k), sin(t·f_k)], f_k = exp(−ln(max_period)·k / (dim/2)) in f32.

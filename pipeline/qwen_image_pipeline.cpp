@@ -8,6 +8,7 @@
 #include "models/text/qwen25vl.h"
 #include "models/vae/autoencoder_kl.h"  // postprocess_to_u8
 #include "models/vae/autoencoder_kl_qwenimage.h"
+#include "ops/elementwise.h"
 #include "pipeline/qwen_image_prompt.h"
 
 namespace qdit {
@@ -237,46 +238,33 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
     // The latents in the prompt embeddings' dtype: F32 storage holding values of dt.
     Tensor latents = pack_qwen_image_latents(o.latents.defined() ? unpacked_latents(o.latents, C, h, w)
                                                                  : seeded_noise({1, C, h, w}, o.seed));
-    float* x = latents.data<float>();
-    for (int64_t k = 0; k < latents.numel(); ++k) x[k] = round_to_dtype(x[k], dt);
+    float* xs = latents.data<float>();
+    for (int64_t k = 0; k < latents.numel(); ++k) xs[k] = round_to_dtype(xs[k], dt);
 
     FlowMatchEulerScheduler sched(p_->scheduler, qwen_image_default_sigmas(o.steps), calculate_shift(L, p_->scheduler));
     const std::array<int64_t, 3> grid{1, hp, wp};
-    const float scale = o.true_cfg_scale;
     t0 = std::chrono::steady_clock::now();
+    // The latents stay on the transformer's device between steps: as F32 holding values of dt (x)
+    // and in dt (x_in, the transformer's input, written by each step). The prompt embeddings are cast
+    // and moved there once.
+    const ops::Context& ctx = p_->ctx;
+    Tensor x = ops::to_device(latents, ctx), x_in = ops::to_device(latents.to(dt), ctx);
+    const Tensor pos_d = ops::to_device(pos.to(dt), ctx), neg_d = cfg ? ops::to_device(neg.to(dt), ctx) : Tensor();
+    Tensor x2 = x.view({L, F}), x_in2 = x_in.view({L, F});
     for (int i = 0; i < sched.steps(); ++i) {
         auto ts = std::chrono::steady_clock::now();
         // timestep = t.expand(B).to(latents.dtype) / 1000, in that dtype.
         Tensor sigma = Tensor::empty({1}, DType::F32);
         sigma.data<float>()[0] = round_to_dtype(round_to_dtype(sched.timesteps()[size_t(i)], dt) / 1000.0f, dt);
-        Tensor v = transformer.forward(latents, pos, Tensor(), sigma, grid).to(DType::F32);
-        float* vp = v.data<float>();
-        if (cfg) {
-            const Tensor n = transformer.forward(latents, neg, Tensor(), sigma, grid).to(DType::F32);
-            const float* np = n.data<float>();
-            for (int64_t tok = 0; tok < L; ++tok) {
-                float* c = vp + tok * F;
-                const float* u = np + tok * F;
-                std::vector<float> comb(static_cast<size_t>(F));
-                double cond_sq = 0, comb_sq = 0;
-                for (int64_t f = 0; f < F; ++f) {
-                    const float d = round_to_dtype(c[f] - u[f], dt);
-                    comb[size_t(f)] = round_to_dtype(u[f] + round_to_dtype(scale * d, dt), dt);
-                    cond_sq += double(c[f]) * double(c[f]);
-                    comb_sq += double(comb[size_t(f)]) * double(comb[size_t(f)]);
-                }
-                const float cond_norm = round_to_dtype(float(std::sqrt(cond_sq)), dt),
-                            comb_norm = round_to_dtype(float(std::sqrt(comb_sq)), dt);
-                const float ratio = round_to_dtype(cond_norm / comb_norm, dt);
-                for (int64_t f = 0; f < F; ++f) c[f] = round_to_dtype(comb[size_t(f)] * ratio, dt);
-            }
-        }
-        // scheduler.step: the sample upcast to f32, dt·v in the velocity's dtype, the sum back to it.
-        const float step = sched.sigmas()[size_t(i) + 1] - sched.sigmas()[size_t(i)];
-        for (int64_t k = 0; k < latents.numel(); ++k)
-            x[k] = round_to_dtype(x[k] + round_to_dtype(step * vp[k], dt), dt);
+        const Tensor v = transformer.forward(x_in, pos_d, Tensor(), sigma, grid).view({L, F});
+        const Tensor n = cfg ? transformer.forward(x_in, neg_d, Tensor(), sigma, grid).view({L, F}) : Tensor();
+        // True CFG with the norm rescale, then scheduler.step: the sample upcast to f32, dt·v in the
+        // velocity's dtype, the sum back to it.
+        ops::true_cfg_euler_step(x2, v, n, o.true_cfg_scale, sched.delta(i), dt, &x_in2, ctx);
+        ops::synchronize(ctx);  // the step's time is its own
         if (progress) progress(i + 1, sched.steps(), seconds_since(ts));
     }
+    latents = ops::to_host(x, ctx);
     r.denoise_seconds = seconds_since(t0);
     r.latents = latents;
 

@@ -1,8 +1,9 @@
 // QwenImagePipeline (diffusers 0.42.1), text to image: prompt (and negative prompt) → Qwen2.5-VL
 // embeddings (pipeline/qwen_image_prompt.h) → flow-matching denoise loop with the Qwen-Image
 // transformer on packed latents, with true CFG → unpack, denormalize, AutoencoderKLQwenImage decode
-// → 8-bit RGB image. The three models run on the CPU or, through ops::Context, a GPU; tokenizer,
-// scheduler and guidance run on the host.
+// → 8-bit RGB image. The three models run on the CPU or, through ops::Context, a GPU; the tokenizer
+// runs on the host, the guidance and the scheduler's step where the latents stay between steps, on
+// the transformer's device (ops::true_cfg_euler_step, the host's arithmetic).
 //
 // What diffusers' __call__ does, and this pipeline with it:
 //   - latents [1, 1, C, H/8, W/8] (C = transformer in_channels / 4) packed 2x2 into

@@ -90,12 +90,16 @@ FlowMatchEulerScheduler::FlowMatchEulerScheduler(const FlowMatchConfig& c,
     sigmas_.push_back(0.0f);
 }
 
-void FlowMatchEulerScheduler::step(int i, const Tensor& velocity, Tensor& sample) const {
+float FlowMatchEulerScheduler::delta(int i) const {
     QDIT_CHECK(i >= 0 && i < steps(), "step {} out of range (0..{})", i, steps() - 1);
+    return sigmas_[size_t(i) + 1] - sigmas_[size_t(i)];
+}
+
+void FlowMatchEulerScheduler::step(int i, const Tensor& velocity, Tensor& sample) const {
     QDIT_CHECK(velocity.dtype() == DType::F32 && sample.dtype() == DType::F32 &&
                    velocity.numel() == sample.numel(),
                "scheduler step needs F32 tensors of one size");
-    const float dt = sigmas_[size_t(i) + 1] - sigmas_[size_t(i)];
+    const float dt = delta(i);
     const float* v = velocity.data<float>();
     float* x = sample.data<float>();
     for (int64_t k = 0; k < sample.numel(); ++k) x[k] = x[k] + dt * v[k];

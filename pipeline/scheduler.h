@@ -40,7 +40,9 @@ public:
     const std::vector<float>& timesteps() const { return timesteps_; }  // sigma * 1000
     const std::vector<float>& sigmas() const { return sigmas_; }        // shifted, plus a final 0
 
-    // Euler step in place: sample += (sigma[i+1] - sigma[i]) * velocity (all F32).
+    // Step i's size: sigma[i+1] - sigma[i] (negative).
+    float delta(int i) const;
+    // Euler step in place: sample += delta(i) * velocity (all F32).
     void step(int i, const Tensor& velocity, Tensor& sample) const;
 
 private:

@@ -1,7 +1,9 @@
 // The three models of a Z-Image pipeline (text encoder, transformer, VAE decoder) on one device, as
-// the pipeline's denoising loop calls them. Tensors cross this interface on the host; what stays
-// on the device in between (weights, CUDA graphs) is the implementation's business.
+// the pipeline's denoising loop calls them. The prompt embeddings and the image cross this interface
+// on the host; the transformer's inputs and outputs live on loop_context()'s device, where the
+// denoising loop keeps its latents between steps.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -10,6 +12,7 @@
 
 #include "core/tensor.h"
 #include "models/loader.h"
+#include "ops/context.h"
 #include "pipeline/pipeline_common.h"  // PipelineOptions, Lazy
 
 namespace qdit {
@@ -26,9 +29,16 @@ public:
     double take_load_seconds() const { return std::exchange(load_seconds_, 0.0); }
     // hidden_states[-2] of the prompt's valid tokens (Qwen3TextModel::encode): [n_valid, hidden].
     virtual Tensor encode(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask) const = 0;
-    // The transformer's velocity per item: x[b] [C, 1, h, w], t F32 [B], caps[b] [L_b, hidden].
-    virtual std::vector<Tensor> transformer(const std::vector<Tensor>& x, const Tensor& t,
-                                            const std::vector<Tensor>& caps) const = 0;
+    // Where the denoising loop keeps the latents and the transformer's inputs: the transformer's own
+    // device (the CPU, or the GPU of a one-GPU pipeline), or the host when the transformer is split
+    // over several GPUs. The transformer's activation dtype is loop_dtype().
+    virtual ops::Context loop_context() const = 0;
+    virtual DType loop_dtype() const = 0;
+    // The transformer's velocity for one item (zimage::ZImageTransformer::forward_tokens): patches
+    // [tokens, patch_dim] of the token grid and caption features [L, hidden], both loop_dtype() on
+    // loop_context()'s device; t = 1 − sigma. Returns [tokens, patch_dim] there.
+    virtual Tensor transformer(const Tensor& patches, const std::array<int64_t, 3>& grid, const Tensor& caps,
+                               float t) const = 0;
     // The final latents [1, C, h, w] (F32) → unscaled, decoded, post-processed: U8 [H, W, 3].
     virtual Tensor decode(const Tensor& latents) const = 0;
 

@@ -1,9 +1,10 @@
 // The Z-Image pipeline's models on the current CUDA device (pipeline/zimage_components.h): the Qwen3
 // text encoder and the transformer (written on the op layer; blocks replayed as CUDA graphs) and the
-// VAE decoder, all on one stream in bf16. The latents stay on the host between steps (16·h·w floats; the scheduler and the
-// guidance run there, as on the CPU).
+// VAE decoder, all on one stream in bf16. The denoising loop keeps the latents on this GPU between
+// steps (the guidance and the scheduler's step run there as ops::euler_step).
 // With opt.gpus > 1 the transformer runs tensor- or sequence-parallel over NCCL on GPUs 0..gpus-1
-// (zimage::ZImageTransformerParallel, no CUDA graphs); the text encoder and the VAE stay on GPU 0.
+// (zimage::ZImageTransformerParallel, no CUDA graphs) and the loop keeps the latents on the host; the
+// text encoder and the VAE stay on GPU 0.
 #ifdef QDIT_WITH_CUDA  // a CUDA build: this file is empty without the CUDA backend
 #include <filesystem>
 #include <numeric>
@@ -75,9 +76,12 @@ public:
     void load_transformer() const override {
         if (!parallel_) transformer_.get(&load_seconds_);
     }
-    std::vector<Tensor> transformer(const std::vector<Tensor>& x, const Tensor& t,
-                                    const std::vector<Tensor>& caps) const override {
-        return parallel_ ? parallel_->forward(x, t, caps) : transformer_.get(&load_seconds_).forward(x, t, caps);
+    ops::Context loop_context() const override { return parallel_ ? ops::Context{} : vae_.context(); }
+    DType loop_dtype() const override { return DType::BF16; }
+    Tensor transformer(const Tensor& patches, const std::array<int64_t, 3>& grid, const Tensor& caps,
+                       float t) const override {
+        return parallel_ ? parallel_->forward_tokens(patches, grid, caps, t)
+                         : transformer_.get(&load_seconds_).forward_tokens(patches, grid, caps, t);
     }
     Tensor decode(const Tensor& latents) const override {
         const ops::Context& ctx = vae_.context();

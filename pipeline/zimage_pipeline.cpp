@@ -9,6 +9,7 @@
 #include "models/text/qwen3.h"
 #include "models/vae/autoencoder_kl.h"
 #include "models/zimage/transformer.h"
+#include "ops/elementwise.h"
 #include "pipeline/chat_template.h"
 #include "pipeline/zimage_components.h"
 
@@ -24,6 +25,7 @@ public:
     CpuComponents(const std::string& dir, const PipelineOptions& opt, const PreparedModel& text,
                   const PreparedModel& transformer)
         : ZImageComponents(opt.offload_text_encoder),
+          dtype_(opt.dtype),
           vae_((fs::path(dir) / "vae").string(), opt.dtype),
           text_([&text, dt = opt.dtype] { return std::make_unique<text::Qwen3TextModel>(text, dt); }),
           transformer_([&transformer, dt = opt.dtype] {
@@ -40,9 +42,11 @@ public:
     }
     void release_text_encoder() const override { text_.release(); }
     void load_transformer() const override { transformer_.get(&load_seconds_); }
-    std::vector<Tensor> transformer(const std::vector<Tensor>& x, const Tensor& t,
-                                    const std::vector<Tensor>& caps) const override {
-        return transformer_.get(&load_seconds_).forward(x, t, caps);
+    ops::Context loop_context() const override { return {}; }
+    DType loop_dtype() const override { return dtype_; }
+    Tensor transformer(const Tensor& patches, const std::array<int64_t, 3>& grid, const Tensor& caps,
+                       float t) const override {
+        return transformer_.get(&load_seconds_).forward_tokens(patches, grid, caps, t);
     }
     Tensor decode(const Tensor& latents) const override {
         Tensor image = vae::postprocess_to_u8(vae_.decode(vae_.unscale_latents(latents)));
@@ -50,6 +54,7 @@ public:
     }
 
 private:
+    DType dtype_;
     vae::AutoencoderKL vae_;
     Lazy<text::Qwen3TextModel> text_;
     Lazy<zimage::ZImageTransformer> transformer_;
@@ -240,30 +245,30 @@ GenerateResult ZImagePipeline::generate(const GenerateOptions& o,
     FlowMatchEulerScheduler sched(p_->scheduler, zimage_default_sigmas(o.steps),
                                   calculate_shift(image_tokens, p_->scheduler));
     t0 = std::chrono::steady_clock::now();
+    // The loop runs on the transformer's token layout (an elementwise step commutes with it): the
+    // latents are patchified once, kept on the loop's device as F32 (x) and in the transformer's
+    // dtype (x_in, written by each step), and unpatchified once at the end. The prompt embeddings
+    // are cast and moved there once.
+    const ops::Context ctx = p_->models->loop_context();
+    const DType dt = p_->models->loop_dtype();
+    const int64_t patch = p_->dit.all_patch_size[0], f_patch = p_->dit.all_f_patch_size[0];
+    const Shape latent_shape{C, 1, h, w};
+    const std::array<int64_t, 3> grid{1 / f_patch, h / patch, w / patch};
+    const Tensor tokens = zimage::patchify(latents.view(latent_shape), patch, f_patch);
+    Tensor x = ops::to_device(tokens, ctx), x_in = ops::to_device(tokens.to(dt), ctx);
+    std::vector<Tensor> caps = {ops::to_device(pos.to(dt), ctx)};
+    if (cfg) caps.push_back(ops::to_device(neg.to(dt), ctx));
     for (int i = 0; i < sched.steps(); ++i) {
         auto ts = std::chrono::steady_clock::now();
-        Tensor x = latents.view({C, 1, h, w});
-        Tensor t = Tensor::empty({cfg ? 2 : 1}, DType::F32);
-        for (int64_t b = 0; b < t.numel(); ++b)
-            t.data<float>()[b] = (1000.0f - sched.timesteps()[size_t(i)]) / 1000.0f;
-        std::vector<Tensor> xs = {x}, caps = {pos};
-        if (cfg) {
-            xs.push_back(x);
-            caps.push_back(neg);
-        }
-        std::vector<Tensor> out = p_->models->transformer(xs, t, caps);
+        const float t = (1000.0f - sched.timesteps()[size_t(i)]) / 1000.0f;
+        std::vector<Tensor> v;
+        for (const Tensor& c : caps) v.push_back(p_->models->transformer(x_in, grid, c, t));
         // noise_pred = -(pos + g·(pos − neg)) in f32, then the Euler step.
-        Tensor v = out[0].to(DType::F32);
-        float* vp = v.data<float>();
-        if (cfg) {
-            Tensor n = out[1].to(DType::F32);
-            const float* np = n.data<float>();
-            for (int64_t k = 0; k < v.numel(); ++k) vp[k] = vp[k] + o.guidance * (vp[k] - np[k]);
-        }
-        for (int64_t k = 0; k < v.numel(); ++k) vp[k] = -vp[k];
-        sched.step(i, v, latents);
+        ops::euler_step(x, v[0], cfg ? v[1] : Tensor(), o.guidance, sched.delta(i), &x_in, ctx);
+        ops::synchronize(ctx);  // the step's time is its own
         if (progress) progress(i + 1, sched.steps(), seconds_since(ts));
     }
+    latents = zimage::unpatchify(ops::to_host(x, ctx), latent_shape, patch, f_patch).view({1, C, h, w});
     r.denoise_seconds = seconds_since(t0);
     r.latents = latents;
 

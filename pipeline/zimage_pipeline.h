@@ -1,8 +1,9 @@
 // ZImagePipeline (diffusers): prompt → Qwen3 embeddings → flow-matching
 // denoise loop with the Z-Image transformer (optional CFG) → VAE decode →
 // 8-bit RGB image, with its models on the CPU or on a CUDA GPU
-// (pipeline/zimage_components.h); tokenizer, scheduler and guidance run on
-// the host either way.
+// (pipeline/zimage_components.h). The tokenizer runs on the host; the
+// guidance and the scheduler's step run where the loop keeps the latents
+// (ops::euler_step; on one GPU, that GPU), with the host's f32 arithmetic.
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -80,6 +81,26 @@ TEST(ZImagePipeline, MatchesDiffusersWithTheReferenceNoise) {
             off += d != 0;
         }
         EXPECT_LE(off * 1000, img_ref.numel());
+    }
+}
+
+// The loop on the transformer's token layout (patchified once, the guidance and the Euler step as
+// ops::euler_step) gives the latents of the loop that patchified and stepped on the host every
+// step, bit for bit, in f32 and bf16, with and without guidance.
+TEST(ZImagePipeline, TokenLoopKeepsTheHostLoopsBits) {
+    SafetensorsFile ref(kPipe + "/reference.safetensors");
+    nlohmann::json meta = read_json_file(kPipe + "/reference.json");
+    const PreparedModel m = prepare_model(kPipe + "/transformer", QuantConfig{});
+    for (DType dt : {DType::F32, DType::BF16}) {
+        ZImagePipeline pipe(kPipe, PipelineOptions{dt, {}, {}});
+        const zimage::ZImageTransformer model(m, dt);
+        for (const auto& c : meta["cases"]) {
+            SCOPED_TRACE(fmt::format("{} {}", c["name"].get<std::string>(), dtype_name(dt)));
+            const GenerateOptions o = testutil::reference_case(meta, c, ref);
+            const Tensor got = pipe.generate(o).latents, want = testutil::host_loop_latents(pipe, kPipe, o, model);
+            ASSERT_EQ(got.shape(), want.shape());
+            EXPECT_EQ(std::memcmp(got.raw(), want.raw(), got.nbytes()), 0);
+        }
     }
 }
 

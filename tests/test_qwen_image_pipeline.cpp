@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
@@ -20,6 +21,7 @@
 #include "pipeline/qwen_image_pipeline.h"
 #include "pipeline/tiny_model.h"
 #include "expect_error.h"
+#include "qwen_image_pipeline_reference.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
@@ -61,20 +63,6 @@ std::pair<int, int64_t> image_diff(const Tensor& a, const Tensor& b) {
         off += d != 0;
     }
     return {worst, off};
-}
-
-QwenImageGenerateOptions reference_case(const nlohmann::json& meta, const nlohmann::json& c,
-                                        const SafetensorsFile& ref, bool packed = true) {
-    QwenImageGenerateOptions o;
-    o.prompt = c["prompt"];
-    if (!c["negative_prompt"].is_null()) o.negative_prompt = c["negative_prompt"].get<std::string>();
-    o.true_cfg_scale = c["true_cfg_scale"];
-    o.steps = c["steps"];
-    o.width = c["width"];
-    o.height = c["height"];
-    o.max_sequence_length = meta["max_sequence_length"];
-    o.latents = ref.get(c["name"].get<std::string>() + (packed ? ".packed_latents" : ".latents"));
-    return o;
 }
 
 PipelineOptions options(DType dt, QuantConfig q = {}) {
@@ -119,7 +107,7 @@ TEST(QwenImagePipeline, MatchesDiffusersWithInjectedLatents) {
     for (const auto& c : meta["cases"]) {
         const std::string name = c["name"];
         SCOPED_TRACE(name);
-        const QwenImageGenerateOptions o = reference_case(meta, c, ref);
+        const QwenImageGenerateOptions o = testutil::qwen_image_reference_case(meta, c, ref);
         EXPECT_EQ(o.true_cfg(), bool(c["true_cfg"]));
 
         // fp32 throughout: everything agrees to f32 rounding (≤ 1e-4 × max).
@@ -148,8 +136,28 @@ TEST(QwenImagePipeline, MatchesDiffusersWithInjectedLatents) {
         EXPECT_LE(off * 1000, img_ref.numel());
 
         // The unpacked form of the same noise gives the same result.
-        const GenerateResult u = pipe.generate(reference_case(meta, c, ref, false));
+        const GenerateResult u = pipe.generate(testutil::qwen_image_reference_case(meta, c, ref, false));
         EXPECT_EQ(max_diff(u.latents, r.latents), 0.0);
+    }
+}
+
+// The loop that keeps the latents on the transformer's device (the prompt embeddings moved once, true
+// CFG and the step as ops::true_cfg_euler_step) gives the latents of the loop that brought the
+// velocity to the host and stepped there, bit for bit, in f32 and bf16, with and without true CFG.
+TEST(QwenImagePipeline, DeviceLoopKeepsTheHostLoopsBits) {
+    SafetensorsFile ref(kPipe + "/reference.safetensors");
+    nlohmann::json meta = read_json_file(kPipe + "/reference.json");
+    const PreparedModel m = prepare_model(kPipe + "/transformer", QuantConfig{});
+    for (DType dt : {DType::F32, DType::BF16}) {
+        QwenImagePipeline pipe(kPipe, options(dt));
+        const qwen_image::QwenImageTransformer model(m, dt);
+        for (const auto& c : meta["cases"]) {
+            SCOPED_TRACE(c["name"].get<std::string>() + " " + dtype_name(dt));
+            const QwenImageGenerateOptions o = testutil::qwen_image_reference_case(meta, c, ref);
+            const Tensor got = pipe.generate(o).latents, want = testutil::qwen_image_host_loop_latents(pipe, kPipe, o, model);
+            ASSERT_EQ(got.shape(), want.shape());
+            EXPECT_EQ(std::memcmp(got.raw(), want.raw(), got.nbytes()), 0);
+        }
     }
 }
 
@@ -159,7 +167,7 @@ TEST(QwenImagePipeline, TrueCfgRunsOnlyAboveOneWithANegativePrompt) {
     QwenImagePipeline pipe(kPipe, options(DType::F32));
     const nlohmann::json c = meta["cases"][1];  // no negative prompt: no CFG
     ASSERT_FALSE(bool(c["true_cfg"]));
-    QwenImageGenerateOptions o = reference_case(meta, c, ref);
+    QwenImageGenerateOptions o = testutil::qwen_image_reference_case(meta, c, ref);
     const GenerateResult plain = pipe.generate(o);
     o.negative_prompt = "blurry";  // a negative prompt, but a scale of 1: still no CFG
     o.true_cfg_scale = 1.0f;
@@ -181,7 +189,7 @@ TEST(QwenImagePipeline, Bf16StaysNearDiffusers) {
     QwenImagePipeline pipe(kPipe, options(DType::BF16));
     const nlohmann::json c = meta["cases"][0];
     ASSERT_TRUE(bool(c["bf16"]));
-    const GenerateResult r = pipe.generate(reference_case(meta, c, ref));
+    const GenerateResult r = pipe.generate(testutil::qwen_image_reference_case(meta, c, ref));
     // Every latent value is a bf16 value.
     for (int64_t i = 0; i < r.latents.numel(); ++i) {
         const float v = r.latents.data<float>()[i];
@@ -207,7 +215,7 @@ TEST(QwenImagePipeline, Int8RunsAndStaysNear) {
     EXPECT_GT(pipe.transformer_int8_layers(), 0);
     for (const auto& c : meta["cases"]) {
         const std::string name = c["name"];
-        const GenerateResult r = pipe.generate(reference_case(meta, c, ref));
+        const GenerateResult r = pipe.generate(testutil::qwen_image_reference_case(meta, c, ref));
         const Tensor want = ref.get(name + ".fp32.final_latents");
         const double d = max_diff(r.latents, want);
         std::printf("%s int8: final latents max diff %.3g (max |ref| %.3g)\n", name.c_str(), d, max_abs(want));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 
@@ -75,6 +76,62 @@ __global__ void unscale_k(const S* x, T* y, int64_t n, float scale, float shift)
     }
 }
 
+// The host's f32_to_bf16 (core/dtype.h) bit for bit, NaN included: round to nearest even, a NaN
+// kept quiet with its upper payload.
+__device__ __forceinline__ bf16 bf16_as_host(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __ushort_as_bfloat16(uint16_t((u >> 16) | 0x40));
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return __ushort_as_bfloat16(uint16_t(u >> 16));
+}
+__device__ __forceinline__ void store_as_host(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void store_as_host(bf16* p, int64_t i, float v) { p[i] = bf16_as_host(v); }
+
+// The explicit _rn intrinsics keep nvcc from fusing the multiply and the add, so every operation
+// rounds as the host's does.
+template <typename V, typename I>
+__global__ void euler_step_k(float* x, const V* pos, const V* neg, float guidance, float dt, I* x_in, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        const float p = to_f(pos[i]);
+        const float v = neg ? __fadd_rn(p, __fmul_rn(guidance, __fsub_rn(p, to_f(neg[i])))) : p;
+        const float y = __fadd_rn(x[i], __fmul_rn(dt, -v));
+        x[i] = y;
+        if (x_in) store_as_host(x_in, i, y);
+    }
+}
+
+// One thread per token row, its values in column order as the host sums them. R rounds to the
+// pipeline's dtype (bf16 as the host's f32_to_bf16, or f32 itself).
+template <typename V, typename I, bool Bf16>
+__global__ void true_cfg_euler_step_k(float* x, const V* pos, const V* neg, int64_t L, int64_t F, float scale,
+                                      float delta, I* x_in) {
+    const int64_t tok = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+    if (tok >= L) return;
+    auto R = [](float v) { return Bf16 ? __bfloat162float(bf16_as_host(v)) : v; };
+    const int64_t o = tok * F;
+    float ratio = 1.0f;
+    if (neg) {
+        double cond_sq = 0, comb_sq = 0;
+        for (int64_t f = 0; f < F; ++f) {
+            const float c = to_f(pos[o + f]), u = to_f(neg[o + f]);
+            const float comb = R(__fadd_rn(u, R(__fmul_rn(scale, R(__fsub_rn(c, u))))));
+            cond_sq = __dadd_rn(cond_sq, __dmul_rn(double(c), double(c)));
+            comb_sq = __dadd_rn(comb_sq, __dmul_rn(double(comb), double(comb)));
+        }
+        ratio = R(__fdiv_rn(R(float(__dsqrt_rn(cond_sq))), R(float(__dsqrt_rn(comb_sq)))));
+    }
+    for (int64_t f = 0; f < F; ++f) {
+        float v = to_f(pos[o + f]);
+        if (neg) {
+            const float u = to_f(neg[o + f]);
+            v = R(__fmul_rn(R(__fadd_rn(u, R(__fmul_rn(scale, R(__fsub_rn(v, u)))))), ratio));
+        }
+        const float y = R(__fadd_rn(x[o + f], R(__fmul_rn(delta, v))));
+        x[o + f] = y;
+        if (x_in) store_as_host(x_in, o + f, y);
+    }
+}
+
 }  // namespace
 
 void embedding_rows(const void* table, int64_t vocab, int64_t d, const int32_t* ids, int64_t n, void* out,
@@ -132,6 +189,39 @@ void div_add(const void* x, DType src_dt, void* y, DType dt, int64_t n, float sc
         });
     });
     launched("div_add");
+}
+
+void euler_step(float* x, const void* pos, const void* neg, DType v_dt, float guidance, float dt, void* x_in,
+                DType in_dt, int64_t n, cudaStream_t stream) {
+    if (n <= 0) return;
+    dispatch(v_dt, "euler_step", [&](auto v) {
+        using V = decltype(v);
+        dispatch(in_dt, "euler_step", [&](auto t) {
+            using I = decltype(t);
+            euler_step_k<<<blocks_for(n), kThreads, 0, stream>>>(x, static_cast<const V*>(pos),
+                                                                 static_cast<const V*>(neg), guidance, dt,
+                                                                 static_cast<I*>(x_in), n);
+        });
+    });
+    launched("euler_step");
+}
+
+void true_cfg_euler_step(float* x, const void* pos, const void* neg, DType v_dt, int64_t L, int64_t F, float scale,
+                         float delta, DType dt, void* x_in, DType in_dt, cudaStream_t stream) {
+    if (L <= 0 || F <= 0) return;
+    dispatch(v_dt, "true_cfg_euler_step", [&](auto v) {
+        using V = decltype(v);
+        dispatch(in_dt, "true_cfg_euler_step", [&](auto t) {
+            using I = decltype(t);
+            dispatch(dt, "true_cfg_euler_step", [&](auto r) {
+                constexpr bool kBf16 = !std::is_same_v<decltype(r), float>;
+                true_cfg_euler_step_k<V, I, kBf16><<<blocks_for(L, 128), 128, 0, stream>>>(
+                    x, static_cast<const V*>(pos), static_cast<const V*>(neg), L, F, scale, delta,
+                    static_cast<I*>(x_in));
+            });
+        });
+    });
+    launched("true_cfg_euler_step");
 }
 
 }  // namespace qdit::cuda

@@ -1,5 +1,6 @@
 // Elementwise and gather kernels: embedding rows, the adaLN modulation vectors, SiLU (bf16, the CPU
-// ops' roundings), and the VAE's residual add and latent scaling (F32 or BF16).
+// ops' roundings), the VAE's residual add and latent scaling (F32 or BF16), and the denoising loops'
+// Euler step.
 // Device pointers; asynchronous on `stream`; qdit::Error on a launch failure.
 #pragma once
 #include <cstdint>
@@ -33,5 +34,17 @@ void add_inplace(void* x, const void* r, int64_t n, DType dt, cudaStream_t strea
 // bf16, as torch adds it).
 void div_add(const void* x, DType src_dt, void* y, DType dt, int64_t n, float scale, float shift,
              cudaStream_t stream);
+
+// ops::euler_step over n elements: v = pos + guidance·(pos − neg) (v = pos when neg is null), x ← x +
+// dt·(−v), in f32 with each operation rounded once (no fused multiply-add); pos and neg in v_dt, x F32;
+// when x_in is not null it receives the new x in in_dt, rounded as the host's f32_to_bf16 does.
+void euler_step(float* x, const void* pos, const void* neg, DType v_dt, float guidance, float dt, void* x_in,
+                DType in_dt, int64_t n, cudaStream_t stream);
+
+// ops::true_cfg_euler_step over L rows of F values: x F32, pos and neg (null: no CFG) in v_dt, every
+// operation rounded to dt as the host's round_to_dtype does, the norms summed in f64 in column order;
+// x_in as for euler_step.
+void true_cfg_euler_step(float* x, const void* pos, const void* neg, DType v_dt, int64_t L, int64_t F, float scale,
+                         float delta, DType dt, void* x_in, DType in_dt, cudaStream_t stream);
 
 }  // namespace qdit::cuda

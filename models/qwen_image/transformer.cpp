@@ -187,6 +187,14 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         raise<ShapeError>("Qwen-Image: a {}×{}×{} token grid with {} text tokens needs RoPE positions past the "
                           "reference's {} (fewer tokens, or a smaller image)",
                           Fg, Hg, Wg, T, lim);
+    // An input on the model's device in the compute dtype: as it is, or cast and moved from the host.
+    auto on_device = [&](const Tensor& t, const char* what) {
+        if (t.device() == ctx_.device && t.dtype() == dt_) return t;
+        if (t.device().type != DeviceType::CPU)
+            raise<ShapeError>("Qwen-Image: {} must be on the host or {} on {}, got {} on {}", what, dtype_name(dt_),
+                              ctx_.device.str(), dtype_name(t.dtype()), t.device().str());
+        return ops::to_device(t.to(dt_), ctx_);
+    };
     // Which text tokens are real, as runs [begin, end) of consecutive ones per item.
     std::vector<std::vector<std::pair<int64_t, int64_t>>> runs(static_cast<size_t>(B));
     {
@@ -280,8 +288,8 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         const Tensor temb = t_linear_2_.forward(
             {ops::silu(t_linear_1_.forward({ops::to_device(tf.to(dt_), ctx_), {}, {}}), ctx_), {}, {}});
         ops::copy_rows(cond, 0, ops::silu(temb, ctx_), 0, B, ctx_);
-        img_in_.forward_into({ops::to_device(hs.to(dt_).view({B * L, cfg_.in_channels}), ctx_), {}, {}}, img);
-        Tensor e = ops::to_device(enc.to(dt_).view({B * T, cfg_.joint_attention_dim}), ctx_);
+        img_in_.forward_into({on_device(hs, "hidden_states").view({B * L, cfg_.in_channels}), {}, {}}, img);
+        Tensor e = on_device(enc, "encoder_hidden_states").view({B * T, cfg_.joint_attention_dim});
         txt_in_.forward_into(ops::row(e, {}, {ops::Norm::Rms, txt_norm_, eps, {}, {}}, txt_in_.input_spec(), ctx_), txt);
     }
     Tensor out = buffer("out", {B * L, cfg_.out_features()}, dt_);
@@ -372,7 +380,12 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         graphs_.run(*G, ctx_, body);
     else
         body();
-    return ops::to_host(out, ctx_).view({B, L, cfg_.out_features()});
+    if (hs.device().type == DeviceType::CPU) return ops::to_host(out, ctx_).view({B, L, cfg_.out_features()});
+    if (!G) return out.view({B, L, cfg_.out_features()});
+    // The graph's next replay rewrites its output slot: the caller gets a copy.
+    Tensor y = ops::empty({B * L, cfg_.out_features()}, dt_, ctx_);
+    ops::copy_rows(y, 0, out, 0, B * L, ctx_);
+    return y.view({B, L, cfg_.out_features()});
 }
 
 void QwenImageTransformer::set_attention(ops::AttentionImpl impl) {

@@ -55,14 +55,17 @@ public:
     size_t weight_bytes() const { return bytes_; }  // on the device
     int int8_layers() const { return n_int8_; }
 
-    // diffusers' forward on host tensors:
-    //   hidden_states [B, L, in_channels]: the packed latents (any float dtype), L = F·H·W tokens
-    //     of the grid {F, H, W} (one grid for every item, as the reference's RoPE assumes);
-    //   encoder_hidden_states [B, T, joint_attention_dim] (any float dtype);
-    //   mask [B, T] (U8, I32, I64, F32 or BF16; nonzero: a real token), or undefined (all real):
-    //     masked text tokens are never attended to;
-    //   timestep F32 [B]: sigma in [0, 1] (the pipeline's t / 1000).
-    // Returns the velocity [B, L, patch²·out_channels] in the compute dtype, on the host.
+    // diffusers' forward:
+    //   hidden_states [B, L, in_channels]: the packed latents, L = F·H·W tokens of the grid
+    //     {F, H, W} (one grid for every item, as the reference's RoPE assumes);
+    //   encoder_hidden_states [B, T, joint_attention_dim];
+    //   each on the host (any float dtype; cast and moved to the model's device) or already on the
+    //     model's device in the compute dtype (read there; the CPU's own tensors are both);
+    //   mask [B, T] on the host (U8, I32, I64, F32 or BF16; nonzero: a real token), or undefined (all
+    //     real): masked text tokens are never attended to;
+    //   timestep F32 [B] on the host: sigma in [0, 1] (the pipeline's t / 1000).
+    // Returns the velocity [B, L, patch²·out_channels] in the compute dtype, on the host when
+    // hidden_states is there, else on the model's device (a tensor of its own).
     Tensor forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states, const Tensor& mask,
                    const Tensor& timestep, const std::array<int64_t, 3>& grid) const;
 

@@ -264,7 +264,6 @@ Tensor ZImageTransformer::forward_tokens(const Tensor& patches, const std::array
 
 std::vector<Tensor> ZImageTransformer::forward(const std::vector<Tensor>& xs, const Tensor& t,
                                                const std::vector<Tensor>& caps) const {
-    const int64_t C = cfg_.in_channels, pF = f_patch_, pH = patch_, pW = patch_;
     const size_t B = xs.size();
     if (B == 0 || caps.size() != B)
         raise<ShapeError>("Z-Image forward: {} latents and {} caption feature tensors (need the same number, at "
@@ -275,38 +274,62 @@ std::vector<Tensor> ZImageTransformer::forward(const std::vector<Tensor>& xs, co
                           shape_str(t.shape()));
     for (size_t b = 0; b < B; ++b) {
         const Tensor &x = xs[b], &c = caps[b];
-        if (x.dim() != 4 || x.size(0) != C || x.size(1) % pF || x.size(2) % pH || x.size(3) % pW || x.numel() == 0 ||
-            !is_float(x.dtype()))
+        if (x.dim() != 4 || x.size(0) != cfg_.in_channels || x.size(1) % f_patch_ || x.size(2) % patch_ ||
+            x.size(3) % patch_ || x.numel() == 0 || !is_float(x.dtype()))
             raise<ShapeError>("Z-Image forward: latent {} must be float [{}, F, H, W] with F a multiple of {} and H, W "
                               "multiples of {}, got {} {}",
-                              b, C, pF, pH, dtype_name(x.dtype()), shape_str(x.shape()));
+                              b, cfg_.in_channels, f_patch_, patch_, dtype_name(x.dtype()), shape_str(x.shape()));
         if (c.dim() != 2 || c.size(0) < 1 || c.size(1) != cfg_.cap_feat_dim || !is_float(c.dtype()))
             raise<ShapeError>("Z-Image forward: cap_feats {} must be float [L >= 1, {}], got {} {}", b,
                               cfg_.cap_feat_dim, dtype_name(c.dtype()), shape_str(c.shape()));
     }
     std::vector<Tensor> out;
     for (size_t b = 0; b < B; ++b) {
-        const Tensor x = xs[b].to(DType::F32);
-        const int64_t F = x.size(1), H = x.size(2), W = x.size(3);
-        const std::array<int64_t, 3> grid{F / pF, H / pH, W / pW};
-        const PatchLayout p{C, F, H, W, pF, pH, pW, grid[1], grid[2]};
-        const int64_t tokens = grid[0] * grid[1] * grid[2], pd = p.dim();
-        Tensor patches = Tensor::empty({tokens, pd}, DType::F32);
-        for (int64_t tok = 0; tok < tokens; ++tok)
-            for (int64_t e = 0; e < pd; ++e) patches.data<float>()[tok * pd + e] = x.data<float>()[p.index(tok, e)];
+        const Tensor patches = patchify(xs[b], patch_, f_patch_);
+        const std::array<int64_t, 3> grid{xs[b].size(1) / f_patch_, xs[b].size(2) / patch_, xs[b].size(3) / patch_};
         const Tensor y = ops::to_host(forward_tokens(ops::to_device(patches.to(dt_), ctx_), grid,
                                                      ops::to_device(caps[b].to(dt_), ctx_), t.data<float>()[b]),
                                       ctx_);
-        // Unpatchify: the inverse of the layout above.
-        Tensor v = Tensor::empty({C, F, H, W}, dt_);
-        const size_t es = dtype_size(dt_);
-        for (int64_t tok = 0; tok < tokens; ++tok)
-            for (int64_t e = 0; e < pd; ++e)
-                std::memcpy(static_cast<uint8_t*>(v.raw()) + size_t(p.index(tok, e)) * es,
-                            static_cast<const uint8_t*>(y.raw()) + size_t(tok * pd + e) * es, es);
-        out.push_back(v);
+        out.push_back(unpatchify(y, xs[b].shape(), patch_, f_patch_));
     }
     return out;
+}
+
+Tensor patchify(const Tensor& latent, int64_t patch, int64_t f_patch) {
+    const Tensor& l = latent;
+    if (l.dim() != 4 || l.numel() == 0 || !is_float(l.dtype()) || l.size(1) % f_patch || l.size(2) % patch ||
+        l.size(3) % patch)
+        raise<ShapeError>("Z-Image: a latent must be float [C, F, H, W] with F a multiple of {} and H, W multiples of "
+                          "{}, got {} {}",
+                          f_patch, patch, dtype_name(l.dtype()), shape_str(l.shape()));
+    const Tensor x = l.to(DType::F32);
+    const int64_t C = x.size(0), F = x.size(1), H = x.size(2), W = x.size(3);
+    const PatchLayout p{C, F, H, W, f_patch, patch, patch, H / patch, W / patch};
+    const int64_t tokens = (F / f_patch) * p.Ht * p.Wt, pd = p.dim();
+    Tensor out = Tensor::empty({tokens, pd}, DType::F32);
+    const float* src = x.data<float>();
+    float* dst = out.data<float>();
+    for (int64_t tok = 0; tok < tokens; ++tok)
+        for (int64_t e = 0; e < pd; ++e) dst[tok * pd + e] = src[p.index(tok, e)];
+    return out;
+}
+
+Tensor unpatchify(const Tensor& tokens, const Shape& latent_shape, int64_t patch, int64_t f_patch) {
+    const Shape& s = latent_shape;
+    if (s.size() != 4 || s[1] % f_patch || s[2] % patch || s[3] % patch ||
+        tokens.shape() != Shape{(s[1] / f_patch) * (s[2] / patch) * (s[3] / patch), f_patch * patch * patch * s[0]})
+        raise<ShapeError>("Z-Image: tokens {} are not the {}x{} patches of a latent {}", shape_str(tokens.shape()),
+                          patch, patch, shape_str(s));
+    const PatchLayout p{s[0], s[1], s[2], s[3], f_patch, patch, patch, s[2] / patch, s[3] / patch};
+    const int64_t n = tokens.size(0), pd = p.dim();
+    Tensor v = Tensor::empty(s, tokens.dtype());
+    const size_t es = dtype_size(tokens.dtype());
+    uint8_t* dst = static_cast<uint8_t*>(v.raw());
+    const uint8_t* src = static_cast<const uint8_t*>(tokens.raw());
+    for (int64_t tok = 0; tok < n; ++tok)
+        for (int64_t e = 0; e < pd; ++e)
+            std::memcpy(dst + size_t(p.index(tok, e)) * es, src + size_t(tok * pd + e) * es, es);
+    return v;
 }
 
 }  // namespace qdit::zimage

@@ -18,6 +18,13 @@ namespace qdit::zimage {
 
 using ParallelMode = ops::ParallelMode;
 
+// The token layout forward_tokens reads and writes, on the host. patchify: a latent [C, F, H, W] (any
+// float dtype) with F a multiple of f_patch and H, W of patch → F32 [tokens, f_patch·patch²·C] of the
+// token grid {F/f_patch, H/patch, W/patch}, token (f, h, w) holding its values ordered (pf, ph, pw, c),
+// c fastest (ShapeError otherwise). unpatchify: tokens of that layout (any dtype, kept) → [C, F, H, W].
+Tensor patchify(const Tensor& latent, int64_t patch, int64_t f_patch);
+Tensor unpatchify(const Tensor& tokens, const Shape& latent_shape, int64_t patch, int64_t f_patch);
+
 class ZImageTransformer {
 public:
     // Loads every module of `m` onto ctx's device with activations in `compute` (the CPU: F32 or

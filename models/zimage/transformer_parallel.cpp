@@ -39,6 +39,19 @@ std::vector<Tensor> ZImageTransformerParallel::forward(const std::vector<Tensor>
     return out;
 }
 
+Tensor ZImageTransformerParallel::forward_tokens(const Tensor& patches, const std::array<int64_t, 3>& grid,
+                                                const Tensor& cap_feats, float t) const {
+    Tensor out;
+    group_->run([&](parallel::Communicator& comm) {
+        const ZImageTransformer& m = *shards_[size_t(comm.rank())];
+        const ops::Context& ctx = m.context();
+        const Tensor y = m.forward_tokens(ops::to_device(patches.to(m.compute_dtype()), ctx), grid,
+                                          ops::to_device(cap_feats.to(m.compute_dtype()), ctx), t);
+        if (comm.rank() == 0) out = ops::to_host(y, ctx);
+    });
+    return out;
+}
+
 }  // namespace qdit::zimage
 
 #endif  // QDIT_WITH_CUDA

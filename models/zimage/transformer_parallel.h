@@ -33,6 +33,10 @@ public:
 
     // ZImageTransformer::forward on every rank; returns rank 0's result.
     std::vector<Tensor> forward(const std::vector<Tensor>& x, const Tensor& t, const std::vector<Tensor>& caps) const;
+    // ZImageTransformer::forward_tokens on every rank from host patches and caption features (any float
+    // dtype, cast to the compute dtype); returns rank 0's result on the host.
+    Tensor forward_tokens(const Tensor& patches, const std::array<int64_t, 3>& grid, const Tensor& cap_feats,
+                          float t) const;
 
     // The op context of `comm`'s rank: its device and stream, the communicator and the split.
     static ops::Context rank_context(parallel::Communicator& comm, ParallelMode mode);

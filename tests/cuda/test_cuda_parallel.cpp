@@ -269,6 +269,31 @@ TEST(CudaZImageParallel, Bf16SplitCloseToOneGpu) {
     }
 }
 
+// forward_tokens, what the pipeline's loop calls with --gpus N (host patches in, rank 0's tokens out),
+// gives forward's output in token layout, bit for bit, for every item and both splits.
+TEST(CudaZImageParallel, ForwardTokensEqualsForward) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    const std::string name = "h5_b2";
+    const Inputs f = testutil::zimage_inputs(name);
+    const PreparedModel m = int8_model(name);
+    for (ParallelMode mode : {ParallelMode::Tensor, ParallelMode::Sequence}) {
+        SCOPED_TRACE(mode_name(mode));
+        auto g = parallel::RankGroup::local(2, 0);
+        zimage::ZImageTransformerParallel model(m, *g, mode);
+        const std::vector<Tensor> whole = model.forward(f.x, f.t, f.cap);
+        const int64_t p = model.config().all_patch_size[0], fp = model.config().all_f_patch_size[0];
+        for (size_t b = 0; b < f.x.size(); ++b) {
+            const Tensor& x = f.x[b];
+            const Tensor got = model.forward_tokens(zimage::patchify(x, p, fp), {x.size(1) / fp, x.size(2) / p, x.size(3) / p},
+                                                    f.cap[b], f.t.data<float>()[b]);
+            const Tensor want = zimage::patchify(whole[b], p, fp);
+            ASSERT_EQ(got.shape(), want.shape());
+            const Tensor g32 = got.to(DType::F32);
+            EXPECT_EQ(std::memcmp(g32.raw(), want.raw(), want.nbytes()), 0) << "item " << b;
+        }
+    }
+}
+
 // The same splits on two GPUs through NCCL (skipped with fewer): int8 TP=2 / SP=2 equal the
 // one-GPU output bit for bit with the simple attention kernel, and are within the local tests'
 // bounds with the default attention; bf16 within its bound.

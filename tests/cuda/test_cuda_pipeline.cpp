@@ -8,11 +8,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "backend/cuda/quantize.h"
 #include "io/files.h"
 #include "io/safetensors.h"
+#include "models/zimage/transformer.h"
+#include "ops/context.h"
 #include "pipeline/zimage_pipeline.h"
 
 #include "tests/pipeline_reference.h"
@@ -104,4 +107,36 @@ TEST(CudaPipeline, Int8RunsAndStaysNearBf16) {
     EXPECT_GT(d, 0.0);   // int8 really ran
     EXPECT_LE(d, 0.1);   // and stayed close
     EXPECT_EQ(rel_l2(b2.latents, b.latents), 0.0);  // deterministic
+}
+
+// The GPU pipeline keeps the latents on the GPU in the transformer's token layout and runs the
+// guidance and the Euler step there (ops::euler_step); it must give the latents of the loop that
+// brought the velocity to the host every step and stepped there (testutil::host_loop_latents, with
+// a transformer on the GPU as the pipeline's: bf16 or int8, blocks as CUDA graphs), bit for bit,
+// with and without guidance.
+TEST(CudaPipeline, DeviceLoopKeepsTheHostLoopsBits) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    SafetensorsFile ref(kPipe + "/reference.safetensors");
+    nlohmann::json meta = read_json_file(kPipe + "/reference.json");
+    const ops::OwnedStream stream(Device{DeviceType::CUDA, 0});
+    for (bool int8 : {false, true}) {
+        const QuantConfig q = int8 ? QuantConfig{QuantMethod::Int8, {}, "dynamic"} : QuantConfig{};
+        PipelineOptions opt{DType::BF16, {}, {}};
+        opt.device = Device{DeviceType::CUDA, 0};
+        opt.transformer_quant = q;
+        ZImagePipeline pipe(kPipe, opt);
+        const PreparedModel m = prepare_model(kPipe + "/transformer", q);
+        zimage::ZImageTransformer model(m, DType::BF16, ops::Context{{DeviceType::CUDA, 0}, stream.get()});
+        model.set_cuda_graph(true);
+        for (const auto& c : meta["cases"]) {
+            SCOPED_TRACE(c["name"].get<std::string>() + (int8 ? " int8" : " bf16"));
+            const GenerateOptions o = testutil::reference_case(meta, c, ref);
+            const Tensor got = pipe.generate(o).latents, want = testutil::host_loop_latents(pipe, kPipe, o, model);
+            ASSERT_EQ(got.shape(), want.shape());
+            int64_t differ = 0;
+            for (int64_t i = 0; i < got.numel(); ++i)
+                differ += std::memcmp(got.data<float>() + i, want.data<float>() + i, sizeof(float)) != 0;
+            EXPECT_EQ(differ, 0) << "of " << got.numel() << " latent values";
+        }
+    }
 }

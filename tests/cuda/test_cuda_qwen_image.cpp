@@ -1,5 +1,6 @@
-// The Qwen-Image transformer's CUDA graph on a GPU, on the committed fixtures. Its outputs against
-// diffusers' on every device: tests/models/qwen_image_transformer.cpp.
+// The Qwen-Image transformer's CUDA graph on a GPU, on the committed fixtures (its outputs against
+// diffusers' on every device: tests/models/qwen_image_transformer.cpp), and the pipeline's denoising
+// loop on the GPU against the host loop.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -7,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "tests/qwen_image_fixture.h"
+#include "tests/qwen_image_pipeline_reference.h"
 
 using namespace qdit;
 using namespace qdit::testutil;
@@ -49,4 +51,37 @@ TEST(CudaQwenImage, CudaGraphReplayIsBitExact) {
         }
     }
     cudaStreamDestroy(s);
+}
+
+// The GPU pipeline keeps the latents on the GPU and runs true CFG and the scheduler's step there
+// (ops::true_cfg_euler_step); it must give the latents of the loop that brought the velocity to the
+// host every step and stepped there (qwen_image_host_loop_latents, with a transformer on the GPU as
+// the pipeline's: bf16 or int8, blocks as CUDA graphs), bit for bit, with and without true CFG.
+TEST(CudaQwenImage, PipelineDeviceLoopKeepsTheHostLoopsBits) {
+    if (ops::cuda_devices() == 0) GTEST_SKIP() << "no CUDA device";
+    const std::string dir = std::string(QDIT_TEST_DATA) + "/qwen_image_pipeline";
+    SafetensorsFile ref(dir + "/reference.safetensors");
+    const nlohmann::json meta = read_json_file(dir + "/reference.json");
+    const ops::OwnedStream stream(Device{DeviceType::CUDA, 0});
+    for (bool int8 : {false, true}) {
+        const QuantConfig q = int8 ? QuantConfig{QuantMethod::Int8, {}, "dynamic"} : QuantConfig{};
+        PipelineOptions opt;
+        opt.dtype = DType::BF16;
+        opt.device = Device{DeviceType::CUDA, 0};
+        opt.transformer_quant = q;
+        QwenImagePipeline pipe(dir, opt);
+        qwen_image::QwenImageTransformer model(prepare_model(dir + "/transformer", q), DType::BF16,
+                                               ops::Context{{DeviceType::CUDA, 0}, stream.get()});
+        model.set_cuda_graph(true);
+        for (const auto& c : meta["cases"]) {
+            SCOPED_TRACE(c["name"].get<std::string>() + (int8 ? " int8" : " bf16"));
+            const QwenImageGenerateOptions o = qwen_image_reference_case(meta, c, ref);
+            const Tensor got = pipe.generate(o).latents, want = qwen_image_host_loop_latents(pipe, dir, o, model);
+            ASSERT_EQ(got.shape(), want.shape());
+            int64_t differ = 0;
+            for (int64_t i = 0; i < got.numel(); ++i)
+                differ += std::memcmp(got.data<float>() + i, want.data<float>() + i, sizeof(float)) != 0;
+            EXPECT_EQ(differ, 0) << "of " << got.numel() << " latent values";
+        }
+    }
 }

@@ -764,6 +764,105 @@ TEST(Ops, DivAddAndImageToU8) {
     }
 }
 
+// The denoising loops' Euler step, with and without guidance, the velocity F32 or BF16, the next
+// input F32 or BF16: on the CPU exactly the f32 expression the Z-Image pipeline evaluated on the
+// host (v = pos + g·(pos − neg), v = −v, x + dt·v, each operation rounded once); on a GPU the
+// CPU's bits (a fused multiply-add would change many of them).
+TEST(Ops, EulerStep) {
+    const float guidance = 2.5f, dt = -0.1364f;
+    const Shape shape{37, 64};
+    const Tensor x0 = randn(shape, 81, 0.f, 1.f, DType::F32);
+    for (DType vdt : kDtypes)
+        for (bool guided : {false, true})
+            for (DType in_dt : kDtypes) {
+                const Tensor pos = randn(shape, 82, 0.f, 1.5f, vdt);
+                const Tensor neg = guided ? randn(shape, 83, 0.f, 1.5f, vdt) : Tensor();
+                Case c{fmt::format("euler_step v {} {} x_in {}", dtype_name(vdt), guided ? "guided" : "plain",
+                                   dtype_name(in_dt)),
+                       DType::BF16, [&](const ops::Context& ctx) {
+                           Tensor x = ops::to_device(x0.to(DType::F32), ctx);  // a copy: the step writes it
+                           Tensor x_in = ops::empty(shape, in_dt, ctx);
+                           ops::euler_step(x, ops::to_device(pos, ctx),
+                                           guided ? ops::to_device(neg, ctx) : Tensor(), guidance, dt, &x_in, ctx);
+                           return std::vector<Tensor>{ops::to_host(x, ctx), ops::to_host(x_in, ctx)};
+                       }};
+                SCOPED_TRACE(c.name);
+                const std::vector<Tensor> cpu = c.run(ops::Context{});
+                const Tensor p = pos.to(DType::F32), n = guided ? neg.to(DType::F32) : Tensor();
+                Tensor want = x0.to(DType::F32);
+                for (int64_t i = 0; i < want.numel(); ++i) {
+                    float v = p.data<float>()[i];
+                    if (guided) v = v + guidance * (v - n.data<float>()[i]);
+                    v = -v;
+                    want.data<float>()[i] = want.data<float>()[i] + dt * v;
+                }
+                EXPECT_TRUE(same_bits(cpu[0], want)) << bits_report(cpu[0], want);
+                EXPECT_TRUE(same_bits(cpu[1], want.to(in_dt))) << bits_report(cpu[1], want.to(in_dt));
+                check_backends(c);
+            }
+    // Without x_in, and the shape and dtype checks.
+    Tensor x = x0.to(DType::F32);
+    ops::euler_step(x, x0, Tensor(), 0.f, 0.5f, nullptr, ops::Context{});
+    EXPECT_EQ(x.data<float>()[3], x0.data<float>()[3] + 0.5f * -x0.data<float>()[3]);
+    Tensor bf = x0.to(DType::BF16);
+    EXPECT_THROW(ops::euler_step(bf, x0, Tensor(), 0.f, 0.5f, nullptr, ops::Context{}), ShapeError);  // x not F32
+    EXPECT_THROW(ops::euler_step(x, randn({37, 32}, 84), Tensor(), 0.f, 0.5f, nullptr, ops::Context{}), ShapeError);
+    EXPECT_THROW(ops::euler_step(x, x0, bf, 1.f, 0.5f, nullptr, ops::Context{}), ShapeError);  // neg's dtype
+}
+
+// Qwen-Image's true CFG with the norm rescale and its rounded Euler step, with and without CFG, the
+// pipeline's dtype F32 or BF16: on the CPU exactly the host expression QwenImagePipeline evaluated
+// (every operation rounded to that dtype, the norms in f64 in column order); on a GPU the CPU's bits.
+TEST(Ops, TrueCfgEulerStep) {
+    const float scale = 4.0f, delta = -0.0713f;
+    const Shape shape{45, 64};
+    for (DType dt : kDtypes)
+        for (bool guided : {false, true}) {
+            const Tensor x0 = randn(shape, 91, 0.f, 1.f, dt).to(DType::F32);  // values of dt, as the pipeline keeps them
+            const Tensor pos = randn(shape, 92, 0.f, 1.5f, dt), neg = guided ? randn(shape, 93, 0.f, 1.5f, dt) : Tensor();
+            Case c{fmt::format("true_cfg_euler_step {} {}", dtype_name(dt), guided ? "guided" : "plain"), DType::BF16,
+                   [&](const ops::Context& ctx) {
+                       Tensor x = ops::to_device(x0.to(DType::F32), ctx);  // a copy: the step writes it
+                       Tensor x_in = ops::empty(shape, dt, ctx);
+                       ops::true_cfg_euler_step(x, ops::to_device(pos, ctx), guided ? ops::to_device(neg, ctx) : Tensor(),
+                                                scale, delta, dt, &x_in, ctx);
+                       return std::vector<Tensor>{ops::to_host(x, ctx), ops::to_host(x_in, ctx)};
+                   }};
+            SCOPED_TRACE(c.name);
+            const std::vector<Tensor> cpu = c.run(ops::Context{});
+            Tensor v = pos.to(DType::F32), want = x0.to(DType::F32);
+            float* vp = v.data<float>();
+            auto r = [&](float a) { return round_to_dtype(a, dt); };
+            const int64_t L = shape[0], F = shape[1];
+            if (guided) {
+                const Tensor n = neg.to(DType::F32);
+                for (int64_t tok = 0; tok < L; ++tok) {
+                    float* cv = vp + tok * F;
+                    const float* u = n.data<float>() + tok * F;
+                    std::vector<float> comb(static_cast<size_t>(F));
+                    double cond_sq = 0, comb_sq = 0;
+                    for (int64_t f = 0; f < F; ++f) {
+                        comb[size_t(f)] = r(u[f] + r(scale * r(cv[f] - u[f])));
+                        cond_sq += double(cv[f]) * double(cv[f]);
+                        comb_sq += double(comb[size_t(f)]) * double(comb[size_t(f)]);
+                    }
+                    const float ratio = r(r(float(std::sqrt(cond_sq))) / r(float(std::sqrt(comb_sq))));
+                    for (int64_t f = 0; f < F; ++f) cv[f] = r(comb[size_t(f)] * ratio);
+                }
+            }
+            for (int64_t k = 0; k < want.numel(); ++k)
+                want.data<float>()[k] = r(want.data<float>()[k] + r(delta * vp[k]));
+            EXPECT_TRUE(same_bits(cpu[0], want)) << bits_report(cpu[0], want);
+            EXPECT_TRUE(same_bits(cpu[1], want.to(dt))) << bits_report(cpu[1], want.to(dt));
+            check_backends(c);
+        }
+    Tensor x = randn({4, 8}, 94, 0.f, 1.f, DType::F32);
+    EXPECT_THROW(ops::true_cfg_euler_step(x, x, Tensor(), 4.f, 0.1f, DType::F16, nullptr, ops::Context{}), ShapeError);
+    Tensor flat = x.view({32});
+    EXPECT_THROW(ops::true_cfg_euler_step(flat, flat, Tensor(), 4.f, 0.1f, DType::F32, nullptr, ops::Context{}),
+                 ShapeError);
+}
+
 // A 2-D convolution, and a causal 3-D one on a single frame (the frame behind kt − 1 zero frames),
 // against the f64 sums; forward_add adds to an accumulator.
 TEST(Ops, Conv2d) {

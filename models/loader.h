@@ -12,6 +12,7 @@
 
 #include "io/safetensors.h"
 #include "models/model_spec.h"
+#include "nn/linear_group.h"
 #include "nn/load.h"
 #include "quant/plan.h"
 
@@ -50,6 +51,26 @@ PreparedModel prepare_model(const std::string& path, const QuantConfig& requeste
 inline nn::Linear load_linear(const PreparedModel& m, const LayerPlan& layer, DType compute) {
     return nn::load_linear(*m.checkpoint, layer, compute);
 }
+
+// The weights of a prepared folder: its checkpoint and plan, named by the folder.
+inline nn::ModelWeights model_weights(const PreparedModel& m) {
+    return {m.plan, m.checkpoint.get(), 0, m.folder.root};
+}
+
+// What a model of the op layer is built from: its config and its weights. Either a prepared folder
+// (Config::from_json of its config.json; implicit, so a model is made from a PreparedModel) or, for
+// benchmarks at the real size, a config with random weights made on the GPU from `seed` under the
+// default plan of `quant` (ignored_layers included) for model_spec(config).
+template <class Config>
+struct ModelSource {
+    Config config;
+    nn::ModelWeights weights;
+
+    ModelSource(const PreparedModel& m)
+        : config(Config::from_json(m.folder.config, m.folder.config_path)), weights(model_weights(m)) {}
+    ModelSource(const Config& c, const QuantConfig& quant, uint64_t seed, std::string where)
+        : config(c), weights{make_quant_plan(model_spec(c), quant), nullptr, seed, std::move(where)} {}
+};
 
 // Writes a pre-quantized copy of the model to `out_dir` (which must not exist
 // or be empty): int8 weights with <name>.weight_scale F32 [out, 1] tensors and

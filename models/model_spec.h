@@ -26,4 +26,9 @@ ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string
 // The classes load_model_spec understands.
 std::vector<std::string> supported_model_classes();
 
+// A config's RoPE axes, field `field`: even dims summing to the head dim (`head`: how the config
+// names it). ConfigError naming `where` otherwise.
+void check_rope_axes(const std::vector<int64_t>& dims, int64_t head_dim, const std::string& where,
+                     const std::string& field, const std::string& head);
+
 }  // namespace qdit

@@ -9,7 +9,7 @@
 #include "models/text/qwen25vl.h"
 #include "models/text/qwen3.h"
 #include "models/vae/autoencoder_kl_qwenimage.h"
-#include "models/zimage/zimage_config.h"
+#include "models/zimage/transformer.h"
 
 namespace qdit {
 
@@ -47,6 +47,16 @@ ModelSpec model_spec_from_config(const nlohmann::json& config, const std::string
         return vae::model_spec(vae::QwenImageVaeConfig::from_json(config, where));
     raise<ConfigError>("{}: model class '{}' is not supported (supported: {})", where, cls,
                        fmt::join(supported_model_classes(), ", "));
+}
+
+void check_rope_axes(const std::vector<int64_t>& dims, int64_t head_dim, const std::string& where,
+                     const std::string& field, const std::string& head) {
+    int64_t sum = 0;
+    for (size_t i = 0; i < dims.size(); ++i) {
+        require_config(dims[i] % 2 == 0, where, fmt::format("{}[{}] ({}) must be even", field, i, dims[i]));
+        sum += dims[i];
+    }
+    require_config(sum == head_dim, where, fmt::format("sum({}) = {} must equal {} = {}", field, sum, head, head_dim));
 }
 
 ModelSpec load_model_spec(const std::string& dir) {

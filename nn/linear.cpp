@@ -36,16 +36,16 @@ struct Linear::Impl {
     Tensor q, scale;
 };
 
+Linear::Linear(std::string name, const Tensor& weight, const Tensor& bias)
+    : name_(std::move(name)), in_(weight.size(1)), out_(weight.size(0)), impl_(std::make_shared<Impl>()) {
+    impl_->bias = bias_f32(name_, bias, out_);
+}
+
 Linear Linear::dense(std::string name, Tensor weight, Tensor bias) {
     if (weight.dim() != 2 || (weight.dtype() != DType::F32 && weight.dtype() != DType::BF16))
         raise<ShapeError>("{}: dense Linear weight must be F32 or BF16 [N, K], got {} {}", name,
                           dtype_name(weight.dtype()), shape_str(weight.shape()));
-    Linear l;
-    l.name_ = std::move(name);
-    l.out_ = weight.size(0);
-    l.in_ = weight.size(1);
-    l.impl_ = std::make_shared<Impl>();
-    l.impl_->bias = bias_f32(l.name_, bias, l.out_);
+    Linear l(std::move(name), weight, bias);
     l.impl_->dense = cpu::Dense(std::move(weight), l.impl_->bias);
     return l;
 }
@@ -57,13 +57,8 @@ Linear Linear::int8_weights(std::string name, const Tensor& q, const Tensor& sca
     if (scale.dtype() != DType::F32 || scale.numel() != q.size(0))
         raise<ShapeError>("{}: int8 weight scale must be F32 [{}], got {} {}", name, q.size(0),
                           dtype_name(scale.dtype()), shape_str(scale.shape()));
-    Linear l;
-    l.name_ = std::move(name);
-    l.out_ = q.size(0);
-    l.in_ = q.size(1);
-    l.impl_ = std::make_shared<Impl>();
+    Linear l(std::move(name), q, bias);
     l.impl_->int8 = true;
-    l.impl_->bias = bias_f32(l.name_, bias, l.out_);
     return l;
 }
 

@@ -32,6 +32,8 @@ public:
     struct Impl;
 
 private:
+    // Name, shape (of weight [N, K]) and bias: the fields every kind sets.
+    Linear(std::string name, const Tensor& weight, const Tensor& bias);
     // The int8 factories' checks and common fields.
     static Linear int8_weights(std::string name, const Tensor& q, const Tensor& scale, const Tensor& bias);
 

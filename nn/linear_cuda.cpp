@@ -11,6 +11,7 @@
 #include "backend/cuda/int8_gemm.h"
 #include "backend/cuda/int8_weight_only.h"
 #include "backend/cuda/random.h"
+#include "backend/cuda/row.h"
 #include "backend/cuda/weight_load.h"
 #include "nn/load.h"
 #include "nn/load_cuda.h"
@@ -21,6 +22,20 @@ using cuda::DTensor;
 using cuda::MemKind;
 
 namespace {
+
+// q I8 [m, ldq] and qs F32 [m] ← x (bf16 [m, ldx], k columns) quantized per row (quant/int8.h).
+void quantize_rows(const DTensor& x, int64_t ldx, int64_t m, int64_t k, DTensor& q, int64_t ldq, DTensor& qs,
+                   cudaStream_t s) {
+    cuda::RowOp op;
+    op.x = x.raw();
+    op.ldx = ldx;
+    op.q = q.data<int8_t>();
+    op.qs = qs.data<float>();
+    op.ldq = ldq;
+    op.m = m;
+    op.k = k;
+    cuda::row_op(op, s);
+}
 
 // Rows [r0, r0 + n) and columns [0, kc) of dst [*, kdst] ← the window of src [N, K] at rows
 // [sr0, sr0 + n), columns [sc0, sc0 + kc), clipped to src (the rest of dst stays as it is: zeros).
@@ -142,7 +157,8 @@ Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, 
     }
     // Random: bf16 N(0, 0.02) on the device, padding zeroed, quantized there when int8.
     DTensor w = DTensor::empty({p.n, k}, DType::BF16, int8 ? MemKind::Activation : MemKind::Weight);
-    fill_normal(w, src.seed ^ std::hash<std::string>()(ms[0].plan->spec.name), 0.f, 0.02f, s);
+    const uint64_t seed = src.seed ^ std::hash<std::string>()(ms[0].plan->spec.name);
+    cuda::fill_normal_bf16(w.raw(), w.numel(), seed, 0.f, 0.02f, s);
     int64_t r0 = 0;
     for (const Member& m : ms) {
         // Real rows and input columns inside the member's window; the rest is zero padding.
@@ -159,7 +175,7 @@ Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, 
     }
     if (any_bias) {
         p.bias = DTensor::empty({p.n}, DType::BF16, MemKind::Weight);
-        fill_normal(p.bias, src.seed + 7, 0.f, 0.02f, s);
+        cuda::fill_normal_bf16(p.bias.raw(), p.bias.numel(), src.seed + 7, 0.f, 0.02f, s);
         if (int8) {
             // The int8 epilogue takes an F32 bias: widen on the host (small).
             Tensor b = p.bias.download(s).to(DType::F32);
@@ -172,15 +188,7 @@ Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, 
     }
     p.q = DTensor::empty({p.n, kp}, DType::I8, MemKind::Weight);
     p.wscale = DTensor::empty({p.n}, DType::F32, MemKind::Weight);
-    cuda::RowOp op;
-    op.x = w.raw();
-    op.ldx = k;
-    op.q = p.q.data<int8_t>();
-    op.qs = p.wscale.data<float>();
-    op.ldq = kp;
-    op.m = p.n;
-    op.k = k;
-    cuda::row_op(op, s);
+    quantize_rows(w, k, p.n, k, p.q, kp, p.wscale, s);
     cuda::check(cudaStreamSynchronize(s), "random weights");  // w goes back to the cache next
     return p;
 }
@@ -206,7 +214,9 @@ void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy,
         // A producer that does not quantize (an embedder's input, the timestep or modulation vector,
         // an attention output): the rows are quantized per token here, as the CPU's Linear does.
         Input q = in;
-        quantize_input(g, q, m, s);
+        q.q = DTensor::empty({m, g.kp}, DType::I8);
+        q.qs = DTensor::empty({m}, DType::F32);
+        quantize_rows(in.x, in.ldx, m, g.k, q.q, g.kp, q.qs, s);
         run_group(g, q, m, y, ldy, s);
         return;
     }
@@ -223,46 +233,6 @@ void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy,
             cuda::bf16_gemm(in.x.raw(), in.ldx, p.w.raw(), g.k, p.bias.defined() ? p.bias.raw() : nullptr, yp, ldy,
                             m, p.n, g.k, s);
     }
-}
-
-Input make_input(const Group& g, int64_t m) {
-    Input in;
-    if (g.needs_bf16()) {
-        in.x = DTensor::empty({m, g.k}, DType::BF16);
-        in.ldx = g.k;
-    }
-    if (g.needs_int8()) {
-        in.q = DTensor::empty({m, g.kp}, DType::I8);
-        in.qs = DTensor::empty({m}, DType::F32);
-    }
-    return in;
-}
-
-void set_outputs(cuda::RowOp& op, Input& in, const Group& g) {
-    if (in.x.defined()) {
-        op.out = in.x.raw();
-        op.ldo = in.ldx;
-    }
-    if (in.q.defined()) {
-        op.q = in.q.data<int8_t>();
-        op.qs = in.qs.data<float>();
-        op.ldq = g.kp;
-    }
-}
-
-void quantize_input(const Group& g, Input& in, int64_t m, cudaStream_t s) {
-    if (!g.needs_int8()) return;
-    in.q = DTensor::empty({m, g.kp}, DType::I8);
-    in.qs = DTensor::empty({m}, DType::F32);
-    cuda::RowOp op;
-    op.x = in.x.raw();
-    op.ldx = in.ldx;
-    op.q = in.q.data<int8_t>();
-    op.qs = in.qs.data<float>();
-    op.ldq = g.kp;
-    op.m = m;
-    op.k = g.k;
-    cuda::row_op(op, s);
 }
 
 Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& src) {
@@ -307,10 +277,6 @@ Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& s
         col += g.parts.back().n;
     }
     return g;
-}
-
-void fill_normal(DTensor& t, uint64_t seed, float mean, float std, cudaStream_t s) {
-    cuda::fill_normal_bf16(t.raw(), t.numel(), seed, mean, std, s);
 }
 
 }  // namespace qdit::nn::gpu

@@ -13,7 +13,6 @@
 #include <cuda_runtime.h>
 
 #include "backend/cuda/device_tensor.h"
-#include "backend/cuda/row.h"
 #include "io/safetensors.h"
 #include "quant/plan.h"
 
@@ -44,15 +43,9 @@ struct Input {
 };
 
 // y[:, part] = input · Wᵀ + b for every part (y bf16 with row stride ldy). Int8 parts read in.q /
-// in.qs; an input without them is quantized here first (quantize_input).
+// in.qs; an input without them (its producer, e.g. cuDNN's attention, cannot quantize) is quantized
+// per row here first.
 void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy, cudaStream_t s);
-// Buffers for a group's input, as its parts need them.
-Input make_input(const Group& g, int64_t m);
-// Points a row_op's outputs at `in`.
-void set_outputs(cuda::RowOp& op, Input& in, const Group& g);
-// When g has int8 parts: quantizes in.x (bf16 [m, in.ldx], width g.k) per row into in.q / in.qs
-// (allocated here), for an input whose producer (e.g. cuDNN's attention) cannot quantize it.
-void quantize_input(const Group& g, Input& in, int64_t m, cudaStream_t s);
 
 // One member of a group: its plan, the rows it occupies (n_pad >= out_features) and the input
 // width it is read with (k_pad >= in_features).
@@ -86,8 +79,5 @@ struct WeightSource {
 // The group of `ms`, every member read with input width k. Without a reader, uploads synchronously;
 // with one, the work is queued on the stream.
 Group make_group(const std::vector<Member>& ms, int64_t k, const WeightSource& src);
-
-// t (bf16) ← N(mean, std) from a counter-based hash of (seed, index). Asynchronous.
-void fill_normal(cuda::DTensor& t, uint64_t seed, float mean, float std, cudaStream_t s);
 
 }  // namespace qdit::nn::gpu

@@ -14,10 +14,6 @@
 
 namespace qdit::nn {
 
-LinearGroup::LinearGroup(const Checkpoint& ck, const std::vector<Member>& members, DType compute,
-                         const ops::Context& ctx)
-    : LinearGroup(&ck, 0, members, compute, ctx) {}
-
 LinearGroup::LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<Member>& members, DType compute,
                          const ops::Context& ctx, gpu::CheckpointReader* reader, bool row_split)
     : ctx_(ctx), compute_(compute), row_split_(row_split) {
@@ -137,25 +133,24 @@ void check_compute(const std::string& model, DType compute, const ops::Context& 
         raise<ConfigError>("{} runs in BF16 on {}, not {}", model, ctx.device.str(), dtype_name(compute));
 }
 
-WeightLoader::WeightLoader(const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute,
-                           const ops::Context& ctx, std::string where)
-    : ck_(ck), seed_(seed), compute_(compute), ctx_(ctx), where_(std::move(where)) {
-    for (const LayerPlan& l : plan.layers) plans_[l.spec.name] = &l;
+WeightLoader::WeightLoader(ModelWeights src, DType compute, const ops::Context& ctx)
+    : src_(std::move(src)), compute_(compute), ctx_(ctx) {
+    for (const LayerPlan& l : src_.plan.layers) plans_[l.spec.name] = &l;
 #ifdef QDIT_WITH_CUDA
-    if (ck_ && ctx_.cuda())
-        reader_ = std::make_shared<gpu::CheckpointReader>(*ck_, static_cast<cudaStream_t>(ctx_.stream),
-                                                          load_threads());
+    if (src_.checkpoint && ctx_.cuda())
+        reader_ = std::make_shared<gpu::CheckpointReader>(*src_.checkpoint,
+                                                          static_cast<cudaStream_t>(ctx_.stream), load_threads());
 #endif
 }
 
 const LayerPlan& WeightLoader::plan(const std::string& name) const {
     auto it = plans_.find(name);
-    if (it == plans_.end()) raise<ShapeError>("{}: no Linear layer '{}' in the model plan", where_, name);
+    if (it == plans_.end()) raise<ShapeError>("{}: no Linear layer '{}' in the model plan", src_.where, name);
     return *it->second;
 }
 
 LinearGroup WeightLoader::group(const std::vector<LinearGroup::Member>& members, bool row_split) {
-    LinearGroup g(ck_, seed_, members, compute_, ctx_, reader_.get(), row_split);
+    LinearGroup g(src_.checkpoint, src_.seed, members, compute_, ctx_, reader_.get(), row_split);
     bytes_ += g.weight_bytes();
     n_int8_ += g.int8_members();
     return g;
@@ -163,20 +158,20 @@ LinearGroup WeightLoader::group(const std::vector<LinearGroup::Member>& members,
 
 Tensor WeightLoader::tensor(const std::string& name, Shape shape, bool norm) {
     Tensor t;
-    if (ck_ && reader_) {
+    if (src_.checkpoint && reader_) {
 #ifdef QDIT_WITH_CUDA
         const cuda::DTensor d = reader_->tensor(name, compute_);
         t = d.as_tensor();
         if (!shape.empty()) t = t.view(std::move(shape));
 #endif
-    } else if (ck_) {
-        t = ck_->get_as(name, compute_);
+    } else if (src_.checkpoint) {
+        t = src_.checkpoint->get_as(name, compute_);
         t = ops::to_device(shape.empty() ? t : t.view(std::move(shape)), ctx_, ops::Memory::Weight);
     } else {
-        if (shape.empty()) raise<ShapeError>("{}: a random tensor '{}' needs its shape", where_, name);
+        if (shape.empty()) raise<ShapeError>("{}: a random tensor '{}' needs its shape", src_.where, name);
         norm = norm || name.find("norm") != std::string::npos;
-        t = ops::random_normal({shape_numel(shape)}, seed_ ^ std::hash<std::string>()(name), norm ? 1.f : 0.f, 0.02f,
-                               ctx_)
+        t = ops::random_normal({shape_numel(shape)}, src_.seed ^ std::hash<std::string>()(name), norm ? 1.f : 0.f,
+                               0.02f, ctx_)
                 .view(std::move(shape));
     }
     bytes_ += t.nbytes();

@@ -35,12 +35,11 @@ public:
 
     LinearGroup() = default;
     // Loads the members' weights from `ck` onto ctx's device; activations in `compute` (the CPU:
-    // F32 or BF16; a GPU: BF16).
-    LinearGroup(const Checkpoint& ck, const std::vector<Member>& members, DType compute, const ops::Context& ctx);
-    // Without a checkpoint: random N(0, 0.02) weights made on the GPU from `seed` (benchmarks at the
-    // real size; nn/linear_cuda.h), quantized there as the plans say. A GPU context only. On a GPU,
-    // `reader` (of ck) reads the checkpoint straight to the device, where the weights are converted
-    // and quantized; without it they are prepared on the host (the same bytes).
+    // F32 or BF16; a GPU: BF16). Without a checkpoint: random N(0, 0.02) weights made on the GPU
+    // from `seed` (benchmarks at the real size; nn/linear_cuda.h), quantized there as the plans say
+    // (a GPU context only). On a GPU, `reader` (of ck) reads the checkpoint straight to the device,
+    // where the weights are converted and quantized; without it they are prepared on the host (the
+    // same bytes).
     // `row_split` (a GPU context with a communicator, members that are input-column windows): each
     // rank multiplies its columns of the input and the partial products are summed over the ranks
     // (nn/row_split_cuda.h), so every rank gets the whole output; forward is then collective.
@@ -78,17 +77,26 @@ private:
 // "<model> runs in ..." otherwise).
 void check_compute(const std::string& model, DType compute, const ops::Context& ctx);
 
+// Where a model's weights come from: `checkpoint`, loaded as `plan` says, or, without one, random
+// weights made on the GPU from `seed` under `plan` (benchmarks at the real size). `where` names the
+// model in messages (its folder, or "random <model>").
+struct ModelWeights {
+    QuantPlan plan;
+    const Checkpoint* checkpoint = nullptr;
+    uint64_t seed = 0;
+    std::string where;
+};
+
 // How a model loads its modules onto its context's device: Linear groups by layer name, as the
 // quantization plan says, and the other tensors (norm weights, embeddings, pad tokens) in the
-// compute dtype; counts the device bytes and the int8 Linears. Without a checkpoint, weights are
-// random, made on the GPU from `seed` (LinearGroup's random constructor; a tensor whose name holds
-// "norm" ~ N(1, 0.02), others ~ N(0, 0.02)). On a GPU the checkpoint is read straight to the device
-// through pinned staging buffers and converted / quantized there (nn/load_cuda.h); the times go to
-// nn::load_stats() when the loader is destroyed.
+// compute dtype; counts the device bytes and the int8 Linears. Random weights come from
+// LinearGroup's random constructor; a random tensor whose name holds "norm" is ~ N(1, 0.02), others
+// ~ N(0, 0.02). On a GPU the checkpoint is read straight to the device through pinned staging
+// buffers and converted / quantized there (nn/load_cuda.h); the times go to nn::load_stats() when
+// the loader is destroyed.
 class WeightLoader {
 public:
-    WeightLoader(const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute, const ops::Context& ctx,
-                 std::string where);
+    WeightLoader(ModelWeights src, DType compute, const ops::Context& ctx);
 
     // The plan of Linear layer `name` (ShapeError naming the model when it has none).
     const LayerPlan& plan(const std::string& name) const;
@@ -109,12 +117,10 @@ public:
     int int8_members() const { return n_int8_; }
 
 private:
-    std::map<std::string, const LayerPlan*> plans_;
-    const Checkpoint* ck_;
-    uint64_t seed_;
+    ModelWeights src_;
+    std::map<std::string, const LayerPlan*> plans_;  // into src_.plan
     DType compute_;
     ops::Context ctx_;
-    std::string where_;
     size_t bytes_ = 0;
     int n_int8_ = 0;
     std::shared_ptr<gpu::CheckpointReader> reader_;  // a GPU context with a checkpoint

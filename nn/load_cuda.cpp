@@ -1,29 +1,23 @@
 #ifdef QDIT_WITH_CUDA  // a CUDA build: this file is empty without the CUDA backend
 #include "nn/load_cuda.h"
 
-#include <chrono>
 #include <cstring>
 
 #include "backend/cuda/weight_load.h"
+#include "core/clock.h"
 
 namespace qdit::nn::gpu {
 
 using cuda::DTensor;
 using cuda::MemKind;
 
-namespace {
-double now_s() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-}  // namespace
-
 CheckpointReader::CheckpointReader(const Checkpoint& ck, cudaStream_t stream, int threads)
-    : ck_(ck), stream_(stream), files_(threads), up_(stream), started_(now_s()) {}
+    : ck_(ck), stream_(stream), files_(threads), up_(stream), started_(std::chrono::steady_clock::now()) {}
 
 CheckpointReader::~CheckpointReader() {
     cudaStreamSynchronize(stream_);
     LoadStats s;
-    s.wall_s = now_s() - started_;
+    s.wall_s = seconds_since(started_);
     s.read_s = up_.fill_seconds();
     s.wait_s = up_.wait_seconds();
     s.bytes = up_.bytes();

@@ -4,6 +4,7 @@
 // (backend/cuda/weight_load.h). The host holds the staging buffers and nothing else of the model.
 // The results equal the host path's (host_weights + upload) bit for bit.
 #pragma once
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,7 +52,7 @@ private:
     RangeReader files_;
     cuda::StagedUpload up_;
     std::vector<cudaEvent_t> events_;  // begin / end pairs
-    double started_ = 0;
+    std::chrono::steady_clock::time_point started_;
 };
 
 }  // namespace qdit::nn::gpu

@@ -39,6 +39,8 @@ struct ModelSpec {
     std::vector<std::string> weight_only_int8;
 
     int64_t parameter_count() const;
+    // Appends Linear layer `name` (weight [out, in], and bias [out] when `bias`) to linears and params.
+    void add_linear(const std::string& name, int64_t out, int64_t in, bool bias);
 };
 
 }  // namespace qdit

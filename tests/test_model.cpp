@@ -5,7 +5,7 @@
 #include <random>
 
 #include "io/files.h"
-#include "models/zimage/zimage_config.h"
+#include "models/zimage/transformer.h"
 #include "backend/cpu/quantize.h"
 #include "quant/int8.h"
 #include "models/loader.h"

@@ -5,7 +5,7 @@
 
 #include "core/dtype.h"
 #include "core/tensor.h"
-#include "models/zimage/zimage_config.h"
+#include "models/zimage/transformer.h"
 
 namespace qdit::bench {
 

@@ -62,14 +62,7 @@ Config Config::from_json(const json& j, const std::string& where) {
                                                flag));
     }
     require_config(c.axes_dims_rope.size() == 3, where, "axes_dims_rope must list 3 axes (frame, height, width)");
-    int64_t sum = 0;
-    for (size_t i = 0; i < c.axes_dims_rope.size(); ++i) {
-        require_config(c.axes_dims_rope[i] % 2 == 0, where,
-                       fmt::format("axes_dims_rope[{}] ({}) must be even", i, c.axes_dims_rope[i]));
-        sum += c.axes_dims_rope[i];
-    }
-    require_config(sum == c.attention_head_dim, where,
-                   fmt::format("sum(axes_dims_rope) = {} must equal attention_head_dim = {}", sum, c.attention_head_dim));
+    check_rope_axes(c.axes_dims_rope, c.attention_head_dim, where, "axes_dims_rope", "attention_head_dim");
     return c;
 }
 
@@ -77,11 +70,7 @@ ModelSpec model_spec(const Config& c) {
     ModelSpec s;
     s.class_name = "QwenImageTransformer2DModel";
     const int64_t D = c.dim(), hd = c.attention_head_dim, F = Config::kMlpMult * D;
-    auto linear = [&](const std::string& name, int64_t out, int64_t in) {
-        s.linears.push_back({name, out, in, true});
-        s.params.push_back({name + ".weight", {out, in}});
-        s.params.push_back({name + ".bias", {out}});
-    };
+    auto linear = [&](const std::string& name, int64_t out, int64_t in) { s.add_linear(name, out, in, true); };
     linear("img_in", D, c.in_channels);
     s.params.push_back({"txt_norm.weight", {c.joint_attention_dim}});
     linear("txt_in", D, c.joint_attention_dim);
@@ -111,21 +100,10 @@ ModelSpec model_spec(const Config& c) {
 // ---------------------------------------------------------------------------
 // Loading
 
-QwenImageTransformer::QwenImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx)
-    : QwenImageTransformer(Config::from_json(m.folder.config, m.folder.config_path), m.plan, m.checkpoint.get(), 0,
-                           compute, ctx, m.folder.root) {}
-
-QwenImageTransformer QwenImageTransformer::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
-                                                  const ops::Context& ctx) {
-    const QuantPlan plan = make_quant_plan(model_spec(cfg), quant);
-    return QwenImageTransformer(cfg, plan, nullptr, seed, DType::BF16, ctx, "random Qwen-Image");
-}
-
-QwenImageTransformer::QwenImageTransformer(Config cfg, const QuantPlan& plan, const Checkpoint* ck, uint64_t seed,
-                                           DType compute, const ops::Context& ctx, std::string where)
-    : cfg_(std::move(cfg)), dt_(compute), ctx_(ctx), where_(std::move(where)) {
+QwenImageTransformer::QwenImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx)
+    : cfg_(src.config), dt_(compute), ctx_(ctx), where_(src.weights.where) {
     nn::check_compute("Qwen-Image", compute, ctx);
-    nn::WeightLoader w(plan, ck, seed, dt_, ctx_, where_);
+    nn::WeightLoader w(src.weights, dt_, ctx_);
     // The MLP's hidden width padded to 16 columns for the GPU's int8 GEMM (zeros change nothing).
     const int64_t Fp = round_up(Config::kMlpMult * cfg_.dim(), 16);
     img_in_ = w.one("img_in");
@@ -240,11 +218,10 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
     // rounded to it too; the angle 1000·(t·f_k) in f32; [cos, sin], cast to the compute dtype.
     const int64_t C = Config::kTimestepChannels, half = C / 2;
     Tensor tf = Tensor::empty({B, C}, DType::F32);
-    auto in_dt = [&](float v) { return dt_ == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : v; };
     for (int64_t b = 0; b < B; ++b)
         for (int64_t k = 0; k < half; ++k) {
             const float f = std::exp(float(-std::log(10000.0)) * float(k) / float(half));
-            const float arg = 1000.0f * (in_dt(timestep.data<float>()[b]) * f);
+            const float arg = 1000.0f * (round_to_dtype(timestep.data<float>()[b], dt_) * f);
             tf.data<float>()[b * C + k] = std::cos(arg);
             tf.data<float>()[b * C + half + k] = std::sin(arg);
         }
@@ -258,8 +235,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         if (fresh) *fresh = true;
         return G ? G->slot(name, shape, dt, ctx_, fresh) : ops::empty(std::move(shape), dt, ctx_);
     };
-    // Positions: image token (f, i, j) at (f, i − ceil(H/2), j − ceil(W/2)) (centred); text token k
-    // at max(H/2, W/2) + k on all three axes. Every item has the same positions.
+    // The positions above; every item has the same.
     bool fresh = true;
     Tensor img_freqs = buffer("img_freqs", {L, hd / 2, 2}, DType::F32, &fresh);
     Tensor txt_freqs = buffer("txt_freqs", {B * T, hd / 2, 2}, DType::F32);

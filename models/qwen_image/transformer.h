@@ -17,14 +17,14 @@
 namespace qdit::qwen_image {
 
 struct Config {
-    int64_t patch_size = 2;
-    int64_t in_channels = 64;
-    int64_t out_channels = 16;
-    int64_t num_layers = 60;
+    int64_t patch_size = 2;     // latent pixels per token along each side
+    int64_t in_channels = 64;   // features of a packed token: patch² · latent channels
+    int64_t out_channels = 16;  // latent channels (absent or null: in_channels)
+    int64_t num_layers = 60;    // dual-stream blocks
     int64_t attention_head_dim = 128;
     int64_t num_attention_heads = 24;
-    int64_t joint_attention_dim = 3584;
-    std::vector<int64_t> axes_dims_rope{16, 56, 56};
+    int64_t joint_attention_dim = 3584;               // the text encoder's hidden size
+    std::vector<int64_t> axes_dims_rope{16, 56, 56};  // RoPE dims of the frame, height and width axes
 
     static constexpr int64_t kTimestepChannels = 256;  // the sinusoidal features of time_proj
     static constexpr int64_t kMlpMult = 4;             // FeedForward's default mult
@@ -42,13 +42,14 @@ ModelSpec model_spec(const Config& c);
 
 class QwenImageTransformer {
 public:
-    // Loads every module of `m` onto ctx's device with activations in `compute` (the CPU: F32 or
-    // BF16; a GPU: BF16).
-    QwenImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx = {});
-    // Random weights ~ N(0, 0.02) (norm weights ~ N(1, 0.02)) made on ctx's GPU from `seed`, with the
-    // default plan of `quant` (ignored_layers included): the real size for benchmarks.
+    // Loads every module of `src` (a prepared folder, or random weights) onto ctx's device with
+    // activations in `compute` (the CPU: F32 or BF16; a GPU: BF16).
+    QwenImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx = {});
+    // Random weights ~ N(0, 0.02) (norm weights ~ N(1, 0.02)) in BF16 on ctx's GPU (ModelSource).
     static QwenImageTransformer random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
-                                       const ops::Context& ctx);
+                                       const ops::Context& ctx) {
+        return QwenImageTransformer({cfg, quant, seed, "random Qwen-Image"}, DType::BF16, ctx);
+    }
 
     const Config& config() const { return cfg_; }
     DType compute_dtype() const { return dt_; }
@@ -78,9 +79,6 @@ public:
     void set_attention(ops::AttentionImpl impl);
 
 private:
-    QwenImageTransformer(Config cfg, const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute,
-                         const ops::Context& ctx, std::string where);
-
     struct Stream {  // one stream's modules in a block (image: to_q..., text: add_q_proj...)
         nn::LinearGroup mod, qkv, out, mlp_in, mlp_out;
         Tensor norm_q, norm_k;

@@ -75,28 +75,23 @@ void add_lm_head_param(const DecoderLmConfig& c, bool tied, ModelSpec& s) {
 void add_decoder_lm_params(const DecoderLmConfig& c, ModelSpec& s) {
     const std::string& p = c.prefix;
     const int64_t D = c.hidden_size, hd = c.head_dim, I = c.intermediate_size;
-    auto linear = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
-        s.linears.push_back({name, out, in, bias});
-        s.params.push_back({name + ".weight", {out, in}});
-        if (bias) s.params.push_back({name + ".bias", {out}});
-    };
     auto param = [&](const std::string& name, Shape shape) { s.params.push_back({name, shape}); };
     param(p + "embed_tokens.weight", {c.vocab_size, D});
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
         const std::string l = fmt::format("{}layers.{}.", p, i);
         param(l + "input_layernorm.weight", {D});
-        linear(l + "self_attn.q_proj", c.num_attention_heads * hd, D, c.qkv_bias);
-        linear(l + "self_attn.k_proj", c.num_key_value_heads * hd, D, c.qkv_bias);
-        linear(l + "self_attn.v_proj", c.num_key_value_heads * hd, D, c.qkv_bias);
-        linear(l + "self_attn.o_proj", D, c.num_attention_heads * hd, c.o_bias);
+        s.add_linear(l + "self_attn.q_proj", c.num_attention_heads * hd, D, c.qkv_bias);
+        s.add_linear(l + "self_attn.k_proj", c.num_key_value_heads * hd, D, c.qkv_bias);
+        s.add_linear(l + "self_attn.v_proj", c.num_key_value_heads * hd, D, c.qkv_bias);
+        s.add_linear(l + "self_attn.o_proj", D, c.num_attention_heads * hd, c.o_bias);
         if (c.qk_norm) {
             param(l + "self_attn.q_norm.weight", {hd});
             param(l + "self_attn.k_norm.weight", {hd});
         }
         param(l + "post_attention_layernorm.weight", {D});
-        linear(l + "mlp.gate_proj", I, D, false);
-        linear(l + "mlp.up_proj", I, D, false);
-        linear(l + "mlp.down_proj", D, I, false);
+        s.add_linear(l + "mlp.gate_proj", I, D, false);
+        s.add_linear(l + "mlp.up_proj", I, D, false);
+        s.add_linear(l + "mlp.down_proj", D, I, false);
     }
     param(p + "norm.weight", {D});
 }
@@ -107,7 +102,7 @@ void add_decoder_lm_params(const DecoderLmConfig& c, ModelSpec& s) {
 DecoderLM::DecoderLM(const DecoderLmConfig& c, const PreparedModel& m, DType compute, const ops::Context& ctx)
     : lm_(c), dt_(compute), ctx_(ctx), where_(m.folder.root) {
     nn::check_compute("the " + lm_.family + " text encoder", compute, ctx);
-    nn::WeightLoader w(m.plan, m.checkpoint.get(), 0, dt_, ctx_, where_);
+    nn::WeightLoader w(model_weights(m), dt_, ctx_);
     const int64_t Ip = round_up(lm_.intermediate_size, 16);
     const std::string& p = lm_.prefix;
     embed_tokens_ = w.tensor(p + "embed_tokens.weight");

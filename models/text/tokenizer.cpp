@@ -4,6 +4,7 @@
 #include <pcre2.h>
 #include <unicode/bytestream.h>
 #include <unicode/normalizer2.h>
+#include <unicode/utf8.h>
 
 #include <algorithm>
 #include <array>
@@ -23,72 +24,20 @@ using nlohmann::json;
 
 namespace {
 
-// ---- UTF-8 ----------------------------------------------------------------
-
-std::string utf8_encode(uint32_t cp) {
-    std::string s;
-    if (cp < 0x80) {
-        s += char(cp);
-    } else if (cp < 0x800) {
-        s += char(0xC0 | (cp >> 6));
-        s += char(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        s += char(0xE0 | (cp >> 12));
-        s += char(0x80 | ((cp >> 6) & 0x3F));
-        s += char(0x80 | (cp & 0x3F));
-    } else {
-        s += char(0xF0 | (cp >> 18));
-        s += char(0x80 | ((cp >> 12) & 0x3F));
-        s += char(0x80 | ((cp >> 6) & 0x3F));
-        s += char(0x80 | (cp & 0x3F));
-    }
-    return s;
-}
+// ---- UTF-8 (ICU's macros) -----------------------------------------------------
 
 // Length of the well-formed UTF-8 sequence at s[i] (> 0), or minus the
 // length of its "maximal subpart" when it is ill-formed (Unicode ch. 3,
-// "U+FFFD substitution of maximal subparts", which Rust's from_utf8_lossy
-// and therefore the `tokenizers` decoder follow).
-int utf8_step(std::string_view s, size_t i) {
-    auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-    unsigned char c = b(i);
-    if (c < 0x80) return 1;
-    int len;
-    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;  // no overlong forms
-        if (c == 0xED) hi = 0x9F;  // no surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
-    } else {
-        return -1;
-    }
-    for (int k = 1; k < len; ++k) {
-        if (i + k >= s.size()) return -k;
-        unsigned char ck = b(i + k);
-        if (k == 1 ? (ck < lo || ck > hi) : (ck < 0x80 || ck > 0xBF)) return -k;
-    }
-    return len;
-}
-
-uint32_t utf8_code_point(std::string_view s, size_t i, int len) {
-    auto b = [&](size_t k) { return static_cast<uint32_t>(static_cast<unsigned char>(s[i + k])); };
-    switch (len) {
-        case 1:
-            return b(0);
-        case 2:
-            return ((b(0) & 0x1F) << 6) | (b(1) & 0x3F);
-        case 3:
-            return ((b(0) & 0x0F) << 12) | ((b(1) & 0x3F) << 6) | (b(2) & 0x3F);
-        default:
-            return ((b(0) & 0x07) << 18) | ((b(1) & 0x3F) << 12) | ((b(2) & 0x3F) << 6) |
-                   (b(3) & 0x3F);
-    }
+// "U+FFFD substitution of maximal subparts", which ICU's U8_NEXT, Rust's
+// from_utf8_lossy and therefore the `tokenizers` decoder follow). *cp gets
+// the code point (negative when ill-formed).
+int utf8_step(std::string_view s, size_t i, UChar32* cp = nullptr) {
+    const int32_t len = int32_t(std::min<size_t>(s.size() - i, U8_MAX_LENGTH));
+    int32_t n = 0;
+    UChar32 c;
+    U8_NEXT(reinterpret_cast<const uint8_t*>(s.data() + i), n, len, c);
+    if (cp) *cp = c;
+    return c < 0 ? -n : n;
 }
 
 std::string utf8_lossy(std::string_view bytes) {
@@ -316,7 +265,10 @@ void BpeTokenizer::Impl::load_model(const JsonFile& f, const json& model) {
 
     const auto table = byte_to_code_point();
     for (int byte = 0; byte < 256; ++byte) {
-        auto it = vocab.find(utf8_encode(table[byte]));
+        char ch[U8_MAX_LENGTH];
+        int32_t n = 0;
+        U8_APPEND_UNSAFE(ch, n, table[byte]);
+        auto it = vocab.find(std::string(ch, size_t(n)));
         byte_id[byte] = it == vocab.end() ? -1 : it->second;
     }
 }
@@ -447,9 +399,10 @@ void BpeTokenizer::Impl::build_id_tables() {
     auto to_bytes = [&](const std::string& tok) {
         std::string bytes;
         for (size_t i = 0; i < tok.size();) {
-            int n = utf8_step(tok, i);
+            UChar32 cp;
+            int n = utf8_step(tok, i, &cp);
             if (n < 0) return tok;
-            auto it = cp_to_byte.find(utf8_code_point(tok, i, n));
+            auto it = cp_to_byte.find(uint32_t(cp));
             if (it == cp_to_byte.end()) return tok;
             bytes += it->second;
             i += n;

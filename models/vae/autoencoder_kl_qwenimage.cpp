@@ -271,7 +271,6 @@ Tensor AutoencoderKLQwenImage::decode_tiled(const Tensor& z, const Tiling& t) co
         }
     }
     const int64_t out_c = rows[0][0].px.size(1);
-    auto round = [&](float v) { return dt_ == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : v; };
     // b = a·(1 − k/e) + b·(k/e) over the first e rows (vertical) or columns of b, a's last e.
     auto blend = [&](const Tile& a, Tile& b, int64_t extent, bool vertical) {
         const int64_t e = std::min({vertical ? a.th : a.tw, vertical ? b.th : b.tw, extent});
@@ -284,7 +283,7 @@ Tensor AutoencoderKLQwenImage::decode_tiled(const Tensor& z, const Tiling& t) co
                                           : b.px.data<float>()[(bc * b.th + m) * b.tw + k];
                     const float src = vertical ? a.px.data<float>()[(bc * a.th + a.th - e + k) * a.tw + m]
                                                : a.px.data<float>()[(bc * a.th + m) * a.tw + a.tw - e + k];
-                    dst = round(round(src * wa) + round(dst * wb));
+                    dst = round_to_dtype(round_to_dtype(src * wa, dt_) + round_to_dtype(dst * wb, dt_), dt_);
                 }
             }
     };

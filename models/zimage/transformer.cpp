@@ -5,11 +5,14 @@
 
 #include <fmt/format.h>
 
+#include "io/files.h"
 #include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/glu.h"
 #include "ops/row.h"
 #include "parallel/tensor_parallel.h"
+
+using nlohmann::json;
 
 namespace qdit::zimage {
 
@@ -36,21 +39,106 @@ struct PatchLayout {
 }  // namespace
 
 // ---------------------------------------------------------------------------
-// Loading
+// Config and parameter layout
 
-ZImageTransformer::ZImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx)
-    : ZImageTransformer(Config::from_json(m.folder.config, m.folder.config_path), m.plan, m.checkpoint.get(), 0, compute,
-                        ctx, m.folder.root) {}
+Config Config::from_json(const json& j, const std::string& where) {
+    using namespace config_limits;
+    Config c;
+    read_config_field(j, where, "all_patch_size", &c.all_patch_size, {1, 16});
+    read_config_field(j, where, "all_f_patch_size", &c.all_f_patch_size, {1, 16});
+    read_config_field(j, where, "in_channels", &c.in_channels, {1, 1024});
+    read_config_field(j, where, "dim", &c.dim, {1, kWidth});
+    read_config_field(j, where, "n_layers", &c.n_layers, {0, kLayers});
+    read_config_field(j, where, "n_refiner_layers", &c.n_refiner_layers, {0, kLayers});
+    read_config_field(j, where, "n_heads", &c.n_heads, {1, kHeads});
+    read_config_field(j, where, "n_kv_heads", &c.n_kv_heads, {1, kHeads});
+    read_config_field(j, where, "norm_eps", &c.norm_eps, {1e-12, 1.0});
+    read_config_field(j, where, "qk_norm", &c.qk_norm);
+    read_config_field(j, where, "cap_feat_dim", &c.cap_feat_dim, {1, kWidth});
+    read_config_field(j, where, "siglip_feat_dim", &c.siglip_feat_dim, {0, kWidth});
+    read_config_field(j, where, "rope_theta", &c.rope_theta, {1.0, 1e12});
+    read_config_field(j, where, "t_scale", &c.t_scale, {1e-6, 1e6});
+    read_config_field(j, where, "axes_dims", &c.axes_dims, {2, kWidth});
+    read_config_field(j, where, "axes_lens", &c.axes_lens, {1, kPositions});
 
-ZImageTransformer ZImageTransformer::random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
-                                            const ops::Context& ctx) {
-    const QuantPlan plan = make_quant_plan(model_spec(cfg), quant);
-    return ZImageTransformer(cfg, plan, nullptr, seed, DType::BF16, ctx, "random Z-Image");
+    require_config(c.all_patch_size.size() == c.all_f_patch_size.size() && !c.all_patch_size.empty(),
+                   where, "all_patch_size and all_f_patch_size must be non-empty lists of equal length");
+    require_config(c.dim % c.n_heads == 0, where,
+                   fmt::format("dim ({}) must be a multiple of n_heads ({})", c.dim, c.n_heads));
+    require_config(c.axes_dims.size() == 3 && c.axes_lens.size() == 3, where,
+                   "axes_dims and axes_lens must list 3 axes (caption/frame, height, width)");
+    check_rope_axes(c.axes_dims, c.head_dim(), where, "axes_dims", "the head dim dim/n_heads");
+    int64_t rope_table = 0;  // f32 values of the cos/sin tables: sum of axes_lens[i] * axes_dims[i]
+    for (size_t i = 0; i < c.axes_dims.size(); ++i) rope_table += c.axes_lens[i] * c.axes_dims[i];
+    require_config(rope_table <= kRopeTableValues, where,
+                   fmt::format("the RoPE tables of axes_lens x axes_dims hold {} values, more than the {} supported",
+                               rope_table, kRopeTableValues));
+    return c;
 }
 
-ZImageTransformer::ZImageTransformer(Config cfg, const QuantPlan& qplan, const Checkpoint* ck, uint64_t seed,
-                                     DType compute, const ops::Context& ctx, std::string where)
-    : cfg_(std::move(cfg)), dt_(compute), ctx_(ctx), where_(std::move(where)) {
+ModelSpec model_spec(const Config& c) {
+    ModelSpec s;
+    s.class_name = "ZImageTransformer2DModel";
+    const int64_t D = c.dim, adaln = std::min<int64_t>(D, Config::kAdalnEmbedDim);
+    auto param = [&](const std::string& name, Shape shape) { s.params.push_back({name, shape}); };
+    auto block = [&](const std::string& p, bool modulation) {
+        const int64_t hd = c.head_dim(), ffn = c.ffn_hidden();
+        s.add_linear(p + ".attention.to_q", D, D, false);
+        s.add_linear(p + ".attention.to_k", D, D, false);
+        s.add_linear(p + ".attention.to_v", D, D, false);
+        s.add_linear(p + ".attention.to_out.0", D, D, false);
+        if (c.qk_norm) {
+            param(p + ".attention.norm_q.weight", {hd});
+            param(p + ".attention.norm_k.weight", {hd});
+        }
+        s.add_linear(p + ".feed_forward.w1", ffn, D, false);
+        s.add_linear(p + ".feed_forward.w2", D, ffn, false);
+        s.add_linear(p + ".feed_forward.w3", ffn, D, false);
+        for (const char* n : {"attention_norm1", "ffn_norm1", "attention_norm2", "ffn_norm2"})
+            param(p + "." + n + ".weight", {D});
+        if (modulation) s.add_linear(p + ".adaLN_modulation.0", 4 * D, adaln, true);
+    };
+
+    for (size_t i = 0; i < c.all_patch_size.size(); ++i) {
+        int64_t p = c.all_patch_size[i], f = c.all_f_patch_size[i];
+        std::string key = fmt::format("{}-{}", p, f);
+        s.add_linear("all_x_embedder." + key, D, f * p * p * c.in_channels, true);
+        std::string fl = "all_final_layer." + key;
+        s.add_linear(fl + ".linear", p * p * f * c.in_channels, D, true);
+        s.add_linear(fl + ".adaLN_modulation.1", D, adaln, true);
+    }
+    for (int64_t i = 0; i < c.n_refiner_layers; ++i) block(fmt::format("noise_refiner.{}", i), true);
+    for (int64_t i = 0; i < c.n_refiner_layers; ++i)
+        block(fmt::format("context_refiner.{}", i), false);
+    s.add_linear("t_embedder.mlp.0", Config::kTimestepHidden, Config::kTimestepFreqDim, true);
+    s.add_linear("t_embedder.mlp.2", adaln, Config::kTimestepHidden, true);
+    param("cap_embedder.0.weight", {c.cap_feat_dim});
+    s.add_linear("cap_embedder.1", D, c.cap_feat_dim, true);
+    if (c.siglip_feat_dim > 0) {
+        param("siglip_embedder.0.weight", {c.siglip_feat_dim});
+        s.add_linear("siglip_embedder.1", D, c.siglip_feat_dim, true);
+        for (int64_t i = 0; i < c.n_refiner_layers; ++i)
+            block(fmt::format("siglip_refiner.{}", i), false);
+        param("siglip_pad_token", {1, D});
+    }
+    param("x_pad_token", {1, D});
+    param("cap_pad_token", {1, D});
+    for (int64_t i = 0; i < c.n_layers; ++i) block(fmt::format("layers.{}", i), true);
+
+    // Embedders, the timestep MLP, the final layer and the per-block adaLN
+    // modulation stay in high precision by default: together they are under
+    // 2% of the weights, the adaLN GEMVs run on a single token (nothing to gain
+    // from int8), and published W8A8 recipes keep the same set.
+    s.keep_high_precision = {"t_embedder", "cap_embedder", "siglip_embedder", "all_x_embedder",
+                             "all_final_layer", "adaLN_modulation"};
+    return s;
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+
+ZImageTransformer::ZImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx)
+    : cfg_(src.config), dt_(compute), ctx_(ctx), where_(src.weights.where) {
     nn::check_compute("Z-Image", compute, ctx);
     const int world = ctx_.world();
     if (world > 1 && (cfg_.n_heads < world || cfg_.n_kv_heads != cfg_.n_heads))
@@ -58,7 +146,7 @@ ZImageTransformer::ZImageTransformer(Config cfg, const QuantPlan& qplan, const C
                           "heads; this model has {} heads, {} key/value heads",
                           where_, ctx_.tensor_parallel() ? "tensor" : "sequence", world, world, cfg_.n_heads,
                           cfg_.n_kv_heads);
-    nn::WeightLoader w(qplan, ck, seed, dt_, ctx_, where_);
+    nn::WeightLoader w(src.weights, dt_, ctx_);
     const int64_t D = cfg_.dim, hd = cfg_.head_dim();
     auto block = [&](const std::string& p, bool modulated) {
         Block b;
@@ -117,7 +205,7 @@ ZImageTransformer::ZImageTransformer(Config cfg, const QuantPlan& qplan, const C
     rope_ = ops::AxesRope(cfg_.rope_theta, cfg_.axes_dims, cfg_.axes_lens);
     bytes_ = w.bytes();
     n_int8_ = w.int8_members();
-    n_linear_ = int(qplan.layers.size());
+    n_linear_ = int(src.weights.plan.layers.size());
 }
 
 // ---------------------------------------------------------------------------

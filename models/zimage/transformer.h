@@ -7,14 +7,47 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "models/loader.h"
-#include "models/zimage/zimage_config.h"
+#include "models/model_spec.h"
 #include "nn/linear_group.h"
 #include "ops/context.h"
 #include "ops/graph.h"
 #include "ops/rope.h"
 
 namespace qdit::zimage {
+
+// ZImageTransformer2DModel's config.json (diffusers) and the parameter layout it implies.
+struct Config {
+    std::vector<int64_t> all_patch_size{2};    // (height and width) patch of each embedder / final layer
+    std::vector<int64_t> all_f_patch_size{1};  // its frame patch
+    int64_t in_channels = 16;                  // latent channels
+    int64_t dim = 3840;
+    int64_t n_layers = 30;
+    int64_t n_refiner_layers = 2;  // blocks of the noise refiner, and of the context refiner
+    int64_t n_heads = 30;
+    int64_t n_kv_heads = 30;
+    double norm_eps = 1e-5;
+    bool qk_norm = true;          // RMSNorm of each q and k head
+    int64_t cap_feat_dim = 2560;  // the text encoder's hidden size
+    double rope_theta = 256.0;
+    double t_scale = 1000.0;                         // the timestep's factor before its embedding
+    std::vector<int64_t> axes_dims{32, 48, 48};      // RoPE dims of the caption/frame, height, width axes
+    std::vector<int64_t> axes_lens{1024, 512, 512};  // and the positions each table holds
+    int64_t siglip_feat_dim = 0;  // 0: absent (no Omni SigLIP branch)
+
+    static constexpr int64_t kAdalnEmbedDim = 256;    // ADALN_EMBED_DIM in diffusers
+    static constexpr int64_t kTimestepFreqDim = 256;  // sinusoidal features of the timestep
+    static constexpr int64_t kTimestepHidden = 1024;  // the timestep MLP's hidden width
+
+    int64_t head_dim() const { return dim / n_heads; }
+    int64_t ffn_hidden() const { return int64_t(double(dim) / 3.0 * 8.0); }  // int(dim / 3 * 8)
+
+    static Config from_json(const nlohmann::json& j, const std::string& where);
+};
+
+ModelSpec model_spec(const Config& c);
 
 using ParallelMode = ops::ParallelMode;
 
@@ -27,8 +60,9 @@ Tensor unpatchify(const Tensor& tokens, const Shape& latent_shape, int64_t patch
 
 class ZImageTransformer {
 public:
-    // Loads every module of `m` onto ctx's device with activations in `compute` (the CPU: F32 or
-    // BF16; a GPU: BF16). The first (patch, frame patch) pair of the config is the one used.
+    // Loads every module of `src` (a prepared folder, or random weights) onto ctx's device with
+    // activations in `compute` (the CPU: F32 or BF16; a GPU: BF16). The first (patch, frame patch)
+    // pair of the config is the one used.
     // With a communicator in ctx (one rank of a group, models/zimage/transformer_parallel.h) the
     // model is this rank's part, split as ctx.parallel says; forward / forward_tokens are then
     // collective (every rank calls them with the same inputs and gets the whole output), CUDA
@@ -40,12 +74,14 @@ public:
     //   Sequence (Ulysses): whole weights; each block runs on 1/world of the tokens and attention
     //     gathers every token for 1/world of the heads by all-to-all (two per block). The padded
     //     image and caption token counts (multiples of 32) must divide by world: 2, 4, 8 GPUs.
-    ZImageTransformer(const PreparedModel& m, DType compute, const ops::Context& ctx = {});
-    // Random weights ~ N(0, 0.02) (norm weights ~ N(1, 0.02)) made on ctx's GPU from `seed`, with the
-    // default plan of `quant`: the real size for benchmarks. With a communicator each rank draws its
-    // own part, so the values differ from the one-GPU model's; shapes, plans and the work are the
-    // real ones.
-    static ZImageTransformer random(const Config& cfg, const QuantConfig& quant, uint64_t seed, const ops::Context& ctx);
+    ZImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx = {});
+    // Random weights ~ N(0, 0.02) (norm weights ~ N(1, 0.02)) in BF16 on ctx's GPU (ModelSource). With
+    // a communicator each rank draws its own part, so the values differ from the one-GPU model's;
+    // shapes, plans and the work are the real ones.
+    static ZImageTransformer random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
+                                    const ops::Context& ctx) {
+        return ZImageTransformer({cfg, quant, seed, "random Z-Image"}, DType::BF16, ctx);
+    }
 
     const Config& config() const { return cfg_; }
     DType compute_dtype() const { return dt_; }
@@ -78,9 +114,6 @@ public:
     void set_cuda_graph(bool on);
 
 private:
-    ZImageTransformer(Config cfg, const QuantPlan& plan, const Checkpoint* ck, uint64_t seed, DType compute,
-                      const ops::Context& ctx, std::string where);
-
     // One ZImageTransformerBlock: sandwich RMSNorms around attention and the SwiGLU FFN, with
     // scale-and-gate modulation from the timestep embedding when adaLN_modulation is present.
     struct Block {

@@ -538,7 +538,7 @@ TEST(Ops, LinearGroup) {
         for (Precision p : mix) kinds += p == Precision::High ? " bf16" : p == Precision::Int8 ? " int8" : " int8-w";
         Case c{fmt::format("linear group {}x{} -> 24|8|16{}", m, k, kinds), DType::BF16,
                [&](const ops::Context& ctx) {
-                   const nn::LinearGroup g(ck, ms, DType::BF16, ctx);
+                   const nn::LinearGroup g(&ck, 0, ms, DType::BF16, ctx);
                    // The input as wide as the group reads it: a GPU pads K with zero columns.
                    Tensor xin = Tensor::zeros({m, g.input_spec().k}, DType::BF16);
                    for (int64_t r = 0; r < m; ++r)

@@ -57,10 +57,11 @@ inline nn::ModelWeights model_weights(const PreparedModel& m) {
     return {m.plan, m.checkpoint.get(), 0, m.folder.root};
 }
 
-// What a model of the op layer is built from: its config and its weights. Either a prepared folder
-// (Config::from_json of its config.json; implicit, so a model is made from a PreparedModel) or, for
-// benchmarks at the real size, a config with random weights made on the GPU from `seed` under the
-// default plan of `quant` (ignored_layers included) for model_spec(config).
+// What a transformer of the op layer is built from: its config and its weights. Either a prepared
+// folder (Config::from_json of its config.json; implicit, so a model is made from a PreparedModel)
+// or, for benchmarks at the real size, a config with random weights ~ N(0, 0.02) (norm weights
+// ~ N(1, 0.02)) made on the GPU from `seed` under the default plan of `quant` (ignored_layers
+// included) for model_spec(config), named "random <class>" in messages.
 template <class Config>
 struct ModelSource {
     Config config;
@@ -68,8 +69,10 @@ struct ModelSource {
 
     ModelSource(const PreparedModel& m)
         : config(Config::from_json(m.folder.config, m.folder.config_path)), weights(model_weights(m)) {}
-    ModelSource(const Config& c, const QuantConfig& quant, uint64_t seed, std::string where)
-        : config(c), weights{make_quant_plan(model_spec(c), quant), nullptr, seed, std::move(where)} {}
+    ModelSource(const Config& c, const QuantConfig& quant, uint64_t seed) : config(c) {
+        const ModelSpec spec = model_spec(c);
+        weights = {make_quant_plan(spec, quant), nullptr, seed, "random " + spec.class_name};
+    }
 };
 
 // Writes a pre-quantized copy of the model to `out_dir` (which must not exist

@@ -41,6 +41,15 @@ public:
     static bool usable(const Context& ctx) { return ctx.cuda() && ctx.stream != nullptr; }
     // The entry of `key`, made when new (dropping the least recently used one past `keep`).
     Entry& entry(const std::string& key);
+    // A model's switch (its set_cuda_graph), off by default; turning it off drops every graph.
+    void enable(bool on) {
+        on_ = on;
+        if (!on) clear();
+    }
+    // entry(key) when graphs are enabled and usable on ctx, else null (the caller runs eagerly).
+    Entry* entry_if_on(const Context& ctx, const std::string& key) {
+        return on_ && usable(ctx) ? &entry(key) : nullptr;
+    }
     // Runs body: eagerly when graphs are not usable on ctx; else captured into e's graph on e's
     // first run, then (and on every later run) the graph is launched on ctx's stream.
     void run(Entry& e, const Context& ctx, const std::function<void()>& body);
@@ -48,6 +57,7 @@ public:
 
 private:
     size_t keep_;
+    bool on_ = false;
     std::vector<std::unique_ptr<Entry>> entries_;  // most recently used last
 };
 

@@ -72,7 +72,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
     cudaStream_t s;
     cuda::check(cudaStreamCreate(&s), "stream");
     {
-        auto model = qwen_image::QwenImageTransformer::random(cfg, q, 42, ops::Context{{DeviceType::CUDA, 0}, s});
+        qwen_image::QwenImageTransformer model({cfg, q, 42}, DType::BF16, ops::Context{{DeviceType::CUDA, 0}, s});
         model.set_cuda_graph(graph);
         if (fp8) model.set_attention(ops::AttentionImpl::Fp8);
         const size_t wbytes = alloc.stats().weight;

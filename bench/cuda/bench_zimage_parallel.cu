@@ -50,7 +50,8 @@ void run(parallel::RankGroup& group, zimage::ParallelMode mode, const std::strin
     group.run([&](parallel::Communicator& comm) {
         const int r = comm.rank();
         cudaStream_t s = comm.stream();
-        auto model = zimage::ZImageTransformer::random(cfg, q, 42, zimage::ZImageTransformerParallel::rank_context(comm, mode));
+        zimage::ZImageTransformer model({cfg, q, 42}, DType::BF16,
+                                        zimage::ZImageTransformerParallel::rank_context(comm, mode));
         weights[size_t(r)] = model.weight_bytes();
         if (r == 0) {
             int8_layers = model.int8_layers();

@@ -44,8 +44,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile, bool 
     cudaStream_t s;
     cuda::check(cudaStreamCreate(&s), "stream");
     {
-        zimage::ZImageTransformer model =
-            zimage::ZImageTransformer::random(cfg, q, 42, ops::Context{{DeviceType::CUDA, 0}, s});
+        zimage::ZImageTransformer model({cfg, q, 42}, DType::BF16, ops::Context{{DeviceType::CUDA, 0}, s});
         model.set_cuda_graph(graph);
         auto forward = [&](const cuda::DTensor& p, const cuda::DTensor& c) {
             return model.forward_tokens(p.as_tensor(), {1, 64, 64}, c.as_tensor(), 0.5f);

@@ -229,8 +229,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
     // With a CUDA graph the blocks read the streams, SiLU(temb) and the RoPE tables at the fixed
     // addresses of this shape's slots (the tables depend on the shape only: made once) and write
     // the output to a slot.
-    ops::GraphCache::Entry* G =
-        use_graph_ && ops::GraphCache::usable(ctx_) && !ops::Profile::enabled() ? &graphs_.entry(key) : nullptr;
+    ops::GraphCache::Entry* G = ops::Profile::enabled() ? nullptr : graphs_.entry_if_on(ctx_, key);
     auto buffer = [&](const char* name, Shape shape, DType dt, bool* fresh = nullptr) {
         if (fresh) *fresh = true;
         return G ? G->slot(name, shape, dt, ctx_, fresh) : ops::empty(std::move(shape), dt, ctx_);
@@ -367,11 +366,6 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
 void QwenImageTransformer::set_attention(ops::AttentionImpl impl) {
     ctx_.attention = impl;
     graphs_.clear();
-}
-
-void QwenImageTransformer::set_cuda_graph(bool on) {
-    use_graph_ = on;
-    if (!on) graphs_.clear();
 }
 
 }  // namespace qdit::qwen_image

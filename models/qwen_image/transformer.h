@@ -42,14 +42,9 @@ ModelSpec model_spec(const Config& c);
 
 class QwenImageTransformer {
 public:
-    // Loads every module of `src` (a prepared folder, or random weights) onto ctx's device with
-    // activations in `compute` (the CPU: F32 or BF16; a GPU: BF16).
+    // Loads every module of `src` (a prepared folder, or random weights: a GPU context) onto ctx's
+    // device with activations in `compute` (the CPU: F32 or BF16; a GPU: BF16).
     QwenImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx = {});
-    // Random weights ~ N(0, 0.02) (norm weights ~ N(1, 0.02)) in BF16 on ctx's GPU (ModelSource).
-    static QwenImageTransformer random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
-                                       const ops::Context& ctx) {
-        return QwenImageTransformer({cfg, quant, seed, "random Qwen-Image"}, DType::BF16, ctx);
-    }
 
     const Config& config() const { return cfg_; }
     DType compute_dtype() const { return dt_; }
@@ -73,7 +68,7 @@ public:
     // On a GPU context with its own stream: run the blocks (and norm_out, proj_out) as one CUDA
     // graph per shape and text mask (ops/graph.h; the two most recent are kept). The same kernels
     // in the same order: results are unchanged. Off while ops::Profile is on.
-    void set_cuda_graph(bool on);
+    void set_cuda_graph(bool on) { graphs_.enable(on); }
     // The attention kernel of a GPU context (ops/context.h: Simple for checks, Fp8 for cuDNN's FP8
     // joint attention); the CUDA graphs captured so far are dropped.
     void set_attention(ops::AttentionImpl impl);
@@ -96,7 +91,6 @@ private:
     std::vector<Block> blocks_;
     size_t bytes_ = 0;
     int n_int8_ = 0;
-    bool use_graph_ = false;
     mutable ops::GraphCache graphs_;
 };
 

@@ -239,11 +239,6 @@ void ZImageTransformer::block_forward(const Block& b, Tensor& x, const Tensor& f
     pending = {b.w2.forward(ops::swiglu(h, b.w13.column(1), b.w2.input_spec(), ctx_)), b.ffn_norm2, chunk(3)};
 }
 
-void ZImageTransformer::set_cuda_graph(bool on) {
-    use_graph_ = on;
-    if (!on) graphs_.clear();
-}
-
 void ZImageTransformer::flush(Tensor& x, Pending& pending) const {
     if (!pending.y.defined()) return;
     ops::row(x, {pending.y, pending.w, float(cfg_.norm_eps), pending.gate}, {}, {}, ctx_);
@@ -275,9 +270,8 @@ Tensor ZImageTransformer::forward_tokens(const Tensor& patches, const std::array
 
     // With a graph, the blocks read u, the RoPE table and adaln at the fixed addresses of this
     // shape's slots; the table depends on the shape only, so it is made once.
-    ops::GraphCache::Entry* G = use_graph_ && ops::GraphCache::usable(ctx_) && ctx_.world() == 1
-                                    ? &graphs_.entry(fmt::format("{}x{}x{}+{}", grid[0], grid[1], grid[2], Lc))
-                                    : nullptr;
+    const std::string key = fmt::format("{}x{}x{}+{}", grid[0], grid[1], grid[2], Lc);
+    ops::GraphCache::Entry* G = ctx_.world() == 1 ? graphs_.entry_if_on(ctx_, key) : nullptr;
     if (G) {
         Tensor& slot = G->slot("adaln", adaln.x.shape(), dt_, ctx_);
         ops::copy_rows(slot, 0, adaln.x, 0, adaln.x.size(0), ctx_);

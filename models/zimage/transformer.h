@@ -60,9 +60,9 @@ Tensor unpatchify(const Tensor& tokens, const Shape& latent_shape, int64_t patch
 
 class ZImageTransformer {
 public:
-    // Loads every module of `src` (a prepared folder, or random weights) onto ctx's device with
-    // activations in `compute` (the CPU: F32 or BF16; a GPU: BF16). The first (patch, frame patch)
-    // pair of the config is the one used.
+    // Loads every module of `src` (a prepared folder, or random weights: a GPU context) onto ctx's
+    // device with activations in `compute` (the CPU: F32 or BF16; a GPU: BF16). The first (patch,
+    // frame patch) pair of the config is the one used.
     // With a communicator in ctx (one rank of a group, models/zimage/transformer_parallel.h) the
     // model is this rank's part, split as ctx.parallel says; forward / forward_tokens are then
     // collective (every rank calls them with the same inputs and gets the whole output), CUDA
@@ -74,14 +74,9 @@ public:
     //   Sequence (Ulysses): whole weights; each block runs on 1/world of the tokens and attention
     //     gathers every token for 1/world of the heads by all-to-all (two per block). The padded
     //     image and caption token counts (multiples of 32) must divide by world: 2, 4, 8 GPUs.
+    // Random weights with a communicator: each rank draws its own part, so the values differ from
+    // the one-GPU model's; shapes, plans and the work are the real ones.
     ZImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx = {});
-    // Random weights ~ N(0, 0.02) (norm weights ~ N(1, 0.02)) in BF16 on ctx's GPU (ModelSource). With
-    // a communicator each rank draws its own part, so the values differ from the one-GPU model's;
-    // shapes, plans and the work are the real ones.
-    static ZImageTransformer random(const Config& cfg, const QuantConfig& quant, uint64_t seed,
-                                    const ops::Context& ctx) {
-        return ZImageTransformer({cfg, quant, seed, "random Z-Image"}, DType::BF16, ctx);
-    }
 
     const Config& config() const { return cfg_; }
     DType compute_dtype() const { return dt_; }
@@ -111,7 +106,7 @@ public:
     // On a GPU context with its own stream: forward_tokens runs the transformer blocks as one CUDA
     // graph per sequence shape (ops/graph.h; the two most recent shapes are kept, so a guided step
     // replays both). Off (default): every kernel is launched on each call. Results are the same.
-    void set_cuda_graph(bool on);
+    void set_cuda_graph(bool on) { graphs_.enable(on); }
 
 private:
     // One ZImageTransformerBlock: sandwich RMSNorms around attention and the SwiGLU FFN, with
@@ -140,7 +135,6 @@ private:
     Tensor cap_norm_, x_pad_token_, cap_pad_token_;  // [dim] / [1, dim] in the compute dtype
     std::vector<Block> noise_refiner_, context_refiner_, layers_;
     ops::AxesRope rope_;
-    bool use_graph_ = false;
     mutable ops::GraphCache graphs_;
     int n_int8_ = 0, n_linear_ = 0;
     size_t bytes_ = 0;

@@ -126,15 +126,12 @@ void LinearGroup::forward_into(const ops::Activation& in, Tensor& out) const {
 #endif
 }
 
-void check_compute(const std::string& model, DType compute, const ops::Context& ctx) {
+WeightLoader::WeightLoader(ModelWeights src, const std::string& model, DType compute, const ops::Context& ctx)
+    : src_(std::move(src)), compute_(compute), ctx_(ctx) {
     if (compute != DType::F32 && compute != DType::BF16)
         raise<ConfigError>("{} runs in F32 or BF16, not {}", model, dtype_name(compute));
     if (ctx.cuda() && compute != DType::BF16)
         raise<ConfigError>("{} runs in BF16 on {}, not {}", model, ctx.device.str(), dtype_name(compute));
-}
-
-WeightLoader::WeightLoader(ModelWeights src, DType compute, const ops::Context& ctx)
-    : src_(std::move(src)), compute_(compute), ctx_(ctx) {
     for (const LayerPlan& l : src_.plan.layers) plans_[l.spec.name] = &l;
 #ifdef QDIT_WITH_CUDA
     if (src_.checkpoint && ctx_.cuda())

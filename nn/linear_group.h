@@ -73,10 +73,6 @@ private:
     std::shared_ptr<void> gpu_;  // a GPU's nn::gpu::Group
 };
 
-// A model's activation dtype on ctx's device: F32 or BF16 on the CPU, BF16 on a GPU (ConfigError
-// "<model> runs in ..." otherwise).
-void check_compute(const std::string& model, DType compute, const ops::Context& ctx);
-
 // Where a model's weights come from: `checkpoint`, loaded as `plan` says, or, without one, random
 // weights made on the GPU from `seed` under `plan` (benchmarks at the real size). `where` names the
 // model in messages (its folder, or "random <model>").
@@ -93,10 +89,11 @@ struct ModelWeights {
 // LinearGroup's random constructor; a random tensor whose name holds "norm" is ~ N(1, 0.02), others
 // ~ N(0, 0.02). On a GPU the checkpoint is read straight to the device through pinned staging
 // buffers and converted / quantized there (nn/load_cuda.h); the times go to nn::load_stats() when
-// the loader is destroyed.
+// the loader is destroyed. The compute dtype must be F32 or BF16 on the CPU, BF16 on a GPU
+// (ConfigError "<model> runs in ..." otherwise).
 class WeightLoader {
 public:
-    WeightLoader(ModelWeights src, DType compute, const ops::Context& ctx);
+    WeightLoader(ModelWeights src, const std::string& model, DType compute, const ops::Context& ctx);
 
     // The plan of Linear layer `name` (ShapeError naming the model when it has none).
     const LayerPlan& plan(const std::string& name) const;

@@ -6,9 +6,9 @@
 #include "core/error.h"
 #include "models/qwen_image/transformer.h"
 #include "models/text/qwen25vl.h"
-#include "models/vae/autoencoder_kl.h"  // postprocess_to_u8
 #include "models/vae/autoencoder_kl_qwenimage.h"
 #include "ops/elementwise.h"
+#include "ops/image.h"
 #include "pipeline/qwen_image_prompt.h"
 
 namespace qdit {
@@ -270,7 +270,7 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
 
     t0 = std::chrono::steady_clock::now();
     const Tensor z = p_->vae->denormalize_latents(unpack_qwen_image_latents(latents, h, w));
-    Tensor image = vae::postprocess_to_u8(p_->opt.vae_tiling ? p_->vae->decode_tiled(z) : p_->vae->decode(z));
+    Tensor image = ops::image_to_u8(p_->opt.vae_tiling ? p_->vae->decode_tiled(z) : p_->vae->decode(z), {});
     r.image = image.view({image.size(1), image.size(2), image.size(3)});
     r.vae_seconds = seconds_since(t0);
     r.record_device_memory(p_->ctx);

@@ -10,6 +10,7 @@
 #include "models/vae/autoencoder_kl.h"
 #include "models/zimage/transformer.h"
 #include "ops/elementwise.h"
+#include "ops/image.h"
 #include "pipeline/chat_template.h"
 #include "pipeline/zimage_components.h"
 
@@ -49,7 +50,7 @@ public:
         return transformer_.get(&load_seconds_).forward_tokens(patches, grid, caps, t);
     }
     Tensor decode(const Tensor& latents) const override {
-        Tensor image = vae::postprocess_to_u8(vae_.decode(vae_.unscale_latents(latents)));
+        Tensor image = ops::image_to_u8(vae_.decode(vae_.unscale_latents(latents)), {});
         return image.view({image.size(1), image.size(2), image.size(3)});
     }
 

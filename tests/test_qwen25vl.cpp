@@ -95,7 +95,7 @@ TEST(Qwen25VLEncoder, PublishedSpec) {
         EXPECT_EQ(c.rms_norm_eps, 1e-6);
         EXPECT_EQ(c.mrope_section, (std::vector<int64_t>{16, 24, 24}));
         EXPECT_FALSE(c.tie_word_embeddings);
-        const text::DecoderLmConfig lm = c.lm();
+        const text::DecoderLmConfig& lm = c;
         EXPECT_TRUE(lm.qkv_bias);
         EXPECT_FALSE(lm.o_bias);
         EXPECT_FALSE(lm.qk_norm);

@@ -102,8 +102,7 @@ ModelSpec model_spec(const Config& c) {
 
 QwenImageTransformer::QwenImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx)
     : cfg_(src.config), dt_(compute), ctx_(ctx), where_(src.weights.where) {
-    nn::check_compute("Qwen-Image", compute, ctx);
-    nn::WeightLoader w(src.weights, dt_, ctx_);
+    nn::WeightLoader w(src.weights, "Qwen-Image", dt_, ctx_);
     // The MLP's hidden width padded to 16 columns for the GPU's int8 GEMM (zeros change nothing).
     const int64_t Fp = round_up(Config::kMlpMult * cfg_.dim(), 16);
     img_in_ = w.one("img_in");

@@ -101,8 +101,7 @@ void add_decoder_lm_params(const DecoderLmConfig& c, ModelSpec& s) {
 
 DecoderLM::DecoderLM(const DecoderLmConfig& c, const PreparedModel& m, DType compute, const ops::Context& ctx)
     : lm_(c), dt_(compute), ctx_(ctx), where_(m.folder.root) {
-    nn::check_compute("the " + lm_.family + " text encoder", compute, ctx);
-    nn::WeightLoader w(model_weights(m), dt_, ctx_);
+    nn::WeightLoader w(model_weights(m), "the " + lm_.family + " text encoder", dt_, ctx_);
     const int64_t Ip = round_up(lm_.intermediate_size, 16);
     const std::string& p = lm_.prefix;
     embed_tokens_ = w.tensor(p + "embed_tokens.weight");

@@ -32,8 +32,6 @@ struct DecoderLmConfig {
     bool qkv_bias = false;  // q_proj, k_proj, v_proj
     bool o_bias = false;    // o_proj
     bool qk_norm = false;   // per-head q_norm / k_norm RMSNorm before RoPE (Qwen3)
-
-    const DecoderLmConfig& lm() const { return *this; }  // the part a family's config shares
 };
 
 // The model class a transformers config.json names ("architectures"[0]; allowed[0] when the field
@@ -146,7 +144,7 @@ public:
 
 private:
     DecoderTextEncoder(Config c, const PreparedModel& m, DType compute, const ops::Context& ctx)
-        : DecoderLM(c.lm(), m, compute, ctx), cfg_(std::move(c)) {}
+        : DecoderLM(c, m, compute, ctx), cfg_(std::move(c)) {}
     Config cfg_;
 };
 

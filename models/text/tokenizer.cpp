@@ -4,6 +4,7 @@
 #include <pcre2.h>
 #include <unicode/bytestream.h>
 #include <unicode/normalizer2.h>
+#include <unicode/unistr.h>
 #include <unicode/utf8.h>
 
 #include <algorithm>
@@ -40,19 +41,11 @@ int utf8_step(std::string_view s, size_t i, UChar32* cp = nullptr) {
     return c < 0 ? -n : n;
 }
 
+// Each maximal subpart of an ill-formed sequence becomes U+FFFD (ICU's conversion follows the rule).
 std::string utf8_lossy(std::string_view bytes) {
+    if (bytes.size() > size_t(INT32_MAX)) raise("decode: {} bytes of text, more than 2^31 - 1", bytes.size());
     std::string out;
-    out.reserve(bytes.size());
-    for (size_t i = 0; i < bytes.size();) {
-        int n = utf8_step(bytes, i);
-        if (n > 0) {
-            out.append(bytes.substr(i, n));
-            i += n;
-        } else {
-            out += "\xEF\xBF\xBD";  // U+FFFD
-            i += -n;
-        }
-    }
+    icu::UnicodeString::fromUTF8(icu::StringPiece(bytes.data(), int32_t(bytes.size()))).toUTF8String(out);
     return out;
 }
 

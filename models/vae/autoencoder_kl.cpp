@@ -26,11 +26,6 @@ std::vector<int64_t> reversed_channels(const Config& c) {
 }
 int64_t up_block_in(const std::vector<int64_t>& rev, size_t i) { return rev[i == 0 ? 0 : i - 1]; }
 
-void check_compute(DType compute) {
-    if (compute != DType::F32 && compute != DType::BF16)
-        raise<ConfigError>("AutoencoderKL: compute dtype must be F32 or BF16, not {}", dtype_name(compute));
-}
-
 }  // namespace
 
 Config Config::from_json(const json& j, const std::string& where) {
@@ -112,7 +107,6 @@ AutoencoderKL::AutoencoderKL(Config cfg, DType compute, const ops::Context& ctx)
     : cfg_(std::move(cfg)), dt_(compute), ctx_(ctx) {}
 
 AutoencoderKL::AutoencoderKL(const std::string& dir, DType compute, const ops::Context& ctx) : dt_(compute), ctx_(ctx) {
-    check_compute(compute);
     const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
     cfg_ = Config::from_json(read_json_file(config_path), config_path);
     const Checkpoint ck(dir);
@@ -132,7 +126,6 @@ AutoencoderKL::AutoencoderKL(const std::string& dir, DType compute, const ops::C
 }
 
 AutoencoderKL AutoencoderKL::random(const Config& cfg, DType compute, uint64_t seed, const ops::Context& ctx) {
-    check_compute(compute);
     std::map<std::string, Shape> shapes;
     for (const ParamSpec& p : decoder_params(cfg)) shapes[p.name] = p.shape;
     std::mt19937_64 rng(seed);
@@ -160,6 +153,8 @@ AutoencoderKL AutoencoderKL::random(const Config& cfg, DType compute, uint64_t s
 // Reads the parameters in a fixed order, which random() draws them in (a convolution's bias before
 // its weight: the order of the GPU class this decoder replaced, so benchmarks keep their weights).
 void AutoencoderKL::load(const Getter& get) {
+    if (dt_ != DType::F32 && dt_ != DType::BF16)
+        raise<ConfigError>("AutoencoderKL: compute dtype must be F32 or BF16, not {}", dtype_name(dt_));
     auto conv = [&](const std::string& name, int64_t k) {
         const Tensor b = get(name + ".bias");
         ops::Conv2d c(name, get(name + ".weight"), b, k / 2, dt_, ctx_);
@@ -296,7 +291,5 @@ Tensor AutoencoderKL::decode_to_u8(const Tensor& z) const {
     const Tensor image = ops::image_to_u8(decode(host ? ops::to_device(z.to(dt_), ctx_) : z), ctx_);
     return host ? ops::to_host(image, ctx_) : image;
 }
-
-Tensor postprocess_to_u8(const Tensor& image, const ops::Context& ctx) { return ops::image_to_u8(image, ctx); }
 
 }  // namespace qdit::vae

@@ -90,7 +90,7 @@ public:
     // dtype, converted there) or on ctx's device (F32 or BF16) → [B, out_channels, h·s, w·s] in
     // the compute dtype on the same device, s = spatial_scale(). Not clamped.
     Tensor decode(const Tensor& z) const;
-    // decode followed by postprocess_to_u8 on ctx's device: U8 [B, H, W, out_channels], on the
+    // decode followed by ops::image_to_u8 (VaeImageProcessor.postprocess) on ctx's device: U8 [B, H, W, out_channels], on the
     // device of z (so a GPU pipeline downloads only the uint8 image).
     Tensor decode_to_u8(const Tensor& z) const;
 
@@ -129,11 +129,5 @@ private:
     ops::Dense to_qkv_, to_out_;  // to_out is `to_out.0`
     std::vector<UpBlock> up_blocks_;
 };
-
-// VaeImageProcessor.postprocess(output_type="pil") as uint8 (ops::image_to_u8): image [B, C, H, W]
-// F32 or BF16 on ctx's device → U8 [B, H, W, C] there, round_half_even(clamp(x·0.5 + 0.5, 0, 1) ·
-// 255); for BF16 the x·0.5 + 0.5 and clamp are rounded to bf16 first, as torch does them in the
-// image's dtype; the ·255 and rounding are f32 (numpy). NaN → 0.
-Tensor postprocess_to_u8(const Tensor& image, const ops::Context& ctx = {});
 
 }  // namespace qdit::vae

@@ -51,7 +51,6 @@ struct QwenImageVaeConfig {
     // in_dim(i) channels into dims[i + 1].
     std::vector<int64_t> dims() const;
     int64_t up_in_dim(size_t i) const;
-    int64_t up_blocks() const { return int64_t(dim_mult.size()); }
     // Image pixels per latent pixel along each axis: 2^(up blocks − 1).
     int64_t spatial_scale() const { return int64_t(1) << (dim_mult.size() - 1); }
     // Whether up block i's upsampler is an upsample3d (it then has a time_conv) or an upsample2d.
@@ -90,7 +89,7 @@ public:
     // denormalized (the VAE's own latent space, as vae.decode takes it) → image [B, input_channels,
     // h·s, w·s] on the host in the compute dtype, clamped to [−1, 1] (NaN stays NaN), s =
     // spatial_scale(). BF16 values are what torch's bf16 decode holds, so a postprocess that rounds
-    // where torch does (vae::postprocess_to_u8) can follow.
+    // where torch does (ops::image_to_u8) can follow.
     Tensor decode(const Tensor& z) const;
 
     // Tiled decoding (diffusers' enable_tiling / tiled_decode, 0.42.1): a latent wider or taller than

@@ -22,8 +22,6 @@ constexpr int64_t kSeqMultiple = 32;   // SEQ_MULTI_OF: the image and caption se
 constexpr float kAttnNormEps = 1e-5f;  // diffusers' Attention(eps=1e-5) for norm_q / norm_k
 constexpr float kFinalNormEps = 1e-6f;
 
-int64_t seq_round_up(int64_t n) { return round_up(n, kSeqMultiple); }
-
 // Token (f, h, w) of a patchified latent holds the values ordered (pf, ph, pw, c), c fastest: the
 // element index in the latent [C, F, H, W] of token `tok`'s value `e`.
 struct PatchLayout {
@@ -139,14 +137,13 @@ ModelSpec model_spec(const Config& c) {
 
 ZImageTransformer::ZImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx)
     : cfg_(src.config), dt_(compute), ctx_(ctx), where_(src.weights.where) {
-    nn::check_compute("Z-Image", compute, ctx);
     const int world = ctx_.world();
     if (world > 1 && (cfg_.n_heads < world || cfg_.n_kv_heads != cfg_.n_heads))
         raise<UsageError>("{}: {} parallelism over {} GPUs needs at least {} attention heads with as many key/value "
                           "heads; this model has {} heads, {} key/value heads",
                           where_, ctx_.tensor_parallel() ? "tensor" : "sequence", world, world, cfg_.n_heads,
                           cfg_.n_kv_heads);
-    nn::WeightLoader w(src.weights, dt_, ctx_);
+    nn::WeightLoader w(src.weights, "Z-Image", dt_, ctx_);
     const int64_t D = cfg_.dim, hd = cfg_.head_dim();
     auto block = [&](const std::string& p, bool modulated) {
         Block b;
@@ -258,7 +255,8 @@ Tensor ZImageTransformer::forward_tokens(const Tensor& patches, const std::array
                           dtype_name(dt_), n_img, patch_dim, dtype_name(dt_), cfg_.cap_feat_dim,
                           dtype_name(patches.dtype()), shape_str(patches.shape()), dtype_name(cap_feats.dtype()),
                           shape_str(cap_feats.shape()));
-    const int64_t n_cap = cap_feats.size(0), Lx = seq_round_up(n_img), Lc = seq_round_up(n_cap), Lu = Lx + Lc;
+    const int64_t n_cap = cap_feats.size(0), Lx = round_up(n_img, kSeqMultiple),
+                  Lc = round_up(n_cap, kSeqMultiple), Lu = Lx + Lc;
 
     // t_embedder(t · t_scale): sinusoidal features in f32, cast to the compute dtype, Linear → SiLU →
     // Linear. The result (no SiLU) feeds every adaLN.

@@ -262,8 +262,8 @@ TEST(CudaVaeKernels, PostprocessMatchesCpuExactly) {
         p[5] = std::nanf("");
         for (int k = 0; k < 20; ++k) p[6 + k] = (2.0f * (float(k) + 0.5f) / 255.0f) - 1.0f;  // x·127.5 + 127.5 = k + .5
         const Tensor host = img.to(dt);
-        const Tensor ref = vae::postprocess_to_u8(host);
-        const Tensor d = vae::postprocess_to_u8(ops::to_device(host, kGpu), kGpu);
+        const Tensor ref = ops::image_to_u8(host, {});
+        const Tensor d = ops::image_to_u8(ops::to_device(host, kGpu), kGpu);
         ASSERT_EQ(d.dtype(), DType::U8);
         ASSERT_EQ(d.shape(), ref.shape());
         const Tensor got = ops::to_host(d, kGpu);

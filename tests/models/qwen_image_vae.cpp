@@ -19,8 +19,8 @@
 #include <utility>
 #include <vector>
 
-#include "models/vae/autoencoder_kl.h"
 #include "models/vae/autoencoder_kl_qwenimage.h"
+#include "ops/image.h"
 #include "tests/devices.h"
 #include "tests/qwen_image_vae_fixture.h"
 
@@ -75,7 +75,7 @@ TEST_P(QwenVaeDecode, Fp32MatchesDiffusers) {
         EXPECT_LE(ec.max_abs, 1e-4 * e.max_ref);
     }
 
-    const Tensor u8 = vae::postprocess_to_u8(image), ref_u8 = qwen_vae_reference("image_u8");
+    const Tensor u8 = ops::image_to_u8(image, {}), ref_u8 = qwen_vae_reference("image_u8");
     ASSERT_EQ(u8.shape(), ref_u8.shape());
     int64_t off_by_one = 0;
     for (int64_t i = 0; i < ref_u8.numel(); ++i) {
@@ -115,7 +115,7 @@ TEST_P(QwenVaeDecode, Bf16MatchesDiffusers) {
     }
 
     // postprocess of diffusers' bf16 image reproduces its uint8 image exactly.
-    const Tensor u8 = vae::postprocess_to_u8(ref16), ref_u8 = qwen_vae_reference("bf16.image_u8");
+    const Tensor u8 = ops::image_to_u8(ref16, {}), ref_u8 = qwen_vae_reference("bf16.image_u8");
     ASSERT_EQ(u8.shape(), ref_u8.shape());
     for (int64_t i = 0; i < ref_u8.numel(); ++i)
         ASSERT_EQ(u8.data<uint8_t>()[i], ref_u8.data<uint8_t>()[i]) << "value " << i;

@@ -21,6 +21,7 @@
 
 #include "models/vae/autoencoder_kl.h"
 #include "ops/context.h"
+#include "ops/image.h"
 #include "tests/devices.h"
 #include "tests/vae_fixture.h"
 
@@ -78,7 +79,7 @@ TEST_P(VaeDecode, Fp32MatchesDiffusers) {
         EXPECT_LE(ec.max_abs, 1e-4 * e.max_ref);
     }
 
-    const Tensor u8 = vae::postprocess_to_u8(image), ref_u8 = vae_reference("image_u8");
+    const Tensor u8 = ops::image_to_u8(image, {}), ref_u8 = vae_reference("image_u8");
     ASSERT_EQ(u8.shape(), ref_u8.shape());
     ASSERT_EQ(u8.dtype(), DType::U8);
     int64_t off_by_one = 0;
@@ -92,7 +93,7 @@ TEST_P(VaeDecode, Fp32MatchesDiffusers) {
     EXPECT_LT(double(off_by_one), 1e-3 * double(ref_u8.numel()));
 
     // postprocess alone, on diffusers' own decoded image, is exact.
-    const Tensor u8_of_ref = vae::postprocess_to_u8(vae_reference("image"));
+    const Tensor u8_of_ref = ops::image_to_u8(vae_reference("image"), {});
     for (int64_t i = 0; i < ref_u8.numel(); ++i)
         ASSERT_EQ(u8_of_ref.data<uint8_t>()[i], ref_u8.data<uint8_t>()[i]) << "value " << i;
 }
@@ -124,7 +125,7 @@ TEST_P(VaeDecode, Bf16MatchesDiffusers) {
     }
 
     const Tensor ref_u8 = vae_reference("bf16.image_u8"), ref32_u8 = vae_reference("image_u8");
-    const auto [ours, ours_worst] = u8_agreement(vae::postprocess_to_u8(image), ref_u8);
+    const auto [ours, ours_worst] = u8_agreement(ops::image_to_u8(image, {}), ref_u8);
     const auto [bf16_ref, bf16_worst] = u8_agreement(ref_u8, ref32_u8);
     std::printf("[ vae bf16 %s ] uint8 within one level of diffusers bf16: %.4f (max diff %d); "
                 "diffusers bf16 of fp32: %.4f (max diff %d)\n",
@@ -132,7 +133,7 @@ TEST_P(VaeDecode, Bf16MatchesDiffusers) {
     EXPECT_GE(ours, bf16_ref);
 
     // postprocess of diffusers' bf16 image reproduces its uint8 image exactly.
-    const Tensor u8_of_ref = vae::postprocess_to_u8(ref16);
+    const Tensor u8_of_ref = ops::image_to_u8(ref16, {});
     ASSERT_EQ(u8_of_ref.shape(), ref_u8.shape());
     for (int64_t i = 0; i < ref_u8.numel(); ++i)
         ASSERT_EQ(u8_of_ref.data<uint8_t>()[i], ref_u8.data<uint8_t>()[i]) << "value " << i;
@@ -145,7 +146,7 @@ TEST_P(VaeDecode, DeviceDecodeToU8MatchesHostPath) {
         SCOPED_TRACE(dtype_name(dt));
         vae::AutoencoderKL m(kVaeDir, dt, ctx());
         const Tensor lat = vae_latents();
-        const Tensor host_u8 = vae::postprocess_to_u8(m.decode(m.unscale_latents(lat)));
+        const Tensor host_u8 = ops::image_to_u8(m.decode(m.unscale_latents(lat)), {});
         const Tensor z = m.unscale_latents(ops::to_device(lat.to(DType::F32), ctx()));
         const Tensor d = m.decode_to_u8(z);
         ASSERT_EQ(d.dtype(), DType::U8);

@@ -32,6 +32,9 @@ enum : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv, kScalar0 };  // kScalar0 + F
 
 // What the graph computes in: bf16, or FP8 (E4M3) with the output in bf16 or in E4M3.
 enum class Precision : int { Bf16, Fp8, Fp8Out8 };
+const char* precision_name(Precision p) {
+    return p == Precision::Bf16 ? "bf16" : p == Precision::Fp8 ? "fp8" : "fp8 with an fp8 output";
+}
 
 // batch > 0: a padded batch of `batch` items s rows apart with device lengths (attention_padded);
 // batch 0: one item of s tokens.
@@ -67,9 +70,8 @@ State& state() {
 
 void fe_check(fe::error_t e, const char* step, const Key& k) {
     if (e.is_bad())
-        raise<Error>("cuDNN {}SDPA ({} tokens, {} heads, {} kv heads, head_dim {}{}{}): {} failed: {}",
-                     k.precision == Precision::Bf16 ? "" : k.precision == Precision::Fp8 ? "FP8 " : "FP8-output ", k.s,
-                     k.heads, k.kv_heads, k.hd, k.causal ? ", causal" : "",
+        raise<Error>("cuDNN SDPA ({}, {} tokens, {} heads, {} kv heads, head_dim {}{}{}): {} failed: {}",
+                     precision_name(k.precision), k.s, k.heads, k.kv_heads, k.hd, k.causal ? ", causal" : "",
                      k.batch ? fmt::format(", a padded batch of {}", k.batch) : std::string(), step, e.get_message());
 }
 
@@ -153,7 +155,7 @@ std::string cache_key(const Key& k) {
     return plan_cache::key(plan_cache::Kind::Attention, kPlanFormat, k.device,
                            fmt::format("{} sdpa s {} heads {} kv_heads {} hd {} ld q {} k {} v {} o {} causal {} "
                                        "padded batch {}",
-                                       k.precision == Precision::Bf16 ? "bf16" : k.precision == Precision::Fp8 ? "fp8" : "fp8 out fp8",
+                                       precision_name(k.precision),
                                        k.s, k.heads, k.kv_heads, k.hd, k.ldq, k.ldk, k.ldv, k.ldo, k.causal, k.batch));
 }
 

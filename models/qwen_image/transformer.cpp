@@ -362,9 +362,4 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
     return y.view({B, L, cfg_.out_features()});
 }
 
-void QwenImageTransformer::set_attention(ops::AttentionImpl impl) {
-    ctx_.attention = impl;
-    graphs_.clear();
-}
-
 }  // namespace qdit::qwen_image

@@ -70,8 +70,11 @@ public:
     // in the same order: results are unchanged. Off while ops::Profile is on.
     void set_cuda_graph(bool on) { graphs_.enable(on); }
     // The attention kernel of a GPU context (ops/context.h: Simple for checks, Fp8 for cuDNN's FP8
-    // joint attention); the CUDA graphs captured so far are dropped.
-    void set_attention(ops::AttentionImpl impl);
+    // joint attention); the CUDA graphs captured so far, which replay the old kernel, are dropped.
+    void set_attention(ops::AttentionImpl impl) {
+        ctx_.attention = impl;
+        graphs_.clear();
+    }
 
 private:
     struct Stream {  // one stream's modules in a block (image: to_q..., text: add_q_proj...)

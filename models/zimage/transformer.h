@@ -84,8 +84,12 @@ public:
     int linear_layers() const { return n_linear_; }
     size_t weight_bytes() const { return bytes_; }  // on the device (this rank's part)
     const ops::Context& context() const { return ctx_; }
-    // The attention kernel of a GPU context (ops::AttentionImpl::Simple for checks).
-    void set_attention(ops::AttentionImpl impl) { ctx_.attention = impl; }
+    // The attention kernel of a GPU context (ops/context.h: Simple for checks, Fp8 for cuDNN's FP8
+    // attention); the CUDA graphs captured so far, which replay the old kernel, are dropped.
+    void set_attention(ops::AttentionImpl impl) {
+        ctx_.attention = impl;
+        graphs_.clear();
+    }
 
     // diffusers' forward(x, t, cap_feats) in basic mode, on host tensors:
     //   x[i] [C, F, H, W] (any float dtype, cast to the compute dtype),

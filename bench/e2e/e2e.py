@@ -193,7 +193,7 @@ def sampling_flags(model):
 
 def qdit_generate(binary, model, d, noise, png, q, timeout):
     cmd = [binary, "generate", "--model", d, "--device", DEVICE, "--prompt", PROMPT, "--width", str(SIZE),
-           "--height", str(SIZE), "--steps", str(steps(model)), "--latents", noise, "-o", png]
+           "--height", str(SIZE), "--steps", str(steps(model)), "--latents", noise, "-o", png, "--verbose"]
     cmd += sampling_flags(model) + (GENERATE_ONLY[q] if q in GENERATE_ONLY else quant_flags(q, model))
     rc, text = watch(cmd, png[:-4] + ".generate.log", timeout)
     if rc != 0:
@@ -407,7 +407,7 @@ def run(model, root, binary, out):
             log(f"{name}: skipped (FP8 attention runs on a GPU)")
             continue
         log(name)
-        tag = re.sub(r"[^a-z0-9]+", "_", name)
+        tag = re.sub(r"[^a-z0-9]+", "_", name.lower())
         png = os.path.join(imgs, tag + ".png")
         if engine == "qdit":
             row = qdit_generate(binary, model, d, noise, png, arg, deadline - time.time())

@@ -127,8 +127,37 @@ Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_hea
 #endif
 }
 
+Fp8Qk Fp8Qk::like(int64_t rows, const Context& ctx) const {
+    return {empty({rows, y.size(1)}, DType::F8_E4M3, ctx), scalars};
+}
+
+Fp8Qk fp8_qk(int64_t rows, int64_t width, const std::vector<Tensor>& wq, const std::vector<Tensor>& wk,
+             int64_t head_dim, const Context& ctx) {
+    const char* op = "fp8_qk";
+    if (!ctx.cuda() || ctx.attention != AttentionImpl::Fp8) no_fp8_on_cpu(op);
+#ifdef QDIT_WITH_CUDA
+    cuda::Fp8QkWeights w;
+    for (auto [list, is_k] : {std::pair{&wq, 0}, std::pair{&wk, 1}})
+        for (const Tensor& t : *list) {
+            detail::check_device(t, ctx, op, "a norm weight");
+            if (t.dtype() != DType::BF16 || t.numel() != head_dim || w.count == cuda::Fp8QkWeights::kMax)
+                raise<ShapeError>("{}: norm weights must be bf16 [{}] (at most {}), got {} {}", op, head_dim,
+                                  int(cuda::Fp8QkWeights::kMax), dtype_name(t.dtype()), shape_str(t.shape()));
+            w.w[w.count] = t.raw();
+            w.is_k[w.count++] = is_k;
+        }
+    Fp8Qk r{empty({rows, width}, DType::F8_E4M3, ctx), empty({cuda::kFp8Scalars + 4}, DType::F32, ctx)};
+    w.scalars = static_cast<float*>(r.scalars.raw());
+    cuda::fp8_qk_descales(w, head_dim, detail::stream(ctx));
+    return r;
+#else
+    (void)rows, (void)width, (void)wq, (void)wk, (void)head_dim;
+    detail::no_cuda(op);
+#endif
+}
+
 Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads,
-                        int64_t head_dim, const Context& ctx) {
+                        int64_t head_dim, const Context& ctx, const Fp8Qk* qk) {
     const char* op = "attention_padded";
     const int64_t batch = int64_t(lengths.size()), hd = head_dim, L = item_rows(op, qkv, batch, heads, kv_heads, hd, ctx),
                   rows = batch * L;
@@ -138,6 +167,10 @@ Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, 
                               lengths[size_t(b)], L);
     const int64_t width = heads * hd;
     if (!ctx.cuda() && ctx.attention == AttentionImpl::Fp8) no_fp8_on_cpu(op);
+    if (qk && (ctx.attention != AttentionImpl::Fp8 || qk->y.shape() != qkv.shape() ||
+               qk->y.dtype() != DType::F8_E4M3))
+        raise<ShapeError>("{}: E4M3 q and k {} {} for a q|k|v {} (FP8 attention only, the q|k|v's shape)", op,
+                          dtype_name(qk->y.dtype()), shape_str(qk->y.shape()), shape_str(qkv.shape()));
     if (!ctx.cuda() || ctx.attention == AttentionImpl::Simple) {
         // Each item's tokens alone, then zero rows for the padding.
         Tensor o = zeros({rows, width}, qkv.dtype(), ctx);
@@ -159,7 +192,8 @@ Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, 
     const uint8_t* q = static_cast<const uint8_t*>(qkv.raw());
     if (ctx.attention == AttentionImpl::Fp8)
         cuda::attention_fp8(q, ld, o.raw(), width, batch, L, static_cast<const int32_t*>(dlen.raw()), heads, kv_heads,
-                            hd, s);
+                            hd, s, qk ? static_cast<uint8_t*>(const_cast<void*>(qk->y.raw())) : nullptr,
+                            qk ? static_cast<float*>(const_cast<void*>(qk->scalars.raw())) : nullptr);
     else
         cuda::attention_padded(q, ld, q + heads * hd * es, ld, q + (heads + kv_heads) * hd * es, ld, o.raw(), width,
                                batch, L, static_cast<const int32_t*>(dlen.raw()), heads, kv_heads, hd, s);

@@ -17,12 +17,30 @@ namespace qdit::ops {
 Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim, bool causal,
                  const Tensor& key_mask, const Context& ctx);
 
+// FP8 attention (AttentionImpl::Fp8) with q and k converted by their producer: qk_rms_norm_rope
+// writes them into y as E4M3 (ops/rope.h) instead of back into the bf16 q|k|v, with fixed scales
+// from the norm weights, which saves the attention's own passes over them; the attention then
+// converts v only. y: F8_E4M3 [rows, (heads + 2·kv_heads)·head_dim] laid out as the q|k|v; scalars:
+// the device scales (backend/cuda/attention.h).
+struct Fp8Qk {
+    Tensor y, scalars;
+    Fp8Qk slice_rows(int64_t begin, int64_t end) const { return {y.slice_rows(begin, end), scalars}; }
+    // New rows at the same scales (another stream's, to be copied into y's rows with copy_rows).
+    Fp8Qk like(int64_t rows, const Context& ctx) const;
+};
+// For a q|k|v of `rows` rows whose q heads are RMS-normalized by the weights wq and k heads by wk
+// (one [head_dim] weight per stream that writes rows, bf16): scale 448 / (1.02·sqrt(head_dim)·max |w|),
+// a bound of |q|, |k| after the norm and RoPE. CUDA only; asynchronous.
+Fp8Qk fp8_qk(int64_t rows, int64_t width, const std::vector<Tensor>& wq, const std::vector<Tensor>& wk,
+             int64_t head_dim, const Context& ctx);
+
 // A batch of items of different lengths in one call: qkv as above with L = rows / batch; item b's
 // tokens are rows [b·L, b·L + lengths[b]) (1 <= lengths[b] <= L), the rows past it are padding:
 // neither keys nor queries, zero in the output. Not causal. Results equal attention() over each
-// item's tokens alone (on CUDA: cuDNN's padding mask, one call).
+// item's tokens alone (on CUDA: cuDNN's padding mask, one call). qk (FP8 attention only): the q and k
+// of every token row already in qk->y, qkv's q and k columns not read.
 Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads,
-                        int64_t head_dim, const Context& ctx);
+                        int64_t head_dim, const Context& ctx, const Fp8Qk* qk = nullptr);
 
 // Whether ctx runs AttentionImpl::Fp8 (ops/context.h): a GPU of compute capability 9.x or 10.x
 // with cuDNN 9; never the CPU.

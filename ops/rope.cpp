@@ -55,7 +55,8 @@ Tensor AxesRope::table(const std::vector<int64_t>& pos) const {
 }
 
 void qk_rms_norm_rope(Tensor& qkv, int64_t heads, int64_t kv_heads, int64_t head_dim, const Tensor& wq,
-                      const Tensor& wk, float eps, const Tensor& freqs, RopeLayout layout, const Context& ctx) {
+                      const Tensor& wk, float eps, const Tensor& freqs, RopeLayout layout, const Context& ctx,
+                      const Fp8Qk* e4m3) {
     const char* op = "qk_rms_norm_rope";
     for (const Tensor* t : std::initializer_list<const Tensor*>{&qkv, &wq, &wk, &freqs}) detail::check_device(*t, ctx, op, "an input");
     const int64_t hd = head_dim, n = qkv.dim() == 2 ? qkv.size(0) : -1;
@@ -69,6 +70,11 @@ void qk_rms_norm_rope(Tensor& qkv, int64_t heads, int64_t kv_heads, int64_t head
                           "qkv's dtype)",
                           op, dtype_name(qkv.dtype()), shape_str(qkv.shape()), heads, kv_heads, hd,
                           dtype_name(freqs.dtype()), shape_str(freqs.shape()));
+    if (e4m3 && (!ctx.cuda() || !norm || layout != RopeLayout::Interleaved || e4m3->y.dtype() != DType::F8_E4M3 ||
+                 e4m3->y.shape() != qkv.shape()))
+        raise<ShapeError>("{}: an E4M3 output {} {} for qkv {} (needs CUDA, the q/k norms, the interleaved layout and "
+                          "qkv's shape)",
+                          op, dtype_name(e4m3->y.dtype()), shape_str(e4m3->y.shape()), shape_str(qkv.shape()));
     if (!ctx.cuda()) {
         const Tensor f = freqs.view({1, n, hd / 2, 2});
         int64_t col = 0;
@@ -88,7 +94,9 @@ void qk_rms_norm_rope(Tensor& qkv, int64_t heads, int64_t kv_heads, int64_t head
     if (qkv.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(qkv.dtype()));
     cuda::qk_norm_rope(qkv.raw(), qkv.size(1), heads * hd, n, heads, hd, norm ? wq.raw() : nullptr,
                        norm ? wk.raw() : nullptr, eps, freqs.data<float>(), detail::stream(ctx),
-                       layout == RopeLayout::Half ? cuda::RopeLayout::Half : cuda::RopeLayout::Interleaved, kv_heads);
+                       layout == RopeLayout::Half ? cuda::RopeLayout::Half : cuda::RopeLayout::Interleaved, kv_heads,
+                       e4m3 ? static_cast<uint8_t*>(const_cast<void*>(e4m3->y.raw())) : nullptr, qkv.size(1),
+                       e4m3 ? static_cast<const float*>(e4m3->scalars.raw()) : nullptr);
 #else
     detail::no_cuda(op);
 #endif

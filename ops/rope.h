@@ -3,6 +3,7 @@
 #include <memory>
 #include <vector>
 
+#include "ops/attention.h"
 #include "ops/context.h"
 
 namespace qdit::ops {
@@ -40,7 +41,11 @@ private:
 // every head of q and of k is RMS-normalized over head_dim (weights wq, wk [head_dim] of qkv's
 // dtype, eps; both undefined: no norm) and rotated in `layout` by freqs F32 [n, head_dim/2, 2]
 // (cos, sin) of its token. v is untouched.
+// e4m3 (FP8 attention, ops/attention.h): q and k go to e4m3->y (same rows and columns, E4M3 at its
+// fixed scales) instead of back into qkv, which keeps its q and k as they were. CUDA, bf16, with
+// both norm weights and the Interleaved layout.
 void qk_rms_norm_rope(Tensor& qkv, int64_t heads, int64_t kv_heads, int64_t head_dim, const Tensor& wq,
-                      const Tensor& wk, float eps, const Tensor& freqs, RopeLayout layout, const Context& ctx);
+                      const Tensor& wk, float eps, const Tensor& freqs, RopeLayout layout, const Context& ctx,
+                      const Fp8Qk* e4m3 = nullptr);
 
 }  // namespace qdit::ops

@@ -336,7 +336,8 @@ bool fp8_attention_supported(int device) {
 }
 
 void attention_fp8(const void* qkv, int64_t ld, void* o, int64_t ldo, int64_t batch, int64_t s, const int32_t* len,
-                   int64_t heads, int64_t kv_heads, int64_t hd, cudaStream_t stream) {
+                   int64_t heads, int64_t kv_heads, int64_t hd, cudaStream_t stream, uint8_t* qk8,
+                   float* qk8_scalars) {
     if (batch <= 0 || s <= 0) return;
     if (kv_heads == 0) kv_heads = heads;
     if (heads <= 0 || hd <= 0 || kv_heads <= 0 || heads % kv_heads || ld < (heads + 2 * kv_heads) * hd ||
@@ -351,15 +352,21 @@ void attention_fp8(const void* qkv, int64_t ld, void* o, int64_t ldo, int64_t ba
                      "Blackwell); device {} is not one",
                      device);
 #if QDIT_WITH_CUDNN
+    if (!qk8 != !qk8_scalars) raise<ShapeError>("attention_fp8: E4M3 q and k without their scales, or the reverse");
     const int64_t rows = batch * s;
-    DTensor y = DTensor::empty({rows * ld}, DType::U8);
-    DTensor sc = DTensor::empty({kFp8Scalars + 4}, DType::F32);  // the scalars, then 3 amax words
-    float* scalars = static_cast<float*>(sc.raw());
-    fp8_quantize_qkv(qkv, ld, y.raw(), rows, s, len, heads * hd, (heads + kv_heads) * hd, (heads + 2 * kv_heads) * hd,
-                     reinterpret_cast<unsigned*>(scalars + kFp8Scalars), scalars, stream);
+    const bool v_only = qk8 != nullptr;  // q and k written by their producer
+    DTensor y, sc;
+    if (!v_only) {
+        y = DTensor::empty({rows * ld}, DType::U8);
+        sc = DTensor::empty({kFp8Scalars + 4}, DType::F32);  // the scalars, then 3 amax words
+        qk8 = static_cast<uint8_t*>(y.raw());
+        qk8_scalars = static_cast<float*>(sc.raw());
+    }
+    fp8_quantize_qkv(qkv, ld, qk8, rows, s, len, heads * hd, (heads + kv_heads) * hd, (heads + 2 * kv_heads) * hd,
+                     reinterpret_cast<unsigned*>(qk8_scalars + kFp8Scalars), qk8_scalars, stream, v_only);
     Key key{0, s, heads, kv_heads, hd, ld, ld, ld, ldo, false};
     key.batch = len ? batch : 0;
-    attention_fp8_cudnn(key, static_cast<const uint8_t*>(y.raw()), o, rows, len, scalars, stream);
+    attention_fp8_cudnn(key, qk8, o, rows, len, qk8_scalars, stream);
 #else
     (void)qkv, (void)o, (void)len, (void)stream;
 #endif

@@ -80,8 +80,12 @@ void attention_padded(const void* q, int64_t ldq, const void* k, int64_t ldk, co
 // rows apart; len: device int32 [batch] (each in [1, s]) or null (every row a token). Rows past an
 // item's length are neither keys nor queries; their output rows are unspecified. Not causal.
 // Throws qdit::Error where cuDNN cannot build the plan (no fallback); ld, hd and ldo multiples of 8.
+// qk8 (optional): E4M3 rows ld bytes apart whose q and k columns hold every token row's q and k
+// already (qk_norm_rope's E4M3 output), with their descales in qk8_scalars[kDescaleQ], [kDescaleK]
+// (fp8_qk_descales; kFp8Scalars + 4 device floats): then only v is converted, into qk8's v columns.
 void attention_fp8(const void* qkv, int64_t ld, void* o, int64_t ldo, int64_t batch, int64_t s, const int32_t* len,
-                   int64_t heads, int64_t kv_heads, int64_t hd, cudaStream_t stream);
+                   int64_t heads, int64_t kv_heads, int64_t hd, cudaStream_t stream, uint8_t* qk8 = nullptr,
+                   float* qk8_scalars = nullptr);
 
 // Whether this GPU and this cuDNN run attention_fp8 (compute capability 9.x or 10.x, cuDNN 9).
 bool fp8_attention_supported(int device);
@@ -90,9 +94,23 @@ bool fp8_attention_supported(int device);
 enum Fp8Scalar : int { kDescaleQ = 0, kDescaleK, kDescaleV, kDescaleS, kScaleS, kScaleO, kScaleOFp8, kAmaxS, kAmaxO, kFp8Scalars };
 // y (E4M3, same layout as qkv) ← qkv [rows, ld] bf16 with per-part scales: columns [0, c1) q,
 // [c1, c2) k, [c2, width) v; rows r with len and r % s >= len[r / s] are zeroed. amax: 3 device
-// words of scratch; scalars: kFp8Scalars device floats, filled.
+// words of scratch; scalars: kFp8Scalars device floats, filled. v_only: the token rows' q and k
+// columns of y are left as they are, and so are scalars[kDescaleQ], [kDescaleK].
 void fp8_quantize_qkv(const void* qkv, int64_t ld, void* y, int64_t rows, int64_t s, const int32_t* len, int64_t c1,
-                      int64_t c2, int64_t width, unsigned* amax, float* scalars, cudaStream_t stream);
+                      int64_t c2, int64_t width, unsigned* amax, float* scalars, cudaStream_t stream,
+                      bool v_only = false);
+// The RMS-normalization weights (bf16 [hd] each) of the q and k that qk_norm_rope writes as E4M3 for
+// one attention call (one per stream: Qwen-Image's image and text), and the scalars to fill.
+struct Fp8QkWeights {
+    static constexpr int kMax = 4;
+    const void* w[kMax] = {};
+    int is_k[kMax] = {};  // 0: a q norm, 1: a k norm
+    int count = 0;
+    float* scalars = nullptr;
+};
+// scalars[kDescaleQ], [kDescaleK] ← fixed scales for q and k from their norm weights: a bound of
+// |x| after the RMS norm and RoPE (1.02·sqrt(hd)·max |w|) maps to 448. Read on the device (no sync).
+void fp8_qk_descales(const Fp8QkWeights& w, int64_t hd, cudaStream_t stream);
 // o (bf16, row stride ldo elements) ← y (E4M3 [rows, width], row stride ldy bytes) / scalars[kScaleOFp8].
 void fp8_dequantize_output(const void* y, int64_t ldy, void* o, int64_t ldo, int64_t rows, int64_t width,
                            const float* scalars, cudaStream_t stream);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include "backend/cuda/bf16_math.cuh"
 #include "backend/cuda/block_reduce.cuh"
@@ -89,8 +90,10 @@ constexpr int kQkVecThreads = 256;
 
 __global__ void __launch_bounds__(kQkVecThreads)
 qk_norm_rope_vec_kernel(bf16* qkv, int64_t ld, int64_t k_off, int heads, int kv_heads, int hd, const bf16* wq,
-                        const bf16* wk, float eps, const float* freqs) {
+                        const bf16* wk, float eps, const float* freqs, uint8_t* e4m3, int64_t ld8,
+                        const float* descale) {
     const int64_t t = blockIdx.x;
+    const float scale_q = e4m3 ? 1.f / descale[0] : 0.f, scale_k = e4m3 ? 1.f / descale[1] : 0.f;
     const int V = hd / 8;                    // vectors (lanes) per head
     const int j = int(threadIdx.x) & (V - 1);  // this lane's vector in every head it visits
     float c[4], sn[4];
@@ -105,7 +108,8 @@ qk_norm_rope_vec_kernel(bf16* qkv, int64_t ld, int64_t k_off, int heads, int kv_
         const bool valid = s < total;
         const int head = s / V;
         const bool is_k = head >= heads;
-        bf16* p = qkv + t * ld + (is_k ? k_off + int64_t(head - heads) * hd : int64_t(head) * hd) + 8 * j;
+        const int64_t col = (is_k ? k_off + int64_t(head - heads) * hd : int64_t(head) * hd) + 8 * j;
+        bf16* p = qkv + t * ld + col;
         float a[4], b[4];
         double ss = 0;
         if (valid) {
@@ -140,6 +144,17 @@ qk_norm_rope_vec_kernel(bf16* qkv, int64_t ld, int64_t k_off, int heads, int kv_
             const float im = __fadd_rn(__fmul_rn(a[i], sn[i]), __fmul_rn(b[i], c[i]));
             o[i] = pack_bf16x2(re, im);
         }
+        if (e4m3) {
+            const float k = is_k ? scale_k : scale_q;
+            __nv_fp8x2_storage_t e[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                e[i] = __nv_cvt_float2_to_fp8x2(make_float2(bf16_lo(o[i]) * k, bf16_hi(o[i]) * k), __NV_SATFINITE,
+                                                __NV_E4M3);
+            *reinterpret_cast<uint2*>(e4m3 + t * ld8 + col) =
+                make_uint2(unsigned(e[0]) | unsigned(e[1]) << 16, unsigned(e[2]) | unsigned(e[3]) << 16);
+            continue;
+        }
         *reinterpret_cast<uint4*>(p) = make_uint4(o[0], o[1], o[2], o[3]);
     }
 }
@@ -162,7 +177,7 @@ __global__ void qk_norm_rope_kernel(bf16* qkv, int64_t ld, int64_t k_off, int64_
 
 void qk_norm_rope(void* qkv, int64_t ld, int64_t k_offset, int64_t m, int64_t heads, int64_t hd, const void* wq,
                   const void* wk, float eps, const float* freqs, cudaStream_t stream, RopeLayout layout,
-                  int64_t kv_heads) {
+                  int64_t kv_heads, uint8_t* e4m3, int64_t ld8, const float* descale) {
     if (m <= 0) return;
     if (kv_heads == 0) kv_heads = heads;
     if (hd <= 0 || hd % 2 || hd > 2 * 32 * kMaxPairsPerLane || ld % 2 || k_offset % 2 || (!wq != !wk) ||
@@ -174,10 +189,17 @@ void qk_norm_rope(void* qkv, int64_t ld, int64_t k_offset, int64_t m, int64_t he
     auto* wqp = static_cast<const bf16*>(wq);
     auto* wkp = static_cast<const bf16*>(wk);
     const int64_t vecs = hd / 8;  // 16-byte vectors per head
-    if (layout == RopeLayout::Interleaved && hd % 8 == 0 && vecs <= 32 && (vecs & (vecs - 1)) == 0 && ld % 8 == 0 &&
-        k_offset % 8 == 0 && aligned16(qkv) && aligned16(freqs) && (!wq || (aligned16(wq) && aligned16(wk)))) {
-        qk_norm_rope_vec_kernel<<<unsigned(m), kQkVecThreads, 0, stream>>>(p, ld, k_offset, int(heads), int(kv_heads),
-                                                                            int(hd), wqp, wkp, eps, freqs);
+    const bool vec = layout == RopeLayout::Interleaved && hd % 8 == 0 && vecs <= 32 && (vecs & (vecs - 1)) == 0 &&
+                     ld % 8 == 0 && k_offset % 8 == 0 && aligned16(qkv) && aligned16(freqs) &&
+                     (!wq || (aligned16(wq) && aligned16(wk)));
+    if (e4m3 && (!vec || !descale || ld8 % 8 || reinterpret_cast<uintptr_t>(e4m3) % 8 || ld8 < k_offset + kv_heads * hd))
+        raise<ShapeError>("qk_norm_rope: an E4M3 output needs the interleaved layout, head_dim a multiple of 8 with "
+                          "head_dim / 8 a power of two <= 32, aligned rows, 8-byte aligned output rows of at least "
+                          "{} bytes (got {}) and the scales",
+                          k_offset + kv_heads * hd, ld8);
+    if (vec) {
+        qk_norm_rope_vec_kernel<<<unsigned(m), kQkVecThreads, 0, stream>>>(
+            p, ld, k_offset, int(heads), int(kv_heads), int(hd), wqp, wkp, eps, freqs, e4m3, ld8, descale);
         check_launch("qk_norm_rope");
         return;
     }

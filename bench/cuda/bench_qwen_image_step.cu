@@ -47,16 +47,6 @@ Tensor inputs(Shape shape, uint32_t seed) {
 // the same weights before quantization).
 Tensor g_bf16_out;
 
-double sqnr_db(const Tensor& ref, const Tensor& x) {
-    const Tensor a = ref.to(DType::F32), b = x.to(DType::F32);
-    double s = 0, n = 0;
-    for (int64_t i = 0; i < a.numel(); ++i) {
-        const double r = a.data<float>()[i], d = double(b.data<float>()[i]) - r;
-        s += r * r;
-        n += d * d;
-    }
-    return n > 0 ? 10 * std::log10(s / n) : INFINITY;
-}
 
 void run(const std::string& mode, int steps, int64_t layers, bool graph, bool profile) {
     qwen_image::Config cfg;  // defaults are the published Qwen-Image config
@@ -108,7 +98,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
         const bench::OutputStats st = bench::output_stats(out);
         if (mode == "bf16") g_bf16_out = out;
         const std::string vs_bf16 =
-            mode != "bf16" && g_bf16_out.defined() ? fmt::format(", SQNR vs bf16 {:.2f} dB", sqnr_db(g_bf16_out, out)) : "";
+            mode != "bf16" && g_bf16_out.defined() ? fmt::format(", SQNR vs bf16 {:.2f} dB", bench::sqnr_db(g_bf16_out, out)) : "";
         std::printf("%-17s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d; weights %.2f "
                     "GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB; graph %s; output "
                     "rms %.4g%s, hash %016llx%s\n",

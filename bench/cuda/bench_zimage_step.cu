@@ -1,9 +1,11 @@
 // One Z-Image-Turbo DiT step on the GPU at the real config (dim 3840, 30 layers, 2 + 2 refiners,
 // 30 heads) with random weights ~ N(0, 0.02) generated on the GPU: 1024x1024 (64x64 = 4096 image
-// tokens) + 512 caption tokens, batch 1, bf16 and int8 (default plan). Prints ms/step (median of
-// --steps after warm-up, CUDA events) and the allocator's weight / activation / peak bytes.
+// tokens) + 512 caption tokens, batch 1, bf16 and int8 (default plan), int8 with FP8 attention
+// (ops::AttentionImpl::Fp8). Prints ms/step (median of --steps after warm-up, CUDA events), the
+// allocator's weight / activation / peak bytes and, after the bf16 mode, each mode's SQNR against it.
 //
-//   bench_zimage_step [--steps N] [--mode bf16|int8|both] [--layers N] [--profile 1] [--graph 0|1]
+//   bench_zimage_step [--steps N] [--mode bf16|int8|int8-fp8-attention|both, or a comma-separated list]
+//       [--layers N] [--profile 1] [--graph 0|1]
 //
 // The model is zimage::ZImageTransformer (written on the op layer) on a CUDA context. --graph 1
 // (default) runs the blocks as one CUDA graph (set_cuda_graph), captured in the warm-up. The output
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include <cuda_profiler_api.h>
+#include <fmt/format.h>
 
 #include <stdexcept>
 
@@ -35,17 +38,23 @@ namespace {
 
 double gib(size_t b) { return double(b) / double(size_t(1) << 30); }
 
+// The bf16 mode's output, which later modes' SQNR is measured against (same seed: same weights
+// before quantization).
+Tensor g_bf16_out;
+
 void run(const std::string& mode, int steps, int64_t layers, bool profile, bool graph) {
     zimage::Config cfg;  // defaults are Z-Image-Turbo's
     cfg.n_layers = layers;
     auto& alloc = cuda::Allocator::instance();
     alloc.empty_cache();
-    const QuantConfig q = mode == "int8" ? QuantConfig{QuantMethod::Int8, {}, "dynamic"} : QuantConfig{};
+    const bool fp8 = mode == "int8-fp8-attention";
+    const QuantConfig q = mode != "bf16" ? QuantConfig{QuantMethod::Int8, {}, "dynamic"} : QuantConfig{};
     cudaStream_t s;
     cuda::check(cudaStreamCreate(&s), "stream");
     {
         zimage::ZImageTransformer model({cfg, q, 42}, DType::BF16, ops::Context{{DeviceType::CUDA, 0}, s});
         model.set_cuda_graph(graph);
+        if (fp8) model.set_attention(ops::AttentionImpl::Fp8);
         auto forward = [&](const cuda::DTensor& p, const cuda::DTensor& c) {
             return model.forward_tokens(p.as_tensor(), {1, 64, 64}, c.as_tensor(), 0.5f);
         };
@@ -80,14 +89,20 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile, bool 
         std::sort(ms.begin(), ms.end());
         std::sort(host_ms.begin(), host_ms.end());
         const cuda::MemStats m = alloc.stats();
-        const bench::OutputStats st = bench::output_stats(cuda::DTensor::of(out).download(s));
+        const Tensor host_out = cuda::DTensor::of(out).download(s);
+        const bench::OutputStats st = bench::output_stats(host_out);
+        if (mode == "bf16") g_bf16_out = host_out;
+        const std::string sqnr = mode != "bf16" && g_bf16_out.defined()
+                                     ? fmt::format(", SQNR vs bf16 {:.2f} dB", bench::sqnr_db(g_bf16_out, host_out))
+                                     : "";
         std::printf("%-5s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d of %d; "
                     "weights %.2f GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB, "
-                    "reserved peak %.2f GiB; attention %s, graph %s; output rms %.4g%s, hash %016llx; host enqueue %.2f ms/step (median)\n",
+                    "reserved peak %.2f GiB; attention %s, graph %s; output rms %.4g%s, hash %016llx%s; host enqueue %.2f ms/step (median)\n",
                     mode.c_str(), (long long)layers, ms[ms.size() / 2], steps, ms.front(), ms.back(),
                     model.int8_layers(), model.linear_layers(), gib(wbytes), gib(model.weight_bytes()),
-                    gib(m.peak_activation), gib(m.peak), gib(m.peak_reserved), cuda::attention_impl_name(), graph ? "on" : "off",
-                    st.rms, st.finite ? "" : " NON-FINITE", (unsigned long long)st.hash, host_ms[host_ms.size() / 2]);
+                    gib(m.peak_activation), gib(m.peak), gib(m.peak_reserved), fp8 ? "fp8" : cuda::attention_impl_name(),
+                    graph ? "on" : "off", st.rms, st.finite ? "" : " NON-FINITE", (unsigned long long)st.hash,
+                    sqnr.c_str(), host_ms[host_ms.size() / 2]);
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
     }
@@ -109,8 +124,10 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--graph")) graph = std::atoi(argv[i + 1]) != 0;
     }
     try {
-        if (mode == "both" || mode == "bf16") run("bf16", steps, layers, profile, graph);
-        if (mode == "both" || mode == "int8") run("int8", steps, layers, profile, graph);
+        // --mode: one mode, a comma-separated list of them (run in this order), or both (bf16,int8).
+        const std::string list = "," + (mode == "both" ? std::string("bf16,int8") : mode) + ",";
+        for (const char* m : {"bf16", "int8", "int8-fp8-attention"})
+            if (list.find("," + std::string(m) + ",") != std::string::npos) run(m, steps, layers, profile, graph);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_zimage_step: %s\n", e.what());
         return 1;

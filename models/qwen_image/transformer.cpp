@@ -268,6 +268,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
     }
     Tensor out = buffer("out", {B * L, cfg_.out_features()}, dt_);
 
+    const bool fp8 = ctx_.attention == ops::AttentionImpl::Fp8;
     auto body = [&] {
         const ops::Activation c{cond, {}, {}};
         // Each stream's MLP residual, x += gate · y, is applied by the next row op on its stream.
@@ -286,6 +287,10 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             // Attention half: (the last MLP residual, then) LayerNorm · (1 + scale) + shift → q|k|v
             // → q/k RMSNorm + RoPE, per stream, the image's written into the joint rows.
             Tensor joint = ops::empty({B * S, 3 * D}, dt_, ctx_);
+            // FP8 attention: q and k written as E4M3 by the norm + RoPE kernels (ops::Fp8Qk).
+            ops::Fp8Qk f8 = fp8 ? ops::fp8_qk(B * S, 3 * D, {blk.img.norm_q, blk.txt.norm_q},
+                                              {blk.img.norm_k, blk.txt.norm_k}, hd, ctx_)
+                                : ops::Fp8Qk{};
             {
                 ops::Region r("image q|k|v", ctx_);
                 const ops::Activation a = ops::row(img, {p_img.y, {}, eps, p_img.gate},
@@ -294,8 +299,9 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                 for (int64_t b = 0; b < B; ++b) {
                     Tensor rows = joint.slice_rows(b * S, b * S + L);
                     blk.img.qkv.forward_into(a.slice_rows(b * L, (b + 1) * L), rows);
+                    const ops::Fp8Qk rows8 = fp8 ? f8.slice_rows(b * S, b * S + L) : ops::Fp8Qk{};
                     ops::qk_rms_norm_rope(rows, H, H, hd, blk.img.norm_q, blk.img.norm_k, eps, img_freqs,
-                                          ops::RopeLayout::Interleaved, ctx_);
+                                          ops::RopeLayout::Interleaved, ctx_, fp8 ? &rows8 : nullptr);
                 }
             }
             {
@@ -303,14 +309,18 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                 Tensor qkv_txt = blk.txt.qkv.forward(ops::row(
                     txt, {p_txt.y, {}, eps, p_txt.gate},
                     {ops::Norm::LayerNorm, {}, eps, chunk(m_txt, 1), chunk(m_txt, 0)}, blk.txt.qkv.input_spec(), ctx_));
+                const ops::Fp8Qk txt8 = fp8 ? f8.like(B * T, ctx_) : ops::Fp8Qk{};
                 ops::qk_rms_norm_rope(qkv_txt, H, H, hd, blk.txt.norm_q, blk.txt.norm_k, eps, txt_freqs,
-                                      ops::RopeLayout::Interleaved, ctx_);
-                text_runs([&](int64_t t, int64_t j, int64_t n) { ops::copy_rows(joint, j, qkv_txt, t, n, ctx_); });
+                                      ops::RopeLayout::Interleaved, ctx_, fp8 ? &txt8 : nullptr);
+                text_runs([&](int64_t t, int64_t j, int64_t n) {
+                    ops::copy_rows(joint, j, qkv_txt, t, n, ctx_);
+                    if (fp8) ops::copy_rows(f8.y, j, txt8.y, t, n, ctx_);
+                });
             }
             Tensor o;
             {
                 ops::Region r("attention", ctx_);
-                o = ops::attention_padded(joint, lengths, H, H, hd, ctx_);
+                o = ops::attention_padded(joint, lengths, H, H, hd, ctx_, fp8 ? &f8 : nullptr);
             }
             joint = Tensor();
             // x += gate · out(attention); LayerNorm · (1 + scale) + shift → MLP (GELU-tanh), per stream.

@@ -466,6 +466,127 @@ TEST(Ops, AttentionFp8) {
     }
 }
 
+// E4M3 byte → value (bias 7, 3 mantissa bits, no infinities; 0x7f / 0xff are NaN).
+double e4m3_value(uint8_t b) {
+    const int e = (b >> 3) & 15, m = b & 7;
+    if (e == 15 && m == 7) return NAN;
+    const double mag = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1.0 + m / 8.0, e - 7);
+    return b & 0x80 ? -mag : mag;
+}
+
+// FP8 attention with q and k written by the norm + RoPE kernel (ops::Fp8Qk): two streams of rows
+// with their own norm weights (Qwen-Image's image and text; the second written into a buffer of
+// its own and copied in, as the model does), a padded batch. The E4M3 q and k are the bf16 path's
+// values at the fixed scale (within E4M3's rounding), no |value| exceeds the bound the scale comes
+// from, the bf16 q|k|v keeps its q and k, and the attention is as accurate as the FP8 attention
+// that converts q and k itself.
+TEST(Ops, AttentionFp8FromNormedQk) {
+    for (ops::Context ctx : contexts()) {
+        if (!ops::fp8_attention_available(ctx)) continue;
+        ops::Context f = ctx;
+        f.attention = ops::AttentionImpl::Fp8;
+        const int64_t L = 160, H = 3, hd = 128, W = 3 * H * hd, L1 = 120;  // rows [0, L1) stream 1, the rest 2
+        const std::vector<int64_t> lengths = {L, L - 23};
+        const int64_t B = int64_t(lengths.size()), rows = B * L;
+        Tensor qkv0 = randn({rows, W}, 31, 0.f, 1.f, DType::F32);
+        // One token whose first q head is one value and zeros: after the norm it reaches sqrt(hd)·w.
+        for (int64_t c = 0; c < hd; ++c) qkv0.data<float>()[5 * W + c] = c == 0 ? 7.f : 0.f;
+        qkv0 = qkv0.to(DType::BF16);
+        // Norm weights of different sizes per stream (the second's k weights up to about 3).
+        // The first stream's q weight 0 is the largest q weight (the spike above meets it).
+        Tensor wq1 = randn({hd}, 32, 1.f, 0.2f, DType::F32), wk1 = randn({hd}, 33, 1.f, 0.2f, DType::BF16),
+               wq2 = randn({hd}, 34, 0.5f, 0.1f, DType::BF16), wk2 = randn({hd}, 35, 2.f, 0.4f, DType::BF16);
+        wq1.data<float>()[0] = 2.5f;
+        wq1 = wq1.to(DType::BF16);
+        std::vector<int64_t> pos;
+        for (int64_t r = 0; r < rows; ++r) pos.insert(pos.end(), {0, r % 17 - 8, r % L});
+        const Tensor table = ops::to_device(ops::rope_table(10000.0, {32, 48, 48}, pos), ctx);
+        auto dev = [&](const Tensor& t) { return ops::to_device(t, ctx); };
+        const Tensor dwq1 = dev(wq1), dwk1 = dev(wk1), dwq2 = dev(wq2), dwk2 = dev(wk2);
+        // Stream s's rows of item b: [b·L, b·L + L1) or [b·L + L1, (b + 1)·L).
+        auto stream_rows = [&](int64_t b, int s) { return std::pair{b * L + (s == 1 ? 0 : L1), s == 1 ? L1 : L - L1}; };
+        auto norm_rope = [&](Tensor& x, int s, int64_t r0, int64_t n, const ops::Context& c, const ops::Fp8Qk* e) {
+            Tensor part = x.slice_rows(r0, r0 + n);
+            ops::qk_rms_norm_rope(part, H, H, hd, s == 1 ? dwq1 : dwq2, s == 1 ? dwk1 : dwk2, 1e-6f,
+                                  table.slice_rows(r0, r0 + n), ops::RopeLayout::Interleaved, c, e);
+        };
+        // The bf16 path: every row normalized in place.
+        Tensor normed = dev(qkv0);
+        for (int64_t b = 0; b < B; ++b)
+            for (int s : {1, 2}) {
+                auto [r0, n] = stream_rows(b, s);
+                norm_rope(normed, s, r0, n, ctx, nullptr);
+            }
+        // The fused path: stream 1 straight into y, stream 2 into its own rows, then copied.
+        Tensor fused = dev(qkv0);
+        ops::Fp8Qk f8 = ops::fp8_qk(rows, W, {dwq1, dwq2}, {dwk1, dwk2}, hd, f);
+        for (int64_t b = 0; b < B; ++b) {
+            auto [r0, n] = stream_rows(b, 1);
+            const ops::Fp8Qk part = f8.slice_rows(r0, r0 + n);
+            norm_rope(fused, 1, r0, n, f, &part);
+            auto [t0, m] = stream_rows(b, 2);
+            const ops::Fp8Qk other = f8.like(m, f);
+            Tensor src = fused.slice_rows(t0, t0 + m);
+            ops::qk_rms_norm_rope(src, H, H, hd, dwq2, dwk2, 1e-6f, table.slice_rows(t0, t0 + m),
+                                  ops::RopeLayout::Interleaved, f, &other);
+            ops::copy_rows(f8.y, t0, other.y, 0, m, f);
+        }
+        const Tensor y = ops::to_host(f8.y, ctx), sc = ops::to_host(f8.scalars, ctx), nh = ops::to_host(normed, ctx);
+        EXPECT_EQ(std::memcmp(ops::to_host(fused, ctx).raw(), qkv0.raw(), qkv0.nbytes()), 0) << "q|k|v changed";
+        const std::vector<double> ref = values(nh);
+        double bound[2] = {0, 0};
+        for (int p = 0; p < 2; ++p)
+            for (const Tensor* w : p == 0 ? std::vector<const Tensor*>{&wq1, &wq2} : std::vector<const Tensor*>{&wk1, &wk2})
+                for (double v : values(*w)) bound[p] = std::max(bound[p], 1.02 * std::sqrt(double(hd)) * std::fabs(v));
+        double worst = 0, biggest[2] = {0, 0};
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t r = b * L; r < b * L + lengths[size_t(b)]; ++r)
+                for (int64_t c = 0; c < 2 * H * hd; ++c) {
+                    const int p = c < H * hd ? 0 : 1;
+                    const float descale = sc.data<float>()[p];
+                    const double got = e4m3_value(static_cast<const uint8_t*>(y.raw())[r * W + c]) * descale,
+                                 want = ref[size_t(r * W + c)];
+                    // Half an E4M3 step: 2^-4 relative for normals, 2^-10 · descale below 2^-6.
+                    worst = std::max(worst, std::fabs(got - want) / (std::fabs(want) / 16 + std::ldexp(descale, -10)));
+                    biggest[p] = std::max(biggest[p], std::fabs(want));
+                }
+        EXPECT_LE(worst, 1.0) << "E4M3 q/k off by more than half a step";
+        for (int p = 0; p < 2; ++p) {
+            EXPECT_NEAR(sc.data<float>()[p], bound[p] / 448, 1e-5 * bound[p] / 448) << (p ? "k" : "q") << " scale";
+            EXPECT_LE(biggest[p], bound[p]) << (p ? "k" : "q") << " past its bound";
+        }
+        EXPECT_GT(biggest[0], 0.95 * bound[0]) << "the test's spike should come near the q bound";
+        // Attention against exact attention on the normalized bf16 q|k|v.
+        const Tensor o_fused = ops::to_host(ops::attention_padded(fused, lengths, H, H, hd, f, &f8), ctx),
+                     o_conv = ops::to_host(ops::attention_padded(normed, lengths, H, H, hd, f), ctx);
+        for (int64_t b = 0; b < B; ++b) {
+            const int64_t n = lengths[size_t(b)];
+            const Tensor exact = ops::attention(nh.slice_rows(b * L, b * L + n).to(DType::F32), 1, H, H, hd, false,
+                                                Tensor(), ops::Context{});
+            const double e_fused = testutil::compare(o_fused.slice_rows(b * L, b * L + n), exact).sqnr_db(),
+                         e_conv = testutil::compare(o_conv.slice_rows(b * L, b * L + n), exact).sqnr_db();
+            std::printf("fp8 attention, q/k from the norm kernel, item %lld: SQNR %.2f dB (q/k converted by the "
+                        "attention: %.2f dB)\n",
+                        (long long)b, e_fused, e_conv);
+            EXPECT_GE(e_fused, 20.0) << "item " << b;
+            EXPECT_GE(e_fused, e_conv - 2.0) << "item " << b;
+            const std::vector<double> pad = values(o_fused.slice_rows(b * L + n, (b + 1) * L));
+            EXPECT_TRUE(std::all_of(pad.begin(), pad.end(), [](double v) { return v == 0.0; })) << "item " << b;
+        }
+        // Misuse: an E4M3 output without the norms, or of another shape.
+        Tensor x = dev(qkv0);
+        EXPECT_THROW(ops::qk_rms_norm_rope(x, H, H, hd, Tensor(), Tensor(), 1e-6f, table, ops::RopeLayout::Interleaved,
+                                           f, &f8),
+                     ShapeError);
+        const ops::Fp8Qk short8 = f8.slice_rows(0, 10);
+        EXPECT_THROW(ops::attention_padded(x, lengths, H, H, hd, f, &short8), ShapeError);
+        EXPECT_THROW(ops::attention_padded(x, lengths, H, H, hd, ctx, &f8), ShapeError);  // not FP8 attention
+    }
+    ops::Context cpu_fp8{};
+    cpu_fp8.attention = ops::AttentionImpl::Fp8;
+    EXPECT_THROW(ops::fp8_qk(8, 48, {}, {}, 16, cpu_fp8), UsageError);
+}
+
 // silu(gate) · up over column blocks of a fused projection.
 TEST(Ops, Swiglu) {
     for (DType dt : kDtypes)

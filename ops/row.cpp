@@ -1,5 +1,7 @@
 #include "ops/row.h"
 
+#include <algorithm>
+
 #include "backend/cpu/layout.h"
 #include "backend/cpu/norm.h"
 #include "ops/dispatch.h"
@@ -9,7 +11,8 @@
 
 namespace qdit::ops {
 
-Activation row(Tensor& x, const Residual& res, const Normalize& norm, const ActivationSpec& out, const Context& ctx) {
+Activation row(Tensor& x, const Residual& res, const Normalize& norm, const ActivationSpec& out, const Context& ctx,
+               const std::vector<int64_t>& groups) {
     const char* op = "row";
     for (const Tensor* t : std::initializer_list<const Tensor*>{&x, &res.y, &res.w, &res.gate, &norm.w, &norm.scale, &norm.shift})
         detail::check_device(*t, ctx, op, "an input");
@@ -27,12 +30,12 @@ Activation row(Tensor& x, const Residual& res, const Normalize& norm, const Acti
         raise<ShapeError>("{}: a shift follows a LayerNorm's scale", op);
     if (norm.kind != Norm::None && out.int8 && out.kp < k)
         raise<ShapeError>("{}: int8 rows of stride {} cannot hold {} columns", op, out.kp, k);
-    // The modulation vectors agree on the item count, which divides m.
+    // The modulation vectors agree on the item count, which divides m (or the groups sum to m).
     int64_t items = 0;
     for (const Tensor* v : {&res.gate, &norm.scale, &norm.shift}) {
         if (!v->defined()) continue;
         if (v->dtype() != DType::F32 || v->dim() != 2 || v->size(1) != k || (items && v->size(0) != items) ||
-            v->size(0) < 1 || m % v->size(0))
+            v->size(0) < 1 || (groups.empty() && m % v->size(0)))
             raise<ShapeError>("{}: modulation {} {} for x {} (need F32 [items, {}], the same items for all, dividing "
                               "the {} rows)",
                               op, dtype_name(v->dtype()), shape_str(v->shape()), shape_str(x.shape()), k, m);
@@ -40,8 +43,36 @@ Activation row(Tensor& x, const Residual& res, const Normalize& norm, const Acti
     }
     if (!res.y.defined() && res.gate.defined()) raise<ShapeError>("{}: a gate without a residual input", op);
     items = std::max<int64_t>(items, 1);
+    // Where each group starts (begin[items] = m).
+    std::vector<int64_t> begin(size_t(items) + 1, 0);
+    if (!groups.empty()) {
+        int64_t sum = 0;
+        for (int64_t g : groups) sum += g < 0 ? m + 1 : g;
+        if (int64_t(groups.size()) != items || sum != m)
+            raise<ShapeError>("{}: {} row groups summing to {} for {} items of x {} (need one per item, summing to {})",
+                              op, groups.size(), sum, items, shape_str(x.shape()), m);
+        for (int64_t b = 0; b < items; ++b) begin[size_t(b) + 1] = begin[size_t(b)] + groups[size_t(b)];
+    } else {
+        for (int64_t b = 0; b <= items; ++b) begin[size_t(b)] = b * (m / items);
+    }
     const int64_t rows = m / items;
+    const bool equal = groups.empty() || std::all_of(groups.begin(), groups.end(), [&](int64_t g) { return g == rows; });
     Activation a;
+    if (!ctx.cuda() && !equal) {
+        // Group by group on the host, into one output.
+        if (norm.kind != Norm::None) a.x = Tensor::empty({m, k}, x.dtype());
+        auto item_row = [](const Tensor& v, int64_t b) { return v.defined() ? v.slice_rows(b, b + 1) : Tensor(); };
+        for (int64_t b = 0; b < items; ++b) {
+            const int64_t r0 = begin[size_t(b)], r1 = begin[size_t(b) + 1];
+            if (r0 == r1) continue;
+            Tensor xb = x.slice_rows(r0, r1);
+            const Residual rb{res.y.defined() ? res.y.slice_rows(r0, r1) : Tensor(), res.w, res.eps, item_row(res.gate, b)};
+            const Normalize nb{norm.kind, norm.w, norm.eps, item_row(norm.scale, b), item_row(norm.shift, b)};
+            const Activation ab = row(xb, rb, nb, out, ctx);
+            if (a.x.defined()) copy_rows(a.x, r0, ab.x, 0, r1 - r0, ctx);
+        }
+        return a;
+    }
     if (!ctx.cuda()) {
         Tensor x3 = x.view({items, rows, k});
         if (res.y.defined()) {
@@ -70,7 +101,8 @@ Activation row(Tensor& x, const Residual& res, const Normalize& norm, const Acti
         a = detail::allocate(m, rows, ctx);
     }
     auto rows_of = [&](const Tensor& t, int64_t b, int64_t ld) -> void* {
-        return t.defined() ? static_cast<uint8_t*>(const_cast<void*>(t.raw())) + size_t(b * rows * ld) * dtype_size(t.dtype())
+        return t.defined() ? static_cast<uint8_t*>(const_cast<void*>(t.raw())) +
+                                 size_t(begin[size_t(b)] * ld) * dtype_size(t.dtype())
                            : nullptr;
     };
     auto item = [&](const Tensor& v, int64_t b) { return v.defined() ? v.data<float>() + b * k : nullptr; };
@@ -93,12 +125,12 @@ Activation row(Tensor& x, const Residual& res, const Normalize& norm, const Acti
         r.ldo = k;
         if (a.q.defined()) {
             r.q = static_cast<int8_t*>(rows_of(a.q, b, out.kp));
-            r.qs = a.qs.data<float>() + b * rows;
+            r.qs = a.qs.data<float>() + begin[size_t(b)];
             r.ldq = out.kp;
         }
-        r.m = rows;
+        r.m = begin[size_t(b) + 1] - begin[size_t(b)];
         r.k = k;
-        cuda::row_op(r, detail::stream(ctx));
+        if (r.m > 0) cuda::row_op(r, detail::stream(ctx));
     }
     return a;
 #else

@@ -1,13 +1,16 @@
 // The per-token row op: a residual add fused with the normalization that follows it, writing what
 // the next Linear group reads.
 #pragma once
+#include <vector>
+
 #include "ops/context.h"
 
 namespace qdit::ops {
 
 // Modulation vectors (adaLN scales, shifts and gates) are F32 [items, k] holding values already in
-// the activations' precision (ops::modulation writes them). x's m rows are `items` equal groups of
-// consecutive rows (a batch's items); group b uses row b.
+// the activations' precision (ops::modulation writes them). x's m rows are `items` groups of
+// consecutive rows (a batch's items), equal unless `groups` gives each group's rows (Qwen-Image's
+// text stream holds only each item's real tokens); group b uses row b.
 enum class Norm { None, Rms, LayerNorm };
 
 // What is added to the residual stream first; nothing when y is undefined.
@@ -33,7 +36,9 @@ struct Normalize {
 //   2. norm of the updated x (RMSNorm as diffusers / transformers, or LayerNorm without affine),
 //      · scale, + shift, written as `out` asks: the dense rows and / or their per-token int8
 //      quantization. With norm.kind None nothing is written (out is ignored).
-Activation row(Tensor& x, const Residual& res, const Normalize& norm, const ActivationSpec& out, const Context& ctx);
+// groups: empty, or the rows of each of the `items` groups (summing to m; a group may be empty).
+Activation row(Tensor& x, const Residual& res, const Normalize& norm, const ActivationSpec& out, const Context& ctx,
+               const std::vector<int64_t>& groups = {});
 
 // The pre-norm block's row op: x ← x + y (when y is given), then RMSNorm(x; w) (when w is given).
 inline Activation add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, const ActivationSpec& out,

@@ -199,18 +199,30 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
     }
     const bool all_real = std::all_of(n_real.begin(), n_real.end(), [&](int64_t n) { return n == T; });
     const int64_t S = L + *std::max_element(n_real.begin(), n_real.end());
-    std::vector<int64_t> lengths(static_cast<size_t>(B));
-    for (int64_t b = 0; b < B; ++b) lengths[size_t(b)] = L + n_real[size_t(b)];
-    // f(text row, joint row, n) for each run of real text tokens: where it sits in the text stream
-    // [B·T, ·] and in the joint rows.
+    // The text stream holds only the real tokens: item b's n_real[b] rows from `first[b]` on (a
+    // masked token reaches only the discarded text output, and every op on the stream is per row).
+    std::vector<int64_t> lengths(static_cast<size_t>(B)), first(static_cast<size_t>(B) + 1, 0);
+    for (int64_t b = 0; b < B; ++b) {
+        lengths[size_t(b)] = L + n_real[size_t(b)];
+        first[size_t(b) + 1] = first[size_t(b)] + n_real[size_t(b)];
+    }
+    const int64_t N = first[size_t(B)];
+    if (N == 0) raise<ShapeError>("Qwen-Image: the text mask leaves no text token in any item");
+    // f(row of encoder_hidden_states [B·T, ·], text stream row, k, n) for each run of n real tokens
+    // from token k on.
     auto text_runs = [&](auto&& f) {
         for (int64_t b = 0; b < B; ++b) {
-            int64_t row = b * S + L;
+            int64_t row = first[size_t(b)];
             for (auto [s, e] : runs[size_t(b)]) {
-                f(b * T + s, row, e - s);
+                f(b * T + s, row, s, e - s);
                 row += e - s;
             }
         }
+    };
+    // f(text stream row, joint row, n) for each item's text tokens.
+    auto to_joint = [&](auto&& f) {
+        for (int64_t b = 0; b < B; ++b)
+            if (n_real[size_t(b)] > 0) f(first[size_t(b)], b * S + L, n_real[size_t(b)]);
     };
 
     // Timestep: t rounded to the compute dtype; time_proj's frequencies exp(−ln(10000)·k/128) in f32
@@ -236,14 +248,15 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
     // The positions above; every item has the same.
     bool fresh = true;
     Tensor img_freqs = buffer("img_freqs", {L, hd / 2, 2}, DType::F32, &fresh);
-    Tensor txt_freqs = buffer("txt_freqs", {B * T, hd / 2, 2}, DType::F32);
+    Tensor txt_freqs = buffer("txt_freqs", {N, hd / 2, 2}, DType::F32);
     if (fresh) {
         std::vector<int64_t> img_pos, txt_pos;
         for (int64_t f = 0; f < Fg; ++f)
             for (int64_t i = 0; i < Hg; ++i)
                 for (int64_t j = 0; j < Wg; ++j) img_pos.insert(img_pos.end(), {f, i - (Hg - Hg / 2), j - (Wg - Wg / 2)});
-        for (int64_t b = 0; b < B; ++b)
-            for (int64_t k = 0; k < T; ++k) txt_pos.insert(txt_pos.end(), {txt0 + k, txt0 + k, txt0 + k});
+        text_runs([&](int64_t, int64_t, int64_t k0, int64_t n) {
+            for (int64_t k = k0; k < k0 + n; ++k) txt_pos.insert(txt_pos.end(), {txt0 + k, txt0 + k, txt0 + k});
+        });
         auto put = [&](Tensor& dst, const std::vector<int64_t>& pos) {
             const int64_t n = dst.size(0);
             const Tensor table = ops::to_device(ops::rope_table(Config::kRopeTheta, cfg_.axes_dims_rope, pos), ctx_);
@@ -256,7 +269,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
 
     // SiLU(temb): what every modulation reads. Embeddings: img_in; txt_in(RMSNorm(text)).
     Tensor cond = buffer("cond", {B, D}, dt_);
-    Tensor img = buffer("img", {B * L, D}, dt_), txt = buffer("txt", {B * T, D}, dt_);
+    Tensor img = buffer("img", {B * L, D}, dt_), txt = buffer("txt", {N, D}, dt_);
     {
         ops::Region r("embeddings", ctx_);
         const Tensor temb = t_linear_2_.forward(
@@ -264,6 +277,11 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         ops::copy_rows(cond, 0, ops::silu(temb, ctx_), 0, B, ctx_);
         img_in_.forward_into({on_device(hs, "hidden_states").view({B * L, cfg_.in_channels}), {}, {}}, img);
         Tensor e = on_device(enc, "encoder_hidden_states").view({B * T, cfg_.joint_attention_dim});
+        if (!all_real) {  // the real tokens' rows
+            Tensor real = ops::empty({N, cfg_.joint_attention_dim}, dt_, ctx_);
+            text_runs([&](int64_t t, int64_t row, int64_t, int64_t n) { ops::copy_rows(real, row, e, t, n, ctx_); });
+            e = real;
+        }
         txt_in_.forward_into(ops::row(e, {}, {ops::Norm::Rms, txt_norm_, eps, {}, {}}, txt_in_.input_spec(), ctx_), txt);
     }
     Tensor out = buffer("out", {B * L, cfg_.out_features()}, dt_);
@@ -308,11 +326,12 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                 ops::Region r("text q|k|v", ctx_);
                 Tensor qkv_txt = blk.txt.qkv.forward(ops::row(
                     txt, {p_txt.y, {}, eps, p_txt.gate},
-                    {ops::Norm::LayerNorm, {}, eps, chunk(m_txt, 1), chunk(m_txt, 0)}, blk.txt.qkv.input_spec(), ctx_));
-                const ops::Fp8Qk txt8 = fp8 ? f8.like(B * T, ctx_) : ops::Fp8Qk{};
+                    {ops::Norm::LayerNorm, {}, eps, chunk(m_txt, 1), chunk(m_txt, 0)}, blk.txt.qkv.input_spec(), ctx_,
+                    n_real));
+                const ops::Fp8Qk txt8 = fp8 ? f8.like(N, ctx_) : ops::Fp8Qk{};
                 ops::qk_rms_norm_rope(qkv_txt, H, H, hd, blk.txt.norm_q, blk.txt.norm_k, eps, txt_freqs,
                                       ops::RopeLayout::Interleaved, ctx_, fp8 ? &txt8 : nullptr);
-                text_runs([&](int64_t t, int64_t j, int64_t n) {
+                to_joint([&](int64_t t, int64_t j, int64_t n) {
                     ops::copy_rows(joint, j, qkv_txt, t, n, ctx_);
                     if (fp8) ops::copy_rows(f8.y, j, txt8.y, t, n, ctx_);
                 });
@@ -324,11 +343,12 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             }
             joint = Tensor();
             // x += gate · out(attention); LayerNorm · (1 + scale) + shift → MLP (GELU-tanh), per stream.
-            auto mlp = [&](const char* name, const Stream& st, Tensor& x, const Tensor& y, const Tensor& m, Pending& p) {
+            auto mlp = [&](const char* name, const Stream& st, Tensor& x, const Tensor& y, const Tensor& m, Pending& p,
+                           const std::vector<int64_t>& groups) {
                 ops::Region r(name, ctx_);
                 const Tensor h = st.mlp_in.forward(ops::row(x, {y, {}, eps, chunk(m, 2)},
                                                             {ops::Norm::LayerNorm, {}, eps, chunk(m, 4), chunk(m, 3)},
-                                                            st.mlp_in.input_spec(), ctx_));
+                                                            st.mlp_in.input_spec(), ctx_, groups));
                 p = {st.mlp_out.forward(ops::gelu_tanh(h, st.mlp_out.input_spec(), ctx_)), chunk(m, 5)};
             };
             Tensor y_img = ops::empty({B * L, D}, dt_, ctx_);
@@ -339,17 +359,16 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                     blk.img.out.forward_into({o.slice_rows(b * S, b * S + L), {}, {}}, rows);
                 }
             }
-            mlp("image MLP", blk.img, img, y_img, m_img, p_img);
+            mlp("image MLP", blk.img, img, y_img, m_img, p_img, {});
             if (&blk == &blocks_.back()) break;  // the last block's text stream is unused
             Tensor y_txt;
             {
                 ops::Region r("text attention out", ctx_);
-                // A masked text token's attention row is zero (it reaches only the discarded text output).
-                Tensor attn_txt = all_real ? ops::empty({B * T, D}, dt_, ctx_) : ops::zeros({B * T, D}, dt_, ctx_);
-                text_runs([&](int64_t t, int64_t j, int64_t n) { ops::copy_rows(attn_txt, t, o, j, n, ctx_); });
+                Tensor attn_txt = ops::empty({N, D}, dt_, ctx_);
+                to_joint([&](int64_t t, int64_t j, int64_t n) { ops::copy_rows(attn_txt, t, o, j, n, ctx_); });
                 y_txt = blk.txt.out.forward({attn_txt, {}, {}});
             }
-            mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt);
+            mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt, n_real);
         }
         // norm_out: LayerNorm · (1 + scale) + shift from SiLU(temb), then proj_out. The text stream
         // ends with the last block.

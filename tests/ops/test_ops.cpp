@@ -287,6 +287,58 @@ TEST(Ops, RowModulated) {
         }
 }
 
+// Items of different row counts (`groups`, an empty one included): each group's rows equal a row op
+// over that group alone with its item's modulation row, on every backend, the int8 rows and their
+// scales too where the backend writes them.
+TEST(Ops, RowModulatedGroups) {
+    const std::vector<int64_t> groups = {3, 0, 5};
+    const int64_t items = 3, m = 8, k = 40;
+    for (DType dt : kDtypes) {
+        const Tensor x0 = randn({m, k}, 41, 0.f, 1.f, dt), y = randn({m, k}, 42, 0.f, 1.f, dt);
+        const Tensor gate = randn({items, k}, 43, 0.f, 1.f, dt).to(DType::F32),
+                     scale = randn({items, k}, 44, 1.f, 0.3f, dt).to(DType::F32),
+                     shift = randn({items, k}, 45, 0.f, 0.5f, dt).to(DType::F32);
+        for (const ops::Context& ctx : contexts()) {
+            if (ctx.cuda() && dt != DType::BF16) continue;
+            SCOPED_TRACE(fmt::format("{} {}", ctx.device.str(), dtype_name(dt)));
+            auto dev = [&](const Tensor& t) { return ops::to_device(t, ctx); };
+            const ops::ActivationSpec spec{true, ctx.cuda(), k, k};
+            Tensor x = dev(x0.to(dt));  // copies: x is updated in place
+            const ops::Activation a = ops::row(x, {dev(y), {}, 1e-6f, dev(gate)},
+                                               {ops::Norm::LayerNorm, {}, 1e-6f, dev(scale), dev(shift)}, spec, ctx, groups);
+            int64_t r0 = 0;
+            for (int64_t b = 0; b < items; ++b) {
+                const int64_t n = groups[size_t(b)];
+                if (n == 0) continue;
+                Tensor xb = dev(x0.slice_rows(r0, r0 + n).to(dt));
+                const ops::Activation ab = ops::row(
+                    xb, {dev(y.slice_rows(r0, r0 + n)), {}, 1e-6f, dev(gate.slice_rows(b, b + 1))},
+                    {ops::Norm::LayerNorm, {}, 1e-6f, dev(scale.slice_rows(b, b + 1)), dev(shift.slice_rows(b, b + 1))},
+                    spec, ctx);
+                auto same = [&](const Tensor& all, const Tensor& one, const char* what) {
+                    const Tensor h = ops::to_host(all, ctx).slice_rows(r0, r0 + n), g = ops::to_host(one, ctx);
+                    EXPECT_EQ(std::memcmp(h.raw(), g.raw(), g.nbytes()), 0) << what << " of group " << b;
+                };
+                same(x, xb, "the residual stream");
+                same(a.x, ab.x, "the rows");
+                if (a.q.defined()) {
+                    same(a.q, ab.q, "the int8 rows");
+                    same(a.qs, ab.qs, "the int8 scales");
+                }
+                r0 += n;
+            }
+        }
+    }
+    Tensor x = randn({8, 16}, 46, 0.f, 1.f, DType::F32);
+    const Tensor sc = randn({3, 16}, 47, 1.f, 0.1f, DType::F32);
+    EXPECT_THROW(ops::row(x, {}, {ops::Norm::LayerNorm, {}, 1e-6f, sc, {}}, {true, false, 16, 16}, ops::Context{},
+                          {3, 4}),
+                 ShapeError);  // a group per item
+    EXPECT_THROW(ops::row(x, {}, {ops::Norm::LayerNorm, {}, 1e-6f, sc, {}}, {true, false, 16, 16}, ops::Context{},
+                          {3, 4, 2}),
+                 ShapeError);  // summing to the rows
+}
+
 // GELU (tanh form) of the first columns of a (padded) projection.
 TEST(Ops, GeluTanh) {
     for (DType dt : kDtypes)

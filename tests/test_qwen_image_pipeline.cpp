@@ -1,7 +1,8 @@
 // The Qwen-Image pipeline against diffusers' QwenImagePipeline on a tiny pipeline folder
 // (tests/data/qwen_image_pipeline/, scripts/fixtures/make_qwen_image_pipeline_fixtures.py): the
 // prompt embeddings, the final latents and the image from injected initial latents, with and
-// without true CFG; packing, the sigma schedule, the CFG rule, int8, and the checks before loading.
+// without true CFG; packing, the sigma schedule, the CFG rule, true CFG's batch of 2 against two
+// calls, int8, and the checks before loading.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -163,8 +164,9 @@ TEST(QwenImagePipeline, DeviceLoopKeepsTheHostLoopsBits) {
 
 // True CFG's one transformer call on a batch of 2 (qwen_image_cfg_batch: the shorter prompt's
 // embeddings zero-padded at the end under the text mask) gives each prompt's velocity of its own
-// batch-1 call to f32 rounding, whether the prompt or the negative prompt is the longer; the
-// padding matters: without the mask the padded item's velocity changes.
+// batch-1 call to f32 rounding (measured on the CPU: the same bits), whether the prompt or the
+// negative prompt is the longer; the padding matters: without the mask the padded item's velocity
+// changes. Embeddings that cannot share a batch are refused.
 TEST(QwenImagePipeline, CfgBatchOfTwoGivesTheTwoCallsVelocities) {
     SafetensorsFile ref(kPipe + "/reference.safetensors");
     QwenImagePipeline pipe(kPipe, options(DType::F32));
@@ -209,6 +211,11 @@ TEST(QwenImagePipeline, CfgBatchOfTwoGivesTheTwoCallsVelocities) {
         EXPECT_GT(max_diff(unmasked.slice_rows(padded * L, (padded + 1) * L), want), 1e-3 * max_abs(want))
             << "the mask changes nothing";
     }
+    const Tensor pos = pipe.encode_prompt(fox, 512);
+    const int64_t D = pos.size(2);
+    for (const Tensor& bad : {Tensor::zeros({1, 3, D + 1}, DType::F32), Tensor::zeros({1, 3, D}, DType::BF16),
+                              Tensor::zeros({2, 3, D}, DType::F32)})
+        EXPECT_ERROR_CONTAINS(qwen_image_cfg_batch(pos, bad), ShapeError, "must be [1, T, D] on the host");
 }
 
 TEST(QwenImagePipeline, TrueCfgRunsOnlyAboveOneWithANegativePrompt) {

@@ -1,5 +1,6 @@
 #include "pipeline/qwen_image_pipeline.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -71,6 +72,25 @@ Tensor unpack_qwen_image_latents(const Tensor& packed, int64_t h, int64_t w) {
     float* y = out.data<float>();
     for_each_packed(C, h, w, [&](int64_t packed, int64_t unpacked) { y[unpacked] = x[packed]; });
     return out;
+}
+
+QwenImageCfgBatch qwen_image_cfg_batch(const Tensor& pos, const Tensor& neg) {
+    const Shape &a = pos.shape(), &b = neg.shape();
+    auto on_host = [](const Tensor& t) { return t.device().type == DeviceType::CPU; };
+    if (a.size() != 3 || b.size() != 3 || a[0] != 1 || b[0] != 1 || a[2] != b[2] || pos.dtype() != neg.dtype() ||
+        !on_host(pos) || !on_host(neg))
+        raise<ShapeError>("Qwen-Image true CFG: the prompt's and the negative prompt's embeddings must be [1, T, D] "
+                          "on the host with one D and dtype, got {} {} and {} {}",
+                          dtype_name(pos.dtype()), shape_str(a), dtype_name(neg.dtype()), shape_str(b));
+    const int64_t T = std::max(a[1], b[1]), D = a[2];
+    QwenImageCfgBatch r{Tensor::zeros({2, T, D}, pos.dtype()), Tensor::zeros({2, T}, DType::U8)};
+    Tensor rows = r.embeds.view({2 * T, D});
+    for (const auto& [item, e] : {std::pair<int64_t, const Tensor*>{0, &pos}, {1, &neg}}) {
+        const int64_t n = e->size(1);
+        ops::copy_rows(rows, item * T, e->view({n, D}), 0, n, ops::Context{});
+        std::fill_n(r.mask.data<uint8_t>() + item * T, n, uint8_t(1));
+    }
+    return r;
 }
 
 struct QwenImagePipeline::Parts : PipelineFolder {
@@ -245,22 +265,31 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
     const std::array<int64_t, 3> grid{1, hp, wp};
     t0 = std::chrono::steady_clock::now();
     // The latents stay on the transformer's device between steps: as F32 holding values of dt (x)
-    // and in dt (x_in, the transformer's input, written by each step). The prompt embeddings are cast
-    // and moved there once.
+    // and in dt (x_in, the transformer's input, written by each step). With true CFG the transformer
+    // runs the prompt and the negative prompt as one batch of 2 (qwen_image_cfg_batch): x_in holds
+    // the latents once per item, the step writes item 0's rows and item 1 gets a copy. The prompt
+    // embeddings (and the text mask, on the host) are cast and moved there once.
     const ops::Context& ctx = p_->ctx;
-    Tensor x = ops::to_device(latents, ctx), x_in = ops::to_device(latents.to(dt), ctx);
-    const Tensor pos_d = ops::to_device(pos.to(dt), ctx), neg_d = cfg ? ops::to_device(neg.to(dt), ctx) : Tensor();
-    Tensor x2 = x.view({L, F}), x_in2 = x_in.view({L, F});
+    const int64_t B = cfg ? 2 : 1;
+    const QwenImageCfgBatch text = cfg ? qwen_image_cfg_batch(pos, neg) : QwenImageCfgBatch{pos, Tensor()};
+    const Tensor text_d = ops::to_device(text.embeds.to(dt), ctx);
+    Tensor x = ops::to_device(latents, ctx), x_in = ops::empty({B * L, F}, dt, ctx);
+    Tensor x2 = x.view({L, F}), x_in0 = x_in.slice_rows(0, L);
+    const Tensor start = ops::to_device(latents.to(dt), ctx).view({L, F});
+    for (int64_t b = 0; b < B; ++b) ops::copy_rows(x_in, b * L, start, 0, L, ctx);
     for (int i = 0; i < sched.steps(); ++i) {
         auto ts = std::chrono::steady_clock::now();
         // timestep = t.expand(B).to(latents.dtype) / 1000, in that dtype.
-        Tensor sigma = Tensor::empty({1}, DType::F32);
-        sigma.data<float>()[0] = round_to_dtype(round_to_dtype(sched.timesteps()[size_t(i)], dt) / 1000.0f, dt);
-        const Tensor v = transformer.forward(x_in, pos_d, Tensor(), sigma, grid).view({L, F});
-        const Tensor n = cfg ? transformer.forward(x_in, neg_d, Tensor(), sigma, grid).view({L, F}) : Tensor();
+        Tensor sigma = Tensor::empty({B}, DType::F32);
+        std::fill_n(sigma.data<float>(), B,
+                    round_to_dtype(round_to_dtype(sched.timesteps()[size_t(i)], dt) / 1000.0f, dt));
+        // Item 0: the prompt's velocity; item 1: the negative prompt's.
+        const Tensor v = transformer.forward(x_in.view({B, L, F}), text_d, text.mask, sigma, grid).view({B * L, F});
         // True CFG with the norm rescale, then scheduler.step: the sample upcast to f32, dt·v in the
         // velocity's dtype, the sum back to it.
-        ops::true_cfg_euler_step(x2, v, n, o.true_cfg_scale, sched.delta(i), dt, &x_in2, ctx);
+        ops::true_cfg_euler_step(x2, v.slice_rows(0, L), cfg ? v.slice_rows(L, 2 * L) : Tensor(), o.true_cfg_scale,
+                                 sched.delta(i), dt, &x_in0, ctx);
+        if (cfg) ops::copy_rows(x_in, L, x_in, 0, L, ctx);  // item 1 reads the same latents
         ops::synchronize(ctx);  // the step's time is its own
         if (progress) progress(i + 1, sched.steps(), seconds_since(ts));
     }

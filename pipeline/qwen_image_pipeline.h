@@ -14,7 +14,9 @@
 //     dt(dt(t) / 1000), dt the latents' dtype (bf16 rounds t before the division);
 //   - true CFG when true_cfg_scale > 1 and a negative prompt is given (even an empty one):
 //     comb = neg + s·(cond − neg), then comb·(‖cond‖ / ‖comb‖) per token over the last dim, each
-//     operation rounded to the dtype;
+//     operation rounded to the dtype; diffusers calls the transformer once per prompt, this
+//     pipeline once per step on a batch of 2 under a text mask (qwen_image_cfg_batch), the same
+//     velocities up to rounding;
 //   - the Euler step in f32 on the upcast latents with dt·v rounded to the velocity's dtype, the
 //     result rounded back to it;
 //   - unpack to [1, C, H/8, W/8], z / (1 / std) + mean, decode, postprocess (x·0.5 + 0.5, clamp, ·255,
@@ -99,5 +101,15 @@ std::vector<float> qwen_image_default_sigmas(int steps);
 // with feature c·4 + dy·2 + dx, and back.
 Tensor pack_qwen_image_latents(const Tensor& latents);
 Tensor unpack_qwen_image_latents(const Tensor& packed, int64_t h, int64_t w);
+
+// True CFG's text input, one transformer call for both prompts: the prompt's and the negative
+// prompt's embeddings ([1, T0, D] and [1, T1, D] on the host, one dtype) as embeds [2, T, D],
+// T = max(T0, T1), the shorter zero-padded at the end, with the text mask U8 [2, T] (1: a real
+// token). Masked tokens are never keys, so each item's velocity is that of its prompt alone (up to
+// rounding), as diffusers' two calls give it.
+struct QwenImageCfgBatch {
+    Tensor embeds, mask;
+};
+QwenImageCfgBatch qwen_image_cfg_batch(const Tensor& pos, const Tensor& neg);
 
 }  // namespace qdit

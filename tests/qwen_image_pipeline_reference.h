@@ -2,6 +2,7 @@
 // (tests/data/qwen_image_pipeline/reference.json and reference.safetensors, written by diffusers) as
 // QwenImageGenerateOptions, and the denoising loop as the pipeline ran it with the latents on the host.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <string>
@@ -34,10 +35,11 @@ inline QwenImageGenerateOptions qwen_image_reference_case(const nlohmann::json& 
 // The final packed latents of the Qwen-Image pipeline folder `dir` (a VAE of scale 8) for o, which
 // must carry packed initial latents [1, L, F], denoised as the pipeline did while it kept the latents
 // on the host: every step the transformer's host forward (the latents cast and moved to the model's
-// device, the velocity brought back), then true CFG with the norm rescale and the scheduler's step on
-// the host, rounded to the pipeline's dtype. `pipe` gives the prompt embeddings, `model` is its
-// transformer (same weights, dtype and device). The pipeline, which keeps the latents on the
-// transformer's device instead, must give these bit for bit.
+// device, the velocity brought back; with true CFG one call on the pipeline's batch of 2, the
+// latents once per item and the prompts as qwen_image_cfg_batch puts them), then true CFG with the
+// norm rescale and the scheduler's step on the host, rounded to the pipeline's dtype. `pipe` gives
+// the prompt embeddings, `model` is its transformer (same weights, dtype and device). The pipeline,
+// which keeps the latents on the transformer's device instead, must give these bit for bit.
 inline Tensor qwen_image_host_loop_latents(const QwenImagePipeline& pipe, const std::string& dir,
                                            const QwenImageGenerateOptions& o,
                                            const qwen_image::QwenImageTransformer& model) {
@@ -46,21 +48,28 @@ inline Tensor qwen_image_host_loop_latents(const QwenImagePipeline& pipe, const 
     const DType dt = pipe.dtype();
     const bool cfg = o.true_cfg();
     const Tensor pos = pipe.encode_prompt(o.prompt, o.max_sequence_length);
-    const Tensor neg = cfg ? pipe.encode_prompt(*o.negative_prompt, o.max_sequence_length) : Tensor();
+    const QwenImageCfgBatch text =
+        cfg ? qwen_image_cfg_batch(pos, pipe.encode_prompt(*o.negative_prompt, o.max_sequence_length))
+            : QwenImageCfgBatch{pos, Tensor()};
+    const int64_t B = cfg ? 2 : 1;
     Tensor latents = o.latents.to(DType::F32);
     const int64_t L = latents.size(1), F = latents.size(2);
+    Tensor input = Tensor::empty({B, L, F}, DType::F32);
     const std::array<int64_t, 3> grid{1, o.height / 16, o.width / 16};
     float* x = latents.data<float>();
     for (int64_t k = 0; k < L * F; ++k) x[k] = round_to_dtype(x[k], dt);
     FlowMatchEulerScheduler sched(sc, qwen_image_default_sigmas(o.steps), calculate_shift(L, sc));
     for (int i = 0; i < sched.steps(); ++i) {
-        Tensor sigma = Tensor::empty({1}, DType::F32);
-        sigma.data<float>()[0] = round_to_dtype(round_to_dtype(sched.timesteps()[size_t(i)], dt) / 1000.0f, dt);
-        Tensor v = model.forward(latents, pos, Tensor(), sigma, grid).to(DType::F32);
+        Tensor sigma = Tensor::empty({B}, DType::F32);
+        for (int64_t b = 0; b < B; ++b) {
+            sigma.data<float>()[b] = round_to_dtype(round_to_dtype(sched.timesteps()[size_t(i)], dt) / 1000.0f, dt);
+            std::copy(x, x + L * F, input.data<float>() + b * L * F);
+        }
+        // Item 0: the prompt's velocity; item 1: the negative prompt's.
+        Tensor v = model.forward(input, text.embeds, text.mask, sigma, grid).to(DType::F32);
         float* vp = v.data<float>();
         if (cfg) {
-            const Tensor n = model.forward(latents, neg, Tensor(), sigma, grid).to(DType::F32);
-            const float* np = n.data<float>();
+            const float* np = vp + L * F;
             for (int64_t tok = 0; tok < L; ++tok) {
                 float* c = vp + tok * F;
                 const float* u = np + tok * F;

@@ -1,7 +1,8 @@
 // The Qwen-Image pipeline against diffusers' QwenImagePipeline on a tiny pipeline folder
 // (tests/data/qwen_image_pipeline/, scripts/fixtures/make_qwen_image_pipeline_fixtures.py): the
 // prompt embeddings, the final latents and the image from injected initial latents, with and
-// without true CFG; packing, the sigma schedule, the CFG rule, int8, and the checks before loading.
+// without true CFG; packing, the sigma schedule, the CFG rule, true CFG's batch of 2 against two
+// calls, int8, and the checks before loading.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -159,6 +160,62 @@ TEST(QwenImagePipeline, DeviceLoopKeepsTheHostLoopsBits) {
             EXPECT_EQ(std::memcmp(got.raw(), want.raw(), got.nbytes()), 0);
         }
     }
+}
+
+// True CFG's one transformer call on a batch of 2 (qwen_image_cfg_batch: the shorter prompt's
+// embeddings zero-padded at the end under the text mask) gives each prompt's velocity of its own
+// batch-1 call to f32 rounding (measured on the CPU: the same bits), whether the prompt or the
+// negative prompt is the longer; the padding matters: without the mask the padded item's velocity
+// changes. Embeddings that cannot share a batch are refused.
+TEST(QwenImagePipeline, CfgBatchOfTwoGivesTheTwoCallsVelocities) {
+    SafetensorsFile ref(kPipe + "/reference.safetensors");
+    QwenImagePipeline pipe(kPipe, options(DType::F32));
+    const qwen_image::QwenImageTransformer model(prepare_model(kPipe + "/transformer", QuantConfig{}), DType::F32);
+    const Tensor x = ref.get("cfg.packed_latents");  // a 64x64 image: 4x4 tokens
+    const int64_t L = x.size(1), F = x.size(2);
+    const std::array<int64_t, 3> grid{1, 4, 4};
+    Tensor x2 = Tensor::empty({2, L, F}, DType::F32), sigma1 = Tensor::empty({1}, DType::F32),
+           sigma2 = Tensor::empty({2}, DType::F32);
+    for (int64_t b = 0; b < 2; ++b) std::memcpy(x2.data<float>() + b * L * F, x.raw(), x.nbytes());
+    sigma1.data<float>()[0] = sigma2.data<float>()[0] = sigma2.data<float>()[1] = 0.6f;
+    const std::string fox = "A red fox in the snow, Ultra HD, 4K, cinematic composition.";
+    for (const auto& [prompt, negative] : std::vector<std::pair<std::string, std::string>>{{fox, " "}, {" ", fox}}) {
+        SCOPED_TRACE("prompt '" + prompt + "', negative prompt '" + negative + "'");
+        const Tensor pos = pipe.encode_prompt(prompt, 512), neg = pipe.encode_prompt(negative, 512);
+        const int64_t T0 = pos.size(1), T1 = neg.size(1), T = std::max(T0, T1), D = pos.size(2);
+        ASSERT_NE(T0, T1);
+        const QwenImageCfgBatch text = qwen_image_cfg_batch(pos, neg);
+        ASSERT_EQ(text.embeds.shape(), (Shape{2, T, D}));
+        ASSERT_EQ(text.mask.shape(), (Shape{2, T}));
+        for (int64_t b = 0; b < 2; ++b) {
+            const int64_t n = b == 0 ? T0 : T1;
+            const Tensor item = text.embeds.view({2 * T, D}).slice_rows(b * T, (b + 1) * T);
+            EXPECT_EQ(max_diff(item.slice_rows(0, n), (b == 0 ? pos : neg).view({n, D})), 0.0) << "item " << b;
+            if (n < T) EXPECT_EQ(max_abs(item.slice_rows(n, T)), 0.0) << "item " << b << "'s padding";
+            for (int64_t k = 0; k < T; ++k) EXPECT_EQ(text.mask.data<uint8_t>()[b * T + k], k < n ? 1 : 0);
+        }
+
+        const Tensor v = model.forward(x2, text.embeds, text.mask, sigma2, grid).view({2 * L, F});
+        const Tensor vp = model.forward(x, pos, Tensor(), sigma1, grid).view({L, F}),
+                     vn = model.forward(x, neg, Tensor(), sigma1, grid).view({L, F});
+        const double dp = max_diff(v.slice_rows(0, L), vp), dn = max_diff(v.slice_rows(L, 2 * L), vn);
+        std::printf("T %lld/%lld: batch of 2 vs two calls, max diff %.3g / %.3g (max |v| %.3g / %.3g)\n",
+                    (long long)T0, (long long)T1, dp, dn, max_abs(vp), max_abs(vn));
+        EXPECT_LE(dp, 1e-5 * max_abs(vp));
+        EXPECT_LE(dn, 1e-5 * max_abs(vn));
+        EXPECT_GT(max_diff(vp, vn), 1e-2 * max_abs(vp)) << "the two prompts give the same velocity";
+
+        const Tensor unmasked = model.forward(x2, text.embeds, Tensor(), sigma2, grid).view({2 * L, F});
+        const int64_t padded = T0 < T1 ? 0 : 1;
+        const Tensor want = padded == 0 ? vp : vn;
+        EXPECT_GT(max_diff(unmasked.slice_rows(padded * L, (padded + 1) * L), want), 1e-3 * max_abs(want))
+            << "the mask changes nothing";
+    }
+    const Tensor pos = pipe.encode_prompt(fox, 512);
+    const int64_t D = pos.size(2);
+    for (const Tensor& bad : {Tensor::zeros({1, 3, D + 1}, DType::F32), Tensor::zeros({1, 3, D}, DType::BF16),
+                              Tensor::zeros({2, 3, D}, DType::F32)})
+        EXPECT_ERROR_CONTAINS(qwen_image_cfg_batch(pos, bad), ShapeError, "must be [1, T, D] on the host");
 }
 
 TEST(QwenImagePipeline, TrueCfgRunsOnlyAboveOneWithANegativePrompt) {

@@ -33,7 +33,8 @@ Environment: SMOKE=1 builds reduced models (Qwen-Image: the committed tiny pipel
 small widths; Z-Image: cold_start's 2 + 1 layers at the published widths) and runs 256x256, 2 steps; DEVICE (default cuda; cpu for the smoke check without a GPU); DEADLINE_EPOCH (unix
 time) after which no row starts, and ROW_S (seconds, default 200 Qwen-Image / 60 Z-Image, 0 with
 SMOKE) that a row needs at least: a row is started only when that much time is left, and its
-processes are stopped at the deadline (such a row is not recorded, so a rerun does it).
+processes are stopped at the deadline (such a row is not recorded, so a rerun does it). ROWS: a
+comma-separated list of row names (as in the table) to run; the others are not started.
 """
 import json
 import math
@@ -395,9 +396,16 @@ def run(model, root, binary, out):
             ("diffusers bf16 eager", "diffusers", False), ("diffusers bf16 compiled", "diffusers", True),
             ("qdit int8, FP8 attention", "qdit", "int8-fp8"), ("qdit int8, text encoder offloaded", "qdit", "int8-offload")]
     failed = False
+    only = set(r.strip() for r in os.environ["ROWS"].split(",")) if os.environ.get("ROWS") else None
+    if only and only - {name for name, _, _ in plan}:
+        log(f"ROWS names no row: {sorted(only - {name for name, _, _ in plan})}")
+        return 1
     for name, engine, arg in plan:
         if name in res["rows"]:
             log(f"{name}: done earlier")
+            continue
+        if only and name not in only:
+            log(f"{name}: not in ROWS")
             continue
         left = deadline - time.time()
         if left < row_s:

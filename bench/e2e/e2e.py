@@ -34,7 +34,7 @@ small widths; Z-Image: cold_start's 2 + 1 layers at the published widths) and ru
 time) after which no row starts, and ROW_S (seconds, default 200 Qwen-Image / 60 Z-Image, 0 with
 SMOKE) that a row needs at least: a row is started only when that much time is left, and its
 processes are stopped at the deadline (such a row is not recorded, so a rerun does it). ROWS: a
-comma-separated list of row names (as in the table) to run; the others are not started.
+semicolon-separated list of row names (as in the table) to run; the others are not started.
 """
 import json
 import math
@@ -396,7 +396,7 @@ def run(model, root, binary, out):
             ("diffusers bf16 eager", "diffusers", False), ("diffusers bf16 compiled", "diffusers", True),
             ("qdit int8, FP8 attention", "qdit", "int8-fp8"), ("qdit int8, text encoder offloaded", "qdit", "int8-offload")]
     failed = False
-    only = set(r.strip() for r in os.environ["ROWS"].split(",")) if os.environ.get("ROWS") else None
+    only = set(r.strip() for r in os.environ["ROWS"].split(";")) if os.environ.get("ROWS") else None
     if only and only - {name for name, _, _ in plan}:
         log(f"ROWS names no row: {sorted(only - {name for name, _, _ in plan})}")
         return 1

@@ -15,7 +15,7 @@
 #   ROOT      where the pipeline folders, images and results go (Qwen-Image needs 58.5 GB free there, Z-Image 21.5 GB): /tmp/e2e
 #   DEADLINE  seconds since the start after which no row starts and running ones are stopped (optional)
 #   ROW_S     seconds a row needs at least to be started (default 200 Qwen-Image, 60 Z-Image)
-#   ROWS      comma-separated row names (as in the table) to run, the others skipped (optional)
+#   ROWS      semicolon-separated row names (as in the table) to run, the others skipped (optional)
 # SMOKE=1: reduced models (Qwen-Image: the committed tiny pipeline's configs; Z-Image: cold_start.py's),
 # 256x256, 2 steps; with DEVICE=cpu it runs without a GPU (a CPU build of qdit as QDIT_BIN; torch,
 # diffusers and transformers importable).

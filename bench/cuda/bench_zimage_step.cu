@@ -5,7 +5,10 @@
 // allocator's weight / activation / peak bytes and, after the bf16 mode, each mode's SQNR against it.
 //
 //   bench_zimage_step [--steps N] [--mode bf16|int8|int8-fp8-attention|both, or a comma-separated list]
-//       [--layers N] [--profile 1] [--graph 0|1]
+//       [--layers N] [--caption N] [--profile 1] [--graph 0|1]
+//
+// --caption N: caption tokens (default 512; a pipeline's prompt is usually far shorter, and its
+// step is this one with that caption length).
 //
 // The model is zimage::ZImageTransformer (written on the op layer) on a CUDA context. --graph 1
 // (default) runs the blocks as one CUDA graph (set_cuda_graph), captured in the warm-up. The output
@@ -42,7 +45,7 @@ double gib(size_t b) { return double(b) / double(size_t(1) << 30); }
 // before quantization).
 Tensor g_bf16_out;
 
-void run(const std::string& mode, int steps, int64_t layers, bool profile, bool graph) {
+void run(const std::string& mode, int steps, int64_t layers, int64_t caption, bool profile, bool graph) {
     zimage::Config cfg;  // defaults are Z-Image-Turbo's
     cfg.n_layers = layers;
     auto& alloc = cuda::Allocator::instance();
@@ -59,7 +62,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile, bool 
             return model.forward_tokens(p.as_tensor(), {1, 64, 64}, c.as_tensor(), 0.5f);
         };
         const size_t wbytes = alloc.stats().weight;
-        const bench::ZImageStepInputs in = bench::zimage_step_inputs(cfg);
+        const bench::ZImageStepInputs in = bench::zimage_step_inputs(cfg, caption);
         const Tensor &p = in.patches, &c = in.caption;
         cuda::DTensor dp = cuda::DTensor::upload(p, cuda::MemKind::Activation, s);
         cuda::DTensor dc = cuda::DTensor::upload(c, cuda::MemKind::Activation, s);
@@ -95,10 +98,10 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile, bool 
         const std::string sqnr = mode != "bf16" && g_bf16_out.defined()
                                      ? fmt::format(", SQNR vs bf16 {:.2f} dB", bench::sqnr_db(g_bf16_out, host_out))
                                      : "";
-        std::printf("%-5s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d of %d; "
+        std::printf("%-5s layers %lld, caption %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d of %d; "
                     "weights %.2f GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB, "
                     "reserved peak %.2f GiB; attention %s, graph %s; output rms %.4g%s, hash %016llx%s; host enqueue %.2f ms/step (median)\n",
-                    mode.c_str(), (long long)layers, ms[ms.size() / 2], steps, ms.front(), ms.back(),
+                    mode.c_str(), (long long)layers, (long long)caption, ms[ms.size() / 2], steps, ms.front(), ms.back(),
                     model.int8_layers(), model.linear_layers(), gib(wbytes), gib(model.weight_bytes()),
                     gib(m.peak_activation), gib(m.peak), gib(m.peak_reserved), fp8 ? "fp8" : cuda::attention_impl_name(),
                     graph ? "on" : "off", st.rms, st.finite ? "" : " NON-FINITE", (unsigned long long)st.hash,
@@ -113,13 +116,14 @@ void run(const std::string& mode, int steps, int64_t layers, bool profile, bool 
 
 int main(int argc, char** argv) {
     int steps = 10;
-    int64_t layers = 30;
+    int64_t layers = 30, caption = 512;
     std::string mode = "both";
     bool profile = false, graph = true;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--steps")) steps = std::max(1, std::atoi(argv[i + 1]));
         else if (!std::strcmp(argv[i], "--mode")) mode = argv[i + 1];
         else if (!std::strcmp(argv[i], "--layers")) layers = std::atoll(argv[i + 1]);
+        else if (!std::strcmp(argv[i], "--caption")) caption = std::max<int64_t>(1, std::atoll(argv[i + 1]));
         else if (!std::strcmp(argv[i], "--profile")) profile = std::atoi(argv[i + 1]) != 0;
         else if (!std::strcmp(argv[i], "--graph")) graph = std::atoi(argv[i + 1]) != 0;
     }
@@ -127,7 +131,7 @@ int main(int argc, char** argv) {
         // --mode: one mode, a comma-separated list of them (run in this order), or both (bf16,int8).
         const std::string list = "," + (mode == "both" ? std::string("bf16,int8") : mode) + ",";
         for (const char* m : {"bf16", "int8", "int8-fp8-attention"})
-            if (list.find("," + std::string(m) + ",") != std::string::npos) run(m, steps, layers, profile, graph);
+            if (list.find("," + std::string(m) + ",") != std::string::npos) run(m, steps, layers, caption, profile, graph);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_zimage_step: %s\n", e.what());
         return 1;

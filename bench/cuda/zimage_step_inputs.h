@@ -1,5 +1,6 @@
 // The inputs of one full-size Z-Image DiT step in the CUDA benchmarks: 1024x1024 (a 64x64 grid of
-// 2x2 patches) and 512 caption tokens, deterministic pseudo-random bf16 values in [-1, 1) on the host.
+// 2x2 patches) and `cap` caption tokens (512 unless asked), deterministic pseudo-random bf16 values
+// in [-1, 1) on the host (the first rows of the 512-token caption for fewer).
 #pragma once
 #include <cstdint>
 
@@ -11,11 +12,11 @@ namespace qdit::bench {
 
 struct ZImageStepInputs {
     Tensor patches;  // bf16 [4096, 2·2·in_channels]
-    Tensor caption;  // bf16 [512, cap_feat_dim]
+    Tensor caption;  // bf16 [cap, cap_feat_dim]
 };
 
-inline ZImageStepInputs zimage_step_inputs(const zimage::Config& cfg) {
-    const int64_t tokens = 64 * 64, cap = 512, pdim = 2 * 2 * cfg.in_channels;
+inline ZImageStepInputs zimage_step_inputs(const zimage::Config& cfg, int64_t cap = 512) {
+    const int64_t tokens = 64 * 64, pdim = 2 * 2 * cfg.in_channels;
     ZImageStepInputs in{Tensor::empty({tokens, pdim}, DType::BF16), Tensor::empty({cap, cfg.cap_feat_dim}, DType::BF16)};
     uint32_t st = 1;
     auto rnd = [&] {

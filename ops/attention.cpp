@@ -134,7 +134,8 @@ Fp8Qk Fp8Qk::like(int64_t rows, const Context& ctx) const {
 Fp8Qk fp8_qk(int64_t rows, int64_t width, const std::vector<Tensor>& wq, const std::vector<Tensor>& wk,
              int64_t head_dim, const Context& ctx) {
     const char* op = "fp8_qk";
-    if (!ctx.cuda() || ctx.attention != AttentionImpl::Fp8) no_fp8_on_cpu(op);
+    if (!ctx.cuda()) no_fp8_on_cpu(op);
+    if (ctx.attention != AttentionImpl::Fp8) raise<UsageError>("{}: the context does not run FP8 attention", op);
 #ifdef QDIT_WITH_CUDA
     cuda::Fp8QkWeights w;
     for (auto [list, is_k] : {std::pair{&wq, 0}, std::pair{&wk, 1}})

@@ -1,6 +1,7 @@
 #include "io/png.h"
 
 #include <png.h>
+#include <zlib.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -40,6 +41,12 @@ bool png_write_all(png_structp png, png_infop info, std::string* out, int width,
                    png_textp chunks, int n_chunks, png_bytepp rows) {
     if (setjmp(png_jmpbuf(png))) return false;
     png_set_write_fn(png, out, png_append, png_flush_nothing);
+    // The Paeth filter on every row and zlib's run-length strategy: on 1024x1024 photographs
+    // 6-7x faster than libpng's defaults (every filter tried per row, zlib level 6) for files
+    // within 0.5 % of their size (docs/benchmarks.md, "PNG encoding").
+    png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_PAETH);
+    png_set_compression_strategy(png, Z_RLE);
+    png_set_compression_level(png, 1);
     png_set_IHDR(png, info, png_uint_32(width), png_uint_32(height), 8, PNG_COLOR_TYPE_RGB,
                  PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     if (n_chunks > 0) png_set_text(png, info, chunks, n_chunks);

@@ -147,7 +147,7 @@ Fp8Qk fp8_qk(int64_t rows, int64_t width, const std::vector<Tensor>& wq, const s
             w.w[w.count] = t.raw();
             w.is_k[w.count++] = is_k;
         }
-    Fp8Qk r{empty({rows, width}, DType::F8_E4M3, ctx), empty({cuda::kFp8Scalars + 4}, DType::F32, ctx)};
+    Fp8Qk r{empty({rows, width}, DType::F8_E4M3, ctx), empty({cuda::kFp8ScalarFloats}, DType::F32, ctx)};
     w.scalars = static_cast<float*>(r.scalars.raw());
     cuda::fp8_qk_descales(w, head_dim, detail::stream(ctx));
     return r;

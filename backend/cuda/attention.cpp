@@ -358,7 +358,7 @@ void attention_fp8(const void* qkv, int64_t ld, void* o, int64_t ldo, int64_t ba
     DTensor y, sc;
     if (!v_only) {
         y = DTensor::empty({rows * ld}, DType::U8);
-        sc = DTensor::empty({kFp8Scalars + 4}, DType::F32);  // the scalars, then 3 amax words
+        sc = DTensor::empty({kFp8ScalarFloats}, DType::F32);
         qk8 = static_cast<uint8_t*>(y.raw());
         qk8_scalars = static_cast<float*>(sc.raw());
     }

@@ -82,7 +82,7 @@ void attention_padded(const void* q, int64_t ldq, const void* k, int64_t ldk, co
 // Throws qdit::Error where cuDNN cannot build the plan (no fallback); ld, hd and ldo multiples of 8.
 // qk8 (optional): E4M3 rows ld bytes apart whose q and k columns hold every token row's q and k
 // already (qk_norm_rope's E4M3 output), with their descales in qk8_scalars[kDescaleQ], [kDescaleK]
-// (fp8_qk_descales; kFp8Scalars + 4 device floats): then only v is converted, into qk8's v columns.
+// (fp8_qk_descales; kFp8ScalarFloats device floats): then only v is converted, into qk8's v columns.
 void attention_fp8(const void* qkv, int64_t ld, void* o, int64_t ldo, int64_t batch, int64_t s, const int32_t* len,
                    int64_t heads, int64_t kv_heads, int64_t hd, cudaStream_t stream, uint8_t* qk8 = nullptr,
                    float* qk8_scalars = nullptr);
@@ -92,6 +92,9 @@ bool fp8_attention_supported(int device);
 
 // The device scalars attention_fp8 hands cuDNN, by index (attention_fp8.cu writes them).
 enum Fp8Scalar : int { kDescaleQ = 0, kDescaleK, kDescaleV, kDescaleS, kScaleS, kScaleO, kScaleOFp8, kAmaxS, kAmaxO, kFp8Scalars };
+// The device floats one FP8 attention call works with: the scalars, then fp8_quantize_qkv's 3 amax
+// words (and one unused).
+constexpr int kFp8ScalarFloats = kFp8Scalars + 4;
 // y (E4M3, same layout as qkv) ← qkv [rows, ld] bf16 with per-part scales: columns [0, c1) q,
 // [c1, c2) k, [c2, width) v; rows r with len and r % s >= len[r / s] are zeroed. amax: 3 device
 // words of scratch; scalars: kFp8Scalars device floats, filled. v_only: the token rows' q and k

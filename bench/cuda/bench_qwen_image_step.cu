@@ -14,7 +14,6 @@
 //   bench_qwen_image_step [--steps N] [--layers N] [--graph 0|1] [--profile 0|1]
 //       [--mode bf16|int8|int8-keep-img-mlp|int8-fp8-attention|bf16-fp8-attention|all or a comma-separated list]
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -46,7 +45,6 @@ Tensor inputs(Shape shape, uint32_t seed) {
 // The output of the bf16 run, which the later modes' SQNR is measured against (the same seed, so
 // the same weights before quantization).
 Tensor g_bf16_out;
-
 
 void run(const std::string& mode, int steps, int64_t layers, bool graph, bool profile) {
     qwen_image::Config cfg;  // defaults are the published Qwen-Image config

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include <unistd.h>
@@ -103,4 +104,35 @@ TEST(QwenImageForward, PrequantizedRoundTrip) {
     const Tensor a = run_qwen_image(online, DType::F32, in), b = run_qwen_image(stored, DType::F32, in);
     EXPECT_EQ(compare(b, a).max_abs, 0.0);
     fs::remove_all(out);
+}
+
+// A text mask may leave an item without any text token (its image tokens then attend to each other
+// only), or every item: the text stream is empty for such an item, its output does not depend on
+// encoder_hidden_states, and the other item's output is the one it has with its own mask.
+TEST(QwenImageForward, ItemsWithoutTextTokens) {
+    const QwenImageInputs in = qwen_image_inputs("h2_b2_mask");
+    qwen_image::QwenImageTransformer model(prepare_model(qwen_image_transformer("h2_b2_mask"), QuantConfig{}),
+                                           DType::F32, ops::Context{});
+    const Tensor mask = in.mask.to(DType::F32);
+    const int64_t B = mask.size(0), T = mask.size(1);
+    ASSERT_EQ(B, 2);
+    Tensor other = in.encoder_hidden_states.to(DType::F32);  // other text: changed values
+    for (int64_t i = 0; i < other.numel(); ++i) other.data<float>()[i] = 2.f * other.data<float>()[i] + 1.f;
+    auto run = [&](const Tensor& enc, const Tensor& m) {
+        return model.forward(in.hidden_states, enc, m, in.timestep, in.grid).to(DType::F32);
+    };
+    auto item = [&](const Tensor& out, int64_t b) { return out.view({B, out.numel() / B}).slice_rows(b, b + 1); };
+    auto same = [](const Tensor& a, const Tensor& b) { return std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0; };
+    Tensor first_empty = mask.to(DType::F32);
+    for (int64_t k = 0; k < T; ++k) first_empty.data<float>()[k] = 0.f;
+    const Tensor a = run(in.encoder_hidden_states, first_empty), b = run(other, first_empty),
+                 full = run(in.encoder_hidden_states, mask);
+    EXPECT_TRUE(same(item(a, 0), item(b, 0))) << "item 0 has no text token, yet the text changed its output";
+    EXPECT_FALSE(same(item(a, 1), item(b, 1))) << "item 1's text should matter";
+    const Err e = compare(item(a, 1), item(full, 1));
+    EXPECT_LE(e.max_abs, 1e-5 * e.max_ref) << "item 1 with and without item 0's text";
+    const Tensor none = Tensor::zeros({B, T}, DType::F32);
+    const Tensor c = run(in.encoder_hidden_states, none), d = run(other, none);
+    EXPECT_TRUE(same(c, d)) << "no text token anywhere, yet the text changed the output";
+    EXPECT_TRUE(same(item(c, 0), item(a, 0))) << "item 0 alone without text";
 }

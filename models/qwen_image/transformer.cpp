@@ -206,8 +206,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         lengths[size_t(b)] = L + n_real[size_t(b)];
         first[size_t(b) + 1] = first[size_t(b)] + n_real[size_t(b)];
     }
-    const int64_t N = first[size_t(B)];
-    if (N == 0) raise<ShapeError>("Qwen-Image: the text mask leaves no text token in any item");
+    const int64_t N = first[size_t(B)];  // 0 when the mask leaves no text token: image tokens only
     // f(row of encoder_hidden_states [B·T, ·], text stream row, k, n) for each run of n real tokens
     // from token k on.
     auto text_runs = [&](auto&& f) {
@@ -264,7 +263,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             ops::copy_rows(d2, 0, table.view({n, hd}), 0, n, ctx_);
         };
         put(img_freqs, img_pos);
-        put(txt_freqs, txt_pos);
+        if (N > 0) put(txt_freqs, txt_pos);
     }
 
     // SiLU(temb): what every modulation reads. Embeddings: img_in; txt_in(RMSNorm(text)).
@@ -277,12 +276,14 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         ops::copy_rows(cond, 0, ops::silu(temb, ctx_), 0, B, ctx_);
         img_in_.forward_into({on_device(hs, "hidden_states").view({B * L, cfg_.in_channels}), {}, {}}, img);
         Tensor e = on_device(enc, "encoder_hidden_states").view({B * T, cfg_.joint_attention_dim});
-        if (!all_real) {  // the real tokens' rows
+        if (!all_real && N > 0) {  // the real tokens' rows
             Tensor real = ops::empty({N, cfg_.joint_attention_dim}, dt_, ctx_);
             text_runs([&](int64_t t, int64_t row, int64_t, int64_t n) { ops::copy_rows(real, row, e, t, n, ctx_); });
             e = real;
         }
-        txt_in_.forward_into(ops::row(e, {}, {ops::Norm::Rms, txt_norm_, eps, {}, {}}, txt_in_.input_spec(), ctx_), txt);
+        if (N > 0)
+            txt_in_.forward_into(ops::row(e, {}, {ops::Norm::Rms, txt_norm_, eps, {}, {}}, txt_in_.input_spec(), ctx_),
+                                 txt);
     }
     Tensor out = buffer("out", {B * L, cfg_.out_features()}, dt_);
 
@@ -322,7 +323,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                                           ops::RopeLayout::Interleaved, ctx_, fp8 ? &rows8 : nullptr);
                 }
             }
-            {
+            if (N > 0) {
                 ops::Region r("text q|k|v", ctx_);
                 Tensor qkv_txt = blk.txt.qkv.forward(ops::row(
                     txt, {p_txt.y, {}, eps, p_txt.gate},
@@ -361,6 +362,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             }
             mlp("image MLP", blk.img, img, y_img, m_img, p_img, {});
             if (&blk == &blocks_.back()) break;  // the last block's text stream is unused
+            if (N == 0) continue;
             Tensor y_txt;
             {
                 ops::Region r("text attention out", ctx_);

@@ -131,23 +131,27 @@ Tensor zeros(Shape shape, DType dtype, const Context& ctx) {
 #endif
 }
 
-void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row, int64_t n, const Context& ctx) {
+void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row, int64_t n, const Context& ctx,
+               int64_t src_step) {
     detail::check_device(dst, ctx, "copy_rows", "dst");
     detail::check_device(src, ctx, "copy_rows", "src");
     if (dst.dim() != 2 || src.dim() != 2 || dst.size(1) != src.size(1) || dst.dtype() != src.dtype() || n < 0 ||
-        dst_row < 0 || src_row < 0 || dst_row + n > dst.size(0) || src_row + n > src.size(0))
-        raise<ShapeError>("copy_rows: {} rows from {} {} at {} into {} {} at {}", n, dtype_name(src.dtype()),
-                          shape_str(src.shape()), src_row, dtype_name(dst.dtype()), shape_str(dst.shape()), dst_row);
-    const size_t row = size_t(dst.size(1)) * dtype_size(dst.dtype());
+        src_step < 1 || dst_row < 0 || src_row < 0 || dst_row + n > dst.size(0) ||
+        (n > 0 && src_row + (n - 1) * src_step >= src.size(0)))
+        raise<ShapeError>("copy_rows: {} rows every {} from {} {} at {} into {} {} at {}", n, src_step,
+                          dtype_name(src.dtype()), shape_str(src.shape()), src_row, dtype_name(dst.dtype()),
+                          shape_str(dst.shape()), dst_row);
+    const size_t row = size_t(dst.size(1)) * dtype_size(dst.dtype()), pitch = size_t(src_step) * row;
     uint8_t* d = static_cast<uint8_t*>(dst.raw()) + size_t(dst_row) * row;
     const uint8_t* s = static_cast<const uint8_t*>(src.raw()) + size_t(src_row) * row;
     if (n == 0) return;
     if (!ctx.cuda()) {
-        std::memcpy(d, s, size_t(n) * row);
+        for (int64_t i = 0; i < n; ++i) std::memcpy(d + size_t(i) * row, s + size_t(i) * pitch, row);
         return;
     }
 #ifdef QDIT_WITH_CUDA
-    cuda::check(cudaMemcpyAsync(d, s, size_t(n) * row, cudaMemcpyDeviceToDevice, detail::stream(ctx)), "copy_rows");
+    cuda::check(cudaMemcpy2DAsync(d, row, s, pitch, row, size_t(n), cudaMemcpyDeviceToDevice, detail::stream(ctx)),
+                "copy_rows");
 #else
     no_cuda("copy_rows");
 #endif

@@ -82,9 +82,10 @@ struct DeviceMemory {
 DeviceMemory device_memory(const Context& ctx);
 // A new tensor on ctx's device, all zero bytes.
 Tensor zeros(Shape shape, DType dtype, const Context& ctx);
-// Rows [dst_row, dst_row + n) of dst [*, c] ← rows [src_row, src_row + n) of src [*, c] (same dtype
-// and width, both on ctx's device, not overlapping).
-void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row, int64_t n, const Context& ctx);
+// Rows [dst_row, dst_row + n) of dst [*, c] ← rows src_row, src_row + src_step, ... (n of them) of
+// src [*, c] (same dtype and width, both on ctx's device, not overlapping; src_step >= 1).
+void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row, int64_t n, const Context& ctx,
+               int64_t src_step = 1);
 // x [world·n, c] on ctx's device, of which this rank holds rows [rank·n, (rank + 1)·n): afterwards
 // every rank holds all rows (an all-gather through ctx.comm; nothing to do on one device).
 // Collective: every rank calls it with the same shape.

@@ -277,12 +277,20 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
     Tensor x2 = x.view({L, F}), x_in0 = x_in.slice_rows(0, L);
     const Tensor start = ops::to_device(latents.to(dt), ctx).view({L, F});
     for (int64_t b = 0; b < B; ++b) ops::copy_rows(x_in, b * L, start, 0, L, ctx);
+    // timestep = t.expand(B).to(latents.dtype) / 1000, in that dtype. The modulation of every
+    // step is computed before the loop and freed after it (also when a step throws).
+    std::vector<float> sigmas(size_t(sched.steps()));
+    for (size_t i = 0; i < sigmas.size(); ++i)
+        sigmas[i] = round_to_dtype(round_to_dtype(sched.timesteps()[i], dt) / 1000.0f, dt);
+    transformer.set_timesteps(sigmas);
+    struct KeptModulation {
+        const qwen_image::QwenImageTransformer& t;
+        ~KeptModulation() { t.set_timesteps({}); }
+    } kept{transformer};
     for (int i = 0; i < sched.steps(); ++i) {
         auto ts = std::chrono::steady_clock::now();
-        // timestep = t.expand(B).to(latents.dtype) / 1000, in that dtype.
         Tensor sigma = Tensor::empty({B}, DType::F32);
-        std::fill_n(sigma.data<float>(), B,
-                    round_to_dtype(round_to_dtype(sched.timesteps()[size_t(i)], dt) / 1000.0f, dt));
+        std::fill_n(sigma.data<float>(), B, sigmas[size_t(i)]);
         // Item 0: the prompt's velocity; item 1: the negative prompt's.
         const Tensor v = transformer.forward(x_in.view({B, L, F}), text_d, text.mask, sigma, grid).view({B * L, F});
         // True CFG with the norm rescale, then scheduler.step: the sample upcast to f32, dt·v in the

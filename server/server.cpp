@@ -84,6 +84,7 @@ struct Job {
     bool fetched = false;  // a client has seen its final state
     std::vector<std::string> pngs;
     std::vector<uint64_t> seeds;
+    std::string stages;  // where a finished job's time went, for the log line
     std::string error;
     std::vector<std::string> events;  // server-sent events, every one since the job was accepted
     std::atomic<bool> cancel{false};
@@ -232,6 +233,7 @@ struct Server::Impl {
         const ImageRequest& rq = job->req;
         std::vector<std::string> pngs;
         std::vector<uint64_t> seeds;
+        double text_s = 0, denoise_s = 0, vae_s = 0, png_s = 0;
         for (int i = 0; i < rq.n; ++i) {
             if (job->cancel) throw Cancelled{};
             {
@@ -261,7 +263,12 @@ struct Server::Impl {
                 r = pipe->generate(go, progress);
                 meta = image_metadata(go, model_dir, quant_name, opt.device);
             }
+            const auto tp = Clock::now();
             pngs.push_back(encode_png(r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)), meta));
+            text_s += r.text_seconds;
+            denoise_s += r.denoise_seconds;
+            vae_s += r.vae_seconds;
+            png_s += std::chrono::duration<double>(Clock::now() - tp).count();
             seeds.push_back(seed);
             std::lock_guard<std::mutex> lock(mu);
             device_peak_bytes = std::max(device_peak_bytes, r.device_peak_bytes);
@@ -270,6 +277,8 @@ struct Server::Impl {
         std::lock_guard<std::mutex> lock(mu);
         job->pngs = std::move(pngs);
         job->seeds = std::move(seeds);
+        job->stages = fmt::format(" (text encoder {:.2f} s, denoise {:.2f} s, VAE {:.2f} s, PNG {:.2f} s)", text_s,
+                                  denoise_s, vae_s, png_s);
     }
 
     void work() {
@@ -301,10 +310,10 @@ struct Server::Impl {
             finish(*job, end);
             running.reset();
             idle_since = Clock::now();
-            say(fmt::format("{} {} ({} image(s) {}x{}, {} steps) in {:.2f} s{}", job->id, state_name(end),
+            say(fmt::format("{} {} ({} image(s) {}x{}, {} steps) in {:.2f} s{}{}", job->id, state_name(end),
                             job->req.n, job->req.gen.width, job->req.gen.height, job->req.gen.steps,
                             std::chrono::duration<double>(Clock::now() - t0).count(),
-                            error.empty() ? "" : ": " + error));
+                            end == JobState::Done ? job->stages : "", error.empty() ? "" : ": " + error));
         }
     }
 

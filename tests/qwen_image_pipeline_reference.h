@@ -38,7 +38,8 @@ inline QwenImageGenerateOptions qwen_image_reference_case(const nlohmann::json& 
 // device, the velocity brought back; with true CFG one call on the pipeline's batch of 2, the
 // latents once per item and the prompts as qwen_image_cfg_batch puts them), then true CFG with the
 // norm rescale and the scheduler's step on the host, rounded to the pipeline's dtype. `pipe` gives
-// the prompt embeddings, `model` is its transformer (same weights, dtype and device). The pipeline,
+// the prompt embeddings, `model` is its transformer (same weights, dtype and device; it keeps the
+// modulation of the schedule's timesteps while it runs, as the pipeline's does). The pipeline,
 // which keeps the latents on the transformer's device instead, must give these bit for bit.
 inline Tensor qwen_image_host_loop_latents(const QwenImagePipeline& pipe, const std::string& dir,
                                            const QwenImageGenerateOptions& o,
@@ -59,10 +60,14 @@ inline Tensor qwen_image_host_loop_latents(const QwenImagePipeline& pipe, const 
     float* x = latents.data<float>();
     for (int64_t k = 0; k < L * F; ++k) x[k] = round_to_dtype(x[k], dt);
     FlowMatchEulerScheduler sched(sc, qwen_image_default_sigmas(o.steps), calculate_shift(L, sc));
+    std::vector<float> sigmas(size_t(sched.steps()));
+    for (size_t i = 0; i < sigmas.size(); ++i)
+        sigmas[i] = round_to_dtype(round_to_dtype(sched.timesteps()[i], dt) / 1000.0f, dt);
+    model.set_timesteps(sigmas);  // as the pipeline: the schedule's modulation kept
     for (int i = 0; i < sched.steps(); ++i) {
         Tensor sigma = Tensor::empty({B}, DType::F32);
         for (int64_t b = 0; b < B; ++b) {
-            sigma.data<float>()[b] = round_to_dtype(round_to_dtype(sched.timesteps()[size_t(i)], dt) / 1000.0f, dt);
+            sigma.data<float>()[b] = sigmas[size_t(i)];
             std::copy(x, x + L * F, input.data<float>() + b * L * F);
         }
         // Item 0: the prompt's velocity; item 1: the negative prompt's.
@@ -90,6 +95,7 @@ inline Tensor qwen_image_host_loop_latents(const QwenImagePipeline& pipe, const 
         const float step = sched.sigmas()[size_t(i) + 1] - sched.sigmas()[size_t(i)];
         for (int64_t k = 0; k < L * F; ++k) x[k] = round_to_dtype(x[k] + round_to_dtype(step * vp[k], dt), dt);
     }
+    model.set_timesteps({});
     return latents;
 }
 

@@ -4,6 +4,7 @@
 // outputs in fp32, bf16 and the default int8 plan on every device: tests/models/qwen_image_transformer.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -135,4 +136,34 @@ TEST(QwenImageForward, ItemsWithoutTextTokens) {
     const Tensor c = run(in.encoder_hidden_states, none), d = run(other, none);
     EXPECT_TRUE(same(c, d)) << "no text token anywhere, yet the text changed the output";
     EXPECT_TRUE(same(item(c, 0), item(a, 0))) << "item 0 alone without text";
+}
+
+// set_timesteps keeps the modulation Linears' outputs for a schedule's timesteps: a forward at one
+// of them reads the kept rows and gives what the forward that computes them gives (f32 and the
+// default int8 plan, whose modulation is weight-only int8: the same bits on the CPU), for a batch of
+// 2 with different text masks; a timestep not in the list is computed as before.
+TEST(QwenImageForward, KeptModulationGivesTheComputedOnes) {
+    const QwenImageInputs in = qwen_image_inputs("h2_b2_mask");
+    const int64_t B = in.hidden_states.size(0);
+    auto at = [&](float t) {
+        Tensor ts = Tensor::empty({B}, DType::F32);
+        std::fill_n(ts.data<float>(), B, t);
+        return ts;
+    };
+    for (const QuantConfig& q : {QuantConfig{}, int8()}) {
+        SCOPED_TRACE(q.method == QuantMethod::Int8 ? "int8" : "f32");
+        qwen_image::QwenImageTransformer model(prepare_model(qwen_image_transformer("h2_b2_mask"), q), DType::F32,
+                                               ops::Context{});
+        auto run = [&](float t) {
+            return model.forward(in.hidden_states, in.encoder_hidden_states, in.mask, at(t), in.grid).to(DType::F32);
+        };
+        const Tensor a = run(0.625f), b = run(0.25f);
+        model.set_timesteps({0.875f, 0.625f, 0.25f});
+        const Tensor ka = run(0.625f), kb = run(0.25f), other = run(0.5f);
+        EXPECT_EQ(compare(ka, a).max_abs, 0.0) << "kept modulation, step 1";
+        EXPECT_EQ(compare(kb, b).max_abs, 0.0) << "kept modulation, step 2";
+        EXPECT_GT(compare(ka, kb).max_abs, 0.0) << "the two timesteps should differ";
+        model.set_timesteps({});
+        EXPECT_EQ(compare(run(0.5f), other).max_abs, 0.0) << "a timestep outside the list";
+    }
 }

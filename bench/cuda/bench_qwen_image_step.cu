@@ -10,10 +10,14 @@
 //
 // The blocks run as one CUDA graph (--graph 1, the default; 0: eager). --profile 1 times the
 // model's regions (ops/profile.h: GPU time per region summed over the timed steps, graph off).
+// --kept-modulation 1 (the default, as the pipeline runs): the modulation Linears' outputs for a
+// 50-step schedule are computed before the steps (QwenImageTransformer::set_timesteps, timed
+// and printed) and each step reads them; 0: every step computes its modulation.
 //
-//   bench_qwen_image_step [--steps N] [--layers N] [--graph 0|1] [--profile 0|1]
+//   bench_qwen_image_step [--steps N] [--layers N] [--graph 0|1] [--profile 0|1] [--kept-modulation 0|1]
 //       [--mode bf16|int8|int8-keep-img-mlp|int8-fp8-attention|bf16-fp8-attention|all or a comma-separated list]
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -46,7 +50,7 @@ Tensor inputs(Shape shape, uint32_t seed) {
 // the same weights before quantization).
 Tensor g_bf16_out;
 
-void run(const std::string& mode, int steps, int64_t layers, bool graph, bool profile) {
+void run(const std::string& mode, int steps, int64_t layers, bool graph, bool profile, bool kept) {
     qwen_image::Config cfg;  // defaults are the published Qwen-Image config
     cfg.num_layers = layers;
     auto& alloc = cuda::Allocator::instance();
@@ -70,6 +74,18 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
         for (int64_t k = 0; k < T; ++k) mask.data<uint8_t>()[k] = 1;               // the prompt: 256 tokens
         for (int64_t k = 0; k < 40; ++k) mask.data<uint8_t>()[T + k] = 1;          // the negative one: 40
         t.data<float>()[0] = t.data<float>()[1] = 0.5f;
+        std::string kept_note;
+        if (kept) {  // as the pipeline: the modulation of a 50-step schedule (0.5 among its timesteps) kept
+            std::vector<float> sched(50);
+            for (size_t i = 0; i < sched.size(); ++i) sched[i] = 1.0f - float(i) / 50.0f;
+            cuda::check(cudaStreamSynchronize(s), "set-up");
+            const auto t0 = std::chrono::steady_clock::now();
+            model.set_timesteps(sched);
+            cuda::check(cudaStreamSynchronize(s), "set_timesteps");
+            const double ms_kept = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+            kept_note = fmt::format("; modulation of 50 steps kept in {:.1f} ms ({:.2f} ms per step, {:.0f} MiB)", ms_kept,
+                                    ms_kept / 50, double(model.modulation_cache_bytes(50)) / double(1 << 20));
+        }
         for (int i = 0; i < 2; ++i) model.forward(hs, enc, mask, t, {1, 64, 64});
         cuda::check(cudaStreamSynchronize(s), "warm-up");
         alloc.reset_peak();
@@ -99,11 +115,11 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
             mode != "bf16" && g_bf16_out.defined() ? fmt::format(", SQNR vs bf16 {:.2f} dB", bench::sqnr_db(g_bf16_out, out)) : "";
         std::printf("%-17s layers %lld: %.2f ms/step median of %d (min %.2f, max %.2f); int8 Linear %d; weights %.2f "
                     "GiB (model's count %.2f GiB), activations peak %.2f GiB, peak in use %.2f GiB; graph %s; output "
-                    "rms %.4g%s, hash %016llx%s\n",
+                    "rms %.4g%s, hash %016llx%s%s\n",
                     mode.c_str(), (long long)layers, ms[ms.size() / 2], steps, ms.front(), ms.back(),
                     model.int8_layers(), gib(wbytes), gib(model.weight_bytes()), gib(m.peak_activation), gib(m.peak),
                     graph && !profile ? "on" : "off", st.rms, st.finite ? "" : " NON-FINITE", (unsigned long long)st.hash,
-                    vs_bf16.c_str());
+                    vs_bf16.c_str(), kept_note.c_str());
         if (profile) std::printf("%s regions, %d steps:\n%s", mode.c_str(), steps, regions.c_str());
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
@@ -117,20 +133,21 @@ int main(int argc, char** argv) {
     int steps = 5;
     int64_t layers = 60;
     std::string mode = "all";
-    bool graph = true, profile = false;
+    bool graph = true, profile = false, kept = true;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--steps")) steps = std::max(1, std::atoi(argv[i + 1]));
         else if (!std::strcmp(argv[i], "--mode")) mode = argv[i + 1];
         else if (!std::strcmp(argv[i], "--layers")) layers = std::atoll(argv[i + 1]);
         else if (!std::strcmp(argv[i], "--graph")) graph = std::atoi(argv[i + 1]) != 0;
         else if (!std::strcmp(argv[i], "--profile")) profile = std::atoi(argv[i + 1]) != 0;
+        else if (!std::strcmp(argv[i], "--kept-modulation")) kept = std::atoi(argv[i + 1]) != 0;
     }
     try {
         // --mode: one mode, a comma-separated list of them (run in this order), or all.
         const std::string list = "," + mode + ",";
         for (const char* m : {"bf16", "int8", "int8-keep-img-mlp", "int8-fp8-attention", "bf16-fp8-attention"})
             if (mode == "all" || list.find("," + std::string(m) + ",") != std::string::npos)
-                run(m, steps, layers, graph, profile);
+                run(m, steps, layers, graph, profile, kept);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_qwen_image_step: %s\n", e.what());
         return 1;

@@ -134,6 +134,51 @@ QwenImageTransformer::QwenImageTransformer(const ModelSource<Config>& src, DType
 // ---------------------------------------------------------------------------
 // Forward
 
+// SiLU(temb) [n, dim] on the model's device for the timesteps t[0..n): what every modulation reads.
+// time_proj: t rounded to the compute dtype; the frequencies exp(−ln(10000)·k/128) in f32 rounded to
+// it too; the angle 1000·(t·f_k) in f32; [cos, sin], cast to the compute dtype; then
+// timestep_embedder's linear_1, SiLU, linear_2 and the SiLU that the modulation Linears apply.
+Tensor QwenImageTransformer::conditioning(const float* t, int64_t n) const {
+    const int64_t C = Config::kTimestepChannels, half = C / 2;
+    Tensor tf = Tensor::empty({n, C}, DType::F32);
+    for (int64_t b = 0; b < n; ++b)
+        for (int64_t k = 0; k < half; ++k) {
+            const float f = std::exp(float(-std::log(10000.0)) * float(k) / float(half));
+            const float arg = 1000.0f * (round_to_dtype(t[b], dt_) * f);
+            tf.data<float>()[b * C + k] = std::cos(arg);
+            tf.data<float>()[b * C + half + k] = std::sin(arg);
+        }
+    const Tensor temb = t_linear_2_.forward(
+        {ops::silu(t_linear_1_.forward({ops::to_device(tf.to(dt_), ctx_), {}, {}}), ctx_), {}, {}});
+    return ops::silu(temb, ctx_);
+}
+
+size_t QwenImageTransformer::modulation_cache_bytes(int64_t steps) const {
+    return size_t(steps) * blocks_.size() * 2 * size_t(kBlockMods.size() * cfg_.dim()) * dtype_size(dt_);
+}
+
+void QwenImageTransformer::set_timesteps(const std::vector<float>& t) const {
+    if (t == mod_t_) return;
+    mod_t_.clear();
+    mod_cache_ = mod_cond_ = Tensor();
+    const int64_t S = int64_t(t.size()), nb = int64_t(blocks_.size()), W = int64_t(kBlockMods.size()) * cfg_.dim();
+    if (S == 0 || modulation_cache_bytes(S) > kModulationCacheLimit) return;
+    const Tensor cond = conditioning(t.data(), S);
+    const ops::Activation c{cond, {}, {}};
+    // Row (2·block + stream)·S + step: each Linear's S rows written in one piece.
+    Tensor cache = ops::empty({nb * 2 * S, W}, dt_, ctx_);
+    for (int64_t i = 0; i < nb; ++i) {
+        const Block& blk = blocks_[size_t(i)];
+        Tensor img = cache.slice_rows((2 * i) * S, (2 * i + 1) * S), txt = cache.slice_rows((2 * i + 1) * S, (2 * i + 2) * S);
+        blk.img.mod.forward_into(c, img);
+        blk.txt.mod.forward_into(c, txt);
+    }
+    mod_cache_ = cache;
+    mod_cond_ = cond;
+    mod_t_ = t;
+}
+
+
 Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states,
                                      const Tensor& mask, const Tensor& timestep,
                                      const std::array<int64_t, 3>& grid) const {
@@ -198,6 +243,13 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         }
     }
     const bool all_real = std::all_of(n_real.begin(), n_real.end(), [&](int64_t n) { return n == T; });
+    // The modulation Linears' outputs kept by set_timesteps, when every item is at one of its
+    // timesteps: each block's modulation is then one item's, shared by the whole batch.
+    int64_t step = -1;
+    for (size_t i = 0; i < mod_t_.size() && step < 0; ++i)
+        if (std::all_of(timestep.data<float>(), timestep.data<float>() + B, [&](float t) { return t == mod_t_[i]; }))
+            step = int64_t(i);
+    if (step >= 0) key += ";kept modulation";
     const int64_t S = L + *std::max_element(n_real.begin(), n_real.end());
     // The text stream holds only the real tokens: item b's n_real[b] rows from `first[b]` on (a
     // masked token reaches only the discarded text output, and every op on the stream is per row).
@@ -223,18 +275,6 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         for (int64_t b = 0; b < B; ++b)
             if (n_real[size_t(b)] > 0) f(first[size_t(b)], b * S + L, n_real[size_t(b)]);
     };
-
-    // Timestep: t rounded to the compute dtype; time_proj's frequencies exp(−ln(10000)·k/128) in f32
-    // rounded to it too; the angle 1000·(t·f_k) in f32; [cos, sin], cast to the compute dtype.
-    const int64_t C = Config::kTimestepChannels, half = C / 2;
-    Tensor tf = Tensor::empty({B, C}, DType::F32);
-    for (int64_t b = 0; b < B; ++b)
-        for (int64_t k = 0; k < half; ++k) {
-            const float f = std::exp(float(-std::log(10000.0)) * float(k) / float(half));
-            const float arg = 1000.0f * (round_to_dtype(timestep.data<float>()[b], dt_) * f);
-            tf.data<float>()[b * C + k] = std::cos(arg);
-            tf.data<float>()[b * C + half + k] = std::sin(arg);
-        }
 
     // With a CUDA graph the blocks read the streams, SiLU(temb) and the RoPE tables at the fixed
     // addresses of this shape's slots (the tables depend on the shape only: made once) and write
@@ -269,11 +309,16 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
     // SiLU(temb): what every modulation reads. Embeddings: img_in; txt_in(RMSNorm(text)).
     Tensor cond = buffer("cond", {B, D}, dt_);
     Tensor img = buffer("img", {B * L, D}, dt_), txt = buffer("txt", {N, D}, dt_);
+    const int64_t nb = int64_t(blocks_.size()), S_t = int64_t(mod_t_.size());
+    Tensor mods = step >= 0 ? buffer("mods", {2 * nb, mod_cache_.size(1)}, dt_) : Tensor();
     {
         ops::Region r("embeddings", ctx_);
-        const Tensor temb = t_linear_2_.forward(
-            {ops::silu(t_linear_1_.forward({ops::to_device(tf.to(dt_), ctx_), {}, {}}), ctx_), {}, {}});
-        ops::copy_rows(cond, 0, ops::silu(temb, ctx_), 0, B, ctx_);
+        if (step >= 0) {  // norm_out reads row 0 only
+            ops::copy_rows(cond, 0, mod_cond_, step, 1, ctx_);
+            ops::copy_rows(mods, 0, mod_cache_, step, 2 * nb, ctx_, S_t);
+        } else {
+            ops::copy_rows(cond, 0, conditioning(timestep.data<float>(), B), 0, B, ctx_);
+        }
         img_in_.forward_into({on_device(hs, "hidden_states").view({B * L, cfg_.in_channels}), {}, {}}, img);
         Tensor e = on_device(enc, "encoder_hidden_states").view({B * T, cfg_.joint_attention_dim});
         if (!all_real && N > 0) {  // the real tokens' rows
@@ -295,13 +340,20 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             Tensor y, gate;
         };
         Pending p_img, p_txt;
-        auto chunk = [&](const Tensor& m, int64_t i) { return ops::modulation_chunk(m, i, B); };
-        for (const Block& blk : blocks_) {
+        // A block's modulation holds one item's vectors (kept ones, shared by the batch: the rows
+        // are then one group) or every item's.
+        const int64_t mod_items = step >= 0 ? 1 : B;
+        const std::vector<int64_t> txt_groups = step >= 0 ? std::vector<int64_t>{} : n_real;
+        auto chunk = [&](const Tensor& m, int64_t i) { return ops::modulation_chunk(m, i, mod_items); };
+        for (int64_t bi = 0; bi < nb; ++bi) {
+            const Block& blk = blocks_[size_t(bi)];
             Tensor m_img, m_txt;
             {
                 ops::Region r("modulation", ctx_);
-                m_img = ops::modulation(blk.img.mod.forward(c), kBlockMods, ctx_);
-                m_txt = ops::modulation(blk.txt.mod.forward(c), kBlockMods, ctx_);
+                const Tensor raw_img = step >= 0 ? mods.slice_rows(2 * bi, 2 * bi + 1) : blk.img.mod.forward(c);
+                const Tensor raw_txt = step >= 0 ? mods.slice_rows(2 * bi + 1, 2 * bi + 2) : blk.txt.mod.forward(c);
+                m_img = ops::modulation(raw_img, kBlockMods, ctx_);
+                m_txt = ops::modulation(raw_txt, kBlockMods, ctx_);
             }
             // Attention half: (the last MLP residual, then) LayerNorm · (1 + scale) + shift → q|k|v
             // → q/k RMSNorm + RoPE, per stream, the image's written into the joint rows.
@@ -328,7 +380,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                 Tensor qkv_txt = blk.txt.qkv.forward(ops::row(
                     txt, {p_txt.y, {}, eps, p_txt.gate},
                     {ops::Norm::LayerNorm, {}, eps, chunk(m_txt, 1), chunk(m_txt, 0)}, blk.txt.qkv.input_spec(), ctx_,
-                    n_real));
+                    txt_groups));
                 const ops::Fp8Qk txt8 = fp8 ? f8.like(N, ctx_) : ops::Fp8Qk{};
                 ops::qk_rms_norm_rope(qkv_txt, H, H, hd, blk.txt.norm_q, blk.txt.norm_k, eps, txt_freqs,
                                       ops::RopeLayout::Interleaved, ctx_, fp8 ? &txt8 : nullptr);
@@ -361,7 +413,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                 }
             }
             mlp("image MLP", blk.img, img, y_img, m_img, p_img, {});
-            if (&blk == &blocks_.back()) break;  // the last block's text stream is unused
+            if (bi + 1 == nb) break;  // the last block's text stream is unused
             if (N == 0) continue;
             Tensor y_txt;
             {
@@ -370,12 +422,13 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                 to_joint([&](int64_t t, int64_t j, int64_t n) { ops::copy_rows(attn_txt, t, o, j, n, ctx_); });
                 y_txt = blk.txt.out.forward({attn_txt, {}, {}});
             }
-            mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt, n_real);
+            mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt, txt_groups);
         }
         // norm_out: LayerNorm · (1 + scale) + shift from SiLU(temb), then proj_out. The text stream
         // ends with the last block.
         ops::Region r("norm_out, proj_out", ctx_);
-        const Tensor m_out = ops::modulation(norm_out_.forward(c), kOutMods, ctx_);
+        const Tensor m_out =
+            ops::modulation(norm_out_.forward(step >= 0 ? ops::Activation{cond.slice_rows(0, 1), {}, {}} : c), kOutMods, ctx_);
         proj_out_.forward_into(ops::row(img, {p_img.y, {}, eps, p_img.gate},
                                         {ops::Norm::LayerNorm, {}, eps, chunk(m_out, 0), chunk(m_out, 1)},
                                         proj_out_.input_spec(), ctx_),

@@ -65,6 +65,18 @@ public:
     Tensor forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states, const Tensor& mask,
                    const Tensor& timestep, const std::array<int64_t, 3>& grid) const;
 
+    // The modulation Linears (img_mod, txt_mod: a third of the weights) read only the timestep. For
+    // the timesteps of a denoising schedule (the values forward will get, every item at the same
+    // one) their outputs are computed here at once (a GPU reads each int8 weight once per 8
+    // timesteps instead of once per step) and kept on the device; forward then reads the kept rows whenever every
+    // item's timestep equals one of `t` (otherwise it computes them as before). The values are those
+    // forward computes, up to the rounding of the dense timestep_embedder (and dense modulation)
+    // GEMMs over more rows. It costs modulation_cache_bytes(t.size()) of device memory; more than
+    // kModulationCacheLimit keeps nothing. An empty list frees it; the list kept already does nothing.
+    void set_timesteps(const std::vector<float>& t) const;
+    size_t modulation_cache_bytes(int64_t steps) const;
+    static constexpr size_t kModulationCacheLimit = size_t(1) << 30;
+
     // On a GPU context with its own stream: run the blocks (and norm_out, proj_out) as one CUDA
     // graph per shape and text mask (ops/graph.h; the two most recent are kept). The same kernels
     // in the same order: results are unchanged. Off while ops::Profile is on.
@@ -85,6 +97,8 @@ private:
         Stream img, txt;
     };
 
+    Tensor conditioning(const float* t, int64_t n) const;
+
     Config cfg_;
     DType dt_ = DType::F32;
     ops::Context ctx_;
@@ -95,6 +109,9 @@ private:
     size_t bytes_ = 0;
     int n_int8_ = 0;
     mutable ops::GraphCache graphs_;
+    mutable std::vector<float> mod_t_;  // set_timesteps' list
+    mutable Tensor mod_cond_;            // its SiLU(temb) rows [steps, dim]
+    mutable Tensor mod_cache_;           // its modulation rows: [(2·block + stream)·steps + step, 6·dim]
 };
 
 }  // namespace qdit::qwen_image

@@ -684,6 +684,23 @@ TEST(Ops, Embedding) {
     }
 }
 
+
+// copy_rows with a source step: rows src_row, src_row + step, ... land one after another; the rows
+// around the destination range keep their values; a step past the source is refused.
+TEST(Ops, CopyRowsStrided) {
+    const Tensor src = randn({11, 6}, 10, 0.f, 1.f, DType::BF16), dst0 = randn({5, 6}, 11, 0.f, 1.f, DType::BF16);
+    for (const ops::Context& ctx : contexts()) {
+        SCOPED_TRACE(ctx.device.str());
+        Tensor dst = ops::to_device(dst0, ctx);
+        ops::copy_rows(dst, 1, ops::to_device(src, ctx), 2, 3, ctx, /*src_step=*/4);  // rows 2, 6, 10
+        const Tensor h = ops::to_host(dst, ctx);
+        const size_t row = 6 * sizeof(uint16_t);
+        auto at = [&](const Tensor& t, int64_t r) { return static_cast<const uint8_t*>(t.raw()) + size_t(r) * row; };
+        for (int64_t r : {0, 4}) EXPECT_EQ(std::memcmp(at(h, r), at(dst0, r), row), 0) << "row " << r;
+        for (int64_t i = 0; i < 3; ++i) EXPECT_EQ(std::memcmp(at(h, 1 + i), at(src, 2 + 4 * i), row), 0) << "row " << 1 + i;
+        EXPECT_THROW(ops::copy_rows(dst, 0, ops::to_device(src, ctx), 3, 3, ctx, 4), ShapeError);  // row 11 of 11
+    }
+}
 // A group of Linear layers reading one input: each member's block equals x·Wᵀ + b (dense) or the
 // W8A8 rule (int8), on the CPU against f64; a GPU's int8 parts give the CPU's bits.
 TEST(Ops, LinearGroup) {

@@ -1,10 +1,10 @@
 // One Qwen-Image DiT step on the GPU at the published config (60 dual-stream blocks, width 3072,
 // 24 heads) with random weights ~ N(0, 0.02) made on the GPU: 1024x1024 (a 64x64 grid of packed
-// 2x2 latents, 4096 image tokens) + 256 text tokens, a batch of 2 (true CFG's prompt and negative
-// prompt; the negative one's text padded, masked), bf16 / int8 (default plan: attention and MLP
+// 2x2 latents, 4096 image tokens) + text tokens, a batch of 2 (true CFG's prompt and negative
+// prompt, --text 256,40 by default: the shorter one's text padded, masked), bf16 / int8 (default plan: attention and MLP
 // W8A8, img_mod / txt_mod weight-only) / int8 with img_mlp kept. Prints ms/step (median of --steps
-// after warm-up, CUDA events; the host tensors' upload and the output's download included, about
-// 5 MB), the allocator's weight / activation / peak bytes, a hash of the output and, after the bf16
+// after warm-up, CUDA events; the inputs and the output on the device, as in the pipeline), the
+// allocator's weight / activation / peak bytes, a hash of the output and, after the bf16
 // mode, each mode's SQNR against the bf16 output (same seed: the same weights before quantization).
 // The modes ending in -fp8-attention run the joint attention in FP8 (ops::AttentionImpl::Fp8).
 //
@@ -15,6 +15,7 @@
 // and printed) and each step reads them; 0: every step computes its modulation.
 //
 //   bench_qwen_image_step [--steps N] [--layers N] [--graph 0|1] [--profile 0|1] [--kept-modulation 0|1]
+//       [--text PROMPT_TOKENS,NEGATIVE_TOKENS]
 //       [--mode bf16|int8|int8-keep-img-mlp|int8-fp8-attention|bf16-fp8-attention|all or a comma-separated list]
 #include <algorithm>
 #include <chrono>
@@ -50,7 +51,8 @@ Tensor inputs(Shape shape, uint32_t seed) {
 // the same weights before quantization).
 Tensor g_bf16_out;
 
-void run(const std::string& mode, int steps, int64_t layers, bool graph, bool profile, bool kept) {
+void run(const std::string& mode, int steps, int64_t layers, bool graph, bool profile, bool kept, int64_t t0,
+         int64_t t1) {
     qwen_image::Config cfg;  // defaults are the published Qwen-Image config
     cfg.num_layers = layers;
     auto& alloc = cuda::Allocator::instance();
@@ -68,11 +70,14 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
         model.set_cuda_graph(graph);
         if (fp8) model.set_attention(ops::AttentionImpl::Fp8);
         const size_t wbytes = alloc.stats().weight;
-        const int64_t B = 2, L = 64 * 64, T = 256;
-        const Tensor hs = inputs({B, L, cfg.in_channels}, 1), enc = inputs({B, T, cfg.joint_attention_dim}, 2);
+        const int64_t B = 2, L = 64 * 64, T = std::max(t0, t1);
+        // On the device, as the pipeline keeps them (the output stays there too).
+        const ops::Context ctx{{DeviceType::CUDA, 0}, s};
+        const Tensor hs = ops::to_device(inputs({B, L, cfg.in_channels}, 1), ctx),
+                     enc = ops::to_device(inputs({B, T, cfg.joint_attention_dim}, 2), ctx);
         Tensor mask = Tensor::zeros({B, T}, DType::U8), t = Tensor::empty({B}, DType::F32);
-        for (int64_t k = 0; k < T; ++k) mask.data<uint8_t>()[k] = 1;               // the prompt: 256 tokens
-        for (int64_t k = 0; k < 40; ++k) mask.data<uint8_t>()[T + k] = 1;          // the negative one: 40
+        for (int64_t k = 0; k < t0; ++k) mask.data<uint8_t>()[k] = 1;      // the prompt's tokens
+        for (int64_t k = 0; k < t1; ++k) mask.data<uint8_t>()[T + k] = 1;  // the negative prompt's
         t.data<float>()[0] = t.data<float>()[1] = 0.5f;
         std::string kept_note;
         if (kept) {  // as the pipeline: the modulation of a 50-step schedule (0.5 among its timesteps) kept
@@ -109,6 +114,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
         const std::string regions = ops::Profile::report();
         ops::Profile::enable(false);
         const cuda::MemStats m = alloc.stats();
+        out = ops::to_host(out, ctx);
         const bench::OutputStats st = bench::output_stats(out);
         if (mode == "bf16") g_bf16_out = out;
         const std::string vs_bf16 =
@@ -134,6 +140,7 @@ int main(int argc, char** argv) {
     int64_t layers = 60;
     std::string mode = "all";
     bool graph = true, profile = false, kept = true;
+    int64_t t0 = 256, t1 = 40;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--steps")) steps = std::max(1, std::atoi(argv[i + 1]));
         else if (!std::strcmp(argv[i], "--mode")) mode = argv[i + 1];
@@ -141,13 +148,22 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--graph")) graph = std::atoi(argv[i + 1]) != 0;
         else if (!std::strcmp(argv[i], "--profile")) profile = std::atoi(argv[i + 1]) != 0;
         else if (!std::strcmp(argv[i], "--kept-modulation")) kept = std::atoi(argv[i + 1]) != 0;
+        else if (!std::strcmp(argv[i], "--text")) {
+            long long a = 0, b = 0;
+            if (std::sscanf(argv[i + 1], "%lld,%lld", &a, &b) != 2 || a < 1 || b < 1) {
+                std::fprintf(stderr, "bench_qwen_image_step: --text wants two token counts >= 1, e.g. 256,40\n");
+                return 2;
+            }
+            t0 = a;
+            t1 = b;
+        }
     }
     try {
         // --mode: one mode, a comma-separated list of them (run in this order), or all.
         const std::string list = "," + mode + ",";
         for (const char* m : {"bf16", "int8", "int8-keep-img-mlp", "int8-fp8-attention", "bf16-fp8-attention"})
             if (mode == "all" || list.find("," + std::string(m) + ",") != std::string::npos)
-                run(m, steps, layers, graph, profile, kept);
+                run(m, steps, layers, graph, profile, kept, t0, t1);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_qwen_image_step: %s\n", e.what());
         return 1;

@@ -178,7 +178,6 @@ void QwenImageTransformer::set_timesteps(const std::vector<float>& t) const {
     mod_t_ = t;
 }
 
-
 Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states,
                                      const Tensor& mask, const Tensor& timestep,
                                      const std::array<int64_t, 3>& grid) const {

@@ -68,11 +68,12 @@ public:
     // The modulation Linears (img_mod, txt_mod: a third of the weights) read only the timestep. For
     // the timesteps of a denoising schedule (the values forward will get, every item at the same
     // one) their outputs are computed here at once (a GPU reads each int8 weight once per 8
-    // timesteps instead of once per step) and kept on the device; forward then reads the kept rows whenever every
-    // item's timestep equals one of `t` (otherwise it computes them as before). The values are those
-    // forward computes, up to the rounding of the dense timestep_embedder (and dense modulation)
-    // GEMMs over more rows. It costs modulation_cache_bytes(t.size()) of device memory; more than
-    // kModulationCacheLimit keeps nothing. An empty list frees it; the list kept already does nothing.
+    // timesteps instead of once per step) and kept on the device; forward then reads the kept rows
+    // whenever every item's timestep equals one of `t`, and computes them as before otherwise. The
+    // values are those forward computes, up to the rounding of the dense timestep_embedder (and
+    // dense modulation) GEMMs over more rows. It costs modulation_cache_bytes(t.size()) of device
+    // memory; more than kModulationCacheLimit keeps nothing. An empty list frees it; the list kept
+    // already does nothing. Like forward, not to be called from two threads at once.
     void set_timesteps(const std::vector<float>& t) const;
     size_t modulation_cache_bytes(int64_t steps) const;
     static constexpr size_t kModulationCacheLimit = size_t(1) << 30;

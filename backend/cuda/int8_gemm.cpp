@@ -76,14 +76,16 @@ bool available_on(Int8GemmKernel k, const DeviceInfo& d) {
 // A tile multicast to two CTAs along N), swizzle 1, raster along M was within 4 % of the best
 // everywhere except the large square 8192^3, where 128x256 cooperative, swizzle 8 along N won by 14 %.
 // The down projections (K >= 8192, N <= 4096: few output tiles, each a long K loop) run 6-14 %
-// faster with 128x256 cooperative under the stream-K scheduler (NOTES, "Stream-K").
+// faster with 128x256 cooperative under the stream-K scheduler (NOTES, "Stream-K"), but not with
+// one row of tiles: at M = 19 (Qwen-Image's text stream under short prompts) 128x128 ping-pong
+// c1x2 took 34.7 us against stream-K's 42.5 us for K = 12288, N = 3072 (NOTES, "Few rows").
 struct Sm90Choice {
     Int8GemmKernel kernel;
     Int8GemmTuning tuning;
 };
 Sm90Choice pick_sm90(int64_t m, int64_t n, int64_t k) {
     if (m >= 6144 && n >= 6144) return {Int8GemmKernel::Sm90_128x256_Cooperative, {8, 2}};
-    if (k >= 8192 && n <= 4096) return {Int8GemmKernel::Sm90_128x256_StreamK, {}};
+    if (k >= 8192 && n <= 4096 && m > 128) return {Int8GemmKernel::Sm90_128x256_StreamK, {}};
     return {Int8GemmKernel::Sm90_128x128_Pingpong_C1x2, {1, 1}};
 }
 

@@ -177,12 +177,13 @@ int run(int argc, char** argv) {
     for (const Shape& s : shapes) {
         const size_t mk = size_t(s.m * s.k), nk = size_t(s.n * s.k), mn = size_t(s.m * s.n);
         const int nset = sets_for(std::min(mk, nk));  // the smaller int8 operand decides
+        const size_t mp = (size_t(s.m) + 3) / 4 * 4;  // a set's row scales, 16-byte aligned for any M
         int8_t* A = dalloc<int8_t>(mk * nset);
         int8_t* W = dalloc<int8_t>(nk * nset);
         __nv_bfloat16* X = dalloc<__nv_bfloat16>(mk * nset);
         __nv_bfloat16* WB = dalloc<__nv_bfloat16>(nk * nset);
         __nv_bfloat16* BB = dalloc<__nv_bfloat16>(size_t(s.n));
-        float* SX = dalloc<float>(size_t(s.m) * nset);
+        float* SX = dalloc<float>(mp * nset);
         float* SW = dalloc<float>(size_t(s.n) * nset);
         float* B = dalloc<float>(size_t(s.n));
         __nv_bfloat16* Y = dalloc<__nv_bfloat16>(mn);
@@ -191,7 +192,7 @@ int run(int argc, char** argv) {
         fill_bf16<<<1024, 256>>>(X, mk * nset, 3, 4.f);
         fill_bf16<<<1024, 256>>>(WB, nk * nset, 4, 0.05f);
         fill_bf16<<<1024, 256>>>(BB, size_t(s.n), 5, 1.f);
-        fill_f32<<<256, 256>>>(SX, size_t(s.m) * nset, 6, 1e-3f, 5e-2f);
+        fill_f32<<<256, 256>>>(SX, mp * nset, 6, 1e-3f, 5e-2f);
         fill_f32<<<256, 256>>>(SW, size_t(s.n) * nset, 7, 1e-4f, 1e-2f);
         fill_f32<<<256, 256>>>(B, size_t(s.n), 8, -1.f, 1.f);
         CK(cudaGetLastError());
@@ -202,7 +203,7 @@ int run(int argc, char** argv) {
             return time_median(
                 [&](int i) {
                     const int j = i % nset;
-                    qdit::cuda::int8_gemm_bf16(A + mk * j, s.k, SX + size_t(s.m) * j, W + nk * j, s.k, SW + size_t(s.n) * j,
+                    qdit::cuda::int8_gemm_bf16(A + mk * j, s.k, SX + mp * j, W + nk * j, s.k, SW + size_t(s.n) * j,
                                                B, Y, s.n, s.m, s.n, s.k, nullptr, kv, tu);
                 },
                 warmup, iters);
@@ -221,10 +222,10 @@ int run(int argc, char** argv) {
                     const int j = i % nset;
                     if (nv < 0)
                         CK(qdit::cuda::quantize_rows_int8_bf16(X + mk * j, s.m, s.k, s.k, A + mk * j,
-                                                               SX + size_t(s.m) * j, nullptr));
+                                                               SX + mp * j, nullptr));
                     else
                         CK(qdit::cuda::detail::quantize_rows_int8_bf16_nv(X + mk * j, s.m, s.k, s.k, A + mk * j,
-                                                                          SX + size_t(s.m) * j, nullptr, nv));
+                                                                          SX + mp * j, nullptr, nv));
                 },
                 warmup, iters);
         };

@@ -138,10 +138,14 @@ bool is_ascii(const std::string& s) {
 std::string encode_png(const uint8_t* rgb, int width, int height,
                        const std::vector<std::pair<std::string, std::string>>& text) {
     QDIT_CHECK(width > 0 && height > 0, "empty image {}x{}", width, height);
+    QDIT_CHECK(size_t(width) * 3 + 1 <= size_t(1) << 30 && size_t(height) * (size_t(width) * 3 + 1) < size_t(1) << 31,
+               "a {}x{} image is past what one PNG image-data chunk holds", width, height);
+    // Before libpng's structs exist: nothing to free if this throws.
+    const std::string idat = png_image_data(rgb, width, height);
+    std::vector<png_text> chunks(text.size());
     std::string err, out;
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, on_png_error, on_png_warning);
     png_infop info = png ? png_create_info_struct(png) : nullptr;
-    std::vector<png_text> chunks(text.size());
     for (size_t i = 0; i < text.size(); ++i) {
         std::memset(&chunks[i], 0, sizeof(png_text));
         chunks[i].compression =
@@ -150,9 +154,6 @@ std::string encode_png(const uint8_t* rgb, int width, int height,
         chunks[i].text = const_cast<char*>(text[i].second.c_str());
         chunks[i].text_length = text[i].second.size();
     }
-    QDIT_CHECK(size_t(width) * 3 + 1 <= size_t(1) << 30 && size_t(height) * (size_t(width) * 3 + 1) < size_t(1) << 31,
-               "a {}x{} image is past what one PNG image-data chunk holds", width, height);
-    const std::string idat = png_image_data(rgb, width, height);
     if (idat.empty()) err = "zlib could not compress the image";
     bool ok = png && info && !idat.empty() &&
               png_write_all(png, info, &out, width, height, chunks.data(), int(chunks.size()), &idat);

@@ -278,15 +278,12 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
     const Tensor start = ops::to_device(latents.to(dt), ctx).view({L, F});
     for (int64_t b = 0; b < B; ++b) ops::copy_rows(x_in, b * L, start, 0, L, ctx);
     // timestep = t.expand(B).to(latents.dtype) / 1000, in that dtype. The modulation of every
-    // step is computed before the loop and freed after it (also when a step throws).
+    // step is computed before the loop and kept for the next image: one with the same schedule
+    // (same steps and size) reuses it, another replaces it.
     std::vector<float> sigmas(size_t(sched.steps()));
     for (size_t i = 0; i < sigmas.size(); ++i)
         sigmas[i] = round_to_dtype(round_to_dtype(sched.timesteps()[i], dt) / 1000.0f, dt);
     transformer.set_timesteps(sigmas);
-    struct KeptModulation {
-        const qwen_image::QwenImageTransformer& t;
-        ~KeptModulation() { t.set_timesteps({}); }
-    } kept{transformer};
     for (int i = 0; i < sched.steps(); ++i) {
         auto ts = std::chrono::steady_clock::now();
         Tensor sigma = Tensor::empty({B}, DType::F32);

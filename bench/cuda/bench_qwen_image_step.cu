@@ -1,8 +1,8 @@
 // One Qwen-Image DiT step on the GPU at the published config (60 dual-stream blocks, width 3072,
 // 24 heads) with random weights ~ N(0, 0.02) made on the GPU: 1024x1024 (a 64x64 grid of packed
 // 2x2 latents, 4096 image tokens) + text tokens, a batch of 2 (true CFG's prompt and negative
-// prompt, --text 256,40 by default: the shorter one's text padded, masked), bf16 / int8 (default plan: attention and MLP
-// W8A8, img_mod / txt_mod weight-only) / int8 with img_mlp kept. Prints ms/step (median of --steps
+// prompt, --text 256,40 by default: the shorter one's text padded, masked), bf16 / int8 (default
+// plan: attention and MLP W8A8, img_mod / txt_mod weight-only) / int8 with img_mlp kept. Prints ms/step (median of --steps
 // after warm-up, CUDA events; the inputs and the output on the device, as in the pipeline), the
 // allocator's weight / activation / peak bytes, a hash of the output and, after the bf16
 // mode, each mode's SQNR against the bf16 output (same seed: the same weights before quantization).
@@ -84,10 +84,11 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
             std::vector<float> sched(50);
             for (size_t i = 0; i < sched.size(); ++i) sched[i] = 1.0f - float(i) / 50.0f;
             cuda::check(cudaStreamSynchronize(s), "set-up");
-            const auto t0 = std::chrono::steady_clock::now();
+            const auto start = std::chrono::steady_clock::now();
             model.set_timesteps(sched);
             cuda::check(cudaStreamSynchronize(s), "set_timesteps");
-            const double ms_kept = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+            const double ms_kept =
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
             kept_note = fmt::format("; modulation of 50 steps kept in {:.1f} ms ({:.2f} ms per step, {:.0f} MiB)", ms_kept,
                                     ms_kept / 50, double(model.modulation_cache_bytes(50)) / double(1 << 20));
         }

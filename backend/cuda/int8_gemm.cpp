@@ -77,15 +77,23 @@ bool available_on(Int8GemmKernel k, const DeviceInfo& d) {
 // everywhere except the large square 8192^3, where 128x256 cooperative, swizzle 8 along N won by 14 %.
 // The down projections (K >= 8192, N <= 4096: few output tiles, each a long K loop) run 6-14 %
 // faster with 128x256 cooperative under the stream-K scheduler (NOTES, "Stream-K"), but not with
-// one row of tiles: at M = 19 (Qwen-Image's text stream under short prompts) 128x128 ping-pong
-// c1x2 took 34.7 us against stream-K's 42.5 us for K = 12288, N = 3072 (NOTES, "Few rows").
+// few rows. Up to a few hundred rows (Qwen-Image's text stream) the weights dominate and 64-row
+// tiles with one consumer warpgroup and K steps of 256 win (NOTES, "Few rows"): 64x64 with a 1x8
+// cluster for the down projections up to M = 128 (21.2 against 34.6 us at M = 19, K = 12288,
+// N = 3072), 64x128 with a 1x4 cluster otherwise (the q|k|v projection at M = 19: 15.7 against
+// 19.1 us; the down projection at M = 296: 36.2 against 42.4 us).
 struct Sm90Choice {
     Int8GemmKernel kernel;
     Int8GemmTuning tuning;
 };
 Sm90Choice pick_sm90(int64_t m, int64_t n, int64_t k) {
     if (m >= 6144 && n >= 6144) return {Int8GemmKernel::Sm90_128x256_Cooperative, {8, 2}};
-    if (k >= 8192 && n <= 4096 && m > 128) return {Int8GemmKernel::Sm90_128x256_StreamK, {}};
+    if (k >= 8192 && n <= 4096) {
+        if (m <= 128) return {Int8GemmKernel::Sm90_64x64x256_C1x8, {}};
+        if (m <= 384) return {Int8GemmKernel::Sm90_64x128x256_C1x4, {}};
+        return {Int8GemmKernel::Sm90_128x256_StreamK, {}};
+    }
+    if (m <= 64 || (m <= 384 && n <= 4096)) return {Int8GemmKernel::Sm90_64x128x256_C1x4, {}};
     return {Int8GemmKernel::Sm90_128x128_Pingpong_C1x2, {1, 1}};
 }
 
@@ -96,6 +104,7 @@ const std::vector<Int8GemmKernel>& int8_gemm_kernels() {
         Int8GemmKernel::Sm90_128x128_Pingpong,      Int8GemmKernel::Sm90_128x256_Cooperative,
         Int8GemmKernel::Sm90_256x128_Cooperative,   Int8GemmKernel::Sm90_128x128_Pingpong_C1x2,
         Int8GemmKernel::Sm90_128x128x256_Pingpong,  Int8GemmKernel::Sm90_128x256_StreamK,
+        Int8GemmKernel::Sm90_64x64x256_C1x8,        Int8GemmKernel::Sm90_64x128x256_C1x4,
         Int8GemmKernel::Sm80_128x128};
     return all;
 }
@@ -109,6 +118,8 @@ const char* int8_gemm_kernel_name(Int8GemmKernel k) {
         case Int8GemmKernel::Sm90_128x128_Pingpong_C1x2: return "sm90 128x128x128 pingpong c1x2";
         case Int8GemmKernel::Sm90_128x128x256_Pingpong: return "sm90 128x128x256 pingpong c2x1";
         case Int8GemmKernel::Sm90_128x256_StreamK: return "sm90 128x256x128 coop c2x1 stream-k";
+        case Int8GemmKernel::Sm90_64x64x256_C1x8: return "sm90 64x64x256 ws c1x8";
+        case Int8GemmKernel::Sm90_64x128x256_C1x4: return "sm90 64x128x256 ws c1x4";
         case Int8GemmKernel::Sm80_128x128: return "sm80 128x128x64 mma.sync";
     }
     return "?";
@@ -180,6 +191,8 @@ void int8_gemm_bf16(const int8_t* a, int64_t lda, const float* a_scale, const in
         case Int8GemmKernel::Sm90_128x128_Pingpong_C1x2: err = detail::run_int8_gemm_sm90_128x128_c1x2(p); break;
         case Int8GemmKernel::Sm90_128x128x256_Pingpong: err = detail::run_int8_gemm_sm90_128x128x256(p); break;
         case Int8GemmKernel::Sm90_128x256_StreamK: err = detail::run_int8_gemm_sm90_128x256_streamk(p); break;
+        case Int8GemmKernel::Sm90_64x64x256_C1x8: err = detail::run_int8_gemm_sm90_64x64x256_c1x8(p); break;
+        case Int8GemmKernel::Sm90_64x128x256_C1x4: err = detail::run_int8_gemm_sm90_64x128x256_c1x4(p); break;
 #endif
 #if defined(QDIT_CUDA_INT8_SM80)
         case Int8GemmKernel::Sm80_128x128: err = detail::run_int8_gemm_sm80_128x128(p); break;

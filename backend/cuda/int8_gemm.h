@@ -34,6 +34,8 @@ enum class Int8GemmKernel {
     Sm90_128x128_Pingpong_C1x2,   // 128x128x128 tile, cluster 1x2, ping-pong
     Sm90_128x128x256_Pingpong,    // 128x128x256 tile (K step 256), cluster 2x1, ping-pong
     Sm90_128x256_StreamK,      // 128x256x128 tile, cluster 2x1, cooperative, stream-K scheduler
+    Sm90_64x64x256_C1x8,       // 64x64x256 tile, cluster 1x8, one consumer warpgroup (few rows)
+    Sm90_64x128x256_C1x4,      // 64x128x256 tile, cluster 1x4, one consumer warpgroup (few rows)
     Sm80_128x128,              // CUTLASS 2.x mma.sync (Ampere / Ada; newer GPUs when built as PTX)
 };
 
@@ -84,6 +86,8 @@ const char* run_int8_gemm_sm90_256x128(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_128x128_c1x2(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_128x128x256(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm90_128x256_streamk(const Int8GemmArgs& p);
+const char* run_int8_gemm_sm90_64x64x256_c1x8(const Int8GemmArgs& p);
+const char* run_int8_gemm_sm90_64x128x256_c1x4(const Int8GemmArgs& p);
 const char* run_int8_gemm_sm80_128x128(const Int8GemmArgs& p);
 }  // namespace detail
 

@@ -9,7 +9,8 @@
 // The modes ending in -fp8-attention run the joint attention in FP8 (ops::AttentionImpl::Fp8).
 //
 // The blocks run as one CUDA graph (--graph 1, the default; 0: eager). --profile 1 times the
-// model's regions (ops/profile.h: GPU time per region summed over the timed steps, graph off).
+// model's regions (ops/profile.h: GPU time per region summed over the timed steps, graph off) and
+// brackets the timed steps with cudaProfilerStart / Stop (for ncu --profile-from-start off).
 // --kept-modulation 1 (the default, as the pipeline runs): the modulation Linears' outputs for a
 // 50-step schedule are computed before the steps (QwenImageTransformer::set_timesteps, timed
 // and printed) and each step reads them; 0: every step computes its modulation.
@@ -23,6 +24,8 @@
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include <cuda_profiler_api.h>
 
 #include "backend/cuda/allocator.h"
 #include "backend/cuda/device_tensor.h"
@@ -102,6 +105,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
         cudaEventCreate(&e1);
         std::vector<float> ms;
         Tensor out;
+        if (profile) cudaProfilerStart();
         for (int i = 0; i < steps; ++i) {
             cudaEventRecord(e0, s);
             out = model.forward(hs, enc, mask, t, {1, 64, 64});
@@ -111,6 +115,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
             cudaEventElapsedTime(&v, e0, e1);
             ms.push_back(v);
         }
+        if (profile) cudaProfilerStop();
         std::sort(ms.begin(), ms.end());
         const std::string regions = ops::Profile::report();
         ops::Profile::enable(false);

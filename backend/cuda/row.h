@@ -57,7 +57,8 @@ void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t
             int64_t ldq, cudaStream_t stream);
 
 // GELU (tanh form, cpu::gelu_tanh) of h [m, k] (row stride ldh): bf16(gelu(h)), written as bf16 to
-// out (or null) and/or int8 to q / qs (or null), as swiglu writes.
+// out (or null) and/or int8 to q / qs (or null), as swiglu writes. Computed as v / (1 + e^(−2u)):
+// within one bf16 ulp of the exact value (Ops.GeluTanhEveryBf16Value), not bit-equal to the CPU's.
 void gelu_tanh(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs,
                int64_t ldq, cudaStream_t stream);
 

@@ -718,7 +718,6 @@ TEST(Ops, Embedding) {
     }
 }
 
-
 // copy_rows with a source step: rows src_row, src_row + step, ... land one after another; the rows
 // around the destination range keep their values; a step past the source is refused.
 TEST(Ops, CopyRowsStrided) {
@@ -735,6 +734,7 @@ TEST(Ops, CopyRowsStrided) {
         EXPECT_THROW(ops::copy_rows(dst, 0, ops::to_device(src, ctx), 3, 3, ctx, 4), ShapeError);  // row 11 of 11
     }
 }
+
 // A group of Linear layers reading one input: each member's block equals x·Wᵀ + b (dense) or the
 // W8A8 rule (int8), on the CPU against f64; a GPU's int8 parts give the CPU's bits.
 TEST(Ops, LinearGroup) {

@@ -66,16 +66,24 @@ LinearGroup::LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<
 #endif
 }
 
-Tensor LinearGroup::forward(const ops::Activation& in) const {
+const ops::Context& LinearGroup::context(const ops::Context* on) const {
+    if (on && !(on->device == ctx_.device))
+        raise<ShapeError>("Linear group: asked to run on {}, its weights are on {}", on->device.str(), ctx_.device.str());
+    return on ? *on : ctx_;
+}
+
+Tensor LinearGroup::forward(const ops::Activation& in, const ops::Context* on) const {
+    const ops::Context& ctx = context(on);
     const Tensor& x = in.x.defined() ? in.x : in.q;
     if (!ctx_.cuda() && cpu_.size() == 1 && in.x.defined() && in.x.dim() == 2 && in.x.size(1) == spec_.k)
         return cpu_[0].forward(in.x);
-    Tensor y = ops::empty({x.defined() && x.dim() == 2 ? x.size(0) : 0, width_}, compute_, ctx_);
-    forward_into(in, y);
+    Tensor y = ops::empty({x.defined() && x.dim() == 2 ? x.size(0) : 0, width_}, compute_, ctx);
+    forward_into(in, y, &ctx);
     return y;
 }
 
-void LinearGroup::forward_into(const ops::Activation& in, Tensor& out) const {
+void LinearGroup::forward_into(const ops::Activation& in, Tensor& out, const ops::Context* on) const {
+    const ops::Context& ctx = context(on);
     const Tensor& x = in.x.defined() ? in.x : in.q;
     const char* name = cpu_.empty() ? "cuda" : cpu_[0].name().c_str();
     if (!x.defined() || x.dim() != 2 || (in.x.defined() && in.x.size(1) != spec_.k))
@@ -86,7 +94,7 @@ void LinearGroup::forward_into(const ops::Activation& in, Tensor& out) const {
         raise<ShapeError>("Linear group ({}): output {} {} on {} (need {} [{}, {}] on {})", name, dtype_name(out.dtype()),
                           shape_str(out.shape()), out.device().str(), dtype_name(compute_), m, width_,
                           ctx_.device.str());
-    if (!ctx_.cuda()) {
+    if (!ctx.cuda()) {
         if (!in.x.defined()) raise<ShapeError>("Linear group ({}): the CPU reads the dense rows, none given", name);
         for (size_t i = 0; i < cpu_.size(); ++i) cpu::put_columns(out, cols_[i], cpu_[i].forward(in.x));
         return;
@@ -97,10 +105,10 @@ void LinearGroup::forward_into(const ops::Activation& in, Tensor& out) const {
     auto aligned = [](const Tensor& t) { return !t.defined() || reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; };
     auto own = [&](const Tensor& t) {
         if (aligned(t)) return t;
-        Tensor c = ops::empty(t.shape(), t.dtype(), ctx_);
+        Tensor c = ops::empty(t.shape(), t.dtype(), ctx);
         const Tensor src = t.dim() == 1 ? t.view({t.size(0), 1}) : t;
         Tensor dst = t.dim() == 1 ? c.view({t.size(0), 1}) : c;
-        ops::copy_rows(dst, 0, src, 0, m, ctx_);
+        ops::copy_rows(dst, 0, src, 0, m, ctx);
         return c;
     };
     const auto& g = *static_cast<const gpu::Group*>(gpu_.get());
@@ -115,12 +123,12 @@ void LinearGroup::forward_into(const ops::Activation& in, Tensor& out) const {
     }
     if ((spec_.dense || !gi.q.defined()) && !gi.x.defined())
         raise<ShapeError>("Linear group: the input lacks the bf16 rows its layers read");
-    Tensor y = aligned(out) ? out : ops::empty(out.shape(), out.dtype(), ctx_);
+    Tensor y = aligned(out) ? out : ops::empty(out.shape(), out.dtype(), ctx);
     if (row_split_)
-        gpu::run_row_split(g, gi, m, y.raw(), width_, *ctx_.comm, static_cast<cudaStream_t>(ctx_.stream));
+        gpu::run_row_split(g, gi, m, y.raw(), width_, *ctx.comm, static_cast<cudaStream_t>(ctx.stream));
     else
-        gpu::run_group(g, gi, m, y.raw(), width_, static_cast<cudaStream_t>(ctx_.stream));
-    if (y.raw() != out.raw()) ops::copy_rows(out, 0, y, 0, m, ctx_);
+        gpu::run_group(g, gi, m, y.raw(), width_, static_cast<cudaStream_t>(ctx.stream));
+    if (y.raw() != out.raw()) ops::copy_rows(out, 0, y, 0, m, ctx);
 #else
     raise<UsageError>("Linear group: this build of qdit has no CUDA backend");
 #endif

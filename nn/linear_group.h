@@ -54,13 +54,16 @@ public:
     size_t weight_bytes() const { return bytes_; }  // on the device (int8 scales included)
 
     // y [m, width()] in the compute dtype on ctx's device. An input without the int8 rows an int8
-    // part needs is quantized here (per token, quant/int8.h).
-    Tensor forward(const ops::Activation& in) const;
+    // part needs is quantized here (per token, quant/int8.h). `on`: the context to issue the work
+    // on, when not the group's own (another stream of its device: ops::Fork::side).
+    Tensor forward(const ops::Activation& in, const ops::Context* on = nullptr) const;
     // The same into out [m, width()] in the compute dtype on the group's device, whose rows are
     // width() apart (e.g. a row block of a larger tensor: Tensor::slice_rows).
-    void forward_into(const ops::Activation& in, Tensor& out) const;
+    void forward_into(const ops::Activation& in, Tensor& out, const ops::Context* on = nullptr) const;
 
 private:
+    const ops::Context& context(const ops::Context* on) const;  // *on (checked) or ctx_
+
     ops::Context ctx_;
     DType compute_ = DType::BF16;
     int64_t width_ = 0;

@@ -1,8 +1,13 @@
 #include "ops/graph.h"
 
 #include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
 
 #include "ops/dispatch.h"
+#include "ops/profile.h"
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/allocator.h"
 #endif
@@ -82,6 +87,77 @@ void GraphCache::run(Entry& e, const Context& ctx, const std::function<void()>& 
 #else
     (void)e;
     detail::no_cuda("graph");
+#endif
+}
+
+#ifdef QDIT_WITH_CUDA
+namespace {
+
+// The side stream of each device (made when first asked for, kept for the process). QDIT_FORK=2
+// gives it the device's greatest priority (an experiment: its blocks dispatched first).
+cudaStream_t side_stream(int device) {
+    static std::mutex mu;
+    static std::array<cudaStream_t, 64> streams{};
+    if (device < 0 || device >= int(streams.size())) raise<Error>("ops::Fork: CUDA device {} out of range", device);
+    std::lock_guard<std::mutex> lock(mu);
+    cudaStream_t& s = streams[size_t(device)];
+    if (!s) {
+        int least = 0, greatest = 0;
+        cuda::check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "stream priorities");
+        const char* env = std::getenv("QDIT_FORK");
+        const int priority = env && !std::strcmp(env, "2") ? greatest : least;
+        cuda::check(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, priority), "creating a side stream");
+    }
+    return s;
+}
+
+bool fork_enabled() {
+    const char* env = std::getenv("QDIT_FORK");
+    return !(env && !std::strcmp(env, "0"));
+}
+
+// `to` waits for the work issued on `from` so far (an edge of the graph when capturing).
+void wait_for(cudaStream_t to, cudaStream_t from) {
+    cudaEvent_t e = nullptr;
+    cuda::check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "ops::Fork event");
+    const cudaError_t r = cudaEventRecord(e, from);
+    const cudaError_t w = r == cudaSuccess ? cudaStreamWaitEvent(to, e, 0) : r;
+    cudaEventDestroy(e);
+    cuda::check(w, "ops::Fork");
+}
+
+}  // namespace
+#endif
+
+Fork::Fork(const Context& ctx) : main_(ctx), side_(ctx) {
+#ifdef QDIT_WITH_CUDA
+    if (!GraphCache::usable(ctx) || Profile::enabled() || !fork_enabled()) return;
+    cuda::check(cudaSetDevice(ctx.device.index), "selecting the CUDA device");
+    const cudaStream_t s = side_stream(ctx.device.index);
+    wait_for(s, detail::stream(ctx));
+    side_.stream = s;
+    cuda::Allocator::instance().hold_begin();
+    open_ = true;
+#endif
+}
+
+Fork::~Fork() {
+    try {
+        join();
+    } catch (...) {
+        // A failed join leaves a CUDA error that the next op reports.
+    }
+}
+
+void Fork::join() {
+#ifdef QDIT_WITH_CUDA
+    if (!open_) return;
+    open_ = false;
+    side_ = main_;
+    struct Release {
+        ~Release() { cuda::Allocator::instance().hold_end(); }
+    } release;
+    wait_for(detail::stream(main_), static_cast<cudaStream_t>(side_stream(main_.device.index)));
 #endif
 }
 

@@ -61,4 +61,26 @@ private:
     std::vector<std::unique_ptr<Entry>> entries_;  // most recently used last
 };
 
+// Two streams of work: what is issued on side() runs beside what is issued on ctx's stream from
+// the construction to join() (or the destruction). On a GPU context with its own stream, side()
+// has a second stream of the device, which first waits for the work issued on ctx's stream so far;
+// join() makes ctx's stream wait for the side's work. Inside a CUDA graph capture the two become
+// parallel branches of the graph. Activation memory released by either stream while the fork is
+// open is not handed out again before the join (the caching allocator orders reuse by one stream).
+// On the CPU, on a legacy default stream, under ops::Profile (whose regions time one stream) or
+// with QDIT_FORK=0 in the environment, side() is ctx itself and join() does nothing.
+class Fork {
+public:
+    explicit Fork(const Context& ctx);
+    ~Fork();
+    Fork(const Fork&) = delete;
+    Fork& operator=(const Fork&) = delete;
+    const Context& side() const { return side_; }
+    void join();
+
+private:
+    Context main_, side_;
+    bool open_ = false;
+};
+
 }  // namespace qdit::ops

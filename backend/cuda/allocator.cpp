@@ -228,6 +228,10 @@ void Allocator::release(void* p) {
     auto it = used_.find(p);
     if (it == used_.end()) return;
     const Block b = it->second;
+    if (holds_ > 0 && !b.arena) {
+        held_.push_back(p);  // stays in used_ until hold_end()
+        return;
+    }
     used_.erase(it);
     (b.kind == MemKind::Weight ? st_.weight : st_.activation) -= b.size;
     if (b.arena)
@@ -283,6 +287,21 @@ std::vector<void*> Allocator::end_record() {
     }
     recorded_.clear();
     return held;
+}
+
+void Allocator::hold_begin() {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++holds_;
+}
+
+void Allocator::hold_end() {
+    std::vector<void*> ps;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (holds_ == 0 || --holds_ > 0) return;
+        ps.swap(held_);
+    }
+    for (void* p : ps) release(p);
 }
 
 MemStats Allocator::stats() const {

@@ -5,6 +5,8 @@
 //
 // Reuse is stream-ordered: a block released while kernels on a stream may still read it can be
 // handed out at once, which is safe when all work runs on one stream (the model forward does).
+// Where a second stream runs beside it (ops::Fork), hold_begin() .. hold_end() keeps every block
+// released in between out of the cache (still counted as in use) until the streams have joined.
 //
 // Weights are packed instead: each device has one weight arena, a virtual address range reserved
 // once (CUDA virtual memory management) into which physical memory is mapped as it grows, so
@@ -59,6 +61,10 @@ public:
     void begin_record();
     std::vector<void*> end_record();
 
+    // Nested holds: while one is open, released activation blocks wait for the last hold_end().
+    void hold_begin();
+    void hold_end();
+
 private:
     struct Block {
         size_t size;
@@ -78,6 +84,8 @@ private:
     MemStats st_;
     bool recording_ = false;
     std::vector<void*> recorded_;
+    int holds_ = 0;
+    std::vector<void*> held_;  // released during a hold, still counted in st_.activation
 };
 
 }  // namespace qdit::cuda

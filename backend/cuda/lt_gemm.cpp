@@ -43,7 +43,7 @@ struct Plan {
 struct DeviceState {
     std::mutex mu;  // over a whole call on this device (see the header)
     cublasLtHandle_t handle = nullptr;
-    void* workspace = nullptr;
+    std::map<cudaStream_t, void*> workspaces;  // one per stream: calls on two streams may overlap
     std::map<Key, Plan> plans;
 };
 
@@ -121,8 +121,9 @@ bool run(const Key& key, const std::string& who, const void* x, const void* w, c
     DeviceState& d = device_state(dev);
     std::lock_guard<std::mutex> lock(d.mu);
     if (!d.handle) check(cublasLtCreate(&d.handle), who, "cublasLtCreate");
-    if (!d.workspace) {
-        const cudaError_t ce = cudaMalloc(&d.workspace, kWorkspaceBytes);
+    void*& workspace = d.workspaces[stream];
+    if (!workspace) {
+        const cudaError_t ce = cudaMalloc(&workspace, kWorkspaceBytes);
         if (ce != cudaSuccess)
             throw Error(fmt::format("cuBLASLt {}: cannot allocate the workspace: {}", who, cudaGetErrorString(ce)));
     }
@@ -138,7 +139,7 @@ bool run(const Key& key, const std::string& who, const void* x, const void* w, c
     const void* alpha = key.int8 ? static_cast<const void*>(&ia) : static_cast<const void*>(&fa);
     const void* beta = key.int8 ? static_cast<const void*>(&ib) : static_cast<const void*>(&fb);
     check(cublasLtMatmul(d.handle, plan.desc, alpha, w, plan.la, x, plan.lb, beta, y, plan.ld, y, plan.ld, &plan.algo,
-                         d.workspace, kWorkspaceBytes, stream),
+                         workspace, kWorkspaceBytes, stream),
           who, "cublasLtMatmul");
     return true;
 }

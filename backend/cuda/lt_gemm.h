@@ -5,12 +5,12 @@
 //   y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n])      (w [k, n] instead where a call says so)
 //
 // x [M, K] row stride ldx; w [N, K] row stride ldw; y [M, N] row stride ldy; device pointers.
-// One cache for every call: per device a cuBLASLt handle, a 32 MiB workspace (allocated on first
-// use and kept) and the plans (matmul descriptors and the algorithm cuBLASLt's heuristic chose,
-// once per shape and types). Each device has its own lock, held from setting a cached descriptor's
-// bias pointer to the launch that reads it; no lock spans devices, so a launch that blocks behind
-// a full queue on one GPU (e.g. behind an NCCL collective waiting for another GPU's rank thread)
-// never stalls another GPU's thread.
+// One cache for every call: per device a cuBLASLt handle, a 32 MiB workspace per stream (allocated
+// on first use and kept: calls on two streams may run at once) and the plans (matmul descriptors
+// and the algorithm cuBLASLt's heuristic chose, once per shape and types). Each device has its own
+// lock, held from setting a cached descriptor's bias pointer to the launch that reads it; no lock
+// spans devices, so a launch that blocks behind a full queue on one GPU (e.g. behind an NCCL
+// collective waiting for another GPU's rank thread) never stalls another GPU's thread.
 #pragma once
 #include <cstdint>
 

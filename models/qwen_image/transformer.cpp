@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -9,6 +10,7 @@
 #include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/glu.h"
+#include "ops/graph.h"
 #include "ops/profile.h"
 #include "ops/rope.h"
 #include "ops/row.h"
@@ -344,23 +346,58 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         const int64_t mod_items = step >= 0 ? 1 : B;
         const std::vector<int64_t> txt_groups = step >= 0 ? std::vector<int64_t>{} : n_real;
         auto chunk = [&](const Tensor& m, int64_t i) { return ops::modulation_chunk(m, i, mod_items); };
+        // FP8 attention: q and k written as E4M3 by the norm + RoPE kernels (ops::Fp8Qk), at scales
+        // made before the text stream's q and k of the block are.
+        auto make_f8 = [&](const Block& blk) {
+            return fp8 ? ops::fp8_qk(B * S, 3 * D, {blk.img.norm_q, blk.txt.norm_q}, {blk.img.norm_k, blk.txt.norm_k},
+                                     hd, ctx_)
+                       : ops::Fp8Qk{};
+        };
+        // x += gate · out(attention); LayerNorm · (1 + scale) + shift → MLP (GELU-tanh), per stream,
+        // issued on `on`.
+        auto mlp = [&](const char* name, const Stream& st, Tensor& x, const Tensor& y, const Tensor& m, Pending& p,
+                       const std::vector<int64_t>& groups, const ops::Context& on) {
+            ops::Region r(name, on);
+            const Tensor h = st.mlp_in.forward(ops::row(x, {y, {}, eps, chunk(m, 2)},
+                                                        {ops::Norm::LayerNorm, {}, eps, chunk(m, 4), chunk(m, 3)},
+                                                        st.mlp_in.input_spec(), on, groups),
+                                               &on);
+            p = {st.mlp_out.forward(ops::gelu_tanh(h, st.mlp_out.input_spec(), on), &on), chunk(m, 5)};
+        };
+        // The text stream runs beside the image stream (ops::Fork): from one block's attention to
+        // the next one's its work is issued on the fork's side, the image's on ctx_, and the two
+        // meet before each attention. Everything the side reads was written before the fork opened
+        // (the streams, the modulation, the FP8 scales) or on the side itself.
+        std::optional<ops::Fork> fork;
+        ops::Fp8Qk f8 = nb > 0 ? make_f8(blocks_[0]) : ops::Fp8Qk{};
         for (int64_t bi = 0; bi < nb; ++bi) {
             const Block& blk = blocks_[size_t(bi)];
+            if (N > 0 && !fork) fork.emplace(ctx_);
+            const ops::Context& tc = fork ? fork->side() : ctx_;
             Tensor m_img, m_txt;
             {
                 ops::Region r("modulation", ctx_);
                 const Tensor raw_img = step >= 0 ? mods.slice_rows(2 * bi, 2 * bi + 1) : blk.img.mod.forward(c);
-                const Tensor raw_txt = step >= 0 ? mods.slice_rows(2 * bi + 1, 2 * bi + 2) : blk.txt.mod.forward(c);
+                const Tensor raw_txt =
+                    step >= 0 ? mods.slice_rows(2 * bi + 1, 2 * bi + 2) : blk.txt.mod.forward(c, &tc);
                 m_img = ops::modulation(raw_img, kBlockMods, ctx_);
-                m_txt = ops::modulation(raw_txt, kBlockMods, ctx_);
+                m_txt = ops::modulation(raw_txt, kBlockMods, tc);
             }
             // Attention half: (the last MLP residual, then) LayerNorm · (1 + scale) + shift → q|k|v
             // → q/k RMSNorm + RoPE, per stream, the image's written into the joint rows.
+            Tensor qkv_txt;
+            ops::Fp8Qk txt8;
+            if (N > 0) {
+                ops::Region r("text q|k|v", tc);
+                qkv_txt = blk.txt.qkv.forward(ops::row(txt, {p_txt.y, {}, eps, p_txt.gate},
+                                                       {ops::Norm::LayerNorm, {}, eps, chunk(m_txt, 1), chunk(m_txt, 0)},
+                                                       blk.txt.qkv.input_spec(), tc, txt_groups),
+                                              &tc);
+                if (fp8) txt8 = f8.like(N, tc);
+                ops::qk_rms_norm_rope(qkv_txt, H, H, hd, blk.txt.norm_q, blk.txt.norm_k, eps, txt_freqs,
+                                      ops::RopeLayout::Interleaved, tc, fp8 ? &txt8 : nullptr);
+            }
             Tensor joint = ops::empty({B * S, 3 * D}, dt_, ctx_);
-            // FP8 attention: q and k written as E4M3 by the norm + RoPE kernels (ops::Fp8Qk).
-            ops::Fp8Qk f8 = fp8 ? ops::fp8_qk(B * S, 3 * D, {blk.img.norm_q, blk.txt.norm_q},
-                                              {blk.img.norm_k, blk.txt.norm_k}, hd, ctx_)
-                                : ops::Fp8Qk{};
             {
                 ops::Region r("image q|k|v", ctx_);
                 const ops::Activation a = ops::row(img, {p_img.y, {}, eps, p_img.gate},
@@ -374,35 +411,31 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                                           ops::RopeLayout::Interleaved, ctx_, fp8 ? &rows8 : nullptr);
                 }
             }
-            if (N > 0) {
-                ops::Region r("text q|k|v", ctx_);
-                Tensor qkv_txt = blk.txt.qkv.forward(ops::row(
-                    txt, {p_txt.y, {}, eps, p_txt.gate},
-                    {ops::Norm::LayerNorm, {}, eps, chunk(m_txt, 1), chunk(m_txt, 0)}, blk.txt.qkv.input_spec(), ctx_,
-                    txt_groups));
-                const ops::Fp8Qk txt8 = fp8 ? f8.like(N, ctx_) : ops::Fp8Qk{};
-                ops::qk_rms_norm_rope(qkv_txt, H, H, hd, blk.txt.norm_q, blk.txt.norm_k, eps, txt_freqs,
-                                      ops::RopeLayout::Interleaved, ctx_, fp8 ? &txt8 : nullptr);
-                to_joint([&](int64_t t, int64_t j, int64_t n) {
-                    ops::copy_rows(joint, j, qkv_txt, t, n, ctx_);
-                    if (fp8) ops::copy_rows(f8.y, j, txt8.y, t, n, ctx_);
-                });
-            }
+            fork.reset();  // the streams meet
+            to_joint([&](int64_t t, int64_t j, int64_t n) {
+                ops::copy_rows(joint, j, qkv_txt, t, n, ctx_);
+                if (fp8) ops::copy_rows(f8.y, j, txt8.y, t, n, ctx_);
+            });
             Tensor o;
             {
                 ops::Region r("attention", ctx_);
                 o = ops::attention_padded(joint, lengths, H, H, hd, ctx_, fp8 ? &f8 : nullptr);
             }
-            joint = Tensor();
-            // x += gate · out(attention); LayerNorm · (1 + scale) + shift → MLP (GELU-tanh), per stream.
-            auto mlp = [&](const char* name, const Stream& st, Tensor& x, const Tensor& y, const Tensor& m, Pending& p,
-                           const std::vector<int64_t>& groups) {
-                ops::Region r(name, ctx_);
-                const Tensor h = st.mlp_in.forward(ops::row(x, {y, {}, eps, chunk(m, 2)},
-                                                            {ops::Norm::LayerNorm, {}, eps, chunk(m, 4), chunk(m, 3)},
-                                                            st.mlp_in.input_spec(), ctx_, groups));
-                p = {st.mlp_out.forward(ops::gelu_tanh(h, st.mlp_out.input_spec(), ctx_)), chunk(m, 5)};
-            };
+            joint = qkv_txt = Tensor();
+            const bool last = bi + 1 == nb;  // the last block's text stream is unused
+            if (!last) f8 = make_f8(blocks_[size_t(bi + 1)]);
+            if (!last && N > 0) {
+                Tensor attn_txt = ops::empty({N, D}, dt_, ctx_);
+                to_joint([&](int64_t t, int64_t j, int64_t n) { ops::copy_rows(attn_txt, t, o, j, n, ctx_); });
+                fork.emplace(ctx_);
+                const ops::Context& side = fork->side();
+                Tensor y_txt;
+                {
+                    ops::Region r("text attention out", side);
+                    y_txt = blk.txt.out.forward({attn_txt, {}, {}}, &side);
+                }
+                mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt, txt_groups, side);
+            }
             Tensor y_img = ops::empty({B * L, D}, dt_, ctx_);
             {
                 ops::Region r("image attention out", ctx_);
@@ -411,18 +444,9 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                     blk.img.out.forward_into({o.slice_rows(b * S, b * S + L), {}, {}}, rows);
                 }
             }
-            mlp("image MLP", blk.img, img, y_img, m_img, p_img, {});
-            if (bi + 1 == nb) break;  // the last block's text stream is unused
-            if (N == 0) continue;
-            Tensor y_txt;
-            {
-                ops::Region r("text attention out", ctx_);
-                Tensor attn_txt = ops::empty({N, D}, dt_, ctx_);
-                to_joint([&](int64_t t, int64_t j, int64_t n) { ops::copy_rows(attn_txt, t, o, j, n, ctx_); });
-                y_txt = blk.txt.out.forward({attn_txt, {}, {}});
-            }
-            mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt, txt_groups);
+            mlp("image MLP", blk.img, img, y_img, m_img, p_img, {}, ctx_);
         }
+        fork.reset();
         // norm_out: LayerNorm · (1 + scale) + shift from SiLU(temb), then proj_out. The text stream
         // ends with the last block.
         ops::Region r("norm_out, proj_out", ctx_);

@@ -1,14 +1,18 @@
 // The caching allocator (backend/cuda/allocator.h): activation blocks are cached and reused,
-// weights are packed into the per-device arena.
+// weights are packed into the per-device arena, held blocks wait for the hold's end (ops::Fork).
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include <cuda_runtime.h>
 
 #include "backend/cuda/allocator.h"
 #include "backend/cuda/quantize.h"
+#include "ops/context.h"
+#include "ops/graph.h"
 
 using namespace qdit;
 using cuda::MemKind;
@@ -80,4 +84,63 @@ TEST(CudaAllocator, PacksWeightsIntoTheArena) {
     void* again = a.allocate(1 << 20, MemKind::Weight);
     EXPECT_EQ(again, ps[0]);
     a.release(again);
+}
+
+// While a hold is open, released activation blocks stay counted and are not handed out; the last
+// hold_end() gives them back to the cache.
+TEST(CudaAllocator, HoldKeepsReleasedBlocksUntilItEnds) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    auto& a = cuda::Allocator::instance();
+    const size_t used0 = a.stats().activation;
+    void* p = a.allocate(3 << 20, MemKind::Activation);
+    a.hold_begin();
+    a.hold_begin();
+    a.release(p);
+    EXPECT_EQ(a.stats().activation, used0 + (size_t(4) << 20)) << "a held block still counts";
+    void* q = a.allocate(3 << 20, MemKind::Activation);
+    EXPECT_NE(q, p);
+    a.release(q);
+    a.hold_end();
+    void* r = a.allocate(3 << 20, MemKind::Activation);
+    EXPECT_NE(r, p);
+    EXPECT_NE(r, q);
+    a.release(r);
+    a.hold_end();
+    EXPECT_EQ(a.stats().activation, used0);
+    void* s = a.allocate(3 << 20, MemKind::Activation);
+    EXPECT_TRUE(s == p || s == q || s == r);
+    a.release(s);
+}
+
+// ops::Fork: the side has its own stream, work on it is ordered after the main stream's work before
+// the fork and before the main stream's work after the join, and memory released meanwhile is
+// not reused; with QDIT_FORK=0 the side is the main stream.
+TEST(CudaAllocator, ForkOrdersTheSideStreamAndHoldsMemory) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    ops::OwnedStream stream({DeviceType::CUDA, 0});
+    const ops::Context ctx{{DeviceType::CUDA, 0}, stream.get()};
+    const int64_t rows = 1 << 16, width = 256;
+    Tensor host = Tensor::empty({rows, width}, DType::U8);
+    for (int64_t i = 0; i < host.numel(); ++i) host.data<uint8_t>()[i] = uint8_t(i * 7 + 3);
+    const Tensor a = ops::to_device(host, ctx);
+    Tensor m = ops::empty({rows, width}, DType::U8, ctx);
+    ops::copy_rows(m, 0, a, 0, rows, ctx);  // on the main stream, asynchronous
+    const void* pm = m.raw();
+    Tensor b = ops::empty({rows, width}, DType::U8, ctx);
+    {
+        ops::Fork f(ctx);
+        EXPECT_NE(f.side().stream, ctx.stream);
+        ops::copy_rows(b, 0, m, 0, rows, f.side());  // after the main stream's copy
+        m = Tensor();
+        const Tensor c = ops::empty({rows, width}, DType::U8, ctx);
+        EXPECT_NE(c.raw(), pm) << "a block released during the fork was handed out again";
+    }
+    const Tensor back = ops::to_host(b, ctx);  // after the join: the side's copy is done
+    EXPECT_EQ(std::memcmp(back.raw(), host.raw(), size_t(host.nbytes())), 0);
+    setenv("QDIT_FORK", "0", 1);
+    {
+        ops::Fork f(ctx);
+        EXPECT_EQ(f.side().stream, ctx.stream);
+    }
+    unsetenv("QDIT_FORK");
 }

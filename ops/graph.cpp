@@ -4,7 +4,6 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 
 #include "ops/dispatch.h"
 #include "ops/profile.h"
@@ -93,21 +92,20 @@ void GraphCache::run(Entry& e, const Context& ctx, const std::function<void()>& 
 #ifdef QDIT_WITH_CUDA
 namespace {
 
-// The side stream of each device (made when first asked for, kept for the process). QDIT_FORK=2
-// gives it the device's greatest priority (an experiment: its blocks dispatched first).
+// This thread's side stream of each device, made when first asked for (a stream of another thread
+// might be capturing a graph of its own).
 cudaStream_t side_stream(int device) {
-    static std::mutex mu;
-    static std::array<cudaStream_t, 64> streams{};
-    if (device < 0 || device >= int(streams.size())) raise<Error>("ops::Fork: CUDA device {} out of range", device);
-    std::lock_guard<std::mutex> lock(mu);
-    cudaStream_t& s = streams[size_t(device)];
-    if (!s) {
-        int least = 0, greatest = 0;
-        cuda::check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "stream priorities");
-        const char* env = std::getenv("QDIT_FORK");
-        const int priority = env && !std::strcmp(env, "2") ? greatest : least;
-        cuda::check(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, priority), "creating a side stream");
-    }
+    struct Streams {
+        std::array<cudaStream_t, 64> s{};
+        ~Streams() {
+            for (cudaStream_t x : s)
+                if (x) cudaStreamDestroy(x);
+        }
+    };
+    thread_local Streams streams;
+    if (device < 0 || device >= int(streams.s.size())) raise<Error>("ops::Fork: CUDA device {} out of range", device);
+    cudaStream_t& s = streams.s[size_t(device)];
+    if (!s) cuda::check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "creating a side stream");
     return s;
 }
 

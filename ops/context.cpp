@@ -94,7 +94,7 @@ void synchronize(const Context& ctx) {
 Tensor empty(Shape shape, DType dtype, const Context& ctx, Memory kind) {
     if (!ctx.cuda()) return Tensor::empty(std::move(shape), dtype);
 #ifdef QDIT_WITH_CUDA
-    return cuda::DTensor::empty(std::move(shape), dtype, mem_kind(kind)).as_tensor();
+    return cuda::DTensor::empty(std::move(shape), dtype, mem_kind(kind), ctx.stream).as_tensor();
 #else
     (void)kind;
     no_cuda("empty");

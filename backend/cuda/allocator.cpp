@@ -178,7 +178,7 @@ size_t Allocator::round_size(size_t bytes) {
     return (bytes + g - 1) / g * g;
 }
 
-void* Allocator::allocate(size_t bytes, MemKind kind) {
+void* Allocator::allocate(size_t bytes, MemKind kind, const void* stream) {
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess) raise<Error>("cuda allocator: no CUDA device");
     std::lock_guard<std::mutex> lk(mu_);
@@ -193,11 +193,16 @@ void* Allocator::allocate(size_t bytes, MemKind kind) {
     }
     const size_t size = round_size(bytes);
     void* p = nullptr;
+    auto take = [&p](std::vector<void*>& blocks) {
+        if (blocks.empty()) return false;
+        p = blocks.back();
+        blocks.pop_back();
+        return true;
+    };
     auto it = free_.find({dev, size});
-    if (it != free_.end() && !it->second.empty()) {
-        p = it->second.back();
-        it->second.pop_back();
-    } else {
+    auto its = holds_ > 0 && stream ? stream_free_.find({dev, stream, size}) : stream_free_.end();
+    const bool cached = (it != free_.end() && take(it->second)) || (its != stream_free_.end() && take(its->second));
+    if (!cached) {
         cudaError_t e = cudaMalloc(&p, size);
         if (e == cudaErrorMemoryAllocation) {
             // Give the cached blocks back and try once more.
@@ -214,7 +219,7 @@ void* Allocator::allocate(size_t bytes, MemKind kind) {
         st_.reserved += size;
         st_.peak_reserved = std::max(st_.peak_reserved, st_.reserved);
     }
-    used_[p] = Block{size, kind, dev};
+    used_[p] = Block{size, kind, dev, false, stream, holds_ > 0 ? hold_id_ : 0};
     if (recording_) recorded_.push_back(p);
     (kind == MemKind::Weight ? st_.weight : st_.activation) += size;
     st_.peak_activation = std::max(st_.peak_activation, st_.activation);
@@ -228,7 +233,8 @@ void Allocator::release(void* p) {
     auto it = used_.find(p);
     if (it == used_.end()) return;
     const Block b = it->second;
-    if (holds_ > 0 && !b.arena) {
+    const bool own = b.stream && b.hold != 0 && b.hold == hold_id_;  // allocated in this hold
+    if (holds_ > 0 && !b.arena && !own) {
         held_.push_back(p);  // stays in used_ until hold_end()
         return;
     }
@@ -236,6 +242,8 @@ void Allocator::release(void* p) {
     (b.kind == MemKind::Weight ? st_.weight : st_.activation) -= b.size;
     if (b.arena)
         arena_release(b.device, p, b.size);
+    else if (holds_ > 0)
+        stream_free_[{b.device, b.stream, b.size}].push_back(p);
     else
         free_[{b.device, b.size}].push_back(p);
 }
@@ -291,7 +299,7 @@ std::vector<void*> Allocator::end_record() {
 
 void Allocator::hold_begin() {
     std::lock_guard<std::mutex> lk(mu_);
-    ++holds_;
+    if (holds_++ == 0) ++hold_id_;
 }
 
 void Allocator::hold_end() {
@@ -300,6 +308,11 @@ void Allocator::hold_end() {
         std::lock_guard<std::mutex> lk(mu_);
         if (holds_ == 0 || --holds_ > 0) return;
         ps.swap(held_);
+        for (auto& [key, blocks] : stream_free_) {
+            auto& to = free_[{std::get<0>(key), std::get<2>(key)}];
+            to.insert(to.end(), blocks.begin(), blocks.end());
+        }
+        stream_free_.clear();
     }
     for (void* p : ps) release(p);
 }

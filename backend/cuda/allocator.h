@@ -5,8 +5,11 @@
 //
 // Reuse is stream-ordered: a block released while kernels on a stream may still read it can be
 // handed out at once, which is safe when all work runs on one stream (the model forward does).
-// Where a second stream runs beside it (ops::Fork), hold_begin() .. hold_end() keeps every block
-// released in between out of the cache (still counted as in use) until the streams have joined.
+// Where a second stream runs beside it (ops::Fork), hold_begin() .. hold_end() keeps the blocks
+// released in between out of the cache (still counted as in use) until the streams have joined,
+// except those allocated in between for a stream (allocate's `stream`): a stream that
+// allocated a block during the fork is the only one that uses it before the join (ops::Fork's
+// rule), so that stream alone may have it again at once.
 //
 // Weights are packed instead: each device has one weight arena, a virtual address range reserved
 // once (CUDA virtual memory management) into which physical memory is mapped as it grows, so
@@ -17,8 +20,10 @@
 // cached blocks like activations.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -43,7 +48,8 @@ public:
 
     // Activations: rounded up to 512 B below 1 MiB, 2 MiB above; weights: to 256 B in the arena.
     // Throws qdit::Error when the device is out of memory even after the cache is emptied.
-    void* allocate(size_t bytes, MemKind kind);
+    // `stream`: the cudaStream_t whose work uses the block (null: unknown), for holds.
+    void* allocate(size_t bytes, MemKind kind, const void* stream = nullptr);
     void release(void* p);
     // Frees the cached (unused) blocks back to the driver.
     void empty_cache();
@@ -71,6 +77,8 @@ private:
         MemKind kind;
         int device;
         bool arena = false;  // a range of the device's weight arena
+        const void* stream = nullptr;
+        uint64_t hold = 0;  // the hold it was allocated in (0: none)
     };
     struct Arena;
     void* arena_allocate(int device, size_t size);  // nullptr when the arena cannot take it
@@ -85,7 +93,10 @@ private:
     bool recording_ = false;
     std::vector<void*> recorded_;
     int holds_ = 0;
+    uint64_t hold_id_ = 0;     // of the open hold (counts the holds)
     std::vector<void*> held_;  // released during a hold, still counted in st_.activation
+    // Allocated and released during the open hold: (device, stream, size) -> blocks, for that stream.
+    std::map<std::tuple<int, const void*, size_t>, std::vector<void*>> stream_free_;
 };
 
 }  // namespace qdit::cuda

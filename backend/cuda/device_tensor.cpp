@@ -27,12 +27,12 @@ void check(cudaError_t e, const char* what) {
     if (e != cudaSuccess) raise<Error>("CUDA error in {}: {}", what, cudaGetErrorString(e));
 }
 
-DTensor DTensor::empty(Shape shape, DType dtype, MemKind kind) {
+DTensor DTensor::empty(Shape shape, DType dtype, MemKind kind, const void* stream) {
     DTensor t;
     t.shape_ = std::move(shape);
     t.dtype_ = dtype;
     Allocator& a = Allocator::instance();
-    t.ptr_ = a.allocate(t.nbytes(), kind);
+    t.ptr_ = a.allocate(t.nbytes(), kind, stream);
     t.mem_ = std::shared_ptr<void>(t.ptr_, [](void* p) { Allocator::instance().release(p); });
     return t;
 }

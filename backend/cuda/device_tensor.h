@@ -18,7 +18,8 @@ class DTensor {
 public:
     DTensor() = default;
     // Contents uninitialised.
-    static DTensor empty(Shape shape, DType dtype, MemKind kind = MemKind::Activation);
+    // `stream`: the stream whose work uses it (Allocator::allocate), or null.
+    static DTensor empty(Shape shape, DType dtype, MemKind kind = MemKind::Activation, const void* stream = nullptr);
     static DTensor zeros(Shape shape, DType dtype, MemKind kind, cudaStream_t stream);
     // A copy of a host tensor (contiguous, any dtype); synchronous with respect to the host data.
     static DTensor upload(const Tensor& host, MemKind kind, cudaStream_t stream);

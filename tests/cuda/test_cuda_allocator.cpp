@@ -112,6 +112,30 @@ TEST(CudaAllocator, HoldKeepsReleasedBlocksUntilItEnds) {
     a.release(s);
 }
 
+// A block allocated for a stream during a hold and released in it goes back to that stream alone
+// (the other stream of a fork may still be running work that is unordered with it); the hold's end
+// gives it to everyone.
+TEST(CudaAllocator, HoldGivesAStreamItsOwnBlocksBack) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    auto& a = cuda::Allocator::instance();
+    int x = 0, y = 0;  // two stream tags (only compared)
+    const size_t size = size_t(5) << 20;
+    a.empty_cache();  // no cached block of that size to hand out first
+    a.hold_begin();
+    void* p = a.allocate(size, MemKind::Activation, &x);
+    a.release(p);
+    void* q = a.allocate(size, MemKind::Activation, &y);
+    EXPECT_NE(q, p) << "another stream got the block";
+    void* r = a.allocate(size, MemKind::Activation, &x);
+    EXPECT_EQ(r, p) << "the stream did not get its block back";
+    a.release(r);
+    a.release(q);
+    a.hold_end();
+    void* s = a.allocate(size, MemKind::Activation, &y);
+    EXPECT_TRUE(s == p || s == q);
+    a.release(s);
+}
+
 // ops::Fork: the side has its own stream, work on it is ordered after the main stream's work before
 // the fork and before the main stream's work after the join, and memory released meanwhile is
 // not reused; with QDIT_FORK=0 the side is the main stream.

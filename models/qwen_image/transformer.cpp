@@ -364,39 +364,51 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                                                &on);
             p = {st.mlp_out.forward(ops::gelu_tanh(h, st.mlp_out.input_spec(), on), &on), chunk(m, 5)};
         };
+        // The text stream's attention half of block bj, issued on `on`: its modulation, (the last
+        // MLP residual, then) LayerNorm · (1 + scale) + shift → q|k|v → q/k RMSNorm + RoPE.
+        struct TextHalf {
+            Tensor mod, qkv;
+            ops::Fp8Qk qk8;  // FP8 attention: q and k in E4M3 at the block's scales (f8's)
+        };
+        ops::Fp8Qk f8;  // the FP8 scales and rows of the block whose attention comes next
+        auto text_half = [&](int64_t bj, const ops::Context& on) {
+            const Block& b = blocks_[size_t(bj)];
+            TextHalf t;
+            {
+                ops::Region r("modulation", on);
+                t.mod = ops::modulation(step >= 0 ? mods.slice_rows(2 * bj + 1, 2 * bj + 2) : b.txt.mod.forward(c, &on),
+                                        kBlockMods, on);
+            }
+            ops::Region r("text q|k|v", on);
+            t.qkv = b.txt.qkv.forward(ops::row(txt, {p_txt.y, {}, eps, p_txt.gate},
+                                               {ops::Norm::LayerNorm, {}, eps, chunk(t.mod, 1), chunk(t.mod, 0)},
+                                               b.txt.qkv.input_spec(), on, txt_groups),
+                                      &on);
+            if (fp8) t.qk8 = f8.like(N, on);
+            ops::qk_rms_norm_rope(t.qkv, H, H, hd, b.txt.norm_q, b.txt.norm_k, eps, txt_freqs,
+                                  ops::RopeLayout::Interleaved, on, fp8 ? &t.qk8 : nullptr);
+            return t;
+        };
         // The text stream runs beside the image stream (ops::Fork): from one block's attention to
         // the next one's its work is issued on the fork's side, the image's on ctx_, and the two
         // meet before each attention. Everything the side reads was written before the fork opened
         // (the streams, the modulation, the FP8 scales) or on the side itself.
         std::optional<ops::Fork> fork;
-        ops::Fp8Qk f8 = nb > 0 ? make_f8(blocks_[0]) : ops::Fp8Qk{};
+        TextHalf th;
+        if (nb > 0) f8 = make_f8(blocks_[0]);
+        if (nb > 0 && N > 0) {
+            fork.emplace(ctx_);
+            th = text_half(0, fork->side());
+        }
         for (int64_t bi = 0; bi < nb; ++bi) {
             const Block& blk = blocks_[size_t(bi)];
-            if (N > 0 && !fork) fork.emplace(ctx_);
-            const ops::Context& tc = fork ? fork->side() : ctx_;
-            Tensor m_img, m_txt;
+            Tensor m_img;
             {
                 ops::Region r("modulation", ctx_);
-                const Tensor raw_img = step >= 0 ? mods.slice_rows(2 * bi, 2 * bi + 1) : blk.img.mod.forward(c);
-                const Tensor raw_txt =
-                    step >= 0 ? mods.slice_rows(2 * bi + 1, 2 * bi + 2) : blk.txt.mod.forward(c, &tc);
-                m_img = ops::modulation(raw_img, kBlockMods, ctx_);
-                m_txt = ops::modulation(raw_txt, kBlockMods, tc);
+                m_img = ops::modulation(step >= 0 ? mods.slice_rows(2 * bi, 2 * bi + 1) : blk.img.mod.forward(c),
+                                        kBlockMods, ctx_);
             }
-            // Attention half: (the last MLP residual, then) LayerNorm · (1 + scale) + shift → q|k|v
-            // → q/k RMSNorm + RoPE, per stream, the image's written into the joint rows.
-            Tensor qkv_txt;
-            ops::Fp8Qk txt8;
-            if (N > 0) {
-                ops::Region r("text q|k|v", tc);
-                qkv_txt = blk.txt.qkv.forward(ops::row(txt, {p_txt.y, {}, eps, p_txt.gate},
-                                                       {ops::Norm::LayerNorm, {}, eps, chunk(m_txt, 1), chunk(m_txt, 0)},
-                                                       blk.txt.qkv.input_spec(), tc, txt_groups),
-                                              &tc);
-                if (fp8) txt8 = f8.like(N, tc);
-                ops::qk_rms_norm_rope(qkv_txt, H, H, hd, blk.txt.norm_q, blk.txt.norm_k, eps, txt_freqs,
-                                      ops::RopeLayout::Interleaved, tc, fp8 ? &txt8 : nullptr);
-            }
+            // Attention half of the image stream: as the text's, written into the joint rows.
             Tensor joint = ops::empty({B * S, 3 * D}, dt_, ctx_);
             {
                 ops::Region r("image q|k|v", ctx_);
@@ -413,17 +425,20 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             }
             fork.reset();  // the streams meet
             to_joint([&](int64_t t, int64_t j, int64_t n) {
-                ops::copy_rows(joint, j, qkv_txt, t, n, ctx_);
-                if (fp8) ops::copy_rows(f8.y, j, txt8.y, t, n, ctx_);
+                ops::copy_rows(joint, j, th.qkv, t, n, ctx_);
+                if (fp8) ops::copy_rows(f8.y, j, th.qk8.y, t, n, ctx_);
             });
             Tensor o;
             {
                 ops::Region r("attention", ctx_);
                 o = ops::attention_padded(joint, lengths, H, H, hd, ctx_, fp8 ? &f8 : nullptr);
             }
-            joint = qkv_txt = Tensor();
+            joint = Tensor();
+            const Tensor m_txt = th.mod;
+            th = TextHalf{};
             const bool last = bi + 1 == nb;  // the last block's text stream is unused
             if (!last) f8 = make_f8(blocks_[size_t(bi + 1)]);
+            // The rest of the text stream's block, then its next attention half, on the side.
             if (!last && N > 0) {
                 Tensor attn_txt = ops::empty({N, D}, dt_, ctx_);
                 to_joint([&](int64_t t, int64_t j, int64_t n) { ops::copy_rows(attn_txt, t, o, j, n, ctx_); });
@@ -435,7 +450,9 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                     y_txt = blk.txt.out.forward({attn_txt, {}, {}}, &side);
                 }
                 mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt, txt_groups, side);
+                th = text_half(bi + 1, side);
             }
+            // The image stream's MLP half.
             Tensor y_img = ops::empty({B * L, D}, dt_, ctx_);
             {
                 ops::Region r("image attention out", ctx_);

@@ -65,10 +65,12 @@ private:
 // the construction to join() (or the destruction). On a GPU context with its own stream, side()
 // has a second stream of the device, which first waits for the work issued on ctx's stream so far;
 // join() makes ctx's stream wait for the side's work. Inside a CUDA graph capture the two become
-// parallel branches of the graph. Activation memory released by either stream while the fork is
-// open is not handed out again before the join (the caching allocator orders reuse by one stream).
-// On the CPU, on a legacy default stream, under ops::Profile (whose regions time one stream) or
-// with QDIT_FORK=0 in the environment, side() is ctx itself and join() does nothing.
+// parallel branches of the graph. The rule for the caller: work on one stream reads what was
+// written before the fork or on that stream, nothing the other stream wrote since. Activation
+// memory released while the fork is open is handed out again before the join only to the stream
+// that allocated it during the fork (the caching allocator orders reuse by one stream). On the
+// CPU, on a legacy default stream, under ops::Profile (whose regions time one stream) or with
+// QDIT_FORK=0 in the environment, side() is ctx itself and join() does nothing.
 class Fork {
 public:
     explicit Fork(const Context& ctx);

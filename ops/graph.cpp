@@ -151,11 +151,12 @@ void Fork::join() {
 #ifdef QDIT_WITH_CUDA
     if (!open_) return;
     open_ = false;
+    const cudaStream_t side = detail::stream(side_);
     side_ = main_;
     struct Release {
         ~Release() { cuda::Allocator::instance().hold_end(); }
     } release;
-    wait_for(detail::stream(main_), static_cast<cudaStream_t>(side_stream(main_.device.index)));
+    wait_for(detail::stream(main_), side);
 #endif
 }
 

@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -13,6 +12,7 @@
 #include "backend/cuda/quantize.h"
 #include "ops/context.h"
 #include "ops/graph.h"
+#include "tests/env_var.h"
 
 using namespace qdit;
 using cuda::MemKind;
@@ -152,6 +152,7 @@ TEST(CudaAllocator, ForkOrdersTheSideStreamAndHoldsMemory) {
     const void* pm = m.raw();
     Tensor b = ops::empty({rows, width}, DType::U8, ctx);
     {
+        const testutil::EnvVar fork_on("QDIT_FORK", nullptr);
         ops::Fork f(ctx);
         EXPECT_NE(f.side().stream, ctx.stream);
         ops::copy_rows(b, 0, m, 0, rows, f.side());  // after the main stream's copy
@@ -161,10 +162,9 @@ TEST(CudaAllocator, ForkOrdersTheSideStreamAndHoldsMemory) {
     }
     const Tensor back = ops::to_host(b, ctx);  // after the join: the side's copy is done
     EXPECT_EQ(std::memcmp(back.raw(), host.raw(), size_t(host.nbytes())), 0);
-    setenv("QDIT_FORK", "0", 1);
     {
+        const testutil::EnvVar fork_off("QDIT_FORK", "0");
         ops::Fork f(ctx);
         EXPECT_EQ(f.side().stream, ctx.stream);
     }
-    unsetenv("QDIT_FORK");
 }

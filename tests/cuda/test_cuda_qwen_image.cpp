@@ -3,11 +3,11 @@
 // loop on the GPU against the host loop.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <cstring>
 
 #include <cuda_runtime.h>
 
+#include "tests/env_var.h"
 #include "tests/qwen_image_fixture.h"
 #include "tests/qwen_image_pipeline_reference.h"
 
@@ -71,10 +71,18 @@ TEST(CudaQwenImage, TextStreamBesideTheImageStreamKeepsTheBits) {
                 model.set_cuda_graph(graph);
                 return model.forward(in.hidden_states, in.encoder_hidden_states, in.mask, in.timestep, in.grid);
             };
-            setenv("QDIT_FORK", "0", 1);
-            const Tensor one = run(false), one_graph = run(true);
-            unsetenv("QDIT_FORK");
-            const Tensor two = run(false), two_graph = run(true), replayed = run(true);
+            Tensor one, one_graph, two, two_graph, replayed;
+            {
+                const EnvVar fork_off("QDIT_FORK", "0");
+                one = run(false);
+                one_graph = run(true);
+            }
+            {
+                const EnvVar fork_on("QDIT_FORK", nullptr);
+                two = run(false);
+                two_graph = run(true);
+                replayed = run(true);
+            }
             EXPECT_EQ(std::memcmp(one.raw(), one_graph.raw(), one.nbytes()), 0) << "one stream, graph";
             EXPECT_EQ(std::memcmp(one.raw(), two.raw(), one.nbytes()), 0) << "two streams";
             EXPECT_EQ(std::memcmp(one.raw(), two_graph.raw(), one.nbytes()), 0) << "two streams, graph";

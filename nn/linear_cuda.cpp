@@ -2,12 +2,14 @@
 #include "nn/linear_cuda.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <functional>
 
 #include <cuda_bf16.h>
 
 #include "backend/cuda/lt_gemm.h"
+#include "backend/cuda/pinned.h"
 #include "backend/cuda/int8_gemm.h"
 #include "backend/cuda/int8_weight_only.h"
 #include "backend/cuda/random.h"
@@ -209,7 +211,73 @@ size_t Group::bytes() const {
     return b;
 }
 
+// The tensors of a group's parts, back to back (256-byte aligned) in one pinned host buffer.
+struct Group::HostCopy {
+    struct Slot {
+        size_t part;
+        int field;  // index into fields()
+        Shape shape;
+        DType dtype;
+        size_t offset;
+    };
+    std::vector<Slot> slots;
+    size_t bytes = 0;
+    Tensor data;  // U8 [bytes], page-locked
+};
+
+namespace {
+std::array<DTensor*, 4> fields(Part& p) { return {&p.w, &p.q, &p.wscale, &p.bias}; }
+}  // namespace
+
+size_t Group::host_bytes() const { return host ? host->bytes : 0; }
+
+void move_to_host(Group& g, cudaStream_t s) {
+    if (g.host) return;
+    auto h = std::make_shared<Group::HostCopy>();
+    for (size_t i = 0; i < g.parts.size(); ++i) {
+        const auto f = fields(g.parts[i]);
+        for (int j = 0; j < int(f.size()); ++j)
+            if (f[size_t(j)]->defined()) {
+                h->slots.push_back({i, j, f[size_t(j)]->shape(), f[size_t(j)]->dtype(), h->bytes});
+                h->bytes += size_t(round_up(int64_t(f[size_t(j)]->nbytes()), 256));
+            }
+    }
+    h->data = cuda::pinned_host_tensor({int64_t(h->bytes)}, DType::U8);
+    for (const auto& sl : h->slots) {
+        const DTensor& t = *fields(g.parts[sl.part])[size_t(sl.field)];
+        cuda::check(cudaMemcpyAsync(static_cast<char*>(h->data.raw()) + sl.offset, t.raw(), t.nbytes(),
+                                    cudaMemcpyDeviceToHost, s),
+                    "copying a Linear group's weights to the host");
+    }
+    cuda::check(cudaStreamSynchronize(s), "copying a Linear group's weights to the host");
+    for (Part& p : g.parts)
+        for (DTensor* t : fields(p)) *t = DTensor();
+    g.host = std::move(h);
+}
+
+namespace {
+
+// g's weights on the device again, in activation memory for the work queued on s.
+Group upload(const Group& g, cudaStream_t s) {
+    Group d = g;
+    d.host = nullptr;
+    for (const auto& sl : g.host->slots) {
+        DTensor& t = *fields(d.parts[sl.part])[size_t(sl.field)];
+        t = DTensor::empty(sl.shape, sl.dtype, MemKind::Activation, s);
+        cuda::check(cudaMemcpyAsync(t.raw(), static_cast<const char*>(g.host->data.raw()) + sl.offset, t.nbytes(),
+                                    cudaMemcpyHostToDevice, s),
+                    "uploading a Linear group's weights");
+    }
+    return d;
+}
+
+}  // namespace
+
 void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy, cudaStream_t s) {
+    if (g.host) {
+        run_group(upload(g, s), in, m, y, ldy, s);
+        return;
+    }
     if (g.needs_int8() && !in.q.defined()) {
         // A producer that does not quantize (an embedder's input, the timestep or modulation vector,
         // an attention output): the rows are quantized per token here, as the CPU's Linear does.

@@ -8,6 +8,7 @@
 // input columns past in_features are zeros, so padding changes no result.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -30,10 +31,20 @@ struct Part {
 struct Group {
     int64_t k = 0, kp = 0, n = 0;  // kp = k rounded up to 16: the int8 activations' row stride
     std::vector<Part> parts;
+    // Set by move_to_host: the parts' tensors are then in pinned host memory, not on the device.
+    struct HostCopy;
+    std::shared_ptr<const HostCopy> host;
     bool needs_bf16() const;
     bool needs_int8() const;
-    size_t bytes() const;  // device bytes of its weights
+    size_t bytes() const;       // device bytes of its weights (0 once moved to the host)
+    size_t host_bytes() const;  // pinned host bytes of its weights (0 unless moved there)
 };
+
+// Moves g's weights to pinned host memory: copied there (waits for `s`, the stream of the work that
+// made them), then the device's copies are released. run_group then uploads them into transient
+// device buffers on its stream for each call (PCIe), so such a group belongs outside CUDA graphs
+// and hot loops: layers read once per schedule, like Qwen-Image's modulation.
+void move_to_host(Group& g, cudaStream_t s);
 
 // The activations a group reads: bf16 [m, ldx] and/or int8 [m, kp] with per-row F32 scales.
 struct Input {
@@ -44,7 +55,8 @@ struct Input {
 
 // y[:, part] = input · Wᵀ + b for every part (y bf16 with row stride ldy). Int8 parts read in.q /
 // in.qs; an input without them (its producer, e.g. cuDNN's attention, cannot quantize) is quantized
-// per row here first.
+// per row here first. A group moved to the host is uploaded first (activation memory until the
+// call's work is done: stream-ordered).
 void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy, cudaStream_t s);
 
 // One member of a group: its plan, the rows it occupies (n_pad >= out_features) and the input

@@ -66,6 +66,17 @@ LinearGroup::LinearGroup(const Checkpoint* ck, uint64_t seed, const std::vector<
 #endif
 }
 
+void LinearGroup::keep_on_host() {
+    if (!ctx_.cuda()) return;
+#ifdef QDIT_WITH_CUDA
+    if (row_split_) raise<UsageError>("Linear group: a row-split group's weights stay on the GPU");
+    auto& g = *static_cast<gpu::Group*>(gpu_.get());
+    gpu::move_to_host(g, static_cast<cudaStream_t>(ctx_.stream));
+    bytes_ = g.bytes();
+    host_bytes_ = g.host_bytes();
+#endif
+}
+
 const ops::Context& LinearGroup::context(const ops::Context* on) const {
     if (on && !(on->device == ctx_.device))
         raise<ShapeError>("Linear group: asked to run on {}, its weights are on {}", on->device.str(), ctx_.device.str());
@@ -181,6 +192,19 @@ Tensor WeightLoader::tensor(const std::string& name, Shape shape, bool norm) {
     }
     bytes_ += t.nbytes();
     return t;
+}
+
+Tensor WeightLoader::host_tensor(const std::string& name, Shape shape) {
+    if (!ctx_.cuda()) return tensor(name, std::move(shape));
+    if (src_.checkpoint) {
+        const Tensor t = src_.checkpoint->get_as(name, compute_);
+        return shape.empty() ? t : t.view(std::move(shape));
+    }
+    // Random weights: made on the device as tensor() makes them, then brought to the host.
+    const size_t before = bytes_;
+    const Tensor d = tensor(name, std::move(shape));
+    bytes_ = before;
+    return ops::to_host(d, ctx_);
 }
 
 }  // namespace qdit::nn

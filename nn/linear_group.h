@@ -52,6 +52,13 @@ public:
     ops::ActivationSpec input_spec() const { return spec_; }
     int int8_members() const { return n_int8_; }
     size_t weight_bytes() const { return bytes_; }  // on the device (int8 scales included)
+    size_t host_bytes() const { return host_bytes_; }  // moved to the host by keep_on_host
+
+    // On a GPU: moves the weights to pinned host memory (waits for the context's stream), and each
+    // forward uploads them before it runs (nn/linear_cuda.h, move_to_host): for layers read once
+    // per schedule, never inside a CUDA graph. weight_bytes() becomes 0. On the CPU nothing changes
+    // (the weights are in host memory already).
+    void keep_on_host();
 
     // y [m, width()] in the compute dtype on ctx's device. An input without the int8 rows an int8
     // part needs is quantized here (per token, quant/int8.h). `on`: the context to issue the work
@@ -71,7 +78,7 @@ private:
     ops::ActivationSpec spec_;
     bool row_split_ = false;
     int n_int8_ = 0;
-    size_t bytes_ = 0;
+    size_t bytes_ = 0, host_bytes_ = 0;
     std::vector<Linear> cpu_;    // the CPU's members
     std::shared_ptr<void> gpu_;  // a GPU's nn::gpu::Group
 };
@@ -112,6 +119,9 @@ public:
     // Tensor `name` in the compute dtype on the device, viewed as `shape` (its own when empty);
     // `norm`: a norm's weight (random ~ N(1, 0.02)) whose name does not say so.
     Tensor tensor(const std::string& name, Shape shape = {}, bool norm = false);
+    // The same in host memory whatever the device: a table the model reads a few rows of on the
+    // host (an embedding, whose rows are then uploaded). Counted in bytes() on the CPU only.
+    Tensor host_tensor(const std::string& name, Shape shape = {});
 
     size_t bytes() const { return bytes_; }
     int int8_members() const { return n_int8_; }

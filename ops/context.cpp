@@ -5,6 +5,7 @@
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/allocator.h"
+#include "backend/cuda/pinned.h"
 #include "backend/cuda/quantize.h"  // device_count
 #include "parallel/communicator.h"
 #endif
@@ -72,6 +73,15 @@ Tensor to_device(const Tensor& host, const Context& ctx, Memory kind) {
 #endif
 }
 
+Tensor pinned_empty(Shape shape, DType dtype, const Context& ctx) {
+    if (!ctx.cuda()) return Tensor::empty(std::move(shape), dtype);
+#ifdef QDIT_WITH_CUDA
+    return cuda::pinned_host_tensor(std::move(shape), dtype);
+#else
+    no_cuda("pinned_empty");
+#endif
+}
+
 Tensor to_host(const Tensor& t, const Context& ctx) {
     if (t.device().type == DeviceType::CPU) return t;
 #ifdef QDIT_WITH_CUDA
@@ -133,8 +143,11 @@ Tensor zeros(Shape shape, DType dtype, const Context& ctx) {
 
 void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row, int64_t n, const Context& ctx,
                int64_t src_step) {
-    detail::check_device(dst, ctx, "copy_rows", "dst");
-    detail::check_device(src, ctx, "copy_rows", "src");
+    const bool host_dst = ctx.cuda() && dst.defined() && dst.device().type == DeviceType::CPU,
+               host_src = ctx.cuda() && src.defined() && src.device().type == DeviceType::CPU;
+    if (host_dst && host_src) raise<ShapeError>("copy_rows: on {}, dst and src are both on the host", ctx.device.str());
+    if (!host_dst) detail::check_device(dst, ctx, "copy_rows", "dst");
+    if (!host_src) detail::check_device(src, ctx, "copy_rows", "src");
     if (dst.dim() != 2 || src.dim() != 2 || dst.size(1) != src.size(1) || dst.dtype() != src.dtype() || n < 0 ||
         src_step < 1 || dst_row < 0 || src_row < 0 || dst_row + n > dst.size(0) ||
         (n > 0 && src_row + (n - 1) * src_step >= src.size(0)))
@@ -150,8 +163,10 @@ void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row,
         return;
     }
 #ifdef QDIT_WITH_CUDA
-    cuda::check(cudaMemcpy2DAsync(d, row, s, pitch, row, size_t(n), cudaMemcpyDeviceToDevice, detail::stream(ctx)),
-                "copy_rows");
+    const cudaMemcpyKind kind = host_dst   ? cudaMemcpyDeviceToHost
+                                : host_src ? cudaMemcpyHostToDevice
+                                           : cudaMemcpyDeviceToDevice;
+    cuda::check(cudaMemcpy2DAsync(d, row, s, pitch, row, size_t(n), kind, detail::stream(ctx)), "copy_rows");
 #else
     no_cuda("copy_rows");
 #endif

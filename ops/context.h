@@ -82,8 +82,14 @@ struct DeviceMemory {
 DeviceMemory device_memory(const Context& ctx);
 // A new tensor on ctx's device, all zero bytes.
 Tensor zeros(Shape shape, DType dtype, const Context& ctx);
+// A new host tensor whose memory is page-locked where ctx is a GPU (copy_rows between it and the
+// device then runs asynchronously on ctx's stream); plain host memory on the CPU. Contents
+// uninitialised.
+Tensor pinned_empty(Shape shape, DType dtype, const Context& ctx);
 // Rows [dst_row, dst_row + n) of dst [*, c] ← rows src_row, src_row + src_step, ... (n of them) of
-// src [*, c] (same dtype and width, both on ctx's device, not overlapping; src_step >= 1).
+// src [*, c] (same dtype and width, not overlapping; src_step >= 1), both on ctx's device or, on a
+// GPU, one of them on the host: issued on ctx's stream, so a host dst is read after synchronize
+// (asynchronous for pinned_empty's memory, else the driver stages it).
 void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row, int64_t n, const Context& ctx,
                int64_t src_step = 1);
 // x [world·n, c] on ctx's device, of which this rank holds rows [rank·n, (rank + 1)·n): afterwards

@@ -38,6 +38,8 @@ struct PipelineOptions {
     bool offload_text_encoder = false;  // the text encoder is loaded for each encoding and freed right
                                         // after; the transformer is loaded after the first encoding, so
                                         // the two never share the device's memory in a one-image run
+    bool offload_modulation = false;  // Qwen-Image on a GPU: the transformer's modulation weights in
+                                      // pinned host memory (qwen_image::Placement); Z-Image refuses it
     bool vae_tiling = false;          // Qwen-Image: decode in tiles (AutoencoderKLQwenImage::decode_tiled);
                                       // Z-Image refuses it
     bool fp8_attention = false;       // the transformer's attention in FP8 (ops::AttentionImpl::Fp8): a

@@ -114,6 +114,9 @@ void ZImagePipeline::open(const std::string& dir, const PipelineOptions& opt) {
                           opt.device.type == DeviceType::CUDA ? fmt::format("cuda:{}", opt.device.index) : "the CPU");
     if (opt.vae_tiling)
         raise<UsageError>("--vae-tiling: tiled VAE decoding is Qwen-Image's; the Z-Image pipeline decodes whole");
+    if (opt.offload_modulation)
+        raise<UsageError>("--offload modulation: Qwen-Image's; Z-Image's modulation weights are a small part of its "
+                          "transformer and stay with it");
     // Every component (configs, keys, shapes, quantization plans) before the first weight is read.
     p_ = std::make_unique<Parts>(dir, opt);
     const std::string vae_config = p_->path("vae/config.json");

@@ -455,7 +455,8 @@ TEST(QwenImagePipeline, OffloadTextEncoderGivesTheSameImage) {
 }
 
 // `--offload text-encoder` runs both pipelines on the CPU (where it frees host memory) with the same
-// image as without; another value is refused.
+// image as without, and Qwen-Image with `--offload text-encoder,modulation` too (the modulation
+// weights are in host memory already); Z-Image refuses `modulation`, and an unknown value is refused.
 TEST(QwenImageGenerate, OffloadFlag) {
     const fs::path dir = testutil::fresh_dir("qwen_offload");
     const std::vector<std::string> models = {kPipe, std::string(QDIT_TEST_DATA) + "/pipeline"};
@@ -465,7 +466,8 @@ TEST(QwenImageGenerate, OffloadFlag) {
         const fs::path a = dir / "a.png", b = dir / "b.png";
         testutil::CliResult r = testutil::run_qdit(common + " -o " + a.string());
         ASSERT_EQ(r.status, 0) << r.err;
-        r = testutil::run_qdit(common + " --offload text-encoder -o " + b.string());
+        r = testutil::run_qdit(common + (m == kPipe ? " --offload text-encoder,modulation" : " --offload text-encoder") +
+                               " -o " + b.string());
         ASSERT_EQ(r.status, 0) << r.err;
         EXPECT_NE(r.out.find("peak memory"), std::string::npos) << r.out;
         EXPECT_EQ(r.out.find("GPU"), std::string::npos) << "no GPU line on the CPU: " << r.out;
@@ -477,7 +479,12 @@ TEST(QwenImageGenerate, OffloadFlag) {
                                                      " --prompt p --width 32 --height 32 --offload vae -o " +
                                                      (dir / "x.png").string());
     EXPECT_EQ(e.status, 2);
-    EXPECT_NE(e.err.find("--offload vae: allowed values are text-encoder"), std::string::npos) << e.err;
+    EXPECT_NE(e.err.find("--offload vae: 'vae' is not one of text-encoder, modulation"), std::string::npos) << e.err;
+    const testutil::CliResult z = testutil::run_qdit("generate --model " + std::string(QDIT_TEST_DATA) +
+                                                     "/pipeline --prompt p --width 32 --height 32 --device cpu "
+                                                     "--offload modulation -o " + (dir / "z.png").string());
+    EXPECT_EQ(z.status, 2);
+    EXPECT_NE(z.err.find("--offload modulation: Qwen-Image's"), std::string::npos) << z.err;
     EXPECT_TRUE(fs::is_empty(dir));
 }
 

@@ -1,4 +1,7 @@
 #include "backend/cuda/device_tensor.h"
+#include "backend/cuda/pinned.h"
+
+#include <algorithm>
 
 namespace qdit::cuda {
 
@@ -21,7 +24,29 @@ private:
     size_t size_;
 };
 
+// Page-locked host memory (cudaHostAlloc), freed with the last view.
+class PinnedStorage : public Storage {
+public:
+    explicit PinnedStorage(size_t size) : size_(size) {
+        void* p = nullptr;
+        check(cudaHostAlloc(&p, std::max<size_t>(size, 1), cudaHostAllocDefault), "page-locked host memory");
+        ptr_ = static_cast<uint8_t*>(p);
+    }
+    ~PinnedStorage() override { cudaFreeHost(ptr_); }
+    uint8_t* data() override { return ptr_; }
+    size_t size() const override { return size_; }
+
+private:
+    uint8_t* ptr_ = nullptr;
+    size_t size_;
+};
+
 }  // namespace
+
+Tensor pinned_host_tensor(Shape shape, DType dtype) {
+    const size_t bytes = size_t(shape_numel(shape)) * dtype_size(dtype);
+    return Tensor(std::make_shared<PinnedStorage>(bytes), 0, std::move(shape), dtype);
+}
 
 void check(cudaError_t e, const char* what) {
     if (e != cudaSuccess) raise<Error>("CUDA error in {}: {}", what, cudaGetErrorString(e));

@@ -14,9 +14,11 @@
 // --kept-modulation 1 (the default, as the pipeline runs): the modulation Linears' outputs for a
 // 50-step schedule are computed before the steps (QwenImageTransformer::set_timesteps, timed
 // and printed) and each step reads them; 0: every step computes its modulation.
+// --modulation-on-host 1: img_mod / txt_mod in pinned host memory (qwen_image::Placement, the
+// pipeline's --offload modulation), uploaded block by block by set_timesteps.
 //
 //   bench_qwen_image_step [--steps N] [--layers N] [--graph 0|1] [--profile 0|1] [--kept-modulation 0|1]
-//       [--text PROMPT_TOKENS,NEGATIVE_TOKENS]
+//       [--modulation-on-host 0|1] [--text PROMPT_TOKENS,NEGATIVE_TOKENS]
 //       [--mode bf16|int8|int8-keep-img-mlp|int8-fp8-attention|bf16-fp8-attention|all or a comma-separated list]
 #include <algorithm>
 #include <chrono>
@@ -54,8 +56,8 @@ Tensor inputs(Shape shape, uint32_t seed) {
 // the same weights before quantization).
 Tensor g_bf16_out;
 
-void run(const std::string& mode, int steps, int64_t layers, bool graph, bool profile, bool kept, int64_t t0,
-         int64_t t1) {
+void run(const std::string& mode, int steps, int64_t layers, bool graph, bool profile, bool kept, bool mod_host,
+         int64_t t0, int64_t t1) {
     qwen_image::Config cfg;  // defaults are the published Qwen-Image config
     cfg.num_layers = layers;
     auto& alloc = cuda::Allocator::instance();
@@ -69,7 +71,8 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
     cudaStream_t s;
     cuda::check(cudaStreamCreate(&s), "stream");
     {
-        qwen_image::QwenImageTransformer model({cfg, q, 42}, DType::BF16, ops::Context{{DeviceType::CUDA, 0}, s});
+        qwen_image::QwenImageTransformer model({cfg, q, 42}, DType::BF16, ops::Context{{DeviceType::CUDA, 0}, s},
+                                               qwen_image::Placement{mod_host});
         model.set_cuda_graph(graph);
         if (fp8) model.set_attention(ops::AttentionImpl::Fp8);
         const size_t wbytes = alloc.stats().weight;
@@ -95,6 +98,7 @@ void run(const std::string& mode, int steps, int64_t layers, bool graph, bool pr
             kept_note = fmt::format("; modulation of 50 steps kept in {:.1f} ms ({:.2f} ms per step, {:.0f} MiB)", ms_kept,
                                     ms_kept / 50, double(model.modulation_cache_bytes(50)) / double(1 << 20));
         }
+        if (mod_host) kept_note += fmt::format("; modulation weights on the host {:.2f} GiB", gib(model.host_weight_bytes()));
         for (int i = 0; i < 2; ++i) model.forward(hs, enc, mask, t, {1, 64, 64});
         cuda::check(cudaStreamSynchronize(s), "warm-up");
         alloc.reset_peak();
@@ -145,7 +149,7 @@ int main(int argc, char** argv) {
     int steps = 5;
     int64_t layers = 60;
     std::string mode = "all";
-    bool graph = true, profile = false, kept = true;
+    bool graph = true, profile = false, kept = true, mod_host = false;
     int64_t t0 = 256, t1 = 40;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--steps")) steps = std::max(1, std::atoi(argv[i + 1]));
@@ -154,6 +158,7 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--graph")) graph = std::atoi(argv[i + 1]) != 0;
         else if (!std::strcmp(argv[i], "--profile")) profile = std::atoi(argv[i + 1]) != 0;
         else if (!std::strcmp(argv[i], "--kept-modulation")) kept = std::atoi(argv[i + 1]) != 0;
+        else if (!std::strcmp(argv[i], "--modulation-on-host")) mod_host = std::atoi(argv[i + 1]) != 0;
         else if (!std::strcmp(argv[i], "--text")) {
             long long a = 0, b = 0;
             if (std::sscanf(argv[i + 1], "%lld,%lld", &a, &b) != 2 || a < 1 || b < 1) {
@@ -169,7 +174,7 @@ int main(int argc, char** argv) {
         const std::string list = "," + mode + ",";
         for (const char* m : {"bf16", "int8", "int8-keep-img-mlp", "int8-fp8-attention", "bf16-fp8-attention"})
             if (mode == "all" || list.find("," + std::string(m) + ",") != std::string::npos)
-                run(m, steps, layers, graph, profile, kept, t0, t1);
+                run(m, steps, layers, graph, profile, kept, mod_host, t0, t1);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_qwen_image_step: %s\n", e.what());
         return 1;

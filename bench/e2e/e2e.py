@@ -179,11 +179,15 @@ def watch(cmd, log_path, timeout):
 def quant_flags(q, model):
     return {"bf16": [], "int8": ["--quantization", "int8"],
             "int8-kept": ["--quantization", "int8", "--ignored-layers", MODELS[model]["kept"]],
-            "int8-fp8": ["--quantization", "int8", "--fp8-attention"]}[q]
+            "int8-fp8": ["--quantization", "int8", "--fp8-attention"],
+            "int8-modhost": ["--quantization", "int8", "--offload", "modulation"]}[q]
 
 
 # Rows of generate only (a flag that `serve` does not take): one image, no warm time.
-GENERATE_ONLY = {"int8-offload": ["--quantization", "int8", "--offload", "text-encoder"]}
+GENERATE_ONLY = {"int8-offload": ["--quantization", "int8", "--offload", "text-encoder"],
+                 "int8-modhost-tiled": ["--quantization", "int8", "--offload", "modulation", "--vae-tiling"]}
+# Rows of one model only.
+ROW_MODEL = {"int8-modhost": "qwen-image", "int8-modhost-tiled": "qwen-image"}
 
 
 def sampling_flags(model):
@@ -394,11 +398,15 @@ def run(model, root, binary, out):
     kept = MODELS[model]["kept"]
     plan = [("qdit bf16", "qdit", "bf16"), ("qdit int8", "qdit", "int8"), (f"qdit int8, {kept} kept", "qdit", "int8-kept"),
             ("diffusers bf16 eager", "diffusers", False), ("diffusers bf16 compiled", "diffusers", True),
-            ("qdit int8, FP8 attention", "qdit", "int8-fp8"), ("qdit int8, text encoder offloaded", "qdit", "int8-offload")]
+            ("qdit int8, FP8 attention", "qdit", "int8-fp8"), ("qdit int8, text encoder offloaded", "qdit", "int8-offload"),
+            ("qdit int8, modulation on the host", "qdit", "int8-modhost"),
+            ("qdit int8, modulation on the host, VAE tiled", "qdit", "int8-modhost-tiled")]
+    names = {name for name, _, _ in plan}
+    plan = [row for row in plan if ROW_MODEL.get(row[2], model) == model]
     failed = False
     only = set(r.strip() for r in os.environ["ROWS"].split(";")) if os.environ.get("ROWS") else None
-    if only and only - {name for name, _, _ in plan}:
-        log(f"ROWS names no row: {sorted(only - {name for name, _, _ in plan})}")
+    if only and only - names:
+        log(f"ROWS names no row: {sorted(only - names)}")
         return 1
     for name, engine, arg in plan:
         if name in res["rows"]:
@@ -466,8 +474,11 @@ def model_table(res):
              "| peak GPU GiB | peak vs diffusers bf16 | PSNR vs qdit bf16 dB |",
              "|---|---|---|---|---|---|---|---|---|"]
     order = ["qdit bf16", "qdit int8", f"qdit int8, {MODELS[env['model']]['kept']} kept", "qdit int8, FP8 attention",
-             "qdit int8, text encoder offloaded", "diffusers bf16 eager", "diffusers bf16 compiled"]
+             "qdit int8, text encoder offloaded", "qdit int8, modulation on the host",
+             "qdit int8, modulation on the host, VAE tiled", "diffusers bf16 eager", "diffusers bf16 compiled"]
     for name in order:
+        if name.startswith("qdit int8, modulation") and env["model"] != "qwen-image":
+            continue
         r = rows.get(name)
         if r is None:
             lines.append(f"| {name} | not measured |||||||| ")
@@ -491,8 +502,9 @@ NOTES = ("Time per image: qdit = the second request to one `qdit serve` process 
          "peak. PSNR: the image against qdit bf16's, every row made from the same injected initial noise (qdit "
          "--latents, diffusers latents=), same prompt and steps; random weights, so the images are noise and the "
          "PSNR measures how far each path's arithmetic drifts from qdit bf16's. FP8 attention: `--fp8-attention`. Text "
-         "encoder offloaded: `--offload text-encoder`, a `generate` flag only, so that row has no warm time (its "
-         "memory is the one-image run's).")
+         "encoder offloaded: `--offload text-encoder`, measured with `generate` only, so that row has no warm time (its "
+         "memory is the one-image run's). Modulation on the host (Qwen-Image): `--offload modulation`; with the VAE "
+         "tiled also `--vae-tiling`, a `generate` flag only (no warm time).")
 
 
 def table(root, out):

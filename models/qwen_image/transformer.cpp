@@ -102,11 +102,13 @@ ModelSpec model_spec(const Config& c) {
 // ---------------------------------------------------------------------------
 // Loading
 
-QwenImageTransformer::QwenImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx)
-    : cfg_(src.config), dt_(compute), ctx_(ctx), where_(src.weights.where) {
+QwenImageTransformer::QwenImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx,
+                                           const Placement& placement)
+    : cfg_(src.config), dt_(compute), ctx_(ctx), placement_(placement), where_(src.weights.where) {
     nn::WeightLoader w(src.weights, "Qwen-Image", dt_, ctx_);
     // The MLP's hidden width padded to 16 columns for the GPU's int8 GEMM (zeros change nothing).
     const int64_t Fp = round_up(Config::kMlpMult * cfg_.dim(), 16);
+    size_t moved = 0;  // device bytes of the weights moved to the host
     img_in_ = w.one("img_in");
     txt_norm_ = w.tensor("txt_norm.weight", {cfg_.joint_attention_dim});
     txt_in_ = w.one("txt_in");
@@ -118,6 +120,12 @@ QwenImageTransformer::QwenImageTransformer(const ModelSource<Config>& src, DType
         for (auto [names, st] : {std::pair{&kImage, &blk.img}, std::pair{&kText, &blk.txt}}) {
             const std::string a = b + "attn.";
             st->mod = w.one(b + names->mod + ".1");
+            if (placement.modulation_on_host) {  // moved as soon as loaded: the device never holds them all
+                const size_t on_device = st->mod.weight_bytes();
+                st->mod.keep_on_host();
+                moved += on_device - st->mod.weight_bytes();
+                host_bytes_ += st->mod.host_bytes();
+            }
             st->qkv = w.group({w.member(a + names->q), w.member(a + names->k), w.member(a + names->v)});
             st->out = w.one(a + names->out);
             st->norm_q = w.tensor(a + names->norm_q + ".weight", {cfg_.attention_head_dim});
@@ -129,7 +137,7 @@ QwenImageTransformer::QwenImageTransformer(const ModelSource<Config>& src, DType
     }
     norm_out_ = w.one("norm_out.linear");
     proj_out_ = w.one("proj_out");
-    bytes_ = w.bytes();
+    bytes_ = w.bytes() - moved;
     n_int8_ = w.int8_members();
 }
 
@@ -159,6 +167,15 @@ size_t QwenImageTransformer::modulation_cache_bytes(int64_t steps) const {
     return size_t(steps) * blocks_.size() * 2 * size_t(kBlockMods.size() * cfg_.dim()) * dtype_size(dt_);
 }
 
+void QwenImageTransformer::modulation_rows(const Tensor& cond, int64_t block, Tensor& out) const {
+    const ops::Activation c{cond, {}, {}};
+    const int64_t n = cond.size(0);
+    const Block& blk = blocks_[size_t(block)];
+    Tensor img = out.slice_rows(0, n), txt = out.slice_rows(n, 2 * n);
+    blk.img.mod.forward_into(c, img);
+    blk.txt.mod.forward_into(c, txt);
+}
+
 void QwenImageTransformer::set_timesteps(const std::vector<float>& t) const {
     if (t == mod_t_) return;
     mod_t_.clear();
@@ -166,14 +183,15 @@ void QwenImageTransformer::set_timesteps(const std::vector<float>& t) const {
     const int64_t S = int64_t(t.size()), nb = int64_t(blocks_.size()), W = int64_t(kBlockMods.size()) * cfg_.dim();
     if (S == 0 || modulation_cache_bytes(S) > kModulationCacheLimit) return;
     const Tensor cond = conditioning(t.data(), S);
-    const ops::Activation c{cond, {}, {}};
-    // Row (2·block + stream)·S + step: each Linear's S rows written in one piece.
-    Tensor cache = ops::empty({nb * 2 * S, W}, dt_, ctx_);
+    // Row (2·block + stream)·S + step: each Linear's S rows written in one piece. With the
+    // modulation weights on the host the rows go there too, a block at a time.
+    const bool host = placement_.modulation_on_host && ctx_.cuda();
+    Tensor cache = host ? ops::pinned_empty({nb * 2 * S, W}, dt_, ctx_) : ops::empty({nb * 2 * S, W}, dt_, ctx_);
+    Tensor rows = host ? ops::empty({2 * S, W}, dt_, ctx_) : Tensor();
     for (int64_t i = 0; i < nb; ++i) {
-        const Block& blk = blocks_[size_t(i)];
-        Tensor img = cache.slice_rows((2 * i) * S, (2 * i + 1) * S), txt = cache.slice_rows((2 * i + 1) * S, (2 * i + 2) * S);
-        blk.img.mod.forward_into(c, img);
-        blk.txt.mod.forward_into(c, txt);
+        Tensor dst = host ? rows : cache.slice_rows(2 * i * S, (2 * i + 2) * S);
+        modulation_rows(cond, i, dst);
+        if (host) ops::copy_rows(cache, 2 * i * S, rows, 0, 2 * S, ctx_);
     }
     mod_cache_ = cache;
     mod_cond_ = cond;
@@ -311,7 +329,12 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
     Tensor cond = buffer("cond", {B, D}, dt_);
     Tensor img = buffer("img", {B * L, D}, dt_), txt = buffer("txt", {N, D}, dt_);
     const int64_t nb = int64_t(blocks_.size()), S_t = int64_t(mod_t_.size());
-    Tensor mods = step >= 0 ? buffer("mods", {2 * nb, mod_cache_.size(1)}, dt_) : Tensor();
+    // Every block's modulation, [(2·block + stream)·mod_items + item, 6·dim]: the kept rows of this
+    // step (one item's, shared by the batch) or, for timesteps set_timesteps did not keep, every
+    // item's, computed here, before the blocks (and outside their graph: the weights may be on the
+    // host).
+    const int64_t mod_items = step >= 0 ? 1 : B;
+    Tensor mods = buffer("mods", {2 * nb * mod_items, int64_t(kBlockMods.size()) * D}, dt_);
     {
         ops::Region r("embeddings", ctx_);
         if (step >= 0) {  // norm_out reads row 0 only
@@ -331,6 +354,13 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             txt_in_.forward_into(ops::row(e, {}, {ops::Norm::Rms, txt_norm_, eps, {}, {}}, txt_in_.input_spec(), ctx_),
                                  txt);
     }
+    if (step < 0) {
+        ops::Region r("modulation", ctx_);
+        for (int64_t i = 0; i < nb; ++i) {
+            Tensor dst = mods.slice_rows(2 * i * B, (2 * i + 2) * B);
+            modulation_rows(cond, i, dst);
+        }
+    }
     Tensor out = buffer("out", {B * L, cfg_.out_features()}, dt_);
 
     const bool fp8 = ctx_.attention == ops::AttentionImpl::Fp8;
@@ -343,7 +373,6 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         Pending p_img, p_txt;
         // A block's modulation holds one item's vectors (kept ones, shared by the batch: the rows
         // are then one group) or every item's.
-        const int64_t mod_items = step >= 0 ? 1 : B;
         const std::vector<int64_t> txt_groups = step >= 0 ? std::vector<int64_t>{} : n_real;
         auto chunk = [&](const Tensor& m, int64_t i) { return ops::modulation_chunk(m, i, mod_items); };
         // FP8 attention: q and k written as E4M3 by the norm + RoPE kernels (ops::Fp8Qk), at scales
@@ -376,8 +405,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             TextHalf t;
             {
                 ops::Region r("modulation", on);
-                t.mod = ops::modulation(step >= 0 ? mods.slice_rows(2 * bj + 1, 2 * bj + 2) : b.txt.mod.forward(c, &on),
-                                        kBlockMods, on);
+                t.mod = ops::modulation(mods.slice_rows((2 * bj + 1) * mod_items, (2 * bj + 2) * mod_items), kBlockMods, on);
             }
             ops::Region r("text q|k|v", on);
             t.qkv = b.txt.qkv.forward(ops::row(txt, {p_txt.y, {}, eps, p_txt.gate},
@@ -405,8 +433,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             Tensor m_img;
             {
                 ops::Region r("modulation", ctx_);
-                m_img = ops::modulation(step >= 0 ? mods.slice_rows(2 * bi, 2 * bi + 1) : blk.img.mod.forward(c),
-                                        kBlockMods, ctx_);
+                m_img = ops::modulation(mods.slice_rows(2 * bi * mod_items, (2 * bi + 1) * mod_items), kBlockMods, ctx_);
             }
             // Attention half of the image stream: as the text's, written into the joint rows.
             Tensor joint = ops::empty({B * S, 3 * D}, dt_, ctx_);

@@ -40,15 +40,28 @@ struct Config {
 
 ModelSpec model_spec(const Config& c);
 
+// Where the transformer keeps weights that the denoising loop does not read.
+struct Placement {
+    // On a GPU: the modulation Linears' weights (img_mod, txt_mod: a third of the model, read only
+    // when set_timesteps computes a schedule's modulation, or by a forward whose timesteps it did
+    // not keep) in page-locked host memory, uploaded block by block when read (PCIe: a new
+    // schedule takes a fraction of a second more, a forward outside the kept schedule much more),
+    // and the kept modulation there too (each step uploads its rows, 4.4 MiB at the published
+    // size). Nothing changes on the CPU.
+    bool modulation_on_host = false;
+};
+
 class QwenImageTransformer {
 public:
     // Loads every module of `src` (a prepared folder, or random weights: a GPU context) onto ctx's
     // device with activations in `compute` (the CPU: F32 or BF16; a GPU: BF16).
-    QwenImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx = {});
+    QwenImageTransformer(const ModelSource<Config>& src, DType compute, const ops::Context& ctx = {},
+                         const Placement& placement = {});
 
     const Config& config() const { return cfg_; }
     DType compute_dtype() const { return dt_; }
-    size_t weight_bytes() const { return bytes_; }  // on the device
+    size_t weight_bytes() const { return bytes_; }            // on the device
+    size_t host_weight_bytes() const { return host_bytes_; }  // in pinned host memory (Placement)
     int int8_layers() const { return n_int8_; }
 
     // diffusers' forward:
@@ -68,12 +81,14 @@ public:
     // The modulation Linears (img_mod, txt_mod: a third of the weights) read only the timestep. For
     // the timesteps of a denoising schedule (the values forward will get, every item at the same
     // one) their outputs are computed here at once (a GPU reads each int8 weight once per 8
-    // timesteps instead of once per step) and kept on the device; forward then reads the kept rows
-    // whenever every item's timestep equals one of `t`, and computes them as before otherwise. The
-    // values are those forward computes, up to the rounding of the dense timestep_embedder (and
-    // dense modulation) GEMMs over more rows. It costs modulation_cache_bytes(t.size()) of device
-    // memory; more than kModulationCacheLimit keeps nothing. An empty list frees it; the list kept
-    // already does nothing. Like forward, not to be called from two threads at once.
+    // timesteps instead of once per step) and kept on the device (with
+    // Placement::modulation_on_host in page-locked host memory, a step's rows uploaded by forward);
+    // forward then reads the kept rows whenever every item's timestep equals one of `t`, and
+    // computes them otherwise. The values are those forward computes, up to the rounding of the
+    // dense timestep_embedder (and dense modulation) GEMMs over more rows. It costs
+    // modulation_cache_bytes(t.size()) of memory; more than kModulationCacheLimit keeps nothing. An
+    // empty list frees it; the list kept already does nothing. Like forward, not to be called from
+    // two threads at once.
     void set_timesteps(const std::vector<float>& t) const;
     size_t modulation_cache_bytes(int64_t steps) const;
     static constexpr size_t kModulationCacheLimit = size_t(1) << 30;
@@ -99,20 +114,25 @@ private:
     };
 
     Tensor conditioning(const float* t, int64_t n) const;
+    // Block `block`'s modulation Linears on the rows of SiLU(temb) `cond` [n, dim]: img_mod into
+    // rows [0, n) of out [2n, 6·dim] (on the device), txt_mod into rows [n, 2n).
+    void modulation_rows(const Tensor& cond, int64_t block, Tensor& out) const;
 
     Config cfg_;
     DType dt_ = DType::F32;
     ops::Context ctx_;
+    Placement placement_;
     std::string where_;
     nn::LinearGroup img_in_, txt_in_, t_linear_1_, t_linear_2_, norm_out_, proj_out_;
     Tensor txt_norm_;
     std::vector<Block> blocks_;
-    size_t bytes_ = 0;
+    size_t bytes_ = 0, host_bytes_ = 0;
     int n_int8_ = 0;
     mutable ops::GraphCache graphs_;
     mutable std::vector<float> mod_t_;  // set_timesteps' list
     mutable Tensor mod_cond_;            // its SiLU(temb) rows [steps, dim]
     mutable Tensor mod_cache_;           // its modulation rows: [(2·block + stream)·steps + step, 6·dim]
+                                         // (on the host with Placement::modulation_on_host)
 };
 
 }  // namespace qdit::qwen_image

@@ -104,7 +104,9 @@ DecoderLM::DecoderLM(const DecoderLmConfig& c, const PreparedModel& m, DType com
     nn::WeightLoader w(model_weights(m), "the " + lm_.family + " text encoder", dt_, ctx_);
     const int64_t Ip = round_up(lm_.intermediate_size, 16);
     const std::string& p = lm_.prefix;
-    embed_tokens_ = w.tensor(p + "embed_tokens.weight");
+    // The embedding table stays in host memory (on a GPU too): a prompt reads a few of its rows,
+    // which are looked up there and uploaded, so the device does not hold the whole table.
+    embed_tokens_ = w.host_tensor(p + "embed_tokens.weight");
     for (int64_t i = 0; i < lm_.num_hidden_layers; ++i) {
         const std::string l = fmt::format("{}layers.{}.", p, i);
         Layer layer;
@@ -139,7 +141,7 @@ Tensor DecoderLM::run(const std::vector<int32_t>& ids, const std::vector<int64_t
                           lm_.family, from_end, N + 1, N + 1);
     Tensor x;
     try {
-        x = ops::embedding(embed_tokens_, ids, ctx_);
+        x = ops::to_device(ops::embedding(embed_tokens_, ids, ops::Context{}), ctx_);
     } catch (const ShapeError& e) {
         raise<ShapeError>("{}: {}", where_, e.what());
     }

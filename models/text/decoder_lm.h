@@ -62,7 +62,9 @@ class DecoderLM {
 public:
     // Loads every module of the language model in `m` (a folder opened with prepare_model) onto
     // ctx's device with activations in `compute` (the CPU: F32 or BF16; a GPU: BF16). The embedding
-    // table and norms are held in the compute dtype (an f32 table rounded to nearest even).
+    // table and norms are held in the compute dtype (an f32 table rounded to nearest even); the
+    // embedding table in host memory whatever the device (a prompt's rows are looked up there and
+    // uploaded).
     DecoderLM(const DecoderLmConfig& c, const PreparedModel& m, DType compute, const ops::Context& ctx = {});
 
     const DecoderLmConfig& lm_config() const { return lm_; }
@@ -72,7 +74,7 @@ public:
     // Linear layers that run in int8 / in total.
     int int8_layers() const { return n_int8_; }
     int linear_layers() const { return 7 * int(lm_.num_hidden_layers); }
-    // Bytes held on the device by the weights (embedding table and norms included).
+    // Bytes held on the device by the weights (norms included; the embedding table on the CPU only).
     size_t weight_bytes() const { return bytes_; }
 
     // transformers' forward(input_ids, attention_mask, output_hidden_states=True)
@@ -109,7 +111,7 @@ private:
     DType dt_ = DType::F32;
     ops::Context ctx_;
     std::string where_;  // the folder, for errors
-    Tensor embed_tokens_;  // [vocab, hidden]
+    Tensor embed_tokens_;  // [vocab, hidden], in host memory
     std::vector<Layer> layers_;
     Tensor norm_;
     int n_int8_ = 0;

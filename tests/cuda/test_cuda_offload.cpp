@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/allocator.h"
 #include "backend/cuda/quantize.h"
@@ -81,4 +82,35 @@ TEST(CudaOffload, QwenImageTextEncoderLeavesTheGpu) {
     o.steps = 2;
     o.width = o.height = 64;
     check_offload<QwenImagePipeline, text::Qwen25VLTextModel>(std::string(QDIT_TEST_DATA) + "/qwen_image_pipeline", o);
+}
+
+// The text encoders' embedding tables stay in host memory on a GPU too (DecoderLM): the device's
+// weights grow by the layers' and the final norm's bytes (bf16; the arena's 256-byte rounding per
+// tensor and the MLP's padding to 16 columns allowed), not by the table's.
+TEST(CudaOffload, TextEncoderEmbeddingTableStaysOnTheHost) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    auto check = [](const std::string& dir, auto* tag) {
+        using TextModel = std::remove_pointer_t<decltype(tag)>;
+        SCOPED_TRACE(dir);
+        const PreparedModel m = prepare_model(dir + "/text_encoder", QuantConfig{});
+        const size_t w0 = cuda::Allocator::instance().stats().weight;
+        const TextModel model(m, DType::BF16, ops::Context{{DeviceType::CUDA, 0}});
+        const uint64_t on_device = cuda::Allocator::instance().stats().weight - w0;
+        const text::DecoderLmConfig& c = model.lm_config();
+        uint64_t layers = 0, slack = 0;
+        for (const std::string& k : m.checkpoint->keys())
+            if (k.rfind(c.prefix + "layers.", 0) == 0 || k == c.prefix + "norm.weight") {
+                layers += uint64_t(shape_numel(m.checkpoint->info(k).shape)) * 2;
+                slack += 256;
+            }
+        slack += uint64_t(c.num_hidden_layers) * 3 * uint64_t(round_up(c.intermediate_size, 16) - c.intermediate_size) *
+                 uint64_t(c.hidden_size) * 2;
+        const uint64_t table = uint64_t(shape_numel(m.checkpoint->info(c.prefix + "embed_tokens.weight").shape)) * 2;
+        ASSERT_LT(slack, table) << "the allowance would hide the table";
+        EXPECT_GE(on_device, layers);
+        EXPECT_LE(on_device, layers + slack) << "the table's " << table << " bytes";
+        EXPECT_LE(model.weight_bytes(), on_device);
+    };
+    check(std::string(QDIT_TEST_DATA) + "/pipeline", static_cast<text::Qwen3TextModel*>(nullptr));
+    check(std::string(QDIT_TEST_DATA) + "/qwen_image_pipeline", static_cast<text::Qwen25VLTextModel*>(nullptr));
 }

@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 
+#include "backend/cuda/allocator.h"
 #include "tests/env_var.h"
 #include "tests/qwen_image_fixture.h"
 #include "tests/qwen_image_pipeline_reference.h"
@@ -120,5 +121,50 @@ TEST(CudaQwenImage, PipelineDeviceLoopKeepsTheHostLoopsBits) {
                 differ += std::memcmp(got.data<float>() + i, want.data<float>() + i, sizeof(float)) != 0;
             EXPECT_EQ(differ, 0) << "of " << got.numel() << " latent values";
         }
+    }
+}
+
+// qwen_image::Placement::modulation_on_host: img_mod / txt_mod leave the device as they are loaded
+// (the allocator's weights drop by at least their bytes) and are uploaded when read; the outputs keep
+// the bits of the resident model's, for timesteps set_timesteps kept (eager and as a graph) and for
+// others (computed before the blocks), with and without a mask.
+TEST(CudaQwenImage, ModulationOnTheHostKeepsTheBits) {
+    if (ops::cuda_devices() == 0) GTEST_SKIP() << "no CUDA device";
+    const ops::OwnedStream stream(Device{DeviceType::CUDA, 0});
+    const ops::Context ctx{{DeviceType::CUDA, 0}, stream.get()};
+    for (const char* name : {"h3_b1", "h2_b2_mask"}) {
+        SCOPED_TRACE(name);
+        const QwenImageInputs in = qwen_image_inputs(name);
+        const PreparedModel m = prepare_model(qwen_image_transformer(name), QuantConfig{QuantMethod::Int8, {}, "dynamic"});
+        auto weights_in_use = [] { return cuda::Allocator::instance().stats().weight; };
+        const size_t w0 = weights_in_use();
+        qwen_image::QwenImageTransformer resident(m, DType::BF16, ctx);
+        const size_t w1 = weights_in_use();
+        qwen_image::QwenImageTransformer hosted(m, DType::BF16, ctx, qwen_image::Placement{true});
+        const size_t w2 = weights_in_use();
+        // Each modulation Linear: int8 [6·dim, dim rounded up to 16], f32 scales and biases [6·dim].
+        const qwen_image::Config& c = resident.config();
+        const size_t n = size_t(6 * c.dim()), kp = size_t(round_up(c.dim(), 16));
+        const size_t mod_bytes = size_t(c.num_layers) * 2 * (n * kp + 8 * n);
+        EXPECT_EQ(resident.host_weight_bytes(), 0u);
+        EXPECT_GE(hosted.host_weight_bytes(), mod_bytes);
+        EXPECT_EQ(resident.weight_bytes() - hosted.weight_bytes(), mod_bytes);
+        EXPECT_GE((w1 - w0) - (w2 - w1), mod_bytes) << "device weights: resident " << (w1 - w0) << ", hosted " << (w2 - w1);
+
+        // Every item at one timestep: set_timesteps keeps its rows.
+        Tensor t = in.timestep.to(DType::F32);  // a copy
+        for (int64_t b = 1; b < t.numel(); ++b) t.data<float>()[b] = t.data<float>()[0];
+        const std::vector<float> schedule = {1.0f, t.data<float>()[0], 0.25f};
+        auto run = [&](qwen_image::QwenImageTransformer& model, bool kept, bool graph) {
+            model.set_timesteps(kept ? schedule : std::vector<float>{});
+            model.set_cuda_graph(graph);
+            return model.forward(in.hidden_states, in.encoder_hidden_states, in.mask, kept ? t : in.timestep, in.grid);
+        };
+        for (bool kept : {false, true})
+            for (bool graph : {false, true}) {
+                const Tensor want = run(resident, kept, graph), got = run(hosted, kept, graph);
+                EXPECT_EQ(std::memcmp(want.raw(), got.raw(), want.nbytes()), 0)
+                    << (kept ? "kept" : "not kept") << (graph ? ", graph" : ", eager");
+            }
     }
 }

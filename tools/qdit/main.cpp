@@ -116,7 +116,7 @@ int cmd_quantize(const std::string& dir, const std::string& out, const QuantFlag
 // --model, --device, --dtype, --quantize-text-encoder and the quantization flags: how
 // generate and serve load the pipeline.
 struct ModelFlags {
-    std::string model, dtype = "bf16", device;  // device empty: default_device_name
+    std::string model, dtype = "bf16", device, offload;  // device empty: default_device_name
     bool quantize_text_encoder = false, fp8_attention = false;
     QuantFlags q;
     CLI::Option* device_opt = nullptr;
@@ -138,6 +138,13 @@ struct ModelFlags {
                       "Run the transformer's attention in FP8 (E4M3 q, k, v and probabilities; cuDNN) on a Hopper or "
                       "Blackwell GPU: faster, at the accuracy cost measured in docs/quantization.md; sequence-"
                       "parallel runs keep bf16 attention");
+        cmd->add_option("--offload", offload,
+                        "What to keep off the GPU, comma-separated: text-encoder (the text encoder is loaded for "
+                        "each prompt, encodes it and is freed; in a one-image run before the transformer is "
+                        "loaded, so the two never share the device's memory), modulation (Qwen-Image: the "
+                        "transformer's img_mod / txt_mod weights, a third of it, stay in pinned host memory and "
+                        "are uploaded when a new schedule's modulation is computed). On the CPU both are "
+                        "accepted and change nothing but the loads");
         q.add(cmd);
     }
 
@@ -162,6 +169,17 @@ struct ModelFlags {
             throw UsageError(fmt::format("--device {} runs in bf16 (got --dtype {})", device, dtype));
         po.dtype = dtype == "bf16" ? DType::BF16 : DType::F32;
         po.fp8_attention = fp8_attention;
+        for (size_t b = 0; !offload.empty() && b <= offload.size();) {
+            const size_t e = std::min(offload.find(',', b), offload.size());
+            const std::string what = offload.substr(b, e - b);
+            if (what == "text-encoder")
+                po.offload_text_encoder = true;
+            else if (what == "modulation")
+                po.offload_modulation = true;
+            else
+                throw UsageError(fmt::format("--offload {}: '{}' is not one of text-encoder, modulation", offload, what));
+            b = e + 1;
+        }
         if (fp8_attention && !ops::fp8_attention_available(ops::Context{po.device}))
             throw UsageError(fmt::format("--fp8-attention runs on a GPU of compute capability 9.x or 10.x (Hopper or "
                                          "Blackwell) with cuDNN 9, not on --device {}",
@@ -177,8 +195,7 @@ struct ModelFlags {
 };
 
 struct GenerateArgs {
-    std::string prompt, negative_prompt, latents, output = "qdit.png", parallel = "tensor", pipeline = "zimage",
-                offload;
+    std::string prompt, negative_prompt, latents, output = "qdit.png", parallel = "tensor", pipeline = "zimage";
     bool vae_tiling = false;
     int steps = 9, width = 1024, height = 1024, max_sequence_length = 512, gpus = 1;
     uint64_t seed = 0;
@@ -324,11 +341,8 @@ int cmd_generate(GenerateArgs a) {
         throw UsageError(fmt::format("-o {}: the output must be a .png file", a.output));
     if (a.parallel != "tensor" && a.parallel != "sequence")
         throw UsageError(fmt::format("--parallel {}: allowed values are tensor, sequence", a.parallel));
-    if (!a.offload.empty() && a.offload != "text-encoder")
-        throw UsageError(fmt::format("--offload {}: allowed values are text-encoder", a.offload));
     PipelineOptions po = a.m.resolve(a.gpus);
     po.sequence_parallel = a.parallel == "sequence";
-    po.offload_text_encoder = !a.offload.empty();
     po.vae_tiling = a.vae_tiling;
     GenerateOptions go;
     go.prompt = a.prompt;
@@ -515,10 +529,6 @@ int main(int argc, char** argv) {
                        "Qwen-Image only: decode the latents in tiles of 256x256 pixels every 192 (diffusers' "
                        "enable_tiling), so the VAE's memory is that of one tile; seams blended over 64 pixels "
                        "(docs/qwen_image_vae.md gives the error)");
-    generate->add_option("--offload", gen.offload,
-                         "text-encoder: the text encoder is loaded, encodes the prompt and is freed before the "
-                         "transformer is loaded, so the two never share the device's memory (on the CPU the same, "
-                         "for host memory)");
     gen.pipeline_opt = generate->add_option("--pipeline", gen.pipeline,
                                             fmt::format("Without --model: the built-in tiny random-weight pipeline "
                                                         "to run, {} (with --model, model_index.json picks it)",

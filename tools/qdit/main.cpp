@@ -113,7 +113,7 @@ int cmd_quantize(const std::string& dir, const std::string& out, const QuantFlag
     return 0;
 }
 
-// --model, --device, --dtype, --quantize-text-encoder and the quantization flags: how
+// --model, --device, --dtype, --quantize-text-encoder, --fp8-attention, --offload and the quantization flags: how
 // generate and serve load the pipeline.
 struct ModelFlags {
     std::string model, dtype = "bf16", device, offload;  // device empty: default_device_name

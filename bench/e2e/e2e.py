@@ -186,8 +186,9 @@ def quant_flags(q, model):
 # Rows of generate only (a flag that `serve` does not take): one image, no warm time.
 GENERATE_ONLY = {"int8-offload": ["--quantization", "int8", "--offload", "text-encoder"],
                  "int8-modhost-tiled": ["--quantization", "int8", "--offload", "modulation", "--vae-tiling"]}
-# Rows of one model only.
-ROW_MODEL = {"int8-modhost": "qwen-image", "int8-modhost-tiled": "qwen-image"}
+# Rows of one model only, by name (as in the table).
+ROW_MODEL = {"qdit int8, modulation on the host": "qwen-image",
+             "qdit int8, modulation on the host, VAE tiled": "qwen-image"}
 
 
 def sampling_flags(model):
@@ -402,7 +403,7 @@ def run(model, root, binary, out):
             ("qdit int8, modulation on the host", "qdit", "int8-modhost"),
             ("qdit int8, modulation on the host, VAE tiled", "qdit", "int8-modhost-tiled")]
     names = {name for name, _, _ in plan}
-    plan = [row for row in plan if ROW_MODEL.get(row[2], model) == model]
+    plan = [row for row in plan if ROW_MODEL.get(row[0], model) == model]
     failed = False
     only = set(r.strip() for r in os.environ["ROWS"].split(";")) if os.environ.get("ROWS") else None
     if only and only - names:
@@ -477,7 +478,7 @@ def model_table(res):
              "qdit int8, text encoder offloaded", "qdit int8, modulation on the host",
              "qdit int8, modulation on the host, VAE tiled", "diffusers bf16 eager", "diffusers bf16 compiled"]
     for name in order:
-        if name.startswith("qdit int8, modulation") and env["model"] != "qwen-image":
+        if ROW_MODEL.get(name, env["model"]) != env["model"]:
             continue
         r = rows.get(name)
         if r is None:

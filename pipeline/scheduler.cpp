@@ -80,9 +80,10 @@ FlowMatchEulerScheduler::FlowMatchEulerScheduler(const FlowMatchConfig& c,
         sigmas_.push_back(r);
     }
     if (c.shift_terminal > 0) {
-        if (sigmas_.back() == 1.0f)
-            raise<ConfigError>("shift_terminal cannot stretch a schedule whose last sigma is 1 "
-                               "(use at least 2 steps)");
+        if (sigmas_.back() == 1.0f)  // 1 step: diffusers divides by zero here and denoises with NaN
+            raise<UsageError>("--steps {}: scheduler_config.json's shift_terminal {} stretches the schedule to end "
+                              "there, which a schedule ending at sigma 1 cannot do{}",
+                              sigmas.size(), c.shift_terminal, sigmas.size() == 1 ? "; use at least 2 steps" : "");
         const float scale = (1.0f - sigmas_.back()) / float(1.0 - c.shift_terminal);
         for (float& s : sigmas_) s = 1.0f - (1.0f - s) / scale;
     }

@@ -61,6 +61,12 @@ private:
     Lazy<zimage::ZImageTransformer> transformer_;
 };
 
+// The scheduler of `steps` steps for an image of `tokens` latent tokens, as diffusers' ZImagePipeline
+// builds it.
+FlowMatchEulerScheduler schedule(const FlowMatchConfig& c, int steps, int64_t tokens) {
+    return FlowMatchEulerScheduler(c, zimage_default_sigmas(steps), calculate_shift(tokens, c));
+}
+
 }  // namespace
 
 std::unique_ptr<ZImageComponents> make_zimage_cpu_components(const std::string& dir, const PipelineOptions& opt,
@@ -216,6 +222,8 @@ void ZImagePipeline::check(const GenerateOptions& o) const {
             raise<ShapeError>("the initial latents have shape {}, but {}x{} needs {}",
                               shape_str(o.latents.shape()), o.width, o.height, shape_str(want));
     }
+    const int64_t h = o.height / scale, w = o.width / scale;
+    schedule(p_->scheduler, o.steps, (h / 2) * (w / 2));  // refuses what the scheduler's config cannot run
 }
 
 Tensor ZImagePipeline::encode_prompt(const std::string& prompt, int max_sequence_length) const {
@@ -246,8 +254,7 @@ GenerateResult ZImagePipeline::generate(const GenerateOptions& o,
                                          : seeded_noise({1, C, h, w}, o.seed);
 
     const int64_t image_tokens = (h / 2) * (w / 2);
-    FlowMatchEulerScheduler sched(p_->scheduler, zimage_default_sigmas(o.steps),
-                                  calculate_shift(image_tokens, p_->scheduler));
+    const FlowMatchEulerScheduler sched = schedule(p_->scheduler, o.steps, image_tokens);
     t0 = std::chrono::steady_clock::now();
     // The loop runs on the transformer's token layout (an elementwise step commutes with it): the
     // latents are patchified once, kept on the loop's device as F32 (x) and in the transformer's

@@ -303,6 +303,10 @@ TEST(QwenImagePipeline, RefusesBadRequestsBeforeLoading) {
     o.true_cfg_scale = std::nanf("");
     EXPECT_ERROR_CONTAINS(QwenImagePipeline::check_limits(o), UsageError, "--true-cfg-scale");
     o.true_cfg_scale = 4.0f;
+    o.steps = 1;  // the fixture's scheduler has shift_terminal, which one step cannot meet
+    EXPECT_ERROR_CONTAINS(QwenImagePipeline(kPipe, options(DType::F32), o), UsageError,
+                          "--steps 1: scheduler_config.json's shift_terminal 0.02");
+    o.steps = 2;
     o.latents = Tensor::zeros({1, 16, 6, 8}, DType::F32);  // 64x64 needs [1, 16, 8, 8]
     EXPECT_ERROR_CONTAINS(QwenImagePipeline(kPipe, options(DType::F32), o), ShapeError, "initial latents");
     // A Z-Image folder is not a Qwen-Image one.

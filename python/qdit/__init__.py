@@ -72,7 +72,8 @@ class Pipeline:
         """Generates one image and returns it as an RGB PIL image.
 
         width, height: multiples of 16, at most 16384 (and within the transformer's
-            RoPE table). steps: denoising steps, 1 to 1000; None: 9 for Z-Image
+            RoPE table). steps: denoising steps, 1 to 1000 (at least 2 when the
+            scheduler sets shift_terminal, as Qwen-Image's does); None: 9 for Z-Image
             (Turbo: 8-9), 50 for Qwen-Image.
         guidance: Z-Image's classifier-free guidance, run when > 0 (uses
             negative_prompt); a Qwen-Image pipeline takes only 0.

@@ -347,9 +347,10 @@ def test_qwen_image_server_gives_the_cli_images(qwen_server, tmp_path):
     ({"true_cfg_scale": "high"}, "true_cfg_scale"),
     ({"max_sequence_length": 1025}, "max_sequence_length"),
     ({"size": "72x64"}, "size"),
+    ({"num_inference_steps": 1}, "num_inference_steps"),  # the scheduler's shift_terminal needs 2
 ])
 def test_qwen_image_bad_fields_are_400_naming_the_field(qwen_server, change, param):
     status, _, reply = qwen_server.request("POST", "/v1/images/generations",
-                                           {"prompt": "x", "size": "64x64", "num_inference_steps": 1, **change})
+                                           {"prompt": "x", "size": "64x64", "num_inference_steps": 2, **change})
     assert status == 400, reply
     assert reply["error"]["param"] == param and param in reply["error"]["message"], reply

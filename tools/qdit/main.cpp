@@ -476,7 +476,9 @@ int main(int argc, char** argv) {
         "when --true-cfg-scale > 1)");
     gen.steps_opt = generate->add_option(
         "--steps", gen.steps,
-        fmt::format("Denoising steps, 1 to {} (default: 9 for Z-Image, 50 for Qwen-Image)", kMaxSteps));
+        fmt::format("Denoising steps, 1 to {}; at least 2 when the scheduler sets shift_terminal, as Qwen-Image's does "
+                    "(default: 9 for Z-Image, 50 for Qwen-Image)",
+                    kMaxSteps));
     generate->add_option("--width", gen.width,
                          fmt::format("Image width, a multiple of 16 up to {} (and within the "
                                      "transformer's RoPE table, axes_lens[2] x 16)",

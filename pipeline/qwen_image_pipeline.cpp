@@ -226,14 +226,14 @@ void QwenImagePipeline::check(const QwenImageGenerateOptions& o) const {
         raise<UsageError>("--width and --height must be multiples of {} (the VAE's scale {} x the 2x2 packing of "
                           "the latents; got {}x{})",
                           multiple, p_->scale(), o.width, o.height);
+    const int64_t h = o.height / p_->scale(), w = o.width / p_->scale();
     if (o.latents.defined()) {
-        const int64_t C = latent_channels(), h = o.height / p_->scale(), w = o.width / p_->scale();
+        const int64_t C = latent_channels();
         if (!unpacked_latents(o.latents, C, h, w).defined())
             raise<ShapeError>("the initial latents have shape {}, but {}x{} needs [1, {}, {}, {}] (or packed [1, {}, "
                               "{}])",
                               shape_str(o.latents.shape()), o.width, o.height, C, h, w, (h / 2) * (w / 2), C * 4);
     }
-    const int64_t h = o.height / p_->scale(), w = o.width / p_->scale();
     schedule(p_->scheduler, o.steps, (h / kPack) * (w / kPack));  // refuses what the scheduler's config cannot run
 }
 

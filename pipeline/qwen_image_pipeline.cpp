@@ -211,10 +211,10 @@ Tensor unpacked_latents(const Tensor& l, int64_t C, int64_t h, int64_t w) {
     return fits ? l.to(DType::F32).view({1, C, h, w}) : Tensor();
 }
 
-// The scheduler of `steps` steps for an image of L packed tokens, as diffusers' QwenImagePipeline
-// builds it.
-FlowMatchEulerScheduler schedule(const FlowMatchConfig& c, int steps, int64_t L) {
-    return FlowMatchEulerScheduler(c, qwen_image_default_sigmas(steps), calculate_shift(L, c));
+// The scheduler of `steps` steps for h x w latents (their packed token count sets the shift), as
+// diffusers' QwenImagePipeline builds it.
+FlowMatchEulerScheduler schedule(const FlowMatchConfig& c, int steps, int64_t h, int64_t w) {
+    return FlowMatchEulerScheduler(c, qwen_image_default_sigmas(steps), calculate_shift((h / kPack) * (w / kPack), c));
 }
 
 }  // namespace
@@ -234,7 +234,7 @@ void QwenImagePipeline::check(const QwenImageGenerateOptions& o) const {
                               "{}])",
                               shape_str(o.latents.shape()), o.width, o.height, C, h, w, (h / 2) * (w / 2), C * 4);
     }
-    schedule(p_->scheduler, o.steps, (h / kPack) * (w / kPack));  // refuses what the scheduler's config cannot run
+    schedule(p_->scheduler, o.steps, h, w);  // refuses what the scheduler's config cannot run
 }
 
 int64_t QwenImagePipeline::prompt_tokens(const std::string& prompt) const {
@@ -270,7 +270,7 @@ GenerateResult QwenImagePipeline::generate(const QwenImageGenerateOptions& o,
     float* xs = latents.data<float>();
     for (int64_t k = 0; k < latents.numel(); ++k) xs[k] = round_to_dtype(xs[k], dt);
 
-    const FlowMatchEulerScheduler sched = schedule(p_->scheduler, o.steps, L);
+    const FlowMatchEulerScheduler sched = schedule(p_->scheduler, o.steps, h, w);
     const std::array<int64_t, 3> grid{1, hp, wp};
     t0 = std::chrono::steady_clock::now();
     // The latents stay on the transformer's device between steps: as F32 holding values of dt (x)

@@ -61,10 +61,10 @@ private:
     Lazy<zimage::ZImageTransformer> transformer_;
 };
 
-// The scheduler of `steps` steps for an image of `tokens` latent tokens, as diffusers' ZImagePipeline
-// builds it.
-FlowMatchEulerScheduler schedule(const FlowMatchConfig& c, int steps, int64_t tokens) {
-    return FlowMatchEulerScheduler(c, zimage_default_sigmas(steps), calculate_shift(tokens, c));
+// The scheduler of `steps` steps for h x w latents (their 2x2 patches' count sets the shift), as
+// diffusers' ZImagePipeline builds it.
+FlowMatchEulerScheduler schedule(const FlowMatchConfig& c, int steps, int64_t h, int64_t w) {
+    return FlowMatchEulerScheduler(c, zimage_default_sigmas(steps), calculate_shift((h / 2) * (w / 2), c));
 }
 
 }  // namespace
@@ -222,8 +222,7 @@ void ZImagePipeline::check(const GenerateOptions& o) const {
             raise<ShapeError>("the initial latents have shape {}, but {}x{} needs {}",
                               shape_str(o.latents.shape()), o.width, o.height, shape_str(want));
     }
-    const int64_t h = o.height / scale, w = o.width / scale;
-    schedule(p_->scheduler, o.steps, (h / 2) * (w / 2));  // refuses what the scheduler's config cannot run
+    schedule(p_->scheduler, o.steps, o.height / scale, o.width / scale);  // refuses what its config cannot run
 }
 
 Tensor ZImagePipeline::encode_prompt(const std::string& prompt, int max_sequence_length) const {
@@ -253,8 +252,7 @@ GenerateResult ZImagePipeline::generate(const GenerateOptions& o,
     Tensor latents = o.latents.defined() ? o.latents.to(DType::F32).view({1, C, h, w})
                                          : seeded_noise({1, C, h, w}, o.seed);
 
-    const int64_t image_tokens = (h / 2) * (w / 2);
-    const FlowMatchEulerScheduler sched = schedule(p_->scheduler, o.steps, image_tokens);
+    const FlowMatchEulerScheduler sched = schedule(p_->scheduler, o.steps, h, w);
     t0 = std::chrono::steady_clock::now();
     // The loop runs on the transformer's token layout (an elementwise step commutes with it): the
     // latents are patchified once, kept on the loop's device as F32 (x) and in the transformer's

@@ -36,10 +36,11 @@ const std::string& checked_pipeline_folder(const std::string& dir, const std::st
     const json j = read_model_index(dir, &index);
     std::string cls;
     read_config_field(j, index, "_class_name", &cls);
-    if (cls != pipeline)
-        raise<ConfigError>("{}: pipeline class '{}' is not a {} (qdit runs ZImagePipeline and "
+    if (cls != "ZImagePipeline" && cls != "QwenImagePipeline")
+        raise<ConfigError>("{}: pipeline class '{}' is not supported (qdit runs ZImagePipeline and "
                            "QwenImagePipeline folders)",
-                           index, cls, pipeline);
+                           index, cls);
+    if (cls != pipeline) raise<ConfigError>("{}: pipeline class '{}' is not a {}", index, cls, pipeline);
     for (const char* part : {"scheduler", "text_encoder", "tokenizer", "transformer", "vae"}) {
         std::vector<std::string> library_and_class;  // e.g. ["diffusers", "AutoencoderKL"]
         read_config_field(j, index, part, &library_and_class);
@@ -47,6 +48,11 @@ const std::string& checked_pipeline_folder(const std::string& dir, const std::st
             raise<ConfigError>("{}: field '{}' must name the component's library and class, as "
                                "[\"diffusers\", \"{}\"] (got {})",
                                index, part, vae_class, j.contains(part) ? j[part].dump() : "nothing");
+        // diffusers builds the scheduler that model_index.json names (with scheduler_config.json's
+        // values): another class would step differently.
+        if (std::string(part) == "scheduler" && library_and_class[1] != "FlowMatchEulerDiscreteScheduler")
+            raise<ConfigError>("{}: field 'scheduler' names {}; qdit's scheduler is FlowMatchEulerDiscreteScheduler",
+                               index, library_and_class[1]);
         if (!fs::is_directory(fs::path(dir) / part))
             raise<IoError>("{}: component folder {}/ is missing", dir, part);
     }

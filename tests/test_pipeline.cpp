@@ -177,6 +177,16 @@ TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
     fs::path bad_sched = pipeline_copy("gen_bad_sched");
     write_file_atomic((bad_sched / "scheduler" / "scheduler_config.json").string(),
                       R"({"_class_name": "DPMSolverMultistepScheduler"})");
+    // model_index.json names the scheduler class diffusers builds, and the pipeline.
+    auto edit_index = [](const fs::path& dir, const char* key, const nlohmann::json& value) {
+        nlohmann::json j = read_json_file((dir / "model_index.json").string());
+        j[key] = value;
+        write_file_atomic((dir / "model_index.json").string(), j.dump(1));
+    };
+    fs::path heun = pipeline_copy("gen_heun");
+    edit_index(heun, "scheduler", {"diffusers", "FlowMatchHeunDiscreteScheduler"});
+    fs::path img2img = pipeline_copy("gen_img2img");
+    edit_index(img2img, "_class_name", "QwenImageImg2ImgPipeline");
     fs::path corrupt = pipeline_copy("gen_corrupt");
     fs::remove(corrupt / "vae");
     fs::create_directory(corrupt / "vae");
@@ -188,6 +198,8 @@ TEST(Generate, BadInputsGiveOneErrorLineAndNoFile) {
         {"generate --model " + no_vae.string() + base, "vae"},
         {"generate --model " + bad_sched.string() + base, "DPMSolverMultistepScheduler"},
         {"generate --model " + corrupt.string() + base, "diffusion_pytorch_model.safetensors"},
+        {"generate --model " + heun.string() + base, "model_index.json: field 'scheduler' names FlowMatchHeun"},
+        {"generate --model " + img2img.string() + base, "'QwenImageImg2ImgPipeline' is not supported"},
         {"generate --model " + kPipe + " --prompt p --width 36 --height 32 -o " + out, "multiple"},
         {"generate --model " + kPipe + " --prompt p --width 32 --height 32 --steps 0 -o " + out, "steps"},
         {"generate --model " + kPipe + " --prompt p --width 32 --height 32 -o /no/such/dir/x.png", "/no/such/dir"},

@@ -43,6 +43,20 @@ TEST(QwenImageForward, PublishedConfigSkeleton) {
     EXPECT_EQ(linear, 20430366784);
 }
 
+// out_channels as diffusers reads it (`out_channels or in_channels`, the argument defaulting to 16):
+// absent means 16, the published value; null means in_channels.
+TEST(QwenImageForward, OutChannelsDefaultsAsInDiffusers) {
+    const std::string path = (fs::path(QDIT_TEST_DATA) / "qwen_image" / "published" / "config.json").string();
+    nlohmann::json j = read_json_file(path);
+    EXPECT_EQ(qwen_image::Config::from_json(j, path).out_channels, 16);
+    j.erase("out_channels");
+    EXPECT_EQ(qwen_image::Config::from_json(j, path).out_channels, 16);
+    j["out_channels"] = nullptr;
+    EXPECT_EQ(qwen_image::Config::from_json(j, path).out_channels, 64);
+    j["in_channels"] = 16;
+    EXPECT_EQ(qwen_image::Config::from_json(j, path).out_features(), 4 * 16);
+}
+
 // The cost of weight-only modulation: ignored_layers img_mod / txt_mod gives `w8a8_mod_fp32`,
 // img_mlp gives `w8a8_keep_img_mlp`.
 TEST(QwenImageForward, Int8WithKeptLayersMatchesReferences) {

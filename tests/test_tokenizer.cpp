@@ -21,6 +21,9 @@ namespace {
 using testutil::error_of;
 
 const std::string kDir = std::string(QDIT_TEST_DATA) + "/text/tokenizer";
+// The same tokenizer without tokenizer.json: vocab.json, merges.txt and tokenizer_config.json's
+// added_tokens_decoder (the references are the same, checked against transformers by the script).
+const std::string kVocabMergesDir = std::string(QDIT_TEST_DATA) + "/text/tokenizer_vocab_merges";
 const std::string kReference = std::string(QDIT_TEST_DATA) + "/text/tokenizer_reference.json";
 
 const json& reference() {
@@ -40,11 +43,11 @@ std::vector<int32_t> ids_of(const json& j) {
 // A copy of the fixture folder whose files a test may rewrite; removed at the end.
 struct ScratchDir {
     fs::path path;
-    explicit ScratchDir(const std::string& name)
+    explicit ScratchDir(const std::string& name, const std::string& from = kDir)
         : path(fs::temp_directory_path() / ("qdit_tok_" + name)) {
         fs::remove_all(path);
         fs::create_directories(path);
-        for (const auto& e : fs::directory_iterator(kDir))
+        for (const auto& e : fs::directory_iterator(from))
             fs::copy_file(e.path(), path / e.path().filename());
     }
     ~ScratchDir() { fs::remove_all(path); }
@@ -73,30 +76,36 @@ std::string load_error_after(const std::string& name,
 }  // namespace
 
 TEST(Tokenizer, SpecialTokensAndSizes) {
-    BpeTokenizer tok = BpeTokenizer::from_dir(kDir);
-    const json& r = reference();
-    EXPECT_EQ(tok.vocab_size(), r["vocab_size"].get<size_t>());
-    EXPECT_EQ(tok.pad_token_id(), r["pad_token_id"].get<int32_t>());
-    for (const auto& [name, id] : r["special_token_ids"].items())
-        EXPECT_EQ(tok.token_to_id(name), id.get<int32_t>()) << name;
-    EXPECT_EQ(tok.token_to_id("<|not_a_token|>"), std::nullopt);
-    EXPECT_TRUE(tok.token_to_id("Ġthe").has_value());  // vocabulary tokens in their byte-level form
+    for (const std::string& dir : {kDir, kVocabMergesDir}) {
+        SCOPED_TRACE(dir);
+        BpeTokenizer tok = BpeTokenizer::from_dir(dir);
+        const json& r = reference();
+        EXPECT_EQ(tok.vocab_size(), r["vocab_size"].get<size_t>());
+        EXPECT_EQ(tok.pad_token_id(), r["pad_token_id"].get<int32_t>());
+        for (const auto& [name, id] : r["special_token_ids"].items())
+            EXPECT_EQ(tok.token_to_id(name), id.get<int32_t>()) << name;
+        EXPECT_EQ(tok.token_to_id("<|not_a_token|>"), std::nullopt);
+        EXPECT_TRUE(tok.token_to_id("Ġthe").has_value());  // vocabulary tokens in their byte-level form
+    }
 }
 
 TEST(Tokenizer, MatchesTransformersOnEveryPrompt) {
-    BpeTokenizer tok = BpeTokenizer::from_dir(kDir);
-    const json& r = reference();
-    const size_t max_length = r["max_length"].get<size_t>();
-    ASSERT_GE(r["prompts"].size(), 15u);
-    for (const json& p : r["prompts"]) {
-        SCOPED_TRACE(p["name"].get<std::string>());
-        const std::string prompt = p["prompt"].get<std::string>();
-        const std::string text = templated(tok, prompt);
-        EXPECT_EQ(text, p["templated"].get<std::string>());
-        text::PaddedTokens padded = tok.encode_padded(text, max_length);
-        EXPECT_EQ(padded.ids, ids_of(p["input_ids"]));
-        EXPECT_EQ(padded.attention_mask, ids_of(p["attention_mask"]));
-        EXPECT_EQ(tok.encode(prompt), ids_of(p["plain_ids"]));
+    for (const std::string& dir : {kDir, kVocabMergesDir}) {
+        SCOPED_TRACE(dir);
+        BpeTokenizer tok = BpeTokenizer::from_dir(dir);
+        const json& r = reference();
+        const size_t max_length = r["max_length"].get<size_t>();
+        ASSERT_GE(r["prompts"].size(), 15u);
+        for (const json& p : r["prompts"]) {
+            SCOPED_TRACE(p["name"].get<std::string>());
+            const std::string prompt = p["prompt"].get<std::string>();
+            const std::string text = templated(tok, prompt);
+            EXPECT_EQ(text, p["templated"].get<std::string>());
+            text::PaddedTokens padded = tok.encode_padded(text, max_length);
+            EXPECT_EQ(padded.ids, ids_of(p["input_ids"]));
+            EXPECT_EQ(padded.attention_mask, ids_of(p["attention_mask"]));
+            EXPECT_EQ(tok.encode(prompt), ids_of(p["plain_ids"]));
+        }
     }
 }
 
@@ -120,10 +129,12 @@ TEST(Tokenizer, DecodeRoundTrips) {
 TEST(Tokenizer, DecodeMatchesTransformers) {
     BpeTokenizer tok = BpeTokenizer::from_dir(kDir);
     // Includes special tokens kept and skipped, and cuts inside a character (U+FFFD).
-    for (const json& c : reference()["decode"])
-        EXPECT_EQ(tok.decode(ids_of(c["ids"]), c["skip_special_tokens"].get<bool>()),
-                  c["text"].get<std::string>())
-            << c["ids"].dump();
+    for (const std::string& dir : {kDir, kVocabMergesDir}) {
+        const BpeTokenizer t = BpeTokenizer::from_dir(dir);
+        for (const json& c : reference()["decode"])
+            EXPECT_EQ(t.decode(ids_of(c["ids"]), c["skip_special_tokens"].get<bool>()), c["text"].get<std::string>())
+                << dir << ": " << c["ids"].dump();
+    }
     EXPECT_NE(error_of<Error>([&] { tok.decode({int32_t(tok.vocab_size())}); }).find("token id"),
               std::string::npos);
     EXPECT_NE(error_of<Error>([&] { tok.decode({-1}); }).find("-1"), std::string::npos);
@@ -302,12 +313,20 @@ TEST(Tokenizer, UnsupportedOrMalformedFieldsAreNamed) {
     std::string e = error_of<ConfigError>([&] { BpeTokenizer::from_dir(d.path.string()); });
     EXPECT_NE(e.find("tokenizer_config.json: field 'padding_side'"), std::string::npos) << e;
 
+    // No pad_token: Qwen2Tokenizer's default, <|endoftext|>; null: none; no default for other classes.
     ScratchDir n("no_pad");
     n.edit("tokenizer_config.json", [](json& j) { j.erase("pad_token"); });
+    EXPECT_EQ(BpeTokenizer::from_dir(n.path.string()).pad_token_id(), reference()["pad_token_id"].get<int32_t>());
+    n.edit("tokenizer_config.json", [](json& j) { j["pad_token"] = nullptr; });
     e = error_of<ConfigError>(
         [&] { BpeTokenizer::from_dir(n.path.string()).encode_padded("x", 4); });
-    EXPECT_NE(e.find("tokenizer_config.json: field 'pad_token' is missing"), std::string::npos)
+    EXPECT_NE(e.find("tokenizer_config.json: field 'pad_token' is missing or null"), std::string::npos)
         << e;
+    n.edit("tokenizer_config.json", [](json& j) {
+        j.erase("pad_token");
+        j["tokenizer_class"] = "PreTrainedTokenizerFast";
+    });
+    EXPECT_THROW(BpeTokenizer::from_dir(n.path.string()).pad_token_id(), ConfigError);
 
     ScratchDir p("unknown_pad");
     p.edit("tokenizer_config.json", [](json& j) { j["pad_token"] = "<pad>"; });
@@ -332,4 +351,86 @@ TEST(Tokenizer, RefusesInvalidUtf8) {
     BpeTokenizer tok = BpeTokenizer::from_dir(kDir);
     std::string e = error_of<Error>([&] { tok.encode("ok \xF0\x9F\x91 cut"); });
     EXPECT_NE(e.find("not valid UTF-8 (byte offset 3)"), std::string::npos) << e;
+}
+
+// tokenizer_config.json's added_tokens_decoder adds tokens that tokenizer.json lacks, as transformers
+// does; one that gives an id or a text of tokenizer.json's to another token is refused.
+TEST(Tokenizer, AddedTokensOfTheConfig) {
+    const BpeTokenizer base = BpeTokenizer::from_dir(kDir);
+    const int32_t next = int32_t(base.vocab_size());
+    const json token = {{"content", "<|newtok|>"}, {"lstrip", false}, {"normalized", false},
+                        {"rstrip", false}, {"single_word", false}, {"special", true}};
+    ScratchDir d("config_added");
+    d.edit("tokenizer_config.json", [&](json& j) { j["added_tokens_decoder"][std::to_string(next)] = token; });
+    const BpeTokenizer tok = BpeTokenizer::from_dir(d.path.string());
+    EXPECT_EQ(tok.vocab_size(), size_t(next) + 1);
+    std::vector<int32_t> want = base.encode("a fox ");
+    want.push_back(next);
+    EXPECT_EQ(tok.encode("a fox <|newtok|>"), want);
+    EXPECT_EQ(tok.decode(want, true), "a fox ");
+    EXPECT_NE(base.encode("a fox <|newtok|>"), want);  // without the entry: byte-level pieces
+
+    // Entries equal to tokenizer.json's change nothing; a clash names the field and both tokens.
+    const int32_t im_end = *base.token_to_id("<|im_end|>");
+    d.edit("tokenizer_config.json", [&](json& j) {
+        j["added_tokens_decoder"][std::to_string(im_end)] = token;
+        j["added_tokens_decoder"][std::to_string(im_end)]["content"] = "<|im_end|>";
+    });
+    EXPECT_EQ(BpeTokenizer::from_dir(d.path.string()).encode("x<|im_end|>"), base.encode("x<|im_end|>"));
+    d.edit("tokenizer_config.json", [&](json& j) {
+        j["added_tokens_decoder"][std::to_string(im_end)]["content"] = "<|other|>";
+    });
+    std::string e = error_of<FormatError>([&] { BpeTokenizer::from_dir(d.path.string()); });
+    EXPECT_NE(e.find("field 'added_tokens_decoder." + std::to_string(im_end) + "' is '<|other|>'"), std::string::npos)
+        << e;
+    EXPECT_NE(e.find("'<|im_end|>'"), std::string::npos) << e;
+    d.edit("tokenizer_config.json", [&](json& j) {
+        j["added_tokens_decoder"].erase(std::to_string(im_end));
+        j["added_tokens_decoder"]["5"] = token;  // a vocabulary id
+    });
+    e = error_of<FormatError>([&] { BpeTokenizer::from_dir(d.path.string()); });
+    EXPECT_NE(e.find("added_tokens_decoder.5"), std::string::npos) << e;
+    d.edit("tokenizer_config.json", [&](json& j) {
+        j["added_tokens_decoder"].erase("5");
+        j["added_tokens_decoder"]["x1"] = token;
+    });
+    e = error_of<FormatError>([&] { BpeTokenizer::from_dir(d.path.string()); });
+    EXPECT_NE(e.find("added_tokens_decoder.x1' has a key that is not a token id"), std::string::npos) << e;
+}
+
+// The folder without tokenizer.json: what it needs, and its errors name the file and the line.
+TEST(Tokenizer, VocabMergesLayoutErrors) {
+    {
+        ScratchDir d("vm_class", kVocabMergesDir);
+        d.edit("tokenizer_config.json", [](json& j) { j["tokenizer_class"] = "GPT2Tokenizer"; });
+        std::string e = error_of<ConfigError>([&] { BpeTokenizer::from_dir(d.path.string()); });
+        EXPECT_NE(e.find("tokenizer_config.json: field 'tokenizer_class' is \"GPT2Tokenizer\""), std::string::npos) << e;
+    }
+    {
+        ScratchDir d("vm_no_added", kVocabMergesDir);
+        d.edit("tokenizer_config.json", [](json& j) { j.erase("added_tokens_decoder"); });
+        std::string e = error_of<ConfigError>([&] { BpeTokenizer::from_dir(d.path.string()); });
+        EXPECT_NE(e.find("field 'added_tokens_decoder' is missing"), std::string::npos) << e;
+    }
+    {
+        ScratchDir d("vm_bad_line", kVocabMergesDir);
+        std::string m = read_text_file((d.path / "merges.txt").string());
+        m.insert(m.find('\n') + 1, "a b c\n");  // line 2
+        write_file_atomic((d.path / "merges.txt").string(), m);
+        std::string e = error_of<FormatError>([&] { BpeTokenizer::from_dir(d.path.string()); });
+        EXPECT_NE(e.find("merges.txt: line 2 ('a b c')"), std::string::npos) << e;
+    }
+    {
+        ScratchDir d("vm_unknown", kVocabMergesDir);
+        write_file_atomic((d.path / "merges.txt").string(), "#version: 0.2\ni n\nq zz\n");
+        std::string e = error_of<FormatError>([&] { BpeTokenizer::from_dir(d.path.string()); });
+        EXPECT_NE(e.find("merges.txt: line 3 merges 'q' and 'zz'"), std::string::npos) << e;
+        EXPECT_NE(e.find("vocab.json"), std::string::npos) << e;
+    }
+    {
+        ScratchDir d("vm_no_merges", kVocabMergesDir);
+        fs::remove(d.path / "merges.txt");
+        std::string e = error_of<IoError>([&] { BpeTokenizer::from_dir(d.path.string()); });
+        EXPECT_NE(e.find("tokenizer.json: no such file, and no vocab.json + merges.txt"), std::string::npos) << e;
+    }
 }

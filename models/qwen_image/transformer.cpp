@@ -46,7 +46,8 @@ Config Config::from_json(const json& j, const std::string& where) {
     require_config(j.is_object(), where, "config must be a JSON object");
     read_config_field(j, where, "patch_size", &c.patch_size, {1, 16});
     read_config_field(j, where, "in_channels", &c.in_channels, {1, 4096});
-    c.out_channels = c.in_channels;  // diffusers: None means in_channels
+    // diffusers: `out_channels or in_channels`, the field defaulting to 16: absent means 16, null in_channels.
+    if (j.contains("out_channels") && j["out_channels"].is_null()) c.out_channels = c.in_channels;
     read_config_field(j, where, "out_channels", &c.out_channels, {1, 4096});
     read_config_field(j, where, "num_layers", &c.num_layers, {0, kLayers});
     read_config_field(j, where, "attention_head_dim", &c.attention_head_dim, {2, 1024});

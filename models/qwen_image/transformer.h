@@ -19,7 +19,7 @@ namespace qdit::qwen_image {
 struct Config {
     int64_t patch_size = 2;     // latent pixels per token along each side
     int64_t in_channels = 64;   // features of a packed token: patch² · latent channels
-    int64_t out_channels = 16;  // latent channels (absent or null: in_channels)
+    int64_t out_channels = 16;  // latent channels (absent: 16; null: in_channels, as diffusers)
     int64_t num_layers = 60;    // dual-stream blocks
     int64_t attention_head_dim = 128;
     int64_t num_attention_heads = 24;

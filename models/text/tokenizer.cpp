@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <queue>
 #include <unordered_map>
@@ -159,6 +160,11 @@ struct JsonFile {
     }
 };
 
+// transformers' Qwen2Tokenizer pre-tokenizes with this regex (Split, Isolated) after NFC, then
+// ByteLevel without a prefix space.
+constexpr const char* kQwen2SplitRegex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
 struct AddedToken {
     std::string content;
     int32_t id;
@@ -194,8 +200,19 @@ struct BpeTokenizer::Impl {
     }
 
     void load_model(const JsonFile& f, const json& model);
+    void load_vocab(const JsonFile& f, const std::string& field, const json& v);
+    // kMerged, kUnknownToken (a, b or a + b is not in the vocabulary), or the rank of an earlier merge
+    // of the same pair.
+    static constexpr int32_t kMerged = -1, kUnknownToken = -2;
+    int32_t add_merge(const std::string& a, const std::string& b, int32_t rank);
+    void map_bytes();
+    void load_merges_txt(const std::string& merges_path);
     void load_added(const JsonFile& f, const json& list);
+    void load_config_added(const JsonFile& f, const json& decoder);
+    void sort_added();
     void load_pipeline(const JsonFile& f, const json& root);
+    // Compiles the Split regex; on failure `bad` gets the reason.
+    void compile_split(const std::string& regex, const std::function<void(const std::string&)>& bad);
     void build_id_tables();
 
     void bpe(std::string_view piece, std::vector<int32_t>& out) const;
@@ -212,14 +229,7 @@ void BpeTokenizer::Impl::load_model(const JsonFile& f, const json& model) {
                           "byte_fallback", "ignore_merges"})
         f.require_neutral(model, "model", k);
 
-    const json& v = f.get(model, "model", "vocab");
-    if (!v.is_object()) f.malformed("model.vocab", "is not an object of token: id");
-    for (auto it = v.begin(); it != v.end(); ++it) {
-        if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > INT32_MAX)
-            f.malformed("model.vocab",
-                        fmt::format("maps '{}' to {}, not an id", it.key(), it->dump()));
-        vocab.emplace(it.key(), it->get<int32_t>());
-    }
+    load_vocab(f, "model.vocab", f.get(model, "model", "vocab"));
 
     const json& m = f.get(model, "model", "merges");
     if (!m.is_array()) f.malformed("model.merges", "is not a list");
@@ -242,20 +252,33 @@ void BpeTokenizer::Impl::load_model(const JsonFile& f, const json& model) {
             f.malformed(fmt::format("model.merges[{}]", r),
                         "is neither \"a b\" nor [\"a\", \"b\"]");
         }
-        auto ia = vocab.find(a), ib = vocab.find(b), iab = vocab.find(a + b);
-        if (ia == vocab.end() || ib == vocab.end() || iab == vocab.end())
-            f.malformed(
-                fmt::format("model.merges[{}]", r),
-                fmt::format("merges '{}' and '{}', which (or whose result) are not in model.vocab",
-                            a, b));
-        // A repeated pair would make its rank ambiguous.
-        auto [at, fresh] = merges.emplace(pair_key(ia->second, ib->second),
-                                          std::make_pair(int32_t(r), iab->second));
-        if (!fresh)
+        const int32_t got = add_merge(a, b, int32_t(r));
+        if (got == kUnknownToken)
             f.malformed(fmt::format("model.merges[{}]", r),
-                        fmt::format("repeats model.merges[{}]", at->second.first));
+                        fmt::format("merges '{}' and '{}', which (or whose result) are not in model.vocab", a, b));
+        if (got != kMerged) f.malformed(fmt::format("model.merges[{}]", r), fmt::format("repeats model.merges[{}]", got));
     }
+    map_bytes();
+}
 
+void BpeTokenizer::Impl::load_vocab(const JsonFile& f, const std::string& field, const json& v) {
+    if (!v.is_object()) f.malformed(field, "is not an object of token: id");
+    for (auto it = v.begin(); it != v.end(); ++it) {
+        if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > INT32_MAX)
+            f.malformed(field, fmt::format("maps '{}' to {}, not an id", it.key(), it->dump()));
+        vocab.emplace(it.key(), it->get<int32_t>());
+    }
+}
+
+int32_t BpeTokenizer::Impl::add_merge(const std::string& a, const std::string& b, int32_t rank) {
+    auto ia = vocab.find(a), ib = vocab.find(b), iab = vocab.find(a + b);
+    if (ia == vocab.end() || ib == vocab.end() || iab == vocab.end()) return kUnknownToken;
+    // A repeated pair would make its rank ambiguous.
+    auto [at, fresh] = merges.emplace(pair_key(ia->second, ib->second), std::make_pair(rank, iab->second));
+    return fresh ? kMerged : at->second.first;
+}
+
+void BpeTokenizer::Impl::map_bytes() {
     const auto table = byte_to_code_point();
     for (int byte = 0; byte < 256; ++byte) {
         char ch[U8_MAX_LENGTH];
@@ -264,6 +287,35 @@ void BpeTokenizer::Impl::load_model(const JsonFile& f, const json& model) {
         auto it = vocab.find(std::string(ch, size_t(n)));
         byte_id[byte] = it == vocab.end() ? -1 : it->second;
     }
+}
+
+// merges.txt as `tokenizers` reads it (BPE.from_file): lines starting with "#version" are skipped, every
+// other line is two tokens separated by one space, ranked in file order.
+void BpeTokenizer::Impl::load_merges_txt(const std::string& merges_path) {
+    const std::string text = read_text_file(merges_path);
+    int32_t rank = 0;
+    size_t line_no = 0;
+    for (size_t pos = 0; pos < text.size();) {
+        size_t end = text.find('\n', pos);
+        if (end == std::string::npos) end = text.size();
+        std::string line = text.substr(pos, end - pos);
+        pos = end + 1;
+        ++line_no;
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.rfind("#version", 0) == 0) continue;
+        const size_t sp = line.find(' ');
+        if (sp == std::string::npos || line.find(' ', sp + 1) != std::string::npos)
+            raise<FormatError>("{}: line {} ('{}') is not two tokens separated by one space", merges_path, line_no,
+                               line);
+        const std::string a = line.substr(0, sp), b = line.substr(sp + 1);
+        const int32_t got = add_merge(a, b, rank++);
+        if (got == kUnknownToken)
+            raise<FormatError>("{}: line {} merges '{}' and '{}', which (or whose result) are not in {}", merges_path,
+                               line_no, a, b, path);
+        if (got != kMerged)
+            raise<FormatError>("{}: line {} repeats the merge '{} {}' of rank {}", merges_path, line_no, a, b, got);
+    }
+    map_bytes();
 }
 
 void BpeTokenizer::Impl::load_added(const JsonFile& f, const json& list) {
@@ -284,6 +336,56 @@ void BpeTokenizer::Impl::load_added(const JsonFile& f, const json& list) {
         if (!special.is_boolean()) f.malformed(field + ".special", "is not true/false");
         added.push_back({content, id.get<int32_t>(), special.get<bool>()});
     }
+    sort_added();
+}
+
+// tokenizer_config.json's added_tokens_decoder {"id": {"content": ..., "special": ...}}: transformers
+// adds these to the tokenizer (in a folder without tokenizer.json they are the only added tokens).
+// One that tokenizer.json already has is the same token; one whose id or content tokenizer.json
+// gives to another token is refused.
+void BpeTokenizer::Impl::load_config_added(const JsonFile& f, const json& decoder) {
+    if (!decoder.is_object()) f.malformed("added_tokens_decoder", "is not an object of id: token");
+    std::unordered_map<int32_t, const std::string*> vocab_by_id;
+    if (!decoder.empty())
+        for (const auto& [tok, vid] : vocab) vocab_by_id.emplace(vid, &tok);
+    for (auto it = decoder.begin(); it != decoder.end(); ++it) {
+        const std::string field = "added_tokens_decoder." + it.key();
+        int64_t id = -1;
+        try {
+            size_t used = 0;
+            id = std::stoll(it.key(), &used);
+            if (used != it.key().size()) id = -1;
+        } catch (const std::exception&) {
+            id = -1;
+        }
+        if (id < 0 || id > INT32_MAX) f.malformed(field, "has a key that is not a token id");
+        const json& t = it.value();
+        const std::string content = f.string(f.get(t, field, "content"), field + ".content");
+        if (content.empty()) f.malformed(field + ".content", "is empty");
+        for (const char* k : {"single_word", "lstrip", "rstrip", "normalized"}) f.require_neutral(t, field, k);
+        auto sp = t.find("special");
+        if (sp != t.end() && !sp->is_boolean()) f.malformed(field + ".special", "is not true/false");
+        const bool special = sp != t.end() && sp->get<bool>();
+        bool known = false;
+        for (const AddedToken& a : added) {
+            if (a.id == int32_t(id) && a.content == content) known = true;
+            else if (a.id == int32_t(id) || a.content == content)
+                f.malformed(field, fmt::format("is '{}', but {} has the added token '{}' as id {}", content, path,
+                                               a.content, a.id));
+        }
+        // A vocabulary token may be added under its own id only.
+        const auto v = vocab.find(content);
+        const auto owner = vocab_by_id.find(int32_t(id));
+        if (v != vocab.end() && v->second != int32_t(id))
+            f.malformed(field, fmt::format("is '{}', but {} has it as id {}", content, path, v->second));
+        if (owner != vocab_by_id.end() && *owner->second != content)
+            f.malformed(field, fmt::format("is '{}', but {} has '{}' as id {}", content, path, *owner->second, id));
+        if (!known) added.push_back({content, int32_t(id), special});
+    }
+    sort_added();
+}
+
+void BpeTokenizer::Impl::sort_added() {
     // Longest first: the first hit at a position is then the leftmost-longest match.
     std::stable_sort(added.begin(), added.end(), [](const AddedToken& x, const AddedToken& y) {
         return x.content.size() > y.content.size();
@@ -330,23 +432,7 @@ void BpeTokenizer::Impl::load_pipeline(const JsonFile& f, const json& root) {
     f.require_neutral(steps[1], s1, "add_prefix_space");
     f.require_neutral(steps[1], s1, "use_regex");
 
-    std::string translated = onig_compatible(regex);
-    int err = 0;
-    PCRE2_SIZE offset = 0;
-    // \C (one code unit) could end a match inside a character, where the next match
-    // cannot start; Oniguruma has no such escape.
-    split.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
-                              PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C, &err, &offset,
-                              nullptr));
-    if (!split) {
-        PCRE2_UCHAR msg[256];
-        pcre2_get_error_message(err, msg, sizeof msg);
-        f.malformed(s0 + ".pattern.Regex",
-                    fmt::format("does not compile at offset {} of '{}': {}", offset, translated,
-                                reinterpret_cast<const char*>(msg)));
-    }
-    // The JIT is only a speed-up; the interpreter gives the same matches.
-    pcre2_jit_compile(split.get(), PCRE2_JIT_COMPLETE);
+    compile_split(regex, [&](const std::string& why) { f.malformed(s0 + ".pattern.Regex", why); });
 
     // Encoding adds no tokens: null, ByteLevel (offsets only) or a template
     // that is just the sequence itself.
@@ -367,6 +453,27 @@ void BpeTokenizer::Impl::load_pipeline(const JsonFile& f, const json& root) {
     const json& dec = f.get(root, "", "decoder");
     if (dec.is_null() || f.string(f.get(dec, "decoder", "type"), "decoder.type") != "ByteLevel")
         f.unsupported("decoder", "must be ByteLevel");
+}
+
+void BpeTokenizer::Impl::compile_split(const std::string& regex,
+                                       const std::function<void(const std::string&)>& bad) {
+    std::string translated = onig_compatible(regex);
+    int err = 0;
+    PCRE2_SIZE offset = 0;
+    // \C (one code unit) could end a match inside a character, where the next match
+    // cannot start; Oniguruma has no such escape.
+    split.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
+                              PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C, &err, &offset,
+                              nullptr));
+    if (!split) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(err, msg, sizeof msg);
+        bad(fmt::format("does not compile at offset {} of '{}': {}", offset, translated,
+                        reinterpret_cast<const char*>(msg)));
+        raise("{}: the split regex does not compile", path);  // bad() normally raises
+    }
+    // The JIT is only a speed-up; the interpreter gives the same matches.
+    pcre2_jit_compile(split.get(), PCRE2_JIT_COMPLETE);
 }
 
 void BpeTokenizer::Impl::build_id_tables() {
@@ -525,16 +632,51 @@ BpeTokenizer BpeTokenizer::from_file(const std::string& tokenizer_json_path) {
 
 BpeTokenizer BpeTokenizer::from_dir(const std::string& dir) {
     namespace fs = std::filesystem;
-    BpeTokenizer tok = from_file((fs::path(dir) / "tokenizer.json").string());
-    Impl& im = *tok.impl_;
-    JsonFile f{(fs::path(dir) / "tokenizer_config.json").string()};
-    im.config_path = f.path;
+    const fs::path d(dir);
+    const std::string tokenizer_json = (d / "tokenizer.json").string(), vocab_json = (d / "vocab.json").string(),
+                      merges_txt = (d / "merges.txt").string();
+    const bool one_file = path_exists(tokenizer_json);
+    if (!one_file && !(path_exists(vocab_json) && path_exists(merges_txt)))
+        raise<IoError>("{}: no such file, and no vocab.json + merges.txt beside it (a tokenizer folder holds one "
+                       "or the other)",
+                       tokenizer_json);
+    JsonFile f{(d / "tokenizer_config.json").string()};
     json cfg = read_json_file(f.path);
     if (!cfg.is_object()) f.malformed("(root)", "is not an object");
+    const auto cls = cfg.find("tokenizer_class");
+    const bool qwen2_class =
+        cls != cfg.end() && (*cls == "Qwen2Tokenizer" || *cls == "Qwen2TokenizerFast");
+
+    std::unique_ptr<Impl> impl;
+    if (one_file) {
+        impl = std::move(from_file(tokenizer_json).impl_);
+    } else {
+        // vocab.json + merges.txt, as a Qwen2Tokenizer saved without tokenizer.json: transformers
+        // builds that class's own pipeline around them.
+        if (!qwen2_class)
+            f.unsupported("tokenizer_class",
+                          fmt::format("is {}; a folder without tokenizer.json is read only for Qwen2Tokenizer",
+                                      cls == cfg.end() ? std::string("missing") : cls->dump()));
+        impl = std::make_unique<Impl>();
+        impl->path = vocab_json;
+        impl->load_vocab(JsonFile{vocab_json}, "(root)", read_json_file(vocab_json));
+        impl->load_merges_txt(merges_txt);
+        impl->nfc = true;
+        impl->compile_split(kQwen2SplitRegex, [](const std::string& why) { raise("the Qwen2 split regex {}", why); });
+        if (!cfg.contains("added_tokens_decoder"))
+            f.unsupported("added_tokens_decoder",
+                          "is missing; without tokenizer.json the added tokens are read from it (the older "
+                          "added_tokens.json alone is not supported)");
+    }
+    Impl& im = *impl;
+    if (auto dec = cfg.find("added_tokens_decoder"); dec != cfg.end() && !dec->is_null())
+        im.load_config_added(f, *dec);
+    im.build_id_tables();
+    im.config_path = f.path;
 
     // Settings that would change what transformers returns and are not implemented.
-    for (const char* k :
-         {"split_special_tokens", "clean_up_tokenization_spaces", "add_bos_token", "add_eos_token"})
+    for (const char* k : {"split_special_tokens", "clean_up_tokenization_spaces", "add_bos_token", "add_eos_token",
+                          "add_prefix_space"})
         f.require_neutral(cfg, "", k);
     for (const char* k : {"padding_side", "truncation_side"}) {
         auto it = cfg.find(k);
@@ -542,24 +684,28 @@ BpeTokenizer BpeTokenizer::from_dir(const std::string& dir) {
             f.unsupported(k, fmt::format("is {}; only \"right\" is supported", it->dump()));
     }
 
+    BpeTokenizer tok(std::move(impl));
+    // A plain string, or the older {"content": ...} AddedToken object; absent, Qwen2Tokenizer's default.
     auto pad = cfg.find("pad_token");
-    if (pad != cfg.end() && !pad->is_null()) {
-        // A plain string, or the older {"content": ...} AddedToken object.
-        std::string name = pad->is_object()
-                               ? f.string(f.get(*pad, "pad_token", "content"), "pad_token.content")
-                               : f.string(*pad, "pad_token");
-        im.pad_id = tok.token_to_id(name);
+    std::optional<std::string> pad_name;
+    if (pad != cfg.end() && !pad->is_null())
+        pad_name = pad->is_object() ? f.string(f.get(*pad, "pad_token", "content"), "pad_token.content")
+                                    : f.string(*pad, "pad_token");
+    else if (pad == cfg.end() && qwen2_class)
+        pad_name = "<|endoftext|>";
+    if (pad_name) {
+        im.pad_id = tok.token_to_id(*pad_name);
         if (!im.pad_id)
-            f.unsupported("pad_token",
-                          fmt::format("is '{}', which {} does not define", name, im.path));
+            f.unsupported("pad_token", fmt::format("is '{}'{}, which {} does not define", *pad_name,
+                                                   pad == cfg.end() ? " (Qwen2Tokenizer's default)" : "", im.path));
     }
 
     auto tpl = cfg.find("chat_template");
     if (tpl != cfg.end() && !tpl->is_null()) {
         im.chat_template = f.string(*tpl, "chat_template");
         im.chat_template_path = f.path;
-    } else if (path_exists((fs::path(dir) / "chat_template.jinja").string())) {
-        im.chat_template_path = (fs::path(dir) / "chat_template.jinja").string();
+    } else if (path_exists((d / "chat_template.jinja").string())) {
+        im.chat_template_path = (d / "chat_template.jinja").string();
         im.chat_template = read_text_file(im.chat_template_path);
     }
     return tok;

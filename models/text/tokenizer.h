@@ -1,6 +1,6 @@
 // Byte-level BPE tokenizer that reads a Hugging Face tokenizer.json of the
-// Qwen2 / Qwen3 kind and gives the same token ids as transformers'
-// Qwen2Tokenizer (the `tokenizers` backend):
+// Qwen2 / Qwen3 kind (or a Qwen2Tokenizer's vocab.json + merges.txt) and gives
+// the same token ids as transformers' Qwen2Tokenizer (the `tokenizers` backend):
 //   added tokens (special or not) are cut out first, leftmost-longest;
 //   the text between them is NFC-normalized, split by the file's Split regex
 //   (Isolated), mapped byte → unicode (GPT-2 table) and merged by BPE rank.
@@ -25,9 +25,11 @@ struct PaddedTokens {
 
 class BpeTokenizer {
 public:
-    // Loads a tokenizer folder as save_pretrained writes it: tokenizer.json,
-    // tokenizer_config.json (pad token, padding side) and the chat template
-    // from tokenizer_config.json or chat_template.jinja.
+    // Loads a tokenizer folder as save_pretrained writes it: tokenizer.json, or
+    // (a Qwen2Tokenizer saved without it) vocab.json + merges.txt with the
+    // class's own pipeline; tokenizer_config.json (pad token, padding side,
+    // the added tokens of added_tokens_decoder) and the chat template from
+    // tokenizer_config.json or chat_template.jinja.
     static BpeTokenizer from_dir(const std::string& dir);
 
     // Loads tokenizer.json alone: encode/decode work, but there is no pad

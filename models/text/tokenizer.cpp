@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <array>
 #include <filesystem>
-#include <functional>
 #include <mutex>
 #include <queue>
 #include <unordered_map>
@@ -211,8 +210,10 @@ struct BpeTokenizer::Impl {
     void load_config_added(const JsonFile& f, const json& decoder);
     void sort_added();
     void load_pipeline(const JsonFile& f, const json& root);
-    // Compiles the Split regex; on failure `bad` gets the reason.
-    void compile_split(const std::string& regex, const std::function<void(const std::string&)>& bad);
+    // Compiles the Split regex: "" when it compiles, else why not.
+    std::string compile_split(const std::string& regex);
+    // tokenizer.json's model, added tokens and pipeline (the id tables are built after).
+    void load_tokenizer_json(const std::string& file);
     void build_id_tables();
 
     void bpe(std::string_view piece, std::vector<int32_t>& out) const;
@@ -350,15 +351,16 @@ void BpeTokenizer::Impl::load_config_added(const JsonFile& f, const json& decode
         for (const auto& [tok, vid] : vocab) vocab_by_id.emplace(vid, &tok);
     for (auto it = decoder.begin(); it != decoder.end(); ++it) {
         const std::string field = "added_tokens_decoder." + it.key();
-        int64_t id = -1;
+        int64_t parsed = -1;
         try {
             size_t used = 0;
-            id = std::stoll(it.key(), &used);
-            if (used != it.key().size()) id = -1;
+            parsed = std::stoll(it.key(), &used);
+            if (used != it.key().size()) parsed = -1;
         } catch (const std::exception&) {
-            id = -1;
+            parsed = -1;
         }
-        if (id < 0 || id > INT32_MAX) f.malformed(field, "has a key that is not a token id");
+        if (parsed < 0 || parsed > INT32_MAX) f.malformed(field, "has a key that is not a token id");
+        const int32_t id = int32_t(parsed);
         const json& t = it.value();
         const std::string content = f.string(f.get(t, field, "content"), field + ".content");
         if (content.empty()) f.malformed(field + ".content", "is empty");
@@ -368,19 +370,19 @@ void BpeTokenizer::Impl::load_config_added(const JsonFile& f, const json& decode
         const bool special = sp != t.end() && sp->get<bool>();
         bool known = false;
         for (const AddedToken& a : added) {
-            if (a.id == int32_t(id) && a.content == content) known = true;
-            else if (a.id == int32_t(id) || a.content == content)
+            if (a.id == id && a.content == content) known = true;
+            else if (a.id == id || a.content == content)
                 f.malformed(field, fmt::format("is '{}', but {} has the added token '{}' as id {}", content, path,
                                                a.content, a.id));
         }
         // A vocabulary token may be added under its own id only.
         const auto v = vocab.find(content);
-        const auto owner = vocab_by_id.find(int32_t(id));
-        if (v != vocab.end() && v->second != int32_t(id))
+        const auto owner = vocab_by_id.find(id);
+        if (v != vocab.end() && v->second != id)
             f.malformed(field, fmt::format("is '{}', but {} has it as id {}", content, path, v->second));
         if (owner != vocab_by_id.end() && *owner->second != content)
             f.malformed(field, fmt::format("is '{}', but {} has '{}' as id {}", content, path, *owner->second, id));
-        if (!known) added.push_back({content, int32_t(id), special});
+        if (!known) added.push_back({content, id, special});
     }
     sort_added();
 }
@@ -432,7 +434,7 @@ void BpeTokenizer::Impl::load_pipeline(const JsonFile& f, const json& root) {
     f.require_neutral(steps[1], s1, "add_prefix_space");
     f.require_neutral(steps[1], s1, "use_regex");
 
-    compile_split(regex, [&](const std::string& why) { f.malformed(s0 + ".pattern.Regex", why); });
+    if (const std::string why = compile_split(regex); !why.empty()) f.malformed(s0 + ".pattern.Regex", why);
 
     // Encoding adds no tokens: null, ByteLevel (offsets only) or a template
     // that is just the sequence itself.
@@ -455,8 +457,7 @@ void BpeTokenizer::Impl::load_pipeline(const JsonFile& f, const json& root) {
         f.unsupported("decoder", "must be ByteLevel");
 }
 
-void BpeTokenizer::Impl::compile_split(const std::string& regex,
-                                       const std::function<void(const std::string&)>& bad) {
+std::string BpeTokenizer::Impl::compile_split(const std::string& regex) {
     std::string translated = onig_compatible(regex);
     int err = 0;
     PCRE2_SIZE offset = 0;
@@ -468,12 +469,12 @@ void BpeTokenizer::Impl::compile_split(const std::string& regex,
     if (!split) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
-        bad(fmt::format("does not compile at offset {} of '{}': {}", offset, translated,
-                        reinterpret_cast<const char*>(msg)));
-        raise("{}: the split regex does not compile", path);  // bad() normally raises
+        return fmt::format("does not compile at offset {} of '{}': {}", offset, translated,
+                           reinterpret_cast<const char*>(msg));
     }
     // The JIT is only a speed-up; the interpreter gives the same matches.
     pcre2_jit_compile(split.get(), PCRE2_JIT_COMPLETE);
+    return {};
 }
 
 void BpeTokenizer::Impl::build_id_tables() {
@@ -617,15 +618,19 @@ BpeTokenizer::BpeTokenizer(BpeTokenizer&&) noexcept = default;
 BpeTokenizer& BpeTokenizer::operator=(BpeTokenizer&&) noexcept = default;
 BpeTokenizer::~BpeTokenizer() = default;
 
-BpeTokenizer BpeTokenizer::from_file(const std::string& tokenizer_json_path) {
-    JsonFile f{tokenizer_json_path};
+void BpeTokenizer::Impl::load_tokenizer_json(const std::string& file) {
+    JsonFile f{file};
     json root = read_json_file(f.path);
     if (!root.is_object()) f.malformed("(root)", "is not an object");
+    path = f.path;
+    load_model(f, f.get(root, "", "model"));
+    load_added(f, f.get(root, "", "added_tokens"));
+    load_pipeline(f, root);
+}
+
+BpeTokenizer BpeTokenizer::from_file(const std::string& tokenizer_json_path) {
     auto impl = std::make_unique<Impl>();
-    impl->path = f.path;
-    impl->load_model(f, f.get(root, "", "model"));
-    impl->load_added(f, f.get(root, "", "added_tokens"));
-    impl->load_pipeline(f, root);
+    impl->load_tokenizer_json(tokenizer_json_path);
     impl->build_id_tables();
     return BpeTokenizer(std::move(impl));
 }
@@ -647,9 +652,9 @@ BpeTokenizer BpeTokenizer::from_dir(const std::string& dir) {
     const bool qwen2_class =
         cls != cfg.end() && (*cls == "Qwen2Tokenizer" || *cls == "Qwen2TokenizerFast");
 
-    std::unique_ptr<Impl> impl;
+    auto impl = std::make_unique<Impl>();
     if (one_file) {
-        impl = std::move(from_file(tokenizer_json).impl_);
+        impl->load_tokenizer_json(tokenizer_json);
     } else {
         // vocab.json + merges.txt, as a Qwen2Tokenizer saved without tokenizer.json: transformers
         // builds that class's own pipeline around them.
@@ -657,12 +662,12 @@ BpeTokenizer BpeTokenizer::from_dir(const std::string& dir) {
             f.unsupported("tokenizer_class",
                           fmt::format("is {}; a folder without tokenizer.json is read only for Qwen2Tokenizer",
                                       cls == cfg.end() ? std::string("missing") : cls->dump()));
-        impl = std::make_unique<Impl>();
         impl->path = vocab_json;
         impl->load_vocab(JsonFile{vocab_json}, "(root)", read_json_file(vocab_json));
         impl->load_merges_txt(merges_txt);
         impl->nfc = true;
-        impl->compile_split(kQwen2SplitRegex, [](const std::string& why) { raise("the Qwen2 split regex {}", why); });
+        if (const std::string why = impl->compile_split(kQwen2SplitRegex); !why.empty())
+            raise("the Qwen2 split regex {}", why);
         if (!cfg.contains("added_tokens_decoder"))
             f.unsupported("added_tokens_decoder",
                           "is missing; without tokenizer.json the added tokens are read from it (the older "

@@ -118,8 +118,15 @@ PreparedModel prepare_model(const std::string& path, const QuantConfig& requeste
         if (!ck.contains(name)) missing.push_back(name);
     for (const ParamSpec& p : m.spec.optional_params)
         if (ck.contains(p.name)) expected[p.name] = p.shape;
+    // An extra key of a module the model has (a bias its config does not declare, a scale of a layer
+    // stored in high precision) means the checkpoint is not what the config says: refused. A key of
+    // no module of the model is skipped unread, as diffusers and transformers do (with a warning).
+    std::set<std::string> modules;
+    for (auto& [name, shape] : expected) modules.insert(name.substr(0, name.rfind('.')));
+    for (const ParamSpec& p : m.spec.optional_params) modules.insert(p.name.substr(0, p.name.rfind('.')));
     for (const std::string& k : ck.keys())
-        if (!expected.count(k) && !ignored(k)) unexpected.push_back(k);
+        if (!expected.count(k) && !ignored(k))
+            (modules.count(k.substr(0, k.rfind('.'))) ? unexpected : m.unused_keys).push_back(k);
     if (!missing.empty() || !unexpected.empty()) {
         std::string msg = fmt::format("{} does not match {} ({})", ck.path(), m.spec.class_name,
                                       m.folder.config_path);
@@ -141,6 +148,9 @@ PreparedModel prepare_model(const std::string& path, const QuantConfig& requeste
                               shape_str(info.shape), m.folder.config_path, shape_str(shape));
     }
     m.plan = make_quant_plan(m.spec, config, stored, preq);
+    if (!m.unused_keys.empty())
+        fmt::print(stderr, "warning: {}: {} key(s) of no module of {} are skipped, never read: {}\n", ck.path(),
+                   m.unused_keys.size(), m.spec.class_name, list_some(m.unused_keys));
     return m;
 }
 

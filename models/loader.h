@@ -36,11 +36,14 @@ struct PreparedModel {
     std::unique_ptr<Checkpoint> checkpoint;
     std::optional<QuantConfig> stored_config;  // quantization_config of a pre-quantized checkpoint
     QuantPlan plan;
+    std::vector<std::string> unused_keys;  // checkpoint keys of no module of the model: never read
 };
 
-// Opens the model, checks that the checkpoint holds exactly the tensors the
-// model needs with the right shapes (listing missing and unexpected keys),
-// and plans quantization. A pre-quantized checkpoint is detected from the
+// Opens the model, checks that the checkpoint holds every tensor the model
+// needs with the right shapes (listing missing and unexpected keys: an
+// unexpected key is one of a module the model has, e.g. a bias its config does
+// not declare; keys of other modules are skipped with a warning on stderr and
+// kept in unused_keys), and plans quantization. A pre-quantized checkpoint is detected from the
 // quantization_config in its config.json and int8 weights with weight_scale
 // tensors: its layers load as they are stored, without conversion.
 PreparedModel prepare_model(const std::string& path, const QuantConfig& requested);

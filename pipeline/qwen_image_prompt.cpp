@@ -21,8 +21,7 @@ QwenImageTokens tokenize_qwen_image_prompts(const text::BpeTokenizer& tokenizer,
     std::vector<std::vector<int32_t>> rows;
     size_t len = 0;
     for (const std::string& p : prompts) {
-        std::vector<int32_t> ids = tokenizer.encode(render_qwen_image_prompt(p));
-        if (ids.size() > max_length) ids.resize(max_length);  // truncation on the right
+        std::vector<int32_t> ids = tokenizer.encode_truncated(render_qwen_image_prompt(p), max_length);
         len = std::max(len, ids.size());
         rows.push_back(std::move(ids));
     }

@@ -4,7 +4,8 @@
 //      "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture,
 //      quantity, text, spatial relationships of the objects and background:<|im_end|>\n
 //      <|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n";
-//   2. tokenized with padding to the longest prompt and truncation at 1024 + 34 tokens (right);
+//   2. tokenized with padding to the longest prompt and truncation at 1024 + 34 tokens (on the
+//      tokenizer's truncation_side, the end by default);
 //   3. hidden_states[-1] of the Qwen2.5-VL language model (the final norm's output);
 //   4. each prompt's valid rows, minus the first 34 (the system block and "<|im_start|>user\n"
 //      with Qwen2's tokenizer; 34 whatever the tokenizer), zero-padded to the longest with a 0/1 mask;
@@ -37,7 +38,10 @@ inline constexpr int64_t kQwenImageMaxSequenceLength = 1024;
 // The template with `prompt` in it.
 std::string render_qwen_image_prompt(std::string_view prompt);
 
-// Step 2: ids and mask [batch, len] row-major (padding on the right with the tokenizer's pad token).
+// Step 2: ids and mask [batch, len] row-major, padded on the right with the tokenizer's pad token
+// whatever its padding_side: step 3 runs each prompt over its valid tokens alone, so the side of the
+// padding does not change the embeddings (transformers' Qwen2.5-VL places a left-padded prompt's
+// tokens from position 0 too, and masks the padding).
 struct QwenImageTokens {
     std::vector<int32_t> ids;
     std::vector<uint8_t> mask;
@@ -52,7 +56,7 @@ struct QwenImagePromptEmbeds {
 };
 
 // Steps 3-5 on tokens (each prompt runs alone over its valid tokens, which gives the padded batch's
-// rows: right padding, causal attention). `on_device` leaves the embeddings on the encoder's
+// rows: the padding is masked, causal attention). `on_device` leaves the embeddings on the encoder's
 // device. UsageError for a max_sequence_length outside 1..1024; ShapeError when a prompt keeps no
 // token after the 34 dropped ones (only a tokenizer other than Qwen2's can make one that short).
 QwenImagePromptEmbeds encode_qwen_image_prompts(const text::Qwen25VLTextModel& encoder, const QwenImageTokens& tokens,

@@ -92,12 +92,23 @@ TEST(PreparedModel, DefaultPlanAndIgnoredLayers) {
 }
 
 TEST(PreparedModel, MissingUnexpectedAndMisshapedKeys) {
+    // A key of a module the model has (here a bias the config does not declare) is unexpected.
     std::string e = error_of([&] {
-        prepare_model(write_tiny("missing", "layers.1.feed_forward.w2.weight", "stray.weight").string(),
-                      QuantConfig{});
+        prepare_model(
+            write_tiny("missing", "layers.1.feed_forward.w2.weight", "layers.1.feed_forward.w2.bias").string(),
+            QuantConfig{});
     });
     EXPECT_NE(e.find("1 missing key(s): layers.1.feed_forward.w2.weight"), std::string::npos) << e;
-    EXPECT_NE(e.find("1 unexpected key(s): stray.weight"), std::string::npos) << e;
+    EXPECT_NE(e.find("1 unexpected key(s): layers.1.feed_forward.w2.bias"), std::string::npos) << e;
+
+    // A key of no module of the model is skipped unread, with a warning, as diffusers does.
+    testing::internal::CaptureStderr();
+    PreparedModel stray = prepare_model(write_tiny("stray", "", "stray.weight").string(), QuantConfig{});
+    const std::string warning = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(stray.unused_keys, std::vector<std::string>{"stray.weight"});
+    EXPECT_NE(warning.find("1 key(s) of no module of ZImageTransformer2DModel are skipped, never read: stray.weight"),
+              std::string::npos)
+        << warning;
 
     fs::path d = write_tiny("shape");
     json cfg = tiny_config();

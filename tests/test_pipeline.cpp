@@ -129,6 +129,23 @@ using testutil::CliResult;
 using testutil::pipeline_copy;
 using testutil::run_qdit;
 
+// A tokenizer folder that pads on the left gives the same prompt embeddings up to float rounding, as
+// in transformers: Qwen3 places each token at its index, so the prompt's tokens sit further along
+// (max_length − their count), and RoPE is relative and the padding masked. transformers' own
+// left-vs-right difference on this fixture's encoder (5.25, fp32) is 1.4e-6 of max 4.8.
+TEST(ZImagePipeline, LeftPaddingTokenizerGivesTheSameEmbeddings) {
+    const fs::path pipe = pipeline_copy("zimage_left_padding");
+    testutil::edit_json(testutil::own_component(pipe, "tokenizer") / "tokenizer_config.json",
+                        [](nlohmann::json& j) { j["padding_side"] = "left"; });
+    const ZImagePipeline right(kPipe, PipelineOptions{DType::F32, {}, {}}),
+        left(pipe.string(), PipelineOptions{DType::F32, {}, {}});
+    const Tensor a = right.encode_prompt("a lighthouse at dusk", 64), b = left.encode_prompt("a lighthouse at dusk", 64);
+    ASSERT_EQ(a.shape(), b.shape());
+    EXPECT_GT(max_diff(a, b), 0.0);  // the positions did move
+    EXPECT_LE(max_diff(a, b), 1e-5 * max_abs(a));
+    fs::remove_all(pipe);
+}
+
 TEST(Generate, WritesAPngWithItsSettings) {
     fs::path out = testutil::fresh_dir("gen_ok") / "out.png";
     CliResult r = run_qdit("generate --model " + kPipe + " --prompt 'a cat' --width 32 --height 48 --steps 2 "

@@ -66,12 +66,11 @@ TEST(Qwen25VLEncoder, LanguageModelKeyLayout) {
 
 // The real text encoder's config.json (flat, as Qwen/Qwen-Image holds it) and the nested form
 // transformers 5.24 writes from it give the same spec, with transformers' parameter count of the
-// language model plus lm_head, and none of the vision tower.
+// language model (lm_head optional beside it), and none of the vision tower.
 TEST(Qwen25VLEncoder, PublishedSpec) {
     const fs::path dir = qwen25vl_dir("published");
     json counts = read_json_file((dir / "params.json").string());
-    const int64_t params = counts["language_model_parameters"].get<int64_t>() +
-                           counts["lm_head_parameters"].get<int64_t>(),
+    const int64_t params = counts["language_model_parameters"].get<int64_t>(),
                   tensors = counts["language_model_tensors"].get<int64_t>() + 1;
     for (const char* file : {"config.json", "nested/config.json"}) {
         SCOPED_TRACE(file);
@@ -79,10 +78,13 @@ TEST(Qwen25VLEncoder, PublishedSpec) {
         ModelSpec s = model_spec_from_config(cfg, file);
         EXPECT_EQ(s.class_name, "Qwen2_5_VLForConditionalGeneration");
         EXPECT_EQ(s.parameter_count(), params);
-        EXPECT_EQ(int64_t(s.params.size()), tensors);
+        EXPECT_EQ(int64_t(s.params.size() + s.optional_params.size()), tensors);
         EXPECT_EQ(s.linears.size(), 28u * 7);
         EXPECT_EQ(s.params[0].name, "model.embed_tokens.weight");
-        EXPECT_EQ(s.params.back().name, "lm_head.weight");
+        EXPECT_EQ(s.params.back().name, "model.norm.weight");
+        ASSERT_EQ(s.optional_params.size(), 1u);  // never read: an export without it loads
+        EXPECT_EQ(s.optional_params[0].name, "lm_head.weight");
+        EXPECT_EQ(shape_numel(s.optional_params[0].shape), counts["lm_head_parameters"].get<int64_t>());
         EXPECT_EQ(s.ignored_prefixes, std::vector<std::string>{"visual."});
         text::Qwen25VLConfig c = text::Qwen25VLConfig::from_json(cfg, file);
         EXPECT_EQ(c.nested, std::string(file) != "config.json");
@@ -94,7 +96,6 @@ TEST(Qwen25VLEncoder, PublishedSpec) {
         EXPECT_EQ(c.rope_theta, 1e6);
         EXPECT_EQ(c.rms_norm_eps, 1e-6);
         EXPECT_EQ(c.mrope_section, (std::vector<int64_t>{16, 24, 24}));
-        EXPECT_FALSE(c.tie_word_embeddings);
         const text::DecoderLmConfig& lm = c;
         EXPECT_TRUE(lm.qkv_bias);
         EXPECT_FALSE(lm.o_bias);
@@ -137,13 +138,6 @@ TEST(Qwen25VLEncoder, BadConfigFieldsAreNamed) {
     c["model_type"] = "qwen2_vl";
     e = error_of([&] { model_spec_from_config(c, "te/config.json"); });
     EXPECT_NE(e.find("model_type"), std::string::npos) << e;
-    // The tie flag of a pre-5 text_config is honoured: lm_head.weight becomes optional.
-    c = fixture_config("nested_fp32");
-    c["text_config"]["tie_word_embeddings"] = true;
-    ModelSpec s = model_spec_from_config(c, "te/config.json");
-    EXPECT_EQ(s.params.back().name, "model.norm.weight");
-    ASSERT_EQ(s.optional_params.size(), 1u);
-    EXPECT_EQ(s.optional_params[0].name, "lm_head.weight");
 }
 
 namespace {
@@ -168,35 +162,44 @@ fs::path edited_copy(const std::string& name, const std::function<std::string(co
 }  // namespace
 
 // The vision tower's tensors are accepted under the layout's prefix without being part of the spec
-// (a checkpoint without them loads too); a tensor the model does not know, a vision tensor under
-// the other layout's prefix and a missing language-model tensor are refused before any weight is
-// read, naming the key.
+// (a checkpoint without them loads too), and so is a checkpoint without lm_head.weight. A tensor of
+// a module the model does not have (a vision tensor under the other layout's prefix) is skipped
+// unread, as transformers does; a missing language-model tensor, or an extra one of a module the
+// model has, is refused before any weight is read, naming the key.
 TEST(Qwen25VLEncoder, VisionTowerSkippedAndKeysChecked) {
     PreparedModel m = prepare_model(qwen25vl_encoder_dir("flat_bf16"), QuantConfig{});
     size_t visual = 0;
     for (const std::string& k : m.checkpoint->keys()) visual += k.rfind("visual.", 0) == 0;
     EXPECT_GT(visual, 10u);
     for (const ParamSpec& p : m.spec.params) EXPECT_EQ(p.name.find("visual"), std::string::npos) << p.name;
-    EXPECT_EQ(m.checkpoint->keys().size(), m.spec.params.size() + visual);
+    EXPECT_EQ(m.checkpoint->keys().size(), m.spec.params.size() + m.spec.optional_params.size() + visual);
+    EXPECT_TRUE(m.unused_keys.empty());
 
     struct Case {
         std::function<std::string(const std::string&)> rename;
-        std::string error;  // empty: loads
+        std::string error;   // empty: loads
+        std::string unused;  // the key it loads without reading
     };
     const std::vector<Case> cases = {
-        {[](const std::string& k) { return k.rfind("visual.", 0) == 0 ? "" : k; }, ""},
+        {[](const std::string& k) { return k.rfind("visual.", 0) == 0 ? "" : k; }, "", ""},
         {[](const std::string& k) { return k == "model.layers.1.self_attn.k_proj.bias" ? "" : k; },
-         "model.layers.1.self_attn.k_proj.bias"},
-        {[](const std::string& k) { return k == "lm_head.weight" ? "" : k; }, "lm_head.weight"},
+         "1 missing key(s): model.layers.1.self_attn.k_proj.bias", ""},
+        {[](const std::string& k) { return k == "lm_head.weight" ? "" : k; }, "", ""},
         {[](const std::string& k) { return k == "visual.merger.ln_q.weight" ? "model.visual.merger.ln_q.weight" : k; },
-         "model.visual.merger.ln_q.weight"},
+         "", "model.visual.merger.ln_q.weight"},
         {[](const std::string& k) { return k == "model.norm.weight" ? "model.final_norm.weight" : k; },
-         "model.final_norm.weight"},
+         "1 missing key(s): model.norm.weight", ""},
+        {[](const std::string& k) {
+             return k == "model.layers.1.mlp.up_proj.weight" ? "model.layers.1.mlp.down_proj.bias" : k;
+         },
+         "1 unexpected key(s): model.layers.1.mlp.down_proj.bias", ""},
     };
     for (const Case& c : cases) {
         const fs::path dir = edited_copy("flat_bf16", c.rename);
         if (c.error.empty()) {
             PreparedModel p = prepare_model(dir.string(), QuantConfig{});
+            EXPECT_EQ(p.unused_keys, c.unused.empty() ? std::vector<std::string>{}
+                                                      : std::vector<std::string>{c.unused});
             Qwen3Inputs in = qwen25vl_inputs("flat_bf16");
             text::Qwen25VLTextModel a(p, DType::F32), b(m, DType::F32);
             EXPECT_TRUE(bits_equal(a.encode(in.ids_of(0), in.mask_of(0)), b.encode(in.ids_of(0), in.mask_of(0))));

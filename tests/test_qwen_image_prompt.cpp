@@ -103,6 +103,37 @@ TEST(QwenImagePrompt, TokensMatchDiffusers) {
     }
 }
 
+// The tokenizer's truncation_side decides which tokens a long prompt keeps (diffusers calls the
+// tokenizer with truncation=True); its padding_side changes nothing here, as the batch is re-padded
+// on the right for an encoder that runs each prompt over its own tokens.
+TEST(QwenImagePrompt, TokenizerSidesOfTheConfig) {
+    const fs::path src = qwen25vl_dir("prompt") / "tokenizer";
+    const fs::path dir = fs::temp_directory_path() / "qdit_qwen_image_sides";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    for (const auto& e : fs::directory_iterator(src)) fs::copy_file(e.path(), dir / e.path().filename());
+    json cfg = read_json_file((dir / "tokenizer_config.json").string());
+    cfg["padding_side"] = "left";
+    cfg["truncation_side"] = "left";
+    write_file_atomic((dir / "tokenizer_config.json").string(), cfg.dump(1));
+    const text::BpeTokenizer left = text::BpeTokenizer::from_dir(dir.string()), right = tokenizer();
+    for (const Case& c : cases()) {
+        SCOPED_TRACE(c.name);
+        const QwenImageTokens l = tokenize_qwen_image_prompts(left, c.prompts),
+                              r = tokenize_qwen_image_prompts(right, c.prompts);
+        EXPECT_EQ(l.mask, r.mask);
+        if (c.name != "long") {
+            EXPECT_EQ(l.ids, r.ids);
+            continue;
+        }
+        const std::vector<int32_t> all = right.encode(render_qwen_image_prompt(c.prompts[0]));
+        ASSERT_GT(all.size(), size_t(l.len));
+        EXPECT_EQ(l.ids, std::vector<int32_t>(all.end() - l.len, all.end()));  // the last 1024 + 34
+        EXPECT_NE(l.ids, r.ids);
+    }
+    fs::remove_all(dir);
+}
+
 // prompt_embeds and their mask in fp32: shapes and masks exactly diffusers', values within f32
 // rounding-order differences (as the encoder's own fp32 test: max error ≤ 1e-4 · max|ref|).
 TEST(QwenImagePrompt, Fp32EmbedsMatchDiffusers) {

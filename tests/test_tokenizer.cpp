@@ -153,6 +153,46 @@ TEST(Tokenizer, PaddingAndTruncation) {
     EXPECT_THROW(tok.encode_padded("x", 0), UsageError);
 }
 
+// tokenizer_config.json's padding_side and truncation_side as transformers applies them.
+TEST(Tokenizer, PaddingAndTruncationSidesMatchTransformers) {
+    const json& r = reference();
+    const size_t max_length = r["max_length"].get<size_t>();
+    ASSERT_EQ(r["sides"].size(), 6u);
+    for (const std::string& dir : {kDir, kVocabMergesDir}) {
+        ScratchDir d("sides", dir);
+        for (const json& c : r["sides"]) {
+            SCOPED_TRACE(dir + " " + c.dump().substr(0, 80));
+            d.edit("tokenizer_config.json", [&](json& j) {
+                j["padding_side"] = c["padding_side"];
+                j["truncation_side"] = c["truncation_side"];
+            });
+            const BpeTokenizer tok = BpeTokenizer::from_dir(d.path.string());
+            const json* p = nullptr;
+            for (const json& q : r["prompts"])
+                if (q["name"] == c["name"]) p = &q;
+            ASSERT_NE(p, nullptr);
+            const text::PaddedTokens padded = tok.encode_padded((*p)["templated"].get<std::string>(), max_length);
+            EXPECT_EQ(padded.ids, ids_of(c["input_ids"]));
+            EXPECT_EQ(padded.attention_mask, ids_of(c["attention_mask"]));
+            // The ids encode_truncated keeps are the unpadded ones of encode_padded.
+            std::vector<int32_t> kept;
+            for (size_t i = 0; i < padded.ids.size(); ++i)
+                if (padded.attention_mask[i]) kept.push_back(padded.ids[i]);
+            EXPECT_EQ(tok.encode_truncated((*p)["templated"].get<std::string>(), max_length), kept);
+        }
+    }
+}
+
+// transformers 5 leaves a BPE tokenizer's decode alone when clean_up_tokenization_spaces is true.
+TEST(Tokenizer, CleanUpTokenizationSpacesAsTransformers) {
+    const json& c = reference()["clean_up"];
+    ScratchDir d("clean_up");
+    d.edit("tokenizer_config.json", [](json& j) { j["clean_up_tokenization_spaces"] = true; });
+    const BpeTokenizer tok = BpeTokenizer::from_dir(d.path.string());
+    EXPECT_EQ(tok.decode(ids_of(c["ids"])), c["text"].get<std::string>());
+    EXPECT_NE(c["text"].get<std::string>().find(" n't"), std::string::npos);  // the case it could have changed
+}
+
 TEST(Tokenizer, QwenFileLayout) {
     // The real Qwen3 tokenizer.json, written by an older `tokenizers`, stores
     // merges as "a b" and has a ByteLevel post-processor; the ids are the same.
@@ -308,10 +348,21 @@ TEST(Tokenizer, UnsupportedOrMalformedFieldsAreNamed) {
         EXPECT_NE(e.find("tokenizer.json"), std::string::npos) << c.name << ": " << e;
     }
 
-    ScratchDir d("left_padding");
-    d.edit("tokenizer_config.json", [](json& j) { j["padding_side"] = "left"; });
+    ScratchDir d("bad_sides");
+    for (const char* k : {"padding_side", "truncation_side"}) {
+        d.edit("tokenizer_config.json", [&](json& j) { j[k] = "middle"; });
+        std::string e = error_of<ConfigError>([&] { BpeTokenizer::from_dir(d.path.string()); });
+        EXPECT_NE(e.find(std::string("tokenizer_config.json: field '") + k + "' is \"middle\""), std::string::npos)
+            << e;
+        d.edit("tokenizer_config.json", [&](json& j) { j.erase(k); });
+    }
+    d.edit("tokenizer_config.json", [](json& j) {
+        j["clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"] = true;
+    });
     std::string e = error_of<ConfigError>([&] { BpeTokenizer::from_dir(d.path.string()); });
-    EXPECT_NE(e.find("tokenizer_config.json: field 'padding_side'"), std::string::npos) << e;
+    EXPECT_NE(e.find("field 'clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output'"),
+              std::string::npos)
+        << e;
 
     // No pad_token: Qwen2Tokenizer's default, <|endoftext|>; null: none; no default for other classes.
     ScratchDir n("no_pad");

@@ -68,8 +68,8 @@ void check_decoder_lm_heads(const DecoderLmConfig& c, const std::string& where) 
     require_config(c.head_dim % 2 == 0, where, fmt::format("head_dim ({}) must be even", c.head_dim));
 }
 
-void add_lm_head_param(const DecoderLmConfig& c, bool tied, ModelSpec& s) {
-    (tied ? s.optional_params : s.params).push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
+void add_lm_head_param(const DecoderLmConfig& c, ModelSpec& s) {
+    s.optional_params.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
 }
 
 void add_decoder_lm_params(const DecoderLmConfig& c, ModelSpec& s) {

@@ -50,9 +50,10 @@ void read_decoder_lm_fields(const nlohmann::json& t, const std::string& where, D
 // head_dim.
 void check_decoder_lm_heads(const DecoderLmConfig& c, const std::string& where);
 
-// Appends lm_head.weight [vocab, hidden] to s: required, or optional when the embeddings are tied
-// (some exports still write the unused copy). It is never read and is not a Linear of the plan.
-void add_lm_head_param(const DecoderLmConfig& c, bool tied, ModelSpec& s);
+// Appends lm_head.weight [vocab, hidden] to s's optional parameters: an encoder never reads it and it
+// is not a Linear of the plan, so an export without it loads (transformers loads one too, with a new
+// head), tied or not; when present its shape is checked.
+void add_lm_head_param(const DecoderLmConfig& c, ModelSpec& s);
 
 // Appends the language model's parameters (embed_tokens, layers.*, norm under the prefix) and its
 // Linear layers (7 per layer) to s.

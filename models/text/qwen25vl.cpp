@@ -56,10 +56,6 @@ Qwen25VLConfig Qwen25VLConfig::from_json(const json& j, const std::string& where
     const std::string tw = c.nested ? where + " text_config" : where;
 
     read_decoder_lm_fields(t, tw, c);
-    // The tie flag is the outer config's; pre-5 saves may hold it in text_config (transformers
-    // forwards a true one).
-    read_config_field(j, where, "tie_word_embeddings", &c.tie_word_embeddings);
-    if (c.nested && !c.tie_word_embeddings) read_config_field(t, tw, "tie_word_embeddings", &c.tie_word_embeddings);
 
     // RoPE: rope_scaling (4.x; it wins in transformers too) or rope_parameters (5.x), each with
     // the type and mrope_section; rope_theta inside either or at the text config's level.
@@ -111,7 +107,7 @@ ModelSpec model_spec(const Qwen25VLConfig& c) {
     ModelSpec s;
     s.class_name = "Qwen2_5_VLForConditionalGeneration";
     add_decoder_lm_params(c, s);
-    add_lm_head_param(c, c.tie_word_embeddings, s);
+    add_lm_head_param(c, s);
     s.ignored_prefixes.push_back(c.visual_prefix);
     return s;
 }

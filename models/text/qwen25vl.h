@@ -30,7 +30,6 @@ namespace qdit::text {
 
 struct Qwen25VLConfig : DecoderLmConfig {
     std::vector<int64_t> mrope_section = {16, 24, 24};
-    bool tie_word_embeddings = false;
     bool nested = false;  // the config had a "text_config"
     // Prefix of the vision tower's keys (the language model's: DecoderLmConfig::prefix).
     std::string visual_prefix = "visual.";
@@ -48,8 +47,8 @@ struct Qwen25VLConfig : DecoderLmConfig {
     static Qwen25VLConfig from_model(const PreparedModel& m);
 };
 
-// The language model's tensors and lm_head.weight (required unless tied; never read, not a
-// Linear of the plan); the vision tower's prefix is ignored. No Linear is kept in high precision by
+// The language model's tensors and lm_head.weight (optional; never read, not a Linear of the
+// plan); the vision tower's prefix is ignored. No Linear is kept in high precision by
 // default: quantizing the text encoder at all is the caller's choice.
 ModelSpec model_spec(const Qwen25VLConfig& c);
 

@@ -32,7 +32,6 @@ Qwen3Config Qwen3Config::from_json(const json& j, const std::string& where) {
     read_config_field(j, where, "head_dim", &c.head_dim, {2, config_limits::kWidth});
     read_config_field(j, where, "attention_bias", &c.attention_bias);
     c.qkv_bias = c.o_bias = c.attention_bias;
-    read_config_field(j, where, "tie_word_embeddings", &c.tie_word_embeddings);
 
     // transformers 5 writes rope_parameters {rope_type, rope_theta}; 4.x wrote
     // rope_theta and rope_scaling at the top level.
@@ -61,7 +60,7 @@ ModelSpec model_spec(const Qwen3Config& c) {
     ModelSpec s;
     s.class_name = c.architecture;
     add_decoder_lm_params(c, s);
-    if (c.architecture == "Qwen3ForCausalLM") add_lm_head_param(c, c.tie_word_embeddings, s);
+    if (c.architecture == "Qwen3ForCausalLM") add_lm_head_param(c, s);
     return s;
 }
 

@@ -22,7 +22,6 @@ namespace qdit::text {
 struct Qwen3Config : DecoderLmConfig {
     std::string architecture = "Qwen3Model";  // "architectures"[0]: Qwen3Model or Qwen3ForCausalLM
     bool attention_bias = false;              // q/k/v and o biases
-    bool tie_word_embeddings = false;
 
     Qwen3Config();  // transformers' Qwen3Config defaults; q/k RMSNorm; keys "model." prefixed for
                     // Qwen3ForCausalLM (from_json sets the prefix from the architecture)
@@ -32,9 +31,9 @@ struct Qwen3Config : DecoderLmConfig {
     static Qwen3Config from_model(const PreparedModel& m);
 };
 
-// Every tensor of the checkpoint; an untied Qwen3ForCausalLM also has
-// lm_head.weight, which the encoder does not use and which is not planned as
-// a Linear. No Linear is kept in high precision by default: quantizing the
+// Every tensor of the checkpoint; a Qwen3ForCausalLM may also have
+// lm_head.weight (optional: the encoder does not use it, and it is not planned
+// as a Linear). No Linear is kept in high precision by default: quantizing the
 // text encoder at all is the caller's choice.
 ModelSpec model_spec(const Qwen3Config& c);
 

@@ -187,6 +187,7 @@ struct BpeTokenizer::Impl {
     std::unique_ptr<pcre2_code, CodeFree> split;
 
     std::optional<int32_t> pad_id;
+    bool pad_left = false, truncate_left = false;  // tokenizer_config.json's padding_side, truncation_side
     std::string config_path;
     std::string chat_template;       // empty: none
     std::string chat_template_path;  // the file it came from
@@ -680,14 +681,20 @@ BpeTokenizer BpeTokenizer::from_dir(const std::string& dir) {
     im.config_path = f.path;
 
     // Settings that would change what transformers returns and are not implemented.
-    for (const char* k : {"split_special_tokens", "clean_up_tokenization_spaces", "add_bos_token", "add_eos_token",
-                          "add_prefix_space"})
+    // clean_up_tokenization_spaces is not among them: transformers 5 ignores it for a BPE tokenizer
+    // unless the flag below forces it.
+    for (const char* k : {"split_special_tokens", "add_bos_token", "add_eos_token", "add_prefix_space",
+                          "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"})
         f.require_neutral(cfg, "", k);
-    for (const char* k : {"padding_side", "truncation_side"}) {
+    auto side = [&](const char* k) {
         auto it = cfg.find(k);
-        if (it != cfg.end() && *it != "right")
-            f.unsupported(k, fmt::format("is {}; only \"right\" is supported", it->dump()));
-    }
+        if (it == cfg.end() || it->is_null()) return false;
+        if (*it != "left" && *it != "right")
+            f.unsupported(k, fmt::format("is {}; it must be \"right\" or \"left\"", it->dump()));
+        return *it == "left";
+    };
+    im.pad_left = side("padding_side");
+    im.truncate_left = side("truncation_side");
 
     BpeTokenizer tok(std::move(impl));
     // A plain string, or the older {"content": ...} AddedToken object; absent, Qwen2Tokenizer's default.
@@ -741,15 +748,25 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
     return out;
 }
 
+std::vector<int32_t> BpeTokenizer::encode_truncated(std::string_view text, size_t max_length) const {
+    if (max_length == 0) raise<UsageError>("encode_truncated: max_length must be at least 1");
+    std::vector<int32_t> ids = encode(text);
+    if (ids.size() > max_length && impl_->truncate_left)
+        ids.erase(ids.begin(), ids.end() - ptrdiff_t(max_length));
+    else if (ids.size() > max_length)
+        ids.resize(max_length);
+    return ids;
+}
+
 PaddedTokens BpeTokenizer::encode_padded(std::string_view text, size_t max_length) const {
-    if (max_length == 0) raise<UsageError>("encode_padded: max_length must be at least 1");
-    int32_t pad = pad_token_id();
+    const int32_t pad = pad_token_id();
     PaddedTokens r;
-    r.ids = encode(text);
-    if (r.ids.size() > max_length) r.ids.resize(max_length);
-    r.attention_mask.assign(r.ids.size(), 1);
-    r.ids.resize(max_length, pad);
-    r.attention_mask.resize(max_length, 0);
+    r.ids = encode_truncated(text, max_length);
+    const size_t n = max_length - r.ids.size();
+    const auto ids_at = impl_->pad_left ? r.ids.begin() : r.ids.end();
+    r.ids.insert(ids_at, n, pad);
+    r.attention_mask.assign(max_length, 1);
+    std::fill_n(impl_->pad_left ? r.attention_mask.begin() : r.attention_mask.end() - ptrdiff_t(n), n, 0);
     return r;
 }
 

@@ -27,8 +27,8 @@ class BpeTokenizer {
 public:
     // Loads a tokenizer folder as save_pretrained writes it: tokenizer.json, or
     // (a Qwen2Tokenizer saved without it) vocab.json + merges.txt with the
-    // class's own pipeline; tokenizer_config.json (pad token, padding side,
-    // the added tokens of added_tokens_decoder) and the chat template from
+    // class's own pipeline; tokenizer_config.json (pad token, padding and
+    // truncation sides, the added tokens of added_tokens_decoder) and the chat template from
     // tokenizer_config.json or chat_template.jinja.
     static BpeTokenizer from_dir(const std::string& dir);
 
@@ -44,9 +44,14 @@ public:
     // literals in the text ("<|im_end|>") become their ids, as in transformers.
     std::vector<int32_t> encode(std::string_view text) const;
 
+    // encode(text) cut to at most max_length tokens from tokenizer_config.json's
+    // truncation_side (the end unless it says "left").
+    std::vector<int32_t> encode_truncated(std::string_view text, size_t max_length) const;
+
     // What `tokenizer(text, padding="max_length", max_length=n,
-    // truncation=True)` returns: cut to n tokens, then right-padded with the
-    // pad token.
+    // truncation=True)` returns: encode_truncated, then padded to n tokens
+    // with the pad token on tokenizer_config.json's padding_side (the right
+    // unless it says "left").
     PaddedTokens encode_padded(std::string_view text, size_t max_length) const;
 
     // Text of `ids`. Byte sequences that are not valid UTF-8 (a cut inside a

@@ -141,6 +141,23 @@ Tensor zeros(Shape shape, DType dtype, const Context& ctx) {
 #endif
 }
 
+void zero_rows(Tensor& t, int64_t row, int64_t n, const Context& ctx) {
+    detail::check_device(t, ctx, "zero_rows", "t");
+    if (t.dim() < 1 || row < 0 || n < 0 || row + n > t.size(0))
+        raise<ShapeError>("zero_rows: rows {}..{} of a {} tensor", row, row + n, shape_str(t.shape()));
+    const size_t stride = t.nbytes() / size_t(std::max<int64_t>(t.size(0), 1));
+    uint8_t* p = static_cast<uint8_t*>(t.raw()) + size_t(row) * stride;
+    if (!ctx.cuda()) {
+        std::memset(p, 0, size_t(n) * stride);
+        return;
+    }
+#ifdef QDIT_WITH_CUDA
+    cuda::check(cudaMemsetAsync(p, 0, size_t(n) * stride, detail::stream(ctx)), "zero_rows");
+#else
+    no_cuda("zero_rows");
+#endif
+}
+
 void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row, int64_t n, const Context& ctx,
                int64_t src_step) {
     const bool host_dst = ctx.cuda() && dst.defined() && dst.device().type == DeviceType::CPU,

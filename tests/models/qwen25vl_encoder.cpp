@@ -161,9 +161,10 @@ TEST_P(Qwen25VLEncoder, DeviceResultLayoutsWeightsAndErrors) {
             const PreparedModel p = prepare_model(qwen25vl_encoder_dir(name), QuantConfig{});
             text::Qwen25VLTextModel g(p, dt, ctx());
             const text::Qwen25VLConfig& gc = g.config();
+            // The embedding table stays in host memory: not in a GPU model's weight_bytes().
             size_t params = 0;
             for (const ParamSpec& ps : p.spec.params)
-                if (ps.name != "lm_head.weight") params += size_t(shape_numel(ps.shape));
+                if (ps.name != gc.prefix + "embed_tokens.weight") params += size_t(shape_numel(ps.shape));
             const int64_t pad = (gc.intermediate_size + 15) / 16 * 16 - gc.intermediate_size;
             // gate and up gain pad rows, down pad columns: 3 · pad · hidden per layer.
             params += size_t(3 * pad * gc.hidden_size * gc.num_hidden_layers);

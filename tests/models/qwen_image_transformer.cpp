@@ -114,4 +114,21 @@ TEST_P(QwenImageForward, Int8DefaultPlanMatchesW8A8Reference) {
     }
 }
 
+// ops::zero_rows, which clears the joint attention's padding rows: exactly the rows asked for, and a
+// range past the tensor is refused.
+TEST_P(QwenImageForward, ZeroRowsClearsOnlyItsRows) {
+    Tensor host = Tensor::empty({6, 5}, DType::BF16);
+    for (int64_t i = 0; i < host.numel(); ++i) host.data<uint16_t>()[i] = uint16_t(0x3f80 + i);  // 1.0 upward
+    Tensor t = ops::to_device(host, ctx());
+    ops::zero_rows(t, 2, 3, ctx());
+    ops::zero_rows(t, 6, 0, ctx());  // nothing
+    const Tensor back = ops::to_host(t, ctx());
+    for (int64_t r = 0; r < 6; ++r)
+        for (int64_t c = 0; c < 5; ++c) {
+            const uint16_t want = r >= 2 && r < 5 ? 0 : host.data<uint16_t>()[r * 5 + c];
+            EXPECT_EQ(back.data<uint16_t>()[r * 5 + c], want) << r << "," << c;
+        }
+    expect_error_mentioning([&] { ops::zero_rows(t, 4, 3, ctx()); }, "zero_rows: rows 4..7");
+}
+
 QDIT_INSTANTIATE_ON_DEVICES(QwenImageForward);

@@ -145,6 +145,7 @@ void zero_rows(Tensor& t, int64_t row, int64_t n, const Context& ctx) {
     detail::check_device(t, ctx, "zero_rows", "t");
     if (t.dim() < 1 || row < 0 || n < 0 || row + n > t.size(0))
         raise<ShapeError>("zero_rows: rows {}..{} of a {} tensor", row, row + n, shape_str(t.shape()));
+    if (n == 0) return;
     const size_t stride = t.nbytes() / size_t(std::max<int64_t>(t.size(0), 1));
     uint8_t* p = static_cast<uint8_t*>(t.raw()) + size_t(row) * stride;
     if (!ctx.cuda()) {

@@ -211,18 +211,15 @@ size_t Group::bytes() const {
     return b;
 }
 
-// The tensors of a group's parts, back to back (256-byte aligned) in one pinned host buffer.
+// The tensors of a group's parts, each in its own page-locked host tensor.
 struct Group::HostCopy {
     struct Slot {
         size_t part;
-        int field;  // index into fields()
-        Shape shape;
-        DType dtype;
-        size_t offset;
+        int field;    // index into fields()
+        Tensor data;  // page-locked, the tensor's shape and dtype
     };
     std::vector<Slot> slots;
     size_t bytes = 0;
-    Tensor data;  // U8 [bytes], page-locked
 };
 
 namespace {
@@ -236,18 +233,14 @@ void move_to_host(Group& g, cudaStream_t s) {
     auto h = std::make_shared<Group::HostCopy>();
     for (size_t i = 0; i < g.parts.size(); ++i) {
         const auto f = fields(g.parts[i]);
-        for (int j = 0; j < int(f.size()); ++j)
-            if (f[size_t(j)]->defined()) {
-                h->slots.push_back({i, j, f[size_t(j)]->shape(), f[size_t(j)]->dtype(), h->bytes});
-                h->bytes += size_t(round_up(int64_t(f[size_t(j)]->nbytes()), 256));
-            }
-    }
-    h->data = cuda::pinned_host_tensor({int64_t(h->bytes)}, DType::U8);
-    for (const auto& sl : h->slots) {
-        const DTensor& t = *fields(g.parts[sl.part])[size_t(sl.field)];
-        cuda::check(cudaMemcpyAsync(static_cast<char*>(h->data.raw()) + sl.offset, t.raw(), t.nbytes(),
-                                    cudaMemcpyDeviceToHost, s),
-                    "copying a Linear group's weights to the host");
+        for (int j = 0; j < int(f.size()); ++j) {
+            const DTensor& t = *f[size_t(j)];
+            if (!t.defined()) continue;
+            h->slots.push_back({i, j, cuda::pinned_host_tensor(t.shape(), t.dtype())});
+            h->bytes += t.nbytes();
+            cuda::check(cudaMemcpyAsync(h->slots.back().data.raw(), t.raw(), t.nbytes(), cudaMemcpyDeviceToHost, s),
+                        "copying a Linear group's weights to the host");
+        }
     }
     cuda::check(cudaStreamSynchronize(s), "copying a Linear group's weights to the host");
     for (Part& p : g.parts)
@@ -263,9 +256,8 @@ Group upload(const Group& g, cudaStream_t s) {
     d.host = nullptr;
     for (const auto& sl : g.host->slots) {
         DTensor& t = *fields(d.parts[sl.part])[size_t(sl.field)];
-        t = DTensor::empty(sl.shape, sl.dtype, MemKind::Activation, s);
-        cuda::check(cudaMemcpyAsync(t.raw(), static_cast<const char*>(g.host->data.raw()) + sl.offset, t.nbytes(),
-                                    cudaMemcpyHostToDevice, s),
+        t = DTensor::empty(sl.data.shape(), sl.data.dtype(), MemKind::Activation, s);
+        cuda::check(cudaMemcpyAsync(t.raw(), sl.data.raw(), t.nbytes(), cudaMemcpyHostToDevice, s),
                     "uploading a Linear group's weights");
     }
     return d;

@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "backend/cuda/device_tensor.h"
+#include "backend/cuda/pinned.h"
 #include "core/clock.h"
 
 namespace qdit::cuda {
@@ -15,17 +16,16 @@ StagedUpload::~StagedUpload() {
     for (size_t i = 0; i < host_.size(); ++i) {
         if (used_[i]) cudaEventSynchronize(done_[i]);
         cudaEventDestroy(done_[i]);
-        cudaFreeHost(host_[i]);
-    }
+    }  // the buffers are freed with host_, after their copies
 }
 
 void StagedUpload::copy(void* dst, size_t n, const Fill& fill) {
     if (host_.empty()) {
-        host_.resize(size_t(n_buffers_), nullptr);
+        host_.resize(size_t(n_buffers_));
         done_.resize(size_t(n_buffers_), nullptr);
         used_.assign(size_t(n_buffers_), false);
         for (int i = 0; i < n_buffers_; ++i) {
-            check(cudaHostAlloc(&host_[size_t(i)], bytes_, cudaHostAllocDefault), "pinned staging buffer");
+            host_[size_t(i)] = pinned_host_tensor({int64_t(bytes_)}, DType::U8);
             check(cudaEventCreateWithFlags(&done_[size_t(i)], cudaEventDisableTiming), "staging event");
         }
     }
@@ -39,9 +39,9 @@ void StagedUpload::copy(void* dst, size_t n, const Fill& fill) {
             wait_s_ += seconds_since(t0);
         }
         const auto t0 = std::chrono::steady_clock::now();
-        fill(off, len, host_[b]);
+        fill(off, len, host_[b].raw());
         fill_s_ += seconds_since(t0);
-        check(cudaMemcpyAsync(static_cast<char*>(dst) + off, host_[b], len, cudaMemcpyHostToDevice, stream_),
+        check(cudaMemcpyAsync(static_cast<char*>(dst) + off, host_[b].raw(), len, cudaMemcpyHostToDevice, stream_),
               "staging copy");
         check(cudaEventRecord(done_[b], stream_), "staging copy");
         used_[b] = true;

@@ -9,6 +9,8 @@
 
 #include <cuda_runtime.h>
 
+#include "core/tensor.h"
+
 namespace qdit::cuda {
 
 class StagedUpload {
@@ -36,7 +38,7 @@ private:
     cudaStream_t stream_;
     int n_buffers_;
     size_t bytes_;
-    std::vector<void*> host_;
+    std::vector<Tensor> host_;  // page-locked
     std::vector<cudaEvent_t> done_;
     std::vector<bool> used_;
     int next_ = 0;

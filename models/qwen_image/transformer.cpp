@@ -438,8 +438,13 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             }
             // Attention half of the image stream: as the text's, written into the joint rows.
             Tensor joint = ops::empty({B * S, 3 * D}, dt_, ctx_);
-            // The padding rows hold zeros, as attention_padded needs (cuDNN's kernel reads them).
-            for (int64_t b = 0; b < B; ++b) ops::zero_rows(joint, b * S + lengths[size_t(b)], S - lengths[size_t(b)], ctx_);
+            // The padding rows hold zeros, as attention_padded needs (cuDNN's kernel reads them); so
+            // do the E4M3 q and k rows of FP8 attention.
+            for (int64_t b = 0; b < B; ++b) {
+                const int64_t pad0 = b * S + lengths[size_t(b)], npad = S - lengths[size_t(b)];
+                ops::zero_rows(joint, pad0, npad, ctx_);
+                if (fp8) ops::zero_rows(f8.y, pad0, npad, ctx_);
+            }
             {
                 ops::Region r("image q|k|v", ctx_);
                 const ops::Activation a = ops::row(img, {p_img.y, {}, eps, p_img.gate},

@@ -82,7 +82,8 @@ struct DeviceMemory {
 DeviceMemory device_memory(const Context& ctx);
 // A new tensor on ctx's device, all zero bytes.
 Tensor zeros(Shape shape, DType dtype, const Context& ctx);
-// Rows [row, row + n) of t [*, c] on ctx's device set to zero bytes (issued on ctx's stream).
+// Rows [row, row + n) of a contiguous t [*, c] on ctx's device set to zero bytes (issued on
+// ctx's stream).
 void zero_rows(Tensor& t, int64_t row, int64_t n, const Context& ctx);
 // A new host tensor whose memory is page-locked where ctx is a GPU (copy_rows between it and the
 // device then runs asynchronously on ctx's stream); plain host memory on the CPU. Contents

@@ -219,14 +219,18 @@ struct Group::HostCopy {
         Tensor data;  // page-locked, the tensor's shape and dtype
     };
     std::vector<Slot> slots;
-    size_t bytes = 0;
 };
 
 namespace {
 std::array<DTensor*, 4> fields(Part& p) { return {&p.w, &p.q, &p.wscale, &p.bias}; }
 }  // namespace
 
-size_t Group::host_bytes() const { return host ? host->bytes : 0; }
+size_t Group::host_bytes() const {
+    size_t b = 0;
+    if (host)
+        for (const auto& sl : host->slots) b += sl.data.nbytes();
+    return b;
+}
 
 void move_to_host(Group& g, cudaStream_t s) {
     if (g.host) return;
@@ -237,7 +241,6 @@ void move_to_host(Group& g, cudaStream_t s) {
             const DTensor& t = *f[size_t(j)];
             if (!t.defined()) continue;
             h->slots.push_back({i, j, cuda::pinned_host_tensor(t.shape(), t.dtype())});
-            h->bytes += t.nbytes();
             cuda::check(cudaMemcpyAsync(h->slots.back().data.raw(), t.raw(), t.nbytes(), cudaMemcpyDeviceToHost, s),
                         "copying a Linear group's weights to the host");
         }

@@ -14,6 +14,7 @@
 #include "io/files.h"
 #include "models/loader.h"
 #include "pipeline/qwen_image_prompt.h"
+#include "tests/cli_util.h"
 #include "tests/expect_error.h"
 #include "tests/qwen25vl_fixture.h"
 
@@ -107,15 +108,12 @@ TEST(QwenImagePrompt, TokensMatchDiffusers) {
 // tokenizer with truncation=True); its padding_side changes nothing here, as the batch is re-padded
 // on the right for an encoder that runs each prompt over its own tokens.
 TEST(QwenImagePrompt, TokenizerSidesOfTheConfig) {
-    const fs::path src = qwen25vl_dir("prompt") / "tokenizer";
-    const fs::path dir = fs::temp_directory_path() / "qdit_qwen_image_sides";
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    for (const auto& e : fs::directory_iterator(src)) fs::copy_file(e.path(), dir / e.path().filename());
-    json cfg = read_json_file((dir / "tokenizer_config.json").string());
-    cfg["padding_side"] = "left";
-    cfg["truncation_side"] = "left";
-    write_file_atomic((dir / "tokenizer_config.json").string(), cfg.dump(1));
+    const fs::path dir = testutil::fresh_dir("qwen_image_sides");
+    fs::copy(qwen25vl_dir("prompt") / "tokenizer", dir);
+    testutil::edit_json(dir / "tokenizer_config.json", [](json& j) {
+        j["padding_side"] = "left";
+        j["truncation_side"] = "left";
+    });
     const text::BpeTokenizer left = text::BpeTokenizer::from_dir(dir.string()), right = tokenizer();
     for (const Case& c : cases()) {
         SCOPED_TRACE(c.name);

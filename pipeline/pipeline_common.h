@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "core/clock.h"
@@ -38,8 +39,10 @@ struct PipelineOptions {
     bool offload_text_encoder = false;  // the text encoder is loaded for each encoding and freed right
                                         // after; the transformer is loaded after the first encoding, so
                                         // the two never share the device's memory in a one-image run
-    bool offload_modulation = false;  // Qwen-Image on a GPU: the transformer's modulation weights in
-                                      // pinned host memory (qwen_image::Placement); Z-Image refuses it
+    std::optional<bool> offload_modulation;  // Qwen-Image on a GPU: the transformer's modulation weights
+                                             // in pinned host memory (qwen_image::Placement); unset: on
+                                             // (the denoising loop never reads them, set_timesteps does
+                                             // once per schedule). Z-Image refuses true, unset is off
     bool vae_tiling = false;          // Qwen-Image: decode in tiles (AutoencoderKLQwenImage::decode_tiled);
                                       // Z-Image refuses it
     bool fp8_attention = false;       // the transformer's attention in FP8 (ops::AttentionImpl::Fp8): a

@@ -112,7 +112,7 @@ struct QwenImagePipeline::Parts : PipelineFolder {
           text([this] { return std::make_unique<text::Qwen25VLTextModel>(text_prepared, opt.dtype, ctx); }),
           transformer([this] {
               auto t = std::make_unique<qwen_image::QwenImageTransformer>(
-                  transformer_prepared, opt.dtype, ctx, qwen_image::Placement{opt.offload_modulation});
+                  transformer_prepared, opt.dtype, ctx, qwen_image::Placement{opt.offload_modulation.value_or(true)});
               t->set_cuda_graph(true);  // a no-op on the CPU
               if (opt.fp8_attention) t->set_attention(ops::AttentionImpl::Fp8);
               return t;

@@ -120,7 +120,7 @@ void ZImagePipeline::open(const std::string& dir, const PipelineOptions& opt) {
                           opt.device.type == DeviceType::CUDA ? fmt::format("cuda:{}", opt.device.index) : "the CPU");
     if (opt.vae_tiling)
         raise<UsageError>("--vae-tiling: tiled VAE decoding is Qwen-Image's; the Z-Image pipeline decodes whole");
-    if (opt.offload_modulation)
+    if (opt.offload_modulation.value_or(false))
         raise<UsageError>("--offload modulation: Qwen-Image's; Z-Image's modulation weights are a small part of its "
                           "transformer and stay with it");
     // Every component (configs, keys, shapes, quantization plans) before the first weight is read.

@@ -460,7 +460,8 @@ TEST(QwenImagePipeline, OffloadTextEncoderGivesTheSameImage) {
 
 // `--offload text-encoder` runs both pipelines on the CPU (where it frees host memory) with the same
 // image as without, and Qwen-Image with `--offload text-encoder,modulation` too (the modulation
-// weights are in host memory already); Z-Image refuses `modulation`, and an unknown value is refused.
+// weights are in host memory already), and both with `--offload none`; Z-Image refuses
+// `modulation`, and an unknown value, or none in a list, is refused.
 TEST(QwenImageGenerate, OffloadFlag) {
     const fs::path dir = testutil::fresh_dir("qwen_offload");
     const std::vector<std::string> models = {kPipe, std::string(QDIT_TEST_DATA) + "/pipeline"};
@@ -476,6 +477,9 @@ TEST(QwenImageGenerate, OffloadFlag) {
         EXPECT_NE(r.out.find("peak memory"), std::string::npos) << r.out;
         EXPECT_EQ(r.out.find("GPU"), std::string::npos) << "no GPU line on the CPU: " << r.out;
         EXPECT_EQ(read_png(a.string()).rgb, read_png(b.string()).rgb) << m;
+        r = testutil::run_qdit(common + " --offload none -o " + b.string());
+        ASSERT_EQ(r.status, 0) << r.err;
+        EXPECT_EQ(read_png(a.string()).rgb, read_png(b.string()).rgb) << m;
         fs::remove(a);
         fs::remove(b);
     }
@@ -484,6 +488,11 @@ TEST(QwenImageGenerate, OffloadFlag) {
                                                      (dir / "x.png").string());
     EXPECT_EQ(e.status, 2);
     EXPECT_NE(e.err.find("--offload vae: 'vae' is not one of text-encoder, modulation"), std::string::npos) << e.err;
+    const testutil::CliResult n = testutil::run_qdit("generate --model " + kPipe +
+                                                     " --prompt p --width 32 --height 32 --offload none,modulation -o " +
+                                                     (dir / "x.png").string());
+    EXPECT_EQ(n.status, 2);
+    EXPECT_NE(n.err.find("'none' is not one of text-encoder, modulation (or none alone)"), std::string::npos) << n.err;
     const testutil::CliResult z = testutil::run_qdit("generate --model " + std::string(QDIT_TEST_DATA) +
                                                      "/pipeline --prompt p --width 32 --height 32 --device cpu "
                                                      "--offload modulation -o " + (dir / "z.png").string());

@@ -5,8 +5,8 @@
 #   folder is deleted first), then the rows qdit bf16 / int8 / int8 with img_mlp (Qwen-Image) or
 #   feed_forward (Z-Image) kept, diffusers bf16 eager / regional compile, then qdit int8 with FP8
 #   attention, int8 with the text encoder offloaded (generate only) and, for Qwen-Image, int8 with the
-#   modulation weights on the host (--offload modulation; with --vae-tiling too: generate only); the
-#   tables -> $OUT/table.md.
+#   modulation weights on the GPU (--offload none; by default they stay in host memory) and int8 with
+#   --vae-tiling (generate only); the tables -> $OUT/table.md.
 # Rows finished in an earlier call on the same machine are kept (ROOT/results-MODEL.json), so a model
 # that does not fit one call goes on in the next: run the same command again.
 # Inputs (copied to the GPU machine), the same files as bench/cold_start/run.sh:

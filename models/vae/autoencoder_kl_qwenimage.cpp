@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/error.h"
@@ -233,10 +234,81 @@ void clamp_unit(Tensor& image) {
 
 }  // namespace
 
-Tensor AutoencoderKLQwenImage::decode(const Tensor& z) const {
-    Tensor image = decode_unclamped(z);
+Tensor AutoencoderKLQwenImage::decode(const Tensor& z, int64_t band_rows) const {
+    Tensor image = decode_unclamped(z, band_rows);
     clamp_unit(image);
     return image;
+}
+
+int64_t AutoencoderKLQwenImage::band_rows(int64_t batch, int64_t h, int64_t w) const {
+    // The largest tensor of the up blocks per latent row: block i (2^i image rows per latent row,
+    // each 2^i·w wide) holds its input and output channels; its 2x upsampling makes a tensor of its
+    // output channels at twice that.
+    const std::vector<int64_t> d = cfg_.dims();
+    size_t per_row = 0;
+    for (size_t i = 0; i < up_.size(); ++i) {
+        const size_t px = size_t(batch) * size_t(w) << (2 * i);
+        per_row = std::max(per_row, px * size_t(std::max(cfg_.up_in_dim(i), d[i + 1])));
+        if (up_[i].upsampler.defined()) per_row = std::max(per_row, 4 * px * size_t(d[i + 1]));
+    }
+    per_row *= dtype_size(dt_);
+    const int64_t bands = int64_t((per_row * size_t(h) + kBandBytes - 1) / kBandBytes);
+    return bands <= 1 ? h : (h + bands - 1) / bands;
+}
+
+// Context rows (at block i's scale) that block i and the layers after it read beyond the rows they
+// produce: one per 3x3 convolution (every convolution of the up path is 3x3 or 1x1, model_spec),
+// halved (rounded up) back through each 2x nearest upsampling.
+int64_t AutoencoderKLQwenImage::halo(size_t block) const {
+    int64_t need = 1;  // conv_out
+    for (size_t i = up_.size(); i-- > block;) {
+        if (up_[i].upsampler.defined()) need = (need + 2) / 2;  // its conv (+1), then the upsampling
+        need += 2 * int64_t(up_[i].resnets.size());
+    }
+    return need;
+}
+
+namespace {
+
+// Rows [a, b) along H of x [B, H, W, C] on ctx's device: a copy with `copy` (the resnets add into
+// their input in place), else x itself, a view for one item or a copy.
+Tensor rows_of(const Tensor& x, int64_t a, int64_t b, const ops::Context& ctx, bool copy = false) {
+    const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+    if (!copy && a == 0 && b == H) return x;
+    if (!copy && B == 1) return x.view({H, W * C}).slice_rows(a, b).view({1, b - a, W, C});
+    Tensor out = ops::empty({B, b - a, W, C}, x.dtype(), ctx);
+    Tensor dst = out.view({B * (b - a), W * C});
+    const Tensor src = x.view({B * H, W * C});
+    for (int64_t i = 0; i < B; ++i) ops::copy_rows(dst, i * (b - a), src, i * H + a, b - a, ctx);
+    return out;
+}
+
+}  // namespace
+
+Tensor AutoencoderKLQwenImage::up_path(Tensor x, int64_t x0, int64_t r0, int64_t rows, int64_t h) const {
+    const float eps = QwenImageVaeConfig::kEps;
+    int64_t scale = 1, start = x0;  // x holds the rows [start, start + x.size(1)) at `scale`
+    for (size_t i = 0; i < up_.size(); ++i) {
+        // The window every band runs at this block: its rows and the context, as many rows for each
+        // band (moved inwards at the latent's edges, where the zero padding is the decoder's own).
+        const int64_t H = h * scale, n = std::min(H, rows * scale + 2 * halo(i));
+        const int64_t a = std::clamp(r0 * scale - halo(i), int64_t(0), H - n);
+        QDIT_CHECK(a >= start && a + n <= start + x.size(1), "VAE band: rows [{}, {}) not within [{}, {})", a, a + n,
+                   start, start + x.size(1));
+        // The first window of a band is copied: the mid block's output serves every band.
+        x = rows_of(x, a - start, a - start + n, ctx_, i == 0 && rows < h);
+        start = a;
+        const UpBlock& ub = up_[i];
+        for (const ResBlock& r : ub.resnets) x = resnet(r, std::move(x));
+        if (ub.upsampler.defined()) {
+            x = ub.upsampler.forward(ops::upsample_nearest_2x(x, ctx_), ctx_);
+            scale *= 2;
+            start *= 2;
+        }
+    }
+    x = conv_out_.forward(ops::channel_rms_norm(x, norm_out_, eps, true, ctx_), ctx_);
+    const int64_t r1 = std::min(h, r0 + rows);
+    return rows_of(x, r0 * scale - start, r1 * scale - start, ctx_);
 }
 
 Tensor AutoencoderKLQwenImage::decode_tiled(const Tensor& z, const Tiling& t) const {
@@ -266,7 +338,7 @@ Tensor AutoencoderKLQwenImage::decode_tiled(const Tensor& z, const Tiling& t) co
                     for (int64_t y = 0; y < lh; ++y)
                         std::copy_n(zf.data<float>() + ((b * C + c) * h + i + y) * w + j, lw,
                                     zt.data<float>() + ((b * C + c) * lh + y) * lw);
-            Tile td{decode_unclamped(zt).to(DType::F32), lh * s, lw * s};
+            Tile td{decode_unclamped(zt, 0).to(DType::F32), lh * s, lw * s};
             rows.back().push_back(std::move(td));
         }
     }
@@ -306,23 +378,33 @@ Tensor AutoencoderKLQwenImage::decode_tiled(const Tensor& z, const Tiling& t) co
     return image;
 }
 
-Tensor AutoencoderKLQwenImage::decode_unclamped(const Tensor& z) const {
+Tensor AutoencoderKLQwenImage::decode_unclamped(const Tensor& z, int64_t band_rows) const {
     if (!z.defined() || z.device().type != DeviceType::CPU || !is_float(z.dtype()) || z.dim() != 4 ||
         z.size(1) != cfg_.z_dim || z.size(0) < 1 || z.size(2) < 1 || z.size(3) < 1)
         raise<ShapeError>("AutoencoderKLQwenImage::decode: expects host float latents [B, {}, h, w], got {}",
                           cfg_.z_dim, z.defined() ? shape_str(z.shape()) : "none");
+    if (band_rows < 0) raise<UsageError>("AutoencoderKLQwenImage::decode: band_rows {} is negative", band_rows);
     Tensor x = ops::to_channels_last(ops::to_device(z.to(dt_), ctx_), dt_, ctx_);
     x = post_quant_conv_.forward(x, ctx_);
     x = conv_in_.forward(x, ctx_);
     x = resnet(mid0_, std::move(x));
     x = attention(std::move(x));
     x = resnet(mid1_, std::move(x));
-    for (const UpBlock& ub : up_) {
-        for (const ResBlock& r : ub.resnets) x = resnet(r, std::move(x));
-        if (ub.upsampler.defined()) x = ub.upsampler.forward(ops::upsample_nearest_2x(x, ctx_), ctx_);
+    const int64_t B = z.size(0), h = z.size(2), w = z.size(3);
+    const int64_t rows = std::min(h, band_rows > 0 ? band_rows : this->band_rows(B, h, w));
+    if (rows == h) return ops::to_host(ops::to_channels_first(up_path(std::move(x), 0, 0, h, h), ctx_), ctx_);
+    // Each band's image rows, laid into the NCHW image on the host.
+    const int64_t s = cfg_.spatial_scale(), C = cfg_.input_channels, H = h * s, W = w * s;
+    Tensor image = Tensor::empty({B, C, H, W}, dt_);
+    const size_t esz = dtype_size(dt_);
+    for (int64_t r0 = 0; r0 < h; r0 += rows) {
+        const Tensor band = ops::to_host(ops::to_channels_first(up_path(x, 0, r0, rows, h), ctx_), ctx_);
+        const int64_t n = band.size(2);  // (min(h, r0 + rows) − r0)·s image rows
+        for (int64_t bc = 0; bc < B * C; ++bc)
+            std::memcpy(static_cast<uint8_t*>(image.raw()) + (size_t(bc * H + r0 * s) * W) * esz,
+                        static_cast<const uint8_t*>(band.raw()) + size_t(bc * n * W) * esz, size_t(n * W) * esz);
     }
-    x = conv_out_.forward(ops::channel_rms_norm(x, norm_out_, QwenImageVaeConfig::kEps, true, ctx_), ctx_);
-    return ops::to_host(ops::to_channels_first(x, ctx_), ctx_);
+    return image;
 }
 
 }  // namespace qdit::vae

@@ -90,7 +90,22 @@ public:
     // h·s, w·s] on the host in the compute dtype, clamped to [−1, 1] (NaN stays NaN), s =
     // spatial_scale(). BF16 values are what torch's bf16 decode holds, so a postprocess that rounds
     // where torch does (ops::image_to_u8) can follow.
-    Tensor decode(const Tensor& z) const;
+    //
+    // Past the mid block every layer is local (3x3 convolutions, per-pixel RMS norms, nearest
+    // upsampling), so a large latent is decoded in bands of latent rows: each band runs the up
+    // blocks over its rows plus the context its convolutions read (the halo, cut down at each
+    // block to what the rest of the decoder still needs) and keeps its own rows of the image. Every
+    // pixel is computed from the same inputs by the same ops as in one piece, so the image is the
+    // same (on the CPU bit for bit; cuDNN may pick another kernel for a band's shape, which can
+    // move a last bit), and the activations held are those of one band. decode(z) bands when the
+    // largest tensor of the up blocks in one piece would exceed kBandBytes.
+    Tensor decode(const Tensor& z) const { return decode(z, 0); }
+    // band_rows: latent rows per band (0: chosen as decode(z) does; h or more: one piece). Every band
+    // runs the same shapes (the first and the last take their context from one side).
+    Tensor decode(const Tensor& z, int64_t band_rows) const;
+    static constexpr size_t kBandBytes = size_t(128) << 20;
+    // The latent rows per band decode(z) uses for a latent of h × w (h: one piece).
+    int64_t band_rows(int64_t batch, int64_t h, int64_t w) const;
 
     // Tiled decoding (diffusers' enable_tiling / tiled_decode, 0.42.1): a latent wider or taller than
     // one tile (tile_sample / 8 latent pixels) is cut into tiles of that size every stride_sample / 8
@@ -109,7 +124,12 @@ public:
     Tensor decode_tiled(const Tensor& z) const { return decode_tiled(z, Tiling{}); }
 
 private:
-    Tensor decode_unclamped(const Tensor& z) const;  // decode without the clamp, checks included
+    Tensor decode_unclamped(const Tensor& z, int64_t band_rows) const;  // decode without the clamp, checks included
+    // The up blocks, norm_out and conv_out on x [B, hb, w, C] (channels-last, on the device): the
+    // rows [r0, r1) of a latent of h rows, x holding its rows [x0, x0 + hb); returns the image rows
+    // [r0·s, r1·s) [B, hs, ws, 3] channels-last. halo(i): context rows block i still needs.
+    Tensor up_path(Tensor x, int64_t x0, int64_t r0, int64_t r1, int64_t h) const;
+    int64_t halo(size_t block) const;
     struct ResBlock {
         Tensor norm1, norm2;  // gammas, F32 [C] on the device
         ops::Conv2d conv1, conv2, shortcut;

@@ -4,6 +4,7 @@
 // resident (the transformer is loaded only after the encoder is freed), and the image is the same.
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -113,4 +114,28 @@ TEST(CudaOffload, TextEncoderEmbeddingTableStaysOnTheHost) {
     };
     check(std::string(QDIT_TEST_DATA) + "/pipeline", static_cast<text::Qwen3TextModel*>(nullptr));
     check(std::string(QDIT_TEST_DATA) + "/qwen_image_pipeline", static_cast<text::Qwen25VLTextModel*>(nullptr));
+}
+
+// Qwen-Image's modulation weights (img_mod, txt_mod) stay in pinned host memory unless asked
+// otherwise (PipelineOptions::offload_modulation unset or true): fewer weights on the device than
+// with them resident (false), the same image.
+TEST(CudaOffload, QwenImageModulationStaysOnTheHostByDefault) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    QwenImageGenerateOptions o;
+    o.prompt = "a red fox";
+    o.negative_prompt = " ";
+    o.steps = 2;
+    o.width = o.height = 64;
+    auto run = [&](std::optional<bool> hosted) {
+        PipelineOptions po = gpu(false);
+        po.offload_modulation = hosted;
+        QwenImagePipeline pipe(std::string(QDIT_TEST_DATA) + "/qwen_image_pipeline", po);
+        return pipe.generate(o);
+    };
+    const GenerateResult by_default = run(std::nullopt), hosted = run(true), resident = run(false);
+    EXPECT_EQ(by_default.device_weight_bytes, hosted.device_weight_bytes);
+    EXPECT_LT(by_default.device_weight_bytes, resident.device_weight_bytes);
+    ASSERT_EQ(by_default.image.shape(), resident.image.shape());
+    for (int64_t i = 0; i < resident.image.numel(); ++i)
+        ASSERT_EQ(by_default.image.data<uint8_t>()[i], resident.image.data<uint8_t>()[i]) << "value " << i;
 }

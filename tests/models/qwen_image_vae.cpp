@@ -166,4 +166,48 @@ TEST_P(QwenVaeDecode, TiledMatchesDiffusersTiled) {
     EXPECT_THROW(m32.decode_tiled(z, {60, 48}), UsageError);
 }
 
+// Decoding in bands of latent rows (each band's up blocks over its rows and the context they read)
+// gives the image of one piece: on the CPU bit for bit (oneDNN sums each output pixel in the same
+// order whatever the tensor's height); on a GPU cuDNN may run another kernel for a band's shape, so
+// within f32 rounding (1e-5 of max) and, in bf16, closer than bf16's own distance from f32. Bands
+// of 1 to 5 rows cut the windows at the later (larger) blocks: one item (the 14-row latent also
+// checked against diffusers' whole decode) and two items (rows copied per item).
+TEST_P(QwenVaeDecode, BandsMatchOnePiece) {
+    const SafetensorsFile tiled((kQwenVaeData / "tiled.safetensors").string());
+    const Err bf16_noise = compare(qwen_vae_reference("bf16.image"), qwen_vae_reference("image"));
+    for (DType dt : {DType::F32, DType::BF16}) {
+        vae::AutoencoderKLQwenImage m(kQwenVaeDir, dt, ctx());
+        for (const Tensor& z : {tiled.get("small.latents"), qwen_vae_reference("z")}) {
+            const int64_t h = z.size(2);
+            const Tensor whole = m.decode(z, h);
+            EXPECT_EQ(m.band_rows(z.size(0), h, z.size(3)), h);  // small: decode(z) runs one piece
+            EXPECT_EQ(compare(m.decode(z), whole).max_abs, 0.0);
+            for (int64_t rows : {int64_t(1), int64_t(2), int64_t(3), int64_t(5)}) {
+                const Tensor banded = m.decode(z, rows);
+                ASSERT_EQ(banded.shape(), whole.shape());
+                ASSERT_EQ(banded.dtype(), dt);
+                const Err e = compare(banded, whole);
+                std::printf("[ qwen vae bands %s %s ] %lld items, %lld of %lld rows: max|diff| %.3g, rel L2 %.3g\n",
+                            GetParam().str().c_str(), dtype_name(dt), (long long)z.size(0), (long long)rows,
+                            (long long)h, e.max_abs, e.rel_l2());
+                if (!on_gpu())
+                    EXPECT_EQ(e.max_abs, 0.0) << rows << " rows";
+                else if (dt == DType::F32)
+                    EXPECT_LE(e.max_abs, 1e-5 * e.max_ref) << rows << " rows";
+                else
+                    EXPECT_LE(e.rel_l2(), bf16_noise.rel_l2()) << rows << " rows";
+            }
+            if (dt == DType::F32 && z.size(0) == 1) {  // against diffusers' whole decode
+                const Err e = compare(m.decode(z, 2), clamped(tiled.get("small.whole")));
+                EXPECT_LE(e.max_abs, 1e-4 * e.max_ref);
+            }
+        }
+        // A large latent is cut into bands, no band past kBandBytes in its largest tensor's rows.
+        const int64_t rows = m.band_rows(1, 4096, 4096);
+        EXPECT_GE(rows, 1);
+        EXPECT_LT(rows, 4096);
+        EXPECT_THROW(m.decode(qwen_vae_reference("z"), -1), UsageError);
+    }
+}
+
 QDIT_INSTANTIATE_ON_DEVICES(QwenVaeDecode);

@@ -139,12 +139,14 @@ struct ModelFlags {
                       "Blackwell GPU: faster, at the accuracy cost measured in docs/quantization.md; sequence-"
                       "parallel runs keep bf16 attention");
         cmd->add_option("--offload", offload,
-                        "What to keep off the GPU, comma-separated: text-encoder (the text encoder is loaded for "
-                        "each prompt, encodes it and is freed; in a one-image run before the transformer is "
-                        "loaded, so the two never share the device's memory), modulation (Qwen-Image: the "
-                        "transformer's img_mod / txt_mod weights, a third of it, stay in pinned host memory and "
-                        "are uploaded when a new schedule's modulation is computed). On the CPU both are "
-                        "accepted and change nothing but the loads");
+                        "What to keep off the GPU, comma-separated, or none: text-encoder (the text encoder is "
+                        "loaded for each prompt, encodes it and is freed; in a one-image run before the "
+                        "transformer is loaded, so the two never share the device's memory), modulation "
+                        "(Qwen-Image: the transformer's img_mod / txt_mod weights, a third of it, stay in pinned "
+                        "host memory and are uploaded when a new schedule's modulation is computed; the "
+                        "denoising steps do not read them). A list replaces the default, which is modulation "
+                        "for Qwen-Image and nothing for Z-Image. On the CPU every value is accepted and changes "
+                        "nothing but the loads");
         q.add(cmd);
     }
 
@@ -176,10 +178,15 @@ struct ModelFlags {
                 po.offload_text_encoder = true;
             else if (what == "modulation")
                 po.offload_modulation = true;
+            else if (what == "none" && offload == "none")
+                ;
             else
-                throw UsageError(fmt::format("--offload {}: '{}' is not one of text-encoder, modulation", offload, what));
+                throw UsageError(fmt::format("--offload {}: '{}' is not one of text-encoder, modulation (or none "
+                                             "alone)",
+                                             offload, what));
             b = e + 1;
         }
+        if (!offload.empty() && !po.offload_modulation) po.offload_modulation = false;  // the list replaces the default
         if (fp8_attention && !ops::fp8_attention_available(ops::Context{po.device}))
             throw UsageError(fmt::format("--fp8-attention runs on a GPU of compute capability 9.x or 10.x (Hopper or "
                                          "Blackwell) with cuDNN 9, not on --device {}",

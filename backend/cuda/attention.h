@@ -58,10 +58,10 @@ void attention_simple(const void* q, int64_t ldq, const void* k, int64_t ldk, co
 // o = dt(acc · (1/sum)). q, k, v: token t at ptr[t·ld] (columns of one fused projection); o [L,
 // ldo]; dt F32 or BF16. Queries run in chunks whose f32 scores and dt probabilities fit
 // `max_scratch_bytes` (from the caching allocator; the default keeps a 1024x1024 image's
-// mid-block attention, 16384 tokens, at 6 chunks and a quarter of a GiB). Kernels:
-// spatial_attention.cu.
+// mid-block attention, 16384 tokens, at 25 chunks of 682 queries and 64 MiB: more than the
+// Qwen-Image VAE's bands of rows hold). Kernels: spatial_attention.cu.
 void attention_one_head(const void* q, const void* k, const void* v, int64_t ld, void* o, int64_t ldo, int64_t L,
-                        int64_t d, DType dt, cudaStream_t stream, size_t max_scratch_bytes = size_t(256) << 20);
+                        int64_t d, DType dt, cudaStream_t stream, size_t max_scratch_bytes = size_t(64) << 20);
 
 // A padded batch in one call (cuDNN's padding mask): item b's tokens are rows [b·s, b·s + len[b]) of
 // q, k, v and o (row strides as above, items s rows apart); the rows past len[b] are neither keys

@@ -123,7 +123,14 @@ QwenImageTransformer::QwenImageTransformer(const ModelSource<Config>& src, DType
             st->mod = w.one(b + names->mod + ".1");
             if (placement.modulation_on_host) {  // moved as soon as loaded: the device never holds them all
                 const size_t on_device = st->mod.weight_bytes();
-                st->mod.keep_on_host();
+                try {
+                    st->mod.keep_on_host();
+                } catch (const Error& e) {
+                    raise<ResourceError>("{}{}.1: its weights could not move to page-locked host memory ({}); with "
+                                         "too little host memory keep the modulation weights on the GPU (qdit: "
+                                         "--offload none; Placement::modulation_on_host = false)",
+                                         b, names->mod, e.what());
+                }
                 moved += on_device - st->mod.weight_bytes();
                 host_bytes_ += st->mod.host_bytes();
             }

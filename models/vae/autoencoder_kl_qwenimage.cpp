@@ -285,9 +285,9 @@ Tensor rows_of(const Tensor& x, int64_t a, int64_t b, const ops::Context& ctx, b
 
 }  // namespace
 
-Tensor AutoencoderKLQwenImage::up_path(Tensor x, int64_t x0, int64_t r0, int64_t rows, int64_t h) const {
+Tensor AutoencoderKLQwenImage::up_path(Tensor x, int64_t r0, int64_t rows, int64_t h) const {
     const float eps = QwenImageVaeConfig::kEps;
-    int64_t scale = 1, start = x0;  // x holds the rows [start, start + x.size(1)) at `scale`
+    int64_t scale = 1, start = 0;  // x holds the rows [start, start + x.size(1)) at `scale`
     for (size_t i = 0; i < up_.size(); ++i) {
         // The window every band runs at this block: its rows and the context, as many rows for each
         // band (moved inwards at the latent's edges, where the zero padding is the decoder's own).
@@ -392,13 +392,13 @@ Tensor AutoencoderKLQwenImage::decode_unclamped(const Tensor& z, int64_t band_ro
     x = resnet(mid1_, std::move(x));
     const int64_t B = z.size(0), h = z.size(2), w = z.size(3);
     const int64_t rows = std::min(h, band_rows > 0 ? band_rows : this->band_rows(B, h, w));
-    if (rows == h) return ops::to_host(ops::to_channels_first(up_path(std::move(x), 0, 0, h, h), ctx_), ctx_);
+    if (rows == h) return ops::to_host(ops::to_channels_first(up_path(std::move(x), 0, h, h), ctx_), ctx_);
     // Each band's image rows, laid into the NCHW image on the host.
     const int64_t s = cfg_.spatial_scale(), C = cfg_.input_channels, H = h * s, W = w * s;
     Tensor image = Tensor::empty({B, C, H, W}, dt_);
     const size_t esz = dtype_size(dt_);
     for (int64_t r0 = 0; r0 < h; r0 += rows) {
-        const Tensor band = ops::to_host(ops::to_channels_first(up_path(x, 0, r0, rows, h), ctx_), ctx_);
+        const Tensor band = ops::to_host(ops::to_channels_first(up_path(x, r0, rows, h), ctx_), ctx_);
         const int64_t n = band.size(2);  // (min(h, r0 + rows) − r0)·s image rows
         for (int64_t bc = 0; bc < B * C; ++bc)
             std::memcpy(static_cast<uint8_t*>(image.raw()) + (size_t(bc * H + r0 * s) * W) * esz,

@@ -125,10 +125,11 @@ public:
 
 private:
     Tensor decode_unclamped(const Tensor& z, int64_t band_rows) const;  // decode without the clamp, checks included
-    // The up blocks, norm_out and conv_out on x [B, hb, w, C] (channels-last, on the device): the
-    // rows [r0, r1) of a latent of h rows, x holding its rows [x0, x0 + hb); returns the image rows
-    // [r0·s, r1·s) [B, hs, ws, 3] channels-last. halo(i): context rows block i still needs.
-    Tensor up_path(Tensor x, int64_t x0, int64_t r0, int64_t r1, int64_t h) const;
+    // The up blocks, norm_out and conv_out for the band of latent rows [r0, r1), r1 = min(h, r0 +
+    // rows), of the mid block's output x [B, h, w, C] (channels-last, on the device; left as it is
+    // unless the band is the whole latent): the image rows [r0·s, r1·s), [B, (r1 − r0)·s, w·s, 3]
+    // channels-last. halo(i): the context rows block i and the layers after it read.
+    Tensor up_path(Tensor x, int64_t r0, int64_t rows, int64_t h) const;
     int64_t halo(size_t block) const;
     struct ResBlock {
         Tensor norm1, norm2;  // gammas, F32 [C] on the device

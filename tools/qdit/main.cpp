@@ -171,15 +171,13 @@ struct ModelFlags {
             throw UsageError(fmt::format("--device {} runs in bf16 (got --dtype {})", device, dtype));
         po.dtype = dtype == "bf16" ? DType::BF16 : DType::F32;
         po.fp8_attention = fp8_attention;
-        for (size_t b = 0; !offload.empty() && b <= offload.size();) {
+        for (size_t b = 0; !offload.empty() && offload != "none" && b <= offload.size();) {
             const size_t e = std::min(offload.find(',', b), offload.size());
             const std::string what = offload.substr(b, e - b);
             if (what == "text-encoder")
                 po.offload_text_encoder = true;
             else if (what == "modulation")
                 po.offload_modulation = true;
-            else if (what == "none" && offload == "none")
-                ;
             else
                 throw UsageError(fmt::format("--offload {}: '{}' is not one of text-encoder, modulation (or none "
                                              "alone)",

@@ -252,7 +252,8 @@ int64_t AutoencoderKLQwenImage::band_rows(int64_t batch, int64_t h, int64_t w) c
         if (up_[i].upsampler.defined()) per_row = std::max(per_row, 4 * px * size_t(d[i + 1]));
     }
     per_row *= dtype_size(dt_);
-    const int64_t bands = int64_t((per_row * size_t(h) + kBandBytes - 1) / kBandBytes);
+    const size_t budget = ctx_.cuda() ? kBandBytes : kHostBandBytes;
+    const int64_t bands = int64_t((per_row * size_t(h) + budget - 1) / budget);
     return bands <= 1 ? h : (h + bands - 1) / bands;
 }
 

@@ -98,12 +98,14 @@ public:
     // pixel is computed from the same inputs by the same ops as in one piece, so the image is the
     // same (on the CPU bit for bit; cuDNN may pick another kernel for a band's shape, which can
     // move a last bit), and the activations held are those of one band. decode(z) bands when the
-    // largest tensor of the up blocks in one piece would exceed kBandBytes.
+    // largest tensor of the up blocks in one piece would exceed kBandBytes on a GPU (whose memory
+    // is scarce; the bands cost a few percent of the decode there), kHostBandBytes on the CPU
+    // (where the halos' extra work costs more than memory: a 1024x1024 image stays one piece).
     Tensor decode(const Tensor& z) const { return decode(z, 0); }
     // band_rows: latent rows per band (0: chosen as decode(z) does; h or more: one piece). Every band
     // runs the same shapes (the first and the last take their context from one side).
     Tensor decode(const Tensor& z, int64_t band_rows) const;
-    static constexpr size_t kBandBytes = size_t(128) << 20;
+    static constexpr size_t kBandBytes = size_t(128) << 20, kHostBandBytes = size_t(1) << 30;
     // The latent rows per band decode(z) uses for a latent of h × w (h: one piece).
     int64_t band_rows(int64_t batch, int64_t h, int64_t w) const;
 

@@ -202,7 +202,7 @@ TEST_P(QwenVaeDecode, BandsMatchOnePiece) {
                 EXPECT_LE(e.max_abs, 1e-4 * e.max_ref);
             }
         }
-        // A large latent is cut into bands, no band past kBandBytes in its largest tensor's rows.
+        // A large latent is cut into bands (kBandBytes on a GPU, kHostBandBytes on the CPU).
         const int64_t rows = m.band_rows(1, 4096, 4096);
         EXPECT_GE(rows, 1);
         EXPECT_LT(rows, 4096);

@@ -1,0 +1,133 @@
+// Qwen-Image's joint attention alone (24 heads × 128, q|k|v strided as the fused projection writes
+// them, the CFG batch of 2), in the ways it could be called: one padded cuDNN call for both items
+// (what the model does), the same with both items full length, and one unpadded call per item.
+// Random bf16 inputs, CUDA events, variants interleaved in rounds, each timing preceded by 150 ms
+// of the same call (the card settles under sustained load: NOTES.md, v1). Run on the GPU.
+//
+//   bench_attention [--image 4096] [--text 16,3] [--rounds 5] [--iters 20]
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/attention.h"
+
+using namespace qdit;
+
+namespace {
+
+void ok(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) {
+        std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+        std::exit(1);
+    }
+}
+
+// Median ms of `iters` calls of f, after 150 ms of calls.
+double time_ms(const std::function<void()>& f, int iters, cudaStream_t st) {
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 0.15) {
+        f();
+        ok(cudaStreamSynchronize(st), "warm-up");
+    }
+    std::vector<float> ms;
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    for (int i = 0; i < iters; ++i) {
+        cudaEventRecord(a, st);
+        f();
+        cudaEventRecord(b, st);
+        ok(cudaEventSynchronize(b), "timing");
+        float t = 0;
+        cudaEventElapsedTime(&t, a, b);
+        ms.push_back(t);
+    }
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int64_t image = 4096, t0 = 16, t1 = 3;
+    int rounds = 5, iters = 20;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const std::string a = argv[i], v = argv[i + 1];
+        if (a == "--image") image = std::stoll(v);
+        else if (a == "--text") std::sscanf(v.c_str(), "%ld,%ld", &t0, &t1);
+        else if (a == "--rounds") rounds = std::stoi(v);
+        else if (a == "--iters") iters = std::stoi(v);
+        else {
+            std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+            return 2;
+        }
+    }
+    const int64_t H = 24, hd = 128, D = H * hd, ld = 3 * D;
+    const int64_t S = image + std::max(t0, t1), len0 = image + t0, len1 = image + t1;
+    cudaStream_t st;
+    ok(cudaStreamCreate(&st), "stream");
+    std::vector<__nv_bfloat16> host(size_t(2 * S * ld));
+    std::mt19937 rng(1);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (auto& x : host) x = __float2bfloat16(nd(rng));
+    __nv_bfloat16 *qkv, *o;
+    int32_t *lens, *full;
+    ok(cudaMalloc(&qkv, host.size() * 2), "malloc");
+    ok(cudaMalloc(&o, size_t(2 * S * D) * 2), "malloc");
+    ok(cudaMalloc(&lens, 8), "malloc");
+    ok(cudaMalloc(&full, 8), "malloc");
+    ok(cudaMemcpy(qkv, host.data(), host.size() * 2, cudaMemcpyHostToDevice), "upload");
+    const int32_t l[2] = {int32_t(len0), int32_t(len1)}, f[2] = {int32_t(S), int32_t(S)};
+    ok(cudaMemcpy(lens, l, 8, cudaMemcpyHostToDevice), "upload");
+    ok(cudaMemcpy(full, f, 8, cudaMemcpyHostToDevice), "upload");
+    auto item = [&](int64_t b) { return qkv + b * S * ld; };
+
+    struct Variant {
+        const char* name;
+        double flop;  // useful work: 4·hd·len² per head and item
+        std::function<void()> run;
+        std::vector<double> ms;
+    };
+    const double w = 4.0 * double(hd) * double(H);
+    std::vector<Variant> vs = {
+        {"padded batch of 2 (the model)", w * double(len0 * len0 + len1 * len1),
+         [&] { cuda::attention_padded(qkv, ld, qkv + D, ld, qkv + 2 * D, ld, o, D, 2, S, lens, H, H, hd, st); }},
+        {"padded batch of 2, both full length", w * double(2 * S * S),
+         [&] { cuda::attention_padded(qkv, ld, qkv + D, ld, qkv + 2 * D, ld, o, D, 2, S, full, H, H, hd, st); }},
+        {"two unpadded calls, one per item", w * double(len0 * len0 + len1 * len1),
+         [&] {
+             for (int64_t b = 0; b < 2; ++b)
+                 cuda::attention(item(b), ld, item(b) + D, ld, item(b) + 2 * D, ld, o + b * S * D, D, b ? len1 : len0,
+                                 H, hd, st);
+         }},
+        {"image tokens only, two unpadded calls", w * double(2 * image * image),
+         [&] {
+             for (int64_t b = 0; b < 2; ++b)
+                 cuda::attention(item(b), ld, item(b) + D, ld, item(b) + 2 * D, ld, o + b * S * D, D, image, H, hd, st);
+         }},
+    };
+    cudaDeviceProp p;
+    cudaGetDeviceProperties(&p, 0);
+    std::printf("%s; %ld image + %ld / %ld text tokens, %ld heads x %ld, %d rounds x %d calls\n", p.name, image, t0, t1,
+                H, hd, rounds, iters);
+    for (int r = 0; r < rounds; ++r)
+        for (auto& v : vs) v.ms.push_back(time_ms(v.run, iters, st));
+    for (auto& v : vs) {
+        std::string each;
+        for (double m : v.ms) each += (each.empty() ? "" : " / ") + std::to_string(m * 1000).substr(0, 5);
+        std::sort(v.ms.begin(), v.ms.end());
+        const double med = v.ms[v.ms.size() / 2];
+        std::printf("%-40s median %7.1f us  %6.1f TFLOP/s  (rounds: %s us)\n", v.name, med * 1000,
+                    v.flop / (med * 1e-3) / 1e12, each.c_str());
+    }
+    return 0;
+}

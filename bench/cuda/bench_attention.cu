@@ -1,61 +1,23 @@
 // Qwen-Image's joint attention alone (24 heads × 128, q|k|v strided as the fused projection writes
 // them, the CFG batch of 2), in the ways it could be called: one padded cuDNN call for both items
 // (what the model does), the same with both items full length, and one unpadded call per item.
-// Random bf16 inputs, CUDA events, variants interleaved in rounds, each timing preceded by 150 ms
-// of the same call (the card settles under sustained load: NOTES.md, v1). Run on the GPU.
+// Random bf16 inputs, variants interleaved in rounds, each timed as bench_gemm times a kernel
+// (bench/cuda/timing.h: median of back-to-back calls after 150 ms of them). Run on the GPU.
 //
 //   bench_attention [--image 4096] [--text 16,3] [--rounds 5] [--iters 20]
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "backend/cuda/attention.h"
+#include "bench/cuda/timing.h"
 
 using namespace qdit;
-
-namespace {
-
-void ok(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) {
-        std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-        std::exit(1);
-    }
-}
-
-// Median ms of `iters` calls of f, after 150 ms of calls.
-double time_ms(const std::function<void()>& f, int iters, cudaStream_t st) {
-    const auto t0 = std::chrono::steady_clock::now();
-    while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 0.15) {
-        f();
-        ok(cudaStreamSynchronize(st), "warm-up");
-    }
-    std::vector<float> ms;
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    for (int i = 0; i < iters; ++i) {
-        cudaEventRecord(a, st);
-        f();
-        cudaEventRecord(b, st);
-        ok(cudaEventSynchronize(b), "timing");
-        float t = 0;
-        cudaEventElapsedTime(&t, a, b);
-        ms.push_back(t);
-    }
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
     int64_t image = 4096, t0 = 16, t1 = 3;
@@ -73,22 +35,21 @@ int main(int argc, char** argv) {
     }
     const int64_t H = 24, hd = 128, D = H * hd, ld = 3 * D;
     const int64_t S = image + std::max(t0, t1), len0 = image + t0, len1 = image + t1;
-    cudaStream_t st;
-    ok(cudaStreamCreate(&st), "stream");
+    const cudaStream_t st = nullptr;  // the default stream, which time_median records on
     std::vector<__nv_bfloat16> host(size_t(2 * S * ld));
     std::mt19937 rng(1);
     std::normal_distribution<float> nd(0.f, 1.f);
     for (auto& x : host) x = __float2bfloat16(nd(rng));
     __nv_bfloat16 *qkv, *o;
     int32_t *lens, *full;
-    ok(cudaMalloc(&qkv, host.size() * 2), "malloc");
-    ok(cudaMalloc(&o, size_t(2 * S * D) * 2), "malloc");
-    ok(cudaMalloc(&lens, 8), "malloc");
-    ok(cudaMalloc(&full, 8), "malloc");
-    ok(cudaMemcpy(qkv, host.data(), host.size() * 2, cudaMemcpyHostToDevice), "upload");
+    CK(cudaMalloc(&qkv, host.size() * 2));
+    CK(cudaMalloc(&o, size_t(2 * S * D) * 2));
+    CK(cudaMalloc(&lens, 8));
+    CK(cudaMalloc(&full, 8));
+    CK(cudaMemcpy(qkv, host.data(), host.size() * 2, cudaMemcpyHostToDevice));
     const int32_t l[2] = {int32_t(len0), int32_t(len1)}, f[2] = {int32_t(S), int32_t(S)};
-    ok(cudaMemcpy(lens, l, 8, cudaMemcpyHostToDevice), "upload");
-    ok(cudaMemcpy(full, f, 8, cudaMemcpyHostToDevice), "upload");
+    CK(cudaMemcpy(lens, l, 8, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(full, f, 8, cudaMemcpyHostToDevice));
     auto item = [&](int64_t b) { return qkv + b * S * ld; };
 
     struct Variant {
@@ -120,7 +81,7 @@ int main(int argc, char** argv) {
     std::printf("%s; %ld image + %ld / %ld text tokens, %ld heads x %ld, %d rounds x %d calls\n", p.name, image, t0, t1,
                 H, hd, rounds, iters);
     for (int r = 0; r < rounds; ++r)
-        for (auto& v : vs) v.ms.push_back(time_ms(v.run, iters, st));
+        for (auto& v : vs) v.ms.push_back(time_median([&](int) { v.run(); }, 3, iters));
     for (auto& v : vs) {
         std::string each;
         for (double m : v.ms) each += (each.empty() ? "" : " / ") + std::to_string(m * 1000).substr(0, 5);

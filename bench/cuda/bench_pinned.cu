@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -19,14 +20,9 @@
 
 #include <cuda_runtime.h>
 
-namespace {
+#include "bench/cuda/timing.h"
 
-void ok(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) {
-        std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-        std::exit(1);
-    }
-}
+namespace {
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
@@ -46,10 +42,10 @@ int main(int argc, char** argv) {
     }
     const size_t bytes = mib << 20, huge = size_t(2) << 20, mapped = (bytes + huge - 1) / huge * huge;
     void* dev = nullptr;
-    ok(cudaMalloc(&dev, bytes), "cudaMalloc");
-    ok(cudaMemset(dev, 1, bytes), "cudaMemset");
+    CK(cudaMalloc(&dev, bytes));
+    CK(cudaMemset(dev, 1, bytes));
     cudaStream_t st;
-    ok(cudaStreamCreate(&st), "stream");
+    CK(cudaStreamCreate(&st));
     const double total = double(bytes) * tensors;
     std::printf("%d tensors of %zu MiB (%.2f GB)\n", tensors, mib, total / 1e9);
     for (const char* v : {"host-alloc", "huge-register", "populate", "host-alloc", "huge-register", "populate"}) {
@@ -60,7 +56,7 @@ int main(int argc, char** argv) {
             double t0 = now();
             void* p = nullptr;
             if (name == "host-alloc") {
-                ok(cudaHostAlloc(&p, bytes, cudaHostAllocDefault), "cudaHostAlloc");
+                CK(cudaHostAlloc(&p, bytes, cudaHostAllocDefault));
             } else {
                 const int flags = MAP_PRIVATE | MAP_ANONYMOUS | (name == "populate" ? MAP_POPULATE : 0);
                 // Over-map by 2 MiB and keep an aligned window, so that whole huge pages back it.
@@ -72,11 +68,11 @@ int main(int argc, char** argv) {
                 raws.push_back(raw);
                 p = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(raw) + huge - 1) / huge * huge);
                 madvise(p, mapped, MADV_HUGEPAGE);
-                ok(cudaHostRegister(p, mapped, cudaHostRegisterDefault), "cudaHostRegister");
+                CK(cudaHostRegister(p, mapped, cudaHostRegisterDefault));
             }
             const double t1 = now();
-            ok(cudaMemcpyAsync(p, dev, bytes, cudaMemcpyDeviceToHost, st), "copy");
-            ok(cudaStreamSynchronize(st), "copy");
+            CK(cudaMemcpyAsync(p, dev, bytes, cudaMemcpyDeviceToHost, st));
+            CK(cudaStreamSynchronize(st));
             const double t2 = now();
             t_alloc += t1 - t0;
             t_copy += t2 - t1;
@@ -84,8 +80,8 @@ int main(int argc, char** argv) {
         }
         // A second copy into the same memory: the rate once the pages exist.
         const double t3 = now();
-        for (void* p : bufs) ok(cudaMemcpyAsync(p, dev, bytes, cudaMemcpyDeviceToHost, st), "copy");
-        ok(cudaStreamSynchronize(st), "copy");
+        for (void* p : bufs) CK(cudaMemcpyAsync(p, dev, bytes, cudaMemcpyDeviceToHost, st));
+        CK(cudaStreamSynchronize(st));
         const double t_again = now() - t3;
         for (void* p : bufs) {
             if (name == "host-alloc") cudaFreeHost(p);

@@ -185,23 +185,32 @@ Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, 
 #ifdef QDIT_WITH_CUDA
     if (qkv.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(qkv.dtype()));
     const cudaStream_t s = detail::stream(ctx);
-    std::vector<int32_t> len(lengths.begin(), lengths.end());
-    Tensor dlen = empty({batch}, DType::I32, ctx);
-    cuda::set_i32(static_cast<int32_t*>(dlen.raw()), len.data(), batch, s);
     Tensor o = empty({rows, width}, DType::BF16, ctx);
     const int64_t ld = qkv.size(1), es = 2;
     const uint8_t* q = static_cast<const uint8_t*>(qkv.raw());
-    if (ctx.attention == AttentionImpl::Fp8)
-        cuda::attention_fp8(q, ld, o.raw(), width, batch, L, static_cast<const int32_t*>(dlen.raw()), heads, kv_heads,
-                            hd, s, qk ? static_cast<uint8_t*>(const_cast<void*>(qk->y.raw())) : nullptr,
+    uint8_t* out = static_cast<uint8_t*>(o.raw());
+    if (ctx.attention == AttentionImpl::Fp8) {
+        std::vector<int32_t> len(lengths.begin(), lengths.end());
+        Tensor dlen = empty({batch}, DType::I32, ctx);
+        cuda::set_i32(static_cast<int32_t*>(dlen.raw()), len.data(), batch, s);
+        cuda::attention_fp8(q, ld, out, width, batch, L, static_cast<const int32_t*>(dlen.raw()), heads, kv_heads, hd, s,
+                            qk ? static_cast<uint8_t*>(const_cast<void*>(qk->y.raw())) : nullptr,
                             qk ? static_cast<float*>(const_cast<void*>(qk->scalars.raw())) : nullptr);
-    else
-        cuda::attention_padded(q, ld, q + heads * hd * es, ld, q + (heads + kv_heads) * hd * es, ld, o.raw(), width,
-                               batch, L, static_cast<const int32_t*>(dlen.raw()), heads, kv_heads, hd, s);
+    } else {
+        // One call per item over its own tokens: faster than one call with cuDNN's padding mask
+        // (bench/cuda/NOTES.md, "The joint attention and the image MLP per CFG item"), and the
+        // padding rows are not read.
+        for (int64_t b = 0; b < batch; ++b) {
+            const uint8_t* qb = q + size_t(b * L * ld * es);
+            cuda::attention(qb, ld, qb + heads * hd * es, ld, qb + (heads + kv_heads) * hd * es, ld,
+                            out + size_t(b * L * width * es), width, lengths[size_t(b)], heads, hd, s,
+                            cuda::AttentionImpl::Auto, kv_heads);
+        }
+    }
     for (int64_t b = 0; b < batch; ++b)
-        if (len[size_t(b)] < L)
-            cuda::check(cudaMemsetAsync(static_cast<uint8_t*>(o.raw()) + size_t((b * L + len[size_t(b)]) * width * es), 0,
-                                        size_t((L - len[size_t(b)]) * width * es), s),
+        if (lengths[size_t(b)] < L)
+            cuda::check(cudaMemsetAsync(out + size_t((b * L + lengths[size_t(b)]) * width * es), 0,
+                                        size_t((L - lengths[size_t(b)]) * width * es), s),
                         "attention_padded: zero the padding rows");
     return o;
 #else

@@ -37,10 +37,11 @@ Fp8Qk fp8_qk(int64_t rows, int64_t width, const std::vector<Tensor>& wq, const s
 // A batch of items of different lengths in one call: qkv as above with L = rows / batch; item b's
 // tokens are rows [b·L, b·L + lengths[b]) (1 <= lengths[b] <= L), the rows past it are padding:
 // neither keys nor queries, zero in the output. Not causal. Results equal attention() over each
-// item's tokens alone (on CUDA: cuDNN's padding mask, one call) when the padding rows hold zeros
-// (zero_rows), qk's too: cuDNN's kernel reads them, and stale values there changed the items'
-// outputs (an H100 with cuDNN 9.14, head_dim 24; NaN or Inf there would spread). qk (FP8
-// attention only): the q and k of every token row already in qk->y, qkv's q and k columns not read.
+// item's tokens alone, which is how the CPU and CUDA's bf16 attention run it (one call per item).
+// FP8 attention runs the batch in one call with cuDNN's padding mask, whose kernel reads the padding
+// rows: there they must hold zeros (zero_rows), qk's too; stale values changed the items' outputs
+// (an H100 with cuDNN 9.14, head_dim 24; NaN or Inf there would spread). qk (FP8 attention only):
+// the q and k of every token row already in qk->y, qkv's q and k columns not read.
 Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads,
                         int64_t head_dim, const Context& ctx, const Fp8Qk* qk = nullptr);
 

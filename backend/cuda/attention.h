@@ -67,7 +67,9 @@ void attention_one_head(const void* q, const void* k, const void* v, int64_t ld,
 // q, k, v and o (row strides as above, items s rows apart); the rows past len[b] are neither keys
 // nor queries, and their output rows are unspecified. len: device int32 [batch], values in [1, s]
 // (not checked here), read when the work runs. Not causal. Throws qdit::Error when cuDNN is not
-// available or cannot build a plan for the shape (no fallback).
+// available or cannot build a plan for the shape (no fallback). ops::attention_padded calls
+// attention() per item instead, which was faster at Qwen-Image's full size (bench_attention
+// compares the two); FP8 attention's padded batch shares this plan code.
 void attention_padded(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv, void* o,
                       int64_t ldo, int64_t batch, int64_t s, const int32_t* len, int64_t heads, int64_t kv_heads,
                       int64_t hd, cudaStream_t stream);

@@ -391,15 +391,25 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                        : ops::Fp8Qk{};
         };
         // x += gate · out(attention); LayerNorm · (1 + scale) + shift → MLP (GELU-tanh), per stream,
-        // issued on `on`.
+        // issued on `on`. parts > 1: the MLP itself (its two GEMMs and the GELU pass) runs on that many
+        // equal parts of the rows in turn, which the image stream does per CFG item: a shorter step
+        // and a smaller activation peak (bench/cuda/NOTES.md, "The joint attention and the image MLP
+        // per CFG item").
         auto mlp = [&](const char* name, const Stream& st, Tensor& x, const Tensor& y, const Tensor& m, Pending& p,
-                       const std::vector<int64_t>& groups, const ops::Context& on) {
+                       const std::vector<int64_t>& groups, int64_t parts, const ops::Context& on) {
             ops::Region r(name, on);
-            const Tensor h = st.mlp_in.forward(ops::row(x, {y, {}, eps, chunk(m, 2)},
-                                                        {ops::Norm::LayerNorm, {}, eps, chunk(m, 4), chunk(m, 3)},
-                                                        st.mlp_in.input_spec(), on, groups),
-                                               &on);
-            p = {st.mlp_out.forward(ops::gelu_tanh(h, st.mlp_out.input_spec(), on), &on), chunk(m, 5)};
+            const ops::Activation a = ops::row(x, {y, {}, eps, chunk(m, 2)},
+                                               {ops::Norm::LayerNorm, {}, eps, chunk(m, 4), chunk(m, 3)},
+                                               st.mlp_in.input_spec(), on, groups);
+            const int64_t rows = x.size(0), n = rows / parts;
+            Tensor out = ops::empty({rows, x.size(1)}, x.dtype(), on);
+            for (int64_t r0 = 0; r0 < rows; r0 += n) {
+                Tensor part = out.slice_rows(r0, r0 + n);
+                st.mlp_out.forward_into(ops::gelu_tanh(st.mlp_in.forward(a.slice_rows(r0, r0 + n), &on),
+                                                       st.mlp_out.input_spec(), on),
+                                        part, &on);
+            }
+            p = {out, chunk(m, 5)};
         };
         // The text stream's attention half of block bj, issued on `on`: its modulation, (the last
         // MLP residual, then) LayerNorm · (1 + scale) + shift → q|k|v → q/k RMSNorm + RoPE.
@@ -445,13 +455,14 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
             }
             // Attention half of the image stream: as the text's, written into the joint rows.
             Tensor joint = ops::empty({B * S, 3 * D}, dt_, ctx_);
-            // The padding rows hold zeros, as attention_padded needs (cuDNN's kernel reads them); so
-            // do the E4M3 q and k rows of FP8 attention.
-            for (int64_t b = 0; b < B; ++b) {
-                const int64_t pad0 = b * S + lengths[size_t(b)], npad = S - lengths[size_t(b)];
-                ops::zero_rows(joint, pad0, npad, ctx_);
-                if (fp8) ops::zero_rows(f8.y, pad0, npad, ctx_);
-            }
+            // FP8 attention reads the padding rows (ops::attention_padded): they hold zeros there, in
+            // the bf16 q|k|v and the E4M3 q and k.
+            if (fp8)
+                for (int64_t b = 0; b < B; ++b) {
+                    const int64_t pad0 = b * S + lengths[size_t(b)], npad = S - lengths[size_t(b)];
+                    ops::zero_rows(joint, pad0, npad, ctx_);
+                    ops::zero_rows(f8.y, pad0, npad, ctx_);
+                }
             {
                 ops::Region r("image q|k|v", ctx_);
                 const ops::Activation a = ops::row(img, {p_img.y, {}, eps, p_img.gate},
@@ -491,7 +502,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                     ops::Region r("text attention out", side);
                     y_txt = blk.txt.out.forward({attn_txt, {}, {}}, &side);
                 }
-                mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt, txt_groups, side);
+                mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt, txt_groups, 1, side);
                 th = text_half(bi + 1, side);
             }
             // The image stream's MLP half.
@@ -503,7 +514,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                     blk.img.out.forward_into({o.slice_rows(b * S, b * S + L), {}, {}}, rows);
                 }
             }
-            mlp("image MLP", blk.img, img, y_img, m_img, p_img, {}, ctx_);
+            mlp("image MLP", blk.img, img, y_img, m_img, p_img, {}, B, ctx_);
         }
         fork.reset();
         // norm_out: LayerNorm · (1 + scale) + shift from SiLU(temb), then proj_out. The text stream

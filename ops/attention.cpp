@@ -26,6 +26,22 @@ int64_t item_rows(const char* op, const Tensor& qkv, int64_t batch, int64_t head
     return rows / batch;
 }
 
+#ifdef QDIT_WITH_CUDA
+// A bf16 fused q|k|v whose items are L rows apart: item b's first n(b) rows, one cuda::attention
+// call each, into the same rows of o [rows, heads·hd].
+template <class N>
+void attention_per_item(const Tensor& qkv, Tensor& o, int64_t batch, int64_t L, N n, int64_t heads,
+                        int64_t kv_heads, int64_t hd, cuda::AttentionImpl impl, bool causal, const Context& ctx) {
+    const int64_t ld = qkv.size(1), width = heads * hd, es = 2;
+    for (int64_t b = 0; b < batch; ++b) {
+        const uint8_t* q = static_cast<const uint8_t*>(qkv.raw()) + size_t(b * L * ld * es);
+        cuda::attention(q, ld, q + heads * hd * es, ld, q + (heads + kv_heads) * hd * es, ld,
+                        static_cast<uint8_t*>(o.raw()) + size_t(b * L * width * es), width, n(b), heads, hd,
+                        detail::stream(ctx), impl, kv_heads, causal);
+    }
+}
+#endif
+
 [[noreturn]] void no_fp8_on_cpu(const char* op) {
     raise<UsageError>("{}: FP8 attention runs on a GPU (Hopper or Blackwell), not on the CPU", op);
 }
@@ -115,12 +131,7 @@ Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_hea
         return o;
     }
     const auto impl = ctx.attention == AttentionImpl::Simple ? cuda::AttentionImpl::Simple : cuda::AttentionImpl::Auto;
-    for (int64_t b = 0; b < batch; ++b) {
-        const uint8_t* q = static_cast<const uint8_t*>(qkv.raw()) + size_t(b * L * ld * es);
-        cuda::attention(q, ld, q + heads * hd * es, ld, q + (heads + kv_heads) * hd * es, ld,
-                        static_cast<uint8_t*>(o.raw()) + size_t(b * L * heads * hd * es), heads * hd, L, heads, hd,
-                        detail::stream(ctx), impl, kv_heads, causal);
-    }
+    attention_per_item(qkv, o, batch, L, [&](int64_t) { return L; }, heads, kv_heads, hd, impl, causal, ctx);
     return o;
 #else
     detail::no_cuda(op);
@@ -200,12 +211,8 @@ Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, 
         // One call per item over its own tokens: faster than one call with cuDNN's padding mask
         // (bench/cuda/NOTES.md, "The joint attention and the image MLP per CFG item"), and the
         // padding rows are not read.
-        for (int64_t b = 0; b < batch; ++b) {
-            const uint8_t* qb = q + size_t(b * L * ld * es);
-            cuda::attention(qb, ld, qb + heads * hd * es, ld, qb + (heads + kv_heads) * hd * es, ld,
-                            out + size_t(b * L * width * es), width, lengths[size_t(b)], heads, hd, s,
-                            cuda::AttentionImpl::Auto, kv_heads);
-        }
+        attention_per_item(qkv, o, batch, L, [&](int64_t b) { return lengths[size_t(b)]; }, heads, kv_heads, hd,
+                           cuda::AttentionImpl::Auto, false, ctx);
     }
     for (int64_t b = 0; b < batch; ++b)
         if (lengths[size_t(b)] < L)

@@ -1,10 +1,13 @@
 #include "ops/attention.h"
 
+#include <algorithm>
+
 #include "backend/cpu/attention.h"
 #include "backend/cpu/layout.h"
 #include "ops/dispatch.h"
 #ifdef QDIT_WITH_CUDA
 #include "backend/cuda/attention.h"
+#include "backend/cuda/row.h"
 #include "parallel/communicator.h"
 #include "parallel/tensor_parallel.h"
 #endif
@@ -170,6 +173,11 @@ Fp8Qk fp8_qk(int64_t rows, int64_t width, const std::vector<Tensor>& wq, const s
 
 Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads,
                         int64_t head_dim, const Context& ctx, const Fp8Qk* qk) {
+    return attention_padded(qkv, lengths, heads, kv_heads, head_dim, ActivationSpec{}, ctx, qk).x;
+}
+
+Activation attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads,
+                            int64_t head_dim, const ActivationSpec& out, const Context& ctx, const Fp8Qk* qk) {
     const char* op = "attention_padded";
     const int64_t batch = int64_t(lengths.size()), hd = head_dim, L = item_rows(op, qkv, batch, heads, kv_heads, hd, ctx),
                   rows = batch * L;
@@ -191,35 +199,91 @@ Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, 
             copy_rows(o, b * L, attention(qkv.slice_rows(b * L, b * L + n), 1, heads, kv_heads, hd, false, Tensor(), ctx),
                       0, n, ctx);
         }
-        return o;
+        return {o, {}, {}};
     }
 #ifdef QDIT_WITH_CUDA
     if (qkv.dtype() != DType::BF16) raise<ShapeError>("{}: CUDA runs bf16 activations, not {}", op, dtype_name(qkv.dtype()));
+    if (out.int8 && (out.k != width || out.kp < width))
+        raise<ShapeError>("{}: int8 rows of {} columns, stride {}, for an output of {} columns", op, out.k, out.kp, width);
     const cudaStream_t s = detail::stream(ctx);
     Tensor o = empty({rows, width}, DType::BF16, ctx);
     const int64_t ld = qkv.size(1), es = 2;
     const uint8_t* q = static_cast<const uint8_t*>(qkv.raw());
-    uint8_t* out = static_cast<uint8_t*>(o.raw());
+    uint8_t* dst = static_cast<uint8_t*>(o.raw());
+    // Zero keys past each item's length where they pay (see the header), else 0.
+    std::vector<int64_t> zero_keys(size_t(batch), 0);
+    Tensor lse;  // their softmax statistics, [batch, heads, L] (item b's [heads, lengths[b]] at its start)
     if (ctx.attention == AttentionImpl::Fp8) {
         std::vector<int32_t> len(lengths.begin(), lengths.end());
         Tensor dlen = empty({batch}, DType::I32, ctx);
         cuda::set_i32(static_cast<int32_t*>(dlen.raw()), len.data(), batch, s);
-        cuda::attention_fp8(q, ld, out, width, batch, L, static_cast<const int32_t*>(dlen.raw()), heads, kv_heads, hd, s,
+        cuda::attention_fp8(q, ld, dst, width, batch, L, static_cast<const int32_t*>(dlen.raw()), heads, kv_heads, hd, s,
                             qk ? static_cast<uint8_t*>(const_cast<void*>(qk->y.raw())) : nullptr,
                             qk ? static_cast<float*>(const_cast<void*>(qk->scalars.raw())) : nullptr);
     } else {
         // One call per item over its own tokens: faster than one call with cuDNN's padding mask
         // (bench/cuda/NOTES.md, "The joint attention and the image MLP per CFG item"), and the
         // padding rows are not read.
-        attention_per_item(qkv, o, batch, L, [&](int64_t b) { return lengths[size_t(b)]; }, heads, kv_heads, hd,
-                           cuda::AttentionImpl::Auto, false, ctx);
+        for (int64_t b = 0; b < batch; ++b) {
+            const int64_t n = lengths[size_t(b)], keys = (n + 127) / 128 * 128;
+            if (out.int8 && hd % 8 == 0 && n >= kZeroKeysFrom && keys != n && keys <= L) zero_keys[size_t(b)] = keys - n;
+        }
+        if (std::any_of(zero_keys.begin(), zero_keys.end(), [](int64_t z) { return z > 0; }))
+            lse = empty({batch, heads, L}, DType::F32, ctx);
+        for (int64_t b = 0; b < batch; ++b) {
+            const int64_t n = lengths[size_t(b)], z = zero_keys[size_t(b)];
+            const uint8_t* qb = q + size_t(b * L * ld * es);
+            if (z > 0) {
+                uint8_t* pad = const_cast<uint8_t*>(qb) + size_t(n * ld * es);
+                cuda::check(cudaMemsetAsync(pad, 0, size_t(z * ld * es), s), "attention_padded: zero keys");
+                if (cuda::attention_with_stats(qb, ld, qb + heads * hd * es, ld, qb + (heads + kv_heads) * hd * es, ld,
+                                               dst + size_t(b * L * width * es), width, n, n + z, heads, kv_heads, hd,
+                                               lse.data<float>() + b * heads * L, s))
+                    continue;
+                zero_keys[size_t(b)] = 0;  // cuDNN cannot plan it with statistics: without zero keys
+            }
+            Tensor ob = o.slice_rows(b * L, b * L + n);
+            attention_per_item(qkv.slice_rows(b * L, b * L + n), ob, 1, n, [&](int64_t) { return n; }, heads, kv_heads,
+                               hd, cuda::AttentionImpl::Auto, false, ctx);
+        }
     }
-    for (int64_t b = 0; b < batch; ++b)
-        if (lengths[size_t(b)] < L)
-            cuda::check(cudaMemsetAsync(out + size_t((b * L + lengths[size_t(b)]) * width * es), 0,
-                                        size_t((L - lengths[size_t(b)]) * width * es), s),
-                        "attention_padded: zero the padding rows");
-    return o;
+    const bool dropped = std::any_of(zero_keys.begin(), zero_keys.end(), [](int64_t z) { return z > 0; });
+    Activation a;
+    if (out.dense || !dropped) a.x = o;
+    if (a.x.defined())
+        for (int64_t b = 0; b < batch; ++b)
+            if (lengths[size_t(b)] < L)
+                cuda::check(cudaMemsetAsync(dst + size_t((b * L + lengths[size_t(b)]) * width * es), 0,
+                                            size_t((L - lengths[size_t(b)]) * width * es), s),
+                            "attention_padded: zero the padding rows");
+    if (out.int8) {
+        // The per-token quantization the Linear would do, with the zero keys' weight taken out
+        // (and, for the dense rows, written back in place).
+        const Activation qa = detail::allocate(rows, {false, true, width, out.kp}, ctx);
+        a.q = qa.q;
+        a.qs = qa.qs;
+        for (int64_t b = 0; b < batch; ++b) {
+            const int64_t n = lengths[size_t(b)];
+            void* ob = dst + size_t(b * L * width * es);
+            int8_t* qb = a.q.data<int8_t>() + b * L * out.kp;
+            float* sb = a.qs.data<float>() + b * L;
+            if (zero_keys[size_t(b)] > 0) {
+                cuda::drop_zero_keys(ob, width, n, width, hd, lse.data<float>() + b * heads * L, n, zero_keys[size_t(b)],
+                                     out.dense ? ob : nullptr, width, qb, sb, out.kp, s);
+            } else {
+                cuda::RowOp r;
+                r.x = ob;
+                r.ldx = width;
+                r.q = qb;
+                r.qs = sb;
+                r.ldq = out.kp;
+                r.m = n;
+                r.k = width;
+                cuda::row_op(r, s);
+            }
+        }
+    }
+    return a;
 #else
     detail::no_cuda(op);
 #endif

@@ -44,6 +44,19 @@ Fp8Qk fp8_qk(int64_t rows, int64_t width, const std::vector<Tensor>& wq, const s
 // the q and k of every token row already in qk->y, qkv's q and k columns not read.
 Tensor attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads,
                         int64_t head_dim, const Context& ctx, const Fp8Qk* qk = nullptr);
+// The same, written as `out` asks (the input spec of the Linear that reads it: dense rows and / or
+// their per-token int8 quantization; on the CPU the dense rows only, which the CPU's Linear
+// quantizes itself). Rows past an item's length are zero in the dense rows and not written in the
+// int8 rows. Where CUDA's bf16 attention also quantizes (out.int8), an item of at least
+// kZeroKeysFrom tokens whose length is not a multiple of 128 runs against zero key and value rows
+// up to that multiple, when its padding has room for them (they are written into qkv's padding
+// rows): cuDNN's kernel is slower for other key counts (bench/cuda/NOTES.md, "The joint
+// attention's key count"). Their weight is then taken back out of each row and head by the
+// softmax statistics in the quantization pass (backend/cuda/row.h, drop_zero_keys): the same
+// attention up to one more bf16 rounding, as long as a row's scores are not all far below zero.
+inline constexpr int64_t kZeroKeysFrom = 1024;
+Activation attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads,
+                            int64_t head_dim, const ActivationSpec& out, const Context& ctx, const Fp8Qk* qk = nullptr);
 
 // Whether ctx runs AttentionImpl::Fp8 (ops/context.h): a GPU of compute capability 9.x or 10.x
 // with cuDNN 9; never the CPU.

@@ -190,6 +190,27 @@ void copy_rows(Tensor& dst, int64_t dst_row, const Tensor& src, int64_t src_row,
 #endif
 }
 
+Activation empty_rows(const Activation& like, int64_t m, const Context& ctx) {
+    auto part = [&](const Tensor& t) {
+        if (!t.defined()) return Tensor();
+        Shape shape = t.shape();
+        shape[0] = m;
+        return empty(std::move(shape), t.dtype(), ctx);
+    };
+    return {part(like.x), part(like.q), part(like.qs)};
+}
+
+void copy_rows(Activation& dst, int64_t dst_row, const Activation& src, int64_t src_row, int64_t n, const Context& ctx) {
+    for (auto [d, s] : {std::pair{&dst.x, &src.x}, std::pair{&dst.q, &src.q}, std::pair{&dst.qs, &src.qs}}) {
+        if (!s->defined()) continue;
+        if (!d->defined()) raise<ShapeError>("copy_rows: the destination activation lacks a part the source has");
+        // The per-token scales are one column.
+        Tensor dv = d->dim() == 1 ? d->view({d->size(0), 1}) : *d;
+        const Tensor sv = s->dim() == 1 ? s->view({s->size(0), 1}) : *s;
+        copy_rows(dv, dst_row, sv, src_row, n, ctx);
+    }
+}
+
 void gather_rows(Tensor& x, const Context& ctx) {
     detail::check_device(x, ctx, "gather_rows", "x");
     const int world = ctx.world();

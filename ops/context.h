@@ -118,5 +118,10 @@ struct ActivationSpec {
     bool dense = true, int8 = false;
     int64_t k = 0, kp = 0;
 };
+// m new rows with the parts `like` has (their widths and dtypes), contents uninitialised.
+Activation empty_rows(const Activation& like, int64_t m, const Context& ctx);
+// Rows [dst_row, dst_row + n) of each part of src ← its rows [src_row, src_row + n) (copy_rows);
+// dst has the parts src has.
+void copy_rows(Activation& dst, int64_t dst_row, const Activation& src, int64_t src_row, int64_t n, const Context& ctx);
 
 }  // namespace qdit::ops

@@ -29,6 +29,7 @@ namespace fe = cudnn_frontend;
 
 // One built SDPA graph per (device, shape, strides); its tensors are bound by uid at execution.
 enum : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv, kScalar0 };  // kScalar0 + Fp8Scalar: FP8's scalars
+constexpr int64_t kStats = 100;                                    // the softmax statistics
 
 // What the graph computes in: bf16, or FP8 (E4M3) with the output in bf16 or in E4M3.
 enum class Precision : int { Bf16, Fp8, Fp8Out8 };
@@ -44,10 +45,13 @@ struct Key {
     bool causal;
     int64_t batch = 0;
     Precision precision = Precision::Bf16;
+    int64_t s_kv = 0;    // the keys' count where it differs from the queries' s (one item, bf16), else 0
+    bool stats = false;  // the graph also writes each query row's softmax statistics (f32 [heads, s])
+    int64_t keys() const { return s_kv ? s_kv : s; }
     bool operator<(const Key& o) const {
-        return std::tie(device, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, causal, batch, precision) <
+        return std::tie(device, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, causal, batch, precision, s_kv, stats) <
                std::tie(o.device, o.s, o.heads, o.kv_heads, o.hd, o.ldq, o.ldk, o.ldv, o.ldo, o.causal, o.batch,
-                        o.precision);
+                        o.precision, o.s_kv, o.stats);
     }
 };
 
@@ -70,19 +74,20 @@ State& state() {
 
 void fe_check(fe::error_t e, const char* step, const Key& k) {
     if (e.is_bad())
-        raise<Error>("cuDNN SDPA ({}, {} tokens, {} heads, {} kv heads, head_dim {}{}{}): {} failed: {}",
-                     precision_name(k.precision), k.s, k.heads, k.kv_heads, k.hd, k.causal ? ", causal" : "",
+        raise<Error>("cuDNN SDPA ({}, {} tokens{}, {} heads, {} kv heads, head_dim {}{}{}): {} failed: {}",
+                     precision_name(k.precision), k.s, k.s_kv ? fmt::format(" against {} keys", k.s_kv) : std::string(),
+                     k.heads, k.kv_heads, k.hd, k.causal ? ", causal" : "",
                      k.batch ? fmt::format(", a padded batch of {}", k.batch) : std::string(), step, e.get_message());
 }
 
-// [b, h, s, d] view of a row-major [s, ld] matrix whose head h < heads occupies columns
-// h·hd .. h·hd + hd.
+// [b, h, rows, d] view of a row-major [rows, ld] matrix whose head h < heads occupies columns
+// h·hd .. h·hd + hd (items k.s rows apart in a padded batch).
 std::shared_ptr<fe::graph::Tensor_attributes> bhsd(fe::graph::Graph& g, const char* name, int64_t uid,
-                                                   const Key& k, int64_t heads, int64_t ld) {
+                                                   const Key& k, int64_t heads, int64_t rows, int64_t ld) {
     return g.tensor(fe::graph::Tensor_attributes()
                         .set_name(name)
                         .set_uid(uid)
-                        .set_dim({std::max<int64_t>(k.batch, 1), heads, k.s, k.hd})
+                        .set_dim({std::max<int64_t>(k.batch, 1), heads, rows, k.hd})
                         .set_stride({k.s * ld, k.hd, ld, 1}));
 }
 
@@ -93,11 +98,11 @@ Plan build(cudnnHandle_t handle, const Key& k) {
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
         .set_compute_data_type(fe::DataType_t::FLOAT);
     // Grouped-query attention: K and V have kv_heads heads, which cuDNN maps to groups of queries.
-    auto q = bhsd(*g, "Q", kQ, k, k.heads, k.ldq), kk = bhsd(*g, "K", kK, k, k.kv_heads, k.ldk),
-         v = bhsd(*g, "V", kV, k, k.kv_heads, k.ldv);
+    auto q = bhsd(*g, "Q", kQ, k, k.heads, k.s, k.ldq), kk = bhsd(*g, "K", kK, k, k.kv_heads, k.keys(), k.ldk),
+         v = bhsd(*g, "V", kV, k, k.kv_heads, k.keys(), k.ldv);
     auto opts = fe::graph::SDPA_attributes()
                     .set_name("sdpa")
-                    .set_generate_stats(false)
+                    .set_generate_stats(k.stats)
                     .set_attn_scale(float(1.0 / std::sqrt(double(k.hd))));
     // Causal, top-left aligned (s_q == s_kv here): key j is masked for query i when j > i.
     if (k.causal)
@@ -131,7 +136,11 @@ Plan build(cudnnHandle_t handle, const Key& k) {
             t->set_output(true).set_uid(uid).set_dim({1, 1, 1, 1}).set_stride({1, 1, 1, 1}).set_data_type(
                 fe::DataType_t::FLOAT);
     } else {
-        o = g->sdpa(q, kk, v, opts)[0];
+        auto out = g->sdpa(q, kk, v, opts);
+        o = out[0];
+        if (k.stats)
+            out[1]->set_output(true).set_uid(kStats).set_dim({1, k.heads, k.s, 1}).set_stride({k.heads * k.s, k.s, 1, 1})
+                .set_data_type(fe::DataType_t::FLOAT);
     }
     o->set_output(true).set_uid(kO).set_dim({std::max<int64_t>(k.batch, 1), k.heads, k.s, k.hd}).set_stride({k.s * k.ldo, k.hd, k.ldo, 1});
     fe_check(g->validate(), "validate", k);
@@ -153,10 +162,12 @@ constexpr int kPlanFormat = 1;
 // apart, lengths bound at execution).
 std::string cache_key(const Key& k) {
     return plan_cache::key(plan_cache::Kind::Attention, kPlanFormat, k.device,
-                           fmt::format("{} sdpa s {} heads {} kv_heads {} hd {} ld q {} k {} v {} o {} causal {} "
-                                       "padded batch {}",
-                                       precision_name(k.precision),
-                                       k.s, k.heads, k.kv_heads, k.hd, k.ldq, k.ldk, k.ldv, k.ldo, k.causal, k.batch));
+                           fmt::format("{} sdpa s {}{} heads {} kv_heads {} hd {} ld q {} k {} v {} o {} causal {} "
+                                       "padded batch {}{}",
+                                       precision_name(k.precision), k.s,
+                                       k.s_kv ? fmt::format(" s_kv {}", k.s_kv) : std::string(), k.heads,
+                                       k.kv_heads, k.hd, k.ldq, k.ldk, k.ldv, k.ldo, k.causal, k.batch,
+                                       k.stats ? " stats" : ""));
 }
 
 // The plan for `k`: read from the plan cache, else built (and stored).
@@ -227,17 +238,20 @@ static void execute(const Plan& plan, cudnnHandle_t handle, std::unordered_map<i
 
 // Runs cuDNN's bf16 SDPA for `key`; returns false without launching anything when cuDNN cannot
 // build a plan for the shape and `fallback` is set (else that throws).
+// With key.stats, lse receives the statistics.
 static bool attention_cudnn(Key key, const void* q, const void* k, const void* v, void* o, const int32_t* len,
-                            cudaStream_t stream, bool fallback) {
+                            cudaStream_t stream, bool fallback, float* lse = nullptr) {
     cudnnHandle_t handle;
-    const std::shared_ptr<const Plan> plan = find_plan(key, &handle, fallback);
+    // A plan with statistics that cannot be built is not reported: its caller runs without them.
+    const std::shared_ptr<const Plan> plan = find_plan(key, &handle, fallback && !key.stats);
     if (!plan->graph) {
         if (fallback) return false;
         raise<Error>("{}", plan->error);
     }
-    execute(*plan, handle,
-            {{kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)}, {kV, const_cast<void*>(v)}, {kO, o}}, len, stream,
-            key);
+    std::unordered_map<int64_t, void*> ptrs{
+        {kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)}, {kV, const_cast<void*>(v)}, {kO, o}};
+    if (key.stats) ptrs[kStats] = lse;
+    execute(*plan, handle, std::move(ptrs), len, stream, key);
     return true;
 }
 
@@ -301,6 +315,28 @@ void attention(const void* q, int64_t ldq, const void* k, int64_t ldk, const voi
 #else
     (void)fallback;
     raise<Error>("attention: this build has no cuDNN (configure with the cuDNN frontend headers)");
+#endif
+}
+
+bool attention_with_stats(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv, void* o,
+                          int64_t ldo, int64_t s, int64_t s_kv, int64_t heads, int64_t kv_heads, int64_t hd, float* lse,
+                          cudaStream_t stream) {
+    if (s <= 0) return true;
+    if (kv_heads == 0) kv_heads = heads;
+    if (s_kv < 1 || !lse || heads <= 0 || hd <= 0 || kv_heads <= 0 || heads % kv_heads || ldq < heads * hd ||
+        ldk < kv_heads * hd || ldv < kv_heads * hd || ldo < heads * hd)
+        raise<ShapeError>("attention_with_stats: {} queries against {} keys, {} query heads and {} kv heads (a divisor) "
+                          "of {} with row strides {}, {}, {}, {}{}",
+                          s, s_kv, heads, kv_heads, hd, ldq, ldk, ldv, ldo, lse ? "" : ", no statistics buffer");
+#if QDIT_WITH_CUDNN
+    if (!cudnn_attention_available()) return false;
+    Key key{0, s, heads, kv_heads, hd, ldq, ldk, ldv, ldo, false};
+    key.s_kv = s_kv == s ? 0 : s_kv;
+    key.stats = true;
+    return attention_cudnn(key, q, k, v, o, nullptr, stream, /*fallback=*/true, lse);
+#else
+    (void)q, (void)k, (void)v, (void)o, (void)stream;
+    return false;
 #endif
 }
 

@@ -42,6 +42,14 @@ void attention(const void* q, int64_t ldq, const void* k, int64_t ldk, const voi
                int64_t ldo, int64_t s, int64_t heads, int64_t hd, cudaStream_t stream,
                AttentionImpl impl = AttentionImpl::Auto, int64_t kv_heads = 0, bool causal = false);
 
+// cuDNN's attention of s queries against s_kv keys (batch 1, not causal; arguments as attention()),
+// which also writes each query row's softmax statistics: lse f32 [heads, s], row t's head h at
+// lse[h·s + t], the natural log of Σ_j exp(q·k_j / sqrt(hd)) over the keys. Returns false without
+// launching anything where cuDNN is not available or cannot plan the shape (decided once per shape).
+bool attention_with_stats(const void* q, int64_t ldq, const void* k, int64_t ldk, const void* v, int64_t ldv, void* o,
+                          int64_t ldo, int64_t s, int64_t s_kv, int64_t heads, int64_t kv_heads, int64_t hd, float* lse,
+                          cudaStream_t stream);
+
 // Scaled dot-product attention, batch 1, simple kernel (one warp per query and head, online
 // softmax in f32, probabilities rounded to bf16 before P·V as the CPU op does).
 // q, o: token t's head h at ptr[t·ld + h·hd]; k, v: token t's head g at ptr[t·ld + g·hd] for

@@ -266,6 +266,30 @@ __global__ void __launch_bounds__(256, row_op_min_blocks<VEC, NV>()) row_op_kern
     if (op.q) r.quantize(op.q + row * op.ldq, op.qs + row, k, int(op.ldq));
 }
 
+// drop_zero_keys: a row's vectors lie within one head each (hd % VEC == 0).
+template <int VEC, int NV>
+__global__ void __launch_bounds__(256) drop_zero_keys_kernel(const bf16* o, int64_t ldo_in, int k, int hd,
+                                                             const float* lse, int64_t ld_lse, float n_zero, bf16* out,
+                                                             int64_t ldo, int8_t* q, float* qs, int64_t ldq) {
+    using Row = RowRegs<VEC, NV>;
+    const int64_t row = blockIdx.x;
+    Row r;
+    r.load(o + row * ldo_in, k);
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+        const int b = Row::base(j);
+        if (b >= k) continue;
+        const float f = 1.f / (1.f - n_zero * expf(-lse[int64_t(b / hd) * ld_lse + row]));
+#pragma unroll
+        for (int p = 0; p < Row::NP; ++p) {
+            const float2 v = r.pair(j, p);
+            r.set_bits(j, p, pack_bf16x2(v.x * f, v.y * f));
+        }
+    }
+    if (out) r.store(out + row * ldo, k);
+    if (q) r.quantize(q + row * ldq, qs + row, k, int(ldq));
+}
+
 // The gated linear units: GELU (tanh form) of a alone, or SwiGLU bf16(silu(a)) · b.
 enum class Glu { Swi, GeluTanh };
 // 0.5·v·(1 + tanh(u)) = v / (1 + e^(−2u)), u = sqrt(2/π)·(v + κ·v³): the same function without
@@ -396,6 +420,26 @@ void row_op(const RowOp& op, cudaStream_t stream) {
         row_op_kernel<decltype(V)::value, decltype(N)::value><<<unsigned(op.m), l.threads, 0, stream>>>(op);
     });
     check_launch("row_op");
+}
+
+void drop_zero_keys(const void* o, int64_t ldo_in, int64_t m, int64_t k, int64_t hd, const float* lse, int64_t ld_lse,
+                    int64_t n_zero, void* out, int64_t ldo, int8_t* q, float* qs, int64_t ldq, cudaStream_t stream) {
+    if (m <= 0) return;
+    if (k <= 0 || hd <= 0 || k % hd || ldo_in < k || !lse || ld_lse < m || n_zero < 0 || (out && ldo < k) ||
+        (q && (ldq < k || !qs)))
+        raise<ShapeError>("drop_zero_keys: bad arguments (m {}, k {}, hd {}, ldo_in {}, ld_lse {}, {} zero keys, ldo {}, "
+                          "ldq {})",
+                          m, k, hd, ldo_in, ld_lse, n_zero, ldo, ldq);
+    bool vec = k % 8 == 0 && hd % 8 == 0 && ldo_in % 8 == 0 && aligned16(o);
+    if (out) vec = vec && ldo % 8 == 0 && aligned16(out);
+    if (q) vec = vec && ldq % 8 == 0 && aligned16(q);
+    const RowLaunch l = row_launch(k, vec);
+    dispatch_row(l, [&](auto V, auto N) {
+        drop_zero_keys_kernel<decltype(V)::value, decltype(N)::value><<<unsigned(m), l.threads, 0, stream>>>(
+            static_cast<const bf16*>(o), ldo_in, int(k), int(hd), lse, ld_lse, float(n_zero), static_cast<bf16*>(out),
+            ldo, q, qs, ldq);
+    });
+    check_launch("drop_zero_keys");
 }
 
 namespace {

@@ -51,6 +51,18 @@ struct RowOp {
 };
 void row_op(const RowOp& op, cudaStream_t stream);
 
+// Attention computed against n_zero more keys whose rows are zero (their scores 0, their values 0;
+// cuDNN's kernel is slower for a key count that is not a multiple of 128), taken back out per row
+// and head: o' [m, k] (k = heads·hd, row stride ldo_in) is that attention's output and lse (f32,
+// row r's head h at lse[h·ld_lse + r]) its softmax statistics (natural log of the exp-sum, the zero
+// keys' n_zero included). The real keys' exp-sum is e^lse − n_zero, so each head's values become
+// bf16(o' / (1 − n_zero·e^(−lse))), written as bf16 to out (or null; may be o' itself) and/or int8
+// to q / qs (or null) as row_op writes them. Exact up to that rounding while the real keys' exp-sum
+// is not far below n_zero: where every score of a row is far below zero (around −7 or less for all
+// of its keys) the f32 statistics lose the real keys' share.
+void drop_zero_keys(const void* o, int64_t ldo_in, int64_t m, int64_t k, int64_t hd, const float* lse, int64_t ld_lse,
+                    int64_t n_zero, void* out, int64_t ldo, int8_t* q, float* qs, int64_t ldq, cudaStream_t stream);
+
 // SwiGLU of the fused w1|w3 output h [m, 2k] (a = columns [0, k), b = [k, 2k), row stride ldh):
 // g = bf16(bf16(silu(a)) · b), written as bf16 to out (or null) and/or int8 to q / qs (or null).
 void swiglu(const void* h, int64_t ldh, int64_t m, int64_t k, void* out, int64_t ldo, int8_t* q, float* qs,

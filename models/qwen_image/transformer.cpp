@@ -277,7 +277,11 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
         if (std::all_of(timestep.data<float>(), timestep.data<float>() + B, [&](float t) { return t == mod_t_[i]; }))
             step = int64_t(i);
     if (step >= 0) key += ";kept modulation";
-    const int64_t S = L + *std::max_element(n_real.begin(), n_real.end());
+    const bool fp8 = ctx_.attention == ops::AttentionImpl::Fp8;
+    // On a GPU (bf16 attention) the items are a multiple of 128 rows apart: room for the zero keys
+    // ops::attention_padded adds up to that multiple.
+    const int64_t S_real = L + *std::max_element(n_real.begin(), n_real.end()),
+                  S = ctx_.cuda() && !fp8 ? (S_real + 127) / 128 * 128 : S_real;
     // The text stream holds only the real tokens: item b's n_real[b] rows from `first[b]` on (a
     // masked token reaches only the discarded text output, and every op on the stream is per row).
     std::vector<int64_t> lengths(static_cast<size_t>(B)), first(static_cast<size_t>(B) + 1, 0);
@@ -371,7 +375,6 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
     }
     Tensor out = buffer("out", {B * L, cfg_.out_features()}, dt_);
 
-    const bool fp8 = ctx_.attention == ops::AttentionImpl::Fp8;
     auto body = [&] {
         const ops::Activation c{cond, {}, {}};
         // Each stream's MLP residual, x += gate · y, is applied by the next row op on its stream.
@@ -481,26 +484,37 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                 ops::copy_rows(joint, j, th.qkv, t, n, ctx_);
                 if (fp8) ops::copy_rows(f8.y, j, th.qk8.y, t, n, ctx_);
             });
-            Tensor o;
+            const bool last = bi + 1 == nb;  // the last block's text stream is unused
+            ops::Activation o;
             {
                 ops::Region r("attention", ctx_);
-                o = ops::attention_padded(joint, lengths, H, H, hd, ctx_, fp8 ? &f8 : nullptr);
+                // Written as both output projections read it (the same width; dense rows where
+                // either is kept in bf16).
+                ops::ActivationSpec spec = blk.img.out.input_spec();
+                if (!last && N > 0) {
+                    const ops::ActivationSpec t = blk.txt.out.input_spec();
+                    spec.dense = spec.dense || t.dense;
+                    if (t.int8 && spec.int8 && t.kp != spec.kp)
+                        spec = {true, false, spec.k, 0};  // each Linear quantizes for itself
+                    else if (t.int8 && !spec.int8)
+                        spec.int8 = true, spec.kp = t.kp;
+                }
+                o = ops::attention_padded(joint, lengths, H, H, hd, spec, ctx_, fp8 ? &f8 : nullptr);
             }
             joint = Tensor();
             const Tensor m_txt = th.mod;
             th = TextHalf{};
-            const bool last = bi + 1 == nb;  // the last block's text stream is unused
             if (!last) f8 = make_f8(blocks_[size_t(bi + 1)]);
             // The rest of the text stream's block, then its next attention half, on the side.
             if (!last && N > 0) {
-                Tensor attn_txt = ops::empty({N, D}, dt_, ctx_);
+                ops::Activation attn_txt = ops::empty_rows(o, N, ctx_);
                 to_joint([&](int64_t t, int64_t j, int64_t n) { ops::copy_rows(attn_txt, t, o, j, n, ctx_); });
                 fork.emplace(ctx_);
                 const ops::Context& side = fork->side();
                 Tensor y_txt;
                 {
                     ops::Region r("text attention out", side);
-                    y_txt = blk.txt.out.forward({attn_txt, {}, {}}, &side);
+                    y_txt = blk.txt.out.forward(attn_txt, &side);
                 }
                 mlp("text MLP", blk.txt, txt, y_txt, m_txt, p_txt, txt_groups, 1, side);
                 th = text_half(bi + 1, side);
@@ -511,7 +525,7 @@ Tensor QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& 
                 ops::Region r("image attention out", ctx_);
                 for (int64_t b = 0; b < B; ++b) {
                     Tensor rows = y_img.slice_rows(b * L, (b + 1) * L);
-                    blk.img.out.forward_into({o.slice_rows(b * S, b * S + L), {}, {}}, rows);
+                    blk.img.out.forward_into(o.slice_rows(b * S, b * S + L), rows);
                 }
             }
             mlp("image MLP", blk.img, img, y_img, m_img, p_img, {}, B, ctx_);

@@ -499,6 +499,61 @@ TEST(Ops, AttentionPadded) {
     EXPECT_THROW(ops::attention_padded(qkv, {2, 2, 2}, 1, 1, 16, ops::Context{}), ShapeError);
 }
 
+// attention_padded written as an int8 Linear reads it: on CUDA an item of at least kZeroKeysFrom
+// tokens whose length is not a multiple of 128 runs against zero keys up to that multiple (where its
+// padding has room) and their weight is taken back out by the softmax statistics. Each item's dense
+// rows must be as close to the exact attention (f32 on the CPU) as the plain bf16 call's, also
+// where every score of a row is well below zero (the case that strains the statistics: mean score
+// about −6; without the correction the zero keys' weight, z / (Σ e^score + z), would leave them
+// below about 25 dB); the int8 rows are exactly the per-token quantization of those dense rows.
+// Items: 1030 tokens (122 zero keys), a multiple of 128, 1100 (52 zero keys); then items with no
+// room (length L, or its next multiple of 128 past L).
+TEST(Ops, AttentionPaddedZeroKeys) {
+    for (const ops::Context& ctx : contexts()) {
+        if (!ctx.cuda()) continue;
+        for (auto [L, H, hd, lengths, shift] :
+             {std::tuple<int64_t, int64_t, int64_t, std::vector<int64_t>, float>{1280, 3, 128, {1030, 1280, 1100}, 0.f},
+              {1280, 2, 64, {1030, 1100}, 0.f},
+              {1152, 2, 128, {1030, 1100}, 0.73f},
+              {1100, 2, 128, {1100, 1050}, 0.f}}) {
+            const int64_t B = int64_t(lengths.size()), D = H * hd, W = 3 * D;
+            // shift: q = −shift + noise, k = shift + noise per element, so q·k/√hd ≈ −shift²·√hd.
+            Tensor x = randn({B * L, W}, 31, 0.f, 1.f, DType::F32);
+            for (int64_t r = 0; r < B * L; ++r)
+                for (int64_t c = 0; c < 2 * D; ++c) x.data<float>()[r * W + c] += c < D ? -shift : shift;
+            const Tensor qkv = x.to(DType::BF16);
+            const std::string name = fmt::format("L{} h{} d{} shift {}", L, H, hd, shift);
+            SCOPED_TRACE(name);
+            const ops::ActivationSpec spec{true, true, D, D};
+            const ops::Activation a = ops::attention_padded(ops::to_device(qkv, ctx), lengths, H, H, hd, spec, ctx);
+            const Tensor plain = ops::to_host(ops::attention_padded(ops::to_device(qkv, ctx), lengths, H, H, hd, ctx), ctx);
+            ASSERT_TRUE(a.x.defined() && a.q.defined() && a.qs.defined());
+            const Tensor dense = ops::to_host(a.x, ctx), q = ops::to_host(a.q, ctx), qs = ops::to_host(a.qs, ctx);
+            for (int64_t b = 0; b < B; ++b) {
+                const int64_t n = lengths[size_t(b)], r0 = b * L;
+                const bool zero_keys = n % 128 && (n + 127) / 128 * 128 <= L;
+                const Tensor ref = ops::attention(qkv.slice_rows(r0, r0 + n).to(DType::F32), 1, H, H, hd, false, Tensor(),
+                                                  ops::Context{});
+                const double got = testutil::compare(dense.slice_rows(r0, r0 + n), ref).sqnr_db(),
+                             base = testutil::compare(plain.slice_rows(r0, r0 + n), ref).sqnr_db();
+                std::printf("%s item %lld (%s): SQNR %.2f dB, plain call %.2f dB\n", name.c_str(), (long long)b,
+                            zero_keys ? "zero keys" : "no zero keys", got, base);
+                EXPECT_GE(got, base - 1.0) << "item " << b;
+                EXPECT_GE(got, 40.0) << "item " << b;
+                // The int8 rows: the per-token rule applied to the dense rows.
+                std::vector<int8_t> want(static_cast<size_t>(n * D));
+                std::vector<float> want_s(static_cast<size_t>(n));
+                quantize_rows_int8_ref(dense.slice_rows(r0, r0 + n).raw(), DType::BF16, n, D, D, want.data(), want_s.data());
+                EXPECT_EQ(std::memcmp(want.data(), q.slice_rows(r0, r0 + n).raw(), want.size()), 0) << "item " << b;
+                EXPECT_EQ(std::memcmp(want_s.data(), qs.slice_rows(r0, r0 + n).raw(), want_s.size() * 4), 0)
+                    << "item " << b;
+                const std::vector<double> pad = values(dense.slice_rows(r0 + n, r0 + L));
+                EXPECT_TRUE(std::all_of(pad.begin(), pad.end(), [](double v) { return v == 0.0; })) << "item " << b;
+            }
+        }
+    }
+}
+
 // FP8 attention (AttentionImpl::Fp8) against the exact attention of the CPU: q, k, v and the
 // probabilities carry E4M3's 3 mantissa bits (a relative rounding error of at most 2^-4, about 3.6 %
 // rms). With q, k of rms at most 1 (as after the models' q/k RMS norms scaled by their weights) the

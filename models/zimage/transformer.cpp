@@ -223,21 +223,27 @@ void ZImageTransformer::block_forward(const Block& b, Tensor& x, const Tensor& f
                               ctx_);
     // Attention: (the previous residual, then) attention_norm1 (· scale) → q|k|v → q/k RMSNorm +
     // RoPE → SDPA → to_out.
-    Tensor qkv = b.qkv.forward(ops::row(x, {pending.y, pending.w, eps, pending.gate},
-                                        {ops::Norm::Rms, b.attention_norm1, eps, chunk(0), {}}, b.qkv.input_spec(), ctx_));
+    const ops::Activation a = ops::row(x, {pending.y, pending.w, eps, pending.gate},
+                                       {ops::Norm::Rms, b.attention_norm1, eps, chunk(0), {}}, b.qkv.input_spec(), ctx_);
     pending = Pending();
     // FP8 attention: q and k written as E4M3 by the norm + RoPE kernel (ops::Fp8Qk; sequence
     // parallelism runs bf16, and without q/k norms the attention converts q and k itself).
     const bool fp8 = ctx_.attention == ops::AttentionImpl::Fp8 && !ctx_.sequence_parallel() && b.norm_q.defined();
-    const int64_t L = qkv.size(0);
+    const int64_t L = x.size(0);
+    // bf16 attention on a GPU whose output the int8 to_out reads: q|k|v rows up to a multiple of
+    // 128, room for the zero keys ops::attention_padded adds.
+    const bool padded = ctx_.cuda() && !fp8 && !ctx_.sequence_parallel() && b.out.input_spec().int8;
+    Tensor qkv_rows = ops::empty({padded ? (L + 127) / 128 * 128 : L, b.qkv.width()}, dt_, ctx_);
+    Tensor qkv = qkv_rows.slice_rows(0, L);
+    b.qkv.forward_into(a, qkv);
     const ops::Fp8Qk f8 = fp8 ? ops::fp8_qk(L, qkv.size(1), {b.norm_q}, {b.norm_k}, hd, ctx_) : ops::Fp8Qk{};
     ops::qk_rms_norm_rope(qkv, H, H, hd, b.norm_q, b.norm_k, kAttnNormEps, freqs, ops::RopeLayout::Interleaved, ctx_,
                           fp8 ? &f8 : nullptr);
-    Tensor y = b.out.forward({fp8 ? ops::attention_padded(qkv, {L}, H, H, hd, ctx_, &f8)
-                                  : ops::attention(qkv, 1, H, H, hd, /*causal=*/false, Tensor(), ctx_),
-                              {},
-                              {}});
-    qkv = Tensor();
+    Tensor y = b.out.forward(fp8       ? ops::Activation{ops::attention_padded(qkv, {L}, H, H, hd, ctx_, &f8), {}, {}}
+                             : padded ? ops::attention_padded(qkv_rows, {L}, H, H, hd, b.out.input_spec(), ctx_)
+                                            .slice_rows(0, L)
+                                      : ops::Activation{ops::attention(qkv, 1, H, H, hd, false, Tensor(), ctx_), {}, {}});
+    qkv = qkv_rows = Tensor();
     // x += gate_msa · attention_norm2(attention); ffn_norm1(x) · scale_mlp → w1|w3 → SwiGLU → w2.
     const Tensor h = b.w13.forward(ops::row(x, {y, b.attention_norm2, eps, chunk(1)},
                                             {ops::Norm::Rms, b.ffn_norm1, eps, chunk(2), {}}, b.w13.input_spec(), ctx_));

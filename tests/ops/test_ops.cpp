@@ -502,10 +502,12 @@ TEST(Ops, AttentionPadded) {
 // attention_padded written as an int8 Linear reads it: on CUDA an item of at least kZeroKeysFrom
 // tokens whose length is not a multiple of 128 runs against zero keys up to that multiple (where its
 // padding has room) and their weight is taken back out by the softmax statistics. Each item's dense
-// rows must be as close to the exact attention (f32 on the CPU) as the plain bf16 call's, also
-// where every score of a row is well below zero (the case that strains the statistics: mean score
-// about −6; without the correction the zero keys' weight, z / (Σ e^score + z), would leave them
-// below about 25 dB); the int8 rows are exactly the per-token quantization of those dense rows.
+// rows must be within 3 dB of the plain bf16 call's SQNR against the exact attention (f32 on the
+// CPU): they are rounded to bf16 twice (cuDNN's output, then the corrected value), which at most
+// doubles the rounding noise (an H100 measured 1.9 to 2.1 dB less, 51.1 to 51.4 dB), also where
+// every score of a row is well below zero (the case that strains the statistics: mean score about
+// −6). Without the correction the zero keys' weight, z / (Σ e^score + z), would leave them below
+// about 25 dB. The int8 rows are exactly the per-token quantization of those dense rows.
 // Items: 1030 tokens (122 zero keys), a multiple of 128, 1100 (52 zero keys); then items with no
 // room (length L, or its next multiple of 128 past L).
 TEST(Ops, AttentionPaddedZeroKeys) {
@@ -538,7 +540,7 @@ TEST(Ops, AttentionPaddedZeroKeys) {
                              base = testutil::compare(plain.slice_rows(r0, r0 + n), ref).sqnr_db();
                 std::printf("%s item %lld (%s): SQNR %.2f dB, plain call %.2f dB\n", name.c_str(), (long long)b,
                             zero_keys ? "zero keys" : "no zero keys", got, base);
-                EXPECT_GE(got, base - 1.0) << "item " << b;
+                EXPECT_GE(got, base - 3.0) << "item " << b;
                 EXPECT_GE(got, 40.0) << "item " << b;
                 // The int8 rows: the per-token rule applied to the dense rows.
                 std::vector<int8_t> want(static_cast<size_t>(n * D));

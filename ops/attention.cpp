@@ -232,19 +232,18 @@ Activation attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengt
             lse = empty({batch, heads, L}, DType::F32, ctx);
         for (int64_t b = 0; b < batch; ++b) {
             const int64_t n = lengths[size_t(b)], z = zero_keys[size_t(b)];
-            const uint8_t* qb = q + size_t(b * L * ld * es);
+            const uint8_t *qb = q + size_t(b * L * ld * es), *kb = qb + heads * hd * es,
+                          *vb = qb + (heads + kv_heads) * hd * es;
+            uint8_t* ob = dst + size_t(b * L * width * es);
             if (z > 0) {
                 uint8_t* pad = const_cast<uint8_t*>(qb) + size_t(n * ld * es);
                 cuda::check(cudaMemsetAsync(pad, 0, size_t(z * ld * es), s), "attention_padded: zero keys");
-                if (cuda::attention_with_stats(qb, ld, qb + heads * hd * es, ld, qb + (heads + kv_heads) * hd * es, ld,
-                                               dst + size_t(b * L * width * es), width, n, n + z, heads, kv_heads, hd,
+                if (cuda::attention_with_stats(qb, ld, kb, ld, vb, ld, ob, width, n, n + z, heads, kv_heads, hd,
                                                lse.data<float>() + b * heads * L, s))
                     continue;
                 zero_keys[size_t(b)] = 0;  // cuDNN cannot plan it with statistics: without zero keys
             }
-            Tensor ob = o.slice_rows(b * L, b * L + n);
-            attention_per_item(qkv.slice_rows(b * L, b * L + n), ob, 1, n, [&](int64_t) { return n; }, heads, kv_heads,
-                               hd, cuda::AttentionImpl::Auto, false, ctx);
+            cuda::attention(qb, ld, kb, ld, vb, ld, ob, width, n, heads, hd, s, cuda::AttentionImpl::Auto, kv_heads);
         }
     }
     const bool dropped = std::any_of(zero_keys.begin(), zero_keys.end(), [](int64_t z) { return z > 0; });

@@ -30,16 +30,15 @@ int64_t item_rows(const char* op, const Tensor& qkv, int64_t batch, int64_t head
 }
 
 #ifdef QDIT_WITH_CUDA
-// A bf16 fused q|k|v whose items are L rows apart: item b's first n(b) rows, one cuda::attention
-// call each, into the same rows of o [rows, heads·hd].
-template <class N>
-void attention_per_item(const Tensor& qkv, Tensor& o, int64_t batch, int64_t L, N n, int64_t heads,
-                        int64_t kv_heads, int64_t hd, cuda::AttentionImpl impl, bool causal, const Context& ctx) {
+// A bf16 fused q|k|v of `batch` items of L rows each: one cuda::attention call per item, into the
+// same rows of o [rows, heads·hd].
+void attention_per_item(const Tensor& qkv, Tensor& o, int64_t batch, int64_t L, int64_t heads, int64_t kv_heads,
+                        int64_t hd, cuda::AttentionImpl impl, bool causal, const Context& ctx) {
     const int64_t ld = qkv.size(1), width = heads * hd, es = 2;
     for (int64_t b = 0; b < batch; ++b) {
         const uint8_t* q = static_cast<const uint8_t*>(qkv.raw()) + size_t(b * L * ld * es);
         cuda::attention(q, ld, q + heads * hd * es, ld, q + (heads + kv_heads) * hd * es, ld,
-                        static_cast<uint8_t*>(o.raw()) + size_t(b * L * width * es), width, n(b), heads, hd,
+                        static_cast<uint8_t*>(o.raw()) + size_t(b * L * width * es), width, L, heads, hd,
                         detail::stream(ctx), impl, kv_heads, causal);
     }
 }
@@ -134,7 +133,7 @@ Tensor attention(const Tensor& qkv, int64_t batch, int64_t heads, int64_t kv_hea
         return o;
     }
     const auto impl = ctx.attention == AttentionImpl::Simple ? cuda::AttentionImpl::Simple : cuda::AttentionImpl::Auto;
-    attention_per_item(qkv, o, batch, L, [&](int64_t) { return L; }, heads, kv_heads, hd, impl, causal, ctx);
+    attention_per_item(qkv, o, batch, L, heads, kv_heads, hd, impl, causal, ctx);
     return o;
 #else
     detail::no_cuda(op);

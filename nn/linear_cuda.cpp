@@ -25,20 +25,6 @@ using cuda::MemKind;
 
 namespace {
 
-// q I8 [m, ldq] and qs F32 [m] ← x (bf16 [m, ldx], k columns) quantized per row (quant/int8.h).
-void quantize_rows(const DTensor& x, int64_t ldx, int64_t m, int64_t k, DTensor& q, int64_t ldq, DTensor& qs,
-                   cudaStream_t s) {
-    cuda::RowOp op;
-    op.x = x.raw();
-    op.ldx = ldx;
-    op.q = q.data<int8_t>();
-    op.qs = qs.data<float>();
-    op.ldq = ldq;
-    op.m = m;
-    op.k = k;
-    cuda::row_op(op, s);
-}
-
 // Rows [r0, r0 + n) and columns [0, kc) of dst [*, kdst] ← the window of src [N, K] at rows
 // [sr0, sr0 + n), columns [sc0, sc0 + kc), clipped to src (the rest of dst stays as it is: zeros).
 void copy_block(const Tensor& src, Tensor& dst, int64_t r0, int64_t kdst, int64_t sr0, int64_t sc0, int64_t n,
@@ -190,7 +176,7 @@ Part make_part(const std::vector<Member>& ms, bool int8, int64_t k, int64_t kp, 
     }
     p.q = DTensor::empty({p.n, kp}, DType::I8, MemKind::Weight);
     p.wscale = DTensor::empty({p.n}, DType::F32, MemKind::Weight);
-    quantize_rows(w, k, p.n, k, p.q, kp, p.wscale, s);
+    cuda::quantize_rows(w.raw(), k, p.n, k, p.q.data<int8_t>(), kp, p.wscale.data<float>(), s);
     cuda::check(cudaStreamSynchronize(s), "random weights");  // w goes back to the cache next
     return p;
 }
@@ -279,7 +265,7 @@ void run_group(const Group& g, const Input& in, int64_t m, void* y, int64_t ldy,
         Input q = in;
         q.q = DTensor::empty({m, g.kp}, DType::I8);
         q.qs = DTensor::empty({m}, DType::F32);
-        quantize_rows(in.x, in.ldx, m, g.k, q.q, g.kp, q.qs, s);
+        cuda::quantize_rows(in.x.raw(), in.ldx, m, g.k, q.q.data<int8_t>(), g.kp, q.qs.data<float>(), s);
         run_group(g, q, m, y, ldy, s);
         return;
     }

@@ -269,15 +269,7 @@ Activation attention_padded(const Tensor& qkv, const std::vector<int64_t>& lengt
                 cuda::drop_zero_keys(ob, width, n, width, hd, lse.data<float>() + b * heads * L, n, zero_keys[size_t(b)],
                                      out.dense ? ob : nullptr, width, qb, sb, out.kp, s);
             } else {
-                cuda::RowOp r;
-                r.x = ob;
-                r.ldx = width;
-                r.q = qb;
-                r.qs = sb;
-                r.ldq = out.kp;
-                r.m = n;
-                r.k = width;
-                cuda::row_op(r, s);
+                cuda::quantize_rows(ob, width, n, width, qb, out.kp, sb, s);
             }
         }
     }

@@ -422,6 +422,19 @@ void row_op(const RowOp& op, cudaStream_t stream) {
     check_launch("row_op");
 }
 
+void quantize_rows(const void* x, int64_t ldx, int64_t m, int64_t k, int8_t* q, int64_t ldq, float* qs,
+                   cudaStream_t stream) {
+    RowOp op;
+    op.x = const_cast<void*>(x);  // read only: no residual, no bf16 output
+    op.ldx = ldx;
+    op.q = q;
+    op.qs = qs;
+    op.ldq = ldq;
+    op.m = m;
+    op.k = k;
+    row_op(op, stream);
+}
+
 void drop_zero_keys(const void* o, int64_t ldo_in, int64_t m, int64_t k, int64_t hd, const float* lse, int64_t ld_lse,
                     int64_t n_zero, void* out, int64_t ldo, int8_t* q, float* qs, int64_t ldq, cudaStream_t stream) {
     if (m <= 0) return;

@@ -50,6 +50,9 @@ struct RowOp {
     int64_t m = 0, k = 0;
 };
 void row_op(const RowOp& op, cudaStream_t stream);
+// row_op's quantization alone: q [m, ldq] / qs [m] <- the rows of x [m, k] (row stride ldx).
+void quantize_rows(const void* x, int64_t ldx, int64_t m, int64_t k, int8_t* q, int64_t ldq, float* qs,
+                   cudaStream_t stream);
 
 // Attention computed against n_zero more keys whose rows are zero (their scores 0, their values 0;
 // cuDNN's kernel is slower for a key count that is not a multiple of 128), taken back out per row

@@ -277,6 +277,30 @@ std::string memory_summary(const GenerateResult& r, const PipelineOptions& po) {
     return s;
 }
 
+// Generates with a loaded pipeline and writes the PNG (its metadata names `device`), then the
+// "wrote" line (ending with `wrote_extra`), the --verbose report and the summary lines.
+template <class Pipe, class Options>
+int generate_and_write(const GenerateArgs& a, Pipe& pipe, const PipelineOptions& po, const Options& go,
+                       const std::string& model, const std::string& device, const std::string& wrote_extra,
+                       double load_s, std::chrono::steady_clock::time_point t_start) {
+    std::vector<double> steps;
+    const GenerateResult r = pipe.generate(go, progress_bar(&steps));
+    const std::string quant = quant_method_name(po.transformer_quant.method);
+    write_png(a.output, r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)),
+              image_metadata(go, model, quant, device));
+    const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    fmt::print("wrote {} ({}x{}, {} steps, seed {}{})\n", a.output, go.width, go.height, go.steps, go.seed, wrote_extra);
+    if (a.verbose) print_time_report(load_s + r.load_seconds, r, steps);
+    fmt::print("time: load {:.2f} s, text encoder {:.2f} s, denoise {:.2f} s ({:.2f} s/step), vae {:.2f} s, total "
+               "{:.2f} s\n",
+               load_s + r.load_seconds, r.text_seconds, r.denoise_seconds, r.denoise_seconds / go.steps,
+               r.vae_seconds, total_s);
+    fmt::print("quantization: transformer {} ({} int8 Linear layers{}), text encoder {} int8 Linear layers; {}\n",
+               quant, pipe.transformer_int8_layers(), po.fp8_attention ? ", FP8 attention" : "",
+               pipe.text_encoder_int8_layers(), memory_summary(r, po));
+    return 0;
+}
+
 // generate with a QwenImagePipeline folder: --true-cfg-scale instead of --guidance, 50 steps by
 // default, one device.
 int generate_qwen_image(const GenerateArgs& a, const PipelineOptions& po, const Tensor& latents,
@@ -318,23 +342,9 @@ int generate_qwen_image(const GenerateArgs& a, const PipelineOptions& po, const 
                        "(--max-sequence-length)\n",
                        negative ? "negative prompt" : "prompt", n, kQwenImageDropTokens, go.max_sequence_length);
     }
-    std::vector<double> steps;
-    const GenerateResult r = pipe.generate(go, progress_bar(&steps));
-    const std::string quant = quant_method_name(po.transformer_quant.method);
-    write_png(a.output, r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)),
-              image_metadata(go, model, quant, a.m.device));
-    const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    fmt::print("wrote {} ({}x{}, {} steps, seed {}, true CFG {})\n", a.output, go.width, go.height, go.steps, go.seed,
-               go.true_cfg() ? fmt::format("{}", go.true_cfg_scale) : std::string("off"));
-    if (a.verbose) print_time_report(load_s + r.load_seconds, r, steps);
-    fmt::print("time: load {:.2f} s, text encoder {:.2f} s, denoise {:.2f} s ({:.2f} s/step), vae {:.2f} s, total "
-               "{:.2f} s\n",
-               load_s + r.load_seconds, r.text_seconds, r.denoise_seconds, r.denoise_seconds / go.steps,
-               r.vae_seconds, total_s);
-    fmt::print("quantization: transformer {} ({} int8 Linear layers{}), text encoder {} int8 Linear layers; {}\n",
-               quant, pipe.transformer_int8_layers(), po.fp8_attention ? ", FP8 attention" : "",
-               pipe.text_encoder_int8_layers(), memory_summary(r, po));
-    return 0;
+    return generate_and_write(a, pipe, po, go, model, a.m.device,
+                              fmt::format(", true CFG {}", go.true_cfg() ? fmt::format("{}", go.true_cfg_scale) : "off"),
+                              load_s, t_start);
 }
 
 int cmd_generate(GenerateArgs a) {
@@ -402,24 +412,9 @@ int cmd_generate(GenerateArgs a) {
                        negative ? "negative prompt" : "prompt", n, go.max_sequence_length);
     }
 
-    std::vector<double> steps;
-    GenerateResult r = pipe.generate(go, progress_bar(&steps));
-
-    std::string quant = quant_method_name(po.transformer_quant.method);
-    write_png(a.output, r.image.data<uint8_t>(), int(r.image.size(1)), int(r.image.size(0)),
-              image_metadata(go, model, quant,
-                             a.gpus > 1 ? fmt::format("cuda x {} ({} parallel)", a.gpus, a.parallel) : a.m.device));
-    double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    fmt::print("wrote {} ({}x{}, {} steps, seed {})\n", a.output, a.width, a.height, a.steps, a.seed);
-    if (a.verbose) print_time_report(load_s + r.load_seconds, r, steps);
-    fmt::print("time: load {:.2f} s, text encoder {:.2f} s, denoise {:.2f} s ({:.2f} s/step), "
-               "vae {:.2f} s, total {:.2f} s\n",
-               load_s + r.load_seconds, r.text_seconds, r.denoise_seconds, r.denoise_seconds / a.steps,
-               r.vae_seconds, total_s);
-    fmt::print("quantization: transformer {} ({} int8 Linear layers{}), text encoder {} int8 Linear layers; {}\n",
-               quant, pipe.transformer_int8_layers(), po.fp8_attention ? ", FP8 attention" : "",
-               pipe.text_encoder_int8_layers(), memory_summary(r, po));
-    return 0;
+    return generate_and_write(a, pipe, po, go, model,
+                              a.gpus > 1 ? fmt::format("cuda x {} ({} parallel)", a.gpus, a.parallel) : a.m.device,
+                              "", load_s, t_start);
 }
 
 struct ServeArgs {

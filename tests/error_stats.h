@@ -41,4 +41,13 @@ inline Err compare(const Tensor& test, const Tensor& ref) {
     return e;
 }
 
+// The largest |value| of t, and the largest element-wise difference of a from b (same shape).
+inline double max_abs(const Tensor& t) {
+    const Tensor f = t.to(DType::F32);
+    double m = 0;
+    for (int64_t i = 0; i < f.numel(); ++i) m = std::max(m, double(std::fabs(f.data<float>()[i])));
+    return m;
+}
+inline double max_diff(const Tensor& a, const Tensor& b) { return compare(a, b).max_abs; }
+
 }  // namespace qdit::testutil

@@ -22,22 +22,10 @@ inline std::string qwen25vl_encoder_dir(const std::string& name) {
     return (qwen25vl_dir(name) / "text_encoder").string();
 }
 
-// The fixture's token ids and attention mask [batch, len] (the Qwen3 fixtures' type).
-inline Qwen3Inputs qwen25vl_inputs(const std::string& name) {
-    SafetensorsFile f((qwen25vl_dir(name) / "inputs.safetensors").string());
-    Tensor ids = f.get("input_ids"), mask = f.get("attention_mask");
-    Qwen3Inputs in;
-    in.batch = ids.size(0);
-    in.len = ids.size(1);
-    in.ids.assign(ids.data<int32_t>(), ids.data<int32_t>() + ids.numel());
-    in.mask.assign(mask.data<uint8_t>(), mask.data<uint8_t>() + mask.numel());
-    return in;
-}
-
-// A reference tensor of the fixture, as F32.
+// The fixture's token ids and attention mask [batch, len], and a reference tensor as F32.
+inline Qwen3Inputs qwen25vl_inputs(const std::string& name) { return encoder_fixture_inputs(qwen25vl_dir(name)); }
 inline Tensor qwen25vl_reference(const std::string& name, const std::string& key) {
-    SafetensorsFile f((qwen25vl_dir(name) / "reference.safetensors").string());
-    return f.get(key).to(DType::F32);
+    return encoder_fixture_reference(qwen25vl_dir(name), key);
 }
 
 // A tensor of the prompt fixture's references (prompt/reference.safetensors), as stored.

@@ -44,8 +44,9 @@ inline Tensor valid_rows(const Tensor& ref, const Qwen3Inputs& in, int64_t b) {
     return out;
 }
 
-inline Qwen3Inputs qwen3_inputs(const std::string& name) {
-    SafetensorsFile f((qwen3_fixture_dir(name) / "inputs.safetensors").string());
+// The token ids and attention mask of a text-encoder fixture folder (its inputs.safetensors).
+inline Qwen3Inputs encoder_fixture_inputs(const std::filesystem::path& dir) {
+    SafetensorsFile f((dir / "inputs.safetensors").string());
     Tensor ids = f.get("input_ids"), mask = f.get("attention_mask");
     Qwen3Inputs in;
     in.batch = ids.size(0);
@@ -54,11 +55,15 @@ inline Qwen3Inputs qwen3_inputs(const std::string& name) {
     in.mask.assign(mask.data<uint8_t>(), mask.data<uint8_t>() + mask.numel());
     return in;
 }
-
-// A reference tensor of the fixture, as F32.
-inline Tensor qwen3_reference(const std::string& name, const std::string& key) {
-    SafetensorsFile f((qwen3_fixture_dir(name) / "reference.safetensors").string());
+// A reference tensor of a text-encoder fixture folder (its reference.safetensors), as F32.
+inline Tensor encoder_fixture_reference(const std::filesystem::path& dir, const std::string& key) {
+    SafetensorsFile f((dir / "reference.safetensors").string());
     return f.get(key).to(DType::F32);
+}
+
+inline Qwen3Inputs qwen3_inputs(const std::string& name) { return encoder_fixture_inputs(qwen3_fixture_dir(name)); }
+inline Tensor qwen3_reference(const std::string& name, const std::string& key) {
+    return encoder_fixture_reference(qwen3_fixture_dir(name), key);
 }
 
 }  // namespace qdit::testutil

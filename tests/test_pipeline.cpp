@@ -18,6 +18,7 @@
 #include "cli_util.h"
 #include "tiny_model.h"
 #include "pipeline_reference.h"
+#include "error_stats.h"
 
 namespace fs = std::filesystem;
 using namespace qdit;
@@ -26,21 +27,8 @@ namespace {
 
 const std::string kPipe = std::string(QDIT_TEST_DATA) + "/pipeline";
 
-double max_abs(const Tensor& t) {
-    Tensor f = t.to(DType::F32);
-    double m = 0;
-    for (int64_t i = 0; i < f.numel(); ++i) m = std::max(m, double(std::fabs(f.data<float>()[i])));
-    return m;
-}
-
-double max_diff(const Tensor& a, const Tensor& b) {
-    EXPECT_EQ(a.shape(), b.shape());
-    Tensor x = a.to(DType::F32), y = b.to(DType::F32);
-    double m = 0;
-    for (int64_t i = 0; i < x.numel(); ++i)
-        m = std::max(m, double(std::fabs(x.data<float>()[i] - y.data<float>()[i])));
-    return m;
-}
+using testutil::max_abs;
+using testutil::max_diff;
 
 }  // namespace
 

@@ -21,6 +21,7 @@
 #include "io/safetensors.h"
 #include "pipeline/qwen_image_pipeline.h"
 #include "pipeline/tiny_model.h"
+#include "error_stats.h"
 #include "expect_error.h"
 #include "qwen_image_pipeline_reference.h"
 
@@ -37,21 +38,8 @@ namespace {
 
 const std::string kPipe = std::string(QDIT_TEST_DATA) + "/qwen_image_pipeline";
 
-double max_abs(const Tensor& t) {
-    Tensor f = t.to(DType::F32);
-    double m = 0;
-    for (int64_t i = 0; i < f.numel(); ++i) m = std::max(m, double(std::fabs(f.data<float>()[i])));
-    return m;
-}
-
-double max_diff(const Tensor& a, const Tensor& b) {
-    EXPECT_EQ(a.shape(), b.shape());
-    Tensor x = a.to(DType::F32), y = b.to(DType::F32);
-    double m = 0;
-    for (int64_t i = 0; i < x.numel(); ++i)
-        m = std::max(m, double(std::fabs(x.data<float>()[i] - y.data<float>()[i])));
-    return m;
-}
+using testutil::max_abs;
+using testutil::max_diff;
 
 // Largest difference in levels, and how many values differ.
 std::pair<int, int64_t> image_diff(const Tensor& a, const Tensor& b) {
